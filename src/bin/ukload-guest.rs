@@ -1,0 +1,2 @@
+//! `ukload-guest`: the guest agent and tool executor. OWNER: transport helper.
+fn main() {}

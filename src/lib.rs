@@ -1,0 +1,44 @@
+//! ukload: spawn N unikernels / microVMs at once, measure how fast each really
+//! boots and how much memory each really uses, execute MCP tools inside them
+//! over vsock, and tear everything down leaving no process behind.
+//!
+//! Layering (one module per concept; `main.rs` only parses and dispatches):
+//! - [`framing`]: newline-delimited and 4-byte-length framing, bounded.
+//! - [`jsonrpc`]: JSON-RPC 2.0 messages and the `ping` reply shape.
+//! - [`vsock`]: `AF_VSOCK` through libc and the hybrid Unix-socket form.
+//! - [`guest`]: the guest agent (what `ukload-guest` runs).
+//! - [`proc`]: reading `/proc` (process table, markers, smaps_rollup).
+//! - [`memory`]: RSS/PSS of whole process trees.
+//! - [`cid`]: the host-wide CID registry (one `flock`ed file per CID).
+//! - [`supervisor`]: fork/exec in process groups, subreaper, reaping, killing, watchdog.
+//! - [`launcher`]: how an instance is started (process, kraft, exec).
+//! - [`probe`]: boot readiness (JSON-RPC ping over vsock, console marker).
+//! - [`run`]: the five phases of `ukload run`.
+//! - [`report`]: human and JSON reports, verdicts.
+//! - [`instances`]: `ukload ps` and `ukload cleanup` across runs.
+
+pub mod cid;
+pub mod clock;
+pub mod framing;
+pub mod guest;
+pub mod instances;
+pub mod jsonrpc;
+pub mod launcher;
+pub mod mcp;
+pub mod memory;
+pub mod paths;
+pub mod probe;
+pub mod proc;
+pub mod report;
+pub mod run;
+pub mod supervisor;
+pub mod vsock;
+
+/// Environment variable carried by every process ukload starts: `UKLOAD_RUN=<run id>`.
+pub const ENV_RUN: &str = "UKLOAD_RUN";
+/// Environment variable naming the instance index within the run.
+pub const ENV_INSTANCE: &str = "UKLOAD_INSTANCE";
+/// Environment variable naming the CID given to the instance.
+pub const ENV_CID: &str = "UKLOAD_CID";
+/// Default vsock port of the guest agent (the seed's port).
+pub const DEFAULT_PORT: u32 = 5252;

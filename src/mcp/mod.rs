@@ -1,0 +1,2 @@
+//! MCP (Model Context Protocol) client and server pieces.
+//! OWNER: MCP helper.
