@@ -39,3 +39,9 @@ pub enum Message {
 pub fn request(id: u64, method: &str, params: Value) -> Value {
     serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
 }
+
+// TEMPORARY (transport helper replaces this file)
+#[derive(Debug)]
+pub enum CallError { TimedOut, Frame(crate::framing::FrameError), Other(String) }
+impl std::fmt::Display for CallError { fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "{self:?}") } }
+pub fn call<S: std::io::Read + std::io::Write>(_s: &mut S, _f: crate::framing::Framing, _id: u64, _m: &str, _p: Value, _d: std::time::Instant) -> Result<Value, CallError> { todo!() }

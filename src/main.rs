@@ -1,1 +1,139 @@
-fn main() {}
+//! `ukload`: parses the command line and dispatches. The work is in the library.
+
+mod cli;
+
+use argh::FromArgs;
+use cli::{Format, Sub};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use ukload::report::{self, EXIT_FAIL, EXIT_TEMPFAIL, EXIT_UNAVAILABLE, EXIT_USAGE};
+use ukload::run::{self, RunError};
+use ukload::supervisor::{watchdog, Supervisor};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let top = match cli::Top::from_args(&["ukload"], strs.get(1..).unwrap_or(&[])) {
+        Ok(t) => t,
+        Err(early) => {
+            // `--help` is not an error; a parse error is a usage error.
+            if early.status.is_ok() {
+                print!("{}", early.output);
+                std::process::exit(0);
+            }
+            eprint!("ukload: {}", early.output);
+            if !early.output.ends_with('\n') {
+                eprintln!();
+            }
+            eprintln!("Run `ukload help` or `ukload <command> --help` for usage.");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    let code = match top.cmd {
+        Sub::Run(a) => cmd_run(a),
+        Sub::Ps(a) => cmd_ps(a),
+        Sub::Cleanup(a) => cmd_cleanup(a),
+    };
+    std::process::exit(code);
+}
+
+fn usage(msg: &str) -> i32 {
+    eprintln!("ukload: {msg}");
+    EXIT_USAGE
+}
+
+fn cmd_run(a: cli::RunArgs) -> i32 {
+    let (cfg, fmt) = match a.to_config() {
+        Ok(c) => c,
+        Err(cli::Usage(m)) => return usage(&m),
+    };
+    let run_id = run::new_run_id();
+    // Forked before any thread: if we die, it ends everything marked with run_id.
+    let dog = match watchdog::start(&run_id) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("ukload: cannot start the watchdog process: {e}");
+            return EXIT_FAIL;
+        }
+    };
+    let sup = match Supervisor::init() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ukload: cannot become a child subreaper / start the reaper: {e}");
+            return EXIT_FAIL;
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let term = Arc::new(AtomicBool::new(false));
+    for (sig, extra) in [(libc::SIGINT, None), (libc::SIGTERM, Some(&term)), (libc::SIGHUP, Some(&term))] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+        if let Some(t) = extra {
+            let _ = signal_hook::flag::register(sig, t.clone());
+        }
+    }
+    let result = run::run(cfg.clone(), &run_id, sup, stop.clone());
+    let code = match result {
+        Ok(r) => {
+            let out = std::io::stdout();
+            let mut out = out.lock();
+            let _ = match fmt {
+                Format::Json => report::write_json(&mut out, &r, &cfg),
+                Format::Human => report::write_human(&mut out, &r, &cfg),
+            };
+            let _ = out.flush();
+            if stop.load(Ordering::Relaxed) {
+                if term.load(Ordering::Relaxed) {
+                    128 + libc::SIGTERM
+                } else {
+                    report::EXIT_SIGINT
+                }
+            } else {
+                run::exit_code(&r, &cfg)
+            }
+        }
+        Err(e) => {
+            eprintln!("ukload: {e}");
+            match e {
+                RunError::Usage(_) | RunError::Launch(ukload::launcher::LaunchError::Invalid(_)) => EXIT_USAGE,
+                RunError::Launch(ukload::launcher::LaunchError::NotInstalled { .. }) => EXIT_UNAVAILABLE,
+                RunError::Cid(_) => EXIT_TEMPFAIL,
+                RunError::Setup(_) => EXIT_FAIL,
+            }
+        }
+    };
+    dog.finish();
+    code
+}
+
+fn cmd_ps(a: cli::PsArgs) -> i32 {
+    let fmt = match cli::format(&a.format) {
+        Ok(f) => f,
+        Err(cli::Usage(m)) => return usage(&m),
+    };
+    let rows = ukload::instances::ps();
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let _ = ukload::instances::print_ps(&rows, fmt == Format::Json, &mut out);
+    0
+}
+
+fn cmd_cleanup(a: cli::CleanupArgs) -> i32 {
+    let grace = match cli::grace(&a.grace_ms) {
+        Ok(g) => g,
+        Err(cli::Usage(m)) => return usage(&m),
+    };
+    let report = ukload::instances::cleanup(ukload::instances::CleanupOptions {
+        run: a.run,
+        include_live: a.all,
+        grace,
+    });
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let _ = report.print(&mut out);
+    if report.survivors.is_empty() {
+        0
+    } else {
+        EXIT_FAIL
+    }
+}

@@ -1,1 +1,235 @@
-//! TODO
+//! Boot readiness: the first successful JSON-RPC `ping` over vsock, or the
+//! first console line matching a pattern. Retries with a short capped backoff
+//! so the resolution is a few milliseconds, until a deadline.
+
+use crate::framing::Framing;
+use crate::jsonrpc::{self, PingInfo};
+use crate::launcher::Readiness;
+use crate::vsock::{self, Endpoint};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// First retry delay after a failed attempt.
+pub const BACKOFF_START: Duration = Duration::from_millis(1);
+/// Largest retry delay: bounds how late a ready guest can be noticed.
+pub const BACKOFF_MAX: Duration = Duration::from_millis(4);
+/// Deadline of one connect attempt (handshake included).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Deadline of one `ping` exchange once connected.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the console log is read.
+pub const CONSOLE_POLL: Duration = Duration::from_millis(2);
+/// Longest console line kept while waiting for its end.
+const CONSOLE_LINE_MAX: usize = 64 * 1024;
+
+/// The guest answered.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    /// When the answer arrived.
+    pub at: Instant,
+    /// `CLOCK_MONOTONIC` at the same moment.
+    pub at_mono_ns: u64,
+    /// The guest's own report (ukload-guest answers `ping` with it).
+    pub info: Option<PingInfo>,
+    /// The console line that matched (console readiness).
+    pub console_line: Option<String>,
+    /// Attempts made (connects or log reads).
+    pub attempts: u32,
+}
+
+/// Why an instance did not become ready.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BootFailure {
+    /// Nothing answered before the boot deadline.
+    Timeout { after: Duration, last_error: String },
+    /// The launcher ended before the guest was ready.
+    LauncherExited { status: String },
+    /// The guest answered something that is not a valid reply.
+    Protocol(String),
+    /// Connecting can never work (bad address, forbidden CID...).
+    Unreachable(String),
+    /// The harness is stopping (SIGINT/SIGTERM).
+    Interrupted,
+}
+
+impl std::fmt::Display for BootFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BootFailure::Timeout { after, last_error } => {
+                write!(f, "no reply within {:.1}s (last: {last_error})", after.as_secs_f64())
+            }
+            BootFailure::LauncherExited { status } => write!(f, "launcher exited before the guest was ready ({status})"),
+            BootFailure::Protocol(m) => write!(f, "protocol error: {m}"),
+            BootFailure::Unreachable(m) => write!(f, "unreachable: {m}"),
+            BootFailure::Interrupted => f.write_str("interrupted"),
+        }
+    }
+}
+
+/// Waits until the instance is ready.
+///
+/// `dead` is asked between attempts whether the instance can no longer
+/// become ready (e.g. its launcher failed); `stop` is the harness's
+/// interruption flag.
+pub fn wait_ready(
+    readiness: &Readiness,
+    framing: Framing,
+    log: &Path,
+    started: Instant,
+    deadline: Instant,
+    stop: &AtomicBool,
+    dead: &dyn Fn() -> Option<String>,
+) -> Result<Ready, BootFailure> {
+    match readiness {
+        Readiness::Probe(ep) => probe(ep, framing, started, deadline, stop, dead),
+        Readiness::Console(re) => console(re, log, started, deadline, stop, dead),
+    }
+}
+
+fn probe(
+    ep: &Endpoint,
+    framing: Framing,
+    started: Instant,
+    deadline: Instant,
+    stop: &AtomicBool,
+    dead: &dyn Fn() -> Option<String>,
+) -> Result<Ready, BootFailure> {
+    let mut backoff = BACKOFF_START;
+    let mut attempts = 0u32;
+    let mut last_error = String::from("not tried");
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(BootFailure::Interrupted);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(BootFailure::Timeout { after: now - started, last_error });
+        }
+        attempts += 1;
+        match vsock::connect(ep, CONNECT_TIMEOUT.min(deadline - now)) {
+            Ok(mut stream) => {
+                let ping_deadline = deadline.min(Instant::now() + PING_TIMEOUT);
+                match jsonrpc::call(&mut stream, framing, 1, "ping", serde_json::json!({}), ping_deadline) {
+                    Ok(v) => {
+                        let at = Instant::now();
+                        let at_mono_ns = crate::clock::monotonic_ns();
+                        let info = serde_json::from_value::<PingInfo>(v).ok();
+                        return Ok(Ready { at, at_mono_ns, info, console_line: None, attempts });
+                    }
+                    Err(e) => match e {
+                        jsonrpc::CallError::TimedOut => last_error = format!("ping to {ep}: no reply"),
+                        // The connection was accepted then dropped: the guest
+                        // is still coming up (a VMM accepts before the guest listens).
+                        jsonrpc::CallError::Frame(crate::framing::FrameError::Eof) => {
+                            last_error = format!("{ep}: closed before replying")
+                        }
+                        other => return Err(BootFailure::Protocol(format!("{ep}: {other}"))),
+                    },
+                }
+            }
+            Err(e) if e.is_retryable() => last_error = e.to_string(),
+            Err(e) => return Err(BootFailure::Unreachable(e.to_string())),
+        }
+        if let Some(why) = dead() {
+            return Err(BootFailure::LauncherExited { status: why });
+        }
+        std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn console(
+    re: &regex_lite::Regex,
+    log: &Path,
+    started: Instant,
+    deadline: Instant,
+    stop: &AtomicBool,
+    dead: &dyn Fn() -> Option<String>,
+) -> Result<Ready, BootFailure> {
+    let mut file: Option<File> = None;
+    let mut pos = 0u64;
+    let mut line: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut attempts = 0u32;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Err(BootFailure::Interrupted);
+        }
+        attempts += 1;
+        if file.is_none() {
+            file = File::open(log).ok();
+        }
+        if let Some(f) = file.as_mut() {
+            if f.seek(SeekFrom::Start(pos)).is_ok() {
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    pos += n as u64;
+                    for &b in &buf[..n] {
+                        if b == b'\n' {
+                            let text = String::from_utf8_lossy(&line).into_owned();
+                            line.clear();
+                            if re.is_match(&text) {
+                                return Ok(Ready {
+                                    at: Instant::now(),
+                                    at_mono_ns: crate::clock::monotonic_ns(),
+                                    info: None,
+                                    console_line: Some(text),
+                                    attempts,
+                                });
+                            }
+                        } else if line.len() < CONSOLE_LINE_MAX {
+                            line.push(b);
+                        }
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(BootFailure::Timeout {
+                after: now - started,
+                last_error: format!("no console line matching /{}/ in {}", re.as_str(), log.display()),
+            });
+        }
+        if let Some(why) = dead() {
+            return Err(BootFailure::LauncherExited { status: why });
+        }
+        std::thread::sleep(CONSOLE_POLL.min(deadline - now));
+    }
+}
+
+/// `cid=N` in a console line, if present.
+pub fn cid_in_line(line: &str) -> Option<u32> {
+    let at = line.find("cid=")? + 4;
+    let digits: String = line[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+/// Last `n` lines of a log, for error messages.
+pub fn log_tail(log: &Path, n: usize) -> Vec<String> {
+    const TAIL_BYTES: u64 = 16 * 1024;
+    let Ok(mut f) = File::open(log) else { return Vec::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)));
+    let mut s = Vec::new();
+    let _ = f.take(TAIL_BYTES).read_to_end(&mut s);
+    let text = String::from_utf8_lossy(&s);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cid_is_read_from_the_ready_line() {
+        assert_eq!(cid_in_line("ukload-guest: ready cid=217 port=5252"), Some(217));
+        assert_eq!(cid_in_line("ukload-guest: ready cid=- port=5252"), None);
+    }
+}

@@ -1,1 +1,441 @@
-//! TODO
+//! Reports: the human one in the seed's phase structure, and one JSON
+//! document for scripts. The verdict and the exit code come from here.
+
+use crate::run::{Instance, MemMetric, RunConfig, RunResult};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+/// Exit code: every check passed.
+pub const EXIT_PASS: i32 = 0;
+/// Exit code: the run failed.
+pub const EXIT_FAIL: i32 = 1;
+/// Exit code: enough instances booted and nothing was left, but a target was missed.
+pub const EXIT_PARTIAL: i32 = 2;
+/// Exit code: the command line was wrong (sysexits EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+/// Exit code: a program the launcher needs is missing (EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: i32 = 69;
+/// Exit code: the CID range has no room right now (EX_TEMPFAIL).
+pub const EXIT_TEMPFAIL: i32 = 75;
+/// Exit code after SIGINT (128 + 2); SIGTERM gives 143.
+pub const EXIT_SIGINT: i32 = 130;
+
+/// The run's judgement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Verdict {
+    Pass,
+    Partial,
+    Fail,
+}
+
+impl Verdict {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Verdict::Pass => EXIT_PASS,
+            Verdict::Partial => EXIT_PARTIAL,
+            Verdict::Fail => EXIT_FAIL,
+        }
+    }
+}
+
+/// min / median / p95 / max (nearest rank) of a sample.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct Stats {
+    pub count: usize,
+    pub min: f64,
+    pub median: f64,
+    pub p95: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Stats {
+    pub fn of(values: &[f64]) -> Option<Stats> {
+        if values.is_empty() {
+            return None;
+        }
+        let mut v = values.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Some(Stats {
+            count: v.len(),
+            min: v[0],
+            median: rank(0.5),
+            p95: rank(0.95),
+            max: v[v.len() - 1],
+            mean: v.iter().sum::<f64>() / v.len() as f64,
+        })
+    }
+}
+
+/// Phase 4's findings.
+#[derive(Clone, Debug, Serialize)]
+pub struct CidCheck {
+    /// CIDs held by more than one instance, with the instances.
+    pub collisions: BTreeMap<u32, Vec<u32>>,
+    /// Instances whose CID is outside the range.
+    pub out_of_range: Vec<u32>,
+    /// Instances whose guest reports a CID other than the one allocated.
+    pub mismatched: Vec<u32>,
+    /// How many CIDs were confirmed by the guests themselves.
+    pub verified: usize,
+    pub unique: usize,
+}
+
+impl CidCheck {
+    pub fn ok(&self) -> bool {
+        self.collisions.is_empty() && self.out_of_range.is_empty() && self.mismatched.is_empty()
+    }
+}
+
+/// Phase 4: what each guest says it was given (allocated CID where it does not say).
+pub fn check_cids(instances: &[Instance], cfg: &RunConfig) -> CidCheck {
+    let mut by_cid: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    let mut out_of_range = Vec::new();
+    let mut mismatched = Vec::new();
+    let mut verified = 0;
+    for i in instances.iter().filter(|i| i.pid.is_some()) {
+        let cid = i.reported_cid.unwrap_or(i.cid);
+        if i.reported_cid.is_some() {
+            verified += 1;
+        }
+        if i.reported_cid.is_some_and(|r| r != i.cid) {
+            mismatched.push(i.index);
+        }
+        if !cfg.cid_range.contains(cid) {
+            out_of_range.push(i.index);
+        }
+        by_cid.entry(cid).or_default().push(i.index);
+    }
+    let unique = by_cid.len();
+    by_cid.retain(|_, v| v.len() > 1);
+    CidCheck { collisions: by_cid, out_of_range, mismatched, verified, unique }
+}
+
+/// Everything the verdict is made of.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub verdict: Verdict,
+    pub exit_code: i32,
+    pub reasons: Vec<String>,
+    pub booted: usize,
+    pub total: usize,
+    pub boot_ms: Option<Stats>,
+    pub boot_over_target: Vec<u32>,
+    pub mem_mb: Option<Stats>,
+    pub mem_over_target: Vec<u32>,
+    pub total_rss_kb: u64,
+    pub total_pss_kb: u64,
+    pub cids: CidCheck,
+    pub survivors: usize,
+}
+
+fn mem_mb(i: &Instance, m: MemMetric) -> Option<f64> {
+    let kb = match m {
+        MemMetric::Pss => i.pss_kb?,
+        MemMetric::Rss => i.rss_kb?,
+    };
+    Some(kb as f64 / 1024.0)
+}
+
+/// Judges a run by the rules in the README.
+pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
+    let total = r.instances.len();
+    let booted: Vec<&Instance> = r.instances.iter().filter(|i| i.boot_ms.is_some()).collect();
+    let boots: Vec<f64> = booted.iter().filter_map(|i| i.boot_ms).collect();
+    let boot_over_target: Vec<u32> =
+        booted.iter().filter(|i| i.boot_ms.unwrap_or(0.0) > cfg.max_boot_ms).map(|i| i.index).collect();
+    let mems: Vec<f64> = booted.iter().filter_map(|i| mem_mb(i, cfg.mem_metric)).collect();
+    let mem_over_target: Vec<u32> = booted
+        .iter()
+        .filter(|i| mem_mb(i, cfg.mem_metric).is_some_and(|m| m > cfg.max_mem_mb))
+        .map(|i| i.index)
+        .collect();
+    let cids = check_cids(&r.instances, cfg);
+    let survivors = r.teardown.as_ref().map(|t| t.survivors.len()).unwrap_or(0);
+    let mut reasons = Vec::new();
+    if booted.len() < total {
+        reasons.push(format!("{} of {} instances did not boot", total - booted.len(), total));
+    }
+    if !boot_over_target.is_empty() {
+        reasons.push(format!("{} instance(s) booted slower than {} ms", boot_over_target.len(), cfg.max_boot_ms));
+    }
+    if !mem_over_target.is_empty() {
+        reasons.push(format!(
+            "{} instance(s) used more than {} MB ({:?})",
+            mem_over_target.len(),
+            cfg.max_mem_mb,
+            cfg.mem_metric
+        ));
+    }
+    if !cids.ok() {
+        reasons.push("CID check failed (collision, mismatch or out of range)".into());
+    }
+    if survivors > 0 {
+        reasons.push(format!("{survivors} process(es) left behind after cleanup"));
+    }
+    if let Some(why) = &r.interrupted {
+        reasons.push(why.clone());
+    }
+    let min_ok = total > 0 && (booted.len() as f64) * 100.0 >= cfg.min_success_pct * total as f64;
+    let verdict = if reasons.is_empty() {
+        Verdict::Pass
+    } else if min_ok && survivors == 0 && r.interrupted.is_none() {
+        Verdict::Partial
+    } else {
+        Verdict::Fail
+    };
+    Summary {
+        verdict,
+        exit_code: verdict.exit_code(),
+        reasons,
+        booted: booted.len(),
+        total,
+        boot_ms: Stats::of(&boots),
+        boot_over_target,
+        mem_mb: Stats::of(&mems),
+        mem_over_target,
+        total_rss_kb: booted.iter().filter_map(|i| i.rss_kb).sum(),
+        total_pss_kb: booted.iter().filter_map(|i| i.pss_kb).sum(),
+        cids,
+        survivors,
+    }
+}
+
+/// The verdict alone.
+pub fn verdict(r: &RunResult, cfg: &RunConfig) -> Verdict {
+    summarize(r, cfg).verdict
+}
+
+/// The configuration as reported.
+#[derive(Serialize)]
+struct ConfigView<'a> {
+    launcher: String,
+    count: u32,
+    concurrency: u32,
+    port: u32,
+    cid_range: String,
+    max_boot_ms: f64,
+    max_mem_mb: f64,
+    mem_metric: MemMetric,
+    boot_timeout_s: f64,
+    grace_ms: u128,
+    min_success_pct: f64,
+    framing: String,
+    log_dir: &'a std::path::Path,
+}
+
+fn config_view(cfg: &RunConfig) -> ConfigView<'_> {
+    ConfigView {
+        launcher: cfg.launcher.kind.to_string(),
+        count: cfg.count,
+        concurrency: cfg.concurrency,
+        port: cfg.port,
+        cid_range: cfg.cid_range.to_string(),
+        max_boot_ms: cfg.max_boot_ms,
+        max_mem_mb: cfg.max_mem_mb,
+        mem_metric: cfg.mem_metric,
+        boot_timeout_s: cfg.boot_timeout.as_secs_f64(),
+        grace_ms: cfg.grace.as_millis(),
+        min_success_pct: cfg.min_success_pct,
+        framing: format!("{:?}", cfg.framing).to_lowercase(),
+        log_dir: &cfg.log_dir,
+    }
+}
+
+/// Writes the JSON document.
+pub fn write_json(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::Result<()> {
+    let s = summarize(r, cfg);
+    let doc = serde_json::json!({
+        "run_id": r.run_id,
+        "config": config_view(cfg),
+        "instances": r.instances,
+        "summary": s,
+        "teardown": r.teardown,
+        "elapsed_ms": r.elapsed_ms,
+        "verdict": s.verdict,
+        "exit_code": s.exit_code,
+    });
+    serde_json::to_writer_pretty(&mut *out, &doc)?;
+    writeln!(out)
+}
+
+const RULE: &str = "================================";
+
+fn mb(kb: u64) -> String {
+    format!("{:.1}MB", kb as f64 / 1024.0)
+}
+
+/// Writes the human report (the seed's "Sample Output", with true numbers).
+pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::Result<()> {
+    let s = summarize(r, cfg);
+    writeln!(out, "{RULE}\nUnikernel Load Testing\n{RULE}\n")?;
+    writeln!(out, "Configuration:")?;
+    writeln!(out, "  Run id: {}", r.run_id)?;
+    writeln!(out, "  Launcher: {}", cfg.launcher.kind)?;
+    writeln!(out, "  Number of unikernels: {}", cfg.count)?;
+    writeln!(out, "  Concurrency: {}", cfg.concurrency)?;
+    writeln!(out, "  Vsock port: {}", cfg.port)?;
+    writeln!(out, "  CID range: {}", cfg.cid_range)?;
+    writeln!(out, "  Max boot time: {}ms", cfg.max_boot_ms)?;
+    writeln!(out, "  Max memory per instance: {}MB ({})", cfg.max_mem_mb, format!("{:?}", cfg.mem_metric).to_uppercase())?;
+    writeln!(out, "  Test timeout: {}s", cfg.boot_timeout.as_secs_f64())?;
+    writeln!(out, "  Logs: {}", cfg.log_dir.display())?;
+
+    writeln!(out, "\nPhase 1: Concurrent Spawning")?;
+    for i in &r.instances {
+        match (i.pid, i.spawn_ms) {
+            (Some(pid), Some(ms)) => writeln!(
+                out,
+                "[{}] Spawning unikernel with CID {}... pid {} (process group {}), spawned in {:.1}ms",
+                i.index,
+                i.cid,
+                pid,
+                i.pgid.unwrap_or(pid),
+                ms
+            )?,
+            _ => writeln!(
+                out,
+                "[{}] Spawning unikernel with CID {}... FAILED: {}",
+                i.index,
+                i.cid,
+                i.boot_error.as_deref().unwrap_or("not started")
+            )?,
+        }
+    }
+
+    writeln!(out, "\nPhase 2: Boot Time Analysis")?;
+    for i in &r.instances {
+        match (i.boot_ms, &i.boot_error) {
+            (Some(ms), _) => {
+                let detail = match (i.guest_ready_ms, i.probe_overhead_ms) {
+                    (Some(g), Some(p)) => format!(" [guest ready at {g:.1}ms, probe +{p:.1}ms]"),
+                    _ => String::new(),
+                };
+                writeln!(out, "[{}] Boot successful: {:.1}ms (CID {}){}", i.index, ms, i.cid, detail)?
+            }
+            (None, Some(e)) if i.pid.is_some() => {
+                writeln!(out, "[{}] Boot FAILED (CID {}): {}; log: {}", i.index, i.cid, e, i.log.display())?
+            }
+            _ => {}
+        }
+    }
+    match &s.boot_ms {
+        Some(b) => {
+            writeln!(
+                out,
+                "Boot times ({} of {} booted): min {:.1}ms, median {:.1}ms, p95 {:.1}ms, max {:.1}ms",
+                s.booted, s.total, b.min, b.median, b.p95, b.max
+            )?;
+            if s.boot_over_target.is_empty() {
+                writeln!(out, "✓ Boot times within target (<{}ms)", cfg.max_boot_ms)?;
+            } else {
+                writeln!(
+                    out,
+                    "✗ {} instance(s) over the {}ms target: {:?}",
+                    s.boot_over_target.len(),
+                    cfg.max_boot_ms,
+                    s.boot_over_target
+                )?;
+            }
+        }
+        None => writeln!(out, "✗ No instance booted")?,
+    }
+
+    writeln!(out, "\nPhase 3: Memory Usage Analysis")?;
+    for i in &r.instances {
+        if let (Some(rss), Some(pss)) = (i.rss_kb, i.pss_kb) {
+            writeln!(out, "[{}] PSS {}, RSS {} ({} processes)", i.index, mb(pss), mb(rss), i.pids.len())?;
+        }
+    }
+    if s.booted > 0 {
+        writeln!(out, "Total memory usage: PSS {}, RSS {}", mb(s.total_pss_kb), mb(s.total_rss_kb))?;
+        writeln!(
+            out,
+            "Average memory per unikernel: PSS {}, RSS {}",
+            mb(s.total_pss_kb / s.booted as u64),
+            mb(s.total_rss_kb / s.booted as u64)
+        )?;
+        if s.mem_over_target.is_empty() {
+            writeln!(out, "✓ Memory usage within target (<{}MB {:?})", cfg.max_mem_mb, cfg.mem_metric)?;
+        } else {
+            writeln!(out, "✗ {} instance(s) over {}MB: {:?}", s.mem_over_target.len(), cfg.max_mem_mb, s.mem_over_target)?;
+        }
+    } else {
+        writeln!(out, "(no booted instance to measure)")?;
+    }
+
+    writeln!(out, "\nPhase 4: CID Allocation Analysis")?;
+    let c = &s.cids;
+    if c.collisions.is_empty() {
+        writeln!(
+            out,
+            "✓ No CID collisions detected ({} unique CIDs, {} confirmed by the guests)",
+            c.unique, c.verified
+        )?;
+    } else {
+        for (cid, who) in &c.collisions {
+            writeln!(out, "✗ CID {cid} used by instances {who:?}")?;
+        }
+    }
+    if !c.mismatched.is_empty() {
+        writeln!(out, "✗ Guests report a CID other than the one allocated: instances {:?}", c.mismatched)?;
+    }
+    if c.out_of_range.is_empty() {
+        writeln!(out, "✓ All CIDs within {}", cfg.cid_range)?;
+    } else {
+        writeln!(out, "✗ CIDs outside {}: instances {:?}", cfg.cid_range, c.out_of_range)?;
+    }
+
+    writeln!(out, "\nPhase 5: Cleanup")?;
+    if let Some(td) = &r.teardown {
+        for t in &td.instances {
+            let i = &r.instances[t.instance as usize];
+            writeln!(
+                out,
+                "[{}] Terminating PID {} ({} process(es))... {} in {:.1}ms{}",
+                t.instance,
+                i.pid.unwrap_or(0),
+                t.pids.len(),
+                t.ended_word(),
+                t.ms,
+                i.exit_status.as_ref().map(|e| format!("; launcher {e}")).unwrap_or_default()
+            )?;
+        }
+        for st in &td.stragglers {
+            writeln!(out, "! Straggler found by marker and killed: pid {} ({})", st.pid, st.cmdline)?;
+        }
+        if td.survivors.is_empty() {
+            writeln!(out, "✓ No process left behind (checked every process for UKLOAD_RUN={})", r.run_id)?;
+        } else {
+            for sv in &td.survivors {
+                writeln!(out, "✗ Survivor: pid {} ({})", sv.pid, sv.cmdline)?;
+            }
+        }
+    }
+
+    writeln!(out, "\nOverall Assessment:")?;
+    match s.verdict {
+        Verdict::Pass => writeln!(out, "✓ PASS - All tests successful")?,
+        Verdict::Partial => writeln!(out, "⚠ PARTIAL - {}", s.reasons.join("; "))?,
+        Verdict::Fail => writeln!(out, "✗ FAIL - {}", s.reasons.join("; "))?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_use_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        let s = Stats::of(&v).unwrap();
+        assert_eq!((s.min, s.median, s.p95, s.max), (1.0, 10.0, 19.0, 20.0));
+        assert_eq!(Stats::of(&[]), None);
+        let one = Stats::of(&[7.5]).unwrap();
+        assert_eq!((one.median, one.p95), (7.5, 7.5));
+    }
+}

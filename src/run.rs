@@ -1,1 +1,424 @@
-//! TODO
+//! `ukload run`: the seed's five phases, for real.
+//!
+//! 1. Spawn: a pool of `concurrency` threads takes instance indices from a
+//!    channel; each forks its launcher in a new process group and then waits
+//!    for that instance's boot. No fixed sleeps.
+//! 2. Boot: spawn → first successful reply (or console marker), per instance.
+//! 3. Memory: RSS and PSS of each instance's whole process tree.
+//! 4. CIDs: uniqueness and range, from what each guest reports it was given.
+//! 5. Cleanup: SIGTERM all in parallel, SIGKILL after the grace period, reap,
+//!    verify by marker that nothing is left.
+
+use crate::cid::{CidLease, CidRange, CidRegistry, HolderInfo};
+use crate::framing::Framing;
+use crate::launcher::{InstanceCtx, LaunchError, LauncherConfig, Readiness};
+use crate::memory::TreeMemory;
+use crate::probe::{self, BootFailure};
+use crate::supervisor::teardown::{self, TeardownReport, Target};
+use crate::supervisor::{Command, Redirect, Supervisor};
+use crate::{report, ENV_CID, ENV_INSTANCE, ENV_RUN};
+use serde::Serialize;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which memory figure the target is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemMetric {
+    Pss,
+    Rss,
+}
+
+impl std::str::FromStr for MemMetric {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pss" => Ok(MemMetric::Pss),
+            "rss" => Ok(MemMetric::Rss),
+            _ => Err(format!("unknown memory metric {s:?}: expected pss or rss")),
+        }
+    }
+}
+
+/// Everything `ukload run` was asked to do.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub count: u32,
+    pub concurrency: u32,
+    pub boot_timeout: Duration,
+    pub max_boot_ms: f64,
+    pub max_mem_mb: f64,
+    pub mem_metric: MemMetric,
+    pub cid_range: CidRange,
+    pub port: u32,
+    pub grace: Duration,
+    pub min_success_pct: f64,
+    pub log_dir: PathBuf,
+    pub framing: Framing,
+    pub launcher: LauncherConfig,
+    /// Print progress lines on stderr.
+    pub progress: bool,
+}
+
+/// One instance's record, filled phase by phase.
+#[derive(Clone, Debug, Serialize)]
+pub struct Instance {
+    pub index: u32,
+    /// The CID the registry gave it.
+    pub cid: u32,
+    /// The CID the guest reports having (None: it did not say).
+    pub reported_cid: Option<u32>,
+    pub log: PathBuf,
+    pub pid: Option<i32>,
+    pub pgid: Option<i32>,
+    /// Every pid of its tree when memory was sampled.
+    pub pids: Vec<i32>,
+    /// Time the spawn call took (fork to exec done).
+    pub spawn_ms: Option<f64>,
+    /// Spawn → first successful reply (the boot time).
+    pub boot_ms: Option<f64>,
+    /// Spawn → the guest's own "listening" stamp (same host clock; process launcher).
+    pub guest_ready_ms: Option<f64>,
+    /// boot_ms - guest_ready_ms: what the probe added.
+    pub probe_overhead_ms: Option<f64>,
+    pub boot_error: Option<String>,
+    pub rss_kb: Option<u64>,
+    pub pss_kb: Option<u64>,
+    /// How its launcher ended, when it did.
+    pub exit_status: Option<String>,
+    pub teardown: Option<String>,
+    pub teardown_ms: Option<f64>,
+}
+
+/// The whole run's result.
+#[derive(Debug, Serialize)]
+pub struct RunResult {
+    pub run_id: String,
+    pub instances: Vec<Instance>,
+    pub teardown: Option<TeardownReport>,
+    pub interrupted: Option<String>,
+    pub elapsed_ms: f64,
+}
+
+/// Errors that stop a run before any instance starts.
+#[derive(Debug)]
+pub enum RunError {
+    Launch(LaunchError),
+    Cid(crate::cid::CidError),
+    /// A flag's value cannot work (exit 64).
+    Usage(String),
+    Setup(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Launch(e) => e.fmt(f),
+            RunError::Cid(e) => e.fmt(f),
+            RunError::Usage(m) | RunError::Setup(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Shared by the workers.
+struct Shared {
+    cfg: RunConfig,
+    run_id: String,
+    run_dir: PathBuf,
+    stop: Arc<AtomicBool>,
+    sup: &'static Supervisor,
+    booted: AtomicUsize,
+}
+
+/// What a worker sends back.
+struct Outcome {
+    index: u32,
+    pid: Option<i32>,
+    pgid: Option<i32>,
+    spawn_ms: Option<f64>,
+    started_mono_ns: u64,
+    ready: Result<probe::Ready, String>,
+}
+
+/// A new run id: short (it ends up in socket paths) and unique per host.
+pub fn new_run_id() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("{:x}-{}", ms & 0xff_ffff_ffff, std::process::id())
+}
+
+/// The run directory: `runs/<id>/`, with `harness.lock` held for our life.
+pub fn make_run_dir(run_id: &str) -> Result<(PathBuf, File), RunError> {
+    let dir = crate::paths::runs_dir().join(run_id);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| RunError::Setup(format!("cannot create run directory {}: {e}", dir.display())))?;
+    let lock_path = dir.join(crate::paths::HARNESS_LOCK);
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| RunError::Setup(format!("cannot create {}: {e}", lock_path.display())))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; non-blocking.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(RunError::Setup(format!(
+            "cannot lock {}: {}",
+            lock_path.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok((dir, lock))
+}
+
+/// Runs the five phases. `stop` is set by SIGINT/SIGTERM.
+pub fn run(cfg: RunConfig, run_id: &str, sup: &'static Supervisor, stop: Arc<AtomicBool>) -> Result<RunResult, RunError> {
+    let t0 = Instant::now();
+    cfg.launcher.preflight().map_err(RunError::Launch)?;
+    std::fs::create_dir_all(&cfg.log_dir).map_err(|e| {
+        RunError::Usage(format!("--log-dir {}: cannot create it: {e}; choose a writable directory", cfg.log_dir.display()))
+    })?;
+    let probe_file = cfg.log_dir.join(format!(".ukload-write-test-{run_id}"));
+    File::create(&probe_file).map_err(|e| {
+        RunError::Usage(format!("--log-dir {}: not writable: {e}; choose a writable directory", cfg.log_dir.display()))
+    })?;
+    let _ = std::fs::remove_file(&probe_file);
+    let (run_dir, _harness_lock) = make_run_dir(run_id)?;
+    let registry = CidRegistry::open(&crate::paths::cid_dir()).map_err(RunError::Cid)?;
+    let holder = HolderInfo { pid: std::process::id(), run_id: run_id.to_string(), instance: None };
+    let mut leases: Vec<CidLease> =
+        registry.allocate(cfg.cid_range, cfg.count as usize, &holder).map_err(RunError::Cid)?;
+    for (i, l) in leases.iter_mut().enumerate() {
+        let _ = l.set_instance(i as u32);
+    }
+    let cids: Vec<u32> = leases.iter().map(|l| l.cid).collect();
+
+    let mut instances: Vec<Instance> = cids
+        .iter()
+        .enumerate()
+        .map(|(i, &cid)| Instance {
+            index: i as u32,
+            cid,
+            reported_cid: None,
+            log: crate::launcher::log_path(&cfg.log_dir, i as u32, cid),
+            pid: None,
+            pgid: None,
+            pids: Vec::new(),
+            spawn_ms: None,
+            boot_ms: None,
+            guest_ready_ms: None,
+            probe_overhead_ms: None,
+            boot_error: None,
+            rss_kb: None,
+            pss_kb: None,
+            exit_status: None,
+            teardown: None,
+            teardown_ms: None,
+        })
+        .collect();
+
+    let progress = cfg.progress;
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        run_id: run_id.to_string(),
+        run_dir: run_dir.clone(),
+        stop: stop.clone(),
+        sup,
+        booted: AtomicUsize::new(0),
+    });
+
+    // Phases 1 and 2: a pool of workers, each spawning and then waiting for boot.
+    let (job_tx, job_rx) = crossbeam_channel::unbounded::<(u32, u32)>();
+    let (out_tx, out_rx) = crossbeam_channel::unbounded::<Outcome>();
+    for inst in &instances {
+        let _ = job_tx.send((inst.index, inst.cid));
+    }
+    drop(job_tx);
+    let workers = cfg.concurrency.clamp(1, cfg.count.max(1));
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let rx = job_rx.clone();
+        let tx = out_tx.clone();
+        let sh = shared.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("ukload-worker-{w}"))
+            .spawn(move || {
+                while let Ok((index, cid)) = rx.recv() {
+                    if sh.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let _ = tx.send(start_instance(&sh, index, cid));
+                }
+            })
+            .map_err(|e| RunError::Setup(format!("cannot start worker thread: {e}")))?;
+        handles.push(h);
+    }
+    drop(out_tx);
+    // Workers end when the jobs run out or `stop` is set; each probe has a deadline.
+    for o in out_rx.iter() {
+        let inst = &mut instances[o.index as usize];
+        inst.pid = o.pid;
+        inst.pgid = o.pgid;
+        inst.spawn_ms = o.spawn_ms;
+        match o.ready {
+            Ok(r) => {
+                let spawn_at_ns = o.started_mono_ns;
+                inst.boot_ms = Some(ns_to_ms(r.at_mono_ns.saturating_sub(spawn_at_ns)));
+                if let Some(info) = &r.info {
+                    inst.reported_cid = info.cid;
+                    if info.ready_mono_ns >= spawn_at_ns && info.ready_mono_ns <= r.at_mono_ns && info.pid != 1 {
+                        let g = ns_to_ms(info.ready_mono_ns - spawn_at_ns);
+                        inst.guest_ready_ms = Some(g);
+                        inst.probe_overhead_ms = inst.boot_ms.map(|b| b - g);
+                    }
+                } else if let Some(line) = &r.console_line {
+                    inst.reported_cid = probe::cid_in_line(line);
+                }
+                if progress {
+                    eprintln!("[{}] booted in {:.1} ms (CID {})", inst.index, inst.boot_ms.unwrap_or(0.0), inst.cid);
+                }
+            }
+            Err(e) => {
+                if progress {
+                    eprintln!("[{}] boot failed: {e}", inst.index);
+                }
+                inst.boot_error = Some(e);
+            }
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+
+    // Phase 3: memory of every live instance's whole tree.
+    if !stop.load(Ordering::Relaxed) {
+        let table = crate::proc::table();
+        for inst in instances.iter_mut() {
+            if let (Some(pid), None) = (inst.pid, &inst.boot_error) {
+                let pids = crate::memory::instance_pids(pid, run_id, inst.index, &table);
+                let m: TreeMemory = crate::memory::tree_usage(&pids);
+                inst.pids = m.pids.iter().map(|(p, _)| *p).collect();
+                inst.rss_kb = Some(m.rss_kb);
+                inst.pss_kb = Some(m.pss_kb);
+            }
+        }
+    }
+
+    // Phase 5: cleanup (phase 4 is computed from the records by the report).
+    let targets: Vec<Target> = instances
+        .iter()
+        .filter_map(|i| Some(Target { instance: i.index, pid: i.pid?, pgid: i.pgid? }))
+        .collect();
+    if progress {
+        eprintln!("cleanup: ending {} instance(s)...", targets.len());
+    }
+    let td = teardown::teardown(sup, run_id, &targets, cfg.grace);
+    for t in &td.instances {
+        let inst = &mut instances[t.instance as usize];
+        inst.teardown = Some(format!("{:?}", t.ended).to_lowercase());
+        inst.teardown_ms = Some(t.ms);
+        if let Some(pid) = inst.pid {
+            inst.exit_status = sup.try_status(pid).map(|e| e.to_string());
+        }
+    }
+    // Launcher statuses are read; forget them and any adopted orphans'.
+    sup.forget_all();
+    drop(leases);
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let interrupted = stop.load(Ordering::Relaxed).then(|| "interrupted by signal".to_string());
+    Ok(RunResult {
+        run_id: run_id.to_string(),
+        instances,
+        teardown: Some(td),
+        interrupted,
+        elapsed_ms: ns_to_ms(t0.elapsed().as_nanos() as u64),
+    })
+}
+
+fn ns_to_ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// Phase 1 and 2 for one instance, on a worker thread.
+fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
+    let cfg = &sh.cfg;
+    let log = crate::launcher::log_path(&cfg.log_dir, index, cid);
+    let ctx = InstanceCtx {
+        index,
+        cid,
+        port: cfg.port,
+        uds: sh.run_dir.join(format!("i{index}.vsock")),
+        memory_mb: cfg.launcher.memory_mb,
+        log: log.clone(),
+    };
+    let fail = |msg: String| Outcome { index, pid: None, pgid: None, spawn_ms: None, started_mono_ns: 0, ready: Err(msg) };
+    let plan = cfg.launcher.plan(&ctx);
+    let log_file = match File::options().create(true).truncate(true).write(true).open(&log) {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot open log {}: {e}", log.display())),
+    };
+    let log_err = match log_file.try_clone() {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot open log {}: {e}", log.display())),
+    };
+    let cmd: Command = plan
+        .command
+        .env(ENV_RUN, &sh.run_id)
+        .env(ENV_INSTANCE, index.to_string())
+        .env(ENV_CID, cid.to_string())
+        .stdin(Redirect::Null)
+        .stdout(Redirect::File(log_file))
+        .stderr(Redirect::File(log_err));
+    let shown = cmd.display();
+    let t_spawn = Instant::now();
+    let child = match sh.sup.spawn(cmd) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("spawn failed: {e} (command: {shown})")),
+    };
+    let spawn_ms = t_spawn.elapsed().as_secs_f64() * 1000.0;
+    if cfg.progress {
+        eprintln!("[{index}] spawned pid {} with CID {cid}", child.pid);
+    }
+    let deadline = child.started + cfg.boot_timeout;
+    let pid = child.pid;
+    let run_id = sh.run_id.clone();
+    let log_for_dead = log.clone();
+    let dead = move || -> Option<String> {
+        let exit = sh.sup.try_status(pid)?;
+        if exit.success() {
+            // A launcher may daemonize its VMM and exit 0: only dead if nothing is left.
+            let pids = crate::memory::instance_pids(pid, &run_id, index, &crate::proc::table());
+            if !pids.is_empty() {
+                return None;
+            }
+            return Some(format!("{exit}, and no process of the instance is left; log: {}", log_for_dead.display()));
+        }
+        Some(format!("{exit}; log: {}", log_for_dead.display()))
+    };
+    let readiness: &Readiness = &plan.readiness;
+    let ready = probe::wait_ready(readiness, cfg.framing, &log, child.started, deadline, &sh.stop, &dead)
+        .map_err(|e| describe_failure(e, &log));
+    if ready.is_ok() {
+        sh.booted.fetch_add(1, Ordering::Relaxed);
+    }
+    Outcome { index, pid: Some(pid), pgid: Some(child.pgid), spawn_ms: Some(spawn_ms), started_mono_ns: child.started_mono_ns, ready }
+}
+
+fn describe_failure(e: BootFailure, log: &std::path::Path) -> String {
+    let tail = probe::log_tail(log, 3);
+    if tail.is_empty() || matches!(e, BootFailure::Interrupted) {
+        e.to_string()
+    } else {
+        format!("{e}; last log lines: {}", tail.join(" | "))
+    }
+}
+
+/// Runs, prints the report and returns the exit code.
+pub fn exit_code(result: &RunResult, cfg: &RunConfig) -> i32 {
+    report::verdict(result, cfg).exit_code()
+}

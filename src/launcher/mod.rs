@@ -1,1 +1,332 @@
-//! TODO
+//! How an instance is started, and how its readiness is observed.
+//!
+//! - `process`: `ukload-guest` as a plain host process, reached through the
+//!   hybrid Unix-socket form of vsock (the self-test; works with no hypervisor).
+//! - `kraft`: Unikraft's `kraft run --rm ...`; kraft has no vsock flag, so
+//!   readiness is a console line unless the user's setup provides vsock.
+//! - `exec`: any command template (Firecracker, Cloud Hypervisor, a script).
+
+use crate::supervisor::Command;
+use crate::vsock::Endpoint;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Default console marker: the line `ukload-guest` prints when it listens.
+pub const DEFAULT_READY_CONSOLE: &str = r"ukload-guest: ready";
+/// Default kraft image (the seed's guest binary location), under `$HOME`.
+pub const DEFAULT_KRAFT_IMAGE: &str = ".osvm/unikernels/unikraft_tool_executor";
+/// Default guest memory for VM launchers, MiB (kraft's own default is 64Mi).
+pub const DEFAULT_MEMORY_MB: u64 = 64;
+
+/// Which launcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Process,
+    Kraft,
+    Exec,
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "process" => Ok(Kind::Process),
+            "kraft" => Ok(Kind::Kraft),
+            "exec" => Ok(Kind::Exec),
+            _ => Err(format!("unknown launcher {s:?}: expected process, kraft or exec")),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Process => "process",
+            Kind::Kraft => "kraft",
+            Kind::Exec => "exec",
+        })
+    }
+}
+
+/// How readiness is observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadyMode {
+    /// The launcher's natural choice.
+    Auto,
+    /// JSON-RPC `ping` over vsock (hybrid or kernel).
+    Probe,
+    /// A console line matching `--ready-console`.
+    Console,
+}
+
+impl std::str::FromStr for ReadyMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ReadyMode::Auto),
+            "probe" | "vsock" => Ok(ReadyMode::Probe),
+            "console" => Ok(ReadyMode::Console),
+            _ => Err(format!("unknown readiness {s:?}: expected auto, probe or console")),
+        }
+    }
+}
+
+/// How one instance's readiness is observed.
+#[derive(Clone, Debug)]
+pub enum Readiness {
+    Probe(Endpoint),
+    Console(regex_lite::Regex),
+}
+
+/// What an instance is given.
+#[derive(Clone, Debug)]
+pub struct InstanceCtx {
+    pub index: u32,
+    pub cid: u32,
+    pub port: u32,
+    /// Hybrid vsock socket path for this instance (in the run directory).
+    pub uds: PathBuf,
+    pub memory_mb: u64,
+    /// Where the launcher's output goes.
+    pub log: PathBuf,
+}
+
+/// A planned start.
+pub struct Plan {
+    pub command: Command,
+    pub readiness: Readiness,
+}
+
+/// Why a launcher cannot start anything.
+#[derive(Debug)]
+pub enum LaunchError {
+    /// A program the launcher needs is missing (exit 69).
+    NotInstalled { what: String, how: String },
+    /// Bad configuration (exit 64).
+    Invalid(String),
+}
+
+impl fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LaunchError::NotInstalled { what, how } => write!(f, "{what} not found. {how}"),
+            LaunchError::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for LaunchError {}
+
+/// Launcher settings from the command line.
+#[derive(Clone, Debug)]
+pub struct LauncherConfig {
+    pub kind: Kind,
+    pub ready: ReadyMode,
+    pub ready_console: regex_lite::Regex,
+    pub framing: crate::framing::Framing,
+    /// process: the guest program (default: `ukload-guest` beside `ukload`).
+    pub guest_bin: PathBuf,
+    pub guest_args: Vec<String>,
+    pub guest_boot_delay_ms: u64,
+    /// kraft: the kraft program, image, platform and extra arguments.
+    pub kraft_bin: String,
+    pub image: PathBuf,
+    pub plat: Option<String>,
+    pub kraft_args: Vec<String>,
+    /// exec: the command template.
+    pub exec_template: Option<String>,
+    pub memory_mb: u64,
+}
+
+impl LauncherConfig {
+    /// The guest program installed beside the running `ukload`.
+    pub fn default_guest_bin() -> PathBuf {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("ukload-guest")))
+            .unwrap_or_else(|| PathBuf::from("ukload-guest"))
+    }
+
+    /// The seed's default kraft image path.
+    pub fn default_kraft_image() -> PathBuf {
+        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root")).join(DEFAULT_KRAFT_IMAGE)
+    }
+
+    /// Checks that what the launcher needs is there, before anything starts.
+    pub fn preflight(&self) -> Result<(), LaunchError> {
+        match self.kind {
+            Kind::Process => {
+                if crate::supervisor::spawn::resolve_program(self.guest_bin.as_os_str()).is_none() {
+                    return Err(LaunchError::NotInstalled {
+                        what: format!("guest program {}", self.guest_bin.display()),
+                        how: "Build it with `cargo build --bins`, or name it with --guest-bin PATH.".into(),
+                    });
+                }
+                Ok(())
+            }
+            Kind::Kraft => {
+                if crate::supervisor::spawn::resolve_program(self.kraft_bin.as_ref()).is_none() {
+                    return Err(LaunchError::NotInstalled {
+                        what: format!("kraft ({})", self.kraft_bin),
+                        how: "Install KraftKit (curl -sSf https://get.kraftkit.sh | sh; then export PATH=\"$HOME/.kraftkit/bin:$PATH\"), \
+                              name it with --kraft-bin PATH, or use --launcher process."
+                            .into(),
+                    });
+                }
+                if !self.image.exists() {
+                    return Err(LaunchError::Invalid(format!(
+                        "--image {}: no such file; build it with `bash scripts/build-unikraft-tool-executor.sh` or name another with --image",
+                        self.image.display()
+                    )));
+                }
+                Ok(())
+            }
+            Kind::Exec => {
+                let t = self.exec_template.as_deref().unwrap_or("");
+                if t.trim().is_empty() {
+                    return Err(LaunchError::Invalid(
+                        "--launcher exec needs --exec 'COMMAND TEMPLATE' (placeholders {index} {cid} {port} {uds} {memory_mb} {log})".into(),
+                    ));
+                }
+                if let Some(bad) = unknown_placeholder(t) {
+                    return Err(LaunchError::Invalid(format!(
+                        "--exec: unknown placeholder {{{bad}}}; known: {{index}} {{cid}} {{port}} {{uds}} {{memory_mb}} {{log}}"
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The command and readiness for one instance.
+    pub fn plan(&self, ctx: &InstanceCtx) -> Plan {
+        let console = Readiness::Console(self.ready_console.clone());
+        let hybrid = Readiness::Probe(Endpoint::Hybrid { path: ctx.uds.clone(), port: ctx.port });
+        match self.kind {
+            Kind::Process => {
+                let cmd = Command::new(self.guest_bin.as_os_str())
+                    .arg("--listen")
+                    .arg(format!("uds:{}", ctx.uds.display()))
+                    .arg("--port")
+                    .arg(ctx.port.to_string())
+                    .arg("--cid")
+                    .arg(ctx.cid.to_string())
+                    .arg("--framing")
+                    .arg(framing_name(self.framing))
+                    .arg("--boot-delay-ms")
+                    .arg(self.guest_boot_delay_ms.to_string())
+                    .args(self.guest_args.iter());
+                let readiness = if self.ready == ReadyMode::Console { console } else { hybrid };
+                Plan { command: cmd, readiness }
+            }
+            Kind::Kraft => {
+                let mut args: Vec<OsString> =
+                    vec!["run".into(), "--rm".into(), "--memory".into(), format!("{}Mi", ctx.memory_mb).into()];
+                if let Some(p) = &self.plat {
+                    args.push("--plat".into());
+                    args.push(p.into());
+                }
+                args.extend(self.kraft_args.iter().map(|a| OsString::from(expand(a, ctx))));
+                args.push(self.image.clone().into());
+                let readiness = if self.ready == ReadyMode::Probe {
+                    Readiness::Probe(Endpoint::Vsock { cid: ctx.cid, port: ctx.port })
+                } else {
+                    console
+                };
+                Plan { command: Command::new(&self.kraft_bin).args(args), readiness }
+            }
+            Kind::Exec => {
+                let t = self.exec_template.as_deref().unwrap_or("");
+                let cmd = Command::new("/bin/sh").arg("-c").arg(expand(t, ctx));
+                let readiness = match self.ready {
+                    ReadyMode::Console => console,
+                    _ if t.contains("{uds}") => hybrid,
+                    _ => Readiness::Probe(Endpoint::Vsock { cid: ctx.cid, port: ctx.port }),
+                };
+                Plan { command: cmd, readiness }
+            }
+        }
+    }
+}
+
+fn framing_name(f: crate::framing::Framing) -> &'static str {
+    match f {
+        crate::framing::Framing::Line => "line",
+        crate::framing::Framing::Length => "length",
+    }
+}
+
+const PLACEHOLDERS: [&str; 6] = ["index", "cid", "port", "uds", "memory_mb", "log"];
+
+fn unknown_placeholder(t: &str) -> Option<String> {
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else { break };
+        let name = &after[..close];
+        if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !PLACEHOLDERS.contains(&name) {
+            return Some(name.to_string());
+        }
+        rest = &after[close + 1..];
+    }
+    None
+}
+
+/// Quotes a value for `/bin/sh`.
+fn sh_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:=+,".contains(c)) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Replaces the placeholders in a template (values shell-quoted).
+pub fn expand(t: &str, ctx: &InstanceCtx) -> String {
+    t.replace("{index}", &ctx.index.to_string())
+        .replace("{cid}", &ctx.cid.to_string())
+        .replace("{port}", &ctx.port.to_string())
+        .replace("{uds}", &sh_quote(&ctx.uds.to_string_lossy()))
+        .replace("{memory_mb}", &ctx.memory_mb.to_string())
+        .replace("{log}", &sh_quote(&ctx.log.to_string_lossy()))
+}
+
+/// Path for instance `index`'s log, as the seed names it.
+pub fn log_path(dir: &Path, index: u32, cid: u32) -> PathBuf {
+    dir.join(format!("unikernel_{index}_cid{cid}.log"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> InstanceCtx {
+        InstanceCtx {
+            index: 3,
+            cid: 203,
+            port: 5252,
+            uds: PathBuf::from("/run/x y/i3.sock"),
+            memory_mb: 64,
+            log: PathBuf::from("/tmp/l.log"),
+        }
+    }
+
+    #[test]
+    fn expand_fills_every_placeholder_and_quotes_paths() {
+        let s = expand("vmm --cid {cid} --sock {uds} --i {index} -m {memory_mb} {port} {log}", &ctx());
+        assert_eq!(s, "vmm --cid 203 --sock '/run/x y/i3.sock' --i 3 -m 64 5252 /tmp/l.log");
+    }
+
+    #[test]
+    fn unknown_placeholders_are_named() {
+        assert_eq!(unknown_placeholder("a {cid} {nope}"), Some("nope".into()));
+        assert_eq!(unknown_placeholder("awk '{print $1}' {cid}"), None);
+    }
+
+    #[test]
+    fn log_path_follows_the_seed() {
+        assert_eq!(log_path(Path::new("/tmp/osvm-load-test"), 0, 247), PathBuf::from("/tmp/osvm-load-test/unikernel_0_cid247.log"));
+    }
+}

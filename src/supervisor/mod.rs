@@ -1,1 +1,193 @@
-//! TODO
+//! The one place that owns children: it forks them ([`spawn`]), is their
+//! child subreaper, reaps every one of them (direct children and adopted
+//! orphans alike) and remembers how each ended, kills whole process groups,
+//! and keeps a watchdog process that ends everything of the run if the
+//! harness itself dies.
+//!
+//! Reaping is done by one thread that waits for `SIGCHLD` on a self-pipe
+//! (with a poll timeout, so it never blocks forever) and then drains
+//! `waitpid(-1, WNOHANG)`. Nothing else in the process may call `waitpid`.
+
+pub mod spawn;
+pub mod teardown;
+pub mod watchdog;
+
+pub use spawn::{Child, Command, Redirect, SpawnError};
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How often the reaper looks for exited children even without a `SIGCHLD`
+/// (a safety net: signals can coalesce, and the poll needs a timeout anyway).
+const REAPER_TICK: Duration = Duration::from_millis(50);
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    fn from_wait_status(st: i32) -> Exit {
+        if libc::WIFSIGNALED(st) {
+            Exit::Signal(libc::WTERMSIG(st))
+        } else {
+            Exit::Code(libc::WEXITSTATUS(st))
+        }
+    }
+    pub fn success(&self) -> bool {
+        *self == Exit::Code(0)
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Signal(s) => write!(f, "killed by {}", signal_name(*s)),
+        }
+    }
+}
+
+/// `SIGTERM`-style name of a signal number.
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        _ => return format!("signal {sig}"),
+    };
+    name.to_string()
+}
+
+/// The process-wide supervisor. Create it with [`Supervisor::init`] before
+/// starting any child.
+pub struct Supervisor {
+    exited: Mutex<HashMap<i32, Exit>>,
+    changed: Condvar,
+}
+
+static SUPERVISOR: OnceLock<Supervisor> = OnceLock::new();
+
+impl Supervisor {
+    /// Makes this process a child subreaper and starts the reaper thread.
+    /// Idempotent.
+    pub fn init() -> io::Result<&'static Supervisor> {
+        if let Some(s) = SUPERVISOR.get() {
+            return Ok(s);
+        }
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag; no pointers.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (mut rx, tx) = UnixStream::pair()?;
+        rx.set_nonblocking(true)?;
+        signal_hook::low_level::pipe::register(libc::SIGCHLD, tx)?;
+        let sup = SUPERVISOR.get_or_init(|| Supervisor { exited: Mutex::new(HashMap::new()), changed: Condvar::new() });
+        std::thread::Builder::new().name("ukload-reaper".into()).spawn(move || {
+            let mut buf = [0u8; 64];
+            loop {
+                let mut pfd = libc::pollfd { fd: rx.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd, bounded timeout.
+                unsafe { libc::poll(&mut pfd, 1, REAPER_TICK.as_millis() as i32) };
+                while rx.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
+                sup.reap_all();
+            }
+        })?;
+        Ok(sup)
+    }
+
+    /// The supervisor, if [`Supervisor::init`] ran.
+    pub fn get() -> Option<&'static Supervisor> {
+        SUPERVISOR.get()
+    }
+
+    fn reap_all(&self) {
+        let mut reaped = Vec::new();
+        loop {
+            let mut st = 0;
+            // SAFETY: `st` is a valid out-pointer; WNOHANG never blocks.
+            let pid = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            reaped.push((pid, Exit::from_wait_status(st)));
+        }
+        if !reaped.is_empty() {
+            let mut map = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+            map.extend(reaped);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Starts a child (see [`spawn::spawn`]).
+    pub fn spawn(&self, cmd: Command) -> Result<Child, SpawnError> {
+        spawn::spawn(cmd)
+    }
+
+    /// How `pid` ended, if it has been reaped.
+    pub fn try_status(&self, pid: i32) -> Option<Exit> {
+        self.exited.lock().unwrap_or_else(|e| e.into_inner()).get(&pid).copied()
+    }
+
+    /// Waits until `pid` is reaped or `timeout` passes.
+    pub fn wait_timeout(&self, pid: i32, timeout: Duration) -> Option<Exit> {
+        let deadline = Instant::now() + timeout;
+        let mut map = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(e) = map.get(&pid) {
+                return Some(*e);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            map = self.changed.wait_timeout(map, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Forgets statuses of pids nobody will ask about again (keeps memory flat
+    /// over thousands of cycles).
+    pub fn forget(&self, pids: &[i32]) {
+        let mut map = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        for p in pids {
+            map.remove(p);
+        }
+    }
+
+    /// Forgets every recorded status (adopted orphans nobody asked about).
+    pub fn forget_all(&self) {
+        self.exited.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// Sends `sig` to process group `pgid`. `Ok(false)` if the group is gone.
+pub fn kill_group(pgid: i32, sig: i32) -> io::Result<bool> {
+    if pgid <= 1 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("refusing to signal process group {pgid}")));
+    }
+    // SAFETY: kill with a negative pid signals a process group; no pointers.
+    if unsafe { libc::kill(-pgid, sig) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}

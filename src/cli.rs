@@ -1,0 +1,320 @@
+//! Command-line definitions of `ukload` and their validation into library
+//! configurations. Every bad value gives one line naming the flag.
+
+use argh::FromArgs;
+use std::path::PathBuf;
+use std::time::Duration;
+use ukload::framing::Framing;
+use ukload::launcher::{self, Kind, LauncherConfig, ReadyMode};
+use ukload::run::{MemMetric, RunConfig};
+
+/// Default instance count (the seed's medium load test).
+pub const DEFAULT_COUNT: u32 = 15;
+/// Default boot timeout, seconds (the seed's test timeout).
+pub const DEFAULT_BOOT_TIMEOUT_S: f64 = 60.0;
+/// Default boot-time target, ms.
+pub const DEFAULT_MAX_BOOT_MS: f64 = 500.0;
+/// Default memory target per instance, MB.
+pub const DEFAULT_MAX_MEM_MB: f64 = 80.0;
+/// Default SIGTERM → SIGKILL grace period, ms.
+pub const DEFAULT_GRACE_MS: u64 = 2000;
+/// Default share of instances that must boot for PARTIAL, percent.
+pub const DEFAULT_MIN_SUCCESS_PCT: f64 = 80.0;
+/// Default log directory (the seed's).
+pub const DEFAULT_LOG_DIR: &str = "/tmp/osvm-load-test";
+/// Default CID range (the seed's).
+pub const DEFAULT_CID_RANGE: &str = "200-299";
+
+#[derive(FromArgs, Debug)]
+/// ukload: spawn N unikernels/microVMs, measure true boot time and memory,
+/// run MCP tools over vsock, and leave no process behind.
+pub struct Top {
+    #[argh(subcommand)]
+    pub cmd: Sub,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Sub {
+    Run(RunArgs),
+    Ps(PsArgs),
+    Cleanup(CleanupArgs),
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "run")]
+/// Run a load test: spawn, boot, memory, CIDs, cleanup. Exit 0 PASS, 2 PARTIAL,
+/// 1 FAIL, 64 bad usage, 69 launcher program missing, 75 CID range full,
+/// 130/143 interrupted.
+pub struct RunArgs {
+    #[argh(positional)]
+    /// number of instances (default 15)
+    pub count: Option<String>,
+    #[argh(option)]
+    /// launcher: process (default), kraft, exec
+    pub launcher: Option<String>,
+    #[argh(option)]
+    /// max instances spawning/booting at once (default: all)
+    pub concurrency: Option<String>,
+    #[argh(option)]
+    /// seconds an instance may take to boot (default 60)
+    pub boot_timeout: Option<String>,
+    #[argh(option)]
+    /// boot-time target in ms (default 500)
+    pub max_boot_ms: Option<String>,
+    #[argh(option)]
+    /// memory target per instance in MB (default 80)
+    pub max_mem_mb: Option<String>,
+    #[argh(option)]
+    /// memory figure checked against the target: pss (default) or rss
+    pub mem_metric: Option<String>,
+    #[argh(option)]
+    /// CID range, e.g. 200-299 (default)
+    pub cid_range: Option<String>,
+    #[argh(option)]
+    /// guest vsock port (default 5252)
+    pub port: Option<String>,
+    #[argh(option)]
+    /// ms between SIGTERM and SIGKILL at cleanup (default 2000)
+    pub grace_ms: Option<String>,
+    #[argh(option)]
+    /// percent of instances that must boot for PARTIAL (default 80)
+    pub min_success: Option<String>,
+    #[argh(option)]
+    /// output: human (default) or json
+    pub format: Option<String>,
+    #[argh(option)]
+    /// directory of per-instance logs (default /tmp/osvm-load-test)
+    pub log_dir: Option<PathBuf>,
+    #[argh(option)]
+    /// framing on vsock: line (default, MCP's) or length (4-byte LE prefix)
+    pub framing: Option<String>,
+    #[argh(option)]
+    /// readiness: auto (default), probe (JSON-RPC ping over vsock) or console
+    pub ready: Option<String>,
+    #[argh(option)]
+    /// console line that means "ready" (regex; default "ukload-guest: ready")
+    pub ready_console: Option<String>,
+    #[argh(option)]
+    /// process launcher: guest program (default: ukload-guest beside ukload)
+    pub guest_bin: Option<PathBuf>,
+    #[argh(option)]
+    /// process launcher: extra argument for the guest (repeatable)
+    pub guest_arg: Vec<String>,
+    #[argh(option)]
+    /// process launcher: boot delay the guest injects, ms (default 0)
+    pub guest_boot_delay_ms: Option<String>,
+    #[argh(option)]
+    /// kraft launcher: the kraft program (default: kraft on PATH)
+    pub kraft_bin: Option<String>,
+    #[argh(option)]
+    /// kraft launcher: image (default ~/.osvm/unikernels/unikraft_tool_executor)
+    pub image: Option<PathBuf>,
+    #[argh(option)]
+    /// kraft launcher: --plat value (e.g. qemu)
+    pub plat: Option<String>,
+    #[argh(option)]
+    /// kraft launcher: extra argument for `kraft run` (repeatable; placeholders allowed)
+    pub kraft_arg: Vec<String>,
+    #[argh(option)]
+    /// exec launcher: command template with {index} {cid} {port} {uds} {memory_mb} {log}
+    pub exec: Option<String>,
+    #[argh(option)]
+    /// guest memory in MiB for VM launchers (default 64)
+    pub memory: Option<String>,
+    #[argh(switch, short = 'q')]
+    /// no progress lines on stderr
+    pub quiet: bool,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "ps")]
+/// List live instances of every run on this host (run id, CID, pids, age, memory).
+pub struct PsArgs {
+    #[argh(option)]
+    /// output: human (default) or json
+    pub format: Option<String>,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "cleanup")]
+/// End processes left by earlier runs (found by their UKLOAD_RUN marker only)
+/// and free their CIDs. Runs whose harness is alive are left alone unless
+/// named with --run or --all is given.
+pub struct CleanupArgs {
+    #[argh(option)]
+    /// only this run id
+    pub run: Option<String>,
+    #[argh(switch)]
+    /// also end runs whose harness is still alive
+    pub all: bool,
+    #[argh(option)]
+    /// ms between SIGTERM and SIGKILL (default 2000)
+    pub grace_ms: Option<String>,
+}
+
+/// A bad command line: the message names the flag.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+fn num<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> Result<T, Usage> {
+    v.trim().parse::<T>().map_err(|_| Usage(format!("{flag} {v:?}: expected {what}")))
+}
+
+fn positive_f64(flag: &str, v: &Option<String>, default: f64) -> Result<f64, Usage> {
+    match v {
+        None => Ok(default),
+        Some(s) => {
+            let x: f64 = num(flag, s, "a positive number")?;
+            if x.is_finite() && x > 0.0 {
+                Ok(x)
+            } else {
+                Err(Usage(format!("{flag} {s:?}: expected a positive number")))
+            }
+        }
+    }
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+pub fn format(v: &Option<String>) -> Result<Format, Usage> {
+    match v.as_deref() {
+        None | Some("human") | Some("text") => Ok(Format::Human),
+        Some("json") => Ok(Format::Json),
+        Some(o) => Err(Usage(format!("--format {o:?}: expected human or json"))),
+    }
+}
+
+/// Grace period flag.
+pub fn grace(v: &Option<String>) -> Result<Duration, Usage> {
+    Ok(match v {
+        None => Duration::from_millis(DEFAULT_GRACE_MS),
+        Some(s) => Duration::from_millis(num::<u64>("--grace-ms", s, "milliseconds (a whole number)")?),
+    })
+}
+
+impl RunArgs {
+    /// Validates every flag; nothing has started yet.
+    pub fn to_config(&self) -> Result<(RunConfig, Format), Usage> {
+        let count = match &self.count {
+            None => DEFAULT_COUNT,
+            Some(s) => num::<u32>("COUNT", s, "a whole number of instances")?,
+        };
+        if count == 0 {
+            return Err(Usage("COUNT 0: nothing to run; give at least 1 instance".into()));
+        }
+        let concurrency = match &self.concurrency {
+            None => count,
+            Some(s) => num::<u32>("--concurrency", s, "a whole number >= 1")?,
+        };
+        if concurrency == 0 {
+            return Err(Usage("--concurrency 0: at least one spawn must be allowed in flight".into()));
+        }
+        let kind: Kind = match &self.launcher {
+            None => Kind::Process,
+            Some(s) => s.parse().map_err(|e| Usage(format!("--launcher: {e}")))?,
+        };
+        let boot_timeout = positive_f64("--boot-timeout", &self.boot_timeout, DEFAULT_BOOT_TIMEOUT_S)?;
+        let max_boot_ms = positive_f64("--max-boot-ms", &self.max_boot_ms, DEFAULT_MAX_BOOT_MS)?;
+        let max_mem_mb = positive_f64("--max-mem-mb", &self.max_mem_mb, DEFAULT_MAX_MEM_MB)?;
+        let mem_metric: MemMetric = match &self.mem_metric {
+            None => MemMetric::Pss,
+            Some(s) => s.parse().map_err(|e| Usage(format!("--mem-metric: {e}")))?,
+        };
+        let range_s = self.cid_range.as_deref().unwrap_or(DEFAULT_CID_RANGE);
+        let cid_range: ukload::cid::CidRange =
+            range_s.parse().map_err(|e: <ukload::cid::CidRange as std::str::FromStr>::Err| {
+                Usage(format!("--cid-range {range_s}: {e}"))
+            })?;
+        if (count as u64) > cid_range.len() {
+            return Err(Usage(format!(
+                "COUNT {count} is larger than --cid-range {cid_range} ({} CIDs); widen the range or run fewer",
+                cid_range.len()
+            )));
+        }
+        let port = match &self.port {
+            None => ukload::DEFAULT_PORT,
+            Some(s) => num::<u32>("--port", s, "a port number 1..4294967294")?,
+        };
+        if port == 0 || port == u32::MAX {
+            return Err(Usage(format!("--port {port}: expected a port number 1..4294967294")));
+        }
+        let grace = grace(&self.grace_ms)?;
+        let min_success_pct = match &self.min_success {
+            None => DEFAULT_MIN_SUCCESS_PCT,
+            Some(s) => {
+                let v: f64 = num("--min-success", s.trim_end_matches('%'), "a percentage 0..100")?;
+                if !(0.0..=100.0).contains(&v) {
+                    return Err(Usage(format!("--min-success {s}: expected a percentage 0..100")));
+                }
+                v
+            }
+        };
+        let fmt = format(&self.format)?;
+        let framing: Framing = match self.framing.as_deref() {
+            None | Some("line") => Framing::Line,
+            Some("length") => Framing::Length,
+            Some(o) => return Err(Usage(format!("--framing {o:?}: expected line or length"))),
+        };
+        let ready: ReadyMode = match &self.ready {
+            None => ReadyMode::Auto,
+            Some(s) => s.parse().map_err(|e| Usage(format!("--ready: {e}")))?,
+        };
+        let pattern = self.ready_console.as_deref().unwrap_or(launcher::DEFAULT_READY_CONSOLE);
+        let ready_console = regex_lite::Regex::new(pattern)
+            .map_err(|e| Usage(format!("--ready-console {pattern:?}: not a valid regex: {e}")))?;
+        let guest_boot_delay_ms = match &self.guest_boot_delay_ms {
+            None => 0,
+            Some(s) => num::<u64>("--guest-boot-delay-ms", s, "milliseconds (a whole number)")?,
+        };
+        let memory_mb = match &self.memory {
+            None => launcher::DEFAULT_MEMORY_MB,
+            Some(s) => num::<u64>("--memory", s.trim_end_matches("Mi").trim_end_matches('M'), "MiB (a whole number)")?,
+        };
+        if memory_mb == 0 {
+            return Err(Usage("--memory 0: a guest needs some memory".into()));
+        }
+        if let Some(d) = &self.log_dir {
+            if d.as_os_str().is_empty() {
+                return Err(Usage("--log-dir \"\": give a directory".into()));
+            }
+        }
+        let lc = LauncherConfig {
+            kind,
+            ready,
+            ready_console,
+            framing,
+            guest_bin: self.guest_bin.clone().unwrap_or_else(LauncherConfig::default_guest_bin),
+            guest_args: self.guest_arg.clone(),
+            guest_boot_delay_ms,
+            kraft_bin: self.kraft_bin.clone().unwrap_or_else(|| "kraft".into()),
+            image: self.image.clone().unwrap_or_else(LauncherConfig::default_kraft_image),
+            plat: self.plat.clone(),
+            kraft_args: self.kraft_arg.clone(),
+            exec_template: self.exec.clone(),
+            memory_mb,
+        };
+        let cfg = RunConfig {
+            count,
+            concurrency,
+            boot_timeout: Duration::from_secs_f64(boot_timeout),
+            max_boot_ms,
+            max_mem_mb,
+            mem_metric,
+            cid_range,
+            port,
+            grace,
+            min_success_pct,
+            log_dir: self.log_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_DIR)),
+            framing,
+            launcher: lc,
+            progress: !self.quiet,
+        };
+        Ok((cfg, fmt))
+    }
+}

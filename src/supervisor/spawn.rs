@@ -1,0 +1,350 @@
+//! fork/exec of launchers, each in its own process group.
+//!
+//! Why not `std::process::Command`: the harness reaps *every* child with
+//! `waitpid(-1)` (it is a subreaper and must also reap adopted orphans), and
+//! std's spawn calls `waitpid` on its own child when `exec` fails, which would
+//! race with our reaper. So we fork ourselves, doing only async-signal-safe
+//! calls between `fork` and `exec`, and report `exec` failure through a
+//! close-on-exec pipe.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Exit code a forked child uses when `exec` fails (like the shell's 127).
+pub const EXEC_FAILED_CODE: i32 = 127;
+
+/// Where one of the child's standard streams goes.
+#[derive(Debug)]
+pub enum Redirect {
+    /// `/dev/null`.
+    Null,
+    /// Same as ours.
+    Inherit,
+    /// An already open file (e.g. the instance log, opened for append).
+    File(File),
+    /// A new pipe; our end is returned in [`Child`].
+    Pipe,
+}
+
+/// What to start.
+#[derive(Debug)]
+pub struct Command {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    cwd: Option<PathBuf>,
+    stdin: Redirect,
+    stdout: Redirect,
+    stderr: Redirect,
+    new_process_group: bool,
+}
+
+impl Command {
+    /// A command running `program` (looked up on `PATH` if it has no `/`).
+    pub fn new(program: impl Into<OsString>) -> Self {
+        Command {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            stdin: Redirect::Null,
+            stdout: Redirect::Inherit,
+            stderr: Redirect::Inherit,
+            new_process_group: true,
+        }
+    }
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, it: I) -> Self {
+        self.args.extend(it.into_iter().map(Into::into));
+        self
+    }
+    /// Adds (or overrides) one variable on top of our own environment.
+    pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+    pub fn stdin(mut self, r: Redirect) -> Self {
+        self.stdin = r;
+        self
+    }
+    pub fn stdout(mut self, r: Redirect) -> Self {
+        self.stdout = r;
+        self
+    }
+    pub fn stderr(mut self, r: Redirect) -> Self {
+        self.stderr = r;
+        self
+    }
+    /// Whether the child leads a new process group (default: yes).
+    pub fn new_process_group(mut self, yes: bool) -> Self {
+        self.new_process_group = yes;
+        self
+    }
+    /// The program as given.
+    pub fn program(&self) -> &OsStr {
+        &self.program
+    }
+    /// Program and arguments, for messages.
+    pub fn display(&self) -> String {
+        let mut s = self.program.to_string_lossy().into_owned();
+        for a in &self.args {
+            s.push(' ');
+            s.push_str(&a.to_string_lossy());
+        }
+        s
+    }
+}
+
+/// A started child. Dropping it neither kills nor waits: the supervisor owns that.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: i32,
+    /// Its process group (its own pid when it leads a new group).
+    pub pgid: i32,
+    /// When `fork` returned in the parent.
+    pub started: Instant,
+    /// `CLOCK_MONOTONIC` at the same moment, comparable with guest stamps.
+    pub started_mono_ns: u64,
+    pub stdin: Option<File>,
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
+}
+
+/// Why a child could not be started.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The program is not on `PATH` / does not exist.
+    NotFound { program: String },
+    /// A syscall in the parent failed.
+    Sys { call: &'static str, err: io::Error },
+    /// `exec` failed in the child.
+    Exec { program: String, err: io::Error },
+    /// An argument or variable contains a NUL byte.
+    Nul { what: String },
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::NotFound { program } => {
+                write!(f, "{program}: command not found (not a path and not on PATH)")
+            }
+            SpawnError::Sys { call, err } => write!(f, "{call} failed: {err}"),
+            SpawnError::Exec { program, err } => write!(f, "cannot execute {program}: {err}"),
+            SpawnError::Nul { what } => write!(f, "{what} contains a NUL byte"),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// Resolves `program` like `execvp` would, in the parent, so the error is ours to word.
+pub fn resolve_program(program: &OsStr) -> Option<PathBuf> {
+    let p = Path::new(program);
+    if program.as_bytes().contains(&b'/') {
+        return p.exists().then(|| p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|c| is_executable(c))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn cstring(bytes: &[u8], what: &str) -> Result<CString, SpawnError> {
+    CString::new(bytes).map_err(|_| SpawnError::Nul { what: what.to_string() })
+}
+
+fn sys(call: &'static str) -> SpawnError {
+    SpawnError::Sys { call, err: io::Error::last_os_error() }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(sys("pipe2"));
+    }
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The fd the child gets for one stream, and our end if it is a pipe.
+struct Stdio {
+    child_fd: Option<OwnedFd>,
+    /// -1: leave the stream as it is (inherit).
+    child_raw: RawFd,
+    ours: Option<File>,
+}
+
+fn prepare(r: Redirect, is_input: bool, devnull: &OwnedFd) -> Result<Stdio, SpawnError> {
+    Ok(match r {
+        Redirect::Inherit => Stdio { child_fd: None, child_raw: -1, ours: None },
+        Redirect::Null => Stdio { child_fd: None, child_raw: devnull.as_raw_fd(), ours: None },
+        Redirect::File(f) => {
+            let fd = OwnedFd::from(f);
+            let raw = fd.as_raw_fd();
+            Stdio { child_fd: Some(fd), child_raw: raw, ours: None }
+        }
+        Redirect::Pipe => {
+            let (r, w) = pipe()?;
+            let (child, ours) = if is_input { (r, w) } else { (w, r) };
+            let raw = child.as_raw_fd();
+            Stdio { child_fd: Some(child), child_raw: raw, ours: Some(File::from(ours)) }
+        }
+    })
+}
+
+/// Starts `cmd`. Only async-signal-safe calls run in the child before `exec`.
+pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
+    let shown = cmd.program.to_string_lossy().into_owned();
+    let path = resolve_program(&cmd.program).ok_or_else(|| SpawnError::NotFound { program: shown.clone() })?;
+    let c_path = cstring(path.as_os_str().as_bytes(), "program path")?;
+    let mut c_args = vec![cstring(cmd.program.as_bytes(), "program")?];
+    for a in &cmd.args {
+        c_args.push(cstring(a.as_bytes(), &format!("argument {:?}", a))?);
+    }
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    for (k, v) in &cmd.env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    let mut c_env = Vec::with_capacity(env.len());
+    for (k, v) in &env {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        c_env.push(cstring(&kv, &format!("environment variable {:?}", k))?);
+    }
+    let c_cwd = match &cmd.cwd {
+        Some(d) => Some(cstring(d.as_os_str().as_bytes(), "working directory")?),
+        None => None,
+    };
+    let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = c_env.iter().map(|c| c.as_ptr()).collect();
+    envp.push(std::ptr::null());
+
+    let devnull = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|err| SpawnError::Sys { call: "open /dev/null", err })?;
+    let devnull = OwnedFd::from(devnull);
+    let stdin = prepare(cmd.stdin, true, &devnull)?;
+    let stdout = prepare(cmd.stdout, false, &devnull)?;
+    let stderr = prepare(cmd.stderr, false, &devnull)?;
+    let (err_r, err_w) = pipe()?;
+    let new_pg = cmd.new_process_group;
+
+    // SAFETY: an empty sigset is a valid value to initialise with sigemptyset.
+    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `empty` is a valid, writable sigset_t.
+    unsafe { libc::sigemptyset(&mut empty) };
+
+    let started = Instant::now();
+    let started_mono_ns = crate::clock::monotonic_ns();
+    // SAFETY: fork is called with every buffer the child needs already built;
+    // the child only calls async-signal-safe functions (setpgid, sigprocmask,
+    // signal, dup2, chdir, execve, write, _exit) and touches no allocator.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(sys("fork"));
+    }
+    if pid == 0 {
+        // Child.
+        // SAFETY: all pointers were built before fork and stay valid; every
+        // call below is async-signal-safe; the child never returns.
+        unsafe {
+            if new_pg {
+                libc::setpgid(0, 0);
+            }
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // Rust ignores SIGPIPE; an ignored disposition survives exec.
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            for (fd, target) in [(stdin.child_raw, 0), (stdout.child_raw, 1), (stderr.child_raw, 2)] {
+                if fd >= 0 && libc::dup2(fd, target) < 0 {
+                    child_fail(err_w.as_raw_fd());
+                }
+            }
+            if let Some(d) = &c_cwd {
+                if libc::chdir(d.as_ptr()) != 0 {
+                    child_fail(err_w.as_raw_fd());
+                }
+            }
+            libc::execve(c_path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            child_fail(err_w.as_raw_fd());
+        }
+    }
+    // Parent. Set the group here too so it exists before we ever signal it.
+    if new_pg {
+        // SAFETY: plain syscall on our own child's pid; EACCES after exec is harmless.
+        unsafe { libc::setpgid(pid, pid) };
+    }
+    drop(err_w);
+    drop(stdin.child_fd);
+    drop(stdout.child_fd);
+    drop(stderr.child_fd);
+    // EOF means exec succeeded (the pipe is close-on-exec); 4 bytes are an errno.
+    let mut buf = [0u8; 4];
+    let mut errf = File::from(err_r);
+    let mut got = 0;
+    while got < buf.len() {
+        match errf.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(SpawnError::Sys { call: "read exec status", err }),
+        }
+    }
+    if got == buf.len() {
+        // The child has _exit(127)ed; the reaper collects it.
+        return Err(SpawnError::Exec { program: shown, err: io::Error::from_raw_os_error(i32::from_ne_bytes(buf)) });
+    }
+    Ok(Child {
+        pid,
+        pgid: if new_pg { pid } else { current_pgid() },
+        started,
+        started_mono_ns,
+        stdin: stdin.ours,
+        stdout: stdout.ours,
+        stderr: stderr.ours,
+    })
+}
+
+fn current_pgid() -> i32 {
+    // SAFETY: getpgrp has no failure modes.
+    unsafe { libc::getpgrp() }
+}
+
+/// In the child after fork: report errno through the pipe and exit.
+///
+/// # Safety
+/// Only to be called in a forked child; uses async-signal-safe calls only.
+unsafe fn child_fail(fd: RawFd) -> ! {
+    // SAFETY: __errno_location is async-signal-safe and returns a valid pointer.
+    let e = unsafe { *libc::__errno_location() }.to_ne_bytes();
+    // SAFETY: writing 4 bytes from a stack buffer to an fd we own; then _exit.
+    unsafe {
+        libc::write(fd, e.as_ptr().cast(), e.len());
+        libc::_exit(EXEC_FAILED_CODE)
+    }
+}
