@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, installing what it needs first (Debian):
+#   bash scripts/test.sh [extra cargo test args...]
+# Installs Node.js (for the MCP echo server tests) and, unless
+# UKLOAD_SKIP_MICROVM=1, the microVM pieces (QEMU, the guest kernel,
+# vhost-device-vsock) through scripts/setup-microvm.sh. Tests whose
+# prerequisites are still missing say so in their output and skip.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+
+apt_install() {
+  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: cannot install $* (need root and apt-get); tests needing it will skip" >&2
+    return 0
+  fi
+  if [[ -z ${UKLOAD_APT_UPDATED:-} ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq || true
+    export UKLOAD_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+command -v node >/dev/null 2>&1 || apt_install nodejs
+command -v setsid >/dev/null 2>&1 || apt_install util-linux
+command -v python3 >/dev/null 2>&1 || apt_install python3
+
+if [[ ${UKLOAD_SKIP_MICROVM:-0} != 1 && -f scripts/setup-microvm.sh ]]; then
+  bash scripts/setup-microvm.sh || echo "test.sh: microVM setup failed; microVM tests will say why and skip" >&2
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo build --quiet --bins --examples
+cargo test --all-targets "$@"

@@ -1,0 +1,165 @@
+//! Helpers shared by the integration tests: temp dirs, the binaries, and an
+//! independent `/proc` scan for processes carrying a run's marker.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("ukt-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn ukload_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ukload"))
+}
+
+pub fn guest_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ukload-guest"))
+}
+
+/// `target/<profile>/examples/<name>` (cargo test builds examples).
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let p = profile_dir.join("examples").join(name);
+    assert!(p.exists(), "{} missing: run `cargo build --examples` (cargo test builds it)", p.display());
+    p
+}
+
+pub fn fixture_guest() -> PathBuf {
+    example_bin("fixture_guest")
+}
+
+pub fn kraft_standin() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kraft")
+}
+
+/// A `ukload` command isolated in `dir` (its own runtime dir, logs, TMPDIR).
+pub fn ukload(dir: &Path) -> Command {
+    let mut c = Command::new(ukload_bin());
+    c.env("UKLOAD_RUNTIME_DIR", dir.join("rt"))
+        .env("TMPDIR", dir)
+        .env_remove("UKLOAD_RUN")
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+/// Standard `run` arguments for tests: quiet, JSON, logs in `dir`.
+pub fn run_args(dir: &Path, count: u32) -> Vec<String> {
+    vec![
+        "run".into(),
+        count.to_string(),
+        "--format".into(),
+        "json".into(),
+        "-q".into(),
+        "--log-dir".into(),
+        dir.join("logs").to_string_lossy().into_owned(),
+    ]
+}
+
+pub fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Pids of live (non-zombie) processes whose environment has `UKLOAD_RUN=<value>`
+/// with `pred(value)` true. Independent of the library's scanner.
+pub fn marked_pids(pred: &dyn Fn(&str) -> bool) -> Vec<(i32, String)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().and_then(|r| r.trim().chars().next());
+        if state == Some('Z') || stat.is_empty() {
+            continue;
+        }
+        for kv in env.split(|&b| b == 0) {
+            if let Some(val) = kv.strip_prefix(b"UKLOAD_RUN=") {
+                let val = String::from_utf8_lossy(val).into_owned();
+                if pred(&val) {
+                    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                    v.push((pid, cmd));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Live processes of run `run_id`.
+pub fn run_processes(run_id: &str) -> Vec<(i32, String)> {
+    marked_pids(&|v| v == run_id)
+}
+
+/// Waits up to `d` for run `run_id` to have no live process; returns what is left.
+pub fn wait_no_processes(run_id: &str, d: Duration) -> Vec<(i32, String)> {
+    let end = Instant::now() + d;
+    loop {
+        let left = run_processes(run_id);
+        if left.is_empty() || Instant::now() >= end {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills (by pid, never by name) anything a failed test left with this marker.
+pub fn kill_run(run_id: &str) {
+    for (pid, _) in run_processes(run_id) {
+        // SAFETY: signalling a pid we just read with our own run's marker.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Runs `cmd` to completion with a deadline (kills it past the deadline).
+pub fn output_within(mut cmd: Command, d: Duration) -> Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(d) {
+        Ok(o) => o.unwrap(),
+        Err(_) => {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("command did not finish within {d:?}");
+        }
+    }
+}
+
+pub fn instances(doc: &serde_json::Value) -> &Vec<serde_json::Value> {
+    doc["instances"].as_array().expect("instances array")
+}
