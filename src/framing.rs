@@ -1,11 +1,27 @@
 //! Message framing on a byte stream, bounded: newline-delimited JSON (MCP's
 //! stdio form, the default) and the seed's 4-byte little-endian length prefix.
-//! OWNER: transport helper. Contract (keep these names and shapes):
+//!
+//! Both readers are bounded: no frame larger than the reader's `max` is ever
+//! buffered, whatever the peer sends, so a hostile or broken peer cannot make
+//! us allocate without limit. Both keep partial data across read timeouts,
+//! because streams here use `set_read_timeout` to bound every blocking read:
+//! a timeout is reported as [`FrameError::TimedOut`] and the next
+//! [`FrameReader::read_frame`] call continues the same frame.
 
+use std::fmt;
 use std::io::{self, Read, Write};
+use std::str::FromStr;
 
 /// Largest frame accepted by default (the seed's limit).
 pub const MAX_FRAME_LEN: usize = 10 * 1024 * 1024;
+
+/// Size of the length prefix in [`Framing::Length`].
+pub const LENGTH_PREFIX_LEN: usize = 4;
+
+/// Most bytes asked of the stream by one `read` call in line mode. Reads are
+/// also capped by what the current line may still hold, so the buffer never
+/// exceeds the limit.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// How messages are delimited on a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +30,54 @@ pub enum Framing {
     Line,
     /// 4-byte little-endian length, then that many bytes; zero rejected.
     Length,
+}
+
+impl Framing {
+    /// The spellings accepted by [`FromStr`], for help texts.
+    pub const VALID: &'static str = "\"line\" or \"length\"";
+
+    /// The name accepted by [`FromStr`] and printed by [`fmt::Display`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Framing::Line => "line",
+            Framing::Length => "length",
+        }
+    }
+}
+
+impl fmt::Display for Framing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A framing name that is neither `line` nor `length`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseFramingError(pub String);
+
+impl fmt::Display for ParseFramingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown framing {:?}: expected {}",
+            self.0,
+            Framing::VALID
+        )
+    }
+}
+
+impl std::error::Error for ParseFramingError {}
+
+impl FromStr for Framing {
+    type Err = ParseFramingError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "line" => Ok(Framing::Line),
+            "length" => Ok(Framing::Length),
+            other => Err(ParseFramingError(other.to_string())),
+        }
+    }
 }
 
 /// Why a frame could not be read or written.
@@ -25,7 +89,7 @@ pub enum FrameError {
     Truncated { got: usize, expected: Option<usize> },
     /// Frame longer than the limit (declared or seen so far).
     TooLarge { len: u64, max: usize },
-    /// A length prefix of zero.
+    /// A length prefix of zero (or, when writing, an empty payload).
     ZeroLength,
     /// Payload to write contains a newline (line framing).
     EmbeddedNewline,
@@ -35,35 +99,418 @@ pub enum FrameError {
     Io(io::Error),
 }
 
+impl FrameError {
+    /// Whether the stream can still be used after this error: true only for
+    /// [`FrameError::TimedOut`] while reading (the partial frame is kept).
+    /// After any other error the caller should close the connection.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, FrameError::TimedOut)
+    }
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Eof => f.write_str("end of stream"),
+            FrameError::Truncated {
+                got,
+                expected: Some(n),
+            } => {
+                write!(f, "stream ended inside a frame: got {got} of {n} bytes")
+            }
+            FrameError::Truncated {
+                got,
+                expected: None,
+            } => {
+                write!(f, "stream ended inside a frame after {got} bytes")
+            }
+            FrameError::TooLarge { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the {max}-byte limit")
+            }
+            FrameError::ZeroLength => f.write_str("zero-length frame (not allowed)"),
+            FrameError::EmbeddedNewline => {
+                f.write_str("payload contains a newline, which line framing cannot carry")
+            }
+            FrameError::TimedOut => f.write_str("timed out waiting for the stream"),
+            FrameError::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Maps an I/O error to a frame error, folding both timeout kinds (Linux
+/// sockets report an expired `SO_RCVTIMEO` as `WouldBlock`) into `TimedOut`.
+fn io_error(e: io::Error) -> FrameError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => FrameError::TimedOut,
+        _ => FrameError::Io(e),
+    }
+}
+
+/// Progress of a length-prefixed frame, kept across timeouts.
+enum LengthState {
+    /// Reading the prefix: `got` of its bytes are in `prefix`.
+    Prefix {
+        prefix: [u8; LENGTH_PREFIX_LEN],
+        got: usize,
+    },
+    /// Reading the payload: `got` of `payload.len()` bytes are filled in.
+    Body { payload: Vec<u8>, got: usize },
+}
+
+impl LengthState {
+    fn start() -> Self {
+        LengthState::Prefix {
+            prefix: [0; LENGTH_PREFIX_LEN],
+            got: 0,
+        }
+    }
+}
+
 /// Reads frames from `R`, keeping partial data across timeouts.
+///
+/// Line mode: a frame is everything up to `\n`, with one trailing `\r`
+/// stripped; blank lines are skipped. The reader never buffers more than
+/// `max + 2` bytes (the payload, a `\r` and the `\n`). A line whose payload
+/// exceeds `max` is reported once as [`FrameError::TooLarge`]; the reader then
+/// **discards the rest of that line** and the next `read_frame` continues
+/// with the line after it, so a caller may choose to keep the connection.
+/// Bytes read past a `\n` belong to the next frame and stay buffered.
+///
+/// Length mode: a 4-byte little-endian length then the payload. A zero
+/// length is [`FrameError::ZeroLength`]; a length above `max` is
+/// [`FrameError::TooLarge`] and nothing is allocated for it. After either the
+/// stream is out of step (the payload, if any, was not consumed): close it.
+/// The reader never reads past the end of the current frame.
 pub struct FrameReader<R> {
     inner: R,
     framing: Framing,
     max: usize,
+    /// Line mode: bytes read but not yet returned.
+    buf: Vec<u8>,
+    /// Line mode: `buf[..scanned]` is known to contain no `\n`.
+    scanned: usize,
+    /// Line mode: skipping the rest of an oversized line.
+    discarding: bool,
+    /// Length mode progress.
+    length: LengthState,
 }
 
 impl<R: Read> FrameReader<R> {
+    /// A reader with the default limit [`MAX_FRAME_LEN`].
     pub fn new(inner: R, framing: Framing) -> Self {
         Self::with_max(inner, framing, MAX_FRAME_LEN)
     }
+
+    /// A reader accepting frames of at most `max` payload bytes.
     pub fn with_max(inner: R, framing: Framing, max: usize) -> Self {
-        FrameReader { inner, framing, max }
+        FrameReader {
+            inner,
+            framing,
+            max,
+            buf: Vec::new(),
+            scanned: 0,
+            discarding: false,
+            length: LengthState::start(),
+        }
     }
+
     /// Next frame's payload (without delimiter / prefix).
     pub fn read_frame(&mut self) -> Result<Vec<u8>, FrameError> {
-        let _ = (&mut self.inner, self.framing, self.max);
-        todo!()
+        match self.framing {
+            Framing::Line => self.read_line_frame(),
+            Framing::Length => self.read_length_frame(),
+        }
     }
+
+    /// The framing this reader decodes.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// The largest payload this reader accepts.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Whether part of a frame has been read but not yet returned (useful to
+    /// tell an idle stream from a slow sender after a timeout).
+    pub fn has_partial(&self) -> bool {
+        match &self.length {
+            LengthState::Prefix { got, .. } if *got > 0 => return true,
+            LengthState::Body { .. } => return true,
+            LengthState::Prefix { .. } => {}
+        }
+        !self.buf.is_empty()
+    }
+
     pub fn get_ref(&self) -> &R {
         &self.inner
     }
+
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }
+
+    /// Gives back the stream; buffered bytes are lost.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    /// One `read` into `buf`'s spare room of at most `want` bytes, growing
+    /// the vector exactly (never past `max + 2` in total). Returns the count.
+    fn fill(&mut self, want: usize) -> Result<usize, FrameError> {
+        let len = self.buf.len();
+        if self.buf.capacity() < len + want {
+            // Grow geometrically for throughput, but never past the bound.
+            let bound = self.max.saturating_add(2);
+            let target = (self.buf.capacity() * 2)
+                .max(len + want)
+                .min(bound.max(len + want));
+            self.buf.reserve_exact(target - len);
+        }
+        self.buf.resize(len + want, 0);
+        loop {
+            match self.inner.read(&mut self.buf[len..]) {
+                Ok(n) => {
+                    self.buf.truncate(len + n);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(len);
+                    return Err(io_error(e));
+                }
+            }
+        }
+    }
+
+    fn read_line_frame(&mut self) -> Result<Vec<u8>, FrameError> {
+        let bound = self.max.saturating_add(2);
+        loop {
+            if let Some(off) = memchr_newline(&self.buf[self.scanned..]) {
+                let nl = self.scanned + off;
+                if self.discarding {
+                    self.buf.drain(..=nl);
+                    self.scanned = 0;
+                    self.discarding = false;
+                    continue;
+                }
+                let rest = self.buf.split_off(nl + 1);
+                let mut line = std::mem::replace(&mut self.buf, rest);
+                self.scanned = 0;
+                line.truncate(nl);
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                if line.is_empty() {
+                    continue;
+                }
+                if line.len() > self.max {
+                    return Err(FrameError::TooLarge {
+                        len: line.len() as u64,
+                        max: self.max,
+                    });
+                }
+                return Ok(line);
+            }
+            self.scanned = self.buf.len();
+            if self.discarding {
+                self.buf.clear();
+                self.scanned = 0;
+            } else if self.line_too_long() {
+                let len = self.buf.len() as u64;
+                self.buf.clear();
+                self.scanned = 0;
+                self.discarding = true;
+                return Err(FrameError::TooLarge { len, max: self.max });
+            }
+            let want = READ_CHUNK.min(bound - self.buf.len());
+            if self.fill(want)? == 0 {
+                return if self.buf.is_empty() || self.discarding {
+                    // A discarded line was already reported as TooLarge.
+                    self.buf.clear();
+                    self.scanned = 0;
+                    Err(FrameError::Eof)
+                } else if self.buf.iter().all(|&b| b == b'\r') {
+                    // A lone "\r" before end of stream is an empty line.
+                    self.buf.clear();
+                    self.scanned = 0;
+                    Err(FrameError::Eof)
+                } else {
+                    let got = self.buf.len();
+                    self.buf.clear();
+                    self.scanned = 0;
+                    Err(FrameError::Truncated {
+                        got,
+                        expected: None,
+                    })
+                };
+            }
+        }
+    }
+
+    /// With no `\n` in `buf`: can the line still fit the limit? It can while
+    /// it holds at most `max` bytes, or exactly `max + 1` ending in `\r`
+    /// (which a following `\n` would strip).
+    fn line_too_long(&self) -> bool {
+        let n = self.buf.len();
+        n > self.max + 1 || (n == self.max + 1 && self.buf.last() != Some(&b'\r'))
+    }
+
+    fn read_length_frame(&mut self) -> Result<Vec<u8>, FrameError> {
+        loop {
+            match &mut self.length {
+                LengthState::Prefix { prefix, got } => {
+                    if *got == LENGTH_PREFIX_LEN {
+                        let len = u32::from_le_bytes(*prefix) as usize;
+                        self.length = LengthState::start();
+                        if len == 0 {
+                            return Err(FrameError::ZeroLength);
+                        }
+                        if len > self.max {
+                            return Err(FrameError::TooLarge {
+                                len: len as u64,
+                                max: self.max,
+                            });
+                        }
+                        self.length = LengthState::Body {
+                            payload: vec![0; len],
+                            got: 0,
+                        };
+                        continue;
+                    }
+                    match read_retrying(&mut self.inner, &mut prefix[*got..]) {
+                        Ok(0) if *got == 0 => return Err(FrameError::Eof),
+                        Ok(0) => {
+                            let got_now = *got;
+                            self.length = LengthState::start();
+                            return Err(FrameError::Truncated {
+                                got: got_now,
+                                expected: None,
+                            });
+                        }
+                        Ok(n) => *got += n,
+                        Err(e) => return Err(io_error(e)),
+                    }
+                }
+                LengthState::Body { payload, got } => {
+                    if *got == payload.len() {
+                        let done = std::mem::replace(&mut self.length, LengthState::start());
+                        let LengthState::Body { payload, .. } = done else {
+                            unreachable!("state was Body just above")
+                        };
+                        return Ok(payload);
+                    }
+                    match read_retrying(&mut self.inner, &mut payload[*got..]) {
+                        Ok(0) => {
+                            let err = FrameError::Truncated {
+                                got: LENGTH_PREFIX_LEN + *got,
+                                expected: Some(LENGTH_PREFIX_LEN + payload.len()),
+                            };
+                            self.length = LengthState::start();
+                            return Err(err);
+                        }
+                        Ok(n) => *got += n,
+                        Err(e) => return Err(io_error(e)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `read`, retried on `EINTR`.
+fn read_retrying<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+fn memchr_newline(haystack: &[u8]) -> Option<usize> {
+    haystack.iter().position(|&b| b == b'\n')
 }
 
 /// Writes one frame and flushes.
-pub fn write_frame<W: Write>(w: &mut W, framing: Framing, payload: &[u8]) -> Result<(), FrameError> {
-    let _ = (w, framing, payload);
-    todo!()
+///
+/// The frame goes out in a single `write_all` so that concurrent writers on
+/// clones of one socket cannot interleave halves of frames. A timeout or
+/// error mid-write leaves the stream out of step: close it.
+pub fn write_frame<W: Write>(
+    w: &mut W,
+    framing: Framing,
+    payload: &[u8],
+) -> Result<(), FrameError> {
+    if payload.len() > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge {
+            len: payload.len() as u64,
+            max: MAX_FRAME_LEN,
+        });
+    }
+    if payload.is_empty() {
+        return Err(FrameError::ZeroLength);
+    }
+    let mut frame = Vec::with_capacity(payload.len() + LENGTH_PREFIX_LEN);
+    match framing {
+        Framing::Line => {
+            if payload.contains(&b'\n') {
+                return Err(FrameError::EmbeddedNewline);
+            }
+            frame.extend_from_slice(payload);
+            frame.push(b'\n');
+        }
+        Framing::Length => {
+            // Fits: MAX_FRAME_LEN < u32::MAX, checked above.
+            let len = payload.len() as u32;
+            frame.extend_from_slice(&len.to_le_bytes());
+            frame.extend_from_slice(payload);
+        }
+    }
+    w.write_all(&frame).map_err(io_error)?;
+    w.flush().map_err(io_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_names_round_trip() {
+        for f in [Framing::Line, Framing::Length] {
+            assert_eq!(f.to_string().parse::<Framing>().unwrap(), f);
+        }
+        let err = "json".parse::<Framing>().unwrap_err().to_string();
+        assert!(
+            err.contains("line") && err.contains("length") && err.contains("json"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn crlf_line_of_exactly_max_is_accepted() {
+        let mut r = FrameReader::with_max(&b"abcd\r\nabcde\r\nx\n"[..], Framing::Line, 4);
+        assert_eq!(r.read_frame().unwrap(), b"abcd");
+        assert!(matches!(r.read_frame(), Err(FrameError::TooLarge { .. })));
+        assert_eq!(r.read_frame().unwrap(), b"x");
+        assert!(matches!(r.read_frame(), Err(FrameError::Eof)));
+    }
+
+    #[test]
+    fn line_buffer_never_exceeds_bound() {
+        let data = vec![b'a'; 1000];
+        let mut r = FrameReader::with_max(&data[..], Framing::Line, 10);
+        assert!(matches!(r.read_frame(), Err(FrameError::TooLarge { .. })));
+        assert!(r.buf.capacity() <= 12, "capacity {}", r.buf.capacity());
+    }
 }

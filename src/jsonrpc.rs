@@ -1,8 +1,37 @@
 //! JSON-RPC 2.0 messages (as used by MCP and by the boot probe's `ping`).
-//! OWNER: transport helper. Contract:
+//!
+//! [`parse`] decodes one frame into a [`Message`], saying precisely what was
+//! wrong when it cannot; the builders make the four message shapes; [`call`]
+//! is the one-shot synchronous request/response the boot probe uses, bounded
+//! by an `Instant` deadline.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use crate::framing::{write_frame, FrameError, FrameReader, Framing};
+
+/// Invalid JSON was received.
+pub const PARSE_ERROR: i64 = -32700;
+/// The JSON sent is not a valid request object.
+pub const INVALID_REQUEST: i64 = -32600;
+/// The method does not exist or is not available.
+pub const METHOD_NOT_FOUND: i64 = -32601;
+/// Invalid method parameters (MCP also uses it for an unknown tool).
+pub const INVALID_PARAMS: i64 = -32602;
+/// Internal JSON-RPC error.
+pub const INTERNAL_ERROR: i64 = -32603;
+
+/// The only protocol version accepted in the `jsonrpc` member.
+pub const VERSION: &str = "2.0";
+
+/// Shortest read timeout `call` sets: std rejects a zero timeout, and a
+/// deadline a few microseconds away is better served by one short wait.
+const MIN_READ_TIMEOUT: Duration = Duration::from_millis(1);
 
 /// What the guest agent answers to `ping`: enough to split a boot into VMM,
 /// guest and probe time.
@@ -29,10 +58,70 @@ pub struct PingInfo {
 /// A decoded JSON-RPC message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
-    Request { id: Value, method: String, params: Option<Value> },
-    Notification { method: String, params: Option<Value> },
-    Response { id: Value, result: Value },
-    Error { id: Value, code: i64, message: String, data: Option<Value> },
+    Request {
+        id: Value,
+        method: String,
+        params: Option<Value>,
+    },
+    Notification {
+        method: String,
+        params: Option<Value>,
+    },
+    Response {
+        id: Value,
+        result: Value,
+    },
+    Error {
+        id: Value,
+        code: i64,
+        message: String,
+        data: Option<Value>,
+    },
+}
+
+impl Message {
+    /// The message's id (`None` for a notification).
+    pub fn id(&self) -> Option<&Value> {
+        match self {
+            Message::Request { id, .. }
+            | Message::Response { id, .. }
+            | Message::Error { id, .. } => Some(id),
+            Message::Notification { .. } => None,
+        }
+    }
+
+    /// The JSON object for this message (inverse of [`parse`]).
+    pub fn to_value(&self) -> Value {
+        let mut v = match self {
+            Message::Request { id, method, .. } => {
+                json!({"jsonrpc": VERSION, "id": id, "method": method})
+            }
+            Message::Notification { method, .. } => json!({"jsonrpc": VERSION, "method": method}),
+            Message::Response { id, result } => response(id.clone(), result.clone()),
+            Message::Error {
+                id,
+                code,
+                message,
+                data,
+            } => {
+                let mut v = error_response(id.clone(), *code, message);
+                if let Some(d) = data {
+                    v["error"]["data"] = d.clone();
+                }
+                v
+            }
+        };
+        if let Message::Request {
+            params: Some(p), ..
+        }
+        | Message::Notification {
+            params: Some(p), ..
+        } = self
+        {
+            v["params"] = p.clone();
+        }
+        v
+    }
 }
 
 /// Builds a request object.
@@ -40,8 +129,384 @@ pub fn request(id: u64, method: &str, params: Value) -> Value {
     serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
 }
 
-// TEMPORARY (transport helper replaces this file)
+/// Builds a notification (a request without id: it gets no reply).
+pub fn notification(method: &str, params: Value) -> Value {
+    json!({"jsonrpc": VERSION, "method": method, "params": params})
+}
+
+/// Builds a success response echoing the request's `id`.
+pub fn response(id: Value, result: Value) -> Value {
+    json!({"jsonrpc": VERSION, "id": id, "result": result})
+}
+
+/// Builds an error response; `id` is `null` when the request's id is unknown
+/// (parse errors).
+pub fn error_response(id: Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": VERSION, "id": id, "error": {"code": code, "message": message}})
+}
+
+/// Serializes a message for [`write_frame`]. Compact `serde_json` output
+/// escapes control characters, so it never contains a raw newline.
+pub fn to_bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("serializing a serde_json::Value cannot fail")
+}
+
+/// Why a frame is not a JSON-RPC message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not JSON at all (serde_json's description, with line and column).
+    /// Includes nesting deeper than serde_json's recursion limit of 128.
+    NotJson(String),
+    /// The bytes are not UTF-8.
+    NotUtf8,
+    /// JSON, but not an object (batches are arrays and are not supported:
+    /// MCP dropped batching in 2025-06-18).
+    NotObject,
+    /// `jsonrpc` member missing or not `"2.0"`.
+    BadVersion,
+    /// An object with the wrong members; says which.
+    Invalid(String),
+}
+
+impl ParseError {
+    /// The JSON-RPC error code to answer with.
+    pub fn code(&self) -> i64 {
+        match self {
+            ParseError::NotJson(_) | ParseError::NotUtf8 => PARSE_ERROR,
+            _ => INVALID_REQUEST,
+        }
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::NotJson(e) => write!(f, "not JSON: {e}"),
+            ParseError::NotUtf8 => f.write_str("not UTF-8 text"),
+            ParseError::NotObject => f.write_str("not a JSON object (batches are not supported)"),
+            ParseError::BadVersion => f.write_str("\"jsonrpc\" member missing or not \"2.0\""),
+            ParseError::Invalid(what) => write!(f, "invalid JSON-RPC message: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Decodes one frame.
+pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| ParseError::NotUtf8)?;
+    // serde_json's default recursion limit (128) stays on: deep nesting is
+    // an error, not a stack overflow.
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    from_value(value)
+}
+
+/// Decodes an already parsed JSON value.
+pub fn from_value(value: Value) -> Result<Message, ParseError> {
+    let Value::Object(mut obj) = value else {
+        return Err(ParseError::NotObject);
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some(VERSION) {
+        return Err(ParseError::BadVersion);
+    }
+    let id = obj.remove("id");
+    if let Some(id) = &id {
+        if !matches!(id, Value::Null | Value::Number(_) | Value::String(_)) {
+            return Err(ParseError::Invalid(
+                "\"id\" must be a number, a string or null".into(),
+            ));
+        }
+    }
+    if let Some(method) = obj.remove("method") {
+        let Value::String(method) = method else {
+            return Err(ParseError::Invalid("\"method\" must be a string".into()));
+        };
+        let params = obj.remove("params");
+        if let Some(p) = &params {
+            if !matches!(p, Value::Object(_) | Value::Array(_)) {
+                return Err(ParseError::Invalid(format!(
+                    "\"params\" of {method:?} must be an object or an array"
+                )));
+            }
+        }
+        return Ok(match id {
+            Some(id) => Message::Request { id, method, params },
+            None => Message::Notification { method, params },
+        });
+    }
+    let Some(id) = id else {
+        return Err(ParseError::Invalid(
+            "neither \"method\" nor \"id\": not a request, notification or response".into(),
+        ));
+    };
+    match (obj.remove("result"), obj.remove("error")) {
+        (Some(result), None) => Ok(Message::Response { id, result }),
+        (None, Some(Value::Object(mut err))) => {
+            let code = err.get("code").and_then(Value::as_i64).ok_or_else(|| {
+                ParseError::Invalid("\"error.code\" missing or not an integer".into())
+            })?;
+            let message = match err.remove("message") {
+                Some(Value::String(m)) => m,
+                _ => {
+                    return Err(ParseError::Invalid(
+                        "\"error.message\" missing or not a string".into(),
+                    ))
+                }
+            };
+            Ok(Message::Error {
+                id,
+                code,
+                message,
+                data: err.remove("data"),
+            })
+        }
+        (None, Some(_)) => Err(ParseError::Invalid("\"error\" must be an object".into())),
+        (Some(_), Some(_)) => Err(ParseError::Invalid(
+            "response has both \"result\" and \"error\"".into(),
+        )),
+        (None, None) => Err(ParseError::Invalid(
+            "response has neither \"result\" nor \"error\"".into(),
+        )),
+    }
+}
+
+/// Streams whose blocking reads and writes can be bounded. `call` is generic
+/// over the stream, and needs to shrink the read timeout to the time left
+/// before each read so that the deadline holds.
+pub trait Timeouts {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    fn read_timeout(&self) -> io::Result<Option<Duration>>;
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    fn write_timeout(&self) -> io::Result<Option<Duration>>;
+}
+
+impl Timeouts for UnixStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, timeout)
+    }
+    fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        UnixStream::read_timeout(self)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_write_timeout(self, timeout)
+    }
+    fn write_timeout(&self) -> io::Result<Option<Duration>> {
+        UnixStream::write_timeout(self)
+    }
+}
+
+impl<T: Timeouts + ?Sized> Timeouts for &mut T {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        (**self).set_read_timeout(timeout)
+    }
+    fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        (**self).read_timeout()
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        (**self).set_write_timeout(timeout)
+    }
+    fn write_timeout(&self) -> io::Result<Option<Duration>> {
+        (**self).write_timeout()
+    }
+}
+
+/// Why [`call`] got no result.
 #[derive(Debug)]
-pub enum CallError { TimedOut, Frame(crate::framing::FrameError), Other(String) }
-impl std::fmt::Display for CallError { fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "{self:?}") } }
-pub fn call<S: std::io::Read + std::io::Write>(_s: &mut S, _f: crate::framing::Framing, _id: u64, _m: &str, _p: Value, _d: std::time::Instant) -> Result<Value, CallError> { todo!() }
+pub enum CallError {
+    /// The request could not be written, or a reply frame not read.
+    Frame(FrameError),
+    /// A reply frame that is not a JSON-RPC message.
+    Malformed(ParseError),
+    /// A response for another request.
+    WrongId { expected: u64, got: Value },
+    /// The peer answered with a JSON-RPC error.
+    Rpc { code: i64, message: String },
+    /// The deadline passed before the response arrived.
+    TimedOut { method: String },
+    /// The peer closed the stream before answering.
+    Closed,
+    /// Setting a socket timeout failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Frame(e) => write!(f, "transport: {e}"),
+            CallError::Malformed(e) => write!(f, "malformed frame: {e}"),
+            CallError::WrongId { expected, got } => {
+                write!(f, "reply id {got} does not match request id {expected}")
+            }
+            CallError::Rpc { code, message } => write!(f, "error {code} from peer: {message}"),
+            CallError::TimedOut { method } => {
+                write!(f, "no reply to {method:?} before the deadline")
+            }
+            CallError::Closed => f.write_str("peer closed the connection before replying"),
+            CallError::Io(e) => write!(f, "setting a socket timeout: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CallError::Frame(e) => Some(e),
+            CallError::Malformed(e) => Some(e),
+            CallError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Time left before `deadline`, or `None` if it has passed.
+fn remaining(deadline: Instant) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    (!left.is_zero()).then(|| left.max(MIN_READ_TIMEOUT))
+}
+
+/// Sends one request and waits for its response, all before `deadline`.
+///
+/// Notifications and requests from the peer that arrive meanwhile are
+/// skipped (a one-shot caller has nothing to say to them). With line framing
+/// bytes that arrive after the response in the same read are dropped with
+/// the internal reader: for a conversation use [`call_on`] with one
+/// long-lived [`FrameReader`]. The stream's read and write timeouts are
+/// restored before returning.
+pub fn call<S: Read + Write + Timeouts>(
+    stream: &mut S,
+    framing: Framing,
+    id: u64,
+    method: &str,
+    params: Value,
+    deadline: Instant,
+) -> Result<Value, CallError> {
+    let mut reader = FrameReader::new(stream, framing);
+    call_on(&mut reader, id, method, params, deadline)
+}
+
+/// [`call`] over a long-lived reader, so that nothing read past the
+/// response is lost. The request is written to `reader.get_mut()`.
+pub fn call_on<S: Read + Write + Timeouts>(
+    reader: &mut FrameReader<S>,
+    id: u64,
+    method: &str,
+    params: Value,
+    deadline: Instant,
+) -> Result<Value, CallError> {
+    let saved_read = reader.get_ref().read_timeout().map_err(CallError::Io)?;
+    let saved_write = reader.get_ref().write_timeout().map_err(CallError::Io)?;
+    let result = call_inner(reader, id, method, params, deadline);
+    let restore_read = reader.get_ref().set_read_timeout(saved_read);
+    let restore_write = reader.get_ref().set_write_timeout(saved_write);
+    let value = result?;
+    restore_read.and(restore_write).map_err(CallError::Io)?;
+    Ok(value)
+}
+
+fn call_inner<S: Read + Write + Timeouts>(
+    reader: &mut FrameReader<S>,
+    id: u64,
+    method: &str,
+    params: Value,
+    deadline: Instant,
+) -> Result<Value, CallError> {
+    let timed_out = || CallError::TimedOut {
+        method: method.to_string(),
+    };
+    let framing = reader.framing();
+    let left = remaining(deadline).ok_or_else(timed_out)?;
+    reader
+        .get_ref()
+        .set_write_timeout(Some(left))
+        .map_err(CallError::Io)?;
+    let bytes = to_bytes(&request(id, method, params));
+    match write_frame(reader.get_mut(), framing, &bytes) {
+        Ok(()) => {}
+        Err(FrameError::TimedOut) => return Err(timed_out()),
+        Err(e) => return Err(CallError::Frame(e)),
+    }
+    let want = Value::from(id);
+    loop {
+        let left = remaining(deadline).ok_or_else(timed_out)?;
+        reader
+            .get_ref()
+            .set_read_timeout(Some(left))
+            .map_err(CallError::Io)?;
+        let frame = match reader.read_frame() {
+            Ok(f) => f,
+            // Loop: the deadline check above decides whether to wait again.
+            Err(FrameError::TimedOut) => continue,
+            Err(FrameError::Eof) => return Err(CallError::Closed),
+            Err(e) => return Err(CallError::Frame(e)),
+        };
+        match parse(&frame).map_err(CallError::Malformed)? {
+            Message::Notification { .. } | Message::Request { .. } => continue,
+            Message::Response { id: got, result } => {
+                return if got == want {
+                    Ok(result)
+                } else {
+                    Err(CallError::WrongId { expected: id, got })
+                };
+            }
+            Message::Error {
+                id: got,
+                code,
+                message,
+                ..
+            } => {
+                // A null id answers a request the peer could not read: ours.
+                return if got == want || got.is_null() {
+                    Err(CallError::Rpc { code, message })
+                } else {
+                    Err(CallError::WrongId { expected: id, got })
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builders_parse_back() {
+        let cases = [
+            request(3, "ping", json!({})),
+            notification("notifications/initialized", json!({})),
+            response(json!("a"), json!({"ok": true})),
+            error_response(Value::Null, PARSE_ERROR, "bad"),
+        ];
+        for v in cases {
+            let m = parse(&to_bytes(&v)).unwrap();
+            assert_eq!(m.to_value(), v);
+        }
+    }
+
+    #[test]
+    fn parse_names_what_is_wrong() {
+        assert_eq!(parse(b"[1]"), Err(ParseError::NotObject));
+        assert_eq!(
+            parse(br#"{"id":1,"method":"x"}"#),
+            Err(ParseError::BadVersion)
+        );
+        assert_eq!(parse(b"\xff"), Err(ParseError::NotUtf8));
+        assert!(matches!(parse(b"{"), Err(ParseError::NotJson(_))));
+        let e = parse(br#"{"jsonrpc":"2.0","id":1,"method":7}"#).unwrap_err();
+        assert!(e.to_string().contains("method"), "{e}");
+        let e = parse(br#"{"jsonrpc":"2.0","id":[1],"method":"x"}"#).unwrap_err();
+        assert!(e.to_string().contains("id"), "{e}");
+        let e = parse(br#"{"jsonrpc":"2.0","id":1,"result":1,"error":{}}"#).unwrap_err();
+        assert!(e.to_string().contains("both"), "{e}");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = "[".repeat(100_000);
+        assert!(matches!(
+            parse(deep.as_bytes()),
+            Err(ParseError::NotJson(_))
+        ));
+    }
+}

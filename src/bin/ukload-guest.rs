@@ -1,2 +1,130 @@
-//! `ukload-guest`: the guest agent and tool executor. OWNER: transport helper.
-fn main() {}
+//! `ukload-guest`: the guest agent and tool executor.
+//!
+//! As PID 1 inside a microVM it sets the machine up (`guest::pid1`) and
+//! serves on kernel vsock; as a plain process it serves where `--listen`
+//! says, typically a hybrid-vsock Unix socket standing in for guest + VMM.
+//! Exit codes: 0 after a `shutdown` request, 1 when serving fails, 64
+//! (EX_USAGE) for bad arguments.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use argh::FromArgs;
+use ukload::framing::Framing;
+use ukload::guest::{self, pid1, AgentConfig, ListenAddr};
+
+/// Exit status for bad command-line input (sysexits.h EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+/// Exit status when the agent fails after starting.
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(FromArgs)]
+/// ukload guest agent: answers `ping` with its boot timestamps over vsock or
+/// a hybrid-vsock Unix socket, and exits 0 on `shutdown`.
+struct Args {
+    /// where to listen: vsock:PORT, vsock (port from --port) or uds:PATH
+    /// (a hybrid-vsock Unix socket)
+    #[argh(option)]
+    listen: String,
+
+    /// guest port (for uds:PATH or bare vsock); default 5252
+    #[argh(option)]
+    port: Option<u32>,
+
+    /// message framing: line (default) or length
+    #[argh(option, default = "Framing::Line")]
+    framing: Framing,
+
+    /// milliseconds to wait before listening, standing in for a guest's boot
+    #[argh(option, default = "0")]
+    boot_delay_ms: u64,
+
+    /// CID to report in ping replies (default: $UKLOAD_CID, else /dev/vsock's)
+    #[argh(option)]
+    cid: Option<u32>,
+
+    /// do not print the "ukload-guest: ready ..." line
+    #[argh(switch)]
+    no_ready_line: bool,
+}
+
+fn main() -> ExitCode {
+    guest::mark_process_start();
+    if std::process::id() == 1 {
+        run_as_pid1();
+    }
+    let cfg = match parse_args() {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    match guest::run_agent(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ukload-guest: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// PID 1 must never exit (the kernel would panic): every path ends in
+/// power-off.
+fn run_as_pid1() -> ! {
+    let p = match pid1::init_as_pid1() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("ukload-guest: PID 1 setup failed: {e}");
+            pid1::poweroff();
+        }
+    };
+    let cfg = AgentConfig {
+        listen: ListenAddr::Vsock { port: p.port },
+        ..AgentConfig::default()
+    };
+    if let Err(e) = guest::run_agent(cfg) {
+        eprintln!("ukload-guest: {e}");
+    }
+    pid1::poweroff();
+}
+
+/// Parses the command line; on failure prints one line naming the problem
+/// (or the help text) and returns the exit code.
+fn parse_args() -> Result<AgentConfig, ExitCode> {
+    let argv: Vec<String> = std::env::args().collect();
+    let cmd = argv
+        .first()
+        .map(|s| s.rsplit('/').next().unwrap_or(s))
+        .unwrap_or("ukload-guest");
+    let rest: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+    let args = match Args::from_args(&[cmd], &rest) {
+        Ok(a) => a,
+        Err(early) => {
+            return Err(match early.status {
+                Ok(()) => {
+                    print!("{}", early.output);
+                    ExitCode::SUCCESS
+                }
+                Err(()) => usage_error(&early.output),
+            });
+        }
+    };
+    let listen =
+        guest::parse_listen(&args.listen, args.port).map_err(|e| usage_error(&e.to_string()))?;
+    Ok(AgentConfig {
+        listen,
+        framing: args.framing,
+        boot_delay: Duration::from_millis(args.boot_delay_ms),
+        cid: args.cid,
+        ready_marker: !args.no_ready_line,
+    })
+}
+
+/// Prints `msg` as one line on stderr and gives the usage exit code.
+fn usage_error(msg: &str) -> ExitCode {
+    let one_line: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    eprintln!("ukload-guest: {}", one_line.join(" "));
+    ExitCode::from(EXIT_USAGE)
+}
