@@ -465,6 +465,56 @@ pub fn signal_if_marked(pid: i32, run: &str, sig: i32) -> io::Result<bool> {
     }
 }
 
+/// Sends `sig` to the process group led by `leader`, only if `leader` is
+/// alive, still leads group `leader` and carries `UKLOAD_RUN=run`. Returns
+/// whether the signal was sent.
+///
+/// Groups have no pidfd. The leader's pidfd is opened first and the signal
+/// goes to the leader through it just before `kill(-pgid)`: if that succeeds
+/// the leader was alive, so its PID (and the group id) cannot have been
+/// recycled; what remains is the microseconds between the two calls, in which
+/// the leader would have to exit, be reaped, its whole group exit and the PID
+/// come round again as a new group leader.
+pub fn signal_group_if_leader_marked(leader: i32, run: &str, sig: i32) -> io::Result<bool> {
+    let fd = match pidfd_open(leader) {
+        Ok(fd) => fd,
+        Err(e) if is_gone(&e) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match environ_var(leader, ENV_RUN) {
+        Ok(Some(r)) if r == run => {}
+        Ok(_) => return Ok(false),
+        Err(e) if is_gone(&e) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    match stat(leader) {
+        Ok(st) if st.pgid == leader => {}
+        Ok(_) => return Ok(false),
+        Err(e) if is_gone(&e) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    match pidfd_send_signal(&fd, sig) {
+        Ok(()) => {}
+        Err(e) if is_gone(&e) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    // SAFETY: kill(2) takes integers only; a negative pid names a group.
+    if unsafe { libc::kill(-leader, sig) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        return Ok(false);
+    }
+    Err(io::Error::new(
+        e.kind(),
+        ProcIoError {
+            path: PathBuf::from(format!("kill(-{leader}, {sig})")),
+            source: e,
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
