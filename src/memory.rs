@@ -1,6 +1,102 @@
-//! TEMPORARY contract stub (procmem helper replaces this file).
-use crate::proc::{MemUsage, ProcStat};
-#[derive(Clone, Debug, Default)]
-pub struct TreeMemory { pub rss_kb: u64, pub pss_kb: u64, pub pids: Vec<(i32, MemUsage)> }
-pub fn tree_usage(_pids: &[i32]) -> TreeMemory { todo!() }
-pub fn instance_pids(_launcher_pid: i32, _run: &str, _instance: u32, _table: &[ProcStat]) -> Vec<i32> { todo!() }
+//! Memory of whole process trees.
+//!
+//! Why trees: the process ukload starts is often not the one holding the
+//! guest's memory. The seed system read the `kraft` CLI's RSS (1 MB) while the
+//! daemonized QEMU it started held 40 MB. An instance's memory is the sum over
+//! every process that belongs to it: the launcher's descendants plus every
+//! process carrying the instance's markers (a daemonized VMM re-parented to
+//! the harness is no longer the launcher's descendant, but it kept the
+//! markers), plus their descendants.
+//!
+//! PSS is the figure to trust when adding processes up (Kata measures its
+//! footprint the same way): shared library pages are divided among their
+//! sharers instead of being counted once per process as RSS does.
+
+use std::collections::HashSet;
+
+use crate::proc::{self, MemUsage, ProcStat};
+
+/// Summed memory of a set of processes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TreeMemory {
+    /// Sum of the RSS of every process, KiB (shared pages counted repeatedly).
+    pub rss_kb: u64,
+    /// Sum of the PSS of every process, KiB.
+    pub pss_kb: u64,
+    /// Each process that could be measured, with its own figures.
+    pub pids: Vec<(i32, MemUsage)>,
+}
+
+/// Sums the memory of `pids`. Processes that vanished, zombies and kernel
+/// threads (no address space) and processes we may not read are skipped.
+pub fn tree_usage(pids: &[i32]) -> TreeMemory {
+    let mut total = TreeMemory::default();
+    for &pid in pids {
+        if let Ok(usage) = proc::smaps_rollup(pid) {
+            total.rss_kb += usage.rss_kb;
+            total.pss_kb += usage.pss_kb;
+            total.pids.push((pid, usage));
+        }
+    }
+    total
+}
+
+/// Every live process belonging to instance `instance` of run `run`:
+/// descendants of `launcher_pid` (itself included), every process marked
+/// `UKLOAD_RUN=run` and `UKLOAD_INSTANCE=instance`, and the descendants of
+/// those. Deduplicated, in discovery order, zombies excluded.
+///
+/// `table` is a snapshot from [`proc::table`]; the markers are read from
+/// `/proc/PID/environ` of the processes in it.
+pub fn instance_pids(launcher_pid: i32, run: &str, instance: u32, table: &[ProcStat]) -> Vec<i32> {
+    let mut roots = vec![launcher_pid];
+    roots.extend(
+        proc::scan_marked_in(table, Some(run))
+            .into_iter()
+            .filter(|m| m.instance == Some(instance))
+            .map(|m| m.pid),
+    );
+    let zombies: HashSet<i32> = table
+        .iter()
+        .filter(|s| s.is_zombie())
+        .map(|s| s.pid)
+        .collect();
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for root in roots {
+        if seen.contains(&root) {
+            continue;
+        }
+        for pid in proc::descendants(root, table) {
+            if seen.insert(pid) && !zombies.contains(&pid) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vanished_pids_are_skipped() {
+        let me = std::process::id() as i32;
+        // PID 0 never names a process in /proc.
+        let t = tree_usage(&[me, 0]);
+        assert_eq!(t.pids.len(), 1);
+        assert_eq!(t.pids[0].0, me);
+        assert!(t.rss_kb > 0 && t.pss_kb > 0 && t.pss_kb <= t.rss_kb);
+    }
+
+    #[test]
+    fn instance_pids_include_launcher_tree_without_duplicates() {
+        let me = std::process::id() as i32;
+        let table = proc::table();
+        let pids = instance_pids(me, "no-such-run-for-this-test", 0, &table);
+        assert_eq!(pids.first(), Some(&me));
+        let unique: HashSet<_> = pids.iter().collect();
+        assert_eq!(unique.len(), pids.len());
+    }
+}

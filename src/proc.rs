@@ -1,14 +1,584 @@
-//! TEMPORARY contract stub (procmem helper replaces this file).
+//! Reading `/proc`: the process table, ukload's environment markers, memory
+//! figures, and signalling without PID-reuse races.
+//!
+//! Why `/proc` and not the processes ukload spawned: VMMs daemonize (kraft's
+//! QEMU forks, `setsid`s and forks again), so the only things that reliably
+//! follow an instance are its environment markers ([`crate::ENV_RUN`],
+//! [`crate::ENV_INSTANCE`], [`crate::ENV_CID`]), which every descendant
+//! inherits, and the parent links in `/proc/PID/stat`.
+//!
+//! Everything here is a snapshot: a process can exit between two reads. Readers
+//! therefore skip processes that vanished, and [`signal_if_marked`] signals via a
+//! pidfd so that a PID recycled in the meantime is never hit.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::fs;
 use std::io;
-#[derive(Clone, Debug)]
-pub struct ProcStat { pub pid: i32, pub ppid: i32, pub pgid: i32, pub sid: i32, pub state: char, pub start_ticks: u64, pub comm: String }
-#[derive(Clone, Debug)]
-pub struct Marked { pub pid: i32, pub run: String, pub instance: Option<u32>, pub cid: Option<u32>, pub stat: ProcStat }
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MemUsage { pub rss_kb: u64, pub pss_kb: u64 }
-pub fn table() -> Vec<ProcStat> { todo!() }
-pub fn stat(_pid: i32) -> io::Result<ProcStat> { todo!() }
-pub fn cmdline(_pid: i32) -> io::Result<String> { todo!() }
-pub fn scan_marked(_run: Option<&str>) -> Vec<Marked> { todo!() }
-pub fn signal_if_marked(_pid: i32, _run: &str, _sig: i32) -> io::Result<bool> { todo!() }
-pub fn descendants(_root: i32, _t: &[ProcStat]) -> Vec<i32> { todo!() }
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::{ENV_CID, ENV_INSTANCE, ENV_RUN};
+
+/// Root of the proc filesystem.
+const PROC_ROOT: &str = "/proc";
+/// Fallback clock tick rate if `sysconf(_SC_CLK_TCK)` fails (the value every
+/// Linux architecture has used for `USER_HZ` for decades).
+const DEFAULT_CLK_TCK: u64 = 100;
+/// Number of whitespace-separated fields of `/proc/PID/stat` that follow the
+/// `(comm)` field up to and including `starttime` (fields 3..=22 of proc(5)).
+const STAT_FIELDS_AFTER_COMM: usize = 20;
+/// Index, among the fields after `(comm)`, of `starttime` (field 22 of proc(5)).
+const STAT_STARTTIME_INDEX: usize = 19;
+
+/// An I/O error on a `/proc` file, carrying the path so the message says what
+/// was being read. Wrapped in an [`io::Error`] of the same kind.
+#[derive(Debug)]
+pub struct ProcIoError {
+    /// The file (or directory) being read.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub source: io::Error,
+}
+
+impl fmt::Display for ProcIoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for ProcIoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Wraps `e` with the path it concerns, keeping its [`io::ErrorKind`]; the
+/// original errno stays reachable through [`os_errno`].
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    let kind = e.kind();
+    io::Error::new(
+        kind,
+        ProcIoError {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    )
+}
+
+/// The errno behind `e`, looking through a [`ProcIoError`] wrapper.
+pub fn os_errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<ProcIoError>())
+            .and_then(|p| p.source.raw_os_error())
+    })
+}
+
+/// True if `e` means "this process no longer exists (or has no address space
+/// any more)": `ENOENT` on its `/proc` directory or `ESRCH`, which the kernel
+/// returns for zombies and kernel threads on `environ` and `smaps_rollup`.
+pub fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || os_errno(e) == Some(libc::ESRCH)
+}
+
+fn proc_path(pid: i32, file: &str) -> PathBuf {
+    Path::new(PROC_ROOT).join(pid.to_string()).join(file)
+}
+
+fn read_proc(pid: i32, file: &str) -> io::Result<Vec<u8>> {
+    let path = proc_path(pid, file);
+    fs::read(&path).map_err(|e| with_path(e, &path))
+}
+
+/// One line of `/proc/PID/stat`, the fields ukload needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: i32,
+    pub ppid: i32,
+    /// Process group id.
+    pub pgid: i32,
+    /// Session id.
+    pub sid: i32,
+    /// `R`, `S`, `D`, `Z` (zombie), `T` (stopped), `t`, `X`, `I` ...
+    pub state: char,
+    /// Start time in clock ticks since boot; with `pid` it identifies a
+    /// process across PID reuse.
+    pub start_ticks: u64,
+    /// The command name (up to 15 bytes, may contain spaces and parentheses).
+    pub comm: String,
+}
+
+impl ProcStat {
+    /// Parses the text of `/proc/PID/stat`. The command name may contain
+    /// spaces and `)`, so it is taken up to the LAST `)` of the line.
+    pub fn parse(line: &str) -> Result<ProcStat, String> {
+        let open = line.find('(').ok_or("no '(' before the command name")?;
+        let close = line.rfind(')').ok_or("no ')' after the command name")?;
+        if close < open {
+            return Err("')' before '('".into());
+        }
+        let pid = line[..open]
+            .trim()
+            .parse::<i32>()
+            .map_err(|e| format!("pid {:?}: {e}", line[..open].trim()))?;
+        let comm = line[open + 1..close].to_string();
+        let rest: Vec<&str> = line[close + 1..].split_whitespace().collect();
+        if rest.len() < STAT_FIELDS_AFTER_COMM {
+            return Err(format!(
+                "{} fields after the command name, expected at least {STAT_FIELDS_AFTER_COMM}",
+                rest.len()
+            ));
+        }
+        let mut state_chars = rest[0].chars();
+        let state = match (state_chars.next(), state_chars.next()) {
+            (Some(c), None) => c,
+            _ => return Err(format!("state {:?} is not one character", rest[0])),
+        };
+        let int = |i: usize, name: &str| -> Result<i32, String> {
+            rest[i]
+                .parse::<i32>()
+                .map_err(|e| format!("{name} {:?}: {e}", rest[i]))
+        };
+        Ok(ProcStat {
+            pid,
+            ppid: int(1, "ppid")?,
+            pgid: int(2, "pgrp")?,
+            sid: int(3, "session")?,
+            state,
+            start_ticks: rest[STAT_STARTTIME_INDEX]
+                .parse::<u64>()
+                .map_err(|e| format!("starttime {:?}: {e}", rest[STAT_STARTTIME_INDEX]))?,
+            comm,
+        })
+    }
+
+    /// True for a zombie (exited, not yet reaped) or a dead task.
+    pub fn is_zombie(&self) -> bool {
+        self.state == 'Z' || self.state == 'X'
+    }
+}
+
+/// Every PID currently listed in `/proc` (thread-group leaders only, not
+/// threads). Unreadable `/proc` gives an empty list.
+pub fn list_pids() -> Vec<i32> {
+    let Ok(dir) = fs::read_dir(PROC_ROOT) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = dir
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Reads and parses `/proc/PID/stat`.
+pub fn stat(pid: i32) -> io::Result<ProcStat> {
+    let path = proc_path(pid, "stat");
+    let text = fs::read_to_string(&path).map_err(|e| with_path(e, &path))?;
+    ProcStat::parse(&text).map_err(|msg| {
+        with_path(
+            io::Error::new(io::ErrorKind::InvalidData, format!("malformed: {msg}")),
+            &path,
+        )
+    })
+}
+
+/// A snapshot of the process table; processes that vanish while it is read
+/// are skipped.
+pub fn table() -> Vec<ProcStat> {
+    list_pids().into_iter().filter_map(|p| stat(p).ok()).collect()
+}
+
+/// The command line, arguments separated by spaces (lossy UTF-8). Kernel
+/// threads and zombies have an empty `cmdline`; they are shown as `[comm]`,
+/// like ps(1) does.
+pub fn cmdline(pid: i32) -> io::Result<String> {
+    let raw = read_proc(pid, "cmdline")?;
+    let trimmed = match raw.iter().rposition(|&b| b != 0) {
+        Some(last) => &raw[..=last],
+        None => &raw[..0],
+    };
+    if trimmed.is_empty() {
+        return Ok(format!("[{}]", stat(pid)?.comm));
+    }
+    let spaced: Vec<u8> = trimmed
+        .iter()
+        .map(|&b| if b == 0 { b' ' } else { b })
+        .collect();
+    Ok(String::from_utf8_lossy(&spaced).into_owned())
+}
+
+/// Looks `name` up in the raw NUL-separated contents of an `environ` file.
+fn find_var(environ: &[u8], name: &str) -> Option<String> {
+    let prefix = name.as_bytes();
+    environ.split(|&b| b == 0).find_map(|entry| {
+        let value = entry.strip_prefix(prefix)?.strip_prefix(b"=")?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    })
+}
+
+/// The value of environment variable `name` in process `pid`'s initial
+/// environment (what it was exec'd with). `Ok(None)` if absent. Reading
+/// another user's environment needs root; zombies and kernel threads fail
+/// with `ESRCH` (see [`is_gone`]).
+pub fn environ_var(pid: i32, name: &str) -> io::Result<Option<String>> {
+    Ok(find_var(&read_proc(pid, "environ")?, name))
+}
+
+/// A process carrying ukload's markers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marked {
+    pub pid: i32,
+    /// Value of `UKLOAD_RUN`.
+    pub run: String,
+    /// Value of `UKLOAD_INSTANCE`, if present and numeric.
+    pub instance: Option<u32>,
+    /// Value of `UKLOAD_CID`, if present and numeric.
+    pub cid: Option<u32>,
+    /// Its stat, read after its environment (so `state` is fresh; `Z` = zombie).
+    pub stat: ProcStat,
+}
+
+/// Every process whose environment has `UKLOAD_RUN` (equal to `run` if
+/// given), except the calling process. See [`scan_marked_in`].
+pub fn scan_marked(run: Option<&str>) -> Vec<Marked> {
+    scan_marked_in(&table(), run)
+}
+
+/// Like [`scan_marked`] over an existing snapshot `table`.
+///
+/// Processes whose environment cannot be read are skipped (other users'
+/// without root; the kernel also refuses zombies' environments, so a process
+/// that already exited is normally not found; one that exits during the scan
+/// is returned with state `Z`). Each hit is re-stat'ed after its environment
+/// was read, and dropped if its start time changed (the PID was reused).
+pub fn scan_marked_in(table: &[ProcStat], run: Option<&str>) -> Vec<Marked> {
+    let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    for st in table {
+        if st.pid == me {
+            continue;
+        }
+        let Ok(env) = read_proc(st.pid, "environ") else {
+            continue;
+        };
+        let Some(r) = find_var(&env, ENV_RUN) else {
+            continue;
+        };
+        if run.is_some_and(|want| want != r) {
+            continue;
+        }
+        let Ok(fresh) = stat(st.pid) else { continue };
+        if fresh.start_ticks != st.start_ticks {
+            continue;
+        }
+        found.push(Marked {
+            pid: st.pid,
+            run: r,
+            instance: find_var(&env, ENV_INSTANCE).and_then(|v| v.trim().parse().ok()),
+            cid: find_var(&env, ENV_CID).and_then(|v| v.trim().parse().ok()),
+            stat: fresh,
+        });
+    }
+    found
+}
+
+/// `root` (if it is in `table`) and all its descendants in `table`,
+/// breadth-first through the parent links.
+pub fn descendants(root: i32, table: &[ProcStat]) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for st in table {
+        if st.pid != st.ppid {
+            children.entry(st.ppid).or_default().push(st.pid);
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    if table.iter().any(|s| s.pid == root) {
+        out.push(root);
+    }
+    seen.insert(root);
+    let mut queue = VecDeque::from([root]);
+    while let Some(p) = queue.pop_front() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            // A snapshot taken while PIDs are recycled can contain a cycle.
+            if seen.insert(c) {
+                out.push(c);
+                queue.push_back(c);
+            }
+        }
+    }
+    out
+}
+
+/// Clock ticks per second (`USER_HZ`), the unit of `start_ticks`.
+pub fn clock_ticks_per_sec() -> u64 {
+    static TCK: OnceLock<u64> = OnceLock::new();
+    *TCK.get_or_init(|| {
+        // SAFETY: sysconf takes an integer name and touches no memory of ours.
+        let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if v > 0 {
+            v as u64
+        } else {
+            DEFAULT_CLK_TCK
+        }
+    })
+}
+
+/// Seconds since boot, from `/proc/uptime`.
+fn uptime() -> io::Result<f64> {
+    let path = Path::new(PROC_ROOT).join("uptime");
+    let text = fs::read_to_string(&path).map_err(|e| with_path(e, &path))?;
+    text.split_whitespace()
+        .next()
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| {
+            with_path(
+                io::Error::new(io::ErrorKind::InvalidData, format!("malformed: {text:?}")),
+                &path,
+            )
+        })
+}
+
+/// How long ago a process with this `start_ticks` started. Zero if
+/// `/proc/uptime` is unreadable or the clock arithmetic goes negative.
+pub fn age(start_ticks: u64) -> Duration {
+    let Ok(up) = uptime() else {
+        return Duration::ZERO;
+    };
+    let started = start_ticks as f64 / clock_ticks_per_sec() as f64;
+    Duration::from_secs_f64((up - started).max(0.0))
+}
+
+/// Resident and proportional set size of one process, in KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemUsage {
+    /// Resident pages, shared ones counted in full.
+    pub rss_kb: u64,
+    /// Proportional set size: each shared page divided among its sharers, so
+    /// the PSS of all processes adds up to the memory really used.
+    pub pss_kb: u64,
+}
+
+/// Parses the `Rss:` and `Pss:` lines of an `smaps_rollup` text.
+pub fn parse_smaps_rollup(text: &str) -> MemUsage {
+    let mut usage = MemUsage::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let slot = match words.next() {
+            Some("Rss:") => &mut usage.rss_kb,
+            Some("Pss:") => &mut usage.pss_kb,
+            _ => continue,
+        };
+        if let Some(v) = words.next().and_then(|v| v.parse().ok()) {
+            *slot = v;
+        }
+    }
+    usage
+}
+
+/// Memory of one process from `/proc/PID/smaps_rollup` (Linux 4.14+).
+/// Zombies and kernel threads have no address space: the kernel answers
+/// `ESRCH` (an error for which [`is_gone`] is true); an empty file gives zeros.
+/// Another user's process needs root (`EACCES`).
+pub fn smaps_rollup(pid: i32) -> io::Result<MemUsage> {
+    let raw = read_proc(pid, "smaps_rollup")?;
+    Ok(parse_smaps_rollup(&String::from_utf8_lossy(&raw)))
+}
+
+/// Opens a pidfd (Linux 5.3+) for `pid`: a handle on that very process that
+/// stays valid, and never designates another process, after it exits.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and a flags word (0) and returns a new
+    // file descriptor or -1; no memory of ours is involved.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            ProcIoError {
+                path: PathBuf::from(format!("pidfd_open({pid})")),
+                source: e,
+            },
+        ));
+    }
+    // SAFETY: the syscall succeeded, so `fd` is a new descriptor owned by
+    // nobody else; OwnedFd takes sole ownership and closes it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sends `sig` to the process behind `fd` (from [`pidfd_open`]). `ESRCH` if
+/// it has exited.
+pub fn pidfd_send_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
+    // SAFETY: the fd is a live pidfd we own; info is NULL (kernel fills a
+    // default siginfo) and flags 0, so no memory of ours is read or written.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            ProcIoError {
+                path: PathBuf::from(format!("pidfd_send_signal(fd {}, {sig})", fd.as_raw_fd())),
+                source: e,
+            },
+        ));
+    }
+    Ok(())
+}
+
+/// Sends `sig` to `pid` only if it carries `UKLOAD_RUN=run`. Returns whether
+/// the signal was sent; `Ok(false)` if the process is gone or is not ours.
+///
+/// Race-free against PID reuse: the pidfd is opened FIRST, then the marker is
+/// checked, then the signal goes through the pidfd. If the PID was recycled
+/// between the pidfd and the check, the pidfd designates the exited process
+/// and the send fails with `ESRCH` (returned as `Ok(false)`); if the send
+/// succeeds, the process was alive throughout, so the checked environment was
+/// its own.
+pub fn signal_if_marked(pid: i32, run: &str, sig: i32) -> io::Result<bool> {
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) if is_gone(&e) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match environ_var(pid, ENV_RUN) {
+        Ok(Some(r)) if r == run => {}
+        Ok(_) => return Ok(false),
+        Err(e) if is_gone(&e) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    match pidfd_send_signal(&fd, sig) {
+        Ok(()) => Ok(true),
+        Err(e) if is_gone(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sends `sig` to the process group led by `leader`, only if `leader` is
+/// alive, still leads group `leader` and carries `UKLOAD_RUN=run`. Returns
+/// whether the signal was sent.
+///
+/// Groups have no pidfd. The leader's pidfd is opened first and the signal
+/// goes to the leader through it just before `kill(-pgid)`: if that succeeds
+/// the leader was alive, so its PID (and the group id) cannot have been
+/// recycled; what remains is the microseconds between the two calls, in which
+/// the leader would have to exit, be reaped, its whole group exit and the PID
+/// come round again as a new group leader.
+pub fn signal_group_if_leader_marked(leader: i32, run: &str, sig: i32) -> io::Result<bool> {
+    let fd = match pidfd_open(leader) {
+        Ok(fd) => fd,
+        Err(e) if is_gone(&e) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match environ_var(leader, ENV_RUN) {
+        Ok(Some(r)) if r == run => {}
+        Ok(_) => return Ok(false),
+        Err(e) if is_gone(&e) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    match stat(leader) {
+        Ok(st) if st.pgid == leader => {}
+        Ok(_) => return Ok(false),
+        Err(e) if is_gone(&e) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    match pidfd_send_signal(&fd, sig) {
+        Ok(()) => {}
+        Err(e) if is_gone(&e) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    // SAFETY: kill(2) takes integers only; a negative pid names a group.
+    if unsafe { libc::kill(-leader, sig) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ESRCH) {
+        return Ok(false);
+    }
+    Err(io::Error::new(
+        e.kind(),
+        ProcIoError {
+            path: PathBuf::from(format!("kill(-{leader}, {sig})")),
+            source: e,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_parses_comm_with_spaces_and_parens() {
+        let line = "4242 (a b) c)) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 2 3";
+        let st = ProcStat::parse(line).unwrap();
+        assert_eq!(st.pid, 4242);
+        assert_eq!(st.comm, "a b) c)");
+        assert_eq!(st.state, 'S');
+        assert_eq!((st.ppid, st.pgid, st.sid), (1, 4242, 4242));
+        assert_eq!(st.start_ticks, 987654);
+    }
+
+    #[test]
+    fn stat_rejects_truncated_lines() {
+        assert!(ProcStat::parse("12 (x) S 1 2").is_err());
+        assert!(ProcStat::parse("garbage").is_err());
+    }
+
+    #[test]
+    fn own_stat_and_cmdline_are_readable() {
+        let me = std::process::id() as i32;
+        let st = stat(me).unwrap();
+        assert_eq!(st.pid, me);
+        assert!(list_pids().contains(&me));
+        assert!(!cmdline(me).unwrap().is_empty());
+        assert!(age(st.start_ticks) < Duration::from_secs(24 * 3600));
+    }
+
+    #[test]
+    fn smaps_rollup_text_is_parsed() {
+        let text = "55-7f ---p 0 00:00 0 [rollup]\nRss:  1684 kB\nPss:   247 kB\nPss_Dirty: 112 kB\n";
+        assert_eq!(
+            parse_smaps_rollup(text),
+            MemUsage {
+                rss_kb: 1684,
+                pss_kb: 247
+            }
+        );
+    }
+
+    #[test]
+    fn find_var_matches_whole_names_only() {
+        let env = b"UKLOAD_RUNX=no\0UKLOAD_RUN=r1\0A=b=c\0";
+        assert_eq!(find_var(env, "UKLOAD_RUN").as_deref(), Some("r1"));
+        assert_eq!(find_var(env, "A").as_deref(), Some("b=c"));
+        assert_eq!(find_var(env, "B"), None);
+    }
+
+    #[test]
+    fn descendants_walk_parent_links_breadth_first() {
+        let mk = |pid, ppid| ProcStat {
+            pid,
+            ppid,
+            pgid: pid,
+            sid: pid,
+            state: 'S',
+            start_ticks: 0,
+            comm: "x".into(),
+        };
+        let t = vec![mk(1, 0), mk(10, 1), mk(11, 10), mk(12, 10), mk(13, 11), mk(20, 1)];
+        assert_eq!(descendants(10, &t), vec![10, 11, 12, 13]);
+        assert_eq!(descendants(99, &t), Vec::<i32>::new());
+    }
+}
