@@ -45,7 +45,20 @@ if [[ $have_launcher -eq 0 ]]; then
   fi
 fi
 
-exec "$UKLOAD" run "$count" \
-  --port 5252 --cid-range 200-299 --max-boot-ms 500 --max-mem-mb 80 \
-  --boot-timeout 60 --log-dir /tmp/osvm-load-test \
-  "${launcher_args[@]}" "$@"
+# The seed's defaults, unless the caller gave the flag.
+defaults=()
+add_default() {
+  local flag=$1 value=$2 a
+  for a in "${@:3}"; do
+    [[ $a == "$flag" || $a == "$flag="* ]] && return 0
+  done
+  defaults+=("$flag" "$value")
+}
+add_default --port 5252 "$@"
+add_default --cid-range 200-299 "$@"
+add_default --max-boot-ms 500 "$@"
+add_default --max-mem-mb 80 "$@"
+add_default --boot-timeout 60 "$@"
+add_default --log-dir /tmp/osvm-load-test "$@"
+
+exec "$UKLOAD" run "$count" "${defaults[@]}" "${launcher_args[@]}" "$@"

@@ -158,7 +158,9 @@ pub struct CleanupArgs {
 pub struct Usage(pub String);
 
 fn num<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> Result<T, Usage> {
-    v.trim().parse::<T>().map_err(|_| Usage(format!("{flag} {v:?}: expected {what}")))
+    v.trim()
+        .parse::<T>()
+        .map_err(|_| Usage(format!("{flag} {v:?}: expected {what}")))
 }
 
 fn positive_f64(flag: &str, v: &Option<String>, default: f64) -> Result<f64, Usage> {
@@ -194,7 +196,11 @@ pub fn format(v: &Option<String>) -> Result<Format, Usage> {
 pub fn grace(v: &Option<String>) -> Result<Duration, Usage> {
     Ok(match v {
         None => Duration::from_millis(DEFAULT_GRACE_MS),
-        Some(s) => Duration::from_millis(num::<u64>("--grace-ms", s, "milliseconds (a whole number)")?),
+        Some(s) => Duration::from_millis(num::<u64>(
+            "--grace-ms",
+            s,
+            "milliseconds (a whole number)",
+        )?),
     })
 }
 
@@ -206,20 +212,25 @@ impl RunArgs {
             Some(s) => num::<u32>("COUNT", s, "a whole number of instances")?,
         };
         if count == 0 {
-            return Err(Usage("COUNT 0: nothing to run; give at least 1 instance".into()));
+            return Err(Usage(
+                "COUNT 0: nothing to run; give at least 1 instance".into(),
+            ));
         }
         let concurrency = match &self.concurrency {
             None => count,
             Some(s) => num::<u32>("--concurrency", s, "a whole number >= 1")?,
         };
         if concurrency == 0 {
-            return Err(Usage("--concurrency 0: at least one spawn must be allowed in flight".into()));
+            return Err(Usage(
+                "--concurrency 0: at least one spawn must be allowed in flight".into(),
+            ));
         }
         let kind: Kind = match &self.launcher {
             None => Kind::Process,
             Some(s) => s.parse().map_err(|e| Usage(format!("--launcher: {e}")))?,
         };
-        let boot_timeout = positive_f64("--boot-timeout", &self.boot_timeout, DEFAULT_BOOT_TIMEOUT_S)?;
+        let boot_timeout =
+            positive_f64("--boot-timeout", &self.boot_timeout, DEFAULT_BOOT_TIMEOUT_S)?;
         let max_boot_ms = positive_f64("--max-boot-ms", &self.max_boot_ms, DEFAULT_MAX_BOOT_MS)?;
         let max_mem_mb = positive_f64("--max-mem-mb", &self.max_mem_mb, DEFAULT_MAX_MEM_MB)?;
         let mem_metric: MemMetric = match &self.mem_metric {
@@ -228,10 +239,12 @@ impl RunArgs {
         };
         let range_s = self.cid_range.as_deref().unwrap_or(DEFAULT_CID_RANGE);
         let cid_range: ukload::cid::CidRange =
-            range_s.parse().map_err(|e: <ukload::cid::CidRange as std::str::FromStr>::Err| {
-                Usage(format!("--cid-range {range_s}: {e}"))
-            })?;
-        if (count as u64) > cid_range.len() {
+            range_s
+                .parse()
+                .map_err(|e: <ukload::cid::CidRange as std::str::FromStr>::Err| {
+                    Usage(format!("--cid-range {range_s}: {e}"))
+                })?;
+        if count as usize > cid_range.len() {
             return Err(Usage(format!(
                 "COUNT {count} is larger than --cid-range {cid_range} ({} CIDs); widen the range or run fewer",
                 cid_range.len()
@@ -242,15 +255,23 @@ impl RunArgs {
             Some(s) => num::<u32>("--port", s, "a port number 1..4294967294")?,
         };
         if port == 0 || port == u32::MAX {
-            return Err(Usage(format!("--port {port}: expected a port number 1..4294967294")));
+            return Err(Usage(format!(
+                "--port {port}: expected a port number 1..4294967294"
+            )));
         }
         let grace = grace(&self.grace_ms)?;
         let min_success_pct = match &self.min_success {
             None => DEFAULT_MIN_SUCCESS_PCT,
             Some(s) => {
-                let v: f64 = num("--min-success", s.trim_end_matches('%'), "a percentage 0..100")?;
+                let v: f64 = num(
+                    "--min-success",
+                    s.trim_end_matches('%'),
+                    "a percentage 0..100",
+                )?;
                 if !(0.0..=100.0).contains(&v) {
-                    return Err(Usage(format!("--min-success {s}: expected a percentage 0..100")));
+                    return Err(Usage(format!(
+                        "--min-success {s}: expected a percentage 0..100"
+                    )));
                 }
                 v
             }
@@ -265,16 +286,26 @@ impl RunArgs {
             None => ReadyMode::Auto,
             Some(s) => s.parse().map_err(|e| Usage(format!("--ready: {e}")))?,
         };
-        let pattern = self.ready_console.as_deref().unwrap_or(launcher::DEFAULT_READY_CONSOLE);
-        let ready_console = regex_lite::Regex::new(pattern)
-            .map_err(|e| Usage(format!("--ready-console {pattern:?}: not a valid regex: {e}")))?;
+        let pattern = self
+            .ready_console
+            .as_deref()
+            .unwrap_or(launcher::DEFAULT_READY_CONSOLE);
+        let ready_console = regex_lite::Regex::new(pattern).map_err(|e| {
+            Usage(format!(
+                "--ready-console {pattern:?}: not a valid regex: {e}"
+            ))
+        })?;
         let guest_boot_delay_ms = match &self.guest_boot_delay_ms {
             None => 0,
             Some(s) => num::<u64>("--guest-boot-delay-ms", s, "milliseconds (a whole number)")?,
         };
         let memory_mb = match &self.memory {
             None => launcher::DEFAULT_MEMORY_MB,
-            Some(s) => num::<u64>("--memory", s.trim_end_matches("Mi").trim_end_matches('M'), "MiB (a whole number)")?,
+            Some(s) => num::<u64>(
+                "--memory",
+                s.trim_end_matches("Mi").trim_end_matches('M'),
+                "MiB (a whole number)",
+            )?,
         };
         if memory_mb == 0 {
             return Err(Usage("--memory 0: a guest needs some memory".into()));
@@ -289,11 +320,17 @@ impl RunArgs {
             ready,
             ready_console,
             framing,
-            guest_bin: self.guest_bin.clone().unwrap_or_else(LauncherConfig::default_guest_bin),
+            guest_bin: self
+                .guest_bin
+                .clone()
+                .unwrap_or_else(LauncherConfig::default_guest_bin),
             guest_args: self.guest_arg.clone(),
             guest_boot_delay_ms,
             kraft_bin: self.kraft_bin.clone().unwrap_or_else(|| "kraft".into()),
-            image: self.image.clone().unwrap_or_else(LauncherConfig::default_kraft_image),
+            image: self
+                .image
+                .clone()
+                .unwrap_or_else(LauncherConfig::default_kraft_image),
             plat: self.plat.clone(),
             kraft_args: self.kraft_arg.clone(),
             exec_template: self.exec.clone(),
@@ -310,7 +347,10 @@ impl RunArgs {
             port,
             grace,
             min_success_pct,
-            log_dir: self.log_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_DIR)),
+            log_dir: self
+                .log_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_DIR)),
             framing,
             launcher: lc,
             progress: !self.quiet,

@@ -12,7 +12,7 @@ use ukload::run::{self, RunError};
 use ukload::supervisor::{watchdog, Supervisor};
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let args = split_equals(std::env::args().collect());
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     let top = match cli::Top::from_args(&["ukload"], strs.get(1..).unwrap_or(&[])) {
         Ok(t) => t,
@@ -36,6 +36,25 @@ fn main() {
         Sub::Cleanup(a) => cmd_cleanup(a),
     };
     std::process::exit(code);
+}
+
+/// argh takes `--flag value` only; accept `--flag=value` too (needed to pass
+/// values that start with a dash, e.g. `--guest-arg=--alloc-mb=8`).
+fn split_equals(args: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut rest = false;
+    for a in args {
+        if rest || a == "--" {
+            rest = true;
+            out.push(a);
+        } else if let (true, Some((k, v))) = (a.starts_with("--"), a.split_once('=')) {
+            out.push(k.to_string());
+            out.push(v.to_string());
+        } else {
+            out.push(a);
+        }
+    }
+    out
 }
 
 fn usage(msg: &str) -> i32 {
@@ -66,7 +85,11 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
     };
     let stop = Arc::new(AtomicBool::new(false));
     let term = Arc::new(AtomicBool::new(false));
-    for (sig, extra) in [(libc::SIGINT, None), (libc::SIGTERM, Some(&term)), (libc::SIGHUP, Some(&term))] {
+    for (sig, extra) in [
+        (libc::SIGINT, None),
+        (libc::SIGTERM, Some(&term)),
+        (libc::SIGHUP, Some(&term)),
+    ] {
         let _ = signal_hook::flag::register(sig, stop.clone());
         if let Some(t) = extra {
             let _ = signal_hook::flag::register(sig, t.clone());
@@ -95,8 +118,11 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
         Err(e) => {
             eprintln!("ukload: {e}");
             match e {
-                RunError::Usage(_) | RunError::Launch(ukload::launcher::LaunchError::Invalid(_)) => EXIT_USAGE,
-                RunError::Launch(ukload::launcher::LaunchError::NotInstalled { .. }) => EXIT_UNAVAILABLE,
+                RunError::Usage(_)
+                | RunError::Launch(ukload::launcher::LaunchError::Invalid(_)) => EXIT_USAGE,
+                RunError::Launch(ukload::launcher::LaunchError::NotInstalled { .. }) => {
+                    EXIT_UNAVAILABLE
+                }
                 RunError::Cid(_) => EXIT_TEMPFAIL,
                 RunError::Setup(_) => EXIT_FAIL,
             }
@@ -130,10 +156,46 @@ fn cmd_cleanup(a: cli::CleanupArgs) -> i32 {
     });
     let out = std::io::stdout();
     let mut out = out.lock();
-    let _ = report.print(&mut out);
+    let _ = print_cleanup(&report, &mut out);
     if report.survivors.is_empty() {
         0
     } else {
         EXIT_FAIL
     }
+}
+
+fn print_cleanup(r: &ukload::instances::CleanupReport, out: &mut dyn Write) -> std::io::Result<()> {
+    for p in &r.ended {
+        writeln!(
+            out,
+            "ended pid {} (run {}, {}): {}",
+            p.pid,
+            p.run,
+            p.signal.unwrap_or("gone"),
+            p.cmdline
+        )?;
+    }
+    for run in &r.skipped_live_runs {
+        writeln!(
+            out,
+            "left run {run} alone: its harness is alive (use --run {run} or --all to end it)"
+        )?;
+    }
+    for d in &r.removed_run_dirs {
+        writeln!(out, "removed {}", d.display())?;
+    }
+    for e in &r.errors {
+        writeln!(out, "error: {e}")?;
+    }
+    for p in &r.survivors {
+        writeln!(
+            out,
+            "STILL RUNNING: pid {} (run {}): {}",
+            p.pid, p.run, p.cmdline
+        )?;
+    }
+    if r.ended.is_empty() && r.survivors.is_empty() {
+        writeln!(out, "nothing to clean up")?;
+    }
+    Ok(())
 }

@@ -59,9 +59,15 @@ impl std::fmt::Display for BootFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BootFailure::Timeout { after, last_error } => {
-                write!(f, "no reply within {:.1}s (last: {last_error})", after.as_secs_f64())
+                write!(
+                    f,
+                    "no reply within {:.1}s (last: {last_error})",
+                    after.as_secs_f64()
+                )
             }
-            BootFailure::LauncherExited { status } => write!(f, "launcher exited before the guest was ready ({status})"),
+            BootFailure::LauncherExited { status } => {
+                write!(f, "launcher exited before the guest was ready ({status})")
+            }
             BootFailure::Protocol(m) => write!(f, "protocol error: {m}"),
             BootFailure::Unreachable(m) => write!(f, "unreachable: {m}"),
             BootFailure::Interrupted => f.write_str("interrupted"),
@@ -106,24 +112,43 @@ fn probe(
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(BootFailure::Timeout { after: now - started, last_error });
+            return Err(BootFailure::Timeout {
+                after: now - started,
+                last_error,
+            });
         }
         attempts += 1;
         match vsock::connect(ep, CONNECT_TIMEOUT.min(deadline - now)) {
             Ok(mut stream) => {
                 let ping_deadline = deadline.min(Instant::now() + PING_TIMEOUT);
-                match jsonrpc::call(&mut stream, framing, 1, "ping", serde_json::json!({}), ping_deadline) {
+                match jsonrpc::call(
+                    &mut stream,
+                    framing,
+                    1,
+                    "ping",
+                    serde_json::json!({}),
+                    ping_deadline,
+                ) {
                     Ok(v) => {
                         let at = Instant::now();
                         let at_mono_ns = crate::clock::monotonic_ns();
                         let info = serde_json::from_value::<PingInfo>(v).ok();
-                        return Ok(Ready { at, at_mono_ns, info, console_line: None, attempts });
+                        return Ok(Ready {
+                            at,
+                            at_mono_ns,
+                            info,
+                            console_line: None,
+                            attempts,
+                        });
                     }
                     Err(e) => match e {
-                        jsonrpc::CallError::TimedOut => last_error = format!("ping to {ep}: no reply"),
+                        jsonrpc::CallError::TimedOut { .. } => {
+                            last_error = format!("ping to {ep}: no reply")
+                        }
                         // The connection was accepted then dropped: the guest
                         // is still coming up (a VMM accepts before the guest listens).
-                        jsonrpc::CallError::Frame(crate::framing::FrameError::Eof) => {
+                        jsonrpc::CallError::Closed
+                        | jsonrpc::CallError::Frame(crate::framing::FrameError::Eof) => {
                             last_error = format!("{ep}: closed before replying")
                         }
                         other => return Err(BootFailure::Protocol(format!("{ep}: {other}"))),
@@ -193,7 +218,11 @@ fn console(
         if now >= deadline {
             return Err(BootFailure::Timeout {
                 after: now - started,
-                last_error: format!("no console line matching /{}/ in {}", re.as_str(), log.display()),
+                last_error: format!(
+                    "no console line matching /{}/ in {}",
+                    re.as_str(),
+                    log.display()
+                ),
             });
         }
         if let Some(why) = dead() {
@@ -206,21 +235,29 @@ fn console(
 /// `cid=N` in a console line, if present.
 pub fn cid_in_line(line: &str) -> Option<u32> {
     let at = line.find("cid=")? + 4;
-    let digits: String = line[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
     digits.parse().ok()
 }
 
 /// Last `n` lines of a log, for error messages.
 pub fn log_tail(log: &Path, n: usize) -> Vec<String> {
     const TAIL_BYTES: u64 = 16 * 1024;
-    let Ok(mut f) = File::open(log) else { return Vec::new() };
+    let Ok(mut f) = File::open(log) else {
+        return Vec::new();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)));
     let mut s = Vec::new();
     let _ = f.take(TAIL_BYTES).read_to_end(&mut s);
     let text = String::from_utf8_lossy(&s);
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|l| l.to_string()).collect()
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
 }
 
 #[cfg(test)]
@@ -229,7 +266,10 @@ mod tests {
 
     #[test]
     fn cid_is_read_from_the_ready_line() {
-        assert_eq!(cid_in_line("ukload-guest: ready cid=217 port=5252"), Some(217));
+        assert_eq!(
+            cid_in_line("ukload-guest: ready cid=217 port=5252"),
+            Some(217)
+        );
         assert_eq!(cid_in_line("ukload-guest: ready cid=- port=5252"), None);
     }
 }

@@ -111,7 +111,13 @@ pub fn check_cids(instances: &[Instance], cfg: &RunConfig) -> CidCheck {
     }
     let unique = by_cid.len();
     by_cid.retain(|_, v| v.len() > 1);
-    CidCheck { collisions: by_cid, out_of_range, mismatched, verified, unique }
+    CidCheck {
+        collisions: by_cid,
+        out_of_range,
+        mismatched,
+        verified,
+        unique,
+    }
 }
 
 /// Everything the verdict is made of.
@@ -145,9 +151,15 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
     let total = r.instances.len();
     let booted: Vec<&Instance> = r.instances.iter().filter(|i| i.boot_ms.is_some()).collect();
     let boots: Vec<f64> = booted.iter().filter_map(|i| i.boot_ms).collect();
-    let boot_over_target: Vec<u32> =
-        booted.iter().filter(|i| i.boot_ms.unwrap_or(0.0) > cfg.max_boot_ms).map(|i| i.index).collect();
-    let mems: Vec<f64> = booted.iter().filter_map(|i| mem_mb(i, cfg.mem_metric)).collect();
+    let boot_over_target: Vec<u32> = booted
+        .iter()
+        .filter(|i| i.boot_ms.unwrap_or(0.0) > cfg.max_boot_ms)
+        .map(|i| i.index)
+        .collect();
+    let mems: Vec<f64> = booted
+        .iter()
+        .filter_map(|i| mem_mb(i, cfg.mem_metric))
+        .collect();
     let mem_over_target: Vec<u32> = booted
         .iter()
         .filter(|i| mem_mb(i, cfg.mem_metric).is_some_and(|m| m > cfg.max_mem_mb))
@@ -157,10 +169,18 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
     let survivors = r.teardown.as_ref().map(|t| t.survivors.len()).unwrap_or(0);
     let mut reasons = Vec::new();
     if booted.len() < total {
-        reasons.push(format!("{} of {} instances did not boot", total - booted.len(), total));
+        reasons.push(format!(
+            "{} of {} instances did not boot",
+            total - booted.len(),
+            total
+        ));
     }
     if !boot_over_target.is_empty() {
-        reasons.push(format!("{} instance(s) booted slower than {} ms", boot_over_target.len(), cfg.max_boot_ms));
+        reasons.push(format!(
+            "{} instance(s) booted slower than {} ms",
+            boot_over_target.len(),
+            cfg.max_boot_ms
+        ));
     }
     if !mem_over_target.is_empty() {
         reasons.push(format!(
@@ -280,7 +300,12 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
     writeln!(out, "  Vsock port: {}", cfg.port)?;
     writeln!(out, "  CID range: {}", cfg.cid_range)?;
     writeln!(out, "  Max boot time: {}ms", cfg.max_boot_ms)?;
-    writeln!(out, "  Max memory per instance: {}MB ({})", cfg.max_mem_mb, format!("{:?}", cfg.mem_metric).to_uppercase())?;
+    writeln!(
+        out,
+        "  Max memory per instance: {}MB ({})",
+        cfg.max_mem_mb,
+        format!("{:?}", cfg.mem_metric).to_uppercase()
+    )?;
     writeln!(out, "  Test timeout: {}s", cfg.boot_timeout.as_secs_f64())?;
     writeln!(out, "  Logs: {}", cfg.log_dir.display())?;
 
@@ -314,11 +339,20 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
                     (Some(g), Some(p)) => format!(" [guest ready at {g:.1}ms, probe +{p:.1}ms]"),
                     _ => String::new(),
                 };
-                writeln!(out, "[{}] Boot successful: {:.1}ms (CID {}){}", i.index, ms, i.cid, detail)?
+                writeln!(
+                    out,
+                    "[{}] Boot successful: {:.1}ms (CID {}){}",
+                    i.index, ms, i.cid, detail
+                )?
             }
-            (None, Some(e)) if i.pid.is_some() => {
-                writeln!(out, "[{}] Boot FAILED (CID {}): {}; log: {}", i.index, i.cid, e, i.log.display())?
-            }
+            (None, Some(e)) if i.pid.is_some() => writeln!(
+                out,
+                "[{}] Boot FAILED (CID {}): {}; log: {}",
+                i.index,
+                i.cid,
+                e,
+                i.log.display()
+            )?,
             _ => {}
         }
     }
@@ -347,11 +381,23 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
     writeln!(out, "\nPhase 3: Memory Usage Analysis")?;
     for i in &r.instances {
         if let (Some(rss), Some(pss)) = (i.rss_kb, i.pss_kb) {
-            writeln!(out, "[{}] PSS {}, RSS {} ({} processes)", i.index, mb(pss), mb(rss), i.pids.len())?;
+            writeln!(
+                out,
+                "[{}] PSS {}, RSS {} ({} processes)",
+                i.index,
+                mb(pss),
+                mb(rss),
+                i.pids.len()
+            )?;
         }
     }
     if s.booted > 0 {
-        writeln!(out, "Total memory usage: PSS {}, RSS {}", mb(s.total_pss_kb), mb(s.total_rss_kb))?;
+        writeln!(
+            out,
+            "Total memory usage: PSS {}, RSS {}",
+            mb(s.total_pss_kb),
+            mb(s.total_rss_kb)
+        )?;
         writeln!(
             out,
             "Average memory per unikernel: PSS {}, RSS {}",
@@ -359,9 +405,20 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
             mb(s.total_rss_kb / s.booted as u64)
         )?;
         if s.mem_over_target.is_empty() {
-            writeln!(out, "✓ Memory usage within target (<{}MB {:?})", cfg.max_mem_mb, cfg.mem_metric)?;
+            writeln!(
+                out,
+                "✓ Memory usage within target (<{}MB {})",
+                cfg.max_mem_mb,
+                format!("{:?}", cfg.mem_metric).to_uppercase()
+            )?;
         } else {
-            writeln!(out, "✗ {} instance(s) over {}MB: {:?}", s.mem_over_target.len(), cfg.max_mem_mb, s.mem_over_target)?;
+            writeln!(
+                out,
+                "✗ {} instance(s) over {}MB: {:?}",
+                s.mem_over_target.len(),
+                cfg.max_mem_mb,
+                s.mem_over_target
+            )?;
         }
     } else {
         writeln!(out, "(no booted instance to measure)")?;
@@ -381,12 +438,20 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
         }
     }
     if !c.mismatched.is_empty() {
-        writeln!(out, "✗ Guests report a CID other than the one allocated: instances {:?}", c.mismatched)?;
+        writeln!(
+            out,
+            "✗ Guests report a CID other than the one allocated: instances {:?}",
+            c.mismatched
+        )?;
     }
     if c.out_of_range.is_empty() {
         writeln!(out, "✓ All CIDs within {}", cfg.cid_range)?;
     } else {
-        writeln!(out, "✗ CIDs outside {}: instances {:?}", cfg.cid_range, c.out_of_range)?;
+        writeln!(
+            out,
+            "✗ CIDs outside {}: instances {:?}",
+            cfg.cid_range, c.out_of_range
+        )?;
     }
 
     writeln!(out, "\nPhase 5: Cleanup")?;
@@ -401,14 +466,25 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
                 t.pids.len(),
                 t.ended_word(),
                 t.ms,
-                i.exit_status.as_ref().map(|e| format!("; launcher {e}")).unwrap_or_default()
+                i.exit_status
+                    .as_ref()
+                    .map(|e| format!("; launcher {e}"))
+                    .unwrap_or_default()
             )?;
         }
         for st in &td.stragglers {
-            writeln!(out, "! Straggler found by marker and killed: pid {} ({})", st.pid, st.cmdline)?;
+            writeln!(
+                out,
+                "! Straggler found by marker and killed: pid {} ({})",
+                st.pid, st.cmdline
+            )?;
         }
         if td.survivors.is_empty() {
-            writeln!(out, "✓ No process left behind (checked every process for UKLOAD_RUN={})", r.run_id)?;
+            writeln!(
+                out,
+                "✓ No process left behind (checked every process for UKLOAD_RUN={})",
+                r.run_id
+            )?;
         } else {
             for sv in &td.survivors {
                 writeln!(out, "✗ Survivor: pid {} ({})", sv.pid, sv.cmdline)?;

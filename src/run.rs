@@ -14,7 +14,7 @@ use crate::framing::Framing;
 use crate::launcher::{InstanceCtx, LaunchError, LauncherConfig, Readiness};
 use crate::memory::TreeMemory;
 use crate::probe::{self, BootFailure};
-use crate::supervisor::teardown::{self, TeardownReport, Target};
+use crate::supervisor::teardown::{self, Target, TeardownReport};
 use crate::supervisor::{Command, Redirect, Supervisor};
 use crate::{report, ENV_CID, ENV_INSTANCE, ENV_RUN};
 use serde::Serialize;
@@ -155,8 +155,12 @@ pub fn new_run_id() -> String {
 /// The run directory: `runs/<id>/`, with `harness.lock` held for our life.
 pub fn make_run_dir(run_id: &str) -> Result<(PathBuf, File), RunError> {
     let dir = crate::paths::runs_dir().join(run_id);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| RunError::Setup(format!("cannot create run directory {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        RunError::Setup(format!(
+            "cannot create run directory {}: {e}",
+            dir.display()
+        ))
+    })?;
     let lock_path = dir.join(crate::paths::HARNESS_LOCK);
     let lock = File::options()
         .create(true)
@@ -177,22 +181,38 @@ pub fn make_run_dir(run_id: &str) -> Result<(PathBuf, File), RunError> {
 }
 
 /// Runs the five phases. `stop` is set by SIGINT/SIGTERM.
-pub fn run(cfg: RunConfig, run_id: &str, sup: &'static Supervisor, stop: Arc<AtomicBool>) -> Result<RunResult, RunError> {
+pub fn run(
+    cfg: RunConfig,
+    run_id: &str,
+    sup: &'static Supervisor,
+    stop: Arc<AtomicBool>,
+) -> Result<RunResult, RunError> {
     let t0 = Instant::now();
     cfg.launcher.preflight().map_err(RunError::Launch)?;
     std::fs::create_dir_all(&cfg.log_dir).map_err(|e| {
-        RunError::Usage(format!("--log-dir {}: cannot create it: {e}; choose a writable directory", cfg.log_dir.display()))
+        RunError::Usage(format!(
+            "--log-dir {}: cannot create it: {e}; choose a writable directory",
+            cfg.log_dir.display()
+        ))
     })?;
     let probe_file = cfg.log_dir.join(format!(".ukload-write-test-{run_id}"));
     File::create(&probe_file).map_err(|e| {
-        RunError::Usage(format!("--log-dir {}: not writable: {e}; choose a writable directory", cfg.log_dir.display()))
+        RunError::Usage(format!(
+            "--log-dir {}: not writable: {e}; choose a writable directory",
+            cfg.log_dir.display()
+        ))
     })?;
     let _ = std::fs::remove_file(&probe_file);
     let (run_dir, _harness_lock) = make_run_dir(run_id)?;
     let registry = CidRegistry::open(&crate::paths::cid_dir()).map_err(RunError::Cid)?;
-    let holder = HolderInfo { pid: std::process::id(), run_id: run_id.to_string(), instance: None };
-    let mut leases: Vec<CidLease> =
-        registry.allocate(cfg.cid_range, cfg.count as usize, &holder).map_err(RunError::Cid)?;
+    let holder = HolderInfo {
+        pid: std::process::id(),
+        run_id: run_id.to_string(),
+        instance: None,
+    };
+    let mut leases: Vec<CidLease> = registry
+        .allocate(cfg.cid_range, cfg.count as usize, &holder)
+        .map_err(RunError::Cid)?;
     for (i, l) in leases.iter_mut().enumerate() {
         let _ = l.set_instance(i as u32);
     }
@@ -271,7 +291,10 @@ pub fn run(cfg: RunConfig, run_id: &str, sup: &'static Supervisor, stop: Arc<Ato
                 inst.boot_ms = Some(ns_to_ms(r.at_mono_ns.saturating_sub(spawn_at_ns)));
                 if let Some(info) = &r.info {
                     inst.reported_cid = info.cid;
-                    if info.ready_mono_ns >= spawn_at_ns && info.ready_mono_ns <= r.at_mono_ns && info.pid != 1 {
+                    if info.ready_mono_ns >= spawn_at_ns
+                        && info.ready_mono_ns <= r.at_mono_ns
+                        && info.pid != 1
+                    {
                         let g = ns_to_ms(info.ready_mono_ns - spawn_at_ns);
                         inst.guest_ready_ms = Some(g);
                         inst.probe_overhead_ms = inst.boot_ms.map(|b| b - g);
@@ -280,7 +303,12 @@ pub fn run(cfg: RunConfig, run_id: &str, sup: &'static Supervisor, stop: Arc<Ato
                     inst.reported_cid = probe::cid_in_line(line);
                 }
                 if progress {
-                    eprintln!("[{}] booted in {:.1} ms (CID {})", inst.index, inst.boot_ms.unwrap_or(0.0), inst.cid);
+                    eprintln!(
+                        "[{}] booted in {:.1} ms (CID {})",
+                        inst.index,
+                        inst.boot_ms.unwrap_or(0.0),
+                        inst.cid
+                    );
                 }
             }
             Err(e) => {
@@ -312,7 +340,13 @@ pub fn run(cfg: RunConfig, run_id: &str, sup: &'static Supervisor, stop: Arc<Ato
     // Phase 5: cleanup (phase 4 is computed from the records by the report).
     let targets: Vec<Target> = instances
         .iter()
-        .filter_map(|i| Some(Target { instance: i.index, pid: i.pid?, pgid: i.pgid? }))
+        .filter_map(|i| {
+            Some(Target {
+                instance: i.index,
+                pid: i.pid?,
+                pgid: i.pgid?,
+            })
+        })
         .collect();
     if progress {
         eprintln!("cleanup: ending {} instance(s)...", targets.len());
@@ -330,7 +364,9 @@ pub fn run(cfg: RunConfig, run_id: &str, sup: &'static Supervisor, stop: Arc<Ato
     sup.forget_all();
     drop(leases);
     let _ = std::fs::remove_dir_all(&run_dir);
-    let interrupted = stop.load(Ordering::Relaxed).then(|| "interrupted by signal".to_string());
+    let interrupted = stop
+        .load(Ordering::Relaxed)
+        .then(|| "interrupted by signal".to_string());
     Ok(RunResult {
         run_id: run_id.to_string(),
         instances,
@@ -356,9 +392,21 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         memory_mb: cfg.launcher.memory_mb,
         log: log.clone(),
     };
-    let fail = |msg: String| Outcome { index, pid: None, pgid: None, spawn_ms: None, started_mono_ns: 0, ready: Err(msg) };
+    let fail = |msg: String| Outcome {
+        index,
+        pid: None,
+        pgid: None,
+        spawn_ms: None,
+        started_mono_ns: 0,
+        ready: Err(msg),
+    };
     let plan = cfg.launcher.plan(&ctx);
-    let log_file = match File::options().create(true).truncate(true).write(true).open(&log) {
+    let log_file = match File::options()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&log)
+    {
         Ok(f) => f,
         Err(e) => return fail(format!("cannot open log {}: {e}", log.display())),
     };
@@ -396,17 +444,35 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
             if !pids.is_empty() {
                 return None;
             }
-            return Some(format!("{exit}, and no process of the instance is left; log: {}", log_for_dead.display()));
+            return Some(format!(
+                "{exit}, and no process of the instance is left; log: {}",
+                log_for_dead.display()
+            ));
         }
         Some(format!("{exit}; log: {}", log_for_dead.display()))
     };
     let readiness: &Readiness = &plan.readiness;
-    let ready = probe::wait_ready(readiness, cfg.framing, &log, child.started, deadline, &sh.stop, &dead)
-        .map_err(|e| describe_failure(e, &log));
+    let ready = probe::wait_ready(
+        readiness,
+        cfg.framing,
+        &log,
+        child.started,
+        deadline,
+        &sh.stop,
+        &dead,
+    )
+    .map_err(|e| describe_failure(e, &log));
     if ready.is_ok() {
         sh.booted.fetch_add(1, Ordering::Relaxed);
     }
-    Outcome { index, pid: Some(pid), pgid: Some(child.pgid), spawn_ms: Some(spawn_ms), started_mono_ns: child.started_mono_ns, ready }
+    Outcome {
+        index,
+        pid: Some(pid),
+        pgid: Some(child.pgid),
+        spawn_ms: Some(spawn_ms),
+        started_mono_ns: child.started_mono_ns,
+        ready,
+    }
 }
 
 fn describe_failure(e: BootFailure, log: &std::path::Path) -> String {

@@ -17,39 +17,78 @@ fn assert_clean(doc: &serde_json::Value) {
     let id = run_id(doc);
     let left = wait_no_processes(&id, Duration::from_secs(2));
     kill_run(&id);
-    assert!(left.is_empty(), "processes of run {id} left behind: {left:?}");
-    assert_eq!(doc["teardown"]["survivors"].as_array().unwrap().len(), 0, "ukload reported survivors");
+    assert!(
+        left.is_empty(),
+        "processes of run {id} left behind: {left:?}"
+    );
+    assert_eq!(
+        doc["teardown"]["survivors"].as_array().unwrap().len(),
+        0,
+        "ukload reported survivors"
+    );
 }
 
 #[test]
 fn twenty_instances_boot_and_each_boot_time_matches_the_guests_own_clock() {
     let dir = TempDir::new("twenty");
     let mut cmd = ukload(dir.path());
-    cmd.args(run_args(dir.path(), 20)).args(["--launcher", "process", "--guest-boot-delay-ms", "200", "--max-boot-ms", "60000"]);
+    cmd.args(run_args(dir.path(), 20)).args([
+        "--launcher",
+        "process",
+        "--guest-boot-delay-ms",
+        "200",
+        "--max-boot-ms",
+        "60000",
+    ]);
     let out = output_within(cmd, RUN_DEADLINE);
     let doc = json_of(&out);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(doc["verdict"], "PASS");
     let inst = instances(&doc);
     assert_eq!(inst.len(), 20);
     let mut overheads = Vec::new();
     for i in inst {
         let boot = i["boot_ms"].as_f64().expect("booted");
-        let guest = i["guest_ready_ms"].as_f64().expect("guest reported its ready stamp");
+        let guest = i["guest_ready_ms"]
+            .as_f64()
+            .expect("guest reported its ready stamp");
         let over = i["probe_overhead_ms"].as_f64().unwrap();
         // The guest slept 200 ms before listening: no true boot is faster.
-        assert!(guest >= 200.0, "guest ready at {guest} ms < injected 200 ms delay");
-        assert!(boot >= guest, "boot {boot} before the guest was ready {guest}");
+        assert!(
+            guest >= 200.0,
+            "guest ready at {guest} ms < injected 200 ms delay"
+        );
+        assert!(
+            boot >= guest,
+            "boot {boot} before the guest was ready {guest}"
+        );
         assert!((boot - guest - over).abs() < 1e-6);
         // The probe notices readiness within a few ms (backoff is capped at 4 ms);
         // a generous bound for a loaded 2-core machine.
-        assert!(over < 50.0, "instance {} measured {over:.1} ms after the guest was ready", i["index"]);
+        assert!(
+            over < 50.0,
+            "instance {} measured {over:.1} ms after the guest was ready",
+            i["index"]
+        );
         overheads.push(over);
-        assert_eq!(i["reported_cid"], i["cid"], "guest reports the CID it was given");
+        assert_eq!(
+            i["reported_cid"], i["cid"],
+            "guest reports the CID it was given"
+        );
     }
     overheads.sort_by(|a, b| a.total_cmp(b));
-    assert!(overheads[10] < 15.0, "median probe overhead {:.1} ms is not a few ms", overheads[10]);
-    let cids: std::collections::BTreeSet<u64> = inst.iter().map(|i| i["cid"].as_u64().unwrap()).collect();
+    assert!(
+        overheads[10] < 15.0,
+        "median probe overhead {:.1} ms is not a few ms",
+        overheads[10]
+    );
+    let cids: std::collections::BTreeSet<u64> =
+        inst.iter().map(|i| i["cid"].as_u64().unwrap()).collect();
     assert_eq!(cids.len(), 20);
     assert!(cids.iter().all(|c| (200..=299).contains(c)));
     assert_clean(&doc);
@@ -65,11 +104,19 @@ fn memory_in_a_daemonized_grandchild_is_measured_and_the_kraft_vmm_is_killed() {
         .arg(kraft_standin())
         .arg("--image")
         .arg(fixture_guest())
-        .args(["--kraft-arg=-a", &format!("--kraft-arg=--alloc-mb-per-instance={STEP_MB}")])
+        .args([
+            "--kraft-arg=-a",
+            &format!("--kraft-arg=--alloc-mb-per-instance={STEP_MB}"),
+        ])
         .args(["--max-boot-ms", "60000", "--max-mem-mb", "1000"]);
     let out = output_within(cmd, RUN_DEADLINE);
     let doc = json_of(&out);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}\n{doc:#}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}\n{doc:#}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let inst = instances(&doc);
     for metric in ["pss_kb", "rss_kb"] {
         let base = inst[0][metric].as_f64().unwrap() / 1024.0;
@@ -85,8 +132,14 @@ fn memory_in_a_daemonized_grandchild_is_measured_and_the_kraft_vmm_is_killed() {
     for i in inst {
         // kraft (bash → tail) and the daemonized VMM, which left kraft's group.
         let pids = i["pids"].as_array().unwrap();
-        assert!(pids.len() >= 2, "instance tree should hold kraft and its VMM: {pids:?}");
-        assert!(matches!(i["teardown"].as_str(), Some("terminated") | Some("killed")));
+        assert!(
+            pids.len() >= 2,
+            "instance tree should hold kraft and its VMM: {pids:?}"
+        );
+        assert!(matches!(
+            i["teardown"].as_str(),
+            Some("terminated") | Some("killed")
+        ));
     }
     assert_clean(&doc);
 }
@@ -98,10 +151,21 @@ fn guest_ignoring_sigterm_is_killed_after_the_grace_period() {
     cmd.args(run_args(dir.path(), 2))
         .args(["--guest-bin"])
         .arg(fixture_guest())
-        .args(["--guest-arg=--ignore-sigterm", "--grace-ms", "300", "--max-boot-ms", "60000"]);
+        .args([
+            "--guest-arg=--ignore-sigterm",
+            "--grace-ms",
+            "300",
+            "--max-boot-ms",
+            "60000",
+        ]);
     let out = output_within(cmd, RUN_DEADLINE);
     let doc = json_of(&out);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for i in instances(&doc) {
         assert_eq!(i["teardown"], "killed", "{i:#}");
         assert!(i["teardown_ms"].as_f64().unwrap() >= 300.0);
@@ -129,7 +193,11 @@ fn guest_that_never_listens_fails_its_boot_and_is_cleaned_up() {
         assert!(i["boot_ms"].is_null());
     }
     // Boot timeout 1 s + grace 2 s + margin.
-    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_clean(&doc);
 }
 
@@ -148,8 +216,14 @@ fn launcher_that_exits_at_once_is_reported_with_its_status_and_log() {
     let i = &instances(&doc)[0];
     let e = i["boot_error"].as_str().unwrap();
     assert!(e.contains("exit code 3"), "{e}");
-    assert!(e.contains(i["log"].as_str().unwrap()), "error names the log: {e}");
-    assert!(t.elapsed() < Duration::from_secs(10), "a dead launcher must not wait for the boot timeout");
+    assert!(
+        e.contains(i["log"].as_str().unwrap()),
+        "error names the log: {e}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "a dead launcher must not wait for the boot timeout"
+    );
     assert_clean(&doc);
 }
 
@@ -172,8 +246,18 @@ fn two_runs_at_once_on_overlapping_ranges_never_share_a_cid() {
     let b = spawn("215-244", "b");
     let (a, b) = (a.join().unwrap(), b.join().unwrap());
     let (da, db) = (json_of(&a), json_of(&b));
-    assert_eq!(a.status.code(), Some(0), "{}", String::from_utf8_lossy(&a.stderr));
-    assert_eq!(b.status.code(), Some(0), "{}", String::from_utf8_lossy(&b.stderr));
+    assert_eq!(
+        a.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&a.stderr)
+    );
+    assert_eq!(
+        b.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&b.stderr)
+    );
     let mut all = Vec::new();
     for d in [&da, &db] {
         for i in instances(d) {
@@ -201,13 +285,16 @@ fn exhausted_cid_range_fails_fast_naming_range_and_holder() {
     let h = std::thread::spawn(move || output_within(holder, RUN_DEADLINE));
     // Wait until the holder has its CIDs (its instances exist).
     let end = Instant::now() + Duration::from_secs(20);
-    while marked_pids(&|_| true).iter().all(|(_, c)| !c.contains("uds:") || !c.contains(dir.path().to_str().unwrap()))
+    while marked_pids(&|_| true)
+        .iter()
+        .all(|(_, c)| !c.contains("uds:") || !c.contains(dir.path().to_str().unwrap()))
         && Instant::now() < end
     {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut late = ukload(dir.path());
-    late.args(run_args(&dir.path().join("b"), 1)).args(["--cid-range", "200-204"]);
+    late.args(run_args(&dir.path().join("b"), 1))
+        .args(["--cid-range", "200-204"]);
     let t = Instant::now();
     let out = output_within(late, Duration::from_secs(30));
     let took = t.elapsed();
@@ -225,8 +312,13 @@ fn exhausted_cid_range_fails_fast_naming_range_and_holder() {
 fn interrupt_mid_boot(sig: i32) -> (Option<i32>, Vec<(i32, String)>, Duration) {
     let dir = TempDir::new("intr");
     let mut cmd = ukload(dir.path());
-    cmd.args(run_args(dir.path(), 6)).args(["--guest-boot-delay-ms", "20000"]);
-    let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    cmd.args(run_args(dir.path(), 6))
+        .args(["--guest-boot-delay-ms", "20000"]);
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let harness = child.id();
     let ours = move |v: &str| v.ends_with(&format!("-{harness}"));
     // Wait until its instances are running.
@@ -243,7 +335,10 @@ fn interrupt_mid_boot(sig: i32) -> (Option<i32>, Vec<(i32, String)>, Duration) {
         if let Some(s) = child.try_wait().unwrap() {
             break s.code();
         }
-        assert!(Instant::now() < end, "ukload did not exit after signal {sig}");
+        assert!(
+            Instant::now() < end,
+            "ukload did not exit after signal {sig}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     };
     let left_at = Instant::now() + Duration::from_millis(2500);
@@ -278,25 +373,36 @@ fn sigterm_mid_boot_tears_everything_down() {
 fn sigkill_of_ukload_leaves_nothing_after_two_seconds() {
     let (status, left, after) = interrupt_mid_boot(libc::SIGKILL);
     assert_eq!(status, None, "killed by signal");
-    assert!(left.is_empty(), "left behind {after:?} after SIGKILL: {left:?}");
+    assert!(
+        left.is_empty(),
+        "left behind {after:?} after SIGKILL: {left:?}"
+    );
 }
 
 #[test]
 fn seed_script_prints_the_five_phases_and_pass() {
     let dir = TempDir::new("seed");
     let mut cmd = std::process::Command::new("bash");
-    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/load-test-unikernels.sh"))
-        .arg("4")
-        .arg("--log-dir")
-        .arg(dir.path().join("logs"))
-        .arg("-q")
-        .env("UKLOAD", ukload_bin())
-        .env("UKLOAD_RUNTIME_DIR", dir.path().join("rt"))
-        .env("PATH", "/usr/bin:/bin")
-        .stdin(std::process::Stdio::null());
+    cmd.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/load-test-unikernels.sh"
+    ))
+    .arg("4")
+    .arg("--log-dir")
+    .arg(dir.path().join("logs"))
+    .arg("-q")
+    .env("UKLOAD", ukload_bin())
+    .env("UKLOAD_RUNTIME_DIR", dir.path().join("rt"))
+    .env("PATH", "/usr/bin:/bin")
+    .stdin(std::process::Stdio::null());
     let out = output_within(cmd, RUN_DEADLINE);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for p in [
         "Phase 1: Concurrent Spawning",
         "Phase 2: Boot Time Analysis",
@@ -326,9 +432,15 @@ fn bad_flags_exit_64_naming_the_flag_and_start_nothing() {
         (vec!["run", "2", "--mem-metric", "vss"], "--mem-metric"),
         (vec!["run", "2", "--concurrency", "0"], "--concurrency"),
         (vec!["run", "200", "--cid-range", "200-209"], "--cid-range"),
-        (vec!["run", "1", "--log-dir", "/proc/no-such-dir"], "--log-dir"),
+        (
+            vec!["run", "1", "--log-dir", "/proc/no-such-dir"],
+            "--log-dir",
+        ),
         (vec!["run", "1", "--launcher", "exec"], "--exec"),
-        (vec!["run", "1", "--launcher", "exec", "--exec", "x {bogus}"], "{bogus}"),
+        (
+            vec!["run", "1", "--launcher", "exec", "--exec", "x {bogus}"],
+            "{bogus}",
+        ),
         (vec!["run", "--no-such-flag"], "--no-such-flag"),
     ] {
         let mut cmd = ukload(dir.path());
@@ -336,16 +448,27 @@ fn bad_flags_exit_64_naming_the_flag_and_start_nothing() {
         let out = output_within(cmd, Duration::from_secs(30));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
-        assert!(err.contains(needle), "{args:?}: message should name {needle}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: message should name {needle}: {err}"
+        );
     }
-    assert!(!dir.path().join("logs").exists(), "a usage error started something");
+    assert!(
+        !dir.path().join("logs").exists(),
+        "a usage error started something"
+    );
 }
 
 #[test]
 fn missing_kraft_exits_69_and_says_how_to_install() {
     let dir = TempDir::new("nokraft");
     let mut cmd = ukload(dir.path());
-    cmd.args(run_args(dir.path(), 1)).args(["--launcher", "kraft", "--kraft-bin", "/nonexistent/kraft"]);
+    cmd.args(run_args(dir.path(), 1)).args([
+        "--launcher",
+        "kraft",
+        "--kraft-bin",
+        "/nonexistent/kraft",
+    ]);
     let out = output_within(cmd, Duration::from_secs(30));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(69), "{err}");
@@ -356,10 +479,16 @@ fn missing_kraft_exits_69_and_says_how_to_install() {
 fn length_framing_boots_with_the_seeds_wire_format() {
     let dir = TempDir::new("lenframe");
     let mut cmd = ukload(dir.path());
-    cmd.args(run_args(dir.path(), 3)).args(["--framing", "length", "--max-boot-ms", "60000"]);
+    cmd.args(run_args(dir.path(), 3))
+        .args(["--framing", "length", "--max-boot-ms", "60000"]);
     let out = output_within(cmd, RUN_DEADLINE);
     let doc = json_of(&out);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(instances(&doc).iter().all(|i| i["boot_ms"].is_number()));
     assert_clean(&doc);
 }
@@ -368,11 +497,26 @@ fn length_framing_boots_with_the_seeds_wire_format() {
 fn exec_launcher_runs_a_template_and_probes_its_uds() {
     let dir = TempDir::new("exec");
     let mut cmd = ukload(dir.path());
-    let tpl = format!("exec {} --listen uds:{{uds}} --port {{port}} --cid {{cid}}", guest_bin().display());
-    cmd.args(run_args(dir.path(), 3)).args(["--launcher", "exec", "--exec", &tpl, "--max-boot-ms", "60000"]);
+    let tpl = format!(
+        "exec {} --listen uds:{{uds}} --port {{port}} --cid {{cid}}",
+        guest_bin().display()
+    );
+    cmd.args(run_args(dir.path(), 3)).args([
+        "--launcher",
+        "exec",
+        "--exec",
+        &tpl,
+        "--max-boot-ms",
+        "60000",
+    ]);
     let out = output_within(cmd, RUN_DEADLINE);
     let doc = json_of(&out);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for i in instances(&doc) {
         assert_eq!(i["reported_cid"], i["cid"]);
     }

@@ -35,7 +35,9 @@ impl std::str::FromStr for Kind {
             "process" => Ok(Kind::Process),
             "kraft" => Ok(Kind::Kraft),
             "exec" => Ok(Kind::Exec),
-            _ => Err(format!("unknown launcher {s:?}: expected process, kraft or exec")),
+            _ => Err(format!(
+                "unknown launcher {s:?}: expected process, kraft or exec"
+            )),
         }
     }
 }
@@ -69,7 +71,9 @@ impl std::str::FromStr for ReadyMode {
             "auto" => Ok(ReadyMode::Auto),
             "probe" | "vsock" => Ok(ReadyMode::Probe),
             "console" => Ok(ReadyMode::Console),
-            _ => Err(format!("unknown readiness {s:?}: expected auto, probe or console")),
+            _ => Err(format!(
+                "unknown readiness {s:?}: expected auto, probe or console"
+            )),
         }
     }
 }
@@ -152,7 +156,10 @@ impl LauncherConfig {
 
     /// The seed's default kraft image path.
     pub fn default_kraft_image() -> PathBuf {
-        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root")).join(DEFAULT_KRAFT_IMAGE)
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"))
+            .join(DEFAULT_KRAFT_IMAGE)
     }
 
     /// Checks that what the launcher needs is there, before anything starts.
@@ -162,7 +169,9 @@ impl LauncherConfig {
                 if crate::supervisor::spawn::resolve_program(self.guest_bin.as_os_str()).is_none() {
                     return Err(LaunchError::NotInstalled {
                         what: format!("guest program {}", self.guest_bin.display()),
-                        how: "Build it with `cargo build --bins`, or name it with --guest-bin PATH.".into(),
+                        how:
+                            "Build it with `cargo build --bins`, or name it with --guest-bin PATH."
+                                .into(),
                     });
                 }
                 Ok(())
@@ -171,7 +180,7 @@ impl LauncherConfig {
                 if crate::supervisor::spawn::resolve_program(self.kraft_bin.as_ref()).is_none() {
                     return Err(LaunchError::NotInstalled {
                         what: format!("kraft ({})", self.kraft_bin),
-                        how: "Install KraftKit (curl -sSf https://get.kraftkit.sh | sh; then export PATH=\"$HOME/.kraftkit/bin:$PATH\"), \
+                        how: "To install KraftKit: (curl -sSf https://get.kraftkit.sh | sh; then export PATH=\"$HOME/.kraftkit/bin:$PATH\"), \
                               name it with --kraft-bin PATH, or use --launcher process."
                             .into(),
                     });
@@ -204,7 +213,10 @@ impl LauncherConfig {
     /// The command and readiness for one instance.
     pub fn plan(&self, ctx: &InstanceCtx) -> Plan {
         let console = Readiness::Console(self.ready_console.clone());
-        let hybrid = Readiness::Probe(Endpoint::Hybrid { path: ctx.uds.clone(), port: ctx.port });
+        let hybrid = Readiness::Probe(Endpoint::Hybrid {
+            path: ctx.uds.clone(),
+            port: ctx.port,
+        });
         match self.kind {
             Kind::Process => {
                 let cmd = Command::new(self.guest_bin.as_os_str())
@@ -219,24 +231,45 @@ impl LauncherConfig {
                     .arg("--boot-delay-ms")
                     .arg(self.guest_boot_delay_ms.to_string())
                     .args(self.guest_args.iter());
-                let readiness = if self.ready == ReadyMode::Console { console } else { hybrid };
-                Plan { command: cmd, readiness }
+                let readiness = if self.ready == ReadyMode::Console {
+                    console
+                } else {
+                    hybrid
+                };
+                Plan {
+                    command: cmd,
+                    readiness,
+                }
             }
             Kind::Kraft => {
-                let mut args: Vec<OsString> =
-                    vec!["run".into(), "--rm".into(), "--memory".into(), format!("{}Mi", ctx.memory_mb).into()];
+                let mut args: Vec<OsString> = vec![
+                    "run".into(),
+                    "--rm".into(),
+                    "--memory".into(),
+                    format!("{}Mi", ctx.memory_mb).into(),
+                ];
                 if let Some(p) = &self.plat {
                     args.push("--plat".into());
                     args.push(p.into());
                 }
-                args.extend(self.kraft_args.iter().map(|a| OsString::from(expand(a, ctx))));
+                args.extend(
+                    self.kraft_args
+                        .iter()
+                        .map(|a| OsString::from(expand(a, ctx))),
+                );
                 args.push(self.image.clone().into());
                 let readiness = if self.ready == ReadyMode::Probe {
-                    Readiness::Probe(Endpoint::Vsock { cid: ctx.cid, port: ctx.port })
+                    Readiness::Probe(Endpoint::Vsock {
+                        cid: ctx.cid,
+                        port: ctx.port,
+                    })
                 } else {
                     console
                 };
-                Plan { command: Command::new(&self.kraft_bin).args(args), readiness }
+                Plan {
+                    command: Command::new(&self.kraft_bin).args(args),
+                    readiness,
+                }
             }
             Kind::Exec => {
                 let t = self.exec_template.as_deref().unwrap_or("");
@@ -244,9 +277,15 @@ impl LauncherConfig {
                 let readiness = match self.ready {
                     ReadyMode::Console => console,
                     _ if t.contains("{uds}") => hybrid,
-                    _ => Readiness::Probe(Endpoint::Vsock { cid: ctx.cid, port: ctx.port }),
+                    _ => Readiness::Probe(Endpoint::Vsock {
+                        cid: ctx.cid,
+                        port: ctx.port,
+                    }),
                 };
-                Plan { command: cmd, readiness }
+                Plan {
+                    command: cmd,
+                    readiness,
+                }
             }
         }
     }
@@ -267,7 +306,9 @@ fn unknown_placeholder(t: &str) -> Option<String> {
         let after = &rest[open + 1..];
         let Some(close) = after.find('}') else { break };
         let name = &after[..close];
-        if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') && !PLACEHOLDERS.contains(&name) {
+        if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !PLACEHOLDERS.contains(&name)
+        {
             return Some(name.to_string());
         }
         rest = &after[close + 1..];
@@ -277,7 +318,10 @@ fn unknown_placeholder(t: &str) -> Option<String> {
 
 /// Quotes a value for `/bin/sh`.
 fn sh_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:=+,".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:=+,".contains(c))
+    {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -315,8 +359,14 @@ mod tests {
 
     #[test]
     fn expand_fills_every_placeholder_and_quotes_paths() {
-        let s = expand("vmm --cid {cid} --sock {uds} --i {index} -m {memory_mb} {port} {log}", &ctx());
-        assert_eq!(s, "vmm --cid 203 --sock '/run/x y/i3.sock' --i 3 -m 64 5252 /tmp/l.log");
+        let s = expand(
+            "vmm --cid {cid} --sock {uds} --i {index} -m {memory_mb} {port} {log}",
+            &ctx(),
+        );
+        assert_eq!(
+            s,
+            "vmm --cid 203 --sock '/run/x y/i3.sock' --i 3 -m 64 5252 /tmp/l.log"
+        );
     }
 
     #[test]
@@ -327,6 +377,9 @@ mod tests {
 
     #[test]
     fn log_path_follows_the_seed() {
-        assert_eq!(log_path(Path::new("/tmp/osvm-load-test"), 0, 247), PathBuf::from("/tmp/osvm-load-test/unikernel_0_cid247.log"));
+        assert_eq!(
+            log_path(Path::new("/tmp/osvm-load-test"), 0, 247),
+            PathBuf::from("/tmp/osvm-load-test/unikernel_0_cid247.log")
+        );
     }
 }

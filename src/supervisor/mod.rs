@@ -97,17 +97,26 @@ impl Supervisor {
         let (mut rx, tx) = UnixStream::pair()?;
         rx.set_nonblocking(true)?;
         signal_hook::low_level::pipe::register(libc::SIGCHLD, tx)?;
-        let sup = SUPERVISOR.get_or_init(|| Supervisor { exited: Mutex::new(HashMap::new()), changed: Condvar::new() });
-        std::thread::Builder::new().name("ukload-reaper".into()).spawn(move || {
-            let mut buf = [0u8; 64];
-            loop {
-                let mut pfd = libc::pollfd { fd: rx.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                // SAFETY: one valid pollfd, bounded timeout.
-                unsafe { libc::poll(&mut pfd, 1, REAPER_TICK.as_millis() as i32) };
-                while rx.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
-                sup.reap_all();
-            }
-        })?;
+        let sup = SUPERVISOR.get_or_init(|| Supervisor {
+            exited: Mutex::new(HashMap::new()),
+            changed: Condvar::new(),
+        });
+        std::thread::Builder::new()
+            .name("ukload-reaper".into())
+            .spawn(move || {
+                let mut buf = [0u8; 64];
+                loop {
+                    let mut pfd = libc::pollfd {
+                        fd: rx.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd, bounded timeout.
+                    unsafe { libc::poll(&mut pfd, 1, REAPER_TICK.as_millis() as i32) };
+                    while rx.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
+                    sup.reap_all();
+                }
+            })?;
         Ok(sup)
     }
 
@@ -141,7 +150,11 @@ impl Supervisor {
 
     /// How `pid` ended, if it has been reaped.
     pub fn try_status(&self, pid: i32) -> Option<Exit> {
-        self.exited.lock().unwrap_or_else(|e| e.into_inner()).get(&pid).copied()
+        self.exited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)
+            .copied()
     }
 
     /// Waits until `pid` is reaped or `timeout` passes.
@@ -156,7 +169,11 @@ impl Supervisor {
             if now >= deadline {
                 return None;
             }
-            map = self.changed.wait_timeout(map, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            map = self
+                .changed
+                .wait_timeout(map, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -171,14 +188,20 @@ impl Supervisor {
 
     /// Forgets every recorded status (adopted orphans nobody asked about).
     pub fn forget_all(&self) {
-        self.exited.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.exited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 
 /// Sends `sig` to process group `pgid`. `Ok(false)` if the group is gone.
 pub fn kill_group(pgid: i32, sig: i32) -> io::Result<bool> {
     if pgid <= 1 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("refusing to signal process group {pgid}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to signal process group {pgid}"),
+        ));
     }
     // SAFETY: kill with a negative pid signals a process group; no pointers.
     if unsafe { libc::kill(-pgid, sig) } == 0 {

@@ -139,7 +139,10 @@ impl std::fmt::Display for SpawnError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SpawnError::NotFound { program } => {
-                write!(f, "{program}: command not found (not a path and not on PATH)")
+                write!(
+                    f,
+                    "{program}: command not found (not a path and not on PATH)"
+                )
             }
             SpawnError::Sys { call, err } => write!(f, "{call} failed: {err}"),
             SpawnError::Exec { program, err } => write!(f, "cannot execute {program}: {err}"),
@@ -170,11 +173,16 @@ fn is_executable(p: &Path) -> bool {
 }
 
 fn cstring(bytes: &[u8], what: &str) -> Result<CString, SpawnError> {
-    CString::new(bytes).map_err(|_| SpawnError::Nul { what: what.to_string() })
+    CString::new(bytes).map_err(|_| SpawnError::Nul {
+        what: what.to_string(),
+    })
 }
 
 fn sys(call: &'static str) -> SpawnError {
-    SpawnError::Sys { call, err: io::Error::last_os_error() }
+    SpawnError::Sys {
+        call,
+        err: io::Error::last_os_error(),
+    }
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
@@ -197,18 +205,34 @@ struct Stdio {
 
 fn prepare(r: Redirect, is_input: bool, devnull: &OwnedFd) -> Result<Stdio, SpawnError> {
     Ok(match r {
-        Redirect::Inherit => Stdio { child_fd: None, child_raw: -1, ours: None },
-        Redirect::Null => Stdio { child_fd: None, child_raw: devnull.as_raw_fd(), ours: None },
+        Redirect::Inherit => Stdio {
+            child_fd: None,
+            child_raw: -1,
+            ours: None,
+        },
+        Redirect::Null => Stdio {
+            child_fd: None,
+            child_raw: devnull.as_raw_fd(),
+            ours: None,
+        },
         Redirect::File(f) => {
             let fd = OwnedFd::from(f);
             let raw = fd.as_raw_fd();
-            Stdio { child_fd: Some(fd), child_raw: raw, ours: None }
+            Stdio {
+                child_fd: Some(fd),
+                child_raw: raw,
+                ours: None,
+            }
         }
         Redirect::Pipe => {
             let (r, w) = pipe()?;
             let (child, ours) = if is_input { (r, w) } else { (w, r) };
             let raw = child.as_raw_fd();
-            Stdio { child_fd: Some(child), child_raw: raw, ours: Some(File::from(ours)) }
+            Stdio {
+                child_fd: Some(child),
+                child_raw: raw,
+                ours: Some(File::from(ours)),
+            }
         }
     })
 }
@@ -216,7 +240,9 @@ fn prepare(r: Redirect, is_input: bool, devnull: &OwnedFd) -> Result<Stdio, Spaw
 /// Starts `cmd`. Only async-signal-safe calls run in the child before `exec`.
 pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
     let shown = cmd.program.to_string_lossy().into_owned();
-    let path = resolve_program(&cmd.program).ok_or_else(|| SpawnError::NotFound { program: shown.clone() })?;
+    let path = resolve_program(&cmd.program).ok_or_else(|| SpawnError::NotFound {
+        program: shown.clone(),
+    })?;
     let c_path = cstring(path.as_os_str().as_bytes(), "program path")?;
     let mut c_args = vec![cstring(cmd.program.as_bytes(), "program")?];
     for a in &cmd.args {
@@ -247,7 +273,10 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
         .read(true)
         .write(true)
         .open("/dev/null")
-        .map_err(|err| SpawnError::Sys { call: "open /dev/null", err })?;
+        .map_err(|err| SpawnError::Sys {
+            call: "open /dev/null",
+            err,
+        })?;
     let devnull = OwnedFd::from(devnull);
     let stdin = prepare(cmd.stdin, true, &devnull)?;
     let stdout = prepare(cmd.stdout, false, &devnull)?;
@@ -280,7 +309,11 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             // Rust ignores SIGPIPE; an ignored disposition survives exec.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            for (fd, target) in [(stdin.child_raw, 0), (stdout.child_raw, 1), (stderr.child_raw, 2)] {
+            for (fd, target) in [
+                (stdin.child_raw, 0),
+                (stdout.child_raw, 1),
+                (stderr.child_raw, 2),
+            ] {
                 if fd >= 0 && libc::dup2(fd, target) < 0 {
                     child_fail(err_w.as_raw_fd());
                 }
@@ -312,12 +345,20 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(SpawnError::Sys { call: "read exec status", err }),
+            Err(err) => {
+                return Err(SpawnError::Sys {
+                    call: "read exec status",
+                    err,
+                })
+            }
         }
     }
     if got == buf.len() {
         // The child has _exit(127)ed; the reaper collects it.
-        return Err(SpawnError::Exec { program: shown, err: io::Error::from_raw_os_error(i32::from_ne_bytes(buf)) });
+        return Err(SpawnError::Exec {
+            program: shown,
+            err: io::Error::from_raw_os_error(i32::from_ne_bytes(buf)),
+        });
     }
     Ok(Child {
         pid,

@@ -89,7 +89,12 @@ fn signal_all(sup: &Supervisor, run_id: &str, t: &Target, pids: &[i32], sig: i32
 }
 
 /// Ends every instance in `targets` (in parallel) and verifies by marker.
-pub fn teardown(sup: &Supervisor, run_id: &str, targets: &[Target], grace: Duration) -> TeardownReport {
+pub fn teardown(
+    sup: &Supervisor,
+    run_id: &str,
+    targets: &[Target],
+    grace: Duration,
+) -> TeardownReport {
     let start = Instant::now();
     let table = proc::table();
     let members: Vec<Vec<i32>> = targets
@@ -109,8 +114,15 @@ pub fn teardown(sup: &Supervisor, run_id: &str, targets: &[Target], grace: Durat
     loop {
         let now = Instant::now();
         for (i, t) in targets.iter().enumerate() {
-            if state[i].is_none() && members[i].iter().all(|&p| !alive(p)) && sup.try_status(t.pid).is_some() {
-                let how = if killed { Ended::Killed } else { Ended::Terminated };
+            if state[i].is_none()
+                && members[i].iter().all(|&p| !alive(p))
+                && sup.try_status(t.pid).is_some()
+            {
+                let how = if killed {
+                    Ended::Killed
+                } else {
+                    Ended::Terminated
+                };
                 state[i] = Some((how, ms(start.elapsed())));
             }
         }
@@ -123,9 +135,17 @@ pub fn teardown(sup: &Supervisor, run_id: &str, targets: &[Target], grace: Durat
             for (i, t) in targets.iter().enumerate() {
                 if state[i].is_none() {
                     // Re-read: processes may have forked during the grace period.
-                    let pids = crate::memory::instance_pids(t.pid, run_id, t.instance, &proc::table());
-                    let all: BTreeSet<i32> = members[i].iter().chain(pids.iter()).copied().collect();
-                    signal_all(sup, run_id, t, &all.into_iter().collect::<Vec<_>>(), libc::SIGKILL);
+                    let pids =
+                        crate::memory::instance_pids(t.pid, run_id, t.instance, &proc::table());
+                    let all: BTreeSet<i32> =
+                        members[i].iter().chain(pids.iter()).copied().collect();
+                    signal_all(
+                        sup,
+                        run_id,
+                        t,
+                        &all.into_iter().collect::<Vec<_>>(),
+                        libc::SIGKILL,
+                    );
                 }
             }
         }
@@ -139,7 +159,12 @@ pub fn teardown(sup: &Supervisor, run_id: &str, targets: &[Target], grace: Durat
         .enumerate()
         .map(|(i, t)| {
             let (ended, ms) = state[i].unwrap_or((Ended::Survived, ms(start.elapsed())));
-            InstanceTeardown { instance: t.instance, pids: members[i].clone(), ended, ms }
+            InstanceTeardown {
+                instance: t.instance,
+                pids: members[i].clone(),
+                ended,
+                ms,
+            }
         })
         .collect();
     // Anything else with our marker (forked after we looked, or escaped its
@@ -148,15 +173,28 @@ pub fn teardown(sup: &Supervisor, run_id: &str, targets: &[Target], grace: Durat
     let stragglers: Vec<Survivor> = proc::scan_marked(Some(run_id))
         .into_iter()
         .filter(|m| m.stat.state != 'Z' && !known.contains(&m.pid))
-        .map(|m| Survivor { pid: m.pid, instance: m.instance, cmdline: proc::cmdline(m.pid).unwrap_or_default() })
+        .map(|m| Survivor {
+            pid: m.pid,
+            instance: m.instance,
+            cmdline: proc::cmdline(m.pid).unwrap_or_default(),
+        })
         .collect();
     super::watchdog::sweep(run_id, STRAGGLER_SWEEP);
     let survivors = proc::scan_marked(Some(run_id))
         .into_iter()
         .filter(|m| m.stat.state != 'Z')
-        .map(|m| Survivor { pid: m.pid, instance: m.instance, cmdline: proc::cmdline(m.pid).unwrap_or_default() })
+        .map(|m| Survivor {
+            pid: m.pid,
+            instance: m.instance,
+            cmdline: proc::cmdline(m.pid).unwrap_or_default(),
+        })
         .collect();
-    TeardownReport { instances, stragglers, survivors, ms: ms(start.elapsed()) }
+    TeardownReport {
+        instances,
+        stragglers,
+        survivors,
+        ms: ms(start.elapsed()),
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -38,7 +38,9 @@ impl Watchdog {
 /// Must be called while the process has a single thread: the child runs
 /// ordinary Rust code after `fork`, which is sound only then.
 pub fn start(run_id: &str) -> io::Result<Watchdog> {
-    let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(1);
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(1);
     if threads != 1 {
         return Err(io::Error::other(format!(
             "watchdog must be started before any thread ({threads} threads running)"
@@ -77,7 +79,11 @@ fn watch(rx: OwnedFd, run_id: &str) -> ! {
         libc::prctl(libc::PR_SET_NAME, c"ukload-watchdog".as_ptr(), 0, 0, 0);
     }
     loop {
-        let mut pfd = libc::pollfd { fd: rx.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: rx.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd; bounded timeout.
         let n = unsafe { libc::poll(&mut pfd, 1, IDLE_POLL_MS) };
         if n > 0 && pfd.revents != 0 {

@@ -430,7 +430,3 @@ impl Listener {
         }
     }
 }
-impl std::fmt::Display for Endpoint { fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "{self:?}") } }
-impl std::fmt::Display for ConnectError { fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "{self:?}") } }
-impl std::io::Read for Stream { fn read(&mut self, _b: &mut [u8]) -> std::io::Result<usize> { todo!() } }
-impl std::io::Write for Stream { fn write(&mut self, _b: &[u8]) -> std::io::Result<usize> { todo!() } fn flush(&mut self) -> std::io::Result<()> { todo!() } }

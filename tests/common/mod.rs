@@ -42,7 +42,11 @@ pub fn example_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap();
     let p = profile_dir.join("examples").join(name);
-    assert!(p.exists(), "{} missing: run `cargo build --examples` (cargo test builds it)", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --examples` (cargo test builds it)",
+        p.display()
+    );
     p
 }
 
@@ -92,10 +96,17 @@ pub fn json_of(out: &Output) -> serde_json::Value {
 pub fn marked_pids(pred: &dyn Fn(&str) -> bool) -> Vec<(i32, String)> {
     let mut v = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit(')').next().and_then(|r| r.trim().chars().next());
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.trim().chars().next());
         if state == Some('Z') || stat.is_empty() {
             continue;
         }
