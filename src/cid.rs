@@ -248,9 +248,10 @@ impl From<CidRangeError> for CidError {
 fn summarize_holders(holders: &[(u32, Option<HolderInfo>)]) -> String {
     let mut sorted: Vec<&(u32, Option<HolderInfo>)> = holders.iter().collect();
     sorted.sort_by_key(|(cid, _)| *cid);
-    // (holder key, spans) in order of first appearance.
-    let mut groups: Vec<(Option<(&str, u32)>, Vec<(u32, u32)>)> = Vec::new();
-    let mut prev: Option<(u32, Option<(&str, u32)>)> = None;
+    // (holder key: run id and pid, spans of CIDs) in order of first appearance.
+    type Key<'a> = Option<(&'a str, u32)>;
+    let mut groups: Vec<(Key, Vec<(u32, u32)>)> = Vec::new();
+    let mut prev: Option<(u32, Key)> = None;
     for (cid, info) in sorted {
         let key = info.as_ref().map(|h| (h.run_id.as_str(), h.pid));
         let idx = match groups.iter().position(|(k, _)| *k == key) {

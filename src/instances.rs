@@ -178,7 +178,9 @@ pub fn print_ps(views: &[InstanceView], json: bool, out: &mut dyn Write) -> io::
         serde_json::to_writer_pretty(&mut *out, views).map_err(io::Error::other)?;
         return writeln!(out);
     }
-    let header = ["RUN", "INSTANCE", "CID", "PIDS", "AGE", "RSS", "PSS", "HARNESS"];
+    let header = [
+        "RUN", "INSTANCE", "CID", "PIDS", "AGE", "RSS", "PSS", "HARNESS",
+    ];
     let rows: Vec<[String; 8]> = views
         .iter()
         .map(|v| {
@@ -285,7 +287,9 @@ impl fmt::Display for CleanupReport {
             runs.len()
         )?;
         let describe = |p: &ProcessRecord| {
-            let inst = p.instance.map_or_else(String::new, |i| format!(" instance {i}"));
+            let inst = p
+                .instance
+                .map_or_else(String::new, |i| format!(" instance {i}"));
             let sig = p.signal.map_or_else(String::new, |s| format!(" [{s}]"));
             format!("pid {} run {}{inst}{sig}: {}", p.pid, p.run, p.cmdline)
         };
@@ -371,9 +375,10 @@ impl Cleaner<'_> {
             if m.stat.is_zombie() || protected.contains(&m.pid) {
                 continue;
             }
-            let live = *self.alive.entry(m.run.clone()).or_insert_with(|| {
-                harness_alive_in(self.runs_dir, &m.run)
-            });
+            let live = *self
+                .alive
+                .entry(m.run.clone())
+                .or_insert_with(|| harness_alive_in(self.runs_dir, &m.run));
             if live && !self.opts.include_live {
                 if !self.report.skipped_live_runs.contains(&m.run) {
                     self.report.skipped_live_runs.push(m.run.clone());
@@ -625,7 +630,9 @@ pub fn cleanup_in(runs_dir: &Path, opts: &CleanupOptions) -> CleanupReport {
     let mut survivors: Vec<ProcessRecord> = c.tracked.drain().map(|(_, t)| t.record).collect();
     survivors.sort_by_key(|p| p.pid);
     c.report.survivors = survivors;
-    c.report.ended.sort_by(|a, b| (&a.run, a.pid).cmp(&(&b.run, b.pid)));
+    c.report
+        .ended
+        .sort_by(|a, b| (&a.run, a.pid).cmp(&(&b.run, b.pid)));
     c.remove_dead_run_dirs();
     c.report
 }
@@ -639,7 +646,10 @@ mod tests {
         assert_eq!(format_age(Duration::from_secs(45)), "45s");
         assert_eq!(format_age(Duration::from_secs(187)), "3m07s");
         assert_eq!(format_age(Duration::from_secs(7500)), "2h05m");
-        assert_eq!(format_age(Duration::from_secs(3 * 86400 + 4 * 3600)), "3d04h");
+        assert_eq!(
+            format_age(Duration::from_secs(3 * 86400 + 4 * 3600)),
+            "3d04h"
+        );
     }
 
     #[test]
@@ -672,7 +682,10 @@ mod tests {
             ["RUN", "INSTANCE", "CID", "PIDS", "AGE", "RSS", "PSS", "HARNESS"]
         );
         let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-        assert_eq!(row, ["r1", "0", "200", "10,11", "1m01s", "2.0M", "1.0M", "dead"]);
+        assert_eq!(
+            row,
+            ["r1", "0", "200", "10,11", "1m01s", "2.0M", "1.0M", "dead"]
+        );
 
         let mut out = Vec::new();
         print_ps(&[v], true, &mut out).unwrap();

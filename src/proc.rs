@@ -189,7 +189,10 @@ pub fn stat(pid: i32) -> io::Result<ProcStat> {
 /// A snapshot of the process table; processes that vanish while it is read
 /// are skipped.
 pub fn table() -> Vec<ProcStat> {
-    list_pids().into_iter().filter_map(|p| stat(p).ok()).collect()
+    list_pids()
+        .into_iter()
+        .filter_map(|p| stat(p).ok())
+        .collect()
 }
 
 /// The command line, arguments separated by spaces (lossy UTF-8). Kernel
@@ -521,7 +524,8 @@ mod tests {
 
     #[test]
     fn stat_parses_comm_with_spaces_and_parens() {
-        let line = "4242 (a b) c)) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 2 3";
+        let line =
+            "4242 (a b) c)) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 987654 1 2 3";
         let st = ProcStat::parse(line).unwrap();
         assert_eq!(st.pid, 4242);
         assert_eq!(st.comm, "a b) c)");
@@ -548,7 +552,8 @@ mod tests {
 
     #[test]
     fn smaps_rollup_text_is_parsed() {
-        let text = "55-7f ---p 0 00:00 0 [rollup]\nRss:  1684 kB\nPss:   247 kB\nPss_Dirty: 112 kB\n";
+        let text =
+            "55-7f ---p 0 00:00 0 [rollup]\nRss:  1684 kB\nPss:   247 kB\nPss_Dirty: 112 kB\n";
         assert_eq!(
             parse_smaps_rollup(text),
             MemUsage {
@@ -577,7 +582,14 @@ mod tests {
             start_ticks: 0,
             comm: "x".into(),
         };
-        let t = vec![mk(1, 0), mk(10, 1), mk(11, 10), mk(12, 10), mk(13, 11), mk(20, 1)];
+        let t = vec![
+            mk(1, 0),
+            mk(10, 1),
+            mk(11, 10),
+            mk(12, 10),
+            mk(13, 11),
+            mk(20, 1),
+        ];
         assert_eq!(descendants(10, &t), vec![10, 11, 12, 13]);
         assert_eq!(descendants(99, &t), Vec::<i32>::new());
     }

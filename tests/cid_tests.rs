@@ -61,7 +61,10 @@ fn range(s: &str) -> CidRange {
 fn allocation_is_all_or_nothing() {
     let t = TempRegistry::new("all-or-nothing");
     let r = range("200-209");
-    let held = t.reg.allocate(range("205-209"), 5, &holder("other")).unwrap();
+    let held = t
+        .reg
+        .allocate(range("205-209"), 5, &holder("other"))
+        .unwrap();
     let err = t.reg.allocate(r, 6, &holder("me")).unwrap_err();
     match &err {
         CidError::Exhausted {
@@ -99,7 +102,10 @@ fn four_threads_get_distinct_cids_and_a_fifth_fails_fast() {
             })
         })
         .collect();
-    let leases: Vec<_> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let leases: Vec<_> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
     let distinct: HashSet<u32> = leases.iter().map(|l| l.cid).collect();
     assert_eq!(leases.len(), 100);
     assert_eq!(distinct.len(), 100);
@@ -149,7 +155,10 @@ fn dropping_a_lease_frees_its_cid() {
 #[test]
 fn set_instance_rewrites_the_holder_line() {
     let t = TempRegistry::new("instance");
-    let mut leases = t.reg.allocate(range("300-301"), 2, &holder("run-i")).unwrap();
+    let mut leases = t
+        .reg
+        .allocate(range("300-301"), 2, &holder("run-i"))
+        .unwrap();
     for (i, l) in leases.iter_mut().enumerate() {
         l.set_instance(i as u32).unwrap();
     }
@@ -158,13 +167,19 @@ fn set_instance_rewrites_the_holder_line() {
     assert_eq!(hs[0].1.instance, Some(0));
     assert_eq!(hs[1].1.instance, Some(1));
     let text = std::fs::read_to_string(leases[1].path()).unwrap();
-    assert_eq!(text.lines().count(), 1, "one JSON line, no leftovers: {text:?}");
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "one JSON line, no leftovers: {text:?}"
+    );
 }
 
 /// A child process holding `path` with an exclusive flock (python3's fcntl,
 /// in its own process group so nothing can outlive the test).
 struct LockHolder {
     child: Child,
+    /// Set once killed and reaped: its pid may then be reused by anyone.
+    reaped: bool,
 }
 
 impl LockHolder {
@@ -204,7 +219,10 @@ time.sleep(60)
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(CHILD_READY_TIMEOUT).unwrap_or_default();
-        let mut h = LockHolder { child };
+        let mut h = LockHolder {
+            child,
+            reaped: false,
+        };
         if line.trim() != "locked" {
             h.kill();
             panic!("lock holder did not start: {line:?}");
@@ -218,9 +236,14 @@ time.sleep(60)
 
     /// SIGKILL the whole group and reap the child.
     fn kill(&mut self) {
-        // SAFETY: kill(2) with the negated pgid of the group we created.
+        if self.reaped {
+            return;
+        }
+        // SAFETY: kill(2) with the negated pgid of the group we created; the
+        // leader is not reaped yet, so that group id cannot name anyone else.
         unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
         let _ = self.child.wait();
+        self.reaped = true;
     }
 }
 
@@ -245,12 +268,11 @@ fn a_holder_killed_with_sigkill_frees_its_cid() {
     assert_eq!(t.reg.holders(r)[0].1.pid as i32, h.pid());
 
     h.kill();
-    let leases = t.reg.allocate(r, 1, &holder("me")).expect("freed by the kernel");
+    let leases = t
+        .reg
+        .allocate(r, 1, &holder("me"))
+        .expect("freed by the kernel");
     assert_eq!(leases[0].cid, 260);
-    // Nothing of the holder's group is left.
-    // SAFETY: kill(2) with signal 0 only checks existence.
-    let rc = unsafe { libc::kill(-h.pid(), 0) };
-    assert_eq!(rc, -1, "process group {} still exists", h.pid());
 }
 
 #[test]
@@ -268,7 +290,17 @@ fn range_parsing_validates_and_explains() {
 
     let err = "299-200".parse::<CidRange>().unwrap_err().to_string();
     assert_eq!(err, "--cid-range 299-200: start is greater than end");
-    for bad in ["2-10", "0", "1-5", "3-4294967295", "abc", "200-", "-5", "200-299-300", ""] {
+    for bad in [
+        "2-10",
+        "0",
+        "1-5",
+        "3-4294967295",
+        "abc",
+        "200-",
+        "-5",
+        "200-299-300",
+        "",
+    ] {
         let e = bad.parse::<CidRange>().unwrap_err().to_string();
         assert!(e.starts_with(&format!("--cid-range {bad}:")), "{e}");
     }
