@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -82,6 +82,7 @@ impl RunGuard {
             .env(ENV_RUN, &self.run)
             .env_remove(ENV_INSTANCE)
             .env_remove(ENV_CID)
+            .env_remove(ukload::paths::ENV_RUNTIME_DIR)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .process_group(0);
@@ -340,8 +341,8 @@ impl Drop for TempRuns {
 }
 
 /// Creates `<runs>/<run>/harness.lock`; returns the opened file.
-fn harness_lock(runs: &TempRuns, run: &str) -> std::fs::File {
-    let dir = runs.0.join(run);
+fn harness_lock(runs: &Path, run: &str) -> std::fs::File {
+    let dir = runs.join(run);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::OpenOptions::new()
         .create(true)
@@ -356,7 +357,7 @@ fn cleanup_ends_orphans_of_a_dead_run_with_term_then_kill() {
     let runs = TempRuns::new();
     let mut g = RunGuard::new("cleanup-dead");
     // Present but unlocked: the harness is dead.
-    drop(harness_lock(&runs, &g.run));
+    drop(harness_lock(&runs.0, &g.run));
     assert!(!instances::harness_alive_in(&runs.0, &g.run));
 
     // Instance 0 ignores SIGTERM (needs SIGKILL); instance 1 obeys it. Both
@@ -417,7 +418,7 @@ fn cleanup_ends_orphans_of_a_dead_run_with_term_then_kill() {
 fn cleanup_leaves_live_runs_alone_unless_asked() {
     let runs = TempRuns::new();
     let mut g = RunGuard::new("cleanup-live");
-    let lock = harness_lock(&runs, &g.run);
+    let lock = harness_lock(&runs.0, &g.run);
     // SAFETY: flock on a file we own; LOCK_NB never blocks.
     assert_eq!(
         unsafe {
@@ -463,4 +464,58 @@ fn cleanup_leaves_live_runs_alone_unless_asked() {
     assert!(!instances::harness_alive_in(&runs.0, &g.run));
     let report = instances::cleanup_in(&runs.0, &opts);
     assert_eq!(report.removed_run_dirs, vec![runs.0.join(&g.run)]);
+}
+
+#[test]
+fn cleanup_checks_the_harness_lock_in_the_runtime_dir_the_process_names() {
+    // Our runs directory knows nothing of this run; the process says its
+    // harness lives under another runtime directory, where the lock is held.
+    let ours = TempRuns::new();
+    let theirs = TempRuns::new();
+    let mut g = RunGuard::new("cleanup-elsewhere");
+    let lock = harness_lock(&theirs.0.join("runs"), &g.run);
+    // SAFETY: flock on a file we own; LOCK_NB never blocks.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&lock),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(rc, 0);
+    let mut cmd = Command::new("sleep");
+    cmd.arg("30")
+        .env(ENV_RUN, &g.run)
+        .env(ukload::paths::ENV_RUNTIME_DIR, &theirs.0)
+        .process_group(0);
+    let pid = g.push(cmd);
+    g.wait_marked(1);
+
+    let opts = CleanupOptions {
+        run: Some(g.run.clone()),
+        include_live: false,
+        grace: Duration::from_millis(300),
+    };
+    let report = instances::cleanup_in(&ours.0, &opts);
+    assert!(report.ended.is_empty(), "{report}");
+    assert_eq!(report.skipped_live_runs, vec![g.run.clone()]);
+    assert_eq!(g.wait_marked(1)[0].pid, pid);
+    let view = instances::ps_in(&ours.0)
+        .into_iter()
+        .find(|v| v.run_id == g.run)
+        .unwrap();
+    assert!(view.harness_alive);
+
+    drop(lock);
+    // Our direct child becomes a zombie once killed: reap it meanwhile, as a
+    // harness would, so cleanup can see it gone.
+    let child = g.children.pop().unwrap();
+    let reaper = std::thread::spawn(move || {
+        let mut child = child;
+        child.wait().unwrap()
+    });
+    let report = instances::cleanup_in(&ours.0, &opts);
+    assert_eq!(report.ended.len(), 1, "{report}");
+    assert_eq!(report.ended[0].pid, pid);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(reaper.join().unwrap().signal(), Some(libc::SIGTERM));
 }
