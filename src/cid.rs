@@ -444,6 +444,11 @@ impl CidRegistry {
         paths::cid_dir()
     }
 
+    /// Opens the host-wide registry, [`CidRegistry::default_dir`].
+    pub fn open_default() -> Result<CidRegistry, CidError> {
+        Self::open(&Self::default_dir())
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
