@@ -19,6 +19,7 @@
 //! `flock` locks belong to the open file description, so two opens of the same
 //! file in one process conflict like two processes do (threads can test it).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;
@@ -30,6 +31,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::paths;
+use crate::proc;
 
 /// Lowest CID a guest may get: 0 (hypervisor), 1 (local) and 2 (host) are
 /// reserved.
@@ -248,9 +250,10 @@ impl From<CidRangeError> for CidError {
 fn summarize_holders(holders: &[(u32, Option<HolderInfo>)]) -> String {
     let mut sorted: Vec<&(u32, Option<HolderInfo>)> = holders.iter().collect();
     sorted.sort_by_key(|(cid, _)| *cid);
-    // (holder key, spans) in order of first appearance.
-    let mut groups: Vec<(Option<(&str, u32)>, Vec<(u32, u32)>)> = Vec::new();
-    let mut prev: Option<(u32, Option<(&str, u32)>)> = None;
+    // (holder key: run id and pid, spans of CIDs) in order of first appearance.
+    type Key<'a> = Option<(&'a str, u32)>;
+    let mut groups: Vec<(Key, Vec<(u32, u32)>)> = Vec::new();
+    let mut prev: Option<(u32, Key)> = None;
     for (cid, info) in sorted {
         let key = info.as_ref().map(|h| (h.run_id.as_str(), h.pid));
         let idx = match groups.iter().position(|(k, _)| *k == key) {
@@ -371,11 +374,37 @@ fn write_holder(file: &File, holder: &HolderInfo, path: &Path) -> Result<(), Cid
         .map_err(|e| io_err("write holder to", e))
 }
 
+/// Every live process carrying `UKLOAD_CID` within `range`, as a holder
+/// (its pid, run and instance), sorted by CID.
+pub fn cid_users(range: CidRange) -> Vec<(u32, HolderInfo)> {
+    let mut users: Vec<(u32, HolderInfo)> = proc::scan_marked(None)
+        .into_iter()
+        .filter(|m| !m.stat.is_zombie())
+        .filter_map(|m| {
+            let cid = m.cid.filter(|c| range.contains(*c))?;
+            Some((
+                cid,
+                HolderInfo {
+                    pid: m.pid as u32,
+                    run_id: m.run,
+                    instance: m.instance,
+                },
+            ))
+        })
+        .collect();
+    users.sort_by_key(|(c, h)| (*c, h.pid));
+    users
+}
+
 /// The registry: a directory of `cid-<n>.lock` files shared by every ukload
 /// process on the host.
 #[derive(Debug, Clone)]
 pub struct CidRegistry {
     dir: PathBuf,
+    /// Also treat as busy a CID whose lock is free but which a live process
+    /// of another run still carries in `UKLOAD_CID` (see
+    /// [`CidRegistry::check_leftover_users`]).
+    check_leftover_users: bool,
 }
 
 impl CidRegistry {
@@ -392,12 +421,32 @@ impl CidRegistry {
             })?;
         Ok(CidRegistry {
             dir: dir.to_path_buf(),
+            check_leftover_users: true,
         })
+    }
+
+    /// Whether [`allocate`](Self::allocate) skips CIDs still carried by live
+    /// processes of other runs (on by default).
+    ///
+    /// Why: the lock dies with the harness, but a daemonized VMM of a killed
+    /// harness may live on with its CID; with kernel vhost-vsock, a new guest
+    /// given that CID would fail with "Address already in use". Costs one scan
+    /// of the process table per allocation. Turn it off where unrelated
+    /// processes on the host may carry `UKLOAD_CID` (tests of a temporary
+    /// registry).
+    pub fn check_leftover_users(mut self, on: bool) -> CidRegistry {
+        self.check_leftover_users = on;
+        self
     }
 
     /// The host-wide registry directory, [`paths::cid_dir`].
     pub fn default_dir() -> PathBuf {
         paths::cid_dir()
+    }
+
+    /// Opens the host-wide registry, [`CidRegistry::default_dir`].
+    pub fn open_default() -> Result<CidRegistry, CidError> {
+        Self::open(&Self::default_dir())
     }
 
     pub fn dir(&self) -> &Path {
@@ -452,10 +501,22 @@ impl CidRegistry {
     ) -> Result<Vec<CidLease>, CidError> {
         let mut leases: Vec<CidLease> = Vec::with_capacity(count);
         let mut busy: Vec<u32> = Vec::new();
+        let leftovers: HashMap<u32, HolderInfo> = if self.check_leftover_users {
+            cid_users(range)
+                .into_iter()
+                .filter(|(_, h)| h.run_id != holder.run_id)
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let take = |cid: u32, leases: &mut Vec<CidLease>| -> Result<bool, CidError> {
             let Some(file) = self.try_take(cid)? else {
                 return Ok(false);
             };
+            if leftovers.contains_key(&cid) {
+                // Unlocked, but a leftover process still uses it: not free.
+                return Ok(false);
+            }
             let path = self.lock_path(cid);
             write_holder(&file, holder, &path)?;
             leases.push(CidLease {
@@ -490,7 +551,18 @@ impl CidRegistry {
         if leases.len() < count {
             let free = leases.len();
             drop(leases);
-            let holders = busy.into_iter().map(|c| (c, self.read_holder(c))).collect();
+            // Prefer the lock file's holder (the harness); a CID whose lock is
+            // free is busy because of a leftover process: name that one.
+            let holders = busy
+                .into_iter()
+                .map(|c| {
+                    let h = match leftovers.get(&c) {
+                        Some(h) if !self.is_held(c).unwrap_or(true) => Some(h.clone()),
+                        _ => self.read_holder(c),
+                    };
+                    (c, h)
+                })
+                .collect();
             return Err(CidError::Exhausted {
                 range,
                 wanted: count,

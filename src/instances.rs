@@ -42,10 +42,28 @@ const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
 const UNLOCKED_RUN_DIR_MIN_AGE: Duration = Duration::from_secs(10);
 const KIB_PER_MIB: f64 = 1024.0;
 
-/// True if `run_id` can name a directory under the runs directory (one path
-/// component, not `.` or `..`).
+/// Name of the runs directory inside a runtime directory (the layout of
+/// [`paths::runs_dir`]).
+const RUNS_SUBDIR: &str = "runs";
+
+/// True if `run_id` can name a directory under the runs directory: one path
+/// component, not hidden (a harness may prepare its directory under a dot
+/// name and rename it into place).
 fn valid_run_id(run_id: &str) -> bool {
-    !run_id.is_empty() && run_id != "." && run_id != ".." && !run_id.contains('/')
+    !run_id.is_empty() && !run_id.starts_with('.') && !run_id.contains('/')
+}
+
+/// Liveness of the harness of `m`'s run. If the process carries
+/// `UKLOAD_RUNTIME_DIR` (its harness used another runtime directory, e.g.
+/// another user's `XDG_RUNTIME_DIR`), the lock is looked up there, so that a
+/// run we cannot see in `runs_dir` is never taken for dead by mistake.
+fn marked_run_alive(runs_dir: &Path, m: &Marked) -> bool {
+    match proc::environ_var(m.pid, paths::ENV_RUNTIME_DIR) {
+        Ok(Some(dir)) if !dir.is_empty() => {
+            harness_alive_in(&Path::new(&dir).join(RUNS_SUBDIR), &m.run)
+        }
+        _ => harness_alive_in(runs_dir, &m.run),
+    }
 }
 
 /// Opens `<runs_dir>/<run_id>/harness.lock` without creating it.
@@ -131,7 +149,7 @@ fn group_views(runs_dir: &Path, marked: Vec<Marked>) -> Vec<InstanceView> {
             let mem = memory::tree_usage(&pids);
             let harness_alive = *alive
                 .entry(run_id.clone())
-                .or_insert_with(|| harness_alive_in(runs_dir, &run_id));
+                .or_insert_with(|| marked_run_alive(runs_dir, &members[0]));
             InstanceView {
                 cid: members.iter().find_map(|m| m.cid),
                 age: members
@@ -378,7 +396,7 @@ impl Cleaner<'_> {
             let live = *self
                 .alive
                 .entry(m.run.clone())
-                .or_insert_with(|| harness_alive_in(self.runs_dir, &m.run));
+                .or_insert_with(|| marked_run_alive(self.runs_dir, &m));
             if live && !self.opts.include_live {
                 if !self.report.skipped_live_runs.contains(&m.run) {
                     self.report.skipped_live_runs.push(m.run.clone());
@@ -655,7 +673,7 @@ mod tests {
     #[test]
     fn run_ids_are_single_path_components() {
         assert!(valid_run_id("r-20240101-1"));
-        for bad in ["", ".", "..", "a/b", "../x"] {
+        for bad in ["", ".", "..", "a/b", "../x", ".r1.tmp"] {
             assert!(!valid_run_id(bad));
         }
     }

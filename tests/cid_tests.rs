@@ -34,7 +34,11 @@ impl TempRegistry {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let reg = CidRegistry::open(&dir).expect("open temp registry");
+        // Unrelated processes on this shared machine may carry UKLOAD_CID in
+        // the ranges used here: only the lock files decide in these tests.
+        let reg = CidRegistry::open(&dir)
+            .expect("open temp registry")
+            .check_leftover_users(false);
         TempRegistry { dir, reg }
     }
 }
@@ -178,6 +182,8 @@ fn set_instance_rewrites_the_holder_line() {
 /// in its own process group so nothing can outlive the test).
 struct LockHolder {
     child: Child,
+    /// Set once killed and reaped: its pid may then be reused by anyone.
+    reaped: bool,
 }
 
 impl LockHolder {
@@ -217,7 +223,10 @@ time.sleep(60)
             let _ = tx.send(line);
         });
         let line = rx.recv_timeout(CHILD_READY_TIMEOUT).unwrap_or_default();
-        let mut h = LockHolder { child };
+        let mut h = LockHolder {
+            child,
+            reaped: false,
+        };
         if line.trim() != "locked" {
             h.kill();
             panic!("lock holder did not start: {line:?}");
@@ -231,9 +240,14 @@ time.sleep(60)
 
     /// SIGKILL the whole group and reap the child.
     fn kill(&mut self) {
-        // SAFETY: kill(2) with the negated pgid of the group we created.
+        if self.reaped {
+            return;
+        }
+        // SAFETY: kill(2) with the negated pgid of the group we created; the
+        // leader is not reaped yet, so that group id cannot name anyone else.
         unsafe { libc::kill(-self.pid(), libc::SIGKILL) };
         let _ = self.child.wait();
+        self.reaped = true;
     }
 }
 
@@ -263,10 +277,6 @@ fn a_holder_killed_with_sigkill_frees_its_cid() {
         .allocate(r, 1, &holder("me"))
         .expect("freed by the kernel");
     assert_eq!(leases[0].cid, 260);
-    // Nothing of the holder's group is left.
-    // SAFETY: kill(2) with signal 0 only checks existence.
-    let rc = unsafe { libc::kill(-h.pid(), 0) };
-    assert_eq!(rc, -1, "process group {} still exists", h.pid());
 }
 
 #[test]
@@ -318,4 +328,58 @@ fn opening_creates_the_directory() {
     let reg = CidRegistry::open(&nested).unwrap();
     let _lease = reg.allocate(range("400"), 1, &holder("x")).unwrap();
     assert!(nested.join("cid-400.lock").is_file());
+}
+
+#[test]
+fn a_cid_carried_by_a_leftover_process_of_another_run_is_not_allocated() {
+    use std::os::unix::process::CommandExt;
+    // High CIDs nobody else on the host uses.
+    const LEFTOVER_CID: u32 = 4_000_000_000;
+    let r = CidRange::new(LEFTOVER_CID, LEFTOVER_CID + 1).unwrap();
+    let t = TempRegistry::new("leftover");
+    let reg = t.reg.clone().check_leftover_users(true);
+    let run = format!("leftover-{}", std::process::id());
+    let child = Command::new("sleep")
+        .arg("30")
+        .env("UKLOAD_RUN", &run)
+        .env("UKLOAD_INSTANCE", "4")
+        .env("UKLOAD_CID", LEFTOVER_CID.to_string())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _guard = KillGroupOnDrop(child);
+    // Wait until the marker is visible (environ is readable once exec'd).
+    let deadline = Instant::now() + CHILD_READY_TIMEOUT;
+    while !ukload::cid::cid_users(r).iter().any(|(_, h)| h.pid == pid) {
+        assert!(Instant::now() < deadline, "leftover {pid} never visible");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let err = reg.allocate(r, 2, &holder("new-run")).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("run {run} pid {pid} holds {LEFTOVER_CID}")),
+        "{msg}"
+    );
+    let one = reg.allocate(r, 1, &holder("new-run")).unwrap();
+    assert_eq!(one[0].cid, LEFTOVER_CID + 1);
+    drop(one);
+    // Its own run may reuse it (a harness re-allocating), and so may a
+    // registry with the check off.
+    assert_eq!(reg.allocate(r, 2, &holder(&run)).unwrap().len(), 2);
+    assert_eq!(t.reg.allocate(r, 2, &holder("new-run")).unwrap().len(), 2);
+}
+
+/// SIGKILLs the process group of a child we spawned with `process_group(0)`
+/// and reaps it, also when the test panics.
+struct KillGroupOnDrop(Child);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the group of our child, not yet reaped, so the
+        // id still names our group.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
 }
