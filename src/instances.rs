@@ -330,7 +330,7 @@ impl fmt::Display for CleanupReport {
         for r in &self.skipped_live_runs {
             writeln!(
                 f,
-                "skipped run {r}: its harness is alive (pass --include-live to end it anyway)"
+                "skipped run {r}: its harness is alive (name it with --run {r} --all to end it anyway)"
             )?;
         }
         for e in &self.errors {

@@ -156,7 +156,7 @@ fn cmd_cleanup(a: cli::CleanupArgs) -> i32 {
     });
     let out = std::io::stdout();
     let mut out = out.lock();
-    let _ = print_cleanup(&report, &mut out);
+    let _ = write!(out, "{report}");
     if report.survivors.is_empty() {
         0
     } else {
@@ -164,38 +164,3 @@ fn cmd_cleanup(a: cli::CleanupArgs) -> i32 {
     }
 }
 
-fn print_cleanup(r: &ukload::instances::CleanupReport, out: &mut dyn Write) -> std::io::Result<()> {
-    for p in &r.ended {
-        writeln!(
-            out,
-            "ended pid {} (run {}, {}): {}",
-            p.pid,
-            p.run,
-            p.signal.unwrap_or("gone"),
-            p.cmdline
-        )?;
-    }
-    for run in &r.skipped_live_runs {
-        writeln!(
-            out,
-            "left run {run} alone: its harness is alive (use --run {run} or --all to end it)"
-        )?;
-    }
-    for d in &r.removed_run_dirs {
-        writeln!(out, "removed {}", d.display())?;
-    }
-    for e in &r.errors {
-        writeln!(out, "error: {e}")?;
-    }
-    for p in &r.survivors {
-        writeln!(
-            out,
-            "STILL RUNNING: pid {} (run {}): {}",
-            p.pid, p.run, p.cmdline
-        )?;
-    }
-    if r.ended.is_empty() && r.survivors.is_empty() {
-        writeln!(out, "nothing to clean up")?;
-    }
-    Ok(())
-}

@@ -152,32 +152,49 @@ pub fn new_run_id() -> String {
     format!("{:x}-{}", ms & 0xff_ffff_ffff, std::process::id())
 }
 
+/// How many times creating the run directory is retried when a concurrent
+/// `ukload cleanup` removed it between creation and locking.
+const RUN_DIR_ATTEMPTS: u32 = 3;
+
 /// The run directory: `runs/<id>/`, with `harness.lock` held for our life.
+///
+/// `ukload cleanup` removes run directories whose lock it can take; between
+/// our `create` and our `flock` it could take it, so after locking we check
+/// that the path still names the file we locked, and start over if not.
 pub fn make_run_dir(run_id: &str) -> Result<(PathBuf, File), RunError> {
-    let dir = crate::paths::runs_dir().join(run_id);
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        RunError::Setup(format!(
-            "cannot create run directory {}: {e}",
-            dir.display()
-        ))
-    })?;
-    let lock_path = dir.join(crate::paths::HARNESS_LOCK);
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| RunError::Setup(format!("cannot create {}: {e}", lock_path.display())))?;
     use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor we own; non-blocking.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(RunError::Setup(format!(
-            "cannot lock {}: {}",
-            lock_path.display(),
-            std::io::Error::last_os_error()
-        )));
+    use std::os::unix::fs::MetadataExt;
+    let dir = crate::paths::runs_dir().join(run_id);
+    let lock_path = dir.join(crate::paths::HARNESS_LOCK);
+    for _ in 0..RUN_DIR_ATTEMPTS {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| RunError::Setup(format!("cannot create run directory {}: {e}", dir.display())))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| RunError::Setup(format!("cannot create {}: {e}", lock_path.display())))?;
+        // SAFETY: flock on a descriptor we own; non-blocking.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(RunError::Setup(format!(
+                "cannot lock {}: {}",
+                lock_path.display(),
+                std::io::Error::last_os_error()
+            )));
+        }
+        let same = match (lock.metadata(), std::fs::metadata(&lock_path)) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        };
+        if same {
+            return Ok((dir, lock));
+        }
     }
-    Ok((dir, lock))
+    Err(RunError::Setup(format!(
+        "run directory {} kept disappearing (is a `ukload cleanup` loop running?)",
+        dir.display()
+    )))
 }
 
 /// Runs the five phases. `stop` is set by SIGINT/SIGTERM.
@@ -419,6 +436,8 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         .env(ENV_RUN, &sh.run_id)
         .env(ENV_INSTANCE, index.to_string())
         .env(ENV_CID, cid.to_string())
+        // So `ukload cleanup` from another runtime directory finds our harness lock.
+        .env(crate::paths::ENV_RUNTIME_DIR, crate::paths::runtime_dir())
         .stdin(Redirect::Null)
         .stdout(Redirect::File(log_file))
         .stderr(Redirect::File(log_err));
