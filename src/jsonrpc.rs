@@ -509,4 +509,88 @@ mod tests {
             Err(ParseError::NotJson(_))
         ));
     }
+
+    fn pair() -> (UnixStream, FrameReader<UnixStream>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        (a, FrameReader::new(b, Framing::Line))
+    }
+
+    #[test]
+    fn call_skips_notifications_and_rejects_other_ids() {
+        let (mut client, mut peer) = pair();
+        let server = std::thread::spawn(move || {
+            let req = parse(&peer.read_frame().unwrap()).unwrap();
+            assert_eq!(req.id(), Some(&json!(3)));
+            for v in [
+                notification("progress", json!({})),
+                response(json!(7), json!(1)),
+            ] {
+                write_frame(peer.get_mut(), Framing::Line, &to_bytes(&v)).unwrap();
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let err = call(&mut client, Framing::Line, 3, "ping", json!({}), deadline).unwrap_err();
+        assert!(
+            matches!(err, CallError::WrongId { expected: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "reply id 7 does not match request id 3");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn call_times_out_at_the_deadline_and_restores_timeouts() {
+        let (mut client, _peer) = pair();
+        let before = Some(Duration::from_secs(30));
+        client.set_read_timeout(before).unwrap();
+        let start = Instant::now();
+        let wait = Duration::from_millis(200);
+        let err = call(
+            &mut client,
+            Framing::Line,
+            1,
+            "ping",
+            json!({}),
+            start + wait,
+        )
+        .unwrap_err();
+        let took = start.elapsed();
+        assert!(matches!(err, CallError::TimedOut { .. }), "{err}");
+        assert!(
+            took >= wait && took < wait + Duration::from_secs(5),
+            "took {took:?}"
+        );
+        assert_eq!(client.read_timeout().unwrap(), before);
+    }
+
+    #[test]
+    fn call_reports_rpc_errors_and_malformed_replies() {
+        let (mut client, mut peer) = pair();
+        let server = std::thread::spawn(move || {
+            peer.read_frame().unwrap();
+            let e = error_response(json!(1), METHOD_NOT_FOUND, "method not found: x");
+            write_frame(peer.get_mut(), Framing::Line, &to_bytes(&e)).unwrap();
+            peer.read_frame().unwrap();
+            write_frame(peer.get_mut(), Framing::Line, b"garbage").unwrap();
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let err = call(&mut client, Framing::Line, 1, "x", json!({}), deadline).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CallError::Rpc {
+                    code: METHOD_NOT_FOUND,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = call(&mut client, Framing::Line, 2, "x", json!({}), deadline).unwrap_err();
+        assert!(
+            err.to_string().starts_with("malformed frame: not JSON"),
+            "{err}"
+        );
+        server.join().unwrap();
+    }
 }

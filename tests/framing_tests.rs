@@ -81,7 +81,9 @@ fn oversized_length_prefix_is_rejected_without_reading_the_body() {
     data.extend_from_slice(b"rest");
     let mut r = FrameReader::new(&data[..], Framing::Length);
     let err = r.read_frame().unwrap_err();
-    assert!(matches!(err, FrameError::TooLarge { len, max } if len == declared as u64 && max == MAX_FRAME_LEN));
+    assert!(
+        matches!(err, FrameError::TooLarge { len, max } if len == declared as u64 && max == MAX_FRAME_LEN)
+    );
     assert_eq!(
         err.to_string(),
         "frame of 20971520 bytes exceeds the 10485760-byte limit"
@@ -107,9 +109,15 @@ fn truncated_frames_are_reported_in_both_framings() {
         other => panic!("expected Truncated, got {other:?}"),
     }
     let mut r = FrameReader::new(&[1u8, 0][..], Framing::Length);
-    assert!(matches!(r.read_frame(), Err(FrameError::Truncated { got: 2, .. })));
+    assert!(matches!(
+        r.read_frame(),
+        Err(FrameError::Truncated { got: 2, .. })
+    ));
     let mut r = FrameReader::new(&b"{\"no\":\"newline\"}"[..], Framing::Line);
-    assert!(matches!(r.read_frame(), Err(FrameError::Truncated { got: 16, .. })));
+    assert!(matches!(
+        r.read_frame(),
+        Err(FrameError::Truncated { got: 16, .. })
+    ));
 }
 
 #[test]
@@ -131,7 +139,10 @@ fn line_writer_rejects_embedded_newline_and_terminates_frames() {
         write_frame(&mut wire, Framing::Line, b"a\nb"),
         Err(FrameError::EmbeddedNewline)
     ));
-    assert!(wire.is_empty(), "nothing may be written for a rejected frame");
+    assert!(
+        wire.is_empty(),
+        "nothing may be written for a rejected frame"
+    );
     write_frame(&mut wire, Framing::Line, b"ab").unwrap();
     assert_eq!(wire, b"ab\n");
 }
@@ -206,7 +217,10 @@ fn non_json_and_bad_messages_are_parse_errors_with_clear_words() {
     assert_eq!(err, ParseError::BadVersion);
     assert_eq!(err.code(), jsonrpc::INVALID_REQUEST);
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    assert!(matches!(jsonrpc::parse(deep.as_bytes()), Err(ParseError::NotJson(_))));
+    assert!(matches!(
+        jsonrpc::parse(deep.as_bytes()),
+        Err(ParseError::NotJson(_))
+    ));
 }
 
 /// A small deterministic generator (xorshift), so failures reproduce.
@@ -244,7 +258,7 @@ fn arbitrary_bytes_never_panic_and_never_exceed_the_limit() {
             let n = 1 + (rng.next() % 40) as usize;
             let end = (at + n).min(data.len());
             steps.push(Ok(&data[at..end]));
-            if rng.next() % 3 == 0 {
+            if rng.next().is_multiple_of(3) {
                 steps.push(Err(io::ErrorKind::WouldBlock));
             }
             at = end;
