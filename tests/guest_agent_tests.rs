@@ -321,3 +321,85 @@ fn bad_arguments_exit_64_with_one_line_naming_the_flag() {
         assert!(err.contains(flag), "{args:?}: {err:?} should name {flag}");
     }
 }
+
+/// A handler like the MCP one will be: knows one method, declines others.
+struct Echo;
+
+impl ukload::guest::Handler for Echo {
+    fn handle(&self, method: &str, params: Option<Value>) -> Option<Result<Value, (i64, String)>> {
+        match method {
+            "echo" => Some(Ok(params.unwrap_or(Value::Null))),
+            "fail" => Some(Err((jsonrpc::INVALID_PARAMS, "bad arguments".into()))),
+            "explode" => panic!("handler bug"),
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn handler_hook_answers_its_methods_in_process_and_shutdown_returns() {
+    use ukload::guest::{run_agent_with, AgentConfig, ListenAddr};
+    let dir = std::env::temp_dir().join(format!("ukload-gt-{}-inproc", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("h.sock");
+    let cfg = AgentConfig {
+        listen: ListenAddr::Uds {
+            path: sock.clone(),
+            port: PORT,
+        },
+        cid: Some(9),
+        ready_marker: false,
+        ..AgentConfig::default()
+    };
+    let agent = std::thread::spawn(move || run_agent_with(cfg, std::sync::Arc::new(Echo)));
+    let ep = Endpoint::Hybrid {
+        path: sock.clone(),
+        port: PORT,
+    };
+    let end = deadline();
+    let mut s = loop {
+        match vsock::connect(&ep, TEST_DEADLINE) {
+            Ok(s) => break s,
+            Err(e) if e.is_retryable() && Instant::now() < end => std::thread::sleep(RETRY_PAUSE),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let call = |s: &mut Stream, id, method: &str| {
+        jsonrpc::call(s, Framing::Line, id, method, json!({"k": id}), deadline())
+    };
+    assert_eq!(call(&mut s, 1, "echo").unwrap(), json!({"k": 1}));
+    assert!(matches!(
+        call(&mut s, 2, "fail"),
+        Err(CallError::Rpc {
+            code: jsonrpc::INVALID_PARAMS,
+            ..
+        })
+    ));
+    assert!(matches!(
+        call(&mut s, 3, "explode"),
+        Err(CallError::Rpc {
+            code: jsonrpc::INTERNAL_ERROR,
+            ..
+        })
+    ));
+    assert!(matches!(
+        call(&mut s, 4, "other"),
+        Err(CallError::Rpc {
+            code: jsonrpc::METHOD_NOT_FOUND,
+            ..
+        })
+    ));
+    assert_eq!(
+        call(&mut s, 5, "ping").unwrap()["cid"],
+        9,
+        "ping stays the agent's"
+    );
+    assert_eq!(call(&mut s, 6, "shutdown").unwrap(), json!({}));
+    agent
+        .join()
+        .unwrap()
+        .expect("run_agent_with returns Ok after shutdown");
+    assert!(!sock.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
