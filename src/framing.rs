@@ -23,6 +23,10 @@ pub const LENGTH_PREFIX_LEN: usize = 4;
 /// exceeds the limit.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Line mode: after a frame larger than this, the buffer's memory is given
+/// back, so that one big message does not pin megabytes per connection.
+const SHRINK_ABOVE: usize = 4 * READ_CHUNK;
+
 /// How messages are delimited on a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
@@ -196,7 +200,10 @@ pub struct FrameReader<R> {
     max: usize,
     /// Line mode: bytes read but not yet returned.
     buf: Vec<u8>,
-    /// Line mode: `buf[..scanned]` is known to contain no `\n`.
+    /// Line mode: the current line starts at `buf[start]`; bytes before it
+    /// were returned already.
+    start: usize,
+    /// Line mode: `buf[start..scanned]` is known to contain no `\n`.
     scanned: usize,
     /// Line mode: skipping the rest of an oversized line.
     discarding: bool,
@@ -217,6 +224,7 @@ impl<R: Read> FrameReader<R> {
             framing,
             max,
             buf: Vec::new(),
+            start: 0,
             scanned: 0,
             discarding: false,
             length: LengthState::start(),
@@ -249,7 +257,7 @@ impl<R: Read> FrameReader<R> {
             LengthState::Body { .. } => return true,
             LengthState::Prefix { .. } => {}
         }
-        !self.buf.is_empty()
+        self.buf.len() > self.start
     }
 
     pub fn get_ref(&self) -> &R {
@@ -298,30 +306,36 @@ impl<R: Read> FrameReader<R> {
         loop {
             if let Some(off) = memchr_newline(&self.buf[self.scanned..]) {
                 let nl = self.scanned + off;
+                let line_start = self.start;
+                self.start = nl + 1;
+                self.scanned = self.start;
                 if self.discarding {
-                    self.buf.drain(..=nl);
-                    self.scanned = 0;
                     self.discarding = false;
                     continue;
                 }
-                let rest = self.buf.split_off(nl + 1);
-                let mut line = std::mem::replace(&mut self.buf, rest);
-                self.scanned = 0;
-                line.truncate(nl);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
+                let mut end = nl;
+                if end > line_start && self.buf[end - 1] == b'\r' {
+                    end -= 1;
                 }
-                if line.is_empty() {
+                if end == line_start {
                     continue;
                 }
-                if line.len() > self.max {
+                if end - line_start > self.max {
                     return Err(FrameError::TooLarge {
-                        len: line.len() as u64,
+                        len: (end - line_start) as u64,
                         max: self.max,
                     });
                 }
+                let line = self.buf[line_start..end].to_vec();
+                if self.start == self.buf.len() {
+                    self.compact();
+                }
                 return Ok(line);
             }
+            // No newline after `start`: move the pending line to the front
+            // so that `buf` holds nothing but it, and give back the memory
+            // of a large frame now returned.
+            self.compact();
             self.scanned = self.buf.len();
             if self.discarding {
                 self.buf.clear();
@@ -335,26 +349,31 @@ impl<R: Read> FrameReader<R> {
             }
             let want = READ_CHUNK.min(bound - self.buf.len());
             if self.fill(want)? == 0 {
-                return if self.buf.is_empty() || self.discarding {
-                    // A discarded line was already reported as TooLarge.
-                    self.buf.clear();
-                    self.scanned = 0;
-                    Err(FrameError::Eof)
-                } else if self.buf.iter().all(|&b| b == b'\r') {
-                    // A lone "\r" before end of stream is an empty line.
-                    self.buf.clear();
-                    self.scanned = 0;
+                let pending = std::mem::take(&mut self.buf);
+                self.scanned = 0;
+                let was_discarding = std::mem::replace(&mut self.discarding, false);
+                // A discarded line was already reported as TooLarge, and a
+                // lone "\r" before the end is an empty line.
+                return if was_discarding || pending.iter().all(|&b| b == b'\r') {
                     Err(FrameError::Eof)
                 } else {
-                    let got = self.buf.len();
-                    self.buf.clear();
-                    self.scanned = 0;
                     Err(FrameError::Truncated {
-                        got,
+                        got: pending.len(),
                         expected: None,
                     })
                 };
             }
+        }
+    }
+
+    /// Drops the bytes already returned, and gives back the memory of a
+    /// large frame once it is gone.
+    fn compact(&mut self) {
+        let done = std::mem::take(&mut self.start);
+        self.buf.drain(..done);
+        self.scanned -= done;
+        if self.buf.len() < READ_CHUNK && self.buf.capacity() > SHRINK_ABOVE {
+            self.buf.shrink_to(READ_CHUNK);
         }
     }
 
@@ -512,5 +531,27 @@ mod tests {
         let mut r = FrameReader::with_max(&data[..], Framing::Line, 10);
         assert!(matches!(r.read_frame(), Err(FrameError::TooLarge { .. })));
         assert!(r.buf.capacity() <= 12, "capacity {}", r.buf.capacity());
+    }
+
+    #[test]
+    fn many_lines_in_one_read_and_big_frame_memory_is_given_back() {
+        let mut data = Vec::new();
+        for i in 0..1000 {
+            data.extend_from_slice(format!("{{\"n\":{i}}}\n").as_bytes());
+        }
+        data.extend(std::iter::repeat_n(b'z', 1 << 20));
+        data.extend_from_slice(b"\nend\n");
+        let mut r = FrameReader::new(&data[..], Framing::Line);
+        for i in 0..1000 {
+            assert_eq!(r.read_frame().unwrap(), format!("{{\"n\":{i}}}").as_bytes());
+        }
+        assert_eq!(r.read_frame().unwrap().len(), 1 << 20);
+        assert_eq!(r.read_frame().unwrap(), b"end");
+        assert!(
+            r.buf.capacity() <= SHRINK_ABOVE,
+            "capacity {}",
+            r.buf.capacity()
+        );
+        assert!(matches!(r.read_frame(), Err(FrameError::Eof)));
     }
 }

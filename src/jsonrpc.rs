@@ -330,6 +330,27 @@ pub enum CallError {
     Io(io::Error),
 }
 
+impl CallError {
+    /// True when the peer went away (closed, reset, broken pipe, or ended
+    /// mid-frame) rather than answering wrongly: during boot this means
+    /// "not up yet" (a VMM accepts before the guest listens), so a probe
+    /// should retry.
+    pub fn peer_gone(&self) -> bool {
+        match self {
+            CallError::Closed => true,
+            CallError::Frame(FrameError::Eof | FrameError::Truncated { .. }) => true,
+            CallError::Frame(FrameError::Io(e)) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::NotConnected
+            ),
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -508,5 +529,103 @@ mod tests {
             parse(deep.as_bytes()),
             Err(ParseError::NotJson(_))
         ));
+    }
+
+    fn pair() -> (UnixStream, FrameReader<UnixStream>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        (a, FrameReader::new(b, Framing::Line))
+    }
+
+    #[test]
+    fn call_skips_notifications_and_rejects_other_ids() {
+        let (mut client, mut peer) = pair();
+        let server = std::thread::spawn(move || {
+            let req = parse(&peer.read_frame().unwrap()).unwrap();
+            assert_eq!(req.id(), Some(&json!(3)));
+            for v in [
+                notification("progress", json!({})),
+                response(json!(7), json!(1)),
+            ] {
+                write_frame(peer.get_mut(), Framing::Line, &to_bytes(&v)).unwrap();
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let err = call(&mut client, Framing::Line, 3, "ping", json!({}), deadline).unwrap_err();
+        assert!(
+            matches!(err, CallError::WrongId { expected: 3, .. }),
+            "{err}"
+        );
+        assert_eq!(err.to_string(), "reply id 7 does not match request id 3");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn call_times_out_at_the_deadline_and_restores_timeouts() {
+        let (mut client, _peer) = pair();
+        let before = Some(Duration::from_secs(30));
+        client.set_read_timeout(before).unwrap();
+        let start = Instant::now();
+        let wait = Duration::from_millis(200);
+        let err = call(
+            &mut client,
+            Framing::Line,
+            1,
+            "ping",
+            json!({}),
+            start + wait,
+        )
+        .unwrap_err();
+        let took = start.elapsed();
+        assert!(matches!(err, CallError::TimedOut { .. }), "{err}");
+        assert!(
+            took >= wait && took < wait + Duration::from_secs(5),
+            "took {took:?}"
+        );
+        assert_eq!(client.read_timeout().unwrap(), before);
+    }
+
+    #[test]
+    fn call_reports_rpc_errors_and_malformed_replies() {
+        let (mut client, mut peer) = pair();
+        let server = std::thread::spawn(move || {
+            peer.read_frame().unwrap();
+            let e = error_response(json!(1), METHOD_NOT_FOUND, "method not found: x");
+            write_frame(peer.get_mut(), Framing::Line, &to_bytes(&e)).unwrap();
+            peer.read_frame().unwrap();
+            write_frame(peer.get_mut(), Framing::Line, b"garbage").unwrap();
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let err = call(&mut client, Framing::Line, 1, "x", json!({}), deadline).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CallError::Rpc {
+                    code: METHOD_NOT_FOUND,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = call(&mut client, Framing::Line, 2, "x", json!({}), deadline).unwrap_err();
+        assert!(
+            err.to_string().starts_with("malformed frame: not JSON"),
+            "{err}"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn peer_closing_before_the_reply_is_peer_gone() {
+        let (mut client, peer) = pair();
+        drop(peer);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let err = call(&mut client, Framing::Line, 1, "ping", json!({}), deadline).unwrap_err();
+        assert!(err.peer_gone(), "{err:?}");
+        let wrong = CallError::WrongId {
+            expected: 1,
+            got: json!(2),
+        };
+        assert!(!wrong.peer_gone());
     }
 }

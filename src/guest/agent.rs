@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Write};
 use std::net::Shutdown;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -227,13 +228,12 @@ pub fn run_agent_with(cfg: AgentConfig, handler: Arc<dyn Handler>) -> Result<(),
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{id}"))
             .spawn(move || {
+                let _done = ConnectionDone {
+                    shared: &conn_shared,
+                    id,
+                    tx,
+                };
                 serve_connection(&conn_shared, stream);
-                conn_shared
-                    .live
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                let _ = tx.send(());
             });
         match spawned {
             Ok(_) => running += 1,
@@ -269,6 +269,25 @@ pub fn run_agent_with(cfg: AgentConfig, handler: Arc<dyn Handler>) -> Result<(),
         running -= 1;
     }
     result
+}
+
+/// Unregisters a connection and tells the accept loop, even if its thread
+/// unwinds from a panic.
+struct ConnectionDone<'a> {
+    shared: &'a Shared,
+    id: u64,
+    tx: crossbeam_channel::Sender<()>,
+}
+
+impl Drop for ConnectionDone<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        let _ = self.tx.send(());
+    }
 }
 
 fn is_transient_accept_error(e: &io::Error) -> bool {
@@ -414,10 +433,18 @@ fn handle_frame(
                 Ok(Next::Close)
             }
             _ => {
-                let reply = match shared.handler.handle(&method, params) {
-                    Some(Ok(result)) => jsonrpc::response(id, result),
-                    Some(Err((code, message))) => jsonrpc::error_response(id, code, &message),
-                    None => {
+                let handled = panic::catch_unwind(AssertUnwindSafe(|| {
+                    shared.handler.handle(&method, params)
+                }));
+                let reply = match handled {
+                    Ok(Some(Ok(result))) => jsonrpc::response(id, result),
+                    Ok(Some(Err((code, message)))) => jsonrpc::error_response(id, code, &message),
+                    Err(_) => jsonrpc::error_response(
+                        id,
+                        jsonrpc::INTERNAL_ERROR,
+                        &format!("internal error: the handler for {method:?} panicked"),
+                    ),
+                    Ok(None) => {
                         let (code, message) = method_not_found(&method);
                         jsonrpc::error_response(id, code, &message)
                     }
@@ -427,8 +454,10 @@ fn handle_frame(
             }
         },
         Message::Notification { method, params } => {
-            // Notifications get no reply, whatever the handler says.
-            let _ = shared.handler.handle(&method, params);
+            // Notifications get no reply, whatever the handler says (or if
+            // it panics).
+            let _ =
+                panic::catch_unwind(AssertUnwindSafe(|| shared.handler.handle(&method, params)));
             Ok(Next::Continue)
         }
         // The agent sends no requests, so responses are stray: ignore them.

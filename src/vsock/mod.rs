@@ -430,3 +430,6 @@ impl Listener {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
