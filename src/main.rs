@@ -163,4 +163,3 @@ fn cmd_cleanup(a: cli::CleanupArgs) -> i32 {
         EXIT_FAIL
     }
 }
-

@@ -167,8 +167,12 @@ pub fn make_run_dir(run_id: &str) -> Result<(PathBuf, File), RunError> {
     let dir = crate::paths::runs_dir().join(run_id);
     let lock_path = dir.join(crate::paths::HARNESS_LOCK);
     for _ in 0..RUN_DIR_ATTEMPTS {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| RunError::Setup(format!("cannot create run directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            RunError::Setup(format!(
+                "cannot create run directory {}: {e}",
+                dir.display()
+            ))
+        })?;
         let lock = File::options()
             .create(true)
             .truncate(false)

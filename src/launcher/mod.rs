@@ -227,7 +227,7 @@ impl LauncherConfig {
                     .arg("--cid")
                     .arg(ctx.cid.to_string())
                     .arg("--framing")
-                    .arg(framing_name(self.framing))
+                    .arg(self.framing.as_str())
                     .arg("--boot-delay-ms")
                     .arg(self.guest_boot_delay_ms.to_string())
                     .args(self.guest_args.iter());
@@ -288,13 +288,6 @@ impl LauncherConfig {
                 }
             }
         }
-    }
-}
-
-fn framing_name(f: crate::framing::Framing) -> &'static str {
-    match f {
-        crate::framing::Framing::Line => "line",
-        crate::framing::Framing::Length => "length",
     }
 }
 
