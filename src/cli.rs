@@ -35,6 +35,8 @@ pub struct Top {
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand)]
+// Parsed once per process; argh needs the variants unboxed.
+#[allow(clippy::large_enum_variant)]
 pub enum Sub {
     Run(RunArgs),
     Ps(PsArgs),
