@@ -30,6 +30,7 @@ fn assert_clean(doc: &serde_json::Value) {
 
 #[test]
 fn twenty_instances_boot_and_each_boot_time_matches_the_guests_own_clock() {
+    let _slot = exclusive_slot();
     let dir = TempDir::new("twenty");
     let mut cmd = ukload(dir.path());
     cmd.args(run_args(dir.path(), 20)).args([
@@ -96,6 +97,7 @@ fn twenty_instances_boot_and_each_boot_time_matches_the_guests_own_clock() {
 
 #[test]
 fn memory_in_a_daemonized_grandchild_is_measured_and_the_kraft_vmm_is_killed() {
+    let _slot = shared_slot();
     const STEP_MB: f64 = 48.0;
     let dir = TempDir::new("kraftmem");
     let mut cmd = ukload(dir.path());
@@ -146,6 +148,7 @@ fn memory_in_a_daemonized_grandchild_is_measured_and_the_kraft_vmm_is_killed() {
 
 #[test]
 fn guest_ignoring_sigterm_is_killed_after_the_grace_period() {
+    let _slot = shared_slot();
     let dir = TempDir::new("ignterm");
     let mut cmd = ukload(dir.path());
     cmd.args(run_args(dir.path(), 2))
@@ -176,6 +179,7 @@ fn guest_ignoring_sigterm_is_killed_after_the_grace_period() {
 
 #[test]
 fn guest_that_never_listens_fails_its_boot_and_is_cleaned_up() {
+    let _slot = shared_slot();
     let dir = TempDir::new("nolisten");
     let mut cmd = ukload(dir.path());
     cmd.args(run_args(dir.path(), 2))
@@ -203,6 +207,7 @@ fn guest_that_never_listens_fails_its_boot_and_is_cleaned_up() {
 
 #[test]
 fn launcher_that_exits_at_once_is_reported_with_its_status_and_log() {
+    let _slot = shared_slot();
     let dir = TempDir::new("exit3");
     let mut cmd = ukload(dir.path());
     cmd.args(run_args(dir.path(), 1))
@@ -229,6 +234,7 @@ fn launcher_that_exits_at_once_is_reported_with_its_status_and_log() {
 
 #[test]
 fn two_runs_at_once_on_overlapping_ranges_never_share_a_cid() {
+    let _slot = shared_slot();
     let dir = TempDir::new("twoRuns");
     let spawn = |range: &str, tag: &str| {
         let mut cmd = ukload(dir.path());
@@ -272,6 +278,7 @@ fn two_runs_at_once_on_overlapping_ranges_never_share_a_cid() {
 
 #[test]
 fn exhausted_cid_range_fails_fast_naming_range_and_holder() {
+    let _slot = shared_slot();
     let dir = TempDir::new("exhaust");
     let mut holder = ukload(dir.path());
     holder.args(run_args(&dir.path().join("a"), 5)).args([
@@ -357,6 +364,7 @@ fn interrupt_mid_boot(sig: i32) -> (Option<i32>, Vec<(i32, String)>, Duration) {
 
 #[test]
 fn sigint_mid_boot_tears_everything_down() {
+    let _slot = shared_slot();
     let (status, left, _) = interrupt_mid_boot(libc::SIGINT);
     assert_eq!(status, Some(130));
     assert!(left.is_empty(), "left behind: {left:?}");
@@ -364,6 +372,7 @@ fn sigint_mid_boot_tears_everything_down() {
 
 #[test]
 fn sigterm_mid_boot_tears_everything_down() {
+    let _slot = shared_slot();
     let (status, left, _) = interrupt_mid_boot(libc::SIGTERM);
     assert_eq!(status, Some(143));
     assert!(left.is_empty(), "left behind: {left:?}");
@@ -371,6 +380,7 @@ fn sigterm_mid_boot_tears_everything_down() {
 
 #[test]
 fn sigkill_of_ukload_leaves_nothing_after_two_seconds() {
+    let _slot = shared_slot();
     let (status, left, after) = interrupt_mid_boot(libc::SIGKILL);
     assert_eq!(status, None, "killed by signal");
     assert!(
@@ -381,6 +391,7 @@ fn sigkill_of_ukload_leaves_nothing_after_two_seconds() {
 
 #[test]
 fn seed_script_prints_the_five_phases_and_pass() {
+    let _slot = shared_slot();
     let dir = TempDir::new("seed");
     let mut cmd = std::process::Command::new("bash");
     cmd.arg(concat!(
@@ -420,6 +431,7 @@ fn seed_script_prints_the_five_phases_and_pass() {
 
 #[test]
 fn bad_flags_exit_64_naming_the_flag_and_start_nothing() {
+    let _slot = shared_slot();
     let dir = TempDir::new("usage");
     for (args, needle) in [
         (vec!["run", "0"], "COUNT"),
@@ -461,6 +473,7 @@ fn bad_flags_exit_64_naming_the_flag_and_start_nothing() {
 
 #[test]
 fn missing_kraft_exits_69_and_says_how_to_install() {
+    let _slot = shared_slot();
     let dir = TempDir::new("nokraft");
     let mut cmd = ukload(dir.path());
     cmd.args(run_args(dir.path(), 1)).args([
@@ -477,6 +490,7 @@ fn missing_kraft_exits_69_and_says_how_to_install() {
 
 #[test]
 fn length_framing_boots_with_the_seeds_wire_format() {
+    let _slot = shared_slot();
     let dir = TempDir::new("lenframe");
     let mut cmd = ukload(dir.path());
     cmd.args(run_args(dir.path(), 3))
@@ -495,6 +509,7 @@ fn length_framing_boots_with_the_seeds_wire_format() {
 
 #[test]
 fn exec_launcher_runs_a_template_and_probes_its_uds() {
+    let _slot = shared_slot();
     let dir = TempDir::new("exec");
     let mut cmd = ukload(dir.path());
     let tpl = format!(

@@ -174,3 +174,16 @@ pub fn output_within(mut cmd: Command, d: Duration) -> Output {
 pub fn instances(doc: &serde_json::Value) -> &Vec<serde_json::Value> {
     doc["instances"].as_array().expect("instances array")
 }
+
+/// Timing-sensitive tests take this exclusively; every other test in the same
+/// binary takes it shared, so the timing test never shares the 2 cores with
+/// another run of the same binary.
+pub static EXCLUSIVE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub fn shared_slot() -> std::sync::RwLockReadGuard<'static, ()> {
+    EXCLUSIVE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn exclusive_slot() -> std::sync::RwLockWriteGuard<'static, ()> {
+    EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner())
+}
