@@ -10,7 +10,7 @@
 //   add {a: number, b: number}            -> text "<a> + <b> = <sum>", structuredContent {sum}
 //   get_timestamp {}                      -> Unix time in seconds, as text and structuredContent {timestamp}
 //   error_test {error_message?: string}   -> a tool failure: result with isError: true and the message
-// Every tool also accepts `delay_ms` (integer >= 0): answer only after that long.
+// Every tool also accepts `delay_ms` (integer 0..=60000): answer only after that long.
 //
 // Errors: unknown tool or arguments breaking the schema -> -32602 naming the problem;
 // unparsable JSON -> -32700 with id null; not a JSON-RPC request -> -32600;
@@ -67,6 +67,7 @@ const OPTIONS = parseOptions(process.argv.slice(2));
 const DELAY_PROPERTY = {
   type: 'integer',
   minimum: 0,
+  maximum: 60000,
   description: 'Test aid: answer only after this many milliseconds',
 };
 
@@ -180,6 +181,9 @@ function validateArgs(tool, args) {
     }
     if (prop.minimum !== undefined && value < prop.minimum) {
       bad(`argument '${key}' must be >= ${prop.minimum}, got ${value}`);
+    }
+    if (prop.maximum !== undefined && value > prop.maximum) {
+      bad(`argument '${key}' must be <= ${prop.maximum}, got ${value}`);
     }
   }
 }
