@@ -14,13 +14,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use ukload::mcp::{Content, McpError, McpFraming, Session, SessionOptions, Transport, LATEST_PROTOCOL_VERSION};
+use ukload::mcp::{
+    Content, McpError, McpFraming, Session, SessionOptions, Transport, LATEST_PROTOCOL_VERSION,
+};
 
 /// Deadline of an ordinary tool call (generous: the machine is shared).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn node_available() -> bool {
-    Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 macro_rules! require_node {
@@ -56,16 +61,25 @@ fn close_and_assert_reaped(session: Session) {
     let pid = session.server_pid().expect("stdio session has a pid");
     let outcome = session.close().expect("close");
     eprintln!("server pid {pid} closed: {outcome:?}");
-    assert!(outcome.exit_status.is_some(), "server pid {pid} was not reaped: {outcome:?}");
+    assert!(
+        outcome.exit_status.is_some(),
+        "server pid {pid} was not reaped: {outcome:?}"
+    );
     assert_gone(pid);
 }
 
 fn assert_gone(pid: u32) {
-    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "pid {pid} still exists");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "pid {pid} still exists"
+    );
     // SAFETY: signal 0 only checks whether the process group exists.
     let rc = unsafe { libc::kill(-(pid as libc::pid_t), 0) };
     let errno = std::io::Error::last_os_error().raw_os_error();
-    assert!(rc == -1 && errno == Some(libc::ESRCH), "process group {pid} still has members");
+    assert!(
+        rc == -1 && errno == Some(libc::ESRCH),
+        "process group {pid} still has members"
+    );
 }
 
 fn rpc_error(e: McpError) -> (i64, String) {
@@ -82,15 +96,24 @@ fn test_echo_tool_execution() {
     assert_eq!(session.protocol_version(), LATEST_PROTOCOL_VERSION);
     assert_eq!(session.server().server_name, "ukload-echo-server");
 
-    let result = session.call_tool("echo", json!({"message": "hi"}), CALL_TIMEOUT).unwrap();
-    assert_eq!(result.content, vec![Content::Text { text: "Echo: hi".into() }]);
+    let result = session
+        .call_tool("echo", json!({"message": "hi"}), CALL_TIMEOUT)
+        .unwrap();
+    assert_eq!(
+        result.content,
+        vec![Content::Text {
+            text: "Echo: hi".into()
+        }]
+    );
     assert_eq!(result.text(), "Echo: hi");
     assert!(!result.is_error);
     assert_eq!(result.structured, None);
 
     // Unicode and JSON-special characters survive the round trip.
     let msg = "héllo \"quoted\"\n\ttab ✓";
-    let result = session.call_tool("echo", json!({ "message": msg }), CALL_TIMEOUT).unwrap();
+    let result = session
+        .call_tool("echo", json!({ "message": msg }), CALL_TIMEOUT)
+        .unwrap();
     assert_eq!(result.text(), format!("Echo: {msg}"));
     close_and_assert_reaped(session);
 }
@@ -99,12 +122,16 @@ fn test_echo_tool_execution() {
 fn test_add_tool_execution() {
     require_node!();
     let session = start_server(&[]);
-    let result = session.call_tool("add", json!({"a": 2, "b": 3}), CALL_TIMEOUT).unwrap();
+    let result = session
+        .call_tool("add", json!({"a": 2, "b": 3}), CALL_TIMEOUT)
+        .unwrap();
     assert_eq!(result.text(), "2 + 3 = 5");
     assert_eq!(result.structured, Some(json!({"sum": 5})));
     assert!(!result.is_error);
 
-    let result = session.call_tool("add", json!({"a": 2.5, "b": -1}), CALL_TIMEOUT).unwrap();
+    let result = session
+        .call_tool("add", json!({"a": 2.5, "b": -1}), CALL_TIMEOUT)
+        .unwrap();
     assert_eq!(result.text(), "2.5 + -1 = 1.5");
     assert_eq!(result.structured, Some(json!({"sum": 1.5})));
     close_and_assert_reaped(session);
@@ -115,16 +142,28 @@ fn test_error_handling() {
     require_node!();
     let session = start_server(&[]);
     // A tool failure is a result with isError, not a JSON-RPC error.
-    let result = session.call_tool("error_test", json!({"error_message": "disk on fire"}), CALL_TIMEOUT).unwrap();
+    let result = session
+        .call_tool(
+            "error_test",
+            json!({"error_message": "disk on fire"}),
+            CALL_TIMEOUT,
+        )
+        .unwrap();
     assert!(result.is_error);
     assert_eq!(result.text(), "disk on fire");
 
-    let result = session.call_tool("error_test", Value::Null, CALL_TIMEOUT).unwrap();
+    let result = session
+        .call_tool("error_test", Value::Null, CALL_TIMEOUT)
+        .unwrap();
     assert!(result.is_error);
     assert_eq!(result.text(), "Intentional error for testing");
 
     // Unknown methods are JSON-RPC errors -32601, and the session survives them.
-    let (code, message) = rpc_error(session.request("resources/list", None, CALL_TIMEOUT).unwrap_err());
+    let (code, message) = rpc_error(
+        session
+            .request("resources/list", None, CALL_TIMEOUT)
+            .unwrap_err(),
+    );
     assert_eq!(code, -32601);
     assert_eq!(message, "Method not found: resources/list");
     assert!(session.ping(CALL_TIMEOUT).is_ok());
@@ -135,19 +174,39 @@ fn test_error_handling() {
 fn test_invalid_parameters() {
     require_node!();
     let session = start_server(&[]);
-    let (code, message) = rpc_error(session.call_tool("add", json!({"a": 2}), CALL_TIMEOUT).unwrap_err());
+    let (code, message) = rpc_error(
+        session
+            .call_tool("add", json!({"a": 2}), CALL_TIMEOUT)
+            .unwrap_err(),
+    );
     assert_eq!(code, -32602);
-    assert_eq!(message, "Invalid arguments for tool add: missing required argument 'b'");
+    assert_eq!(
+        message,
+        "Invalid arguments for tool add: missing required argument 'b'"
+    );
 
-    let (code, message) = rpc_error(session.call_tool("add", json!({"a": "2", "b": 3}), CALL_TIMEOUT).unwrap_err());
+    let (code, message) = rpc_error(
+        session
+            .call_tool("add", json!({"a": "2", "b": 3}), CALL_TIMEOUT)
+            .unwrap_err(),
+    );
     assert_eq!(code, -32602);
-    assert_eq!(message, "Invalid arguments for tool add: argument 'a' must be a number, got string");
+    assert_eq!(
+        message,
+        "Invalid arguments for tool add: argument 'a' must be a number, got string"
+    );
 
-    let (code, message) = rpc_error(session.call_tool("echo", json!({}), CALL_TIMEOUT).unwrap_err());
+    let (code, message) = rpc_error(
+        session
+            .call_tool("echo", json!({}), CALL_TIMEOUT)
+            .unwrap_err(),
+    );
     assert_eq!(code, -32602);
     assert!(message.contains("'message'"), "{message}");
 
-    let err = session.call_tool("echo", json!({"message": 1}), CALL_TIMEOUT).unwrap_err();
+    let err = session
+        .call_tool("echo", json!({"message": 1}), CALL_TIMEOUT)
+        .unwrap_err();
     assert_eq!(err.rpc_code(), Some(-32602));
     close_and_assert_reaped(session);
 }
@@ -156,11 +215,21 @@ fn test_invalid_parameters() {
 fn test_unknown_tool() {
     require_node!();
     let session = start_server(&[]);
-    let (code, message) = rpc_error(session.call_tool("no_such_tool", json!({}), CALL_TIMEOUT).unwrap_err());
+    let (code, message) = rpc_error(
+        session
+            .call_tool("no_such_tool", json!({}), CALL_TIMEOUT)
+            .unwrap_err(),
+    );
     assert_eq!(code, -32602);
     assert_eq!(message, "Unknown tool: no_such_tool");
     // Still usable afterwards.
-    assert_eq!(session.call_tool("echo", json!({"message": "after"}), CALL_TIMEOUT).unwrap().text(), "Echo: after");
+    assert_eq!(
+        session
+            .call_tool("echo", json!({"message": "after"}), CALL_TIMEOUT)
+            .unwrap()
+            .text(),
+        "Echo: after"
+    );
     close_and_assert_reaped(session);
 }
 
@@ -177,9 +246,17 @@ fn test_concurrent_tool_executions() {
             std::thread::spawn(move || {
                 let msg = format!("call-{i}");
                 let result = session
-                    .call_tool("echo", json!({"message": msg, "delay_ms": DELAY_MS}), Duration::from_secs(30))
+                    .call_tool(
+                        "echo",
+                        json!({"message": msg, "delay_ms": DELAY_MS}),
+                        Duration::from_secs(30),
+                    )
                     .unwrap_or_else(|e| panic!("call {i}: {e}"));
-                assert_eq!(result.text(), format!("Echo: {msg}"), "call {i} got someone else's answer");
+                assert_eq!(
+                    result.text(),
+                    format!("Echo: {msg}"),
+                    "call {i} got someone else's answer"
+                );
             })
         })
         .collect();
@@ -206,24 +283,39 @@ fn test_tool_execution_timeout() {
     let deadline = Duration::from_millis(300);
     let start = Instant::now();
     let err = session
-        .call_tool("echo", json!({"message": "slow", "delay_ms": 5000}), deadline)
+        .call_tool(
+            "echo",
+            json!({"message": "slow", "delay_ms": 5000}),
+            deadline,
+        )
         .unwrap_err();
     let waited = start.elapsed();
     assert!(err.is_timeout(), "expected a timeout, got: {err}");
-    assert!(waited >= deadline && waited < Duration::from_secs(4), "timed out after {waited:?}");
-    let McpError::Timeout { method, id, .. } = &err else { unreachable!() };
+    assert!(
+        waited >= deadline && waited < Duration::from_secs(4),
+        "timed out after {waited:?}"
+    );
+    let McpError::Timeout { method, id, .. } = &err else {
+        unreachable!()
+    };
     assert_eq!(method, "tools/call");
     assert_eq!(session.stats().cancellations_sent, 1);
 
     // The session stays usable.
-    let result = session.call_tool("echo", json!({"message": "next"}), CALL_TIMEOUT).unwrap();
+    let result = session
+        .call_tool("echo", json!({"message": "next"}), CALL_TIMEOUT)
+        .unwrap();
     assert_eq!(result.text(), "Echo: next");
     assert!(session.is_alive());
 
     // The server received the cancellation for that request id (it logs it on stderr).
     let expected = format!("cancelled request {id}");
     let wait_until = Instant::now() + CALL_TIMEOUT;
-    while !session.server_stderr().unwrap_or_default().contains(&expected) {
+    while !session
+        .server_stderr()
+        .unwrap_or_default()
+        .contains(&expected)
+    {
         assert!(
             Instant::now() < wait_until,
             "server never logged {expected:?}; stderr:\n{}",
@@ -234,7 +326,10 @@ fn test_tool_execution_timeout() {
     // A server-wide --delay-ms makes every call slow the same way.
     close_and_assert_reaped(session);
     let session = start_server(&["--delay-ms", "3000"]);
-    assert!(session.call_tool("get_timestamp", json!({}), deadline).unwrap_err().is_timeout());
+    assert!(session
+        .call_tool("get_timestamp", json!({}), deadline)
+        .unwrap_err()
+        .is_timeout());
     close_and_assert_reaped(session);
 }
 
@@ -246,13 +341,20 @@ fn test_list_tools() {
     let tools = session.list_tools().unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["echo", "add", "get_timestamp", "error_test"]);
-    assert_eq!(session.stats().requests_sent, 1 + 4, "initialize + one request per page");
+    assert_eq!(
+        session.stats().requests_sent,
+        1 + 4,
+        "initialize + one request per page"
+    );
 
     let add = &tools[1];
     assert_eq!(add.description.as_deref(), Some("Adds two numbers"));
     assert_eq!(add.input_schema["required"], json!(["a", "b"]));
     assert_eq!(add.input_schema["properties"]["a"]["type"], "number");
-    assert_eq!(add.output_schema.as_ref().unwrap()["properties"]["sum"]["type"], "number");
+    assert_eq!(
+        add.output_schema.as_ref().unwrap()["properties"]["sum"]["type"],
+        "number"
+    );
     assert_eq!(tools[0].input_schema["required"], json!(["message"]));
     assert!(tools[3].input_schema.get("required").is_none());
     close_and_assert_reaped(session);
@@ -262,14 +364,26 @@ fn test_list_tools() {
 fn test_protocol_version_negotiation() {
     require_node!();
     for version in ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"] {
-        let options = SessionOptions { protocol_version: version.to_string(), ..SessionOptions::default() };
+        let options = SessionOptions {
+            protocol_version: version.to_string(),
+            ..SessionOptions::default()
+        };
         let session = start_with(&[], options);
         assert_eq!(session.protocol_version(), version);
-        assert_eq!(session.call_tool("echo", json!({"message": version}), CALL_TIMEOUT).unwrap().text(), format!("Echo: {version}"));
+        assert_eq!(
+            session
+                .call_tool("echo", json!({"message": version}), CALL_TIMEOUT)
+                .unwrap()
+                .text(),
+            format!("Echo: {version}")
+        );
         close_and_assert_reaped(session);
     }
     // A revision the server does not know: it answers with its newest, which we accept.
-    let options = SessionOptions { protocol_version: "2099-01-01".to_string(), ..SessionOptions::default() };
+    let options = SessionOptions {
+        protocol_version: "2099-01-01".to_string(),
+        ..SessionOptions::default()
+    };
     let session = start_with(&[], options);
     assert_eq!(session.protocol_version(), LATEST_PROTOCOL_VERSION);
     close_and_assert_reaped(session);

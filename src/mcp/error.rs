@@ -61,7 +61,10 @@ pub enum McpError {
         supported: &'static [&'static str],
     },
     /// A local I/O failure (spawning the server, a socket call) with its context.
-    Io { context: String, source: Arc<io::Error> },
+    Io {
+        context: String,
+        source: Arc<io::Error>,
+    },
 }
 
 impl McpError {
@@ -79,17 +82,33 @@ impl McpError {
     }
 
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
-        McpError::Io { context: context.into(), source: Arc::new(source) }
+        McpError::Io {
+            context: context.into(),
+            source: Arc::new(source),
+        }
     }
 }
 
 impl fmt::Display for McpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            McpError::Rpc { method, code, message, .. } => {
-                write!(f, "{method}: server returned JSON-RPC error {code}: {message}")
+            McpError::Rpc {
+                method,
+                code,
+                message,
+                ..
+            } => {
+                write!(
+                    f,
+                    "{method}: server returned JSON-RPC error {code}: {message}"
+                )
             }
-            McpError::Timeout { method, id, after, hint } => {
+            McpError::Timeout {
+                method,
+                id,
+                after,
+                hint,
+            } => {
                 write!(f, "{method} (request id {id}): no answer within {after:?}")?;
                 if let Some(hint) = hint {
                     write!(f, "; {hint}")?;
@@ -97,8 +116,14 @@ impl fmt::Display for McpError {
                 Ok(())
             }
             McpError::Closed { peer, reason } => write!(f, "connection to {peer} closed: {reason}"),
-            McpError::Protocol { peer, detail } => write!(f, "protocol error from {peer}: {detail}"),
-            McpError::UnsupportedVersion { offered, got, supported } => write!(
+            McpError::Protocol { peer, detail } => {
+                write!(f, "protocol error from {peer}: {detail}")
+            }
+            McpError::UnsupportedVersion {
+                offered,
+                got,
+                supported,
+            } => write!(
                 f,
                 "server chose MCP protocol revision {got:?} (we offered {offered:?}); \
                  this client speaks {}",

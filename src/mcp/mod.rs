@@ -12,15 +12,15 @@
 
 mod args;
 mod error;
-mod session;
 pub mod server;
+mod session;
 pub mod stdio;
 pub mod tools;
 mod transport;
 mod types;
 mod wire;
 
-pub use args::{coerce_args, parse_arg_pair};
+pub use args::{coerce_args, parse_arg_pair, split_command};
 pub use error::{codes, McpError};
 pub use session::{Session, SessionOptions, SessionStats};
 pub use stdio::{spawn_stdio_child, StderrTail, StdioChild};
@@ -29,6 +29,7 @@ pub use types::{Content, InitializeResult, Tool, ToolResult};
 pub use wire::{McpFraming, MAX_FRAME_LEN};
 
 /// The MCP revisions this crate speaks, oldest first.
-pub const SUPPORTED_PROTOCOL_VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+pub const SUPPORTED_PROTOCOL_VERSIONS: [&str; 4] =
+    ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 /// The revision offered in `initialize` by default.
 pub const LATEST_PROTOCOL_VERSION: &str = "2025-11-25";

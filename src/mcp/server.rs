@@ -45,7 +45,10 @@ pub fn handle_request(method: &str, params: Option<Value>) -> Option<Result<Valu
         },
         "tools/call" => match params.get("name").and_then(Value::as_str) {
             Some(name) => call_builtin(name, params.get("arguments").unwrap_or(&Value::Null)),
-            None => Err((INVALID_PARAMS, "tools/call needs params {name: string, arguments?: object}".into())),
+            None => Err((
+                INVALID_PARAMS,
+                "tools/call needs params {name: string, arguments?: object}".into(),
+            )),
         },
         _ => return None,
     })
@@ -59,7 +62,11 @@ fn error_response(id: Value, code: i64, message: impl Into<String>) -> Value {
 /// (notifications and responses get no reply).
 pub fn handle_message(msg: &Value) -> Option<Value> {
     let Some(obj) = msg.as_object() else {
-        return Some(error_response(Value::Null, INVALID_REQUEST, "Invalid Request: expected a JSON-RPC object"));
+        return Some(error_response(
+            Value::Null,
+            INVALID_REQUEST,
+            "Invalid Request: expected a JSON-RPC object",
+        ));
     };
     let id = obj.get("id").cloned();
     let valid_id = |id: &Value| id.is_string() || id.is_number();
@@ -68,12 +75,20 @@ pub fn handle_message(msg: &Value) -> Option<Value> {
             return None;
         }
         let id = id.filter(valid_id).unwrap_or(Value::Null);
-        return Some(error_response(id, INVALID_REQUEST, "Invalid Request: no method"));
+        return Some(error_response(
+            id,
+            INVALID_REQUEST,
+            "Invalid Request: no method",
+        ));
     };
     let id = id?;
     if !valid_id(&id) || obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         let id = if valid_id(&id) { id } else { Value::Null };
-        return Some(error_response(id, INVALID_REQUEST, "Invalid Request: needs \"jsonrpc\":\"2.0\" and a string or number id"));
+        return Some(error_response(
+            id,
+            INVALID_REQUEST,
+            "Invalid Request: needs \"jsonrpc\":\"2.0\" and a string or number id",
+        ));
     }
     let params = obj.get("params").cloned();
     Some(match handle_request(method, params) {
@@ -88,7 +103,11 @@ pub fn handle_message(msg: &Value) -> Option<Value> {
 pub fn handle_payload(payload: &[u8]) -> Option<Value> {
     match serde_json::from_slice::<Value>(payload) {
         Ok(msg) => handle_message(&msg),
-        Err(e) => Some(error_response(Value::Null, PARSE_ERROR, format!("Parse error: {e}"))),
+        Err(e) => Some(error_response(
+            Value::Null,
+            PARSE_ERROR,
+            format!("Parse error: {e}"),
+        )),
     }
 }
 
@@ -99,11 +118,15 @@ mod tests {
     #[test]
     fn initialize_negotiates_the_version() {
         for v in SUPPORTED_PROTOCOL_VERSIONS {
-            let r = handle_request("initialize", Some(json!({"protocolVersion": v}))).unwrap().unwrap();
+            let r = handle_request("initialize", Some(json!({"protocolVersion": v})))
+                .unwrap()
+                .unwrap();
             assert_eq!(r["protocolVersion"], v);
             assert_eq!(r["capabilities"]["tools"], json!({"listChanged": false}));
         }
-        let r = handle_request("initialize", Some(json!({"protocolVersion": "2099-01-01"}))).unwrap().unwrap();
+        let r = handle_request("initialize", Some(json!({"protocolVersion": "2099-01-01"})))
+            .unwrap()
+            .unwrap();
         assert_eq!(r["protocolVersion"], LATEST_PROTOCOL_VERSION);
         let r = handle_request("initialize", None).unwrap().unwrap();
         assert_eq!(r["protocolVersion"], LATEST_PROTOCOL_VERSION);
@@ -114,10 +137,21 @@ mod tests {
         let r = handle_request("tools/list", None).unwrap().unwrap();
         assert_eq!(r["tools"].as_array().unwrap().len(), 4);
         assert!(r.get("nextCursor").is_none());
-        assert_eq!(handle_request("tools/list", Some(json!({"cursor": "x"}))).unwrap().unwrap_err().0, -32602);
-        let r = handle_request("tools/call", Some(json!({"name": "echo", "arguments": {"message": "hi"}})));
+        assert_eq!(
+            handle_request("tools/list", Some(json!({"cursor": "x"})))
+                .unwrap()
+                .unwrap_err()
+                .0,
+            -32602
+        );
+        let r = handle_request(
+            "tools/call",
+            Some(json!({"name": "echo", "arguments": {"message": "hi"}})),
+        );
         assert_eq!(r.unwrap().unwrap()["content"][0]["text"], "Echo: hi");
-        let r = handle_request("tools/call", Some(json!({"arguments": {}}))).unwrap().unwrap_err();
+        let r = handle_request("tools/call", Some(json!({"arguments": {}})))
+            .unwrap()
+            .unwrap_err();
         assert_eq!(r.0, -32602);
         assert_eq!(handle_request("ping", None).unwrap().unwrap(), json!({}));
         assert!(handle_request("resources/list", None).is_none());
@@ -129,8 +163,13 @@ mod tests {
         assert_eq!(r["id"], Value::Null);
         assert_eq!(r["error"]["code"], -32700);
         let r = handle_payload(br#"{"jsonrpc":"2.0","id":7,"method":"nope"}"#).unwrap();
-        assert_eq!((r["id"].clone(), r["error"]["code"].clone()), (json!(7), json!(-32601)));
-        assert!(handle_payload(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).is_none());
+        assert_eq!(
+            (r["id"].clone(), r["error"]["code"].clone()),
+            (json!(7), json!(-32601))
+        );
+        assert!(
+            handle_payload(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).is_none()
+        );
         assert!(handle_payload(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#).is_none());
         let r = handle_payload(br#"[1,2]"#).unwrap();
         assert_eq!(r["error"]["code"], -32600);

@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{
+    bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
+};
 use serde_json::{json, Map, Value};
 
 use super::error::{codes, McpError};
@@ -98,7 +100,11 @@ struct Counters {
 /// What the reader hands a waiting caller.
 enum Reply {
     Result(Value),
-    Error { code: i64, message: String, data: Option<Value> },
+    Error {
+        code: i64,
+        message: String,
+        data: Option<Value>,
+    },
     Failed(McpError),
 }
 
@@ -149,16 +155,24 @@ impl Shared {
     }
 
     fn closed(&self, reason: impl Into<String>) -> McpError {
-        McpError::Closed { peer: self.peer.clone(), reason: reason.into() }
+        McpError::Closed {
+            peer: self.peer.clone(),
+            reason: reason.into(),
+        }
     }
 
     fn protocol(&self, detail: impl Into<String>) -> McpError {
-        McpError::Protocol { peer: self.peer.clone(), detail: detail.into() }
+        McpError::Protocol {
+            peer: self.peer.clone(),
+            detail: detail.into(),
+        }
     }
 
     fn encode(&self, msg: &Value) -> Result<Vec<u8>, McpError> {
-        let payload = serde_json::to_vec(msg).map_err(|e| self.protocol(format!("encoding a message: {e}")))?;
-        encode_frame(self.framing, &payload).map_err(|e| McpError::io(format!("framing a message for {}", self.peer), e))
+        let payload = serde_json::to_vec(msg)
+            .map_err(|e| self.protocol(format!("encoding a message: {e}")))?;
+        encode_frame(self.framing, &payload)
+            .map_err(|e| McpError::io(format!("framing a message for {}", self.peer), e))
     }
 
     /// Queues a frame for the writer, waiting for room until `deadline`.
@@ -171,9 +185,11 @@ impl Shared {
             Err(SendTimeoutError::Timeout(_)) => Err(self.closed(format!(
                 "the server is not reading its input: could not queue {what} before the deadline"
             ))),
-            Err(SendTimeoutError::Disconnected(_)) => {
-                Err(self.routing().dead.clone().unwrap_or_else(|| self.closed("the writer has stopped")))
-            }
+            Err(SendTimeoutError::Disconnected(_)) => Err(self
+                .routing()
+                .dead
+                .clone()
+                .unwrap_or_else(|| self.closed("the writer has stopped"))),
         }
     }
 
@@ -185,14 +201,20 @@ impl Shared {
             hints.push(format!("the server sent {unknown} reply(ies) with ids this client never issued (last id: {id})"));
         }
         if let Some(err) = &r.last_idless_error {
-            hints.push(format!("the server reported an error it could not tie to a request: {err}"));
+            hints.push(format!(
+                "the server reported an error it could not tie to a request: {err}"
+            ));
         }
         (!hints.is_empty()).then(|| hints.join("; "))
     }
 
     fn stream_ended(&self, why: &str) -> McpError {
         let mut reason = why.to_string();
-        if let Some(diag) = self.guard.as_ref().and_then(|g| g.diagnostics(DIAGNOSTICS_WAIT)) {
+        if let Some(diag) = self
+            .guard
+            .as_ref()
+            .and_then(|g| g.diagnostics(DIAGNOSTICS_WAIT))
+        {
             reason.push_str("; ");
             reason.push_str(&diag);
         }
@@ -237,7 +259,13 @@ impl Session {
     }
 
     fn start(transport: Transport, options: SessionOptions) -> Result<Session, McpError> {
-        let Transport { reader, writer, framing, peer, guard } = transport;
+        let Transport {
+            reader,
+            writer,
+            framing,
+            peer,
+            guard,
+        } = transport;
         let (out_tx, out_rx) = bounded(WRITE_QUEUE_DEPTH);
         let shared = Arc::new(Shared {
             peer,
@@ -253,22 +281,37 @@ impl Session {
             counters: Counters::default(),
             guard,
         });
-        let mut threads = Threads { reader: None, writer: None, outcome: None };
-        let spawn_err = |what: &str, e| McpError::io(format!("starting the MCP {what} thread for {}", shared.peer), e);
+        let mut threads = Threads {
+            reader: None,
+            writer: None,
+            outcome: None,
+        };
+        let spawn_err = |what: &str, e| {
+            McpError::io(
+                format!("starting the MCP {what} thread for {}", shared.peer),
+                e,
+            )
+        };
 
         let (done_tx, done_rx) = bounded::<()>(0);
         let s = Arc::clone(&shared);
-        let writer_thread = std::thread::Builder::new()
-            .name("mcp-writer".into())
-            .spawn(move || {
-                let _done = done_tx;
-                writer_loop(&s, writer, out_rx)
-            });
+        let writer_thread =
+            std::thread::Builder::new()
+                .name("mcp-writer".into())
+                .spawn(move || {
+                    let _done = done_tx;
+                    writer_loop(&s, writer, out_rx)
+                });
         match writer_thread {
             Ok(h) => threads.writer = Some((h, done_rx)),
             Err(e) => {
                 let err = spawn_err("writer", e);
-                let session = Session { shared, server: InitializeResult::default(), options, threads: Mutex::new(threads) };
+                let session = Session {
+                    shared,
+                    server: InitializeResult::default(),
+                    options,
+                    threads: Mutex::new(threads),
+                };
                 let _ = session.close();
                 return Err(err);
             }
@@ -276,12 +319,13 @@ impl Session {
 
         let (done_tx, done_rx) = bounded::<()>(0);
         let s = Arc::clone(&shared);
-        let reader_thread = std::thread::Builder::new()
-            .name("mcp-reader".into())
-            .spawn(move || {
-                let _done = done_tx;
-                reader_loop(&s, reader)
-            });
+        let reader_thread =
+            std::thread::Builder::new()
+                .name("mcp-reader".into())
+                .spawn(move || {
+                    let _done = done_tx;
+                    reader_loop(&s, reader)
+                });
         let reader_err = match reader_thread {
             Ok(h) => {
                 threads.reader = Some((h, done_rx));
@@ -289,7 +333,12 @@ impl Session {
             }
             Err(e) => Some(spawn_err("reader", e)),
         };
-        let session = Session { shared, server: InitializeResult::default(), options, threads: Mutex::new(threads) };
+        let session = Session {
+            shared,
+            server: InitializeResult::default(),
+            options,
+            threads: Mutex::new(threads),
+        };
         match reader_err {
             None => Ok(session),
             Some(err) => {
@@ -305,7 +354,8 @@ impl Session {
             "capabilities": {},
             "clientInfo": {"name": self.options.client_name, "version": self.options.client_version},
         });
-        let raw = self.request_inner("initialize", Some(params), self.options.init_timeout, false)?;
+        let raw =
+            self.request_inner("initialize", Some(params), self.options.init_timeout, false)?;
         let server = InitializeResult::from_value(raw).map_err(|e| self.shared.protocol(e))?;
         if !SUPPORTED_PROTOCOL_VERSIONS.contains(&server.protocol_version.as_str()) {
             return Err(McpError::UnsupportedVersion {
@@ -370,18 +420,26 @@ impl Session {
         for _ in 0..self.options.max_list_pages {
             let params = cursor.as_ref().map(|c| json!({"cursor": c}));
             let page = self.request("tools/list", params, self.options.request_timeout)?;
-            let list = page
-                .get("tools")
-                .and_then(Value::as_array)
-                .ok_or_else(|| self.shared.protocol(format!("tools/list result has no tools array: {}", preview(&page))))?;
+            let list = page.get("tools").and_then(Value::as_array).ok_or_else(|| {
+                self.shared.protocol(format!(
+                    "tools/list result has no tools array: {}",
+                    preview(&page)
+                ))
+            })?;
             for entry in list {
-                tools.push(Tool::from_value(entry).map_err(|e| self.shared.protocol(format!("tools/list: {e}")))?);
+                tools.push(
+                    Tool::from_value(entry)
+                        .map_err(|e| self.shared.protocol(format!("tools/list: {e}")))?,
+                );
             }
             match page.get("nextCursor") {
                 None | Some(Value::Null) => return Ok(tools),
                 Some(Value::String(next)) => cursor = Some(next.clone()),
                 Some(other) => {
-                    return Err(self.shared.protocol(format!("tools/list nextCursor is not a string: {}", preview(other))))
+                    return Err(self.shared.protocol(format!(
+                        "tools/list nextCursor is not a string: {}",
+                        preview(other)
+                    )))
                 }
             }
         }
@@ -397,14 +455,20 @@ impl Session {
     /// bad arguments is `Err(McpError::Rpc { code: -32602, .. })`. On the deadline a
     /// `notifications/cancelled` is sent and `Err(McpError::Timeout)` returned; the
     /// session stays usable and a late reply is dropped.
-    pub fn call_tool(&self, name: &str, args: Value, timeout: Duration) -> Result<ToolResult, McpError> {
+    pub fn call_tool(
+        &self,
+        name: &str,
+        args: Value,
+        timeout: Duration,
+    ) -> Result<ToolResult, McpError> {
         let mut params = Map::new();
         params.insert("name".into(), Value::String(name.to_string()));
         if !args.is_null() {
             params.insert("arguments".into(), args);
         }
         let raw = self.request("tools/call", Some(Value::Object(params)), timeout)?;
-        ToolResult::from_value(raw).map_err(|e| self.shared.protocol(format!("tools/call {name}: {e}")))
+        ToolResult::from_value(raw)
+            .map_err(|e| self.shared.protocol(format!("tools/call {name}: {e}")))
     }
 
     /// Sends `ping` and returns the round-trip time.
@@ -415,7 +479,12 @@ impl Session {
     }
 
     /// Sends any request and returns its `result`; cancels it on the deadline.
-    pub fn request(&self, method: &str, params: Option<Value>, timeout: Duration) -> Result<Value, McpError> {
+    pub fn request(
+        &self,
+        method: &str,
+        params: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, McpError> {
         self.request_inner(method, params, timeout, true)
     }
 
@@ -443,12 +512,17 @@ impl Session {
         if let Some(p) = params {
             msg["params"] = p;
         }
-        let sent = shared.encode(&msg).and_then(|frame| shared.send_frame(frame, deadline, method));
+        let sent = shared
+            .encode(&msg)
+            .and_then(|frame| shared.send_frame(frame, deadline, method));
         if let Err(e) = sent {
             shared.routing().pending.remove(&id);
             return Err(e);
         }
-        shared.counters.requests_sent.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .requests_sent
+            .fetch_add(1, Ordering::Relaxed);
         let reply = match rx.recv_deadline(deadline) {
             Ok(reply) => reply,
             Err(RecvTimeoutError::Timeout) => {
@@ -460,28 +534,52 @@ impl Session {
                         if cancel_on_timeout {
                             self.send_cancel(id, timeout);
                         }
-                        return Err(McpError::Timeout { method: method.to_string(), id, after: timeout, hint: shared.timeout_hint() });
+                        return Err(McpError::Timeout {
+                            method: method.to_string(),
+                            id,
+                            after: timeout,
+                            hint: shared.timeout_hint(),
+                        });
                     }
                 }
             }
             Err(RecvTimeoutError::Disconnected) => {
-                return Err(shared.routing().dead.clone().unwrap_or_else(|| shared.closed("the reader has stopped")))
+                return Err(shared
+                    .routing()
+                    .dead
+                    .clone()
+                    .unwrap_or_else(|| shared.closed("the reader has stopped")))
             }
         };
         match reply {
             Reply::Result(v) => Ok(v),
-            Reply::Error { code, message, data } => Err(McpError::Rpc { method: method.to_string(), code, message, data }),
+            Reply::Error {
+                code,
+                message,
+                data,
+            } => Err(McpError::Rpc {
+                method: method.to_string(),
+                code,
+                message,
+                data,
+            }),
             Reply::Failed(e) => Err(e),
         }
     }
 
     /// Best effort: tells the server we no longer want request `id`.
     fn send_cancel(&self, id: u64, after: Duration) {
-        let params = json!({"requestId": id, "reason": format!("client deadline of {after:?} expired")});
+        let params =
+            json!({"requestId": id, "reason": format!("client deadline of {after:?} expired")});
         let msg = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params});
-        let Ok(frame) = self.shared.encode(&msg) else { return };
+        let Ok(frame) = self.shared.encode(&msg) else {
+            return;
+        };
         if self.shared.out.try_send(WriterCmd::Frame(frame)).is_ok() {
-            self.shared.counters.cancellations_sent.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .counters
+                .cancellations_sent
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -492,7 +590,8 @@ impl Session {
             msg["params"] = p;
         }
         let frame = self.shared.encode(&msg)?;
-        self.shared.send_frame(frame, Instant::now() + self.options.request_timeout, method)
+        self.shared
+            .send_frame(frame, Instant::now() + self.options.request_timeout, method)
     }
 
     /// Ends the session: fails pending calls, closes the write half, ends the peer
@@ -506,12 +605,16 @@ impl Session {
         let shared = &self.shared;
         shared.fail_all(shared.closed("the session was closed"));
         // Queued frames (e.g. a cancellation) are written first; then the write half closes.
-        let _ = shared.out.send_timeout(WriterCmd::Close, WRITER_FLUSH_GRACE);
+        let _ = shared
+            .out
+            .send_timeout(WriterCmd::Close, WRITER_FLUSH_GRACE);
         if let Some((_, done)) = &threads.writer {
             let _ = done.recv_timeout(WRITER_FLUSH_GRACE);
         }
         let outcome = match &shared.guard {
-            Some(guard) => guard.shutdown().map_err(|e| McpError::io(format!("ending {}", shared.peer), e)),
+            Some(guard) => guard
+                .shutdown()
+                .map_err(|e| McpError::io(format!("ending {}", shared.peer), e)),
             None => Ok(CloseOutcome::default()),
         };
         // A thread still running past its grace is blocked on a stream nobody can
@@ -519,7 +622,10 @@ impl Session {
         let t = &mut *threads;
         for slot in [&mut t.writer, &mut t.reader] {
             if let Some((handle, done)) = slot.take() {
-                if !matches!(done.recv_timeout(READER_EXIT_GRACE), Err(RecvTimeoutError::Timeout)) {
+                if !matches!(
+                    done.recv_timeout(READER_EXIT_GRACE),
+                    Err(RecvTimeoutError::Timeout)
+                ) {
                     let _ = handle.join();
                 }
             }
@@ -536,12 +642,18 @@ impl Drop for Session {
     }
 }
 
-fn writer_loop(shared: &Shared, mut writer: Box<dyn std::io::Write + Send>, rx: Receiver<WriterCmd>) {
+fn writer_loop(
+    shared: &Shared,
+    mut writer: Box<dyn std::io::Write + Send>,
+    rx: Receiver<WriterCmd>,
+) {
     while let Ok(cmd) = rx.recv() {
         match cmd {
             WriterCmd::Frame(frame) => {
                 if let Err(e) = write_encoded(&mut writer, &frame) {
-                    shared.fail_all(shared.stream_ended(&format!("writing to the server failed: {e}")));
+                    shared.fail_all(
+                        shared.stream_ended(&format!("writing to the server failed: {e}")),
+                    );
                     return;
                 }
             }
@@ -571,7 +683,8 @@ fn reader_loop(shared: &Shared, reader: Box<dyn std::io::Read + Send>) {
         let msg: Value = match serde_json::from_slice(&frame) {
             Ok(v) => v,
             Err(e) => {
-                let shown = String::from_utf8_lossy(&frame[..frame.len().min(GARBAGE_PREVIEW_LEN)]).into_owned();
+                let shown = String::from_utf8_lossy(&frame[..frame.len().min(GARBAGE_PREVIEW_LEN)])
+                    .into_owned();
                 shared.fail_all(shared.protocol(format!(
                     "output is not valid JSON ({e}); {} bytes starting {shown:?}",
                     frame.len()
@@ -591,19 +704,29 @@ fn dispatch(shared: &Shared, msg: Value, allow_batch: bool) -> Result<(), McpErr
     let obj = match msg {
         Value::Object(obj) => obj,
         Value::Array(items) if allow_batch && !items.is_empty() => {
-            return items.into_iter().try_for_each(|m| dispatch(shared, m, false));
+            return items
+                .into_iter()
+                .try_for_each(|m| dispatch(shared, m, false));
         }
-        other => return Err(shared.protocol(format!("not a JSON-RPC message: {}", preview(&other)))),
+        other => {
+            return Err(shared.protocol(format!("not a JSON-RPC message: {}", preview(&other))))
+        }
     };
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Err(shared.protocol(format!("message without \"jsonrpc\":\"2.0\": {}", preview(&Value::Object(obj)))));
+        return Err(shared.protocol(format!(
+            "message without \"jsonrpc\":\"2.0\": {}",
+            preview(&Value::Object(obj))
+        )));
     }
     let id = obj.get("id").filter(|id| !id.is_null()).cloned();
     if let Some(method) = obj.get("method").and_then(Value::as_str) {
         match id {
             Some(id) => answer_server_request(shared, id, method),
             None => {
-                shared.counters.notifications_received.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .notifications_received
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         return Ok(());
@@ -614,10 +737,14 @@ fn dispatch(shared: &Shared, msg: Value, allow_batch: bool) -> Result<(), McpErr
         let code = err.get("code").and_then(Value::as_i64);
         let message = err.get("message").and_then(Value::as_str);
         match (code, message) {
-            (Some(code), Some(message)) => {
-                Reply::Error { code, message: message.to_string(), data: err.get("data").cloned() }
+            (Some(code), Some(message)) => Reply::Error {
+                code,
+                message: message.to_string(),
+                data: err.get("data").cloned(),
+            },
+            _ => {
+                Reply::Failed(shared.protocol(format!("malformed error object: {}", preview(err))))
             }
-            _ => Reply::Failed(shared.protocol(format!("malformed error object: {}", preview(err)))),
         }
     } else {
         return Err(shared.protocol(format!(
@@ -636,7 +763,10 @@ fn route(shared: &Shared, id: Option<Value>, reply: Reply) {
             r.last_idless_error = Some(format!("{code} {message}"));
         } else {
             r.last_unknown_id = Some(Value::Null);
-            shared.counters.unknown_replies.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .unknown_replies
+                .fetch_add(1, Ordering::Relaxed);
         }
         return;
     };
@@ -645,10 +775,16 @@ fn route(shared: &Shared, id: Option<Value>, reply: Reply) {
         drop(r);
         let _ = tx.try_send(reply);
     } else if numeric.is_some_and(|n| n > 0 && n < r.next_id) {
-        shared.counters.late_replies_dropped.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .late_replies_dropped
+            .fetch_add(1, Ordering::Relaxed);
     } else {
         r.last_unknown_id = Some(id);
-        shared.counters.unknown_replies.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .unknown_replies
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -667,9 +803,18 @@ fn answer_server_request(shared: &Shared, id: Value, method: &str) {
     if let Ok(frame) = shared.encode(&reply) {
         match shared.out.try_send(WriterCmd::Frame(frame)) {
             Ok(()) => {
-                shared.counters.server_requests_answered.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .counters
+                    .server_requests_answered
+                    .fetch_add(1, Ordering::Relaxed);
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {}
         }
     }
 }
+
+/// `Session` is shared across caller threads by design; fail the build if a field breaks that.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Session>();
+};

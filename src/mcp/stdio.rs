@@ -98,7 +98,12 @@ impl StderrTail {
             if now >= deadline {
                 return false;
             }
-            st = self.inner.1.wait_timeout(st, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            st = self
+                .inner
+                .1
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         true
     }
@@ -146,9 +151,12 @@ struct ChildState {
 ///
 /// The single place a stdio MCP server is started (to be swapped for the supervisor's spawn).
 pub fn spawn_stdio_child(argv: &[String]) -> io::Result<StdioChild> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command for the stdio MCP server"))?;
+    let (program, args) = argv.split_first().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "empty command for the stdio MCP server",
+        )
+    })?;
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::piped())
@@ -173,7 +181,13 @@ pub fn spawn_stdio_child(argv: &[String]) -> io::Result<StdioChild> {
     let out = StdioChild {
         argv: argv.to_vec(),
         pid,
-        state: Mutex::new(ChildState { child, stdin, stdout, status: None, outcome: None }),
+        state: Mutex::new(ChildState {
+            child,
+            stdin,
+            stdout,
+            status: None,
+            outcome: None,
+        }),
         stderr,
         stderr_thread: Mutex::new(None),
     };
@@ -183,7 +197,10 @@ pub fn spawn_stdio_child(argv: &[String]) -> io::Result<StdioChild> {
             Ok(out)
         }
         // Dropping `out` kills and reaps the child.
-        Err(e) => Err(io::Error::new(e.kind(), format!("starting the stderr reader for pid {pid}: {e}"))),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("starting the stderr reader for pid {pid}: {e}"),
+        )),
     }
 }
 
@@ -232,7 +249,11 @@ impl StdioChild {
 
     /// A description for messages: `stdio server pid N (argv)`.
     pub fn describe(&self) -> String {
-        format!("stdio MCP server pid {} ({})", self.pid, self.argv.join(" "))
+        format!(
+            "stdio MCP server pid {} ({})",
+            self.pid,
+            self.argv.join(" ")
+        )
     }
 
     /// Makes a transport of this child's stdin/stdout; the child becomes the
@@ -246,7 +267,10 @@ impl StdioChild {
             ));
         };
         let peer = self.describe();
-        Ok(Transport::new(Box::new(stdout), Box::new(stdin), framing, peer).with_guard(Arc::new(self)))
+        Ok(
+            Transport::new(Box::new(stdout), Box::new(stdin), framing, peer)
+                .with_guard(Arc::new(self)),
+        )
     }
 
     /// The exit status if the child has exited (reaping it), without blocking.
@@ -292,17 +316,28 @@ impl StdioChild {
         let Some(status) = st.status else {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("{}: not reaped {KILL_REAP_DEADLINE:?} after SIGKILL", self.describe()),
+                format!(
+                    "{}: not reaped {KILL_REAP_DEADLINE:?} after SIGKILL",
+                    self.describe()
+                ),
             ));
         };
         drop(st.stdout.take());
-        let outcome = CloseOutcome { exit_status: Some(status), signal_sent };
+        let outcome = CloseOutcome {
+            exit_status: Some(status),
+            signal_sent,
+        };
         st.outcome = Some(outcome.clone());
         drop(st);
         // The pipe reaches end of file once the whole group is gone; a process that
         // left the group and kept stderr open would keep the thread: leave it detached.
         if self.stderr.wait_eof(STDERR_DRAIN_GRACE) {
-            if let Some(handle) = self.stderr_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(handle) = self
+                .stderr_thread
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
                 let _ = handle.join();
             }
         }
@@ -358,7 +393,10 @@ impl Drop for StdioChild {
 /// Sends `sig` to every process in group `pgid`. Ok(false) if the group is gone.
 fn signal_group(pgid: libc::pid_t, sig: libc::c_int) -> io::Result<bool> {
     if pgid <= 1 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("refusing to signal process group {pgid}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to signal process group {pgid}"),
+        ));
     }
     // SAFETY: kill(2) with a negative pid only sends a signal; pgid > 1 is the group
     // this module created for its own child (process_group(0) makes pgid == pid), and
@@ -371,7 +409,10 @@ fn signal_group(pgid: libc::pid_t, sig: libc::c_int) -> io::Result<bool> {
     if err.raw_os_error() == Some(libc::ESRCH) {
         Ok(false)
     } else {
-        Err(io::Error::new(err.kind(), format!("kill(-{pgid}, {sig}): {err}")))
+        Err(io::Error::new(
+            err.kind(),
+            format!("kill(-{pgid}, {sig}): {err}"),
+        ))
     }
 }
 
@@ -420,7 +461,11 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 
 /// Waits until `fd` is readable (a pidfd is readable once the process exits) or `timeout`.
 fn poll_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // Round up so a sub-millisecond remainder does not become a busy loop.
     let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
     // SAFETY: pfd is a valid pollfd for the duration of the call and nfds is 1.
@@ -482,7 +527,9 @@ mod tests {
 
     #[test]
     fn spawn_failure_names_the_command() {
-        let err = spawn_stdio_child(&["/nonexistent/mcp-server".to_string()]).err().unwrap();
+        let err = spawn_stdio_child(&["/nonexistent/mcp-server".to_string()])
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("/nonexistent/mcp-server"), "{err}");
         assert!(spawn_stdio_child(&[]).is_err());
     }

@@ -112,19 +112,31 @@ pub fn call_builtin(name: &str, args: &Value) -> Result<Value, (i64, String)> {
     let empty = Value::Object(Map::new());
     let args = if args.is_null() { &empty } else { args };
     validate_args(&tool["inputSchema"], args).map_err(|what| {
-        (INVALID_PARAMS, format!("Invalid arguments for tool {name}: {what}"))
+        (
+            INVALID_PARAMS,
+            format!("Invalid arguments for tool {name}: {what}"),
+        )
     })?;
     let result = match name {
-        "echo" => text_result(format!("Echo: {}", args["message"].as_str().unwrap_or_default())),
+        "echo" => text_result(format!(
+            "Echo: {}",
+            args["message"].as_str().unwrap_or_default()
+        )),
         "add" => add(&args["a"], &args["b"])?,
         "get_timestamp" => {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
             let mut r = text_result(now.to_string());
             r["structuredContent"] = json!({"timestamp": now});
             r
         }
         "error_test" => {
-            let message = args.get("error_message").and_then(Value::as_str).unwrap_or(DEFAULT_ERROR_MESSAGE);
+            let message = args
+                .get("error_message")
+                .and_then(Value::as_str)
+                .unwrap_or(DEFAULT_ERROR_MESSAGE);
             let mut r = text_result(message.to_string());
             r["isError"] = Value::Bool(true);
             r
@@ -148,12 +160,20 @@ fn add(a: &Value, b: &Value) -> Result<Value, (i64, String)> {
         _ => {
             let s = a.as_f64().unwrap_or_default() + b.as_f64().unwrap_or_default();
             if !s.is_finite() {
-                return Err((INVALID_PARAMS, format!("Invalid arguments for tool add: {a} + {b} overflows")));
+                return Err((
+                    INVALID_PARAMS,
+                    format!("Invalid arguments for tool add: {a} + {b} overflows"),
+                ));
             }
             number_value(s)
         }
     };
-    let mut r = text_result(format!("{} + {} = {}", js_number(a), js_number(b), js_number(&sum)));
+    let mut r = text_result(format!(
+        "{} + {} = {}",
+        js_number(a),
+        js_number(b),
+        js_number(&sum)
+    ));
     r["structuredContent"] = json!({ "sum": sum });
     Ok(r)
 }
@@ -206,10 +226,18 @@ fn matches_type(v: &Value, ty: &str) -> bool {
 /// (type, required, additionalProperties: false, minimum, maximum).
 fn validate_args(schema: &Value, args: &Value) -> Result<(), String> {
     let Some(obj) = args.as_object() else {
-        return Err(format!("arguments must be an object, got {}", json_type(args)));
+        return Err(format!(
+            "arguments must be an object, got {}",
+            json_type(args)
+        ));
     };
     let props = schema["properties"].as_object();
-    for key in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+    for key in schema["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
         if !obj.contains_key(key) {
             return Err(format!("missing required argument '{key}'"));
         }
@@ -224,17 +252,28 @@ fn validate_args(schema: &Value, args: &Value) -> Result<(), String> {
         if let Some(ty) = prop["type"].as_str() {
             if !matches_type(value, ty) {
                 let article = if ty == "integer" { "an" } else { "a" };
-                return Err(format!("argument '{key}' must be {article} {ty}, got {}", json_type(value)));
+                return Err(format!(
+                    "argument '{key}' must be {article} {ty}, got {}",
+                    json_type(value)
+                ));
             }
         }
         if let (Some(min), Some(x)) = (prop["minimum"].as_f64(), value.as_f64()) {
             if x < min {
-                return Err(format!("argument '{key}' must be >= {}, got {}", js_number(&prop["minimum"]), js_number(value)));
+                return Err(format!(
+                    "argument '{key}' must be >= {}, got {}",
+                    js_number(&prop["minimum"]),
+                    js_number(value)
+                ));
             }
         }
         if let (Some(max), Some(x)) = (prop["maximum"].as_f64(), value.as_f64()) {
             if x > max {
-                return Err(format!("argument '{key}' must be <= {}, got {}", js_number(&prop["maximum"]), js_number(value)));
+                return Err(format!(
+                    "argument '{key}' must be <= {}, got {}",
+                    js_number(&prop["maximum"]),
+                    js_number(value)
+                ));
             }
         }
     }
@@ -275,7 +314,10 @@ mod tests {
 
     #[test]
     fn get_timestamp_is_now() {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let r = call_builtin("get_timestamp", &json!({})).unwrap();
         let ts = r["structuredContent"]["timestamp"].as_u64().unwrap();
         assert!(ts.abs_diff(now) <= 2, "{ts} vs {now}");
@@ -285,22 +327,37 @@ mod tests {
     #[test]
     fn schema_violations_and_unknown_tools_are_invalid_params_naming_the_problem() {
         let err = |name: &str, args: Value| call_builtin(name, &args).unwrap_err();
-        assert_eq!(err("nope", json!({})), (-32602, "Unknown tool: nope".into()));
+        assert_eq!(
+            err("nope", json!({})),
+            (-32602, "Unknown tool: nope".into())
+        );
         assert_eq!(
             err("add", json!({"a": 1})),
-            (-32602, "Invalid arguments for tool add: missing required argument 'b'".into())
+            (
+                -32602,
+                "Invalid arguments for tool add: missing required argument 'b'".into()
+            )
         );
         assert_eq!(
             err("add", json!({"a": "2", "b": 1})),
-            (-32602, "Invalid arguments for tool add: argument 'a' must be a number, got string".into())
+            (
+                -32602,
+                "Invalid arguments for tool add: argument 'a' must be a number, got string".into()
+            )
         );
         assert_eq!(
             err("echo", json!({"message": "x", "extra": 1})),
-            (-32602, "Invalid arguments for tool echo: unknown argument 'extra'".into())
+            (
+                -32602,
+                "Invalid arguments for tool echo: unknown argument 'extra'".into()
+            )
         );
         assert_eq!(
             err("echo", json!(["x"])),
-            (-32602, "Invalid arguments for tool echo: arguments must be an object, got array".into())
+            (
+                -32602,
+                "Invalid arguments for tool echo: arguments must be an object, got array".into()
+            )
         );
         assert_eq!(
             err("echo", json!({"message": "x", "delay_ms": 1.5})).1,

@@ -71,7 +71,13 @@ impl Transport {
         framing: McpFraming,
         peer: impl Into<String>,
     ) -> Self {
-        Transport { reader, writer, framing, peer: peer.into(), guard: None }
+        Transport {
+            reader,
+            writer,
+            framing,
+            peer: peer.into(),
+            guard: None,
+        }
     }
 
     /// Sets what ends the peer when the session closes.
@@ -83,19 +89,31 @@ impl Transport {
     /// Spawns `argv` as a stdio MCP server (its own process group, stderr kept);
     /// the session kills and reaps it on close.
     pub fn stdio(argv: &[String], framing: McpFraming) -> Result<Transport, McpError> {
-        let child = spawn_stdio_child(argv).map_err(|e| McpError::io("starting the stdio MCP server", e))?;
-        child.into_transport(framing).map_err(|e| McpError::io("connecting to the stdio MCP server", e))
+        let child = spawn_stdio_child(argv)
+            .map_err(|e| McpError::io("starting the stdio MCP server", e))?;
+        child
+            .into_transport(framing)
+            .map_err(|e| McpError::io("connecting to the stdio MCP server", e))
     }
 
     /// A transport over a connected Unix stream (e.g. hybrid vsock after `CONNECT`);
     /// closing the session shuts the socket down.
-    pub fn unix_stream(stream: UnixStream, framing: McpFraming, peer: impl Into<String>) -> Result<Transport, McpError> {
+    pub fn unix_stream(
+        stream: UnixStream,
+        framing: McpFraming,
+        peer: impl Into<String>,
+    ) -> Result<Transport, McpError> {
         let peer = peer.into();
-        let clone = |s: &UnixStream| s.try_clone().map_err(|e| McpError::io(format!("try_clone of the socket to {peer}"), e));
+        let clone = |s: &UnixStream| {
+            s.try_clone()
+                .map_err(|e| McpError::io(format!("try_clone of the socket to {peer}"), e))
+        };
         let reader = clone(&stream)?;
         let guard = clone(&stream)?;
-        Ok(Transport::new(Box::new(reader), Box::new(stream), framing, peer.clone())
-            .with_guard(Arc::new(SocketGuard(guard))))
+        Ok(
+            Transport::new(Box::new(reader), Box::new(stream), framing, peer.clone())
+                .with_guard(Arc::new(SocketGuard(guard))),
+        )
     }
 
     /// The framing in use.
@@ -123,7 +141,10 @@ impl TransportGuard for SocketGuard {
             Ok(()) => Ok(CloseOutcome::default()),
             // Already disconnected by the peer: nothing left to end.
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(CloseOutcome::default()),
-            Err(e) => Err(io::Error::new(e.kind(), format!("shutdown of the MCP socket: {e}"))),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("shutdown of the MCP socket: {e}"),
+            )),
         }
     }
 }

@@ -39,9 +39,17 @@ pub struct Tool {
 /// One item of a tool result's `content`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Content {
-    Text { text: String },
-    Image { data: String, mime_type: String },
-    Audio { data: String, mime_type: String },
+    Text {
+        text: String,
+    },
+    Image {
+        data: String,
+        mime_type: String,
+    },
+    Audio {
+        data: String,
+        mime_type: String,
+    },
     /// Resources, resource links and types this client does not model, as sent.
     Other(Value),
 }
@@ -76,7 +84,8 @@ impl ToolResult {
 }
 
 fn as_object<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
-    v.as_object().ok_or_else(|| format!("{what} is not an object: {}", preview(v)))
+    v.as_object()
+        .ok_or_else(|| format!("{what} is not an object: {}", preview(v)))
 }
 
 fn opt_string(m: &Map<String, Value>, key: &str, what: &str) -> Result<Option<String>, String> {
@@ -107,12 +116,20 @@ impl InitializeResult {
         let protocol_version = opt_string(m, "protocolVersion", "initialize result")?
             .ok_or("initialize result has no protocolVersion")?;
         let info = m.get("serverInfo").and_then(Value::as_object);
-        let info_str = |k: &str| info.and_then(|i| i.get(k)).and_then(Value::as_str).unwrap_or("").to_string();
+        let info_str = |k: &str| {
+            info.and_then(|i| i.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
         Ok(InitializeResult {
             protocol_version,
             server_name: info_str("name"),
             server_version: info_str("version"),
-            capabilities: m.get("capabilities").cloned().unwrap_or_else(|| Value::Object(Map::new())),
+            capabilities: m
+                .get("capabilities")
+                .cloned()
+                .unwrap_or_else(|| Value::Object(Map::new())),
             instructions: opt_string(m, "instructions", "initialize result")?,
             raw: v.clone(),
         })
@@ -122,12 +139,18 @@ impl InitializeResult {
 impl Tool {
     pub(crate) fn from_value(v: &Value) -> Result<Self, String> {
         let m = as_object(v, "tool")?;
-        let name = opt_string(m, "name", "tool")?.ok_or_else(|| format!("tool without a name: {}", preview(v)))?;
+        let name = opt_string(m, "name", "tool")?
+            .ok_or_else(|| format!("tool without a name: {}", preview(v)))?;
         let what = format!("tool {name:?}");
         let input_schema = match m.get("inputSchema") {
             None | Some(Value::Null) => serde_json::json!({"type": "object"}),
             Some(s @ Value::Object(_)) => s.clone(),
-            Some(other) => return Err(format!("{what}: inputSchema is not an object: {}", preview(other))),
+            Some(other) => {
+                return Err(format!(
+                    "{what}: inputSchema is not an object: {}",
+                    preview(other)
+                ))
+            }
         };
         Ok(Tool {
             title: opt_string(m, "title", &what)?,
@@ -149,7 +172,9 @@ impl Content {
                 None => Content::Other(v.clone()),
             },
             Some(kind @ ("image" | "audio")) => match (field("data"), field("mimeType")) {
-                (Some(data), Some(mime_type)) if kind == "image" => Content::Image { data, mime_type },
+                (Some(data), Some(mime_type)) if kind == "image" => {
+                    Content::Image { data, mime_type }
+                }
                 (Some(data), Some(mime_type)) => Content::Audio { data, mime_type },
                 _ => Content::Other(v.clone()),
             },
@@ -165,15 +190,30 @@ impl ToolResult {
         let content = match m.get("content") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(items)) => items.iter().map(Content::from_value).collect(),
-            Some(other) => return Err(format!("tools/call result: content is not an array: {}", preview(other))),
+            Some(other) => {
+                return Err(format!(
+                    "tools/call result: content is not an array: {}",
+                    preview(other)
+                ))
+            }
         };
         let is_error = match m.get("isError") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(other) => return Err(format!("tools/call result: isError is not a boolean: {}", preview(other))),
+            Some(other) => {
+                return Err(format!(
+                    "tools/call result: isError is not a boolean: {}",
+                    preview(other)
+                ))
+            }
         };
         let structured = m.get("structuredContent").filter(|s| !s.is_null()).cloned();
-        Ok(ToolResult { content, is_error, structured, raw: v })
+        Ok(ToolResult {
+            content,
+            is_error,
+            structured,
+            raw: v,
+        })
     }
 }
 
@@ -194,16 +234,34 @@ mod tests {
         assert_eq!(r.text(), "a\nb");
         assert!(r.is_error);
         assert_eq!(r.structured, Some(json!({"sum": 5})));
-        assert_eq!(r.content[1], Content::Image { data: "AA==".into(), mime_type: "image/png".into() });
+        assert_eq!(
+            r.content[1],
+            Content::Image {
+                data: "AA==".into(),
+                mime_type: "image/png".into()
+            }
+        );
         assert!(matches!(r.content[3], Content::Other(_)));
     }
 
     #[test]
     fn malformed_results_are_refused_with_the_reason() {
-        assert!(ToolResult::from_value(json!([1])).unwrap_err().contains("not an object"));
-        assert!(ToolResult::from_value(json!({"content": "x"})).unwrap_err().contains("content is not an array"));
-        assert!(ToolResult::from_value(json!({"content": [], "isError": "yes"})).unwrap_err().contains("isError"));
-        assert!(Tool::from_value(&json!({"description": "x"})).unwrap_err().contains("without a name"));
-        assert!(InitializeResult::from_value(json!({})).unwrap_err().contains("protocolVersion"));
+        assert!(ToolResult::from_value(json!([1]))
+            .unwrap_err()
+            .contains("not an object"));
+        assert!(ToolResult::from_value(json!({"content": "x"}))
+            .unwrap_err()
+            .contains("content is not an array"));
+        assert!(
+            ToolResult::from_value(json!({"content": [], "isError": "yes"}))
+                .unwrap_err()
+                .contains("isError")
+        );
+        assert!(Tool::from_value(&json!({"description": "x"}))
+            .unwrap_err()
+            .contains("without a name"));
+        assert!(InitializeResult::from_value(json!({}))
+            .unwrap_err()
+            .contains("protocolVersion"));
     }
 }

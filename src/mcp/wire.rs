@@ -46,9 +46,14 @@ impl std::fmt::Display for WireError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WireError::Eof => write!(f, "end of stream"),
-            WireError::Truncated { got } => write!(f, "stream ended inside a message after {got} bytes"),
+            WireError::Truncated { got } => {
+                write!(f, "stream ended inside a message after {got} bytes")
+            }
             WireError::TooLarge { len, max } => {
-                write!(f, "message of at least {len} bytes exceeds the {max}-byte limit")
+                write!(
+                    f,
+                    "message of at least {len} bytes exceeds the {max}-byte limit"
+                )
             }
             WireError::ZeroLength => write!(f, "zero-length frame"),
             WireError::Io(e) => write!(f, "read failed: {e}"),
@@ -69,7 +74,11 @@ impl<R: Read> WireReader<R> {
     }
 
     pub(crate) fn with_max(inner: R, framing: McpFraming, max: usize) -> Self {
-        WireReader { inner: BufReader::with_capacity(READ_BUF_LEN, inner), framing, max }
+        WireReader {
+            inner: BufReader::with_capacity(READ_BUF_LEN, inner),
+            framing,
+            max,
+        }
     }
 
     /// The next frame's payload (without newline or prefix). Blank lines are skipped.
@@ -101,14 +110,21 @@ impl<R: Read> WireReader<R> {
         loop {
             let buf = self.fill()?;
             if buf.is_empty() {
-                return Err(if line.is_empty() { WireError::Eof } else { WireError::Truncated { got: line.len() } });
+                return Err(if line.is_empty() {
+                    WireError::Eof
+                } else {
+                    WireError::Truncated { got: line.len() }
+                });
             }
             let (take, done) = match buf.iter().position(|&b| b == b'\n') {
                 Some(i) => (i, true),
                 None => (buf.len(), false),
             };
             if line.len() + take > max {
-                return Err(WireError::TooLarge { len: (line.len() + take) as u64, max });
+                return Err(WireError::TooLarge {
+                    len: (line.len() + take) as u64,
+                    max,
+                });
             }
             line.extend_from_slice(&buf[..take]);
             self.inner.consume(if done { take + 1 } else { take });
@@ -147,12 +163,17 @@ impl<R: Read> WireReader<R> {
             return Err(WireError::ZeroLength);
         }
         if len > self.max {
-            return Err(WireError::TooLarge { len: len as u64, max: self.max });
+            return Err(WireError::TooLarge {
+                len: len as u64,
+                max: self.max,
+            });
         }
         let mut payload = vec![0u8; len];
         let got = self.read_full(&mut payload)?;
         if got < len {
-            return Err(WireError::Truncated { got: LENGTH_PREFIX_LEN + got });
+            return Err(WireError::Truncated {
+                got: LENGTH_PREFIX_LEN + got,
+            });
         }
         Ok(payload)
     }
@@ -166,14 +187,20 @@ pub(crate) fn encode_frame(framing: McpFraming, payload: &[u8]) -> io::Result<Ve
     if payload.is_empty() || payload.len() > MAX_FRAME_LEN {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("message of {} bytes: must be 1..={MAX_FRAME_LEN} bytes", payload.len()),
+            format!(
+                "message of {} bytes: must be 1..={MAX_FRAME_LEN} bytes",
+                payload.len()
+            ),
         ));
     }
     let mut out = Vec::with_capacity(payload.len() + LENGTH_PREFIX_LEN);
     match framing {
         McpFraming::Line => {
             if payload.contains(&b'\n') {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "message contains a newline"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "message contains a newline",
+                ));
             }
             out.extend_from_slice(payload);
             out.push(b'\n');
@@ -215,14 +242,20 @@ mod tests {
     #[test]
     fn line_frames_split_on_newline_skip_blank_lines_and_strip_cr() {
         let got = frames(b"{\"a\":1}\n\n  \r\n{\"b\":2}\r\n", McpFraming::Line, 100);
-        assert_eq!(got, vec![Ok(b"{\"a\":1}".to_vec()), Ok(b"{\"b\":2}".to_vec())]);
+        assert_eq!(
+            got,
+            vec![Ok(b"{\"a\":1}".to_vec()), Ok(b"{\"b\":2}".to_vec())]
+        );
     }
 
     #[test]
     fn line_without_final_newline_is_truncated() {
         let got = frames(b"{\"a\":1}\n{\"b\"", McpFraming::Line, 100);
         assert_eq!(got[0], Ok(b"{\"a\":1}".to_vec()));
-        assert!(got[1].as_ref().unwrap_err().contains("after 4 bytes"), "{got:?}");
+        assert!(
+            got[1].as_ref().unwrap_err().contains("after 4 bytes"),
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -231,9 +264,18 @@ mod tests {
         input.push(b'\n');
         let got = frames(&input, McpFraming::Line, 10);
         assert_eq!(got.len(), 1);
-        assert!(got[0].as_ref().unwrap_err().contains("exceeds the 10-byte limit"), "{got:?}");
+        assert!(
+            got[0]
+                .as_ref()
+                .unwrap_err()
+                .contains("exceeds the 10-byte limit"),
+            "{got:?}"
+        );
         // Exactly at the limit is fine.
-        assert_eq!(frames(b"0123456789\n", McpFraming::Line, 10), vec![Ok(b"0123456789".to_vec())]);
+        assert_eq!(
+            frames(b"0123456789\n", McpFraming::Line, 10),
+            vec![Ok(b"0123456789".to_vec())]
+        );
     }
 
     #[test]
@@ -252,11 +294,20 @@ mod tests {
         let big = frames(&1000u32.to_le_bytes(), McpFraming::Length, 100);
         assert!(big[0].as_ref().unwrap_err().contains("exceeds"), "{big:?}");
         let short_prefix = frames(&[1, 0], McpFraming::Length, 100);
-        assert!(short_prefix[0].as_ref().unwrap_err().contains("after 2 bytes"), "{short_prefix:?}");
+        assert!(
+            short_prefix[0]
+                .as_ref()
+                .unwrap_err()
+                .contains("after 2 bytes"),
+            "{short_prefix:?}"
+        );
         let mut short_body = 10u32.to_le_bytes().to_vec();
         short_body.extend_from_slice(b"abc");
         let got = frames(&short_body, McpFraming::Length, 100);
-        assert!(got[0].as_ref().unwrap_err().contains("after 7 bytes"), "{got:?}");
+        assert!(
+            got[0].as_ref().unwrap_err().contains("after 7 bytes"),
+            "{got:?}"
+        );
     }
 
     #[test]
