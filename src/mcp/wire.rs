@@ -29,7 +29,7 @@ pub enum McpFraming {
 
 /// Why a frame could not be read.
 #[derive(Debug)]
-pub enum WireError {
+pub(crate) enum WireError {
     /// Clean end of stream between frames.
     Eof,
     /// The stream ended inside a frame after `got` bytes.
