@@ -1,0 +1,820 @@
+//! A synchronous MCP client session over one [`Transport`].
+//!
+//! Threads, no async runtime: a *reader* thread decodes every message the server
+//! sends and routes responses by id to the caller waiting for them (a map
+//! id -> channel), answers the server's `ping`, and counts notifications; a
+//! *writer* thread owns the write half so that no caller ever blocks on a full
+//! pipe past its deadline. Callers on any number of threads share one session
+//! (`&self`), each waiting on its own channel with its own deadline.
+//!
+//! When the stream ends or carries something that is not JSON-RPC, every pending
+//! call fails with the reason and the session is dead (later calls fail at once).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{
+    bounded, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError,
+};
+use serde_json::{json, Map, Value};
+
+use super::error::{codes, McpError};
+use super::transport::{CloseOutcome, Transport, TransportGuard};
+use super::types::{preview, InitializeResult, Tool, ToolResult};
+use super::wire::{encode_frame, write_encoded, McpFraming, WireError, WireReader};
+use super::{LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
+
+/// Frames queued for the writer thread before callers wait (with their deadline).
+const WRITE_QUEUE_DEPTH: usize = 256;
+/// On close: how long the writer gets to flush what is queued and close the write half.
+const WRITER_FLUSH_GRACE: Duration = Duration::from_millis(500);
+/// On close: how long the reader gets to see end of file once the peer was ended.
+const READER_EXIT_GRACE: Duration = Duration::from_secs(2);
+/// When the stream ends: how long to wait for the server's exit status and stderr
+/// to put them into the error message.
+const DIAGNOSTICS_WAIT: Duration = Duration::from_millis(300);
+/// How much of an unparsable frame is quoted in the error.
+const GARBAGE_PREVIEW_LEN: usize = 120;
+
+/// Settings of a session; `Default` gives the documented defaults.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Revision offered in `initialize` (default [`LATEST_PROTOCOL_VERSION`]).
+    pub protocol_version: String,
+    /// `clientInfo.name` (default `ukload`).
+    pub client_name: String,
+    /// `clientInfo.version` (default the crate version).
+    pub client_version: String,
+    /// Deadline of the `initialize` request (default 10 s: a cold `node` start on a
+    /// loaded machine takes seconds).
+    pub init_timeout: Duration,
+    /// Deadline of each `tools/list` page (default 10 s).
+    pub request_timeout: Duration,
+    /// Most `tools/list` pages followed through `nextCursor` (default 100).
+    pub max_list_pages: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            protocol_version: LATEST_PROTOCOL_VERSION.to_string(),
+            client_name: "ukload".to_string(),
+            client_version: env!("CARGO_PKG_VERSION").to_string(),
+            init_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            max_list_pages: 100,
+        }
+    }
+}
+
+/// Counters of what the session saw; for tests, reports and diagnostics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Requests written (including `initialize`).
+    pub requests_sent: u64,
+    /// Notifications received from the server (logging, progress, ...).
+    pub notifications_received: u64,
+    /// Server-to-client requests answered (`ping` with `{}`, others with -32601).
+    pub server_requests_answered: u64,
+    /// Replies to requests that had already timed out (or duplicate replies): dropped.
+    pub late_replies_dropped: u64,
+    /// Replies whose id this session never issued: dropped.
+    pub unknown_replies: u64,
+    /// `notifications/cancelled` sent after a deadline.
+    pub cancellations_sent: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests_sent: AtomicU64,
+    notifications_received: AtomicU64,
+    server_requests_answered: AtomicU64,
+    late_replies_dropped: AtomicU64,
+    unknown_replies: AtomicU64,
+    cancellations_sent: AtomicU64,
+}
+
+/// What the reader hands a waiting caller.
+enum Reply {
+    Result(Value),
+    Error {
+        code: i64,
+        message: String,
+        data: Option<Value>,
+    },
+    Failed(McpError),
+}
+
+enum WriterCmd {
+    Frame(Vec<u8>),
+    Close,
+}
+
+struct Routing {
+    /// Next request id; ids below it were issued.
+    next_id: u64,
+    pending: HashMap<u64, Sender<Reply>>,
+    /// Why the session is dead, once it is.
+    dead: Option<McpError>,
+    /// Last reply with an id we never issued, for timeout hints.
+    last_unknown_id: Option<Value>,
+    /// Last error the server sent with a null id (it could not tell which request).
+    last_idless_error: Option<String>,
+}
+
+struct Shared {
+    peer: String,
+    framing: McpFraming,
+    out: Sender<WriterCmd>,
+    routing: Mutex<Routing>,
+    counters: Counters,
+    guard: Option<Arc<dyn TransportGuard>>,
+}
+
+impl Shared {
+    fn routing(&self) -> MutexGuard<'_, Routing> {
+        self.routing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the session dead (first reason wins) and fails every pending call.
+    fn fail_all(&self, reason: McpError) {
+        let pending = {
+            let mut r = self.routing();
+            if r.dead.is_none() {
+                r.dead = Some(reason);
+            }
+            std::mem::take(&mut r.pending)
+        };
+        let reason = self.routing().dead.clone().expect("set above");
+        for (_, tx) in pending {
+            let _ = tx.try_send(Reply::Failed(reason.clone()));
+        }
+    }
+
+    fn closed(&self, reason: impl Into<String>) -> McpError {
+        McpError::Closed {
+            peer: self.peer.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn protocol(&self, detail: impl Into<String>) -> McpError {
+        McpError::Protocol {
+            peer: self.peer.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    fn encode(&self, msg: &Value) -> Result<Vec<u8>, McpError> {
+        let payload = serde_json::to_vec(msg)
+            .map_err(|e| self.protocol(format!("encoding a message: {e}")))?;
+        encode_frame(self.framing, &payload)
+            .map_err(|e| McpError::io(format!("framing a message for {}", self.peer), e))
+    }
+
+    /// Queues a frame for the writer, waiting for room until `deadline`.
+    fn send_frame(&self, frame: Vec<u8>, deadline: Instant, what: &str) -> Result<(), McpError> {
+        if let Some(dead) = self.routing().dead.clone() {
+            return Err(dead);
+        }
+        match self.out.send_deadline(WriterCmd::Frame(frame), deadline) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => Err(self.closed(format!(
+                "the server is not reading its input: could not queue {what} before the deadline"
+            ))),
+            Err(SendTimeoutError::Disconnected(_)) => Err(self
+                .routing()
+                .dead
+                .clone()
+                .unwrap_or_else(|| self.closed("the writer has stopped"))),
+        }
+    }
+
+    fn timeout_hint(&self) -> Option<String> {
+        let r = self.routing();
+        let mut hints = Vec::new();
+        let unknown = self.counters.unknown_replies.load(Ordering::Relaxed);
+        if let Some(id) = &r.last_unknown_id {
+            hints.push(format!("the server sent {unknown} reply(ies) with ids this client never issued (last id: {id})"));
+        }
+        if let Some(err) = &r.last_idless_error {
+            hints.push(format!(
+                "the server reported an error it could not tie to a request: {err}"
+            ));
+        }
+        (!hints.is_empty()).then(|| hints.join("; "))
+    }
+
+    fn stream_ended(&self, why: &str) -> McpError {
+        let mut reason = why.to_string();
+        if let Some(diag) = self
+            .guard
+            .as_ref()
+            .and_then(|g| g.diagnostics(DIAGNOSTICS_WAIT))
+        {
+            reason.push_str("; ");
+            reason.push_str(&diag);
+        }
+        self.closed(reason)
+    }
+}
+
+struct Threads {
+    reader: Option<(JoinHandle<()>, Receiver<()>)>,
+    writer: Option<(JoinHandle<()>, Receiver<()>)>,
+    outcome: Option<CloseOutcome>,
+}
+
+/// An initialized MCP client session. `Send + Sync`: share it (e.g. in an `Arc`)
+/// and call from many threads; every call has its own deadline.
+pub struct Session {
+    shared: Arc<Shared>,
+    server: InitializeResult,
+    options: SessionOptions,
+    threads: Mutex<Threads>,
+}
+
+impl Session {
+    /// Starts the reader and writer threads on `transport`, performs `initialize`
+    /// (offering `options.protocol_version`), checks the revision the server picked
+    /// is one of [`SUPPORTED_PROTOCOL_VERSIONS`], then sends `notifications/initialized`.
+    ///
+    /// On any failure the transport is closed (a stdio child is ended and reaped).
+    pub fn initialize(transport: Transport, options: SessionOptions) -> Result<Session, McpError> {
+        let mut session = Session::start(transport, options)?;
+        match session.handshake() {
+            Ok(server) => {
+                session.server = server;
+                Ok(session)
+            }
+            Err(e) => {
+                // Report the handshake failure, not a secondary close error.
+                let _ = session.close();
+                Err(e)
+            }
+        }
+    }
+
+    fn start(transport: Transport, options: SessionOptions) -> Result<Session, McpError> {
+        let Transport {
+            reader,
+            writer,
+            framing,
+            peer,
+            guard,
+        } = transport;
+        let (out_tx, out_rx) = bounded(WRITE_QUEUE_DEPTH);
+        let shared = Arc::new(Shared {
+            peer,
+            framing,
+            out: out_tx,
+            routing: Mutex::new(Routing {
+                next_id: 1,
+                pending: HashMap::new(),
+                dead: None,
+                last_unknown_id: None,
+                last_idless_error: None,
+            }),
+            counters: Counters::default(),
+            guard,
+        });
+        let mut threads = Threads {
+            reader: None,
+            writer: None,
+            outcome: None,
+        };
+        let spawn_err = |what: &str, e| {
+            McpError::io(
+                format!("starting the MCP {what} thread for {}", shared.peer),
+                e,
+            )
+        };
+
+        let (done_tx, done_rx) = bounded::<()>(0);
+        let s = Arc::clone(&shared);
+        let writer_thread =
+            std::thread::Builder::new()
+                .name("mcp-writer".into())
+                .spawn(move || {
+                    let _done = done_tx;
+                    writer_loop(&s, writer, out_rx)
+                });
+        match writer_thread {
+            Ok(h) => threads.writer = Some((h, done_rx)),
+            Err(e) => {
+                let err = spawn_err("writer", e);
+                let session = Session {
+                    shared,
+                    server: InitializeResult::default(),
+                    options,
+                    threads: Mutex::new(threads),
+                };
+                let _ = session.close();
+                return Err(err);
+            }
+        }
+
+        let (done_tx, done_rx) = bounded::<()>(0);
+        let s = Arc::clone(&shared);
+        let reader_thread =
+            std::thread::Builder::new()
+                .name("mcp-reader".into())
+                .spawn(move || {
+                    let _done = done_tx;
+                    reader_loop(&s, reader)
+                });
+        let reader_err = match reader_thread {
+            Ok(h) => {
+                threads.reader = Some((h, done_rx));
+                None
+            }
+            Err(e) => Some(spawn_err("reader", e)),
+        };
+        let session = Session {
+            shared,
+            server: InitializeResult::default(),
+            options,
+            threads: Mutex::new(threads),
+        };
+        match reader_err {
+            None => Ok(session),
+            Some(err) => {
+                let _ = session.close();
+                Err(err)
+            }
+        }
+    }
+
+    fn handshake(&self) -> Result<InitializeResult, McpError> {
+        let params = json!({
+            "protocolVersion": self.options.protocol_version,
+            "capabilities": {},
+            "clientInfo": {"name": self.options.client_name, "version": self.options.client_version},
+        });
+        let raw =
+            self.request_inner("initialize", Some(params), self.options.init_timeout, false)?;
+        let server = InitializeResult::from_value(raw).map_err(|e| self.shared.protocol(e))?;
+        if !SUPPORTED_PROTOCOL_VERSIONS.contains(&server.protocol_version.as_str()) {
+            return Err(McpError::UnsupportedVersion {
+                offered: self.options.protocol_version.clone(),
+                got: server.protocol_version,
+                supported: &SUPPORTED_PROTOCOL_VERSIONS,
+            });
+        }
+        self.notify("notifications/initialized", None)?;
+        Ok(server)
+    }
+
+    /// What the server said in `initialize` (its chosen revision, name, capabilities).
+    pub fn server(&self) -> &InitializeResult {
+        &self.server
+    }
+
+    /// The negotiated protocol revision.
+    pub fn protocol_version(&self) -> &str {
+        &self.server.protocol_version
+    }
+
+    /// Description of the peer used in errors.
+    pub fn peer(&self) -> &str {
+        &self.shared.peer
+    }
+
+    /// The server's pid, for a stdio transport.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.shared.guard.as_ref().and_then(|g| g.pid())
+    }
+
+    /// What a stdio server wrote on stderr so far (the last 64 KiB).
+    pub fn server_stderr(&self) -> Option<String> {
+        self.shared.guard.as_ref().and_then(|g| g.stderr_tail())
+    }
+
+    /// Whether calls can still be made (not closed, stream not ended).
+    pub fn is_alive(&self) -> bool {
+        self.shared.routing().dead.is_none()
+    }
+
+    /// Counters of what the session saw.
+    pub fn stats(&self) -> SessionStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SessionStats {
+            requests_sent: get(&c.requests_sent),
+            notifications_received: get(&c.notifications_received),
+            server_requests_answered: get(&c.server_requests_answered),
+            late_replies_dropped: get(&c.late_replies_dropped),
+            unknown_replies: get(&c.unknown_replies),
+            cancellations_sent: get(&c.cancellations_sent),
+        }
+    }
+
+    /// Lists the server's tools, following `nextCursor` for at most
+    /// `options.max_list_pages` pages, each with `options.request_timeout`.
+    pub fn list_tools(&self) -> Result<Vec<Tool>, McpError> {
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..self.options.max_list_pages {
+            let params = cursor.as_ref().map(|c| json!({"cursor": c}));
+            let page = self.request("tools/list", params, self.options.request_timeout)?;
+            let list = page.get("tools").and_then(Value::as_array).ok_or_else(|| {
+                self.shared.protocol(format!(
+                    "tools/list result has no tools array: {}",
+                    preview(&page)
+                ))
+            })?;
+            for entry in list {
+                tools.push(
+                    Tool::from_value(entry)
+                        .map_err(|e| self.shared.protocol(format!("tools/list: {e}")))?,
+                );
+            }
+            match page.get("nextCursor") {
+                None | Some(Value::Null) => return Ok(tools),
+                Some(Value::String(next)) => cursor = Some(next.clone()),
+                Some(other) => {
+                    return Err(self.shared.protocol(format!(
+                        "tools/list nextCursor is not a string: {}",
+                        preview(other)
+                    )))
+                }
+            }
+        }
+        Err(self.shared.protocol(format!(
+            "tools/list still had a nextCursor after {} pages; giving up",
+            self.options.max_list_pages
+        )))
+    }
+
+    /// Calls tool `name` with `args` (an object, or `Value::Null` for none).
+    ///
+    /// `Ok` with `is_error == true` is a tool that ran and failed; an unknown tool or
+    /// bad arguments is `Err(McpError::Rpc { code: -32602, .. })`. On the deadline a
+    /// `notifications/cancelled` is sent and `Err(McpError::Timeout)` returned; the
+    /// session stays usable and a late reply is dropped.
+    pub fn call_tool(
+        &self,
+        name: &str,
+        args: Value,
+        timeout: Duration,
+    ) -> Result<ToolResult, McpError> {
+        let mut params = Map::new();
+        params.insert("name".into(), Value::String(name.to_string()));
+        if !args.is_null() {
+            params.insert("arguments".into(), args);
+        }
+        let raw = self.request("tools/call", Some(Value::Object(params)), timeout)?;
+        ToolResult::from_value(raw)
+            .map_err(|e| self.shared.protocol(format!("tools/call {name}: {e}")))
+    }
+
+    /// Sends `ping` and returns the round-trip time.
+    pub fn ping(&self, timeout: Duration) -> Result<Duration, McpError> {
+        let start = Instant::now();
+        self.request("ping", None, timeout)?;
+        Ok(start.elapsed())
+    }
+
+    /// Sends any request and returns its `result`; cancels it on the deadline.
+    pub fn request(
+        &self,
+        method: &str,
+        params: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, McpError> {
+        self.request_inner(method, params, timeout, true)
+    }
+
+    fn request_inner(
+        &self,
+        method: &str,
+        params: Option<Value>,
+        timeout: Duration,
+        cancel_on_timeout: bool,
+    ) -> Result<Value, McpError> {
+        let deadline = Instant::now() + timeout;
+        let shared = &self.shared;
+        let (tx, rx) = bounded(1);
+        let id = {
+            let mut r = shared.routing();
+            if let Some(dead) = &r.dead {
+                return Err(dead.clone());
+            }
+            let id = r.next_id;
+            r.next_id += 1;
+            r.pending.insert(id, tx);
+            id
+        };
+        let mut msg = json!({"jsonrpc": "2.0", "id": id, "method": method});
+        if let Some(p) = params {
+            msg["params"] = p;
+        }
+        let sent = shared
+            .encode(&msg)
+            .and_then(|frame| shared.send_frame(frame, deadline, method));
+        if let Err(e) = sent {
+            shared.routing().pending.remove(&id);
+            return Err(e);
+        }
+        shared
+            .counters
+            .requests_sent
+            .fetch_add(1, Ordering::Relaxed);
+        let reply = match rx.recv_deadline(deadline) {
+            Ok(reply) => reply,
+            Err(RecvTimeoutError::Timeout) => {
+                let still_pending = shared.routing().pending.remove(&id).is_some();
+                match rx.try_recv() {
+                    // The answer raced the deadline and won: use it.
+                    Ok(reply) if !still_pending => reply,
+                    _ => {
+                        if cancel_on_timeout {
+                            self.send_cancel(id, timeout);
+                        }
+                        return Err(McpError::Timeout {
+                            method: method.to_string(),
+                            id,
+                            after: timeout,
+                            hint: shared.timeout_hint(),
+                        });
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(shared
+                    .routing()
+                    .dead
+                    .clone()
+                    .unwrap_or_else(|| shared.closed("the reader has stopped")))
+            }
+        };
+        match reply {
+            Reply::Result(v) => Ok(v),
+            Reply::Error {
+                code,
+                message,
+                data,
+            } => Err(McpError::Rpc {
+                method: method.to_string(),
+                code,
+                message,
+                data,
+            }),
+            Reply::Failed(e) => Err(e),
+        }
+    }
+
+    /// Best effort: tells the server we no longer want request `id`.
+    fn send_cancel(&self, id: u64, after: Duration) {
+        let params =
+            json!({"requestId": id, "reason": format!("client deadline of {after:?} expired")});
+        let msg = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params});
+        let Ok(frame) = self.shared.encode(&msg) else {
+            return;
+        };
+        if self.shared.out.try_send(WriterCmd::Frame(frame)).is_ok() {
+            self.shared
+                .counters
+                .cancellations_sent
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends a notification (no reply expected).
+    pub fn notify(&self, method: &str, params: Option<Value>) -> Result<(), McpError> {
+        let mut msg = json!({"jsonrpc": "2.0", "method": method});
+        if let Some(p) = params {
+            msg["params"] = p;
+        }
+        let frame = self.shared.encode(&msg)?;
+        self.shared
+            .send_frame(frame, Instant::now() + self.options.request_timeout, method)
+    }
+
+    /// Ends the session: fails pending calls, closes the write half, ends the peer
+    /// through the transport's guard (a stdio child is ended and reaped), and joins
+    /// the threads. Idempotent; also run on drop.
+    pub fn close(&self) -> Result<CloseOutcome, McpError> {
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(outcome) = &threads.outcome {
+            return Ok(outcome.clone());
+        }
+        let shared = &self.shared;
+        shared.fail_all(shared.closed("the session was closed"));
+        // Queued frames (e.g. a cancellation) are written first; then the write half closes.
+        let _ = shared
+            .out
+            .send_timeout(WriterCmd::Close, WRITER_FLUSH_GRACE);
+        if let Some((_, done)) = &threads.writer {
+            let _ = done.recv_timeout(WRITER_FLUSH_GRACE);
+        }
+        let outcome = match &shared.guard {
+            Some(guard) => guard
+                .shutdown()
+                .map_err(|e| McpError::io(format!("ending {}", shared.peer), e)),
+            None => Ok(CloseOutcome::default()),
+        };
+        // A thread still running past its grace is blocked on a stream nobody can
+        // end (no guard); it is left detached rather than hanging the caller.
+        let t = &mut *threads;
+        for slot in [&mut t.writer, &mut t.reader] {
+            if let Some((handle, done)) = slot.take() {
+                if !matches!(
+                    done.recv_timeout(READER_EXIT_GRACE),
+                    Err(RecvTimeoutError::Timeout)
+                ) {
+                    let _ = handle.join();
+                }
+            }
+        }
+        let outcome = outcome?;
+        threads.outcome = Some(outcome.clone());
+        Ok(outcome)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn writer_loop(
+    shared: &Shared,
+    mut writer: Box<dyn std::io::Write + Send>,
+    rx: Receiver<WriterCmd>,
+) {
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            WriterCmd::Frame(frame) => {
+                if let Err(e) = write_encoded(&mut writer, &frame) {
+                    shared.fail_all(
+                        shared.stream_ended(&format!("writing to the server failed: {e}")),
+                    );
+                    return;
+                }
+            }
+            WriterCmd::Close => return,
+        }
+    }
+}
+
+fn reader_loop(shared: &Shared, reader: Box<dyn std::io::Read + Send>) {
+    let mut frames = WireReader::new(reader, shared.framing);
+    loop {
+        let frame = match frames.read_frame() {
+            Ok(frame) => frame,
+            Err(WireError::Eof) => {
+                shared.fail_all(shared.stream_ended("the server closed its output"));
+                return;
+            }
+            Err(e @ WireError::Io(_)) => {
+                shared.fail_all(shared.stream_ended(&format!("reading from the server: {e}")));
+                return;
+            }
+            Err(e) => {
+                shared.fail_all(shared.protocol(format!("unreadable output: {e}")));
+                return;
+            }
+        };
+        let msg: Value = match serde_json::from_slice(&frame) {
+            Ok(v) => v,
+            Err(e) => {
+                let shown = String::from_utf8_lossy(&frame[..frame.len().min(GARBAGE_PREVIEW_LEN)])
+                    .into_owned();
+                shared.fail_all(shared.protocol(format!(
+                    "output is not valid JSON ({e}); {} bytes starting {shown:?}",
+                    frame.len()
+                )));
+                return;
+            }
+        };
+        if let Err(e) = dispatch(shared, msg, true) {
+            shared.fail_all(e);
+            return;
+        }
+    }
+}
+
+/// Handles one decoded message. An `Err` is a protocol violation that kills the session.
+fn dispatch(shared: &Shared, msg: Value, allow_batch: bool) -> Result<(), McpError> {
+    let obj = match msg {
+        Value::Object(obj) => obj,
+        Value::Array(items) if allow_batch && !items.is_empty() => {
+            return items
+                .into_iter()
+                .try_for_each(|m| dispatch(shared, m, false));
+        }
+        other => {
+            return Err(shared.protocol(format!("not a JSON-RPC message: {}", preview(&other))))
+        }
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(shared.protocol(format!(
+            "message without \"jsonrpc\":\"2.0\": {}",
+            preview(&Value::Object(obj))
+        )));
+    }
+    let id = obj.get("id").filter(|id| !id.is_null()).cloned();
+    if let Some(method) = obj.get("method").and_then(Value::as_str) {
+        match id {
+            Some(id) => answer_server_request(shared, id, method),
+            None => {
+                shared
+                    .counters
+                    .notifications_received
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        return Ok(());
+    }
+    let reply = if let Some(result) = obj.get("result") {
+        Reply::Result(result.clone())
+    } else if let Some(err) = obj.get("error") {
+        let code = err.get("code").and_then(Value::as_i64);
+        let message = err.get("message").and_then(Value::as_str);
+        match (code, message) {
+            (Some(code), Some(message)) => Reply::Error {
+                code,
+                message: message.to_string(),
+                data: err.get("data").cloned(),
+            },
+            _ => {
+                Reply::Failed(shared.protocol(format!("malformed error object: {}", preview(err))))
+            }
+        }
+    } else {
+        return Err(shared.protocol(format!(
+            "message with neither method, result nor error: {}",
+            preview(&Value::Object(obj))
+        )));
+    };
+    route(shared, id, reply);
+    Ok(())
+}
+
+fn route(shared: &Shared, id: Option<Value>, reply: Reply) {
+    let mut r = shared.routing();
+    let Some(id) = id else {
+        if let Reply::Error { code, message, .. } = &reply {
+            r.last_idless_error = Some(format!("{code} {message}"));
+        } else {
+            r.last_unknown_id = Some(Value::Null);
+            shared
+                .counters
+                .unknown_replies
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    };
+    let numeric = id.as_u64();
+    if let Some(tx) = numeric.and_then(|n| r.pending.remove(&n)) {
+        drop(r);
+        let _ = tx.try_send(reply);
+    } else if numeric.is_some_and(|n| n > 0 && n < r.next_id) {
+        shared
+            .counters
+            .late_replies_dropped
+            .fetch_add(1, Ordering::Relaxed);
+    } else {
+        r.last_unknown_id = Some(id);
+        shared
+            .counters
+            .unknown_replies
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Answers a request the server sent us: `ping` with `{}`, anything else with -32601
+/// (this client declares no capabilities, so it serves no other method).
+fn answer_server_request(shared: &Shared, id: Value, method: &str) {
+    let reply = if method == "ping" {
+        json!({"jsonrpc": "2.0", "id": id, "result": {}})
+    } else {
+        json!({"jsonrpc": "2.0", "id": id, "error": {
+            "code": codes::METHOD_NOT_FOUND,
+            "message": format!("Method not found: {method} (this client declares no capabilities)"),
+        }})
+    };
+    // Never block the reader: a full queue means the writer is stuck anyway.
+    if let Ok(frame) = shared.encode(&reply) {
+        match shared.out.try_send(WriterCmd::Frame(frame)) {
+            Ok(()) => {
+                shared
+                    .counters
+                    .server_requests_answered
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// `Session` is shared across caller threads by design; fail the build if a field breaks that.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Session>();
+};

@@ -1,0 +1,548 @@
+//! The stdio transport: an MCP server as a child process.
+//!
+//! MCP stdio servers are orphaned often in the wild (clients close the pipe and
+//! never kill or reap the child). Here the child runs in its own process group,
+//! and [`StdioChild::shutdown`] (also run on drop) always ends in a reaped child:
+//! close stdin, wait a grace period, SIGTERM the group, wait, SIGKILL the group,
+//! reap. The spawn itself is one small function, [`spawn_stdio_child`], so the
+//! supervisor's spawn can replace it later.
+
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::transport::{CloseOutcome, Transport, TransportGuard};
+use super::wire::McpFraming;
+
+/// How much of the child's stderr is kept (the most recent bytes).
+pub const STDERR_TAIL_LEN: usize = 64 * 1024;
+/// After stdin is closed, how long a well-behaved server gets to exit by itself.
+pub const STDIN_CLOSE_GRACE: Duration = Duration::from_millis(500);
+/// After SIGTERM to the group, how long before SIGKILL.
+pub const TERM_GRACE: Duration = Duration::from_millis(1000);
+/// After SIGKILL, how long we wait for the kernel to let us reap the child.
+pub const KILL_REAP_DEADLINE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the stderr reader to see end of file.
+const STDERR_DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// Poll interval for waiting on a child when `pidfd_open` is unavailable.
+const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// Read size of the stderr thread.
+const STDERR_CHUNK: usize = 8 * 1024;
+/// How much stderr goes into an error message.
+const STDERR_IN_ERRORS: usize = 2 * 1024;
+
+/// The last [`STDERR_TAIL_LEN`] bytes a child wrote to stderr, shared with the
+/// thread that reads them.
+#[derive(Clone, Default)]
+pub struct StderrTail {
+    inner: Arc<(Mutex<TailState>, Condvar)>,
+}
+
+#[derive(Default)]
+struct TailState {
+    bytes: VecDeque<u8>,
+    total: u64,
+    eof: bool,
+}
+
+impl StderrTail {
+    fn state(&self) -> MutexGuard<'_, TailState> {
+        self.inner.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, chunk: &[u8]) {
+        let mut st = self.state();
+        st.total += chunk.len() as u64;
+        let chunk = &chunk[chunk.len().saturating_sub(STDERR_TAIL_LEN)..];
+        let overflow = (st.bytes.len() + chunk.len()).saturating_sub(STDERR_TAIL_LEN);
+        st.bytes.drain(..overflow);
+        st.bytes.extend(chunk);
+    }
+
+    fn set_eof(&self) {
+        self.state().eof = true;
+        self.inner.1.notify_all();
+    }
+
+    /// The kept bytes, decoded lossily.
+    pub fn contents(&self) -> String {
+        let st = self.state();
+        let (a, b) = st.bytes.as_slices();
+        let mut v = Vec::with_capacity(a.len() + b.len());
+        v.extend_from_slice(a);
+        v.extend_from_slice(b);
+        String::from_utf8_lossy(&v).into_owned()
+    }
+
+    /// Total bytes the child wrote to stderr (including those no longer kept).
+    pub fn total_bytes(&self) -> u64 {
+        self.state().total
+    }
+
+    /// Whether every writer of the pipe has closed it.
+    pub fn is_eof(&self) -> bool {
+        self.state().eof
+    }
+
+    /// Waits until end of file or `timeout`; returns whether end of file was seen.
+    pub fn wait_eof(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state();
+        while !st.eof {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = self
+                .inner
+                .1
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// The end of the kept text, at most `max` bytes, starting at a line boundary when possible.
+    pub fn last(&self, max: usize) -> String {
+        let text = self.contents();
+        let text = text.trim_end();
+        if text.len() <= max {
+            return text.to_string();
+        }
+        let mut start = text.len() - max;
+        while !text.is_char_boundary(start) {
+            start += 1;
+        }
+        let tail = &text[start..];
+        match tail.find('\n') {
+            Some(nl) if nl + 1 < tail.len() => tail[nl + 1..].to_string(),
+            _ => tail.to_string(),
+        }
+    }
+}
+
+/// A spawned stdio MCP server. Owns the child until it is reaped.
+pub struct StdioChild {
+    argv: Vec<String>,
+    pid: u32,
+    state: Mutex<ChildState>,
+    stderr: StderrTail,
+    stderr_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct ChildState {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Option<ChildStdout>,
+    /// Set once the child is reaped.
+    status: Option<ExitStatus>,
+    /// Set once shutdown finished.
+    outcome: Option<CloseOutcome>,
+}
+
+/// Spawns `argv` with piped stdin/stdout, stderr kept in a [`StderrTail`], in a
+/// new process group whose id is the child's pid.
+///
+/// The single place a stdio MCP server is started (to be swapped for the supervisor's spawn).
+pub fn spawn_stdio_child(argv: &[String]) -> io::Result<StdioChild> {
+    let (program, args) = argv.split_first().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "empty command for the stdio MCP server",
+        )
+    })?;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("spawning {argv:?}: {e}")))?;
+    let pid = child.id();
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr_pipe = child.stderr.take();
+    let stderr = StderrTail::default();
+    let tail = stderr.clone();
+    let thread = match stderr_pipe {
+        Some(pipe) => std::thread::Builder::new()
+            .name(format!("mcp-stderr-{pid}"))
+            .spawn(move || drain_stderr(pipe, tail))
+            .map(Some),
+        None => Ok(None),
+    };
+    let out = StdioChild {
+        argv: argv.to_vec(),
+        pid,
+        state: Mutex::new(ChildState {
+            child,
+            stdin,
+            stdout,
+            status: None,
+            outcome: None,
+        }),
+        stderr,
+        stderr_thread: Mutex::new(None),
+    };
+    match thread {
+        Ok(handle) => {
+            *out.stderr_thread.lock().unwrap_or_else(|p| p.into_inner()) = handle;
+            Ok(out)
+        }
+        // Dropping `out` kills and reaps the child.
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("starting the stderr reader for pid {pid}: {e}"),
+        )),
+    }
+}
+
+fn drain_stderr(mut pipe: impl Read, tail: StderrTail) {
+    let mut buf = [0u8; STDERR_CHUNK];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => tail.push(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    tail.set_eof();
+}
+
+impl StdioChild {
+    /// The child's pid, which is also its process-group id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The command line it was started with.
+    pub fn argv(&self) -> &[String] {
+        &self.argv
+    }
+
+    /// A handle on the child's stderr tail.
+    pub fn stderr_tail(&self) -> StderrTail {
+        self.stderr.clone()
+    }
+
+    fn state(&self) -> MutexGuard<'_, ChildState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the child's stdin (the writer of a transport).
+    pub fn take_stdin(&self) -> Option<ChildStdin> {
+        self.state().stdin.take()
+    }
+
+    /// Takes the child's stdout (the reader of a transport).
+    pub fn take_stdout(&self) -> Option<ChildStdout> {
+        self.state().stdout.take()
+    }
+
+    /// A description for messages: `stdio server pid N (argv)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "stdio MCP server pid {} ({})",
+            self.pid,
+            self.argv.join(" ")
+        )
+    }
+
+    /// Makes a transport of this child's stdin/stdout; the child becomes the
+    /// transport's guard (ended and reaped when the session closes).
+    pub fn into_transport(self, framing: McpFraming) -> io::Result<Transport> {
+        let (stdin, stdout) = (self.take_stdin(), self.take_stdout());
+        let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: stdin/stdout already taken", self.describe()),
+            ));
+        };
+        let peer = self.describe();
+        Ok(
+            Transport::new(Box::new(stdout), Box::new(stdin), framing, peer)
+                .with_guard(Arc::new(self)),
+        )
+    }
+
+    /// The exit status if the child has exited (reaping it), without blocking.
+    pub fn try_status(&self) -> io::Result<Option<ExitStatus>> {
+        let mut st = self.state();
+        if st.status.is_none() {
+            st.status = st.child.try_wait()?;
+        }
+        Ok(st.status)
+    }
+
+    /// Ends the child and reaps it; idempotent (later calls return the first outcome).
+    ///
+    /// Closes stdin (if still held here), waits [`STDIN_CLOSE_GRACE`] for the child to
+    /// exit; if it has not, or other members of its process group remain, SIGTERM to
+    /// the group, [`TERM_GRACE`], SIGKILL to the group, then reaps (bounded by
+    /// [`KILL_REAP_DEADLINE`]). Errors only if the child could not be reaped.
+    pub fn shutdown(&self) -> io::Result<CloseOutcome> {
+        let mut st = self.state();
+        if let Some(outcome) = &st.outcome {
+            return Ok(outcome.clone());
+        }
+        drop(st.stdin.take());
+        let pgid = self.pid as libc::pid_t;
+        let mut signal_sent = None;
+        if st.status.is_none() {
+            st.status = wait_deadline(&mut st.child, Instant::now() + STDIN_CLOSE_GRACE)?;
+        }
+        if st.status.is_none() || group_alive(pgid) {
+            signal_sent = Some(libc::SIGTERM);
+            signal_group(pgid, libc::SIGTERM)?;
+            if st.status.is_none() {
+                st.status = wait_deadline(&mut st.child, Instant::now() + TERM_GRACE)?;
+            }
+            if st.status.is_none() || group_alive(pgid) {
+                signal_sent = Some(libc::SIGKILL);
+                signal_group(pgid, libc::SIGKILL)?;
+                if st.status.is_none() {
+                    st.status = wait_deadline(&mut st.child, Instant::now() + KILL_REAP_DEADLINE)?;
+                }
+            }
+        }
+        let Some(status) = st.status else {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{}: not reaped {KILL_REAP_DEADLINE:?} after SIGKILL",
+                    self.describe()
+                ),
+            ));
+        };
+        drop(st.stdout.take());
+        let outcome = CloseOutcome {
+            exit_status: Some(status),
+            signal_sent,
+        };
+        st.outcome = Some(outcome.clone());
+        drop(st);
+        // The pipe reaches end of file once the whole group is gone; a process that
+        // left the group and kept stderr open would keep the thread: leave it detached.
+        if self.stderr.wait_eof(STDERR_DRAIN_GRACE) {
+            if let Some(handle) = self
+                .stderr_thread
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                let _ = handle.join();
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+impl TransportGuard for StdioChild {
+    fn shutdown(&self) -> io::Result<CloseOutcome> {
+        StdioChild::shutdown(self)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.pid)
+    }
+
+    fn stderr_tail(&self) -> Option<String> {
+        Some(self.stderr.contents())
+    }
+
+    fn diagnostics(&self, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        self.stderr.wait_eof(wait);
+        let status = {
+            let mut st = self.state();
+            if st.status.is_none() {
+                st.status = wait_deadline(&mut st.child, deadline).ok().flatten();
+            }
+            st.status
+        };
+        let mut out = match status {
+            Some(s) => format!("pid {} exited ({s})", self.pid),
+            None => format!("pid {} still running", self.pid),
+        };
+        let tail = self.stderr.last(STDERR_IN_ERRORS);
+        if tail.is_empty() {
+            out.push_str("; its stderr is empty");
+        } else {
+            out.push_str("; last stderr:\n");
+            out.push_str(&tail);
+        }
+        Some(out)
+    }
+}
+
+impl Drop for StdioChild {
+    fn drop(&mut self) {
+        // Errors cannot be reported from drop; shutdown already escalated to SIGKILL.
+        let _ = StdioChild::shutdown(self);
+    }
+}
+
+/// Sends `sig` to every process in group `pgid`. Ok(false) if the group is gone.
+fn signal_group(pgid: libc::pid_t, sig: libc::c_int) -> io::Result<bool> {
+    if pgid <= 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to signal process group {pgid}"),
+        ));
+    }
+    // SAFETY: kill(2) with a negative pid only sends a signal; pgid > 1 is the group
+    // this module created for its own child (process_group(0) makes pgid == pid), and
+    // the child is not yet reaped or the group still has members, so the id is ours.
+    let rc = unsafe { libc::kill(-pgid, sig) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(false)
+    } else {
+        Err(io::Error::new(
+            err.kind(),
+            format!("kill(-{pgid}, {sig}): {err}"),
+        ))
+    }
+}
+
+/// Whether any process (zombies included) is left in group `pgid`.
+fn group_alive(pgid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 performs only the existence/permission check, sends nothing.
+    let rc = unsafe { libc::kill(-pgid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Waits for `child` to exit until `deadline`, reaping it. Ok(None) on timeout.
+///
+/// Sleeps in poll(2) on a pidfd when the kernel has `pidfd_open` (Linux 5.3+),
+/// otherwise polls `try_wait` every [`EXIT_POLL_INTERVAL`].
+fn wait_deadline(child: &mut Child, deadline: Instant) -> io::Result<Option<ExitStatus>> {
+    if let Some(status) = child.try_wait()? {
+        return Ok(Some(status));
+    }
+    let pidfd = pidfd_open(child.id());
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        let remaining = deadline - now;
+        match &pidfd {
+            Some(fd) => poll_readable(fd, remaining)?,
+            None => std::thread::sleep(remaining.min(EXIT_POLL_INTERVAL)),
+        }
+    }
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; the pid is
+    // our unreaped child, so it cannot have been reused.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the syscall returned a fresh fd that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Waits until `fd` is readable (a pidfd is readable once the process exits) or `timeout`.
+fn poll_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // Round up so a sub-millisecond remainder does not become a busy loop.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: pfd is a valid pollfd for the duration of the call and nfds is 1.
+    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(io::Error::new(err.kind(), format!("poll(pidfd): {err}")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["/bin/sh".into(), "-c".into(), script.into()]
+    }
+
+    fn pid_exists(pid: u32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[test]
+    fn cooperative_child_exits_on_stdin_close_without_signals() {
+        let child = spawn_stdio_child(&sh("cat >/dev/null; echo bye >&2; exit 7")).unwrap();
+        let pid = child.pid();
+        let outcome = child.shutdown().unwrap();
+        assert_eq!(outcome.exit_status.unwrap().code(), Some(7));
+        assert_eq!(outcome.signal_sent, None);
+        assert_eq!(child.stderr_tail().contents(), "bye\n");
+        assert!(!pid_exists(pid));
+        // Idempotent.
+        assert_eq!(child.shutdown().unwrap(), outcome);
+    }
+
+    #[test]
+    fn child_ignoring_stdin_and_sigterm_is_killed_and_reaped() {
+        // `exec` keeps a single process in the group; it ignores TERM and never reads.
+        let child = spawn_stdio_child(&sh("trap '' TERM; exec sleep 30")).unwrap();
+        let pid = child.pid();
+        let start = Instant::now();
+        let outcome = child.shutdown().unwrap();
+        assert_eq!(outcome.signal_sent, Some(libc::SIGKILL));
+        assert!(start.elapsed() < STDIN_CLOSE_GRACE + TERM_GRACE + KILL_REAP_DEADLINE);
+        assert!(!pid_exists(pid));
+        assert!(!group_alive(pid as i32));
+    }
+
+    #[test]
+    fn drop_reaps_the_child() {
+        let child = spawn_stdio_child(&sh("exec sleep 30")).unwrap();
+        let pid = child.pid();
+        drop(child);
+        assert!(!pid_exists(pid));
+    }
+
+    #[test]
+    fn spawn_failure_names_the_command() {
+        let err = spawn_stdio_child(&["/nonexistent/mcp-server".to_string()])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("/nonexistent/mcp-server"), "{err}");
+        assert!(spawn_stdio_child(&[]).is_err());
+    }
+
+    #[test]
+    fn stderr_tail_keeps_only_the_last_bytes() {
+        let tail = StderrTail::default();
+        tail.push(&vec![b'a'; STDERR_TAIL_LEN]);
+        tail.push(b"\nlast line");
+        assert_eq!(tail.total_bytes(), STDERR_TAIL_LEN as u64 + 10);
+        let text = tail.contents();
+        assert_eq!(text.len(), STDERR_TAIL_LEN);
+        assert!(text.ends_with("\nlast line"));
+        assert_eq!(tail.last(20), "last line");
+    }
+}

@@ -1,0 +1,150 @@
+//! What a [`Session`](super::Session) runs over: a boxed reader, a boxed writer,
+//! a framing, and optionally a guard that ends the peer when the session closes.
+//!
+//! Every byte stream plugs in the same way: a stdio child
+//! ([`Transport::stdio`]), a Unix stream such as hybrid vsock after its
+//! `CONNECT` handshake ([`Transport::unix_stream`]), or an `AF_VSOCK` stream
+//! (reader and writer from `try_clone`, plus a guard that shuts the socket down).
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::error::McpError;
+use super::stdio::spawn_stdio_child;
+use super::wire::McpFraming;
+
+/// How the peer ended when the session closed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CloseOutcome {
+    /// The server process's exit status, for transports that own a process.
+    pub exit_status: Option<ExitStatus>,
+    /// The strongest signal that had to be sent to its process group
+    /// (`None`: it exited by itself once its stdin was closed).
+    pub signal_sent: Option<i32>,
+}
+
+/// Ends the peer of a transport and releases what it holds.
+///
+/// The session calls [`shutdown`](TransportGuard::shutdown) after it has dropped
+/// its writer; the guard must make the reader reach end of file (kill the
+/// process, shut the socket down) and return within bounded time.
+pub trait TransportGuard: Send + Sync {
+    /// Ends the peer; idempotent.
+    fn shutdown(&self) -> io::Result<CloseOutcome>;
+    /// The server's pid, when the transport owns a process.
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+    /// What the server wrote on stderr so far, when it is a process.
+    fn stderr_tail(&self) -> Option<String> {
+        None
+    }
+    /// Context for an error message after the stream ended (exit status, stderr
+    /// tail); may wait up to `wait` for that context to be complete.
+    fn diagnostics(&self, wait: Duration) -> Option<String> {
+        let _ = wait;
+        None
+    }
+}
+
+/// A byte stream to an MCP server, ready for [`Session::initialize`](super::Session::initialize).
+pub struct Transport {
+    pub(crate) reader: Box<dyn Read + Send>,
+    pub(crate) writer: Box<dyn Write + Send>,
+    pub(crate) framing: McpFraming,
+    pub(crate) peer: String,
+    pub(crate) guard: Option<Arc<dyn TransportGuard>>,
+}
+
+impl Transport {
+    /// A transport over any reader/writer pair. `peer` describes the server in errors.
+    ///
+    /// Without a guard, closing the session drops the writer but cannot force the
+    /// reader to end: give a guard for anything that may not close by itself.
+    pub fn new(
+        reader: Box<dyn Read + Send>,
+        writer: Box<dyn Write + Send>,
+        framing: McpFraming,
+        peer: impl Into<String>,
+    ) -> Self {
+        Transport {
+            reader,
+            writer,
+            framing,
+            peer: peer.into(),
+            guard: None,
+        }
+    }
+
+    /// Sets what ends the peer when the session closes.
+    pub fn with_guard(mut self, guard: Arc<dyn TransportGuard>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// Spawns `argv` as a stdio MCP server (its own process group, stderr kept);
+    /// the session kills and reaps it on close.
+    pub fn stdio(argv: &[String], framing: McpFraming) -> Result<Transport, McpError> {
+        let child = spawn_stdio_child(argv)
+            .map_err(|e| McpError::io("starting the stdio MCP server", e))?;
+        child
+            .into_transport(framing)
+            .map_err(|e| McpError::io("connecting to the stdio MCP server", e))
+    }
+
+    /// A transport over a connected Unix stream (e.g. hybrid vsock after `CONNECT`);
+    /// closing the session shuts the socket down.
+    pub fn unix_stream(
+        stream: UnixStream,
+        framing: McpFraming,
+        peer: impl Into<String>,
+    ) -> Result<Transport, McpError> {
+        let peer = peer.into();
+        let clone = |s: &UnixStream| {
+            s.try_clone()
+                .map_err(|e| McpError::io(format!("try_clone of the socket to {peer}"), e))
+        };
+        let reader = clone(&stream)?;
+        let guard = clone(&stream)?;
+        Ok(
+            Transport::new(Box::new(reader), Box::new(stream), framing, peer.clone())
+                .with_guard(Arc::new(SocketGuard(guard))),
+        )
+    }
+
+    /// The framing in use.
+    pub fn framing(&self) -> McpFraming {
+        self.framing
+    }
+
+    /// The peer's description.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// The server's pid, when the transport owns a process.
+    pub fn pid(&self) -> Option<u32> {
+        self.guard.as_ref().and_then(|g| g.pid())
+    }
+}
+
+/// Shuts a socket down (both directions) so the session's reader sees end of file.
+struct SocketGuard(UnixStream);
+
+impl TransportGuard for SocketGuard {
+    fn shutdown(&self) -> io::Result<CloseOutcome> {
+        match self.0.shutdown(Shutdown::Both) {
+            Ok(()) => Ok(CloseOutcome::default()),
+            // Already disconnected by the peer: nothing left to end.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(CloseOutcome::default()),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("shutdown of the MCP socket: {e}"),
+            )),
+        }
+    }
+}

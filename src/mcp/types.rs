@@ -1,0 +1,267 @@
+//! MCP result shapes the client decodes: the `initialize` result, tools, tool results.
+//!
+//! Decoding keeps the raw JSON next to the typed fields so a caller can print
+//! exactly what the server sent (`ukload mcp call --format json`).
+
+use serde_json::{Map, Value};
+
+/// What the server answered to `initialize`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InitializeResult {
+    /// The protocol revision the server picked (one of the supported ones).
+    pub protocol_version: String,
+    /// `serverInfo.name` (empty if absent).
+    pub server_name: String,
+    /// `serverInfo.version` (empty if absent).
+    pub server_version: String,
+    /// The server's `capabilities` object.
+    pub capabilities: Value,
+    /// Optional usage instructions for the client.
+    pub instructions: Option<String>,
+    /// The whole result object.
+    pub raw: Value,
+}
+
+/// One entry of `tools/list`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub title: Option<String>,
+    pub description: Option<String>,
+    /// JSON Schema of the arguments (`{"type":"object"}` if the server gave none).
+    pub input_schema: Value,
+    /// JSON Schema of `structuredContent`, if declared.
+    pub output_schema: Option<Value>,
+    /// The whole entry as sent.
+    pub raw: Value,
+}
+
+/// One item of a tool result's `content`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Content {
+    Text {
+        text: String,
+    },
+    Image {
+        data: String,
+        mime_type: String,
+    },
+    Audio {
+        data: String,
+        mime_type: String,
+    },
+    /// Resources, resource links and types this client does not model, as sent.
+    Other(Value),
+}
+
+/// The outcome of a `tools/call` that reached the tool.
+///
+/// `is_error == true` means the tool ran and failed (a tool-level error the model
+/// should see), which is different from a JSON-RPC error (`McpError::Rpc`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolResult {
+    pub content: Vec<Content>,
+    pub is_error: bool,
+    /// `structuredContent`, if the tool returned one.
+    pub structured: Option<Value>,
+    /// The whole result object as sent.
+    pub raw: Value,
+}
+
+impl ToolResult {
+    /// The text items of `content`, joined by newlines.
+    pub fn text(&self) -> String {
+        let texts: Vec<&str> = self
+            .content
+            .iter()
+            .filter_map(|c| match c {
+                Content::Text { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        texts.join("\n")
+    }
+}
+
+fn as_object<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
+    v.as_object()
+        .ok_or_else(|| format!("{what} is not an object: {}", preview(v)))
+}
+
+fn opt_string(m: &Map<String, Value>, key: &str, what: &str) -> Result<Option<String>, String> {
+    match m.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!("{what}.{key} is not a string: {}", preview(other))),
+    }
+}
+
+/// A short rendering of a JSON value for error messages.
+pub(crate) fn preview(v: &Value) -> String {
+    const MAX: usize = 200;
+    let s = v.to_string();
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
+impl InitializeResult {
+    pub(crate) fn from_value(v: Value) -> Result<Self, String> {
+        let m = as_object(&v, "initialize result")?;
+        let protocol_version = opt_string(m, "protocolVersion", "initialize result")?
+            .ok_or("initialize result has no protocolVersion")?;
+        let info = m.get("serverInfo").and_then(Value::as_object);
+        let info_str = |k: &str| {
+            info.and_then(|i| i.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        Ok(InitializeResult {
+            protocol_version,
+            server_name: info_str("name"),
+            server_version: info_str("version"),
+            capabilities: m
+                .get("capabilities")
+                .cloned()
+                .unwrap_or_else(|| Value::Object(Map::new())),
+            instructions: opt_string(m, "instructions", "initialize result")?,
+            raw: v.clone(),
+        })
+    }
+}
+
+impl Tool {
+    pub(crate) fn from_value(v: &Value) -> Result<Self, String> {
+        let m = as_object(v, "tool")?;
+        let name = opt_string(m, "name", "tool")?
+            .ok_or_else(|| format!("tool without a name: {}", preview(v)))?;
+        let what = format!("tool {name:?}");
+        let input_schema = match m.get("inputSchema") {
+            None | Some(Value::Null) => serde_json::json!({"type": "object"}),
+            Some(s @ Value::Object(_)) => s.clone(),
+            Some(other) => {
+                return Err(format!(
+                    "{what}: inputSchema is not an object: {}",
+                    preview(other)
+                ))
+            }
+        };
+        Ok(Tool {
+            title: opt_string(m, "title", &what)?,
+            description: opt_string(m, "description", &what)?,
+            input_schema,
+            output_schema: m.get("outputSchema").filter(|s| !s.is_null()).cloned(),
+            raw: v.clone(),
+            name,
+        })
+    }
+}
+
+impl Content {
+    fn from_value(v: &Value) -> Content {
+        let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        match v.get("type").and_then(Value::as_str) {
+            Some("text") => match field("text") {
+                Some(text) => Content::Text { text },
+                None => Content::Other(v.clone()),
+            },
+            Some(kind @ ("image" | "audio")) => match (field("data"), field("mimeType")) {
+                (Some(data), Some(mime_type)) if kind == "image" => {
+                    Content::Image { data, mime_type }
+                }
+                (Some(data), Some(mime_type)) => Content::Audio { data, mime_type },
+                _ => Content::Other(v.clone()),
+            },
+            _ => Content::Other(v.clone()),
+        }
+    }
+}
+
+impl ToolResult {
+    /// Decodes a `tools/call` result. A missing `content` is read as empty.
+    pub fn from_value(v: Value) -> Result<Self, String> {
+        let m = as_object(&v, "tools/call result")?;
+        let content = match m.get("content") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items.iter().map(Content::from_value).collect(),
+            Some(other) => {
+                return Err(format!(
+                    "tools/call result: content is not an array: {}",
+                    preview(other)
+                ))
+            }
+        };
+        let is_error = match m.get("isError") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(format!(
+                    "tools/call result: isError is not a boolean: {}",
+                    preview(other)
+                ))
+            }
+        };
+        let structured = m.get("structuredContent").filter(|s| !s.is_null()).cloned();
+        Ok(ToolResult {
+            content,
+            is_error,
+            structured,
+            raw: v,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tool_result_decodes_text_error_flag_and_structured_content() {
+        let r = ToolResult::from_value(json!({
+            "content": [{"type":"text","text":"a"}, {"type":"image","data":"AA==","mimeType":"image/png"},
+                        {"type":"text","text":"b"}, {"type":"resource_link","uri":"file:///x"}],
+            "isError": true,
+            "structuredContent": {"sum": 5}
+        }))
+        .unwrap();
+        assert_eq!(r.text(), "a\nb");
+        assert!(r.is_error);
+        assert_eq!(r.structured, Some(json!({"sum": 5})));
+        assert_eq!(
+            r.content[1],
+            Content::Image {
+                data: "AA==".into(),
+                mime_type: "image/png".into()
+            }
+        );
+        assert!(matches!(r.content[3], Content::Other(_)));
+    }
+
+    #[test]
+    fn malformed_results_are_refused_with_the_reason() {
+        assert!(ToolResult::from_value(json!([1]))
+            .unwrap_err()
+            .contains("not an object"));
+        assert!(ToolResult::from_value(json!({"content": "x"}))
+            .unwrap_err()
+            .contains("content is not an array"));
+        assert!(
+            ToolResult::from_value(json!({"content": [], "isError": "yes"}))
+                .unwrap_err()
+                .contains("isError")
+        );
+        assert!(Tool::from_value(&json!({"description": "x"}))
+            .unwrap_err()
+            .contains("without a name"));
+        assert!(InitializeResult::from_value(json!({}))
+            .unwrap_err()
+            .contains("protocolVersion"));
+    }
+}
