@@ -274,6 +274,9 @@ pub fn run(
     });
 
     // Phases 1 and 2: a pool of workers, each spawning and then waiting for boot.
+    if progress {
+        eprintln!("phase 1: spawning {} instance(s), {} at a time (run {run_id})", cfg.count, cfg.concurrency);
+    }
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<(u32, u32)>();
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<Outcome>();
     for inst in &instances {
@@ -346,6 +349,9 @@ pub fn run(
 
     // Phase 3: memory of every live instance's whole tree.
     if !stop.load(Ordering::Relaxed) {
+        if progress {
+            eprintln!("phase 3: measuring memory");
+        }
         let table = crate::proc::table();
         for inst in instances.iter_mut() {
             if let (Some(pid), None) = (inst.pid, &inst.boot_error) {
@@ -370,7 +376,7 @@ pub fn run(
         })
         .collect();
     if progress {
-        eprintln!("cleanup: ending {} instance(s)...", targets.len());
+        eprintln!("phase 5: cleanup of {} instance(s)", targets.len());
     }
     let td = teardown::teardown(sup, run_id, &targets, cfg.grace);
     for t in &td.instances {

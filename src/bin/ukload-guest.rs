@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
-    match guest::run_agent(cfg) {
+    match guest::run_agent_with(cfg, std::sync::Arc::new(guest::tools::BuiltinTools)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ukload-guest: {e}");
@@ -80,7 +80,7 @@ fn run_as_pid1() -> ! {
         listen: ListenAddr::Vsock { port: p.port },
         ..AgentConfig::default()
     };
-    if let Err(e) = guest::run_agent(cfg) {
+    if let Err(e) = guest::run_agent_with(cfg, std::sync::Arc::new(guest::tools::BuiltinTools)) {
         eprintln!("ukload-guest: {e}");
     }
     pid1::poweroff();

@@ -8,6 +8,7 @@
 mod agent;
 mod config;
 pub mod pid1;
+pub mod tools;
 
 pub use agent::{
     mark_process_start, run_agent, run_agent_with, AgentError, DefaultHandler, Handler,
