@@ -20,6 +20,8 @@ pub const DEFAULT_MAX_MEM_MB: f64 = 80.0;
 pub const DEFAULT_GRACE_MS: u64 = 2000;
 /// Default share of instances that must boot for PARTIAL, percent.
 pub const DEFAULT_MIN_SUCCESS_PCT: f64 = 80.0;
+/// Default tool-call latency target, ms (the seed's).
+pub const DEFAULT_MAX_TOOL_MS: f64 = 50.0;
 /// Default log directory (the seed's).
 pub const DEFAULT_LOG_DIR: &str = "/tmp/osvm-load-test";
 /// Default CID range (the seed's).
@@ -124,6 +126,18 @@ pub struct RunArgs {
     #[argh(option)]
     /// guest memory in MiB for VM launchers (default 64)
     pub memory: Option<String>,
+    #[argh(option)]
+    /// after boot, each instance executes this MCP tool: TOOL or TOOL:{JSON args}
+    pub tool_call: Option<String>,
+    #[argh(option)]
+    /// text the tool result must contain (else the call counts as wrong)
+    pub tool_expect: Option<String>,
+    #[argh(option)]
+    /// tool-call latency target in ms (default 50)
+    pub max_tool_ms: Option<String>,
+    #[argh(option)]
+    /// deadline of one tool call in ms (default 10000)
+    pub tool_timeout_ms: Option<String>,
     #[argh(switch, short = 'q')]
     /// no progress lines on stderr
     pub quiet: bool,
@@ -338,7 +352,38 @@ impl RunArgs {
             exec_template: self.exec.clone(),
             memory_mb,
         };
+        let tool_call = match &self.tool_call {
+            None => {
+                if self.tool_expect.is_some() {
+                    return Err(Usage("--tool-expect needs --tool-call TOOL".into()));
+                }
+                None
+            }
+            Some(t) => {
+                let mut call: ukload::toolcall::ToolCall = t
+                    .parse()
+                    .map_err(|e| Usage(format!("--tool-call {t}: {e}")))?;
+                call.expect = self.tool_expect.clone();
+                if let Some(ms) = &self.tool_timeout_ms {
+                    let ms = num::<u64>(
+                        "--tool-timeout-ms",
+                        ms,
+                        "milliseconds (a whole number >= 1)",
+                    )?;
+                    if ms == 0 {
+                        return Err(Usage(
+                            "--tool-timeout-ms 0: give a deadline of at least 1 ms".into(),
+                        ));
+                    }
+                    call.timeout = Duration::from_millis(ms);
+                }
+                Some(call)
+            }
+        };
+        let max_tool_ms = positive_f64("--max-tool-ms", &self.max_tool_ms, DEFAULT_MAX_TOOL_MS)?;
         let cfg = RunConfig {
+            tool_call,
+            max_tool_ms,
             count,
             concurrency,
             boot_timeout: Duration::from_secs_f64(boot_timeout),

@@ -32,6 +32,7 @@ pub mod proc;
 pub mod report;
 pub mod run;
 pub mod supervisor;
+pub mod toolcall;
 pub mod vsock;
 
 /// Environment variable carried by every process ukload starts: `UKLOAD_RUN=<run id>`.

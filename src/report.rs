@@ -134,6 +134,11 @@ pub struct Summary {
     pub mem_over_target: Vec<u32>,
     pub total_rss_kb: u64,
     pub total_pss_kb: u64,
+    /// Tool-call latency (when `--tool-call` was given).
+    pub tool_ms: Option<Stats>,
+    pub tool_over_target: Vec<u32>,
+    /// Booted instances whose tool call failed or returned a wrong result.
+    pub tool_failed: Vec<u32>,
     pub cids: CidCheck,
     pub survivors: usize,
 }
@@ -166,6 +171,22 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
         .map(|i| i.index)
         .collect();
     let cids = check_cids(&r.instances, cfg);
+    let tools = cfg.tool_call.is_some();
+    let tool_times: Vec<f64> = booted.iter().filter_map(|i| i.tool_ms).collect();
+    let tool_failed: Vec<u32> = if tools {
+        booted
+            .iter()
+            .filter(|i| i.tool_error.is_some() || i.tool_ms.is_none())
+            .map(|i| i.index)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let tool_over_target: Vec<u32> = booted
+        .iter()
+        .filter(|i| i.tool_error.is_none() && i.tool_ms.is_some_and(|t| t > cfg.max_tool_ms))
+        .map(|i| i.index)
+        .collect();
     let survivors = r.teardown.as_ref().map(|t| t.survivors.len()).unwrap_or(0);
     let mut reasons = Vec::new();
     if booted.len() < total {
@@ -188,6 +209,19 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
             mem_over_target.len(),
             cfg.max_mem_mb,
             cfg.mem_metric
+        ));
+    }
+    if !tool_failed.is_empty() {
+        reasons.push(format!(
+            "{} tool call(s) failed or returned a wrong result",
+            tool_failed.len()
+        ));
+    }
+    if !tool_over_target.is_empty() {
+        reasons.push(format!(
+            "{} tool call(s) slower than {} ms",
+            tool_over_target.len(),
+            cfg.max_tool_ms
         ));
     }
     if !cids.ok() {
@@ -219,6 +253,9 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
         mem_over_target,
         total_rss_kb: booted.iter().filter_map(|i| i.rss_kb).sum(),
         total_pss_kb: booted.iter().filter_map(|i| i.pss_kb).sum(),
+        tool_ms: Stats::of(&tool_times),
+        tool_over_target,
+        tool_failed,
         cids,
         survivors,
     }
@@ -245,6 +282,8 @@ struct ConfigView<'a> {
     min_success_pct: f64,
     framing: String,
     log_dir: &'a std::path::Path,
+    tool_call: Option<String>,
+    max_tool_ms: f64,
 }
 
 fn config_view(cfg: &RunConfig) -> ConfigView<'_> {
@@ -262,6 +301,8 @@ fn config_view(cfg: &RunConfig) -> ConfigView<'_> {
         min_success_pct: cfg.min_success_pct,
         framing: format!("{:?}", cfg.framing).to_lowercase(),
         log_dir: &cfg.log_dir,
+        tool_call: cfg.tool_call.as_ref().map(|c| c.name.clone()),
+        max_tool_ms: cfg.max_tool_ms,
     }
 }
 
@@ -376,6 +417,49 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
             }
         }
         None => writeln!(out, "✗ No instance booted")?,
+    }
+
+    if let Some(call) = &cfg.tool_call {
+        writeln!(
+            out,
+            "\nTool Execution: {} (target <{}ms)",
+            call.name, cfg.max_tool_ms
+        )?;
+        for i in r.instances.iter().filter(|i| i.boot_ms.is_some()) {
+            match (&i.tool_error, i.tool_ms) {
+                (None, Some(ms)) => writeln!(
+                    out,
+                    "[{}] {:.2}ms (session {:.1}ms): {}",
+                    i.index,
+                    ms,
+                    i.tool_session_ms.unwrap_or(0.0),
+                    i.tool_result.as_deref().unwrap_or("")
+                )?,
+                (Some(e), _) => writeln!(out, "[{}] FAILED: {e}", i.index)?,
+                _ => writeln!(out, "[{}] not run", i.index)?,
+            }
+        }
+        if let Some(t) = &s.tool_ms {
+            writeln!(
+                out,
+                "Tool call latency: min {:.2}ms, median {:.2}ms, p95 {:.2}ms, max {:.2}ms",
+                t.min, t.median, t.p95, t.max
+            )?;
+        }
+        if s.tool_failed.is_empty() && s.tool_over_target.is_empty() {
+            writeln!(out, "✓ Tool calls succeeded within target")?;
+        } else {
+            if !s.tool_failed.is_empty() {
+                writeln!(out, "✗ Tool calls failed: instances {:?}", s.tool_failed)?;
+            }
+            if !s.tool_over_target.is_empty() {
+                writeln!(
+                    out,
+                    "✗ Tool calls over {}ms: instances {:?}",
+                    cfg.max_tool_ms, s.tool_over_target
+                )?;
+            }
+        }
     }
 
     writeln!(out, "\nPhase 3: Memory Usage Analysis")?;

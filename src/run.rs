@@ -59,6 +59,10 @@ pub struct RunConfig {
     pub log_dir: PathBuf,
     pub framing: Framing,
     pub launcher: LauncherConfig,
+    /// The tool-call phase (`--tool-call`), if asked for.
+    pub tool_call: Option<crate::toolcall::ToolCall>,
+    /// Tool-call latency target, ms.
+    pub max_tool_ms: f64,
     /// Print progress lines on stderr.
     pub progress: bool,
 }
@@ -85,6 +89,11 @@ pub struct Instance {
     /// boot_ms - guest_ready_ms: what the probe added.
     pub probe_overhead_ms: Option<f64>,
     pub boot_error: Option<String>,
+    /// The tool-call phase: latency of `tools/call`, connect + initialize, result, failure.
+    pub tool_ms: Option<f64>,
+    pub tool_session_ms: Option<f64>,
+    pub tool_result: Option<String>,
+    pub tool_error: Option<String>,
     pub rss_kb: Option<u64>,
     pub pss_kb: Option<u64>,
     /// How its launcher ended, when it did.
@@ -140,6 +149,8 @@ struct Outcome {
     pgid: Option<i32>,
     spawn_ms: Option<f64>,
     started_mono_ns: u64,
+    /// Where the guest is reached over vsock (None: console readiness).
+    endpoint: Option<crate::vsock::Endpoint>,
     ready: Result<probe::Ready, String>,
 }
 
@@ -255,6 +266,10 @@ pub fn run(
             guest_ready_ms: None,
             probe_overhead_ms: None,
             boot_error: None,
+            tool_ms: None,
+            tool_session_ms: None,
+            tool_result: None,
+            tool_error: None,
             rss_kb: None,
             pss_kb: None,
             exit_status: None,
@@ -275,7 +290,10 @@ pub fn run(
 
     // Phases 1 and 2: a pool of workers, each spawning and then waiting for boot.
     if progress {
-        eprintln!("phase 1: spawning {} instance(s), {} at a time (run {run_id})", cfg.count, cfg.concurrency);
+        eprintln!(
+            "phase 1: spawning {} instance(s), {} at a time (run {run_id})",
+            cfg.count, cfg.concurrency
+        );
     }
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<(u32, u32)>();
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<Outcome>();
@@ -304,7 +322,9 @@ pub fn run(
     }
     drop(out_tx);
     // Workers end when the jobs run out or `stop` is set; each probe has a deadline.
+    let mut endpoints: Vec<Option<crate::vsock::Endpoint>> = vec![None; instances.len()];
     for o in out_rx.iter() {
+        endpoints[o.index as usize] = o.endpoint.clone();
         let inst = &mut instances[o.index as usize];
         inst.pid = o.pid;
         inst.pgid = o.pgid;
@@ -345,6 +365,14 @@ pub fn run(
     }
     for h in handles {
         let _ = h.join();
+    }
+
+    // The tool-call phase: every booted instance executes the tool.
+    if let (Some(call), false) = (&cfg.tool_call, stop.load(Ordering::Relaxed)) {
+        if progress {
+            eprintln!("tool calls: {} on every booted instance", call.name);
+        }
+        tool_phase(&cfg, call, &mut instances, &endpoints, &stop);
     }
 
     // Phase 3: memory of every live instance's whole tree.
@@ -403,6 +431,65 @@ pub fn run(
     })
 }
 
+/// Runs the tool call on every booted instance, `concurrency` at a time.
+fn tool_phase(
+    cfg: &RunConfig,
+    call: &crate::toolcall::ToolCall,
+    instances: &mut [Instance],
+    endpoints: &[Option<crate::vsock::Endpoint>],
+    stop: &AtomicBool,
+) {
+    let jobs: Vec<usize> = instances
+        .iter()
+        .filter(|i| i.boot_ms.is_some())
+        .map(|i| i.index as usize)
+        .collect();
+    let next = AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    let workers = (cfg.concurrency as usize).clamp(1, jobs.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= jobs.len() || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = jobs[k];
+                let out = match &endpoints[i] {
+                    Some(ep) => crate::toolcall::execute(ep, cfg.framing, call),
+                    None => crate::toolcall::ToolOutcome {
+                        session_ms: None,
+                        call_ms: None,
+                        text: None,
+                        error: Some(
+                            "no vsock endpoint: readiness was a console line (use --ready probe)"
+                                .into(),
+                        ),
+                    },
+                };
+                results
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((i, out));
+            });
+        }
+    });
+    for (i, o) in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        let inst = &mut instances[i];
+        inst.tool_ms = o.call_ms;
+        inst.tool_session_ms = o.session_ms;
+        inst.tool_result = o.text;
+        inst.tool_error = o.error;
+        if cfg.progress {
+            match (&inst.tool_error, inst.tool_ms) {
+                (None, Some(ms)) => eprintln!("[{i}] tool call in {ms:.2} ms"),
+                (Some(e), _) => eprintln!("[{i}] tool call failed: {e}"),
+                _ => {}
+            }
+        }
+    }
+}
+
 fn ns_to_ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
@@ -425,6 +512,7 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         pgid: None,
         spawn_ms: None,
         started_mono_ns: 0,
+        endpoint: None,
         ready: Err(msg),
     };
     let plan = cfg.launcher.plan(&ctx);
@@ -494,12 +582,17 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
     if ready.is_ok() {
         sh.booted.fetch_add(1, Ordering::Relaxed);
     }
+    let endpoint = match &plan.readiness {
+        Readiness::Probe(ep) => Some(ep.clone()),
+        Readiness::Console(_) => None,
+    };
     Outcome {
         index,
         pid: Some(pid),
         pgid: Some(child.pgid),
         spawn_ms: Some(spawn_ms),
         started_mono_ns: child.started_mono_ns,
+        endpoint,
         ready,
     }
 }

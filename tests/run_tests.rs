@@ -537,3 +537,72 @@ fn exec_launcher_runs_a_template_and_probes_its_uds() {
     }
     assert_clean(&doc);
 }
+
+#[test]
+fn tool_call_phase_executes_the_tool_in_every_instance_and_reports_latency() {
+    let _slot = shared_slot();
+    let dir = TempDir::new("toolcall");
+    let mut cmd = ukload(dir.path());
+    cmd.args(run_args(dir.path(), 10)).args([
+        "--tool-call",
+        r#"add:{"a":2,"b":3}"#,
+        "--tool-expect",
+        "2 + 3 = 5",
+        "--max-boot-ms",
+        "60000",
+        "--max-tool-ms",
+        "10000",
+    ]);
+    let out = output_within(cmd, RUN_DEADLINE);
+    let doc = json_of(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{doc:#}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in instances(&doc) {
+        assert_eq!(i["tool_result"], "2 + 3 = 5");
+        assert!(i["tool_ms"].as_f64().unwrap() > 0.0);
+        assert!(i["tool_error"].is_null());
+    }
+    let stats = &doc["summary"]["tool_ms"];
+    assert_eq!(stats["count"], 10);
+    assert!(stats["min"].as_f64().unwrap() <= stats["median"].as_f64().unwrap());
+    assert_clean(&doc);
+}
+
+#[test]
+fn failed_or_wrong_tool_results_count_against_the_verdict() {
+    let _slot = shared_slot();
+    for (call, expect, needle) in [
+        ("error_test", None, "tool reported an error"),
+        (
+            r#"echo:{"message":"hi"}"#,
+            Some("Echo: bye"),
+            "wrong result",
+        ),
+        ("no_such_tool", None, "-32602"),
+    ] {
+        let dir = TempDir::new("toolfail");
+        let mut cmd = ukload(dir.path());
+        cmd.args(run_args(dir.path(), 2))
+            .args(["--tool-call", call, "--max-boot-ms", "60000"]);
+        if let Some(e) = expect {
+            cmd.args(["--tool-expect", e]);
+        }
+        let out = output_within(cmd, RUN_DEADLINE);
+        let doc = json_of(&out);
+        // Everything booted and nothing was left: PARTIAL, not PASS.
+        assert_eq!(out.status.code(), Some(2), "{call}: {doc:#}");
+        assert_eq!(doc["verdict"], "PARTIAL");
+        for i in instances(&doc) {
+            let e = i["tool_error"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{call}: no tool_error in {i:#}"));
+            assert!(e.contains(needle), "{call}: {e}");
+        }
+        assert_eq!(doc["summary"]["tool_failed"].as_array().unwrap().len(), 2);
+        assert_clean(&doc);
+    }
+}

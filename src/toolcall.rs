@@ -1,0 +1,170 @@
+//! The tool-call phase of `ukload run --tool-call TOOL[:JSON]`: each booted
+//! instance executes one MCP tool over its vsock connection; the latency of
+//! the `tools/call` exchange itself is measured (connect and `initialize`
+//! are reported apart), and a failed or wrong result is a failure.
+
+use crate::mcp::{CloseOutcome, McpFraming, Session, SessionOptions, Transport, TransportGuard};
+use crate::vsock::{self, Endpoint, Stream};
+use serde::Serialize;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Default deadline of one tool call (and of connecting + `initialize`).
+pub const DEFAULT_TOOL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to call.
+#[derive(Clone, Debug)]
+pub struct ToolCall {
+    pub name: String,
+    pub args: Value,
+    /// Text the result must contain (a wrong result fails the instance).
+    pub expect: Option<String>,
+    pub timeout: Duration,
+}
+
+impl std::str::FromStr for ToolCall {
+    type Err = String;
+    /// `TOOL` or `TOOL:{"json":"args"}`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, args) = match s.split_once(':') {
+            Some((n, a)) => {
+                let v: Value = serde_json::from_str(a)
+                    .map_err(|e| format!("arguments {a:?} are not JSON: {e}"))?;
+                if !v.is_object() {
+                    return Err(format!("arguments {a:?} must be a JSON object"));
+                }
+                (n, v)
+            }
+            None => (s, Value::Object(Default::default())),
+        };
+        if name.is_empty() {
+            return Err("expected TOOL or TOOL:{JSON arguments}".into());
+        }
+        Ok(ToolCall {
+            name: name.to_string(),
+            args,
+            expect: None,
+            timeout: DEFAULT_TOOL_TIMEOUT,
+        })
+    }
+}
+
+/// One instance's tool call.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ToolOutcome {
+    /// Connect + MCP `initialize`, ms.
+    pub session_ms: Option<f64>,
+    /// The `tools/call` round trip, ms.
+    pub call_ms: Option<f64>,
+    /// The result's text.
+    pub text: Option<String>,
+    /// Why it failed (tool error, JSON-RPC error, wrong result, transport).
+    pub error: Option<String>,
+}
+
+struct StreamGuard(Stream);
+
+impl TransportGuard for StreamGuard {
+    fn shutdown(&self) -> std::io::Result<CloseOutcome> {
+        let _ = self.0.shutdown(std::net::Shutdown::Both);
+        Ok(CloseOutcome::default())
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs `call` against the guest at `ep`.
+pub fn execute(ep: &Endpoint, framing: crate::framing::Framing, call: &ToolCall) -> ToolOutcome {
+    let mut out = ToolOutcome {
+        session_ms: None,
+        call_ms: None,
+        text: None,
+        error: None,
+    };
+    let t0 = Instant::now();
+    let stream = match vsock::connect(ep, call.timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            out.error = Some(format!("connect: {e}"));
+            return out;
+        }
+    };
+    let parts = (|| Ok::<_, std::io::Error>((stream.try_clone()?, stream.try_clone()?)))();
+    let (reader, guard) = match parts {
+        Ok(p) => p,
+        Err(e) => {
+            out.error = Some(format!("socket: {e}"));
+            return out;
+        }
+    };
+    let mcp_framing = match framing {
+        crate::framing::Framing::Line => McpFraming::Line,
+        crate::framing::Framing::Length => McpFraming::Length,
+    };
+    let transport = Transport::new(
+        Box::new(reader),
+        Box::new(stream),
+        mcp_framing,
+        ep.to_string(),
+    )
+    .with_guard(Arc::new(StreamGuard(guard)));
+    let options = SessionOptions {
+        init_timeout: call.timeout,
+        request_timeout: call.timeout,
+        ..Default::default()
+    };
+    let session = match Session::initialize(transport, options) {
+        Ok(s) => s,
+        Err(e) => {
+            out.error = Some(format!("initialize: {e}"));
+            return out;
+        }
+    };
+    out.session_ms = Some(ms(t0.elapsed()));
+    let t1 = Instant::now();
+    let result = session.call_tool(&call.name, call.args.clone(), call.timeout);
+    out.call_ms = Some(ms(t1.elapsed()));
+    match result {
+        Ok(r) => {
+            let text = r.text();
+            if r.is_error {
+                out.error = Some(format!("tool reported an error: {text}"));
+            } else if let Some(want) = call.expect.as_deref().filter(|w| !text.contains(w)) {
+                out.error = Some(format!("wrong result: {text:?} does not contain {want:?}"));
+            }
+            out.text = Some(text);
+        }
+        Err(e) => {
+            out.call_ms = None;
+            out.error = Some(e.to_string());
+        }
+    }
+    let _ = session.close();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_call_flag_parses_name_and_json_arguments() {
+        let t: ToolCall = r#"echo:{"message":"hi: there"}"#.parse().unwrap();
+        assert_eq!(t.name, "echo");
+        assert_eq!(t.args["message"], "hi: there");
+        let t: ToolCall = "get_timestamp".parse().unwrap();
+        assert_eq!(t.args, serde_json::json!({}));
+        assert!("add:[1,2]"
+            .parse::<ToolCall>()
+            .unwrap_err()
+            .contains("JSON object"));
+        assert!("add:{"
+            .parse::<ToolCall>()
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(":{}".parse::<ToolCall>().is_err());
+    }
+}
