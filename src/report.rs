@@ -376,8 +376,20 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
     for i in &r.instances {
         match (i.boot_ms, &i.boot_error) {
             (Some(ms), _) => {
-                let detail = match (i.guest_ready_ms, i.probe_overhead_ms) {
-                    (Some(g), Some(p)) => format!(" [guest ready at {g:.1}ms, probe +{p:.1}ms]"),
+                let detail = match (
+                    i.guest_ready_ms,
+                    i.vmm_ms,
+                    i.guest_kernel_ms,
+                    i.probe_overhead_ms,
+                ) {
+                    (Some(g), _, _, Some(p)) => {
+                        format!(" [guest ready at {g:.1}ms, probe +{p:.1}ms]")
+                    }
+                    (_, Some(v), Some(k), Some(p)) => {
+                        format!(
+                            " [VMM+firmware {v:.1}ms, guest kernel+init {k:.1}ms, probe {p:.1}ms]"
+                        )
+                    }
                     _ => String::new(),
                 };
                 writeln!(

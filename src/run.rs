@@ -86,8 +86,12 @@ pub struct Instance {
     pub boot_ms: Option<f64>,
     /// Spawn → the guest's own "listening" stamp (same host clock; process launcher).
     pub guest_ready_ms: Option<f64>,
-    /// boot_ms - guest_ready_ms: what the probe added.
+    /// What the probe added after the guest was ready.
     pub probe_overhead_ms: Option<f64>,
+    /// VMs: launcher spawn → guest kernel start (VMM, firmware, decompression).
+    pub vmm_ms: Option<f64>,
+    /// VMs: guest kernel start → agent ready (the guest's CLOCK_BOOTTIME).
+    pub guest_kernel_ms: Option<f64>,
     pub boot_error: Option<String>,
     /// The tool-call phase: latency of `tools/call`, connect + initialize, result, failure.
     pub tool_ms: Option<f64>,
@@ -153,6 +157,9 @@ struct Outcome {
     endpoint: Option<crate::vsock::Endpoint>,
     ready: Result<probe::Ready, String>,
 }
+
+/// The guest agent's pid when it is the init of a VM.
+const GUEST_INIT_PID: u32 = 1;
 
 /// A new run id: short (it ends up in socket paths) and unique per host.
 pub fn new_run_id() -> String {
@@ -265,6 +272,8 @@ pub fn run(
             boot_ms: None,
             guest_ready_ms: None,
             probe_overhead_ms: None,
+            vmm_ms: None,
+            guest_kernel_ms: None,
             boot_error: None,
             tool_ms: None,
             tool_session_ms: None,
@@ -335,10 +344,20 @@ pub fn run(
                 inst.boot_ms = Some(ns_to_ms(r.at_mono_ns.saturating_sub(spawn_at_ns)));
                 if let Some(info) = &r.info {
                     inst.reported_cid = info.cid;
-                    if info.ready_mono_ns >= spawn_at_ns
+                    if info.pid == GUEST_INIT_PID {
+                        // Inside a VM: the guest's clocks are its own. Its
+                        // boot-relative stamp is kernel start → agent ready;
+                        // its monotonic ready → reply is the probe's share;
+                        // the rest of the boot is the VMM (and firmware).
+                        let guest = ns_to_ms(info.ready_boottime_ns);
+                        let probe = ns_to_ms(info.now_mono_ns.saturating_sub(info.ready_mono_ns));
+                        inst.guest_kernel_ms = Some(guest);
+                        inst.probe_overhead_ms = Some(probe);
+                        inst.vmm_ms = inst.boot_ms.map(|b| (b - guest - probe).max(0.0));
+                    } else if info.ready_mono_ns >= spawn_at_ns
                         && info.ready_mono_ns <= r.at_mono_ns
-                        && info.pid != 1
                     {
+                        // Same host, same CLOCK_MONOTONIC: the guest's own ready stamp.
                         let g = ns_to_ms(info.ready_mono_ns - spawn_at_ns);
                         inst.guest_ready_ms = Some(g);
                         inst.probe_overhead_ms = inst.boot_ms.map(|b| b - g);
