@@ -544,31 +544,89 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         Ok(f) => f,
         Err(e) => return fail(format!("cannot open log {}: {e}", log.display())),
     };
-    let log_err = match log_file.try_clone() {
-        Ok(f) => f,
-        Err(e) => return fail(format!("cannot open log {}: {e}", log.display())),
+    let mark = |cmd: Command| -> Result<Command, String> {
+        let out = log_file
+            .try_clone()
+            .map_err(|e| format!("cannot open log {}: {e}", log.display()))?;
+        let err = log_file
+            .try_clone()
+            .map_err(|e| format!("cannot open log {}: {e}", log.display()))?;
+        Ok(cmd
+            .env(ENV_RUN, &sh.run_id)
+            .env(ENV_INSTANCE, index.to_string())
+            .env(ENV_CID, cid.to_string())
+            // So `ukload cleanup` from another runtime directory finds our harness lock.
+            .env(crate::paths::ENV_RUNTIME_DIR, crate::paths::runtime_dir())
+            .stdin(Redirect::Null)
+            .stdout(Redirect::File(out))
+            .stderr(Redirect::File(err)))
     };
-    let cmd: Command = plan
-        .command
-        .env(ENV_RUN, &sh.run_id)
-        .env(ENV_INSTANCE, index.to_string())
-        .env(ENV_CID, cid.to_string())
-        // So `ukload cleanup` from another runtime directory finds our harness lock.
-        .env(crate::paths::ENV_RUNTIME_DIR, crate::paths::runtime_dir())
-        .stdin(Redirect::Null)
-        .stdout(Redirect::File(log_file))
-        .stderr(Redirect::File(log_err));
-    let shown = cmd.display();
     let t_spawn = Instant::now();
+    // Helpers first (e.g. a vhost-user backend), the first leading the
+    // instance's process group; each must create its socket before the next.
+    let mut first: Option<crate::supervisor::Child> = None;
+    let boot_deadline = t_spawn + cfg.boot_timeout;
+    for pre in plan.pre {
+        let mut cmd = match mark(pre.command) {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        if let Some(f) = &first {
+            cmd = cmd.join_process_group(f.pgid);
+        }
+        let shown = cmd.display();
+        let c = match sh.sup.spawn(cmd) {
+            Ok(c) => c,
+            Err(e) => {
+                return started_fail(
+                    index,
+                    first.as_ref(),
+                    format!("spawn failed: {e} (command: {shown})"),
+                )
+            }
+        };
+        let pre_pid = c.pid;
+        if first.is_none() {
+            first = Some(c);
+        }
+        if let Err(e) = wait_for_path(&pre.ready_path, boot_deadline, &sh.stop, &|| {
+            sh.sup.try_status(pre_pid)
+        }) {
+            return started_fail(
+                index,
+                first.as_ref(),
+                format!("{e} (command: {shown}); log: {}", log.display()),
+            );
+        }
+    }
+    let mut cmd = match mark(plan.command) {
+        Ok(c) => c,
+        Err(e) => return started_fail(index, first.as_ref(), e),
+    };
+    if let Some(f) = &first {
+        cmd = cmd.join_process_group(f.pgid);
+    }
+    let shown = cmd.display();
     let child = match sh.sup.spawn(cmd) {
         Ok(c) => c,
-        Err(e) => return fail(format!("spawn failed: {e} (command: {shown})")),
+        Err(e) => {
+            return started_fail(
+                index,
+                first.as_ref(),
+                format!("spawn failed: {e} (command: {shown})"),
+            )
+        }
     };
     let spawn_ms = t_spawn.elapsed().as_secs_f64() * 1000.0;
     if cfg.progress {
         eprintln!("[{index}] spawned pid {} with CID {cid}", child.pid);
     }
-    let deadline = child.started + cfg.boot_timeout;
+    // Boot time counts from the instance's first process.
+    let (started, started_mono_ns) = match &first {
+        Some(f) => (f.started, f.started_mono_ns),
+        None => (child.started, child.started_mono_ns),
+    };
+    let deadline = started + cfg.boot_timeout;
     let pid = child.pid;
     let run_id = sh.run_id.clone();
     let log_for_dead = log.clone();
@@ -592,7 +650,7 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         readiness,
         cfg.framing,
         &log,
-        child.started,
+        started,
         deadline,
         &sh.stop,
         &dead,
@@ -610,9 +668,56 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         pid: Some(pid),
         pgid: Some(child.pgid),
         spawn_ms: Some(spawn_ms),
-        started_mono_ns: child.started_mono_ns,
+        started_mono_ns,
         endpoint,
         ready,
+    }
+}
+
+/// How often a helper's socket is looked for.
+const PRE_POLL: Duration = Duration::from_millis(2);
+
+/// Waits until a helper process has created `path`.
+fn wait_for_path(
+    path: &std::path::Path,
+    deadline: Instant,
+    stop: &AtomicBool,
+    exited: &dyn Fn() -> Option<crate::supervisor::Exit>,
+) -> Result<(), String> {
+    loop {
+        if path.exists() {
+            return Ok(());
+        }
+        if let Some(e) = exited() {
+            return Err(format!(
+                "helper exited ({e}) before creating {}",
+                path.display()
+            ));
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err("interrupted".into());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "helper did not create {} before the boot deadline",
+                path.display()
+            ));
+        }
+        std::thread::sleep(PRE_POLL);
+    }
+}
+
+/// A failure after some process of the instance was started: report its
+/// pid and group so that cleanup ends it.
+fn started_fail(index: u32, first: Option<&crate::supervisor::Child>, msg: String) -> Outcome {
+    Outcome {
+        index,
+        pid: first.map(|c| c.pid),
+        pgid: first.map(|c| c.pgid),
+        spawn_ms: None,
+        started_mono_ns: first.map(|c| c.started_mono_ns).unwrap_or(0),
+        endpoint: None,
+        ready: Err(msg),
     }
 }
 

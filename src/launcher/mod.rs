@@ -98,8 +98,17 @@ pub struct InstanceCtx {
     pub log: PathBuf,
 }
 
+/// A helper started before the instance's main command (e.g. a vhost-user
+/// vsock backend), in the same process group; `ready_path` is the socket it
+/// creates, waited for before the next process starts.
+pub struct PreStep {
+    pub command: Command,
+    pub ready_path: PathBuf,
+}
+
 /// A planned start.
 pub struct Plan {
+    pub pre: Vec<PreStep>,
     pub command: Command,
     pub readiness: Readiness,
 }
@@ -237,6 +246,7 @@ impl LauncherConfig {
                     hybrid
                 };
                 Plan {
+                    pre: Vec::new(),
                     command: cmd,
                     readiness,
                 }
@@ -267,6 +277,7 @@ impl LauncherConfig {
                     console
                 };
                 Plan {
+                    pre: Vec::new(),
                     command: Command::new(&self.kraft_bin).args(args),
                     readiness,
                 }
@@ -283,6 +294,7 @@ impl LauncherConfig {
                     }),
                 };
                 Plan {
+                    pre: Vec::new(),
                     command: cmd,
                     readiness,
                 }

@@ -41,7 +41,18 @@ pub struct Command {
     stdin: Redirect,
     stdout: Redirect,
     stderr: Redirect,
-    new_process_group: bool,
+    group: Group,
+}
+
+/// Which process group the child is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Group {
+    /// A new group led by the child (the default).
+    New,
+    /// An existing group (another process of the same instance).
+    Join(i32),
+    /// Ours.
+    Inherit,
 }
 
 impl Command {
@@ -55,7 +66,7 @@ impl Command {
             stdin: Redirect::Null,
             stdout: Redirect::Inherit,
             stderr: Redirect::Inherit,
-            new_process_group: true,
+            group: Group::New,
         }
     }
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
@@ -89,7 +100,13 @@ impl Command {
     }
     /// Whether the child leads a new process group (default: yes).
     pub fn new_process_group(mut self, yes: bool) -> Self {
-        self.new_process_group = yes;
+        self.group = if yes { Group::New } else { Group::Inherit };
+        self
+    }
+    /// Puts the child into the existing process group `pgid` (e.g. the group
+    /// of another process of the same instance), so one signal reaches both.
+    pub fn join_process_group(mut self, pgid: i32) -> Self {
+        self.group = Group::Join(pgid);
         self
     }
     /// The program as given.
@@ -282,7 +299,13 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
     let stdout = prepare(cmd.stdout, false, &devnull)?;
     let stderr = prepare(cmd.stderr, false, &devnull)?;
     let (err_r, err_w) = pipe()?;
-    let new_pg = cmd.new_process_group;
+    let group = cmd.group;
+    // setpgid's second argument: 0 makes the child lead a new group.
+    let target_pgid = match group {
+        Group::New => 0,
+        Group::Join(g) => g,
+        Group::Inherit => -1,
+    };
 
     // SAFETY: an empty sigset is a valid value to initialise with sigemptyset.
     let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -303,8 +326,8 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
         // SAFETY: all pointers were built before fork and stay valid; every
         // call below is async-signal-safe; the child never returns.
         unsafe {
-            if new_pg {
-                libc::setpgid(0, 0);
+            if target_pgid >= 0 && libc::setpgid(0, target_pgid) != 0 {
+                child_fail(err_w.as_raw_fd());
             }
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             // Rust ignores SIGPIPE; an ignored disposition survives exec.
@@ -328,9 +351,10 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
         }
     }
     // Parent. Set the group here too so it exists before we ever signal it.
-    if new_pg {
+    if target_pgid >= 0 {
+        let g = if target_pgid == 0 { pid } else { target_pgid };
         // SAFETY: plain syscall on our own child's pid; EACCES after exec is harmless.
-        unsafe { libc::setpgid(pid, pid) };
+        unsafe { libc::setpgid(pid, g) };
     }
     drop(err_w);
     drop(stdin.child_fd);
@@ -362,7 +386,11 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
     }
     Ok(Child {
         pid,
-        pgid: if new_pg { pid } else { current_pgid() },
+        pgid: match group {
+            Group::New => pid,
+            Group::Join(g) => g,
+            Group::Inherit => current_pgid(),
+        },
         started,
         started_mono_ns,
         stdin: stdin.ours,
