@@ -275,7 +275,10 @@ pub fn run(
 
     // Phases 1 and 2: a pool of workers, each spawning and then waiting for boot.
     if progress {
-        eprintln!("phase 1: spawning {} instance(s), {} at a time (run {run_id})", cfg.count, cfg.concurrency);
+        eprintln!(
+            "phase 1: spawning {} instance(s), {} at a time (run {run_id})",
+            cfg.count, cfg.concurrency
+        );
     }
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<(u32, u32)>();
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<Outcome>();
