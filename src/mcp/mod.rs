@@ -7,10 +7,12 @@
 //! - [`tools`] / [`server`]: the four built-in tools and a minimal server over
 //!   them, for the guest agent.
 //! - [`coerce_args`]: `--arg key=value` typed by a tool's input schema.
+//! - [`cli`]: `ukload mcp tools|call|bench`.
 //!
 //! OWNER: MCP helper.
 
 mod args;
+pub mod cli;
 mod error;
 pub mod server;
 mod session;
