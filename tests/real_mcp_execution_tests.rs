@@ -748,3 +748,69 @@ fn test_bridge_relays_length_framing_and_answers_ping_before_any_server() {
         "processes left with marker {marker}: {left:?}"
     );
 }
+
+#[test]
+fn test_bridged_server_exit_closes_the_connection_and_is_reaped() {
+    // hostile_server.sh exit-mid-call: answers initialize, exits 3 on tools/call.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp/hostile_server.sh");
+    let marker = unique_marker("exit");
+    let guest = BridgedGuest::start_with(
+        &marker,
+        &format!("/bin/sh {} exit-mid-call", script.display()),
+    );
+    let session = guest.session();
+    let start = Instant::now();
+    let err = session.call_tool("anything", json!({}), SOON).unwrap_err();
+    assert!(
+        matches!(err, McpError::Closed { .. }),
+        "expected Closed, got: {err}"
+    );
+    assert!(start.elapsed() < SOON, "the host waited for its deadline");
+    let left = guest.wait_servers(0);
+    assert!(left.is_empty(), "exited server not reaped: {left:?}");
+    // The agent keeps serving: a new connection gets a fresh server.
+    let again = guest.session();
+    assert_eq!(again.server().server_name, "hostile");
+}
+
+#[test]
+fn test_bridged_concurrent_calls_return_to_their_callers() {
+    require_node!();
+    const CALLS: usize = 50;
+    const DELAY_MS: u64 = 200;
+    let marker = unique_marker("conc");
+    let guest = BridgedGuest::start(&marker);
+    let session = Arc::new(guest.session());
+    let start = Instant::now();
+    let handles: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let session = Arc::clone(&session);
+            std::thread::spawn(move || {
+                let msg = format!("bridged-{i}");
+                let r = session
+                    .call_tool(
+                        "echo",
+                        json!({"message": msg, "delay_ms": DELAY_MS}),
+                        Duration::from_secs(30),
+                    )
+                    .unwrap_or_else(|e| panic!("call {i}: {e}"));
+                assert_eq!(
+                    r.text(),
+                    format!("Echo: {msg}"),
+                    "call {i} got another's answer"
+                );
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("caller thread panicked");
+    }
+    // One after another would take CALLS * DELAY_MS = 10 s.
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(CALLS as u64 * DELAY_MS / 2),
+        "{CALLS} delayed calls through the bridge took {elapsed:?}: not in flight together"
+    );
+    // Exactly one server for the one connection.
+    assert_eq!(guest.wait_servers(1).len(), 1);
+}

@@ -304,9 +304,19 @@ impl<'a> Bridge<'a> {
                     let clean = outcome.signal_sent.is_none()
                         && outcome.exit_status.is_none_or(|s| s.success());
                     if !clean && !self.conn.is_stopping() {
+                        let how = match (outcome.exit_status, outcome.signal_sent) {
+                            (_, Some(sig)) => format!("had to be ended with signal {sig}"),
+                            (Some(status), None) => format!("ended: {status}"),
+                            (None, None) => "ended (reaped by another process)".to_string(),
+                        };
                         let tail = link.child.stderr_tail().last(STDERR_IN_LOG);
+                        let tail = if tail.is_empty() {
+                            "(empty)".to_string()
+                        } else {
+                            tail.replace('\n', "\n    ")
+                        };
                         self.log(&format!(
-                            "MCP server pid {pid} ended: {outcome:?}; last stderr: {tail}"
+                            "MCP server pid {pid} {how}; last stderr:\n    {tail}"
                         ));
                     }
                 }
