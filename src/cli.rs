@@ -43,6 +43,7 @@ pub enum Sub {
     Run(RunArgs),
     Ps(PsArgs),
     Cleanup(CleanupArgs),
+    Mcp(ukload::mcp::cli::McpArgs),
 }
 
 #[derive(FromArgs, Debug)]

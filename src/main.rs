@@ -34,6 +34,7 @@ fn main() {
         Sub::Run(a) => cmd_run(a),
         Sub::Ps(a) => cmd_ps(a),
         Sub::Cleanup(a) => cmd_cleanup(a),
+        Sub::Mcp(a) => ukload::mcp::cli::run(a),
     };
     std::process::exit(code);
 }

@@ -5,18 +5,23 @@
 //! found" and passes. The seed ran these with `-- --ignored`; they now run by
 //! default (`cargo test --test real_mcp_execution_tests`), and `-- --ignored`
 //! still works (it simply selects nothing extra).
-//! `test_full_unikernel_mcp_integration` (launcher -> guest -> vsock -> bridge)
-//! is added with the guest bridge.
+//! `test_full_unikernel_mcp_integration` runs the whole path: the real
+//! `ukload-guest --mcp-server` -> hybrid vsock -> bridge -> echo_server.js ->
+//! result back, then checks no process carrying the test's marker is left.
+
+mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use ukload::jsonrpc::PingInfo;
 use ukload::mcp::{
     Content, McpError, McpFraming, Session, SessionOptions, Transport, LATEST_PROTOCOL_VERSION,
 };
+use ukload::vsock::{self, Endpoint};
 
 /// Deadline of an ordinary tool call (generous: the machine is shared).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -387,4 +392,425 @@ fn test_protocol_version_negotiation() {
     let session = start_with(&[], options);
     assert_eq!(session.protocol_version(), LATEST_PROTOCOL_VERSION);
     close_and_assert_reaped(session);
+}
+
+/// Bound on anything that must happen "soon" on a shared, noisy machine.
+const SOON: Duration = Duration::from_secs(15);
+/// Pause between polls of the process table or of a not-yet-listening guest.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A unique `UKLOAD_RUN` marker for one test's processes.
+fn unique_marker(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("mcpit-{tag}-{}-{nanos}", std::process::id())
+}
+
+/// The real `ukload-guest` bridging to echo_server.js, marked with `marker`;
+/// killed and reaped on drop whatever the test did (and anything else carrying
+/// the marker killed by pid).
+struct BridgedGuest {
+    child: Option<Child>,
+    sock: PathBuf,
+    marker: String,
+    _dir: common::TempDir,
+}
+
+impl BridgedGuest {
+    fn start(marker: &str) -> BridgedGuest {
+        BridgedGuest::start_with(marker, &format!("node {}", echo_server().display()))
+    }
+
+    fn start_with(marker: &str, server: &str) -> BridgedGuest {
+        let dir = common::TempDir::new("bridge");
+        let sock = dir.path().join("g.sock");
+        let child = Command::new(common::guest_bin())
+            .args(["--listen", &format!("uds:{}", sock.display())])
+            .args(["--mcp-server", server])
+            .env(ukload::ENV_RUN, marker)
+            .env_remove(ukload::ENV_CID)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning ukload-guest");
+        BridgedGuest {
+            child: Some(child),
+            sock,
+            marker: marker.to_string(),
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("guest running").id()
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::Hybrid {
+            path: self.sock.clone(),
+            port: ukload::DEFAULT_PORT,
+        }
+    }
+
+    /// Connects through the hybrid handshake, retrying while the agent is not up.
+    fn connect(&self) -> vsock::Stream {
+        let deadline = Instant::now() + SOON;
+        loop {
+            match vsock::connect(&self.endpoint(), Duration::from_secs(2)) {
+                Ok(s) => return s,
+                Err(e) if e.is_retryable() && Instant::now() < deadline => std::thread::sleep(POLL),
+                Err(e) => panic!("connecting to the guest: {e}"),
+            }
+        }
+    }
+
+    fn session(&self) -> Session {
+        let transport = Transport::vsock_stream(self.connect(), McpFraming::Line, "bridged guest")
+            .expect("transport over the guest's stream");
+        Session::initialize(transport, SessionOptions::default())
+            .expect("initialize through the bridge")
+    }
+
+    /// Processes carrying the marker other than the guest itself.
+    fn servers(&self) -> Vec<(i32, String)> {
+        let guest = self.child.as_ref().map(|c| c.id() as i32);
+        common::run_processes(&self.marker)
+            .into_iter()
+            .filter(|(pid, _)| Some(*pid) != guest)
+            .collect()
+    }
+
+    fn wait_servers(&self, want: usize) -> Vec<(i32, String)> {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let found = self.servers();
+            if found.len() == want || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Sends `sig` to the guest and reaps it.
+    fn kill(&mut self, sig: libc::c_int) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("guest running");
+        // SAFETY: signalling our own child by pid; it is not reaped yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+        let deadline = Instant::now() + SOON;
+        loop {
+            if let Some(status) = child.try_wait().expect("waitpid(guest)") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "guest did not exit after signal {sig}"
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for BridgedGuest {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        common::kill_run(&self.marker);
+    }
+}
+
+fn ping_info(session: &Session) -> PingInfo {
+    let raw = session.request("ping", None, CALL_TIMEOUT).expect("ping");
+    serde_json::from_value(raw.clone())
+        .unwrap_or_else(|e| panic!("ping result {raw} is not PingInfo: {e}"))
+}
+
+#[test]
+fn test_full_unikernel_mcp_integration() {
+    require_node!();
+    let marker = unique_marker("full");
+    let mut guest = BridgedGuest::start(&marker);
+
+    // A probe-style connection that only pings is answered by the agent and
+    // starts no server.
+    let probe = {
+        let mut stream = guest.connect();
+        ukload::jsonrpc::call(
+            &mut stream,
+            ukload::framing::Framing::Line,
+            1,
+            "ping",
+            json!({}),
+            Instant::now() + CALL_TIMEOUT,
+        )
+        .expect("probe ping")
+    };
+    let probe: PingInfo = serde_json::from_value(probe).expect("probe ping is PingInfo");
+    assert_eq!(probe.pid, guest.pid());
+    assert!(
+        guest.servers().is_empty(),
+        "a ping-only connection started a server"
+    );
+
+    let session = guest.session();
+    assert_eq!(session.server().server_name, "ukload-echo-server");
+    assert_eq!(session.protocol_version(), LATEST_PROTOCOL_VERSION);
+
+    // The connection got its own echo_server.js, a child of the guest.
+    let servers = guest.wait_servers(1);
+    assert_eq!(servers.len(), 1, "expected one bridged server: {servers:?}");
+    assert!(servers[0].1.contains("echo_server.js"), "{servers:?}");
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", servers[0].0)).unwrap();
+    let ppid: u32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ppid, guest.pid(), "the server is not the guest's child");
+
+    let tools = session.list_tools().unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["echo", "add", "get_timestamp", "error_test"]);
+
+    let echo = session
+        .call_tool("echo", json!({"message": "hi"}), CALL_TIMEOUT)
+        .unwrap();
+    assert_eq!(echo.text(), "Echo: hi");
+    assert!(!echo.is_error);
+    let add = session
+        .call_tool("add", json!({"a": 2, "b": 3}), CALL_TIMEOUT)
+        .unwrap();
+    assert_eq!(add.text(), "2 + 3 = 5");
+    assert_eq!(add.structured, Some(json!({"sum": 5})));
+    let err = session
+        .call_tool("no_such_tool", json!({}), CALL_TIMEOUT)
+        .unwrap_err();
+    assert_eq!(err.rpc_code(), Some(-32602), "{err}");
+
+    // ping on the bridged connection is the agent's, not the server's `{}`.
+    let info = ping_info(&session);
+    assert_eq!(info.pid, guest.pid());
+    assert_eq!(info.port, ukload::DEFAULT_PORT);
+    assert!(info.agent.starts_with("ukload-guest"), "{info:?}");
+    assert!(info.now_mono_ns >= info.ready_mono_ns);
+
+    // Closing the connection ends and reaps its server.
+    session.close().expect("close");
+    let left = guest.wait_servers(0);
+    assert!(
+        left.is_empty(),
+        "server not reaped after the connection closed: {left:?}"
+    );
+
+    let status = guest.kill(libc::SIGTERM);
+    eprintln!("guest ended: {status}");
+    let left = common::wait_no_processes(&marker, SOON);
+    assert!(
+        left.is_empty(),
+        "processes left with marker {marker}: {left:?}"
+    );
+}
+
+/// `tests/fixtures/mcp/hostile_server.sh stubborn`: a server that, once its
+/// stdin closes, ignores SIGTERM and never exits (POSIX sh, no Node.js needed).
+/// Its stderr goes to /dev/null: writing to a stderr pipe whose reader died with
+/// the guest would kill it with SIGPIPE and hide a missing parent-death signal.
+fn stubborn_server() -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp/hostile_server.sh");
+    format!(
+        "/bin/sh -c 'exec /bin/sh \"$0\" stubborn 2>/dev/null' {}",
+        script.display()
+    )
+}
+
+#[test]
+fn test_bridged_server_dies_with_the_guest() {
+    // A server that outlives its stdin: only the kernel's parent-death signal
+    // can end it when the guest is SIGKILLed and cleans nothing up.
+    let marker = unique_marker("pdeath");
+    let mut guest = BridgedGuest::start_with(&marker, &stubborn_server());
+    let session = guest.session();
+    assert_eq!(session.server().server_name, "hostile");
+    assert_eq!(
+        session
+            .call_tool("anything", json!({}), CALL_TIMEOUT)
+            .unwrap()
+            .text(),
+        "ok"
+    );
+    assert_eq!(guest.wait_servers(1).len(), 1);
+
+    guest.kill(libc::SIGKILL);
+    let left = common::wait_no_processes(&marker, SOON);
+    assert!(
+        left.is_empty(),
+        "bridged server orphaned after SIGKILL of the guest: {left:?}"
+    );
+
+    // The session learns the connection is gone (no hang until a deadline).
+    let start = Instant::now();
+    let err = session.call_tool("anything", json!({}), SOON).unwrap_err();
+    assert!(
+        matches!(err, McpError::Closed { .. }),
+        "expected Closed, got: {err}"
+    );
+    assert!(start.elapsed() < SOON);
+}
+
+#[test]
+fn test_bridged_stubborn_server_is_killed_when_the_connection_closes() {
+    let marker = unique_marker("stubborn");
+    let guest = BridgedGuest::start_with(&marker, &stubborn_server());
+    let session = guest.session();
+    assert_eq!(guest.wait_servers(1).len(), 1);
+    session.close().expect("close");
+    // stdin closed, SIGTERM ignored: the bridge must escalate to SIGKILL and reap.
+    let left = guest.wait_servers(0);
+    assert!(
+        left.is_empty(),
+        "stubborn server survived its connection: {left:?}"
+    );
+    // The guest still serves new connections afterwards.
+    let again = guest.session();
+    assert_eq!(
+        again
+            .call_tool("anything", json!({}), CALL_TIMEOUT)
+            .unwrap()
+            .text(),
+        "ok"
+    );
+}
+
+#[test]
+fn test_bridge_relays_length_framing_and_answers_ping_before_any_server() {
+    require_node!();
+    let marker = unique_marker("length");
+    let dir = common::TempDir::new("bridge-len");
+    let sock = dir.path().join("g.sock");
+    let server = format!("node {}", echo_server().display());
+    let mut child = Command::new(common::guest_bin())
+        .args(["--listen", &format!("uds:{}", sock.display())])
+        .args(["--framing", "length", "--mcp-server", &server])
+        .env(ukload::ENV_RUN, &marker)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawning ukload-guest");
+    let guest = BridgedGuest {
+        child: None,
+        sock,
+        marker: marker.clone(),
+        _dir: dir,
+    };
+    let transport =
+        Transport::vsock_stream(guest.connect(), McpFraming::Length, "guest (length)").unwrap();
+    let session = Session::initialize(transport, SessionOptions::default()).unwrap();
+    let echo = session
+        .call_tool("echo", json!({"message": "framed"}), CALL_TIMEOUT)
+        .unwrap();
+    assert_eq!(echo.text(), "Echo: framed");
+    assert_eq!(ping_info(&session).pid, child.id());
+    session.close().unwrap();
+    // `shutdown` on a new connection stops the agent; it exits 0 and leaves nothing.
+    let mut stream = guest.connect();
+    ukload::jsonrpc::call(
+        &mut stream,
+        ukload::framing::Framing::Length,
+        1,
+        "shutdown",
+        json!({}),
+        Instant::now() + CALL_TIMEOUT,
+    )
+    .expect("shutdown");
+    let deadline = Instant::now() + SOON;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "guest did not stop after shutdown"
+        );
+        std::thread::sleep(POLL);
+    };
+    assert!(status.success(), "guest exited with {status}");
+    let left = common::wait_no_processes(&marker, SOON);
+    assert!(
+        left.is_empty(),
+        "processes left with marker {marker}: {left:?}"
+    );
+}
+
+#[test]
+fn test_bridged_server_exit_closes_the_connection_and_is_reaped() {
+    // hostile_server.sh exit-mid-call: answers initialize, exits 3 on tools/call.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp/hostile_server.sh");
+    let marker = unique_marker("exit");
+    let guest = BridgedGuest::start_with(
+        &marker,
+        &format!("/bin/sh {} exit-mid-call", script.display()),
+    );
+    let session = guest.session();
+    let start = Instant::now();
+    let err = session.call_tool("anything", json!({}), SOON).unwrap_err();
+    assert!(
+        matches!(err, McpError::Closed { .. }),
+        "expected Closed, got: {err}"
+    );
+    assert!(start.elapsed() < SOON, "the host waited for its deadline");
+    let left = guest.wait_servers(0);
+    assert!(left.is_empty(), "exited server not reaped: {left:?}");
+    // The agent keeps serving: a new connection gets a fresh server.
+    let again = guest.session();
+    assert_eq!(again.server().server_name, "hostile");
+}
+
+#[test]
+fn test_bridged_concurrent_calls_return_to_their_callers() {
+    require_node!();
+    const CALLS: usize = 50;
+    const DELAY_MS: u64 = 200;
+    let marker = unique_marker("conc");
+    let guest = BridgedGuest::start(&marker);
+    let session = Arc::new(guest.session());
+    let start = Instant::now();
+    let handles: Vec<_> = (0..CALLS)
+        .map(|i| {
+            let session = Arc::clone(&session);
+            std::thread::spawn(move || {
+                let msg = format!("bridged-{i}");
+                let r = session
+                    .call_tool(
+                        "echo",
+                        json!({"message": msg, "delay_ms": DELAY_MS}),
+                        Duration::from_secs(30),
+                    )
+                    .unwrap_or_else(|e| panic!("call {i}: {e}"));
+                assert_eq!(
+                    r.text(),
+                    format!("Echo: {msg}"),
+                    "call {i} got another's answer"
+                );
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("caller thread panicked");
+    }
+    // One after another would take CALLS * DELAY_MS = 10 s.
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(CALLS as u64 * DELAY_MS / 2),
+        "{CALLS} delayed calls through the bridge took {elapsed:?}: not in flight together"
+    );
+    // Exactly one server for the one connection.
+    assert_eq!(guest.wait_servers(1).len(), 1);
 }

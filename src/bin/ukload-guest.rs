@@ -3,15 +3,20 @@
 //! As PID 1 inside a microVM it sets the machine up (`guest::pid1`) and
 //! serves on kernel vsock; as a plain process it serves where `--listen`
 //! says, typically a hybrid-vsock Unix socket standing in for guest + VMM.
+//! It executes MCP tools itself (the built-in tools), or with
+//! `--mcp-server 'CMD ARGS'` relays each connection to a fresh stdio MCP
+//! server child (`guest::bridge`); `ping` is always the agent's.
 //! Exit codes: 0 after a `shutdown` request, 1 when serving fails, 64
 //! (EX_USAGE) for bad arguments.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use argh::FromArgs;
 use ukload::framing::Framing;
-use ukload::guest::{self, pid1, AgentConfig, ListenAddr};
+use ukload::guest::bridge::BridgeMode;
+use ukload::guest::{self, pid1, AgentConfig, ConnectionMode, ListenAddr, RpcMode};
 
 /// Exit status for bad command-line input (sysexits.h EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -46,6 +51,17 @@ struct Args {
     /// do not print the "ukload-guest: ready ..." line
     #[argh(switch)]
     no_ready_line: bool,
+
+    /// relay each connection to a fresh stdio MCP server started with this
+    /// command ('CMD ARGS', split like a shell, without a shell) instead of
+    /// answering with the built-in tools; ping stays the agent's
+    #[argh(option)]
+    mcp_server: Option<String>,
+}
+
+/// The built-in tools, answered by the agent itself.
+fn builtin_mode() -> Arc<dyn ConnectionMode> {
+    Arc::new(RpcMode::new(Arc::new(guest::tools::BuiltinTools)))
 }
 
 fn main() -> ExitCode {
@@ -53,11 +69,11 @@ fn main() -> ExitCode {
     if std::process::id() == 1 {
         run_as_pid1();
     }
-    let cfg = match parse_args() {
-        Ok(cfg) => cfg,
+    let (cfg, mode) = match parse_args() {
+        Ok(parsed) => parsed,
         Err(code) => return code,
     };
-    match guest::run_agent_with(cfg, std::sync::Arc::new(guest::tools::BuiltinTools)) {
+    match guest::run_agent_mode(cfg, mode) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ukload-guest: {e}");
@@ -80,7 +96,7 @@ fn run_as_pid1() -> ! {
         listen: ListenAddr::Vsock { port: p.port },
         ..AgentConfig::default()
     };
-    if let Err(e) = guest::run_agent_with(cfg, std::sync::Arc::new(guest::tools::BuiltinTools)) {
+    if let Err(e) = guest::run_agent_mode(cfg, builtin_mode()) {
         eprintln!("ukload-guest: {e}");
     }
     pid1::poweroff();
@@ -88,7 +104,7 @@ fn run_as_pid1() -> ! {
 
 /// Parses the command line; on failure prints one line naming the problem
 /// (or the help text) and returns the exit code.
-fn parse_args() -> Result<AgentConfig, ExitCode> {
+fn parse_args() -> Result<(AgentConfig, Arc<dyn ConnectionMode>), ExitCode> {
     let argv: Vec<String> = std::env::args().collect();
     let cmd = argv
         .first()
@@ -109,13 +125,22 @@ fn parse_args() -> Result<AgentConfig, ExitCode> {
     };
     let listen =
         guest::parse_listen(&args.listen, args.port).map_err(|e| usage_error(&e.to_string()))?;
-    Ok(AgentConfig {
+    let mode: Arc<dyn ConnectionMode> = match &args.mcp_server {
+        None => builtin_mode(),
+        Some(cmd) => {
+            let argv = ukload::mcp::split_command(cmd)
+                .map_err(|e| usage_error(&format!("--mcp-server {cmd:?}: {e}")))?;
+            Arc::new(BridgeMode::new(argv).map_err(|e| usage_error(&e))?)
+        }
+    };
+    let cfg = AgentConfig {
         listen,
         framing: args.framing,
         boot_delay: Duration::from_millis(args.boot_delay_ms),
         cid: args.cid,
         ready_marker: !args.no_ready_line,
-    })
+    };
+    Ok((cfg, mode))
 }
 
 /// Prints `msg` as one line on stderr and gives the usage exit code.

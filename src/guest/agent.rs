@@ -1,5 +1,11 @@
-//! The agent's server: bind, announce readiness, serve JSON-RPC on each
-//! connection, stop on `shutdown`.
+//! The agent's server: bind, announce readiness, serve each connection, stop
+//! on `shutdown`.
+//!
+//! What happens on a connection is pluggable ([`ConnectionMode`]): the default
+//! ([`RpcMode`]) answers JSON-RPC itself with a [`Handler`]; the MCP bridge
+//! (`super::bridge`) relays to a stdio MCP server child. Either way the agent's
+//! own methods (`ping`, `shutdown`) are answered by the agent
+//! ([`AgentConn::agent_request`]), so the host's boot probe works in every mode.
 //!
 //! Deadlines: accepting polls every [`ACCEPT_POLL_INTERVAL`] so that a
 //! `shutdown` is noticed promptly; a connection that sends nothing for
@@ -119,11 +125,99 @@ pub fn run_agent(cfg: AgentConfig) -> Result<(), AgentError> {
     run_agent_with(cfg, Arc::new(DefaultHandler))
 }
 
+/// How the agent serves one accepted connection.
+pub trait ConnectionMode: Send + Sync {
+    /// Serves `stream` until it ends, on the connection's own thread. Must
+    /// return within bounded time once the stream is shut down (the agent shuts
+    /// every live connection down when it stops), and answer the agent's own
+    /// requests through [`AgentConn::agent_request`].
+    fn serve(&self, conn: &AgentConn<'_>, stream: Stream);
+}
+
+/// The agent's side of one connection, handed to a [`ConnectionMode`].
+pub struct AgentConn<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+/// The agent's answer to one of its own requests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentReply {
+    /// The JSON-RPC response to send.
+    pub response: Value,
+    /// Close the connection after sending it (`shutdown`).
+    pub close: bool,
+}
+
+impl AgentConn<'_> {
+    /// The connection's framing (the agent's `--framing`).
+    pub fn framing(&self) -> Framing {
+        self.shared.framing
+    }
+
+    /// A number identifying the connection in logs.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the agent is stopping (a `shutdown` was received).
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// The `ping` result: the agent's timestamps, `now_mono_ns` set to now.
+    pub fn ping_info(&self) -> PingInfo {
+        let mut info = self.shared.info.clone();
+        info.now_mono_ns = clock::monotonic_ns();
+        info
+    }
+
+    /// The agent's own answer to request `method` with `id`: `ping` (the
+    /// [`PingInfo`]) and `shutdown` (`{}`, and the agent stops). `None` for any
+    /// other method.
+    pub fn agent_request(&self, id: &Value, method: &str) -> Option<AgentReply> {
+        match method {
+            "ping" => {
+                let result = serde_json::to_value(self.ping_info()).expect("PingInfo serializes");
+                Some(AgentReply {
+                    response: jsonrpc::response(id.clone(), result),
+                    close: false,
+                })
+            }
+            "shutdown" => {
+                self.shared.stop.store(true, Ordering::SeqCst);
+                Some(AgentReply {
+                    response: jsonrpc::response(id.clone(), serde_json::json!({})),
+                    close: true,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The default mode: JSON-RPC answered by the agent, other methods by a [`Handler`].
+pub struct RpcMode {
+    handler: Arc<dyn Handler>,
+}
+
+impl RpcMode {
+    pub fn new(handler: Arc<dyn Handler>) -> Self {
+        RpcMode { handler }
+    }
+}
+
+impl ConnectionMode for RpcMode {
+    fn serve(&self, conn: &AgentConn<'_>, stream: Stream) {
+        serve_connection(conn, &*self.handler, stream);
+    }
+}
+
 /// State shared by the accept loop and connection threads.
 struct Shared {
     info: PingInfo,
     framing: Framing,
-    handler: Arc<dyn Handler>,
+    mode: Arc<dyn ConnectionMode>,
     stop: AtomicBool,
     /// Clones of live connections, so that stopping can wake their readers.
     live: Mutex<HashMap<u64, Stream>>,
@@ -134,6 +228,12 @@ struct Shared {
 /// `handler`. Returns after the listener is closed and the other
 /// connections have been shut down (waiting at most [`SHUTDOWN_GRACE`]).
 pub fn run_agent_with(cfg: AgentConfig, handler: Arc<dyn Handler>) -> Result<(), AgentError> {
+    run_agent_mode(cfg, Arc::new(RpcMode::new(handler)))
+}
+
+/// Runs the agent until a `shutdown` request, serving each connection with
+/// `mode`. Returns like [`run_agent_with`].
+pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result<(), AgentError> {
     let entry_ns = clock::monotonic_ns();
     let started_mono_ns = *PROCESS_START_MONO_NS.get().unwrap_or(&entry_ns);
     let cid = resolve_cid(&cfg)?;
@@ -172,7 +272,7 @@ pub fn run_agent_with(cfg: AgentConfig, handler: Arc<dyn Handler>) -> Result<(),
     let shared = Arc::new(Shared {
         info,
         framing: cfg.framing,
-        handler,
+        mode,
         stop: AtomicBool::new(false),
         live: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(0),
@@ -233,7 +333,11 @@ pub fn run_agent_with(cfg: AgentConfig, handler: Arc<dyn Handler>) -> Result<(),
                     id,
                     tx,
                 };
-                serve_connection(&conn_shared, stream);
+                let conn = AgentConn {
+                    shared: &conn_shared,
+                    id,
+                };
+                conn_shared.mode.serve(&conn, stream);
             });
         match spawned {
             Ok(_) => running += 1,
@@ -341,7 +445,8 @@ enum Next {
 
 /// Serves one connection until it closes, idles out, misbehaves, or asks
 /// for `shutdown`.
-fn serve_connection(shared: &Shared, stream: Stream) {
+fn serve_connection(conn: &AgentConn<'_>, handler: &dyn Handler, stream: Stream) {
+    let shared = conn.shared;
     if let Err(e) = stream
         .set_read_timeout(Some(IDLE_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
@@ -376,7 +481,7 @@ fn serve_connection(shared: &Shared, stream: Stream) {
             }
             Err(_) => return,
         };
-        match handle_frame(shared, &mut reader, &frame) {
+        match handle_frame(conn, handler, &mut reader, &frame) {
             Ok(Next::Continue) => {}
             Ok(Next::Close) => return,
             Err(e) => {
@@ -394,11 +499,12 @@ fn send(reader: &mut FrameReader<Stream>, framing: Framing, msg: &Value) -> Resu
 }
 
 fn handle_frame(
-    shared: &Shared,
+    conn: &AgentConn<'_>,
+    handler: &dyn Handler,
     reader: &mut FrameReader<Stream>,
     frame: &[u8],
 ) -> Result<Next, FrameError> {
-    let framing = shared.framing;
+    let framing = conn.framing();
     let msg = match jsonrpc::parse(frame) {
         Ok(m) => m,
         Err(e) => {
@@ -415,27 +521,18 @@ fn handle_frame(
         }
     };
     match msg {
-        Message::Request { id, method, params } => match method.as_str() {
-            "ping" => {
-                let mut info = shared.info.clone();
-                info.now_mono_ns = clock::monotonic_ns();
-                let result = serde_json::to_value(info).expect("PingInfo serializes");
-                send(reader, framing, &jsonrpc::response(id, result))?;
-                Ok(Next::Continue)
+        Message::Request { id, method, params } => match conn.agent_request(&id, &method) {
+            Some(reply) => {
+                send(reader, framing, &reply.response)?;
+                Ok(if reply.close {
+                    Next::Close
+                } else {
+                    Next::Continue
+                })
             }
-            "shutdown" => {
-                send(
-                    reader,
-                    framing,
-                    &jsonrpc::response(id, serde_json::json!({})),
-                )?;
-                shared.stop.store(true, Ordering::SeqCst);
-                Ok(Next::Close)
-            }
-            _ => {
-                let handled = panic::catch_unwind(AssertUnwindSafe(|| {
-                    shared.handler.handle(&method, params)
-                }));
+            None => {
+                let handled =
+                    panic::catch_unwind(AssertUnwindSafe(|| handler.handle(&method, params)));
                 let reply = match handled {
                     Ok(Some(Ok(result))) => jsonrpc::response(id, result),
                     Ok(Some(Err((code, message)))) => jsonrpc::error_response(id, code, &message),
@@ -456,8 +553,7 @@ fn handle_frame(
         Message::Notification { method, params } => {
             // Notifications get no reply, whatever the handler says (or if
             // it panics).
-            let _ =
-                panic::catch_unwind(AssertUnwindSafe(|| shared.handler.handle(&method, params)));
+            let _ = panic::catch_unwind(AssertUnwindSafe(|| handler.handle(&method, params)));
             Ok(Next::Continue)
         }
         // The agent sends no requests, so responses are stray: ignore them.

@@ -2,16 +2,20 @@
 //! Unix socket, answers `ping` with its timestamps, later MCP tools.
 //!
 //! - `config`: [`AgentConfig`] and [`ListenAddr`] (what to listen on, how).
-//! - `agent`: [`run_agent`], the accept loop and the per-connection server.
+//! - `agent`: [`run_agent`], the accept loop and the per-connection server
+//!   ([`ConnectionMode`]: JSON-RPC answered here, or the MCP bridge).
+//! - [`bridge`]: `--mcp-server`: each connection relayed to a fresh stdio MCP server.
 //! - [`pid1`]: running as PID 1 inside a microVM (owned by the microVM helper).
 
 mod agent;
+pub mod bridge;
 mod config;
 pub mod pid1;
 pub mod tools;
 
 pub use agent::{
-    mark_process_start, run_agent, run_agent_with, AgentError, DefaultHandler, Handler,
-    ACCEPT_POLL_INTERVAL, IDLE_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE, WRITE_TIMEOUT,
+    mark_process_start, run_agent, run_agent_mode, run_agent_with, AgentConn, AgentError,
+    AgentReply, ConnectionMode, DefaultHandler, Handler, RpcMode, ACCEPT_POLL_INTERVAL,
+    IDLE_TIMEOUT, MAX_CONNECTIONS, SHUTDOWN_GRACE, WRITE_TIMEOUT,
 };
 pub use config::{parse_listen, AgentConfig, ListenAddr, ParseListenError};

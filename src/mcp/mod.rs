@@ -7,10 +7,12 @@
 //! - [`tools`] / [`server`]: the four built-in tools and a minimal server over
 //!   them, for the guest agent.
 //! - [`coerce_args`]: `--arg key=value` typed by a tool's input schema.
+//! - [`cli`]: `ukload mcp tools|call|bench`.
 //!
 //! OWNER: MCP helper.
 
 mod args;
+pub mod cli;
 mod error;
 pub mod server;
 mod session;
@@ -23,7 +25,7 @@ mod wire;
 pub use args::{coerce_args, parse_arg_pair, split_command};
 pub use error::{codes, McpError};
 pub use session::{Session, SessionOptions, SessionStats};
-pub use stdio::{spawn_stdio_child, StderrTail, StdioChild};
+pub use stdio::{spawn_stdio_child, spawn_stdio_child_with, SpawnOptions, StderrTail, StdioChild};
 pub use transport::{CloseOutcome, Transport, TransportGuard};
 pub use types::{Content, InitializeResult, Tool, ToolResult};
 pub use wire::{McpFraming, MAX_FRAME_LEN};

@@ -8,6 +8,7 @@
 //! supervisor's spawn can replace it later.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -31,6 +32,9 @@ pub const KILL_REAP_DEADLINE: Duration = Duration::from_secs(5);
 const STDERR_DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// Poll interval for waiting on a child when `pidfd_open` is unavailable.
 const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// Longest single sleep on a pidfd: if another reaper collects the child, the
+/// pidfd may never become readable for us, so ECHILD is re-checked this often.
+const EXIT_POLL_INTERVAL_PIDFD: Duration = Duration::from_millis(50);
 /// Read size of the stderr thread.
 const STDERR_CHUNK: usize = 8 * 1024;
 /// How much stderr goes into an error message.
@@ -140,10 +144,49 @@ struct ChildState {
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Option<ChildStdout>,
-    /// Set once the child is reaped.
-    status: Option<ExitStatus>,
+    /// Whether the child is gone: reaped here (with its status) or elsewhere.
+    exit: Exit,
     /// Set once shutdown finished.
     outcome: Option<CloseOutcome>,
+}
+
+/// Whether the child has been reaped, and by whom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exit {
+    /// Not reaped yet (it may be a zombie).
+    Running,
+    /// Reaped here, with its status.
+    Reaped(ExitStatus),
+    /// `waitpid` said ECHILD: another reaper (a PID-1 reaper inside a guest, a
+    /// supervisor's `waitpid(-1)`) collected it first. Gone, status unknown.
+    ReapedElsewhere,
+}
+
+impl Exit {
+    fn is_running(self) -> bool {
+        self == Exit::Running
+    }
+
+    fn status(self) -> Option<ExitStatus> {
+        match self {
+            Exit::Reaped(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// How a stdio MCP server is started, beyond its command line.
+#[derive(Clone, Debug, Default)]
+pub struct SpawnOptions {
+    /// Kill the child (SIGKILL) when the *thread* that spawns it dies, through
+    /// `PR_SET_PDEATHSIG`; also refuses to start if the parent already died
+    /// between `fork` and the `prctl`. Linux ties the signal to the forking
+    /// thread, not the process: only set it when spawning from a thread that
+    /// outlives the child (the CLI's main thread, a guest connection thread that
+    /// reaps its child before it returns). Off by default for that reason.
+    pub die_with_parent: bool,
+    /// Extra environment variables for the child (e.g. the `UKLOAD_RUN` marker).
+    pub env: Vec<(OsString, OsString)>,
 }
 
 /// Spawns `argv` with piped stdin/stdout, stderr kept in a [`StderrTail`], in a
@@ -151,18 +194,35 @@ struct ChildState {
 ///
 /// The single place a stdio MCP server is started (to be swapped for the supervisor's spawn).
 pub fn spawn_stdio_child(argv: &[String]) -> io::Result<StdioChild> {
+    spawn_stdio_child_with(argv, &SpawnOptions::default())
+}
+
+/// [`spawn_stdio_child`] with [`SpawnOptions`].
+pub fn spawn_stdio_child_with(argv: &[String], opts: &SpawnOptions) -> io::Result<StdioChild> {
     let (program, args) = argv.split_first().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             "empty command for the stdio MCP server",
         )
     })?;
-    let mut child = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(opts.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
+        .process_group(0);
+    if opts.die_with_parent {
+        // Captured before the fork: in the child, getppid() must still be this.
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe calls (prctl, getppid); it allocates nothing and touches
+        // no lock.
+        unsafe {
+            cmd.pre_exec(move || die_with_parent(parent));
+        }
+    }
+    let mut child = cmd
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("spawning {argv:?}: {e}")))?;
     let pid = child.id();
@@ -185,7 +245,7 @@ pub fn spawn_stdio_child(argv: &[String]) -> io::Result<StdioChild> {
             child,
             stdin,
             stdout,
-            status: None,
+            exit: Exit::Running,
             outcome: None,
         }),
         stderr,
@@ -202,6 +262,25 @@ pub fn spawn_stdio_child(argv: &[String]) -> io::Result<StdioChild> {
             format!("starting the stderr reader for pid {pid}: {e}"),
         )),
     }
+}
+
+/// In the forked child: SIGKILL when the forking thread dies; fail the spawn if
+/// the parent is already gone (the signal would never come then).
+///
+/// Only async-signal-safe calls: it runs between `fork` and `exec`.
+fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and affects only the
+    // calling (child) process.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid has no preconditions and cannot fail.
+    if unsafe { libc::getppid() } != parent {
+        // The parent died before the prctl took effect: no signal will come.
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
 }
 
 fn drain_stderr(mut pipe: impl Read, tail: StderrTail) {
@@ -274,12 +353,22 @@ impl StdioChild {
     }
 
     /// The exit status if the child has exited (reaping it), without blocking.
+    /// `None` also when another reaper collected it (see [`StdioChild::has_exited`]).
     pub fn try_status(&self) -> io::Result<Option<ExitStatus>> {
         let mut st = self.state();
-        if st.status.is_none() {
-            st.status = st.child.try_wait()?;
+        if st.exit.is_running() {
+            st.exit = poll_exit(&mut st.child)?;
         }
-        Ok(st.status)
+        Ok(st.exit.status())
+    }
+
+    /// Whether the child is gone (reaped here or by another reaper), without blocking.
+    pub fn has_exited(&self) -> io::Result<bool> {
+        let mut st = self.state();
+        if st.exit.is_running() {
+            st.exit = poll_exit(&mut st.child)?;
+        }
+        Ok(!st.exit.is_running())
     }
 
     /// Ends the child and reaps it; idempotent (later calls return the first outcome).
@@ -296,24 +385,24 @@ impl StdioChild {
         drop(st.stdin.take());
         let pgid = self.pid as libc::pid_t;
         let mut signal_sent = None;
-        if st.status.is_none() {
-            st.status = wait_deadline(&mut st.child, Instant::now() + STDIN_CLOSE_GRACE)?;
+        if st.exit.is_running() {
+            st.exit = wait_deadline(&mut st.child, Instant::now() + STDIN_CLOSE_GRACE)?;
         }
-        if st.status.is_none() || group_alive(pgid) {
+        if st.exit.is_running() || group_alive(pgid) {
             signal_sent = Some(libc::SIGTERM);
             signal_group(pgid, libc::SIGTERM)?;
-            if st.status.is_none() {
-                st.status = wait_deadline(&mut st.child, Instant::now() + TERM_GRACE)?;
+            if st.exit.is_running() {
+                st.exit = wait_deadline(&mut st.child, Instant::now() + TERM_GRACE)?;
             }
-            if st.status.is_none() || group_alive(pgid) {
+            if st.exit.is_running() || group_alive(pgid) {
                 signal_sent = Some(libc::SIGKILL);
                 signal_group(pgid, libc::SIGKILL)?;
-                if st.status.is_none() {
-                    st.status = wait_deadline(&mut st.child, Instant::now() + KILL_REAP_DEADLINE)?;
+                if st.exit.is_running() {
+                    st.exit = wait_deadline(&mut st.child, Instant::now() + KILL_REAP_DEADLINE)?;
                 }
             }
         }
-        let Some(status) = st.status else {
+        if st.exit.is_running() {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
@@ -321,11 +410,12 @@ impl StdioChild {
                     self.describe()
                 ),
             ));
-        };
+        }
         drop(st.stdout.take());
         let outcome = CloseOutcome {
-            exit_status: Some(status),
+            exit_status: st.exit.status(),
             signal_sent,
+            reaped_elsewhere: st.exit == Exit::ReapedElsewhere,
         };
         st.outcome = Some(outcome.clone());
         drop(st);
@@ -361,16 +451,17 @@ impl TransportGuard for StdioChild {
     fn diagnostics(&self, wait: Duration) -> Option<String> {
         let deadline = Instant::now() + wait;
         self.stderr.wait_eof(wait);
-        let status = {
+        let exit = {
             let mut st = self.state();
-            if st.status.is_none() {
-                st.status = wait_deadline(&mut st.child, deadline).ok().flatten();
+            if st.exit.is_running() {
+                st.exit = wait_deadline(&mut st.child, deadline).unwrap_or(Exit::Running);
             }
-            st.status
+            st.exit
         };
-        let mut out = match status {
-            Some(s) => format!("pid {} exited ({s})", self.pid),
-            None => format!("pid {} still running", self.pid),
+        let mut out = match exit {
+            Exit::Reaped(s) => format!("pid {} exited ({s})", self.pid),
+            Exit::ReapedElsewhere => format!("pid {} exited (reaped by another process)", self.pid),
+            Exit::Running => format!("pid {} still running", self.pid),
         };
         let tail = self.stderr.last(STDERR_IN_ERRORS);
         if tail.is_empty() {
@@ -423,26 +514,43 @@ fn group_alive(pgid: libc::pid_t) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Waits for `child` to exit until `deadline`, reaping it. Ok(None) on timeout.
+/// Reaps `child` if it has exited, without blocking. ECHILD means another reaper
+/// got it first (a guest's PID-1 reaper, a supervisor's `waitpid(-1)`): it is gone,
+/// which is never retried.
+fn poll_exit(child: &mut Child) -> io::Result<Exit> {
+    match child.try_wait() {
+        Ok(Some(status)) => Ok(Exit::Reaped(status)),
+        Ok(None) => Ok(Exit::Running),
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(Exit::ReapedElsewhere),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("waitpid({}): {e}", child.id()),
+        )),
+    }
+}
+
+/// Waits for `child` to exit until `deadline`, reaping it. `Exit::Running` on timeout.
 ///
 /// Sleeps in poll(2) on a pidfd when the kernel has `pidfd_open` (Linux 5.3+),
 /// otherwise polls `try_wait` every [`EXIT_POLL_INTERVAL`].
-fn wait_deadline(child: &mut Child, deadline: Instant) -> io::Result<Option<ExitStatus>> {
-    if let Some(status) = child.try_wait()? {
-        return Ok(Some(status));
+fn wait_deadline(child: &mut Child, deadline: Instant) -> io::Result<Exit> {
+    let first = poll_exit(child)?;
+    if !first.is_running() {
+        return Ok(first);
     }
     let pidfd = pidfd_open(child.id());
     loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
+        let exit = poll_exit(child)?;
+        if !exit.is_running() {
+            return Ok(exit);
         }
         let now = Instant::now();
         if now >= deadline {
-            return Ok(None);
+            return Ok(Exit::Running);
         }
         let remaining = deadline - now;
         match &pidfd {
-            Some(fd) => poll_readable(fd, remaining)?,
+            Some(fd) => poll_readable(fd, remaining.min(EXIT_POLL_INTERVAL_PIDFD))?,
             None => std::thread::sleep(remaining.min(EXIT_POLL_INTERVAL)),
         }
     }
@@ -523,6 +631,57 @@ mod tests {
         let pid = child.pid();
         drop(child);
         assert!(!pid_exists(pid));
+    }
+
+    #[test]
+    fn child_reaped_by_another_reaper_counts_as_gone() {
+        let child = spawn_stdio_child(&sh("exit 3")).unwrap();
+        let pid = child.pid() as libc::pid_t;
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, standing in for a PID-1 reaper.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(rc, pid);
+        assert!(child.has_exited().unwrap());
+        let start = Instant::now();
+        let outcome = child.shutdown().unwrap();
+        assert!(outcome.reaped_elsewhere, "{outcome:?}");
+        assert_eq!(outcome.exit_status, None);
+        assert!(start.elapsed() < STDIN_CLOSE_GRACE, "looped on ECHILD");
+    }
+
+    #[test]
+    fn die_with_parent_kills_the_child_when_its_spawning_thread_ends() {
+        use std::os::unix::process::ExitStatusExt;
+        let opts = SpawnOptions {
+            die_with_parent: true,
+            env: vec![("UKLOAD_TEST_MARK".into(), "m-1".into())],
+        };
+        let child = std::thread::spawn(move || {
+            let child =
+                spawn_stdio_child_with(&sh("echo \"$UKLOAD_TEST_MARK\" >&2; exec sleep 30"), &opts)
+                    .unwrap();
+            // Let it start (and show its environment) before this thread ends.
+            let deadline = Instant::now() + KILL_REAP_DEADLINE;
+            while child.stderr_tail().contents().is_empty() {
+                assert!(Instant::now() < deadline, "child never wrote to stderr");
+                std::thread::sleep(EXIT_POLL_INTERVAL);
+            }
+            child
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + KILL_REAP_DEADLINE;
+        while !child.has_exited().unwrap() {
+            assert!(
+                Instant::now() < deadline,
+                "child outlived its spawning thread"
+            );
+            std::thread::sleep(EXIT_POLL_INTERVAL);
+        }
+        let outcome = child.shutdown().unwrap();
+        assert_eq!(outcome.exit_status.unwrap().signal(), Some(libc::SIGKILL));
+        assert!(child.stderr_tail().wait_eof(KILL_REAP_DEADLINE));
+        assert_eq!(child.stderr_tail().contents(), "m-1\n");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::McpError;
-use super::stdio::spawn_stdio_child;
+use super::stdio::{spawn_stdio_child_with, SpawnOptions};
 use super::wire::McpFraming;
 
 /// How the peer ended when the session closed.
@@ -25,6 +25,9 @@ pub struct CloseOutcome {
     /// The strongest signal that had to be sent to its process group
     /// (`None`: it exited by itself once its stdin was closed).
     pub signal_sent: Option<i32>,
+    /// The process was collected by another reaper (ECHILD: a guest's PID-1
+    /// reaper, a supervisor's `waitpid(-1)`): it is gone, `exit_status` unknown.
+    pub reaped_elsewhere: bool,
 }
 
 /// Ends the peer of a transport and releases what it holds.
@@ -89,7 +92,16 @@ impl Transport {
     /// Spawns `argv` as a stdio MCP server (its own process group, stderr kept);
     /// the session kills and reaps it on close.
     pub fn stdio(argv: &[String], framing: McpFraming) -> Result<Transport, McpError> {
-        let child = spawn_stdio_child(argv)
+        Transport::stdio_with(argv, framing, &SpawnOptions::default())
+    }
+
+    /// [`Transport::stdio`] with [`SpawnOptions`] (die with the parent, extra env).
+    pub fn stdio_with(
+        argv: &[String],
+        framing: McpFraming,
+        opts: &SpawnOptions,
+    ) -> Result<Transport, McpError> {
+        let child = spawn_stdio_child_with(argv, opts)
             .map_err(|e| McpError::io("starting the stdio MCP server", e))?;
         child
             .into_transport(framing)
@@ -113,6 +125,28 @@ impl Transport {
         Ok(
             Transport::new(Box::new(reader), Box::new(stream), framing, peer.clone())
                 .with_guard(Arc::new(SocketGuard(guard))),
+        )
+    }
+
+    /// A transport over a connected [`vsock::Stream`](crate::vsock::Stream) of
+    /// either kind (hybrid Unix socket after `CONNECT`, or `AF_VSOCK`); closing
+    /// the session shuts the socket down. The stream's own timeouts are left as
+    /// they are: the session bounds every call with its own deadline.
+    pub fn vsock_stream(
+        stream: crate::vsock::Stream,
+        framing: McpFraming,
+        peer: impl Into<String>,
+    ) -> Result<Transport, McpError> {
+        let peer = peer.into();
+        let clone = |s: &crate::vsock::Stream| {
+            s.try_clone()
+                .map_err(|e| McpError::io(format!("try_clone of the socket to {peer}"), e))
+        };
+        let reader = clone(&stream)?;
+        let guard = clone(&stream)?;
+        Ok(
+            Transport::new(Box::new(reader), Box::new(stream), framing, peer.clone())
+                .with_guard(Arc::new(VsockStreamGuard(guard))),
         )
     }
 
@@ -144,6 +178,23 @@ impl TransportGuard for SocketGuard {
             Err(e) => Err(io::Error::new(
                 e.kind(),
                 format!("shutdown of the MCP socket: {e}"),
+            )),
+        }
+    }
+}
+
+/// Shuts a vsock stream (either kind) down so the session's reader sees end of file.
+struct VsockStreamGuard(crate::vsock::Stream);
+
+impl TransportGuard for VsockStreamGuard {
+    fn shutdown(&self) -> io::Result<CloseOutcome> {
+        match self.0.shutdown(Shutdown::Both) {
+            Ok(()) => Ok(CloseOutcome::default()),
+            // Already disconnected by the peer: nothing left to end.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(CloseOutcome::default()),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("shutdown of the MCP vsock stream: {e}"),
             )),
         }
     }

@@ -1,0 +1,1121 @@
+//! `ukload mcp`: talk to one MCP server from the command line.
+//!
+//! - `ukload mcp tools [transport]`: list the server's tools.
+//! - `ukload mcp call TOOL [--arg k=v ...] [--args JSON] [transport]`: call one
+//!   tool and print its result (text, or the raw result with `--format json`).
+//! - `ukload mcp bench [transport] --calls N --parallel P TOOL [--arg ...]`: call
+//!   a tool N times, P at a time over one session, and report latency
+//!   min/median/p95/p99/max and calls per second.
+//!
+//! Transports (exactly one): `--stdio 'CMD ARGS'` (a child in its own process
+//! group, killed and reaped when the session closes, and SIGKILLed by the kernel
+//! if ukload dies: `PR_SET_PDEATHSIG`), `--vsock CID:PORT` (`AF_VSOCK`, CID 3 or
+//! more), `--uds PATH:PORT` (hybrid vsock: Unix socket, then `CONNECT PORT`).
+//!
+//! Exit codes: [`EXIT_OK`] 0, [`EXIT_TOOL_ERROR`] 1 (the tool ran and returned
+//! `isError: true`; its text is printed on stdout), [`EXIT_RPC_ERROR`] 3 (the
+//! server answered with a JSON-RPC error; `error <code>: <message>` on stderr),
+//! [`EXIT_TRANSPORT`] 4 (transport, protocol or timeout failure), [`EXIT_USAGE`]
+//! 64 (bad command line; one line naming the flag).
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use argh::FromArgs;
+use serde_json::{json, Map, Value};
+
+use super::args::{coerce_args, parse_arg_pair, split_command};
+use super::error::McpError;
+use super::session::{Session, SessionOptions};
+use super::stdio::SpawnOptions;
+use super::transport::Transport;
+use super::types::{Tool, ToolResult};
+use super::wire::McpFraming;
+use crate::framing::Framing;
+use crate::vsock::{self, kernel::cid_is_connectable, Endpoint};
+
+/// Success.
+pub const EXIT_OK: i32 = 0;
+/// The tool ran and reported a failure (`isError: true`).
+pub const EXIT_TOOL_ERROR: i32 = 1;
+/// The server answered with a JSON-RPC error (unknown tool, bad arguments, ...).
+pub const EXIT_RPC_ERROR: i32 = 3;
+/// Transport, protocol or timeout failure: we do not know what the server did.
+pub const EXIT_TRANSPORT: i32 = 4;
+/// Bad command line (sysexits.h EX_USAGE).
+pub const EXIT_USAGE: i32 = 64;
+
+/// Default deadline of each call, ms.
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Default number of calls of `mcp bench`.
+pub const DEFAULT_BENCH_CALLS: usize = 100;
+/// Default number of calls in flight at once in `mcp bench`.
+pub const DEFAULT_BENCH_PARALLEL: usize = 1;
+/// Most calls `mcp bench` makes (keeps the latency vector in memory bounded).
+pub const MAX_BENCH_CALLS: usize = 10_000_000;
+/// Most caller threads `mcp bench` starts (one thread per call in flight).
+pub const MAX_BENCH_PARALLEL: usize = 1024;
+/// Longest `--timeout-ms` accepted (a day): beyond it a deadline is a mistake.
+pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+/// Prefix of the `UKLOAD_RUN` marker given to a `--stdio` child: `mcp-<ukload pid>`,
+/// so `ukload ps`/`cleanup` and tests can find it by its marker.
+pub const STDIO_MARKER_PREFIX: &str = "mcp-";
+
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "mcp",
+    note = "Transports (give exactly one): --stdio 'CMD ARGS' runs the server as a child \
+            (own process group, killed and reaped at the end, killed too if ukload dies); \
+            --vsock CID:PORT connects over AF_VSOCK (CID 3 or more); --uds PATH:PORT \
+            connects to a hybrid-vsock Unix socket and sends CONNECT PORT.",
+    error_code(0, "success"),
+    error_code(1, "the tool ran and returned isError: true (its text is on stdout)"),
+    error_code(
+        3,
+        "the server answered with a JSON-RPC error (`error <code>: <message>` on stderr)"
+    ),
+    error_code(4, "transport, protocol or timeout failure"),
+    error_code(64, "bad usage")
+)]
+/// Talk to an MCP server: list its tools, call one, or benchmark one.
+pub struct McpArgs {
+    #[argh(subcommand)]
+    pub cmd: McpCmd,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum McpCmd {
+    Tools(ToolsArgs),
+    Call(CallArgs),
+    Bench(BenchArgs),
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "tools",
+    error_code(0, "success"),
+    error_code(3, "the server answered tools/list with a JSON-RPC error"),
+    error_code(4, "transport, protocol or timeout failure"),
+    error_code(64, "bad usage")
+)]
+/// List the server's tools (following tools/list pagination).
+pub struct ToolsArgs {
+    #[argh(option)]
+    /// run this stdio MCP server: 'CMD ARGS' (split like a shell, without a shell)
+    pub stdio: Option<String>,
+    #[argh(option)]
+    /// connect over AF_VSOCK to CID:PORT (CID 3 or more)
+    pub vsock: Option<String>,
+    #[argh(option)]
+    /// connect over hybrid vsock: Unix socket PATH, then CONNECT PORT (PATH:PORT)
+    pub uds: Option<String>,
+    #[argh(option)]
+    /// framing: line (default, MCP's) or length (4-byte little-endian prefix)
+    pub framing: Option<String>,
+    #[argh(option)]
+    /// deadline of each request in ms (default 10000)
+    pub timeout_ms: Option<String>,
+    #[argh(option)]
+    /// output: human (default) or json (the raw tools/list entries)
+    pub format: Option<String>,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "call",
+    note = "An --arg value takes the type the tool's inputSchema gives its key (--arg a=2 \
+            is the number 2 for a number property); untyped keys are JSON if they parse, \
+            else strings. --args gives a JSON object; --arg keys are added to it.",
+    error_code(
+        0,
+        "the tool succeeded; its text (or --format json: the raw result) is on stdout"
+    ),
+    error_code(1, "the tool ran and returned isError: true (its text is on stdout)"),
+    error_code(
+        3,
+        "the server answered with a JSON-RPC error (`error <code>: <message>` on stderr)"
+    ),
+    error_code(4, "transport, protocol or timeout failure"),
+    error_code(64, "bad usage")
+)]
+/// Call one tool and print its result.
+pub struct CallArgs {
+    #[argh(positional)]
+    /// the tool's name
+    pub tool: String,
+    #[argh(option)]
+    /// an argument key=value (repeatable), typed by the tool's input schema
+    pub arg: Vec<String>,
+    #[argh(option)]
+    /// the arguments as one JSON object
+    pub args: Option<String>,
+    #[argh(option)]
+    /// run this stdio MCP server: 'CMD ARGS' (split like a shell, without a shell)
+    pub stdio: Option<String>,
+    #[argh(option)]
+    /// connect over AF_VSOCK to CID:PORT (CID 3 or more)
+    pub vsock: Option<String>,
+    #[argh(option)]
+    /// connect over hybrid vsock: Unix socket PATH, then CONNECT PORT (PATH:PORT)
+    pub uds: Option<String>,
+    #[argh(option)]
+    /// framing: line (default, MCP's) or length (4-byte little-endian prefix)
+    pub framing: Option<String>,
+    #[argh(option)]
+    /// deadline of the call in ms (default 10000)
+    pub timeout_ms: Option<String>,
+    #[argh(option)]
+    /// output: text (default: the result's text) or json (the raw result)
+    pub format: Option<String>,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(
+    subcommand,
+    name = "bench",
+    note = "Latency is measured per call, from sending the request to its answer, over \
+            every call the server answered (results, tool errors and JSON-RPC errors); \
+            percentiles are nearest-rank. Calls per second = answered calls / wall time.",
+    error_code(0, "every call succeeded"),
+    error_code(1, "some call returned isError: true (and none failed worse)"),
+    error_code(3, "some call got a JSON-RPC error (and none failed worse)"),
+    error_code(4, "some call failed: transport, protocol or timeout"),
+    error_code(64, "bad usage")
+)]
+/// Call a tool many times over one session and report latency and throughput.
+pub struct BenchArgs {
+    #[argh(positional)]
+    /// the tool's name
+    pub tool: String,
+    #[argh(option)]
+    /// number of calls (default 100)
+    pub calls: Option<String>,
+    #[argh(option)]
+    /// calls in flight at once (default 1)
+    pub parallel: Option<String>,
+    #[argh(option)]
+    /// an argument key=value (repeatable), typed by the tool's input schema
+    pub arg: Vec<String>,
+    #[argh(option)]
+    /// the arguments as one JSON object
+    pub args: Option<String>,
+    #[argh(option)]
+    /// run this stdio MCP server: 'CMD ARGS' (split like a shell, without a shell)
+    pub stdio: Option<String>,
+    #[argh(option)]
+    /// connect over AF_VSOCK to CID:PORT (CID 3 or more)
+    pub vsock: Option<String>,
+    #[argh(option)]
+    /// connect over hybrid vsock: Unix socket PATH, then CONNECT PORT (PATH:PORT)
+    pub uds: Option<String>,
+    #[argh(option)]
+    /// framing: line (default, MCP's) or length (4-byte little-endian prefix)
+    pub framing: Option<String>,
+    #[argh(option)]
+    /// deadline of each call in ms (default 10000)
+    pub timeout_ms: Option<String>,
+    #[argh(option)]
+    /// output: human (default) or json
+    pub format: Option<String>,
+}
+
+/// A usage error: one line naming the flag at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage(pub String);
+
+/// Where the server is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A child process speaking MCP on stdio.
+    Stdio(Vec<String>),
+    /// `AF_VSOCK` or hybrid vsock.
+    Vsock(Endpoint),
+}
+
+/// A validated transport: where, how framed, and the per-call deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub target: Target,
+    pub framing: McpFraming,
+    pub timeout: Duration,
+}
+
+/// The transport flags every subcommand shares.
+struct TransportFlags<'a> {
+    stdio: &'a Option<String>,
+    vsock: &'a Option<String>,
+    uds: &'a Option<String>,
+    framing: &'a Option<String>,
+    timeout_ms: &'a Option<String>,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// Text for `call`, a readable report for `tools`/`bench`.
+    Human,
+    Json,
+}
+
+/// Runs `ukload mcp ...`; returns the exit code. Call it from a thread that
+/// lives until it returns (e.g. the main thread): a `--stdio` child is set to
+/// be SIGKILLed when the spawning thread dies.
+pub fn run(args: McpArgs) -> i32 {
+    let result = match args.cmd {
+        McpCmd::Tools(a) => cmd_tools(a),
+        McpCmd::Call(a) => cmd_call(a),
+        McpCmd::Bench(a) => cmd_bench(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Failure::Usage(Usage(msg))) => {
+            eprintln!("ukload mcp: {msg}");
+            EXIT_USAGE
+        }
+        Err(Failure::Mcp(e)) => report_mcp_error(&e),
+    }
+}
+
+/// Why a subcommand stopped early.
+enum Failure {
+    Usage(Usage),
+    Mcp(McpError),
+}
+
+impl From<Usage> for Failure {
+    fn from(u: Usage) -> Self {
+        Failure::Usage(u)
+    }
+}
+
+impl From<McpError> for Failure {
+    fn from(e: McpError) -> Self {
+        Failure::Mcp(e)
+    }
+}
+
+/// Prints an MCP error the documented way and returns its exit code.
+fn report_mcp_error(e: &McpError) -> i32 {
+    match e {
+        McpError::Rpc { code, message, .. } => {
+            eprintln!("error {code}: {message}");
+            EXIT_RPC_ERROR
+        }
+        other => {
+            eprintln!("ukload mcp: {other}");
+            EXIT_TRANSPORT
+        }
+    }
+}
+
+/// Validates the transport flags (exactly one transport).
+fn connection(f: TransportFlags<'_>) -> Result<Connection, Usage> {
+    let given: Vec<&str> = [
+        (f.stdio.is_some(), "--stdio"),
+        (f.vsock.is_some(), "--vsock"),
+        (f.uds.is_some(), "--uds"),
+    ]
+    .iter()
+    .filter(|(set, _)| *set)
+    .map(|(_, name)| *name)
+    .collect();
+    if given.len() != 1 {
+        let got = if given.is_empty() {
+            "none".to_string()
+        } else {
+            given.join(" and ")
+        };
+        return Err(Usage(format!(
+            "give exactly one transport: --stdio 'CMD ARGS', --vsock CID:PORT or --uds PATH:PORT (got {got})"
+        )));
+    }
+    let target = if let Some(cmd) = f.stdio {
+        Target::Stdio(split_command(cmd).map_err(|e| Usage(format!("--stdio {cmd:?}: {e}")))?)
+    } else if let Some(v) = f.vsock {
+        Target::Vsock(parse_vsock(v)?)
+    } else if let Some(u) = f.uds {
+        Target::Vsock(parse_uds(u)?)
+    } else {
+        unreachable!("exactly one transport was checked above")
+    };
+    let framing = match f.framing.as_deref() {
+        None => McpFraming::Line,
+        Some(s) => match s.parse::<Framing>() {
+            Ok(Framing::Line) => McpFraming::Line,
+            Ok(Framing::Length) => McpFraming::Length,
+            Err(e) => return Err(Usage(format!("--framing: {e}"))),
+        },
+    };
+    let timeout_ms = match f.timeout_ms {
+        None => DEFAULT_TIMEOUT_MS,
+        Some(s) => parse_count(s, "--timeout-ms", 1, MAX_TIMEOUT_MS as usize)? as u64,
+    };
+    Ok(Connection {
+        target,
+        framing,
+        timeout: Duration::from_millis(timeout_ms),
+    })
+}
+
+/// A whole number in `min..=max`, or a usage error naming `flag`.
+fn parse_count(s: &str, flag: &str, min: usize, max: usize) -> Result<usize, Usage> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(Usage(format!(
+            "{flag} {s:?}: expected a whole number from {min} to {max}"
+        ))),
+    }
+}
+
+/// A vsock port: 1 ..= VMADDR_PORT_ANY - 1.
+fn parse_port(s: &str, flag: &str, whole: &str) -> Result<u32, Usage> {
+    match s.parse::<u32>() {
+        Ok(p) if p != 0 && p != libc::VMADDR_PORT_ANY => Ok(p),
+        _ => Err(Usage(format!(
+            "{flag} {whole}: invalid port {s:?}: expected a number from 1 to {}",
+            libc::VMADDR_PORT_ANY - 1
+        ))),
+    }
+}
+
+/// `CID:PORT`; CIDs 0, 1, 2 (hypervisor, local, host) and the wildcard are refused.
+fn parse_vsock(s: &str) -> Result<Endpoint, Usage> {
+    let (cid, port) = s
+        .split_once(':')
+        .ok_or_else(|| Usage(format!("--vsock {s}: expected CID:PORT, e.g. 200:5252")))?;
+    let cid: u32 = cid
+        .parse()
+        .map_err(|_| Usage(format!("--vsock {s}: invalid CID {cid:?}")))?;
+    if !cid_is_connectable(cid) {
+        return Err(Usage(format!(
+            "--vsock {s}: CID {cid} is reserved (0, 1 and 2 are the hypervisor, local and \
+             host CIDs; {} is the wildcard); guests have CID 3 or more",
+            libc::VMADDR_CID_ANY
+        )));
+    }
+    let port = parse_port(port, "--vsock", s)?;
+    Ok(Endpoint::Vsock { cid, port })
+}
+
+/// `PATH:PORT`, split at the last colon (the path may contain colons).
+fn parse_uds(s: &str) -> Result<Endpoint, Usage> {
+    let (path, port) = s.rsplit_once(':').ok_or_else(|| {
+        Usage(format!(
+            "--uds {s}: expected PATH:PORT, e.g. /tmp/guest.sock:5252"
+        ))
+    })?;
+    if path.is_empty() {
+        return Err(Usage(format!("--uds {s}: the socket path is empty")));
+    }
+    let port = parse_port(port, "--uds", s)?;
+    Ok(Endpoint::Hybrid {
+        path: PathBuf::from(path),
+        port,
+    })
+}
+
+fn parse_format(s: &Option<String>, text_name: &str) -> Result<Format, Usage> {
+    match s.as_deref() {
+        None | Some("human") | Some("text") => Ok(Format::Human),
+        Some("json") => Ok(Format::Json),
+        Some(other) => Err(Usage(format!(
+            "--format {other:?}: expected {text_name} or json"
+        ))),
+    }
+}
+
+/// `--args` (a JSON object) and `--arg` pairs, validated before connecting.
+#[derive(Debug)]
+struct ArgSpec {
+    base: Map<String, Value>,
+    pairs: Vec<(String, String)>,
+}
+
+fn arg_spec(arg: &[String], args: &Option<String>) -> Result<ArgSpec, Usage> {
+    let base = match args {
+        None => Map::new(),
+        Some(s) => match serde_json::from_str::<Value>(s) {
+            Ok(Value::Object(m)) => m,
+            Ok(other) => {
+                return Err(Usage(format!(
+                    "--args: expected a JSON object, got {}",
+                    json_kind(&other)
+                )))
+            }
+            Err(e) => return Err(Usage(format!("--args: not valid JSON: {e}"))),
+        },
+    };
+    let pairs = arg
+        .iter()
+        .map(|a| parse_arg_pair(a).map_err(Usage))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some((k, _)) = pairs.iter().find(|(k, _)| base.contains_key(k)) {
+        return Err(Usage(format!(
+            "--arg {k}: the key is also in --args; give it once"
+        )));
+    }
+    Ok(ArgSpec { base, pairs })
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The arguments object for `tool`: `--args` plus `--arg` pairs typed by the
+/// tool's input schema (fetched with tools/list only when there are pairs). A
+/// tool the server does not list gets untyped pairs: the call itself then
+/// reports the server's error for the unknown tool.
+fn build_arguments(session: &Session, tool: &str, spec: &ArgSpec) -> Result<Value, Failure> {
+    let mut out = spec.base.clone();
+    if !spec.pairs.is_empty() {
+        let tools = session.list_tools()?;
+        let schema = tools
+            .iter()
+            .find(|t| t.name == tool)
+            .map(|t| t.input_schema.clone())
+            .unwrap_or_else(|| json!({}));
+        match coerce_args(&schema, &spec.pairs).map_err(Usage)? {
+            Value::Object(m) => out.extend(m),
+            _ => unreachable!("coerce_args builds an object"),
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// Connects and initializes; `--stdio` children die with ukload and carry the
+/// `UKLOAD_RUN=mcp-<pid>` marker.
+pub fn connect(conn: &Connection) -> Result<Session, McpError> {
+    let transport = match &conn.target {
+        Target::Stdio(argv) => {
+            let opts = SpawnOptions {
+                die_with_parent: true,
+                env: vec![(
+                    crate::ENV_RUN.into(),
+                    format!("{STDIO_MARKER_PREFIX}{}", std::process::id()).into(),
+                )],
+            };
+            Transport::stdio_with(argv, conn.framing, &opts)?
+        }
+        Target::Vsock(ep) => {
+            let stream = vsock::connect(ep, conn.timeout)
+                .map_err(|e| McpError::io(format!("connecting to {ep}"), io::Error::other(e)))?;
+            Transport::vsock_stream(stream, conn.framing, ep.to_string())?
+        }
+    };
+    let defaults = SessionOptions::default();
+    let options = SessionOptions {
+        // A cold `node` start on a loaded machine takes seconds: a short call
+        // deadline must not make the handshake fail.
+        init_timeout: conn.timeout.max(defaults.init_timeout),
+        request_timeout: conn.timeout,
+        ..defaults
+    };
+    Session::initialize(transport, options)
+}
+
+/// Closes the session; a failure to end the server is reported (exit 4) unless
+/// an earlier outcome already decided the exit code.
+fn finish(session: Session, code: i32) -> i32 {
+    match session.close() {
+        Ok(_) => code,
+        Err(e) => {
+            eprintln!("ukload mcp: {e}");
+            if code == EXIT_OK {
+                EXIT_TRANSPORT
+            } else {
+                code
+            }
+        }
+    }
+}
+
+/// Writes to stdout, ignoring a closed pipe (the exit code still tells the outcome).
+fn print_out(text: &str) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+fn cmd_tools(a: ToolsArgs) -> Result<i32, Failure> {
+    let conn = connection(TransportFlags {
+        stdio: &a.stdio,
+        vsock: &a.vsock,
+        uds: &a.uds,
+        framing: &a.framing,
+        timeout_ms: &a.timeout_ms,
+    })?;
+    let format = parse_format(&a.format, "human")?;
+    let session = connect(&conn)?;
+    let tools = match session.list_tools() {
+        Ok(t) => t,
+        Err(e) => {
+            let code = report_mcp_error(&e);
+            return Ok(finish(session, code));
+        }
+    };
+    let text = match format {
+        Format::Json => {
+            let raw: Vec<&Value> = tools.iter().map(|t| &t.raw).collect();
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&raw).unwrap_or_default()
+            )
+        }
+        Format::Human => tools.iter().map(describe_tool).collect(),
+    };
+    print_out(&text);
+    Ok(finish(session, EXIT_OK))
+}
+
+/// One line: `name(arg: type, [optional: type])  description`.
+fn describe_tool(t: &Tool) -> String {
+    let required: Vec<&str> = t.input_schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let params: Vec<String> = t.input_schema["properties"]
+        .as_object()
+        .map(|props| {
+            props
+                .iter()
+                .map(|(k, v)| {
+                    let ty = match &v["type"] {
+                        Value::String(s) => s.clone(),
+                        Value::Array(ts) => ts
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join("|"),
+                        _ => "any".to_string(),
+                    };
+                    if required.contains(&k.as_str()) {
+                        format!("{k}: {ty}")
+                    } else {
+                        format!("[{k}: {ty}]")
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let desc = t.description.as_deref().unwrap_or("").replace('\n', " ");
+    format!("{}({})  {}\n", t.name, params.join(", "), desc)
+}
+
+fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
+    let conn = connection(TransportFlags {
+        stdio: &a.stdio,
+        vsock: &a.vsock,
+        uds: &a.uds,
+        framing: &a.framing,
+        timeout_ms: &a.timeout_ms,
+    })?;
+    let format = parse_format(&a.format, "text")?;
+    let spec = arg_spec(&a.arg, &a.args)?;
+    let session = connect(&conn)?;
+    let arguments = match build_arguments(&session, &a.tool, &spec) {
+        Ok(v) => v,
+        Err(f) => {
+            let code = match f {
+                Failure::Usage(Usage(msg)) => {
+                    eprintln!("ukload mcp: {msg}");
+                    EXIT_USAGE
+                }
+                Failure::Mcp(e) => report_mcp_error(&e),
+            };
+            return Ok(finish(session, code));
+        }
+    };
+    let code = match session.call_tool(&a.tool, arguments, conn.timeout) {
+        Ok(result) => {
+            print_out(&render_result(&result, format));
+            if result.is_error {
+                EXIT_TOOL_ERROR
+            } else {
+                EXIT_OK
+            }
+        }
+        Err(e) => report_mcp_error(&e),
+    };
+    Ok(finish(session, code))
+}
+
+/// The text of a result (its text items, one per line), or the raw result as JSON.
+/// A result without text items is shown as its `content` JSON.
+fn render_result(result: &ToolResult, format: Format) -> String {
+    match format {
+        Format::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(&result.raw).unwrap_or_default()
+        ),
+        Format::Human => {
+            let text = result.text();
+            if !text.is_empty() {
+                format!("{text}\n")
+            } else if result.content.is_empty() {
+                String::new()
+            } else {
+                format!("{}\n", result.raw["content"])
+            }
+        }
+    }
+}
+
+/// What one benchmark call came to.
+#[derive(Debug, Clone, PartialEq)]
+enum CallOutcome {
+    Ok,
+    ToolError,
+    Rpc,
+    Timeout,
+    Failed,
+}
+
+/// Latency summary in milliseconds; percentiles are nearest-rank.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyStats {
+    pub count: usize,
+    pub min_ms: f64,
+    pub median_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+/// Nearest-rank percentile `p` (0..=100) of sorted `v` (non-empty).
+fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
+    let n = sorted.len();
+    let rank = ((p / 100.0) * n as f64).ceil() as usize;
+    sorted[rank.clamp(1, n) - 1]
+}
+
+/// Summarizes latencies (any order); `None` for no samples.
+pub fn latency_stats(samples: &[Duration]) -> Option<LatencyStats> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    Some(LatencyStats {
+        count: ms.len(),
+        min_ms: ms[0],
+        median_ms: nearest_rank(&ms, 50.0),
+        p95_ms: nearest_rank(&ms, 95.0),
+        p99_ms: nearest_rank(&ms, 99.0),
+        max_ms: ms[ms.len() - 1],
+        mean_ms: ms.iter().sum::<f64>() / ms.len() as f64,
+    })
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
+    let conn = connection(TransportFlags {
+        stdio: &a.stdio,
+        vsock: &a.vsock,
+        uds: &a.uds,
+        framing: &a.framing,
+        timeout_ms: &a.timeout_ms,
+    })?;
+    let format = parse_format(&a.format, "human")?;
+    let calls = match &a.calls {
+        None => DEFAULT_BENCH_CALLS,
+        Some(s) => parse_count(s, "--calls", 1, MAX_BENCH_CALLS)?,
+    };
+    let parallel = match &a.parallel {
+        None => DEFAULT_BENCH_PARALLEL,
+        Some(s) => parse_count(s, "--parallel", 1, MAX_BENCH_PARALLEL)?,
+    }
+    .min(calls);
+    let spec = arg_spec(&a.arg, &a.args)?;
+    let session = Arc::new(connect(&conn)?);
+    let arguments = match build_arguments(&session, &a.tool, &spec) {
+        Ok(v) => v,
+        Err(f) => {
+            let code = match f {
+                Failure::Usage(Usage(msg)) => {
+                    eprintln!("ukload mcp: {msg}");
+                    EXIT_USAGE
+                }
+                Failure::Mcp(e) => report_mcp_error(&e),
+            };
+            return Ok(close_shared(session, code));
+        }
+    };
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut workers = Vec::with_capacity(parallel);
+    let mut spawn_error = None;
+    for i in 0..parallel {
+        let session = Arc::clone(&session);
+        let claimed = Arc::clone(&next);
+        let arguments = arguments.clone();
+        let tool = a.tool.clone();
+        let timeout = conn.timeout;
+        let spawned = std::thread::Builder::new()
+            .name(format!("mcp-bench-{i}"))
+            .spawn(move || {
+                let mut done = Vec::new();
+                while claimed.fetch_add(1, Ordering::Relaxed) < calls {
+                    let t0 = Instant::now();
+                    let r = session.call_tool(&tool, arguments.clone(), timeout);
+                    let took = t0.elapsed();
+                    done.push(match r {
+                        Ok(res) if res.is_error => (CallOutcome::ToolError, took, None),
+                        Ok(_) => (CallOutcome::Ok, took, None),
+                        Err(e @ McpError::Rpc { .. }) => (CallOutcome::Rpc, took, Some(e)),
+                        Err(e) if e.is_timeout() => (CallOutcome::Timeout, took, Some(e)),
+                        Err(e) => (CallOutcome::Failed, took, Some(e)),
+                    });
+                }
+                done
+            });
+        match spawned {
+            Ok(h) => workers.push(h),
+            Err(e) => {
+                // Running with fewer workers would report a different parallelism.
+                spawn_error = Some(e);
+                next.store(calls, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(calls);
+    for w in workers {
+        match w.join() {
+            Ok(done) => results.extend(done),
+            Err(_) => {
+                eprintln!("ukload mcp: a benchmark thread panicked");
+                return Ok(close_shared(session, EXIT_TRANSPORT));
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    if let Some(e) = spawn_error {
+        eprintln!("ukload mcp: cannot start {parallel} benchmark threads: {e}");
+        return Ok(close_shared(session, EXIT_TRANSPORT));
+    }
+
+    let count_of = |o: CallOutcome| results.iter().filter(|r| r.0 == o).count();
+    let (ok, tool_errors, rpc_errors, timeouts, failed) = (
+        count_of(CallOutcome::Ok),
+        count_of(CallOutcome::ToolError),
+        count_of(CallOutcome::Rpc),
+        count_of(CallOutcome::Timeout),
+        count_of(CallOutcome::Failed),
+    );
+    let answered: Vec<Duration> = results
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.0,
+                CallOutcome::Ok | CallOutcome::ToolError | CallOutcome::Rpc
+            )
+        })
+        .map(|r| r.1)
+        .collect();
+    let first_error = results
+        .iter()
+        .find_map(|r| r.2.as_ref())
+        .map(|e| e.to_string());
+    let stats = latency_stats(&answered);
+    let per_sec = if elapsed.is_zero() {
+        0.0
+    } else {
+        answered.len() as f64 / elapsed.as_secs_f64()
+    };
+    let code = if timeouts + failed > 0 {
+        EXIT_TRANSPORT
+    } else if rpc_errors > 0 {
+        EXIT_RPC_ERROR
+    } else if tool_errors > 0 {
+        EXIT_TOOL_ERROR
+    } else {
+        EXIT_OK
+    };
+    let report = BenchReport {
+        tool: &a.tool,
+        peer: session.peer(),
+        calls,
+        parallel,
+        ok,
+        tool_errors,
+        rpc_errors,
+        timeouts,
+        failures: timeouts + failed,
+        elapsed,
+        calls_per_sec: per_sec,
+        stats: stats.as_ref(),
+        first_error: first_error.as_deref(),
+    };
+    print_out(&match format {
+        Format::Json => report.json(),
+        Format::Human => report.human(),
+    });
+    Ok(close_shared(session, code))
+}
+
+/// Closes a session shared with (finished) worker threads.
+fn close_shared(session: Arc<Session>, code: i32) -> i32 {
+    match Arc::try_unwrap(session) {
+        Ok(s) => finish(s, code),
+        // Unreachable once workers are joined; closing through the Arc is equivalent.
+        Err(shared) => match shared.close() {
+            Ok(_) => code,
+            Err(e) => {
+                eprintln!("ukload mcp: {e}");
+                code.max(EXIT_TRANSPORT)
+            }
+        },
+    }
+}
+
+struct BenchReport<'a> {
+    tool: &'a str,
+    peer: &'a str,
+    calls: usize,
+    parallel: usize,
+    ok: usize,
+    tool_errors: usize,
+    rpc_errors: usize,
+    timeouts: usize,
+    failures: usize,
+    elapsed: Duration,
+    calls_per_sec: f64,
+    stats: Option<&'a LatencyStats>,
+    first_error: Option<&'a str>,
+}
+
+impl BenchReport<'_> {
+    fn json(&self) -> String {
+        let latency = self.stats.map_or(Value::Null, |s| {
+            json!({
+                "min": s.min_ms, "median": s.median_ms, "p95": s.p95_ms,
+                "p99": s.p99_ms, "max": s.max_ms, "mean": s.mean_ms,
+            })
+        });
+        let doc = json!({
+            "tool": self.tool,
+            "server": self.peer,
+            "calls": self.calls,
+            "parallel": self.parallel,
+            "count": self.stats.map_or(0, |s| s.count),
+            "ok": self.ok,
+            "tool_errors": self.tool_errors,
+            "rpc_errors": self.rpc_errors,
+            "timeouts": self.timeouts,
+            "failures": self.failures,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "calls_per_sec": self.calls_per_sec,
+            "latency_ms": latency,
+            "first_error": self.first_error,
+        });
+        format!(
+            "{}\n",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        )
+    }
+
+    fn human(&self) -> String {
+        let mut s = format!(
+            "mcp bench: {} calls of {} ({} in parallel) over {}\n  ok {}  tool errors {}  \
+             JSON-RPC errors {}  failures {} (timeouts {})\n",
+            self.calls,
+            self.tool,
+            self.parallel,
+            self.peer,
+            self.ok,
+            self.tool_errors,
+            self.rpc_errors,
+            self.failures,
+            self.timeouts
+        );
+        match self.stats {
+            Some(l) => s.push_str(&format!(
+                "  latency ms: min {:.3}  median {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}  \
+                 (mean {:.3}, {} answered)\n",
+                l.min_ms, l.median_ms, l.p95_ms, l.p99_ms, l.max_ms, l.mean_ms, l.count
+            )),
+            None => s.push_str("  latency: no call was answered\n"),
+        }
+        s.push_str(&format!(
+            "  throughput: {:.1} calls/s over {:.3} s\n",
+            self.calls_per_sec,
+            self.elapsed.as_secs_f64()
+        ));
+        if let Some(e) = self.first_error {
+            s.push_str(&format!("  first error: {e}\n"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags<'a>(
+        stdio: &'a Option<String>,
+        vsock: &'a Option<String>,
+        uds: &'a Option<String>,
+        none: &'a Option<String>,
+    ) -> TransportFlags<'a> {
+        TransportFlags {
+            stdio,
+            vsock,
+            uds,
+            framing: none,
+            timeout_ms: none,
+        }
+    }
+
+    #[test]
+    fn exactly_one_transport() {
+        let s = Some("node x.js".to_string());
+        let v = Some("200:5252".to_string());
+        let u = Some("/tmp/a:b.sock:5252".to_string());
+        let n = None;
+        let e = connection(flags(&n, &n, &n, &n)).unwrap_err().0;
+        assert!(e.contains("--stdio") && e.contains("--vsock") && e.contains("--uds"));
+        assert!(e.contains("got none"), "{e}");
+        let e = connection(flags(&s, &n, &u, &n)).unwrap_err().0;
+        assert!(e.contains("got --stdio and --uds"), "{e}");
+        let c = connection(flags(&s, &n, &n, &n)).unwrap();
+        assert_eq!(c.target, Target::Stdio(vec!["node".into(), "x.js".into()]));
+        assert_eq!(c.timeout, Duration::from_millis(DEFAULT_TIMEOUT_MS));
+        assert_eq!(c.framing, McpFraming::Line);
+        let c = connection(flags(&n, &v, &n, &n)).unwrap();
+        assert_eq!(
+            c.target,
+            Target::Vsock(Endpoint::Vsock {
+                cid: 200,
+                port: 5252
+            })
+        );
+        let c = connection(flags(&n, &n, &u, &n)).unwrap();
+        assert_eq!(
+            c.target,
+            Target::Vsock(Endpoint::Hybrid {
+                path: "/tmp/a:b.sock".into(),
+                port: 5252
+            })
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (v, want) in [
+            ("2:5252", "reserved"),
+            ("0:1", "reserved"),
+            ("4294967295:1", "reserved"),
+            ("x:1", "invalid CID"),
+            ("200", "CID:PORT"),
+            ("200:0", "invalid port"),
+        ] {
+            let e = parse_vsock(v).unwrap_err().0;
+            assert!(e.starts_with("--vsock") && e.contains(want), "{v}: {e}");
+        }
+        for (u, want) in [(":5252", "empty"), ("/x", "PATH:PORT"), ("/x:p", "port")] {
+            let e = parse_uds(u).unwrap_err().0;
+            assert!(e.starts_with("--uds") && e.contains(want), "{u}: {e}");
+        }
+        let s = Some("node 'x".to_string());
+        let n = None;
+        assert!(connection(flags(&s, &n, &n, &n))
+            .unwrap_err()
+            .0
+            .starts_with("--stdio"));
+        let ok = Some("node".to_string());
+        let bad = Some("bytes".to_string());
+        let f = TransportFlags {
+            stdio: &ok,
+            vsock: &n,
+            uds: &n,
+            framing: &bad,
+            timeout_ms: &n,
+        };
+        assert!(connection(f).unwrap_err().0.starts_with("--framing"));
+        let zero = Some("0".to_string());
+        let f = TransportFlags {
+            stdio: &ok,
+            vsock: &n,
+            uds: &n,
+            framing: &n,
+            timeout_ms: &zero,
+        };
+        assert!(connection(f).unwrap_err().0.starts_with("--timeout-ms"));
+        assert!(parse_count("0", "--calls", 1, 5)
+            .unwrap_err()
+            .0
+            .starts_with("--calls"));
+        assert!(parse_format(&Some("xml".into()), "text")
+            .unwrap_err()
+            .0
+            .starts_with("--format"));
+    }
+
+    #[test]
+    fn args_object_and_pairs_merge_without_duplicates() {
+        let spec = arg_spec(&["b=3".into()], &Some(r#"{"a": 2}"#.into())).unwrap();
+        assert_eq!(spec.base["a"], json!(2));
+        assert_eq!(spec.pairs, vec![("b".to_string(), "3".to_string())]);
+        assert!(arg_spec(&["a=1".into()], &Some(r#"{"a": 2}"#.into()))
+            .unwrap_err()
+            .0
+            .contains("also in --args"));
+        assert!(arg_spec(&[], &Some("[1]".into()))
+            .unwrap_err()
+            .0
+            .contains("JSON object, got an array"));
+        assert!(arg_spec(&[], &Some("{".into()))
+            .unwrap_err()
+            .0
+            .starts_with("--args"));
+        assert!(arg_spec(&["novalue".into()], &None)
+            .unwrap_err()
+            .0
+            .starts_with("--arg"));
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        let s = latency_stats(&samples).unwrap();
+        assert_eq!(s.count, 100);
+        assert_eq!(s.min_ms, 1.0);
+        assert_eq!(s.median_ms, 50.0);
+        assert_eq!(s.p95_ms, 95.0);
+        assert_eq!(s.p99_ms, 99.0);
+        assert_eq!(s.max_ms, 100.0);
+        assert!((s.mean_ms - 50.5).abs() < 1e-9);
+        let one = latency_stats(&[Duration::from_millis(7)]).unwrap();
+        assert_eq!((one.min_ms, one.median_ms, one.p99_ms), (7.0, 7.0, 7.0));
+        assert!(latency_stats(&[]).is_none());
+    }
+
+    #[test]
+    fn results_render_as_text_or_raw_json() {
+        let r = ToolResult::from_value(json!({"content": [{"type": "text", "text": "Echo: hi"}]}))
+            .unwrap();
+        assert_eq!(render_result(&r, Format::Human), "Echo: hi\n");
+        let j: Value = serde_json::from_str(&render_result(&r, Format::Json)).unwrap();
+        assert_eq!(j, r.raw);
+        let r = ToolResult::from_value(
+            json!({"content": [{"type": "image", "data": "AA==", "mimeType": "image/png"}]}),
+        )
+        .unwrap();
+        assert!(render_result(&r, Format::Human).contains("image/png"));
+    }
+}
