@@ -3,11 +3,10 @@
 //! the `tools/call` exchange itself is measured (connect and `initialize`
 //! are reported apart), and a failed or wrong result is a failure.
 
-use crate::mcp::{CloseOutcome, McpFraming, Session, SessionOptions, Transport, TransportGuard};
-use crate::vsock::{self, Endpoint, Stream};
+use crate::mcp::{McpFraming, Session, SessionOptions, Transport};
+use crate::vsock::{self, Endpoint};
 use serde::Serialize;
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Default deadline of one tool call (and of connecting + `initialize`).
@@ -63,15 +62,6 @@ pub struct ToolOutcome {
     pub error: Option<String>,
 }
 
-struct StreamGuard(Stream);
-
-impl TransportGuard for StreamGuard {
-    fn shutdown(&self) -> std::io::Result<CloseOutcome> {
-        let _ = self.0.shutdown(std::net::Shutdown::Both);
-        Ok(CloseOutcome::default())
-    }
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -92,25 +82,17 @@ pub fn execute(ep: &Endpoint, framing: crate::framing::Framing, call: &ToolCall)
             return out;
         }
     };
-    let parts = (|| Ok::<_, std::io::Error>((stream.try_clone()?, stream.try_clone()?)))();
-    let (reader, guard) = match parts {
-        Ok(p) => p,
+    let mcp_framing = match framing {
+        crate::framing::Framing::Line => McpFraming::Line,
+        crate::framing::Framing::Length => McpFraming::Length,
+    };
+    let transport = match Transport::vsock_stream(stream, mcp_framing, ep.to_string()) {
+        Ok(t) => t,
         Err(e) => {
             out.error = Some(format!("socket: {e}"));
             return out;
         }
     };
-    let mcp_framing = match framing {
-        crate::framing::Framing::Line => McpFraming::Line,
-        crate::framing::Framing::Length => McpFraming::Length,
-    };
-    let transport = Transport::new(
-        Box::new(reader),
-        Box::new(stream),
-        mcp_framing,
-        ep.to_string(),
-    )
-    .with_guard(Arc::new(StreamGuard(guard)));
     let options = SessionOptions {
         init_timeout: call.timeout,
         request_timeout: call.timeout,

@@ -195,13 +195,13 @@ fn unknown_method_is_method_not_found() {
         &mut s,
         Framing::Line,
         7,
-        "tools/list",
+        "resources/list",
         json!({}),
         deadline(),
     ) {
         Err(CallError::Rpc { code, message }) => {
             assert_eq!(code, jsonrpc::METHOD_NOT_FOUND);
-            assert!(message.contains("tools/list"), "{message}");
+            assert!(message.contains("resources/list"), "{message}");
         }
         other => panic!("expected -32601, got {other:?}"),
     }
