@@ -16,7 +16,9 @@ pub const DEFAULT_TOOL_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct ToolCall {
     pub name: String,
-    pub args: Value,
+    /// Arguments; `None`: made from the tool's `inputSchema` (every required
+    /// property gets a sample value of its type).
+    pub args: Option<Value>,
     /// Text the result must contain (a wrong result fails the instance).
     pub expect: Option<String>,
     pub timeout: Duration,
@@ -33,9 +35,9 @@ impl std::str::FromStr for ToolCall {
                 if !v.is_object() {
                     return Err(format!("arguments {a:?} must be a JSON object"));
                 }
-                (n, v)
+                (n, Some(v))
             }
-            None => (s, Value::Object(Default::default())),
+            None => (s, None),
         };
         if name.is_empty() {
             return Err("expected TOOL or TOOL:{JSON arguments}".into());
@@ -105,9 +107,32 @@ pub fn execute(ep: &Endpoint, framing: crate::framing::Framing, call: &ToolCall)
             return out;
         }
     };
+    let args = match &call.args {
+        Some(a) => a.clone(),
+        None => match session.list_tools() {
+            Ok(tools) => match tools.iter().find(|t| t.name == call.name) {
+                Some(t) => sample_arguments(&t.input_schema),
+                None => {
+                    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+                    out.error = Some(format!(
+                        "the guest has no tool {:?} (it has: {})",
+                        call.name,
+                        names.join(", ")
+                    ));
+                    let _ = session.close();
+                    return out;
+                }
+            },
+            Err(e) => {
+                out.error = Some(format!("tools/list: {e}"));
+                let _ = session.close();
+                return out;
+            }
+        },
+    };
     out.session_ms = Some(ms(t0.elapsed()));
     let t1 = Instant::now();
-    let result = session.call_tool(&call.name, call.args.clone(), call.timeout);
+    let result = session.call_tool(&call.name, args, call.timeout);
     out.call_ms = Some(ms(t1.elapsed()));
     match result {
         Ok(r) => {
@@ -128,6 +153,38 @@ pub fn execute(ep: &Endpoint, framing: crate::framing::Framing, call: &ToolCall)
     out
 }
 
+/// Sample value for a string property in made-up arguments.
+pub const SAMPLE_STRING: &str = "ukload";
+
+/// Arguments satisfying `schema`'s required properties with sample values
+/// (`"ukload"`, `1`, `true`, `[]`, `{}`), used when `--tool-call` names a tool
+/// without arguments.
+pub fn sample_arguments(schema: &Value) -> Value {
+    let mut args = serde_json::Map::new();
+    let props = schema.get("properties").and_then(Value::as_object);
+    for key in schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        let ty = props
+            .and_then(|p| p.get(key))
+            .and_then(|p| p.get("type"))
+            .and_then(Value::as_str);
+        let v = match ty {
+            Some("number") | Some("integer") => Value::from(1),
+            Some("boolean") => Value::Bool(true),
+            Some("array") => Value::Array(Vec::new()),
+            Some("object") => Value::Object(Default::default()),
+            _ => Value::from(SAMPLE_STRING),
+        };
+        args.insert(key.to_string(), v);
+    }
+    Value::Object(args)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,9 +193,9 @@ mod tests {
     fn tool_call_flag_parses_name_and_json_arguments() {
         let t: ToolCall = r#"echo:{"message":"hi: there"}"#.parse().unwrap();
         assert_eq!(t.name, "echo");
-        assert_eq!(t.args["message"], "hi: there");
+        assert_eq!(t.args.unwrap()["message"], "hi: there");
         let t: ToolCall = "get_timestamp".parse().unwrap();
-        assert_eq!(t.args, serde_json::json!({}));
+        assert_eq!(t.args, None);
         assert!("add:[1,2]"
             .parse::<ToolCall>()
             .unwrap_err()
@@ -148,5 +205,28 @@ mod tests {
             .unwrap_err()
             .contains("not JSON"));
         assert!(":{}".parse::<ToolCall>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    #[test]
+    fn sample_arguments_fill_every_required_property_by_type() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"message": {"type": "string"}, "a": {"type": "number"}, "n": {"type": "integer"},
+                           "f": {"type": "boolean"}, "opt": {"type": "string"}},
+            "required": ["message", "a", "n", "f"]
+        });
+        assert_eq!(
+            sample_arguments(&schema),
+            serde_json::json!({"message": "ukload", "a": 1, "n": 1, "f": true})
+        );
+        assert_eq!(
+            sample_arguments(&serde_json::json!({"type": "object"})),
+            serde_json::json!({})
+        );
     }
 }

@@ -606,3 +606,25 @@ fn failed_or_wrong_tool_results_count_against_the_verdict() {
         assert_clean(&doc);
     }
 }
+
+#[test]
+fn tool_call_without_arguments_fills_the_required_ones_from_the_schema() {
+    let _slot = shared_slot();
+    let dir = TempDir::new("toolsample");
+    let mut cmd = ukload(dir.path());
+    cmd.args(run_args(dir.path(), 3)).args([
+        "--tool-call",
+        "echo",
+        "--max-boot-ms",
+        "60000",
+        "--max-tool-ms",
+        "10000",
+    ]);
+    let out = output_within(cmd, RUN_DEADLINE);
+    let doc = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{doc:#}");
+    for i in instances(&doc) {
+        assert_eq!(i["tool_result"], "Echo: ukload");
+    }
+    assert_clean(&doc);
+}
