@@ -582,7 +582,8 @@ fn failed_or_wrong_tool_results_count_against_the_verdict() {
             Some("Echo: bye"),
             "wrong result",
         ),
-        ("no_such_tool", None, "-32602"),
+        ("no_such_tool", None, "has no tool \"no_such_tool\""),
+        (r#"no_such_tool:{}"#, None, "-32602"),
     ] {
         let dir = TempDir::new("toolfail");
         let mut cmd = ukload(dir.path());
