@@ -352,6 +352,7 @@ pub fn run(
         if progress {
             eprintln!("phase 3: measuring memory");
         }
+        test_pause("memory", &stop);
         let table = crate::proc::table();
         for inst in instances.iter_mut() {
             if let (Some(pid), None) = (inst.pid, &inst.boot_error) {
@@ -401,6 +402,38 @@ pub fn run(
         interrupted,
         elapsed_ms: ns_to_ms(t0.elapsed().as_nanos() as u64),
     })
+}
+
+/// Test-only hook: `UKLOAD_TEST_PAUSE_PHASE=memory:MS` makes the run pause
+/// for MS ms (at most [`TEST_PAUSE_MAX`]) at the start of that phase, ending
+/// early if the run is interrupted. Why: the memory phase takes milliseconds,
+/// too short for tests that kill ukload *during* it (tests/harness_kill_tests.rs)
+/// to hit reliably. Unset (always, outside tests) it costs one lookup.
+pub const ENV_TEST_PAUSE_PHASE: &str = "UKLOAD_TEST_PAUSE_PHASE";
+/// Longest pause [`ENV_TEST_PAUSE_PHASE`] can ask for.
+const TEST_PAUSE_MAX: Duration = Duration::from_secs(60);
+/// How often a test pause looks at the stop flag.
+const TEST_PAUSE_TICK: Duration = Duration::from_millis(10);
+
+fn test_pause(phase: &str, stop: &AtomicBool) {
+    let Ok(v) = std::env::var(ENV_TEST_PAUSE_PHASE) else {
+        return;
+    };
+    let Some(ms) = v
+        .split_once(':')
+        .filter(|(p, _)| *p == phase)
+        .and_then(|(_, ms)| ms.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let end = Instant::now() + Duration::from_millis(ms).min(TEST_PAUSE_MAX);
+    while !stop.load(Ordering::Relaxed) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(TEST_PAUSE_TICK));
+    }
 }
 
 fn ns_to_ms(ns: u64) -> f64 {
