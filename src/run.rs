@@ -379,7 +379,7 @@ pub fn run(
     if progress {
         eprintln!("phase 5: cleanup of {} instance(s)", targets.len());
     }
-    let td = teardown::teardown(sup, run_id, &targets, cfg.grace);
+    let td = teardown::teardown_interruptible(sup, run_id, &targets, cfg.grace, &stop);
     for t in &td.instances {
         let inst = &mut instances[t.instance as usize];
         inst.teardown = Some(format!("{:?}", t.ended).to_lowercase());
