@@ -213,7 +213,7 @@ impl fmt::Display for CidError {
             } => {
                 write!(
                     f,
-                    "cannot allocate {wanted} CIDs in range {range}: only {free} of {} free",
+                    "CID range {range} exhausted: cannot allocate {wanted} CID(s), only {free} of {} free",
                     range.len()
                 )?;
                 let summary = summarize_holders(holders);

@@ -43,7 +43,7 @@ pub enum Sub {
     Run(RunArgs),
     Ps(PsArgs),
     Cleanup(CleanupArgs),
-    Mcp(ukload::mcp::cli::McpArgs),
+    Cycles(CyclesArgs),
 }
 
 #[derive(FromArgs, Debug)]
@@ -168,6 +168,123 @@ pub struct CleanupArgs {
     #[argh(option)]
     /// ms between SIGTERM and SIGKILL (default 2000)
     pub grace_ms: Option<String>,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "cycles")]
+/// Spawn, boot and terminate repeatedly (the seed's leak and rapid-cycle
+/// tests): reports success rate, boot times, and ukload's own open fds,
+/// threads and RSS at start and end. Exit 0 when every cycle was clean and
+/// none of them grew beyond its tolerance, 1 otherwise (the message names
+/// the metric), 64 bad usage.
+pub struct CyclesArgs {
+    #[argh(option)]
+    /// cycles to run after one warm-up cycle (default 100)
+    pub cycles: Option<String>,
+    #[argh(option)]
+    /// instances per cycle (default 1)
+    pub per_cycle: Option<String>,
+    #[argh(option)]
+    /// launcher: process (default), kraft, exec
+    pub launcher: Option<String>,
+    #[argh(option)]
+    /// process launcher: guest program (default: ukload-guest beside ukload)
+    pub guest_bin: Option<PathBuf>,
+    #[argh(option)]
+    /// process launcher: extra argument for the guest (repeatable)
+    pub guest_arg: Vec<String>,
+    #[argh(option)]
+    /// process launcher: boot delay the guest injects, ms (default 0)
+    pub guest_boot_delay_ms: Option<String>,
+    #[argh(option)]
+    /// exec launcher: command template
+    pub exec: Option<String>,
+    #[argh(option)]
+    /// seconds an instance may take to boot (default 60)
+    pub boot_timeout: Option<String>,
+    #[argh(option)]
+    /// ms between SIGTERM and SIGKILL at each cleanup (default 2000)
+    pub grace_ms: Option<String>,
+    #[argh(option)]
+    /// CID range, e.g. 200-299 (default)
+    pub cid_range: Option<String>,
+    #[argh(option)]
+    /// framing on vsock: line (default) or length
+    pub framing: Option<String>,
+    #[argh(option)]
+    /// directory of per-instance logs (default /tmp/osvm-load-test)
+    pub log_dir: Option<PathBuf>,
+    #[argh(option)]
+    /// output: human (default) or json
+    pub format: Option<String>,
+    #[argh(switch, short = 'q')]
+    /// no progress lines on stderr
+    pub quiet: bool,
+}
+
+/// Default number of measured cycles of `ukload cycles`.
+pub const DEFAULT_CYCLES: u32 = 100;
+
+impl CyclesArgs {
+    /// Validates every flag (the run flags through `RunArgs`, so they get the
+    /// same checks and messages); nothing has started yet.
+    pub fn to_config(&self) -> Result<(ukload::cycles::CyclesConfig, Format), Usage> {
+        let cycles = match &self.cycles {
+            None => DEFAULT_CYCLES,
+            Some(s) => num::<u32>("--cycles", s, "a whole number of cycles >= 1")?,
+        };
+        if cycles == 0 {
+            return Err(Usage("--cycles 0: give at least 1 cycle".into()));
+        }
+        let per_cycle = self.per_cycle.clone().unwrap_or_else(|| "1".into());
+        let per: u32 = num("--per-cycle", &per_cycle, "a whole number >= 1")?;
+        if per == 0 {
+            return Err(Usage("--per-cycle 0: give at least 1 instance".into()));
+        }
+        let mut args: Vec<String> = vec![per_cycle, "-q".into()];
+        let mut opt = |flag: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                args.push(flag.into());
+                args.push(v.clone());
+            }
+        };
+        opt("--launcher", &self.launcher);
+        opt(
+            "--guest-bin",
+            &self.guest_bin.as_ref().map(|p| p.to_string_lossy().into()),
+        );
+        opt("--guest-boot-delay-ms", &self.guest_boot_delay_ms);
+        opt("--exec", &self.exec);
+        opt("--boot-timeout", &self.boot_timeout);
+        opt("--grace-ms", &self.grace_ms);
+        opt("--cid-range", &self.cid_range);
+        opt("--framing", &self.framing);
+        opt(
+            "--log-dir",
+            &self.log_dir.as_ref().map(|p| p.to_string_lossy().into()),
+        );
+        for g in &self.guest_arg {
+            args.push("--guest-arg".into());
+            args.push(g.clone());
+        }
+        let strs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = RunArgs::from_args(&["ukload", "run"], &strs).map_err(|e| {
+            Usage(format!(
+                "cycles: {}",
+                e.output.lines().next().unwrap_or("bad run flags")
+            ))
+        })?;
+        let (run_cfg, _) = run.to_config()?;
+        let fmt = format(&self.format)?;
+        Ok((
+            ukload::cycles::CyclesConfig {
+                cycles,
+                run: run_cfg,
+                progress: !self.quiet,
+            },
+            fmt,
+        ))
+    }
 }
 
 /// A bad command line: the message names the flag.

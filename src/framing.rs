@@ -11,6 +11,7 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::str::FromStr;
+use std::time::Instant;
 
 /// Largest frame accepted by default (the seed's limit).
 pub const MAX_FRAME_LEN: usize = 10 * 1024 * 1024;
@@ -209,6 +210,8 @@ pub struct FrameReader<R> {
     discarding: bool,
     /// Length mode progress.
     length: LengthState,
+    /// No read of the stream is started after this (see [`FrameReader::set_deadline`]).
+    deadline: Option<Instant>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -228,6 +231,23 @@ impl<R: Read> FrameReader<R> {
             scanned: 0,
             discarding: false,
             length: LengthState::start(),
+            deadline: None,
+        }
+    }
+
+    /// After `deadline`, `read_frame` starts no further read of the stream
+    /// and returns [`FrameError::TimedOut`] (partial data kept, as for a
+    /// stream timeout). Why: a stream read timeout bounds each `read` call,
+    /// not a frame, so a peer sending one byte just before every timeout
+    /// (slow-loris) could otherwise hold `read_frame` forever.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    fn check_deadline(&self) -> Result<(), FrameError> {
+        match self.deadline {
+            Some(d) if Instant::now() >= d => Err(FrameError::TimedOut),
+            _ => Ok(()),
         }
     }
 
@@ -276,6 +296,7 @@ impl<R: Read> FrameReader<R> {
     /// One `read` into `buf`'s spare room of at most `want` bytes, growing
     /// the vector exactly (never past `max + 2` in total). Returns the count.
     fn fill(&mut self, want: usize) -> Result<usize, FrameError> {
+        self.check_deadline()?;
         let len = self.buf.len();
         if self.buf.capacity() < len + want {
             // Grow geometrically for throughput, but never past the bound.
@@ -407,6 +428,9 @@ impl<R: Read> FrameReader<R> {
                         };
                         continue;
                     }
+                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(FrameError::TimedOut);
+                    }
                     match read_retrying(&mut self.inner, &mut prefix[*got..]) {
                         Ok(0) if *got == 0 => return Err(FrameError::Eof),
                         Ok(0) => {
@@ -428,6 +452,9 @@ impl<R: Read> FrameReader<R> {
                             unreachable!("state was Body just above")
                         };
                         return Ok(payload);
+                    }
+                    if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(FrameError::TimedOut);
                     }
                     match read_retrying(&mut self.inner, &mut payload[*got..]) {
                         Ok(0) => {

@@ -33,6 +33,11 @@ pub const VERSION: &str = "2.0";
 /// deadline a few microseconds away is better served by one short wait.
 const MIN_READ_TIMEOUT: Duration = Duration::from_millis(1);
 
+/// Longest single blocking read while waiting for a reply: the deadline is
+/// re-checked at least this often, so a peer that sends a few bytes and then
+/// goes silent cannot hold `call` past its deadline by a whole read timeout.
+const READ_SLICE: Duration = Duration::from_millis(50);
+
 /// What the guest agent answers to `ping`: enough to split a boot into VMM,
 /// guest and probe time.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -448,11 +453,27 @@ fn call_inner<S: Read + Write + Timeouts>(
         Err(e) => return Err(CallError::Frame(e)),
     }
     let want = Value::from(id);
+    // Bound the whole reply, not only each read: a slow-loris peer sending a
+    // byte per read timeout would otherwise keep `read_frame` going forever.
+    reader.set_deadline(Some(deadline));
+    let result = await_reply(reader, id, &want, deadline, &timed_out);
+    reader.set_deadline(None);
+    result
+}
+
+/// Reads frames until the response to `id`, or the deadline.
+fn await_reply<S: Read + Write + Timeouts>(
+    reader: &mut FrameReader<S>,
+    id: u64,
+    want: &Value,
+    deadline: Instant,
+    timed_out: &dyn Fn() -> CallError,
+) -> Result<Value, CallError> {
     loop {
         let left = remaining(deadline).ok_or_else(timed_out)?;
         reader
             .get_ref()
-            .set_read_timeout(Some(left))
+            .set_read_timeout(Some(left.min(READ_SLICE)))
             .map_err(CallError::Io)?;
         let frame = match reader.read_frame() {
             Ok(f) => f,
@@ -464,7 +485,7 @@ fn call_inner<S: Read + Write + Timeouts>(
         match parse(&frame).map_err(CallError::Malformed)? {
             Message::Notification { .. } | Message::Request { .. } => continue,
             Message::Response { id: got, result } => {
-                return if got == want {
+                return if &got == want {
                     Ok(result)
                 } else {
                     Err(CallError::WrongId { expected: id, got })
@@ -477,7 +498,7 @@ fn call_inner<S: Read + Write + Timeouts>(
                 ..
             } => {
                 // A null id answers a request the peer could not read: ours.
-                return if got == want || got.is_null() {
+                return if &got == want || got.is_null() {
                     Err(CallError::Rpc { code, message })
                 } else {
                     Err(CallError::WrongId { expected: id, got })
@@ -583,6 +604,41 @@ mod tests {
             "took {took:?}"
         );
         assert_eq!(client.read_timeout().unwrap(), before);
+    }
+
+    #[test]
+    fn slow_loris_reply_cannot_hold_call_past_its_deadline() {
+        let (mut client, mut peer) = pair();
+        let server = std::thread::spawn(move || {
+            peer.read_frame().unwrap();
+            let reply = to_bytes(&response(json!(1), json!({"pad": "x".repeat(200)})));
+            // One byte every 10 ms: each read returns well within any timeout.
+            for b in reply {
+                std::thread::sleep(Duration::from_millis(10));
+                if std::io::Write::write_all(peer.get_mut(), &[b]).is_err() {
+                    return;
+                }
+            }
+        });
+        let start = Instant::now();
+        let wait = Duration::from_millis(300);
+        let err = call(
+            &mut client,
+            Framing::Line,
+            1,
+            "ping",
+            json!({}),
+            start + wait,
+        )
+        .unwrap_err();
+        let took = start.elapsed();
+        assert!(matches!(err, CallError::TimedOut { .. }), "{err}");
+        assert!(
+            took < wait + Duration::from_millis(500),
+            "slow-loris held call for {took:?}"
+        );
+        drop(client);
+        server.join().unwrap();
     }
 
     #[test]

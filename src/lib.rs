@@ -16,9 +16,11 @@
 //! - [`run`]: the five phases of `ukload run`.
 //! - [`report`]: human and JSON reports, verdicts.
 //! - [`instances`]: `ukload ps` and `ukload cleanup` across runs.
+//! - [`cycles`]: `ukload cycles`, spawn → boot → terminate repeated, leak checks.
 
 pub mod cid;
 pub mod clock;
+pub mod cycles;
 pub mod framing;
 pub mod guest;
 pub mod instances;

@@ -34,7 +34,7 @@ fn main() {
         Sub::Run(a) => cmd_run(a),
         Sub::Ps(a) => cmd_ps(a),
         Sub::Cleanup(a) => cmd_cleanup(a),
-        Sub::Mcp(a) => ukload::mcp::cli::run(a),
+        Sub::Cycles(a) => cmd_cycles(a),
     };
     std::process::exit(code);
 }
@@ -163,4 +163,85 @@ fn cmd_cleanup(a: cli::CleanupArgs) -> i32 {
     } else {
         EXIT_FAIL
     }
+}
+
+/// `ukload cycles`: like `cmd_run` (watchdog first, then the supervisor), but
+/// the whole sequence of runs shares one run id, so the watchdog covers all.
+fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
+    let (cfg, fmt) = match a.to_config() {
+        Ok(c) => c,
+        Err(cli::Usage(m)) => return usage(&m),
+    };
+    let run_id = run::new_run_id();
+    let dog = match watchdog::start(&run_id) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("ukload: cannot start the watchdog process: {e}");
+            return EXIT_FAIL;
+        }
+    };
+    let sup = match Supervisor::init() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ukload: cannot become a child subreaper / start the reaper: {e}");
+            return EXIT_FAIL;
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let term = Arc::new(AtomicBool::new(false));
+    for (sig, extra) in [
+        (libc::SIGINT, None),
+        (libc::SIGTERM, Some(&term)),
+        (libc::SIGHUP, Some(&term)),
+    ] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+        if let Some(t) = extra {
+            let _ = signal_hook::flag::register(sig, t.clone());
+        }
+    }
+    if cfg.progress {
+        eprintln!(
+            "cycles: {} cycle(s) of {} instance(s) (run {run_id})",
+            cfg.cycles, cfg.run.count
+        );
+    }
+    let code = match ukload::cycles::run_cycles(&cfg, &run_id, sup, stop.clone()) {
+        Ok(r) => {
+            let out = std::io::stdout();
+            let mut out = out.lock();
+            let _ = match fmt {
+                Format::Json => serde_json::to_writer_pretty(&mut out, &r)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| writeln!(out)),
+                Format::Human => r.write_human(&mut out),
+            };
+            let _ = out.flush();
+            for l in &r.leaks {
+                eprintln!("ukload: cycles: leak: {l}");
+            }
+            if stop.load(Ordering::Relaxed) {
+                if term.load(Ordering::Relaxed) {
+                    128 + libc::SIGTERM
+                } else {
+                    report::EXIT_SIGINT
+                }
+            } else {
+                r.exit_code()
+            }
+        }
+        Err(e) => {
+            eprintln!("ukload: {e}");
+            match e {
+                RunError::Usage(_)
+                | RunError::Launch(ukload::launcher::LaunchError::Invalid(_)) => EXIT_USAGE,
+                RunError::Launch(ukload::launcher::LaunchError::NotInstalled { .. }) => {
+                    EXIT_UNAVAILABLE
+                }
+                RunError::Cid(_) => EXIT_TEMPFAIL,
+                RunError::Setup(_) => EXIT_FAIL,
+            }
+        }
+    };
+    dog.finish();
+    code
 }

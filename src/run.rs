@@ -399,6 +399,7 @@ pub fn run(
         if progress {
             eprintln!("phase 3: measuring memory");
         }
+        test_pause("memory", &stop);
         let table = crate::proc::table();
         for inst in instances.iter_mut() {
             if let (Some(pid), None) = (inst.pid, &inst.boot_error) {
@@ -425,7 +426,7 @@ pub fn run(
     if progress {
         eprintln!("phase 5: cleanup of {} instance(s)", targets.len());
     }
-    let td = teardown::teardown(sup, run_id, &targets, cfg.grace);
+    let td = teardown::teardown_interruptible(sup, run_id, &targets, cfg.grace, &stop);
     for t in &td.instances {
         let inst = &mut instances[t.instance as usize];
         inst.teardown = Some(format!("{:?}", t.ended).to_lowercase());
@@ -450,62 +451,35 @@ pub fn run(
     })
 }
 
-/// Runs the tool call on every booted instance, `concurrency` at a time.
-fn tool_phase(
-    cfg: &RunConfig,
-    call: &crate::toolcall::ToolCall,
-    instances: &mut [Instance],
-    endpoints: &[Option<crate::vsock::Endpoint>],
-    stop: &AtomicBool,
-) {
-    let jobs: Vec<usize> = instances
-        .iter()
-        .filter(|i| i.boot_ms.is_some())
-        .map(|i| i.index as usize)
-        .collect();
-    let next = AtomicUsize::new(0);
-    let results = std::sync::Mutex::new(Vec::new());
-    let workers = (cfg.concurrency as usize).clamp(1, jobs.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k >= jobs.len() || stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let i = jobs[k];
-                let out = match &endpoints[i] {
-                    Some(ep) => crate::toolcall::execute(ep, cfg.framing, call),
-                    None => crate::toolcall::ToolOutcome {
-                        session_ms: None,
-                        call_ms: None,
-                        text: None,
-                        error: Some(
-                            "no vsock endpoint: readiness was a console line (use --ready probe)"
-                                .into(),
-                        ),
-                    },
-                };
-                results
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((i, out));
-            });
+/// Test-only hook: `UKLOAD_TEST_PAUSE_PHASE=memory:MS` makes the run pause
+/// for MS ms (at most [`TEST_PAUSE_MAX`]) at the start of that phase, ending
+/// early if the run is interrupted. Why: the memory phase takes milliseconds,
+/// too short for tests that kill ukload *during* it (tests/harness_kill_tests.rs)
+/// to hit reliably. Unset (always, outside tests) it costs one lookup.
+pub const ENV_TEST_PAUSE_PHASE: &str = "UKLOAD_TEST_PAUSE_PHASE";
+/// Longest pause [`ENV_TEST_PAUSE_PHASE`] can ask for.
+const TEST_PAUSE_MAX: Duration = Duration::from_secs(60);
+/// How often a test pause looks at the stop flag.
+const TEST_PAUSE_TICK: Duration = Duration::from_millis(10);
+
+fn test_pause(phase: &str, stop: &AtomicBool) {
+    let Ok(v) = std::env::var(ENV_TEST_PAUSE_PHASE) else {
+        return;
+    };
+    let Some(ms) = v
+        .split_once(':')
+        .filter(|(p, _)| *p == phase)
+        .and_then(|(_, ms)| ms.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let end = Instant::now() + Duration::from_millis(ms).min(TEST_PAUSE_MAX);
+    while !stop.load(Ordering::Relaxed) {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
         }
-    });
-    for (i, o) in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        let inst = &mut instances[i];
-        inst.tool_ms = o.call_ms;
-        inst.tool_session_ms = o.session_ms;
-        inst.tool_result = o.text;
-        inst.tool_error = o.error;
-        if cfg.progress {
-            match (&inst.tool_error, inst.tool_ms) {
-                (None, Some(ms)) => eprintln!("[{i}] tool call in {ms:.2} ms"),
-                (Some(e), _) => eprintln!("[{i}] tool call failed: {e}"),
-                _ => {}
-            }
-        }
+        std::thread::sleep(left.min(TEST_PAUSE_TICK));
     }
 }
 

@@ -5,6 +5,7 @@
 use super::{kill_group, Supervisor};
 use crate::proc;
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often teardown checks whether processes are gone.
@@ -13,6 +14,10 @@ const POLL: Duration = Duration::from_millis(5);
 const KILL_WAIT: Duration = Duration::from_secs(3);
 /// How long the final by-marker sweep may take.
 const STRAGGLER_SWEEP: Duration = Duration::from_millis(500);
+/// Longest grace period when the harness was interrupted before teardown:
+/// an interrupted ukload must be gone, with everything it started, within
+/// about two seconds, whatever `--grace-ms` says.
+pub const INTERRUPTED_GRACE_MAX: Duration = Duration::from_secs(1);
 
 /// One instance to end: its launcher pid and process group.
 #[derive(Clone, Debug)]
@@ -95,7 +100,29 @@ pub fn teardown(
     targets: &[Target],
     grace: Duration,
 ) -> TeardownReport {
+    teardown_interruptible(sup, run_id, targets, grace, &AtomicBool::new(false))
+}
+
+/// [`teardown`] for a harness that can be interrupted (`interrupted` is its
+/// SIGINT/SIGTERM flag). If it is already set, the grace period is at most
+/// [`INTERRUPTED_GRACE_MAX`]; if it becomes set during the grace period,
+/// the `SIGKILL`s go out at once. Why: teardown was the one phase a signal
+/// could not shorten, so ukload interrupted while guests ignored `SIGTERM`
+/// stayed for the whole `--grace-ms`.
+pub fn teardown_interruptible(
+    sup: &Supervisor,
+    run_id: &str,
+    targets: &[Target],
+    grace: Duration,
+    interrupted: &AtomicBool,
+) -> TeardownReport {
     let start = Instant::now();
+    let interrupted_before = interrupted.load(Ordering::Relaxed);
+    let grace = if interrupted_before {
+        grace.min(INTERRUPTED_GRACE_MAX)
+    } else {
+        grace
+    };
     let table = proc::table();
     let members: Vec<Vec<i32>> = targets
         .iter()
@@ -129,7 +156,8 @@ pub fn teardown(
         if state.iter().all(Option::is_some) {
             break;
         }
-        if !killed && now >= start + grace {
+        let hurry = !interrupted_before && interrupted.load(Ordering::Relaxed);
+        if !killed && (now >= start + grace || hurry) {
             killed = true;
             kill_deadline = Some(now + KILL_WAIT);
             for (i, t) in targets.iter().enumerate() {

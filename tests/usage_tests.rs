@@ -1,0 +1,204 @@
+//! Bad command lines for `ukload run`: every flag given a wrong value gives
+//! ONE line naming the flag on stderr, exit 64, and starts nothing (no log
+//! directory, no run directory, no process carrying a marker). Extends the
+//! first version in tests/run_tests.rs.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Live processes whose environment names `rt` as their runtime directory
+/// (anything a `ukload` run in `rt` started would).
+fn started_in(rt: &Path) -> Vec<i32> {
+    let want = format!("UKLOAD_RUNTIME_DIR={}", rt.display());
+    marked_pids(&|_| true)
+        .into_iter()
+        .filter(|(pid, _)| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|e| e.split(|&b| b == 0).any(|kv| kv == want.as_bytes()))
+                .unwrap_or(false)
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Runs `ukload run <args>` and checks the usage-error contract.
+fn assert_usage_error(dir: &Path, n: usize, args: &[&str], needle: &str, own_log_dir: bool) {
+    let logs = dir.join(format!("logs-{n}"));
+    let mut cmd = ukload(dir);
+    cmd.arg("run").args(args);
+    if !own_log_dir {
+        cmd.arg("--log-dir").arg(&logs);
+    }
+    let out = output_within(cmd, LIMIT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err:?}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: message should name {needle}: {err}"
+    );
+    assert!(out.stdout.is_empty(), "{args:?}: printed a report");
+    assert!(!logs.exists(), "{args:?}: log dir created");
+    let runs = dir.join("rt").join("runs");
+    let run_dirs = std::fs::read_dir(&runs).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(run_dirs, 0, "{args:?}: a run directory was created");
+    let started = started_in(&dir.join("rt"));
+    assert!(started.is_empty(), "{args:?}: started {started:?}");
+}
+
+#[test]
+fn every_bad_flag_value_is_one_line_naming_the_flag_exit_64() {
+    let _slot = shared_slot();
+    let dir = TempDir::new("usage2");
+    let cases: &[(&[&str], &str)] = &[
+        // COUNT
+        (&["0"], "COUNT"),
+        (&["x"], "COUNT"),
+        (&["4294967296"], "COUNT"),
+        (&["200", "--cid-range", "200-209"], "--cid-range"),
+        // CID range: reversed, reserved CIDs, VMADDR_CID_ANY, garbage
+        (&["2", "--cid-range", "299-200"], "--cid-range"),
+        (&["2", "--cid-range", "0-5"], "--cid-range"),
+        (&["2", "--cid-range", "2-5"], "--cid-range"),
+        (&["2", "--cid-range", "3-4294967295"], "--cid-range"),
+        (&["2", "--cid-range", "200-"], "--cid-range"),
+        (&["2", "--cid-range", "a-b"], "--cid-range"),
+        // launcher, framing, readiness, metric, format
+        (&["2", "--launcher", "vmware"], "--launcher"),
+        (&["2", "--framing", "json"], "--framing"),
+        (&["2", "--ready", "soon"], "--ready"),
+        (&["2", "--mem-metric", "vss"], "--mem-metric"),
+        (&["2", "--format", "xml"], "--format"),
+        (&["2", "--ready-console", "("], "--ready-console"),
+        // numbers
+        (&["2", "--port", "0"], "--port"),
+        (&["2", "--port", "4294967295"], "--port"),
+        (&["2", "--port", "http"], "--port"),
+        (&["2", "--concurrency", "0"], "--concurrency"),
+        (&["2", "--concurrency", "many"], "--concurrency"),
+        (&["2", "--boot-timeout", "0"], "--boot-timeout"),
+        (&["2", "--boot-timeout", "-1"], "--boot-timeout"),
+        (&["2", "--boot-timeout", "nan"], "--boot-timeout"),
+        (&["2", "--boot-timeout", "inf"], "--boot-timeout"),
+        (&["2", "--max-boot-ms", "0"], "--max-boot-ms"),
+        (&["2", "--max-boot-ms", "fast"], "--max-boot-ms"),
+        (&["2", "--max-mem-mb", "-80"], "--max-mem-mb"),
+        (&["2", "--max-mem-mb", "NaN"], "--max-mem-mb"),
+        (&["2", "--grace-ms", "-1"], "--grace-ms"),
+        (&["2", "--grace-ms", "2s"], "--grace-ms"),
+        (&["2", "--min-success", "101"], "--min-success"),
+        (&["2", "--min-success", "-5"], "--min-success"),
+        (&["2", "--min-success", "most"], "--min-success"),
+        (
+            &["2", "--guest-boot-delay-ms", "-3"],
+            "--guest-boot-delay-ms",
+        ),
+        (&["2", "--memory", "0"], "--memory"),
+        (&["2", "--memory", "lots"], "--memory"),
+        // exec launcher
+        (&["1", "--launcher", "exec"], "--exec"),
+        (&["1", "--launcher", "exec", "--exec", " "], "--exec"),
+        (
+            &["1", "--launcher", "exec", "--exec", "x {bogus}"],
+            "{bogus}",
+        ),
+    ];
+    for (n, (args, needle)) in cases.iter().enumerate() {
+        assert_usage_error(dir.path(), n, args, needle, false);
+    }
+}
+
+#[test]
+fn missing_image_and_unusable_log_dirs_are_usage_errors() {
+    let _slot = shared_slot();
+    let dir = TempDir::new("usage3");
+    let kraft = kraft_standin();
+    let kraft = kraft.to_str().unwrap();
+    // Missing kraft image.
+    assert_usage_error(
+        dir.path(),
+        100,
+        &[
+            "1",
+            "--launcher",
+            "kraft",
+            "--kraft-bin",
+            kraft,
+            "--image",
+            "/nonexistent/unikraft_tool_executor",
+        ],
+        "--image",
+        false,
+    );
+    // A log dir that cannot be created (a file is in the way)...
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let in_file = file.join("logs");
+    assert_usage_error(
+        dir.path(),
+        101,
+        &["1", "--log-dir", in_file.to_str().unwrap()],
+        "--log-dir",
+        true,
+    );
+    assert_usage_error(
+        dir.path(),
+        102,
+        &["1", "--log-dir", file.to_str().unwrap()],
+        "--log-dir",
+        true,
+    );
+    // ...or exists but cannot be written (procfs refuses new files, even to root).
+    assert_usage_error(
+        dir.path(),
+        103,
+        &["1", "--log-dir", "/proc"],
+        "--log-dir",
+        true,
+    );
+    assert_usage_error(dir.path(), 104, &["1", "--log-dir", ""], "--log-dir", true);
+}
+
+/// FOUND: `--boot-timeout 1e20` panics in src/cli.rs
+/// (`Duration::from_secs_f64` overflows) and exits 101 with a backtrace.
+/// Fix (cli.rs owner): `Duration::try_from_secs_f64`, refusing with
+/// "--boot-timeout 1e20: too large".
+#[test]
+#[ignore = "cli.rs panics on --boot-timeout 1e20 (Duration::from_secs_f64 overflow); fix reported to the cli.rs owner"]
+fn absurdly_large_boot_timeout_is_a_usage_error() {
+    let _slot = shared_slot();
+    let dir = TempDir::new("usage4");
+    assert_usage_error(
+        dir.path(),
+        200,
+        &["1", "--boot-timeout", "1e20"],
+        "--boot-timeout",
+        false,
+    );
+}
+
+#[test]
+fn unknown_flags_and_missing_values_name_the_flag_and_exit_64() {
+    let _slot = shared_slot();
+    let dir = TempDir::new("usage5");
+    // argh's own errors come with a second line pointing at `--help`.
+    for (args, needle) in [
+        (vec!["run", "--no-such-flag"], "--no-such-flag"),
+        (vec!["run", "2", "--port"], "--port"),
+        (vec!["run", "-1"], "-1"),
+        (vec!["frobnicate"], "frobnicate"),
+    ] {
+        let mut cmd = ukload(dir.path());
+        cmd.args(&args);
+        let out = output_within(cmd, LIMIT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(err.lines().count() <= 2, "{args:?}: {err}");
+    }
+}
