@@ -44,6 +44,7 @@ pub enum Sub {
     Ps(PsArgs),
     Cleanup(CleanupArgs),
     Cycles(CyclesArgs),
+    Mcp(ukload::mcp::cli::McpArgs),
 }
 
 #[derive(FromArgs, Debug)]
@@ -372,12 +373,10 @@ impl RunArgs {
             Some(s) => s.parse().map_err(|e| Usage(format!("--mem-metric: {e}")))?,
         };
         let range_s = self.cid_range.as_deref().unwrap_or(DEFAULT_CID_RANGE);
-        let cid_range: ukload::cid::CidRange =
-            range_s
-                .parse()
-                .map_err(|e: <ukload::cid::CidRange as std::str::FromStr>::Err| {
-                    Usage(format!("--cid-range {range_s}: {e}"))
-                })?;
+        let cid_range: ukload::cid::CidRange = range_s
+            .parse()
+            // The parse error already names the flag and the value.
+            .map_err(|e: <ukload::cid::CidRange as std::str::FromStr>::Err| Usage(e.to_string()))?;
         if count as usize > cid_range.len() {
             return Err(Usage(format!(
                 "COUNT {count} is larger than --cid-range {cid_range} ({} CIDs); widen the range or run fewer",
@@ -504,7 +503,11 @@ impl RunArgs {
             max_tool_ms,
             count,
             concurrency,
-            boot_timeout: Duration::from_secs_f64(boot_timeout),
+            boot_timeout: Duration::try_from_secs_f64(boot_timeout).map_err(|_| {
+                Usage(format!(
+                    "--boot-timeout {boot_timeout}: too large; give seconds"
+                ))
+            })?,
             max_boot_ms,
             max_mem_mb,
             mem_metric,

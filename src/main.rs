@@ -35,6 +35,7 @@ fn main() {
         Sub::Ps(a) => cmd_ps(a),
         Sub::Cleanup(a) => cmd_cleanup(a),
         Sub::Cycles(a) => cmd_cycles(a),
+        Sub::Mcp(a) => ukload::mcp::cli::run(a),
     };
     std::process::exit(code);
 }

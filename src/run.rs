@@ -429,7 +429,7 @@ pub fn run(
     let td = teardown::teardown_interruptible(sup, run_id, &targets, cfg.grace, &stop);
     for t in &td.instances {
         let inst = &mut instances[t.instance as usize];
-        inst.teardown = Some(format!("{:?}", t.ended).to_lowercase());
+        inst.teardown = Some(t.ended.key().to_string());
         inst.teardown_ms = Some(t.ms);
         if let Some(pid) = inst.pid {
             inst.exit_status = sup.try_status(pid).map(|e| e.to_string());
@@ -480,6 +480,65 @@ fn test_pause(phase: &str, stop: &AtomicBool) {
             break;
         }
         std::thread::sleep(left.min(TEST_PAUSE_TICK));
+    }
+}
+
+/// Runs the tool call on every booted instance, `concurrency` at a time.
+fn tool_phase(
+    cfg: &RunConfig,
+    call: &crate::toolcall::ToolCall,
+    instances: &mut [Instance],
+    endpoints: &[Option<crate::vsock::Endpoint>],
+    stop: &AtomicBool,
+) {
+    let jobs: Vec<usize> = instances
+        .iter()
+        .filter(|i| i.boot_ms.is_some())
+        .map(|i| i.index as usize)
+        .collect();
+    let next = AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    let workers = (cfg.concurrency as usize).clamp(1, jobs.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= jobs.len() || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = jobs[k];
+                let out = match &endpoints[i] {
+                    Some(ep) => crate::toolcall::execute(ep, cfg.framing, call),
+                    None => crate::toolcall::ToolOutcome {
+                        session_ms: None,
+                        call_ms: None,
+                        text: None,
+                        error: Some(
+                            "no vsock endpoint: readiness was a console line (use --ready probe)"
+                                .into(),
+                        ),
+                    },
+                };
+                results
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((i, out));
+            });
+        }
+    });
+    for (i, o) in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        let inst = &mut instances[i];
+        inst.tool_ms = o.call_ms;
+        inst.tool_session_ms = o.session_ms;
+        inst.tool_result = o.text;
+        inst.tool_error = o.error;
+        if cfg.progress {
+            match (&inst.tool_error, inst.tool_ms) {
+                (None, Some(ms)) => eprintln!("[{i}] tool call in {ms:.2} ms"),
+                (Some(e), _) => eprintln!("[{i}] tool call failed: {e}"),
+                _ => {}
+            }
+        }
     }
 }
 

@@ -536,7 +536,6 @@ fn mcp_client_refuses_a_20mib_line_with_bounded_allocation() {
 /// `extend_from_slice` (doubling), so a line just under the 10 MiB limit
 /// allocates 16 MiB. Fix (MCP owner): reserve exactly, capped at `max`.
 #[test]
-#[ignore = "mcp::wire line reader allocates up to 16 MiB for a 10 MiB limit; fix reported to the MCP owner"]
 fn mcp_client_line_buffer_never_exceeds_the_frame_limit() {
     let _s = serial();
     mcp_line_over_limit(ukload::mcp::MAX_FRAME_LEN + 2);

@@ -126,6 +126,13 @@ impl<R: Read> WireReader<R> {
                     max,
                 });
             }
+            let need = line.len() + take;
+            if need > line.capacity() {
+                // Grow geometrically but never past the frame limit (plain
+                // doubling would allocate 16 MiB for a 10 MiB limit).
+                let target = need.max(line.capacity() * 2).min(max);
+                line.reserve_exact(target - line.len());
+            }
             line.extend_from_slice(&buf[..take]);
             self.inner.consume(if done { take + 1 } else { take });
             if done {

@@ -229,6 +229,18 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+impl Ended {
+    /// Its name in JSON (`already_gone`, `terminated`, `killed`, `survived`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Ended::AlreadyGone => "already_gone",
+            Ended::Terminated => "terminated",
+            Ended::Killed => "killed",
+            Ended::Survived => "survived",
+        }
+    }
+}
+
 impl InstanceTeardown {
     /// How it ended, in the report's words.
     pub fn ended_word(&self) -> &'static str {
