@@ -21,6 +21,7 @@ pub mod cid;
 pub mod clock;
 pub mod framing;
 pub mod guest;
+pub mod image;
 pub mod instances;
 pub mod jsonrpc;
 pub mod launcher;
