@@ -56,7 +56,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = var("XDG_CACHE_HOME") {
         return PathBuf::from(d).join(CACHE_SUBDIR);
     }
-    let home = var("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    let home = var("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
     home.join(".cache").join(CACHE_SUBDIR)
 }
 
@@ -242,9 +244,20 @@ impl<W: Write> CpioWriter<W> {
     }
 
     fn entry(&mut self, e: NewcEntry<'_>, data: &[u8]) -> io::Result<()> {
-        let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("cpio entry {:?}: {why}", e.name));
-        if e.name.is_empty() || e.name.starts_with('/') || e.name.contains('\0') || e.name == NEWC_TRAILER {
-            return Err(invalid("names are relative, non-empty, without NUL, not the trailer"));
+        let invalid = |why: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cpio entry {:?}: {why}", e.name),
+            )
+        };
+        if e.name.is_empty()
+            || e.name.starts_with('/')
+            || e.name.contains('\0')
+            || e.name == NEWC_TRAILER
+        {
+            return Err(invalid(
+                "names are relative, non-empty, without NUL, not the trailer",
+            ));
         }
         if u32::try_from(e.size).is_err() {
             return Err(invalid("newc cannot hold a file of 4 GiB or more"));
@@ -344,11 +357,18 @@ fn check_static_guest(path: &Path, data: &[u8]) -> Result<(), ImageError> {
         path: path.to_path_buf(),
         why: why.to_string(),
     };
-    if !data.starts_with(ELF_MAGIC) || data.len() < ELF64_HEADER_LEN || data[ELF_CLASS_OFFSET] != ELFCLASS64 {
+    if !data.starts_with(ELF_MAGIC)
+        || data.len() < ELF64_HEADER_LEN
+        || data[ELF_CLASS_OFFSET] != ELFCLASS64
+    {
         return Err(bad("the guest binary is not an ELF64 executable"));
     }
     let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(data[ELF64_PHOFF_OFFSET..ELF64_PHOFF_OFFSET + 8].try_into().expect("8 bytes")) as usize;
+    let phoff = u64::from_le_bytes(
+        data[ELF64_PHOFF_OFFSET..ELF64_PHOFF_OFFSET + 8]
+            .try_into()
+            .expect("8 bytes"),
+    ) as usize;
     let (phentsize, phnum) = (u16_at(ELF64_PHENTSIZE_OFFSET), u16_at(ELF64_PHNUM_OFFSET));
     for i in 0..phnum {
         let at = phoff.saturating_add(i.saturating_mul(phentsize));
@@ -369,7 +389,9 @@ fn check_static_guest(path: &Path, data: &[u8]) -> Result<(), ImageError> {
 /// Path of the archive entry for a module: `lib/modules/<name>.ko`, i.e.
 /// [`crate::guest::pid1::module_path`] without the leading slash.
 fn module_entry(module: &str) -> String {
-    crate::guest::pid1::module_path(module).trim_start_matches('/').to_string()
+    crate::guest::pid1::module_path(module)
+        .trim_start_matches('/')
+        .to_string()
 }
 
 /// Writes the guest initramfs to `out` (atomically: a temporary file renamed
@@ -414,7 +436,10 @@ pub fn build_initramfs(guest_bin: &Path, modules_dir: &Path, out: &Path) -> Resu
             w.file(name, MODE_MODULE, data)?;
         }
         w.file("init", MODE_INIT, &guest)?;
-        w.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()
+        w.finish()?
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()
     };
     if let Err(err) = write() {
         let _ = fs::remove_file(&tmp);
@@ -523,8 +548,16 @@ pub fn info_in(dir: &Path) -> ImageInfo {
         let path = paths.modules_dir.join(format!("{module}.{MODULE_EXT}"));
         pieces.push(file(format!("module {module}"), path, SETUP_COMMAND));
     }
-    pieces.push(file("guest binary (static ukload-guest)".into(), paths.guest_bin.clone(), BUILD_IMAGE_COMMAND));
-    pieces.push(file("initramfs".into(), paths.initramfs.clone(), BUILD_IMAGE_COMMAND));
+    pieces.push(file(
+        "guest binary (static ukload-guest)".into(),
+        paths.guest_bin.clone(),
+        BUILD_IMAGE_COMMAND,
+    ));
+    pieces.push(file(
+        "initramfs".into(),
+        paths.initramfs.clone(),
+        BUILD_IMAGE_COMMAND,
+    ));
     let kernel_version = fs::read_to_string(dir.join(KERNEL_VERSION_FILE))
         .ok()
         .map(|v| v.trim().to_string())
@@ -543,5 +576,9 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))
-        .find(|p| fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & ANY_EXEC_BIT != 0).unwrap_or(false))
+        .find(|p| {
+            fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & ANY_EXEC_BIT != 0)
+                .unwrap_or(false)
+        })
 }

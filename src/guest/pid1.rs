@@ -104,14 +104,20 @@ pub enum Pid1Error {
     /// `ukload.port=` holds something that is not a usable vsock port.
     BadPort { value: String },
     /// Blocking SIGCHLD or starting the reaper thread failed.
-    Reaper { what: &'static str, err: std::io::Error },
+    Reaper {
+        what: &'static str,
+        err: std::io::Error,
+    },
 }
 
 impl fmt::Display for Pid1Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Pid1Error::NotPid1 { pid } => {
-                write!(f, "refusing to act as init: this process is pid {pid}, not 1")
+                write!(
+                    f,
+                    "refusing to act as init: this process is pid {pid}, not 1"
+                )
             }
             Pid1Error::Mkdir { path, err } => write!(f, "creating {path} failed: {err}"),
             Pid1Error::Mount {
@@ -120,10 +126,16 @@ impl fmt::Display for Pid1Error {
                 err,
             } => write!(f, "mounting {fstype} on {target} failed: mount: {err}"),
             Pid1Error::ModuleOpen { module, path, err } => {
-                write!(f, "loading {module}.{MODULE_EXT} failed: open {path}: {err}")
+                write!(
+                    f,
+                    "loading {module}.{MODULE_EXT} failed: open {path}: {err}"
+                )
             }
             Pid1Error::ModuleLoad { module, err } => {
-                write!(f, "loading {module}.{MODULE_EXT} failed: finit_module: {err}")
+                write!(
+                    f,
+                    "loading {module}.{MODULE_EXT} failed: finit_module: {err}"
+                )
             }
             Pid1Error::Cmdline { err } => write!(f, "reading {PROC_CMDLINE} failed: {err}"),
             Pid1Error::BadPort { value } => write!(
@@ -131,7 +143,9 @@ impl fmt::Display for Pid1Error {
                 "bad {CMDLINE_PORT_PARAM}={value} on the kernel command line: \
                  expected a vsock port 0..{VSOCK_PORT_ANY} (exclusive)"
             ),
-            Pid1Error::Reaper { what, err } => write!(f, "starting the zombie reaper failed: {what}: {err}"),
+            Pid1Error::Reaper { what, err } => {
+                write!(f, "starting the zombie reaper failed: {what}: {err}")
+            }
         }
     }
 }
@@ -165,7 +179,8 @@ fn init_steps() -> Result<Pid1Config, Pid1Error> {
     for module in MODULES {
         load_module(module)?;
     }
-    let cmdline = std::fs::read_to_string(PROC_CMDLINE).map_err(|err| Pid1Error::Cmdline { err })?;
+    let cmdline =
+        std::fs::read_to_string(PROC_CMDLINE).map_err(|err| Pid1Error::Cmdline { err })?;
     let port = port_from_cmdline(&cmdline)?;
     start_reaper()?;
     Ok(Pid1Config { port })
@@ -222,7 +237,10 @@ fn mount_pseudo_filesystems() -> Result<(), Pid1Error> {
             }
         } else {
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(m.target, std::fs::Permissions::from_mode(MOUNT_POINT_MODE));
+            let _ = std::fs::set_permissions(
+                m.target,
+                std::fs::Permissions::from_mode(MOUNT_POINT_MODE),
+            );
         }
         let c = |s: &str| CString::new(s).expect("static mount strings have no NUL");
         let (source, target, fstype) = (c(m.source), c(m.target), c(m.fstype));
@@ -261,7 +279,11 @@ fn ensure_console() {
     if stderr_open {
         return;
     }
-    let Ok(console) = std::fs::OpenOptions::new().read(true).write(true).open(CONSOLE) else {
+    let Ok(console) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(CONSOLE)
+    else {
         return; // Nothing to print to; later steps still report through Err.
     };
     for fd in [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO] {
@@ -313,8 +335,8 @@ pub fn port_from_cmdline(cmdline: &str) -> Result<u32, Pid1Error> {
     let prefix = format!("{CMDLINE_PORT_PARAM}=");
     let Some(value) = cmdline
         .split_whitespace()
-        .filter_map(|word| word.strip_prefix(prefix.as_str()))
-        .last()
+        .rev()
+        .find_map(|word| word.strip_prefix(prefix.as_str()))
     else {
         return Ok(crate::DEFAULT_PORT);
     };
@@ -366,7 +388,7 @@ fn reaped() -> &'static Reaped {
 /// `waitpid(-1, WNOHANG)` — tini's loop. The timeout makes it sweep even if a
 /// thread with SIGCHLD unblocked swallowed the signal.
 fn start_reaper() -> Result<(), Pid1Error> {
-    let mut set = sigchld_set();
+    let set = sigchld_set();
     // SAFETY: `set` is an initialised sigset; a null old-set pointer is allowed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
@@ -385,7 +407,7 @@ fn start_reaper() -> Result<(), Pid1Error> {
             // SAFETY: `set` and `timeout` are valid for the call; a null
             // siginfo pointer is allowed. EAGAIN (timeout) and EINTR are the
             // expected non-signal returns; either way we sweep below.
-            unsafe { libc::sigtimedwait(&mut set, std::ptr::null_mut(), &timeout) };
+            unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
             reap_all();
         })
         .map(|_| ())
@@ -458,7 +480,9 @@ pub fn poweroff() -> ! {
     // does not return or fails with an errno.
     unsafe { libc::reboot(libc::RB_POWER_OFF) };
     let err = std::io::Error::last_os_error();
-    console_line(&format!("power-off failed: reboot(RB_POWER_OFF): {err}; exiting"));
+    console_line(&format!(
+        "power-off failed: reboot(RB_POWER_OFF): {err}; exiting"
+    ));
     std::process::exit(1);
 }
 
@@ -483,7 +507,12 @@ mod tests {
 
     #[test]
     fn bad_port_values_are_errors_naming_the_value() {
-        for bad in ["ukload.port=", "ukload.port=abc", "ukload.port=-1", "ukload.port=4294967295"] {
+        for bad in [
+            "ukload.port=",
+            "ukload.port=abc",
+            "ukload.port=-1",
+            "ukload.port=4294967295",
+        ] {
             let err = port_from_cmdline(bad).unwrap_err();
             assert!(matches!(err, Pid1Error::BadPort { .. }), "{bad}: {err}");
             assert!(err.to_string().contains(CMDLINE_PORT_PARAM), "{err}");
@@ -492,7 +521,10 @@ mod tests {
 
     #[test]
     fn a_similar_parameter_is_not_taken_for_the_port() {
-        assert_eq!(port_from_cmdline("xukload.port=9").unwrap(), crate::DEFAULT_PORT);
+        assert_eq!(
+            port_from_cmdline("xukload.port=9").unwrap(),
+            crate::DEFAULT_PORT
+        );
     }
 
     #[test]
@@ -515,7 +547,10 @@ mod tests {
             err: std::io::Error::from_raw_os_error(libc::ENOEXEC),
         };
         let s = err.to_string();
-        assert!(s.starts_with("loading vsock.ko failed: finit_module:"), "{s}");
+        assert!(
+            s.starts_with("loading vsock.ko failed: finit_module:"),
+            "{s}"
+        );
     }
 
     #[test]
