@@ -3,10 +3,7 @@
 //! `CLOCK_BOOTTIME` inside a VM is time since that VM's kernel booted.
 
 fn read(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec and the clock ids used are
     // constants the kernel always supports.
     let rc = unsafe { libc::clock_gettime(clock, &mut ts) };

@@ -47,11 +47,7 @@ impl<R: Read> FrameReader<R> {
         Self::with_max(inner, framing, MAX_FRAME_LEN)
     }
     pub fn with_max(inner: R, framing: Framing, max: usize) -> Self {
-        FrameReader {
-            inner,
-            framing,
-            max,
-        }
+        FrameReader { inner, framing, max }
     }
     /// Next frame's payload (without delimiter / prefix).
     pub fn read_frame(&mut self) -> Result<Vec<u8>, FrameError> {
@@ -67,11 +63,7 @@ impl<R: Read> FrameReader<R> {
 }
 
 /// Writes one frame and flushes.
-pub fn write_frame<W: Write>(
-    w: &mut W,
-    framing: Framing,
-    payload: &[u8],
-) -> Result<(), FrameError> {
+pub fn write_frame<W: Write>(w: &mut W, framing: Framing, payload: &[u8]) -> Result<(), FrameError> {
     let _ = (w, framing, payload);
     todo!()
 }

@@ -29,25 +29,10 @@ pub struct PingInfo {
 /// A decoded JSON-RPC message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
-    Request {
-        id: Value,
-        method: String,
-        params: Option<Value>,
-    },
-    Notification {
-        method: String,
-        params: Option<Value>,
-    },
-    Response {
-        id: Value,
-        result: Value,
-    },
-    Error {
-        id: Value,
-        code: i64,
-        message: String,
-        data: Option<Value>,
-    },
+    Request { id: Value, method: String, params: Option<Value> },
+    Notification { method: String, params: Option<Value> },
+    Response { id: Value, result: Value },
+    Error { id: Value, code: i64, message: String, data: Option<Value> },
 }
 
 /// Builds a request object.
