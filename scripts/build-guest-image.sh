@@ -68,8 +68,9 @@ main() {
         build_static_guest
         return
     fi
-    [ -d "$CACHE_DIR/modules" ] && [ -s "$CACHE_DIR/vmlinux" ] ||
+    if [ ! -d "$CACHE_DIR/modules" ] || [ ! -s "$CACHE_DIR/vmlinux" ]; then
         die "kernel or modules missing in $CACHE_DIR: run scripts/setup-microvm.sh first"
+    fi
     if [ -z "$guest" ]; then
         guest="$(build_static_guest)"
     fi
