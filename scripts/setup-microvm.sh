@@ -169,7 +169,7 @@ step_kernel() {
     mv "$staged" "$CACHE_DIR/modules"
     printf '%s\n' "$version" >"$CACHE_DIR/kernel-version"
     rm -rf "$root"
-    say "kernel: cached $version: vmlinux ($(du -h "$CACHE_DIR/vmlinux" | cut -f1)), $count modules in $CACHE_DIR/modules"
+    say "kernel: cached $version: vmlinux ($(($(stat -c %s "$CACHE_DIR/vmlinux") / 1048576)) MiB), $count modules in $CACHE_DIR/modules"
 }
 
 # --- 3. vhost-device-vsock -------------------------------------------------
