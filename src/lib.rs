@@ -23,6 +23,7 @@ pub mod clock;
 pub mod cycles;
 pub mod framing;
 pub mod guest;
+pub mod image;
 pub mod instances;
 pub mod jsonrpc;
 pub mod launcher;

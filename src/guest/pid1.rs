@@ -1,23 +1,568 @@
 //! `ukload-guest` as PID 1 inside a microVM: mounts, module loading with
 //! `finit_module(2)`, zombie reaping, power-off.
 //! OWNER: microVM helper.
+//!
+//! Why the agent is its own init: the guest image is an initramfs holding one
+//! static binary and a few kernel modules, nothing else (no busybox, no
+//! modprobe). So PID 1 does the three jobs an init must do before the agent can
+//! listen on vsock: mount the kernel's pseudo file systems, load the virtio and
+//! vsock drivers (Debian builds them as modules), and reap orphans for the
+//! whole life of the VM. Every failing step prints one console line
+//! (`ukload-guest: init: ...`) so a host reading the serial log sees why a
+//! guest never came up.
 
-// TEMPORARY STUB (transport helper), so that `ukload-guest` builds on the
-// transport branch; the microVM helper's real pid1.rs replaces all of this.
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::fmt;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-/// What PID 1 setup learned (stub).
+/// Kernel modules the guest loads, in dependency order (FIELD-NOTES section 2):
+/// the virtio core and transports (PCI for `-M pc`, MMIO for `-M microvm`),
+/// then the vsock core and its virtio transport. The image builder
+/// ([`crate::image`]) puts exactly these files into the initramfs.
+pub const MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "virtio_mmio",
+    "vsock",
+    "vmw_vsock_virtio_transport_common",
+    "vmw_vsock_virtio_transport",
+];
+
+/// Directory of the modules inside the guest (flat: `<name>.ko`).
+pub const MODULES_DIR: &str = "/lib/modules";
+
+/// File extension of an (uncompressed) kernel module.
+pub const MODULE_EXT: &str = "ko";
+
+/// Kernel command-line parameter that sets the agent's vsock port.
+pub const CMDLINE_PORT_PARAM: &str = "ukload.port";
+
+/// Where the kernel command line is read from (after `/proc` is mounted).
+const PROC_CMDLINE: &str = "/proc/cmdline";
+
+/// The console device the kernel gives init (c 5 1).
+const CONSOLE: &str = "/dev/console";
+
+/// `VMADDR_PORT_ANY`: not a port a listener can be reached on.
+const VSOCK_PORT_ANY: u32 = u32::MAX;
+
+/// Longest the reaper sleeps between sweeps when no SIGCHLD reaches it (for
+/// instance because another thread had SIGCHLD unblocked and took it).
+const REAP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How many exit statuses the reaper keeps for [`wait_child`]; oldest dropped.
+const REAPED_STATUS_CAPACITY: usize = 1024;
+
+/// Prefix of every console line PID 1 prints.
+const LOG_PREFIX: &str = "ukload-guest: init:";
+
+/// What PID 1 learnt while setting up the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pid1Config {
+    /// vsock port to listen on: `ukload.port=N` from the kernel command line,
+    /// else [`crate::DEFAULT_PORT`].
     pub port: u32,
 }
 
-/// PID 1 setup (stub: does nothing).
+/// A failed PID 1 step, with the path / module / syscall it concerns.
+#[derive(Debug)]
+pub enum Pid1Error {
+    /// `init_as_pid1` was called by a process that is not PID 1 (it would
+    /// mount over the host's `/dev`).
+    NotPid1 { pid: i32 },
+    /// Creating a mount point failed.
+    Mkdir {
+        path: &'static str,
+        err: std::io::Error,
+    },
+    /// `mount(2)` failed (EBUSY, already mounted, is not an error).
+    Mount {
+        fstype: &'static str,
+        target: &'static str,
+        err: std::io::Error,
+    },
+    /// The module file could not be opened.
+    ModuleOpen {
+        module: &'static str,
+        path: String,
+        err: std::io::Error,
+    },
+    /// `finit_module(2)` refused the module (EEXIST, built in, is not an error).
+    ModuleLoad {
+        module: &'static str,
+        err: std::io::Error,
+    },
+    /// `/proc/cmdline` could not be read.
+    Cmdline { err: std::io::Error },
+    /// `ukload.port=` holds something that is not a usable vsock port.
+    BadPort { value: String },
+    /// Blocking SIGCHLD or starting the reaper thread failed.
+    Reaper {
+        what: &'static str,
+        err: std::io::Error,
+    },
+}
+
+impl fmt::Display for Pid1Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pid1Error::NotPid1 { pid } => {
+                write!(
+                    f,
+                    "refusing to act as init: this process is pid {pid}, not 1"
+                )
+            }
+            Pid1Error::Mkdir { path, err } => write!(f, "creating {path} failed: {err}"),
+            Pid1Error::Mount {
+                fstype,
+                target,
+                err,
+            } => write!(f, "mounting {fstype} on {target} failed: mount: {err}"),
+            Pid1Error::ModuleOpen { module, path, err } => {
+                write!(
+                    f,
+                    "loading {module}.{MODULE_EXT} failed: open {path}: {err}"
+                )
+            }
+            Pid1Error::ModuleLoad { module, err } => {
+                write!(
+                    f,
+                    "loading {module}.{MODULE_EXT} failed: finit_module: {err}"
+                )
+            }
+            Pid1Error::Cmdline { err } => write!(f, "reading {PROC_CMDLINE} failed: {err}"),
+            Pid1Error::BadPort { value } => write!(
+                f,
+                "bad {CMDLINE_PORT_PARAM}={value} on the kernel command line: \
+                 expected a vsock port 0..{VSOCK_PORT_ANY} (exclusive)"
+            ),
+            Pid1Error::Reaper { what, err } => {
+                write!(f, "starting the zombie reaper failed: {what}: {err}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Pid1Error {}
+
+/// Sets the guest up as its init: mounts `/proc`, `/sys`, `/dev`, loads
+/// [`MODULES`] in order, reads the port from the kernel command line and
+/// starts the zombie reaper. Each failing step prints a console line; the
+/// caller should [`poweroff`] on `Err`.
+///
+/// Call it first thing in `main`, before starting other threads: it blocks
+/// SIGCHLD in the calling thread so that threads created later inherit the
+/// mask and SIGCHLD wakes the reaper (see [`wait_child`] for what that means
+/// for the agent's own children).
 pub fn init_as_pid1() -> Result<Pid1Config, String> {
-    Ok(Pid1Config {
-        port: crate::DEFAULT_PORT,
+    init_steps().map_err(|e| {
+        console_line(&e.to_string());
+        e.to_string()
     })
 }
 
-/// Powers the VM off (stub: exits).
+fn init_steps() -> Result<Pid1Config, Pid1Error> {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    if pid != 1 {
+        return Err(Pid1Error::NotPid1 { pid });
+    }
+    mount_pseudo_filesystems()?;
+    ensure_console();
+    for module in MODULES {
+        load_module(module)?;
+    }
+    let cmdline =
+        std::fs::read_to_string(PROC_CMDLINE).map_err(|err| Pid1Error::Cmdline { err })?;
+    let port = port_from_cmdline(&cmdline)?;
+    start_reaper()?;
+    Ok(Pid1Config { port })
+}
+
+/// Prints one console line with the init prefix. The kernel gives PID 1
+/// `/dev/console` as stdin/stdout/stderr, so stderr is the serial console.
+fn console_line(msg: &str) {
+    eprintln!("{LOG_PREFIX} {msg}");
+}
+
+/// One pseudo file system PID 1 mounts.
+struct PseudoMount {
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: libc::c_ulong,
+}
+
+/// `/proc` and `/sys` without devices, setuid or exec; `/dev` as devtmpfs so
+/// the kernel creates `/dev/vsock` and friends itself (no udev in the guest).
+const PSEUDO_MOUNTS: &[PseudoMount] = &[
+    PseudoMount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    },
+    PseudoMount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+    },
+    PseudoMount {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: libc::MS_NOSUID,
+    },
+];
+
+/// Mode of the mount points PID 1 creates when the image lacks them.
+const MOUNT_POINT_MODE: u32 = 0o755;
+
+fn mount_pseudo_filesystems() -> Result<(), Pid1Error> {
+    for m in PSEUDO_MOUNTS {
+        if let Err(err) = std::fs::create_dir(m.target) {
+            if err.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(Pid1Error::Mkdir {
+                    path: m.target,
+                    err,
+                });
+            }
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(
+                m.target,
+                std::fs::Permissions::from_mode(MOUNT_POINT_MODE),
+            );
+        }
+        let c = |s: &str| CString::new(s).expect("static mount strings have no NUL");
+        let (source, target, fstype) = (c(m.source), c(m.target), c(m.fstype));
+        // SAFETY: all three pointers are valid NUL-terminated strings that live
+        // across the call; a null `data` is allowed for these file systems.
+        let rc = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                m.flags,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            // EBUSY: already mounted (the kernel may automount devtmpfs).
+            if err.raw_os_error() != Some(libc::EBUSY) {
+                return Err(Pid1Error::Mount {
+                    fstype: m.fstype,
+                    target: m.target,
+                    err,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// If the image had no `/dev/console`, the kernel started init without
+/// stdio; now that devtmpfs is mounted, open the console onto fds 0-2 so the
+/// console lines this module promises actually reach the serial port.
+fn ensure_console() {
+    // SAFETY: F_GETFD on a possibly closed fd only reports EBADF.
+    let stderr_open = unsafe { libc::fcntl(libc::STDERR_FILENO, libc::F_GETFD) } != -1;
+    if stderr_open {
+        return;
+    }
+    let Ok(console) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(CONSOLE)
+    else {
+        return; // Nothing to print to; later steps still report through Err.
+    };
+    for fd in [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: `console` is an open fd for the duration of the call and
+        // `fd` is one of the standard descriptors, which we mean to replace.
+        unsafe { libc::dup2(console.as_raw_fd(), fd) };
+    }
+}
+
+/// Path of a module inside the guest: `/lib/modules/<name>.ko`.
+pub fn module_path(module: &str) -> String {
+    format!("{MODULES_DIR}/{module}.{MODULE_EXT}")
+}
+
+/// Loads one module from [`MODULES_DIR`] with `finit_module(2)` (no userland
+/// tool needed). EEXIST means the module is built into the kernel or already
+/// loaded: fine.
+fn load_module(module: &'static str) -> Result<(), Pid1Error> {
+    let path = module_path(module);
+    let file = File::open(&path).map_err(|err| Pid1Error::ModuleOpen {
+        module,
+        path: path.clone(),
+        err,
+    })?;
+    let no_params = c"";
+    // SAFETY: `file` is an open fd for the whole call, `no_params` is a valid
+    // NUL-terminated string and flags 0 asks for no special behaviour.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            file.as_raw_fd(),
+            no_params.as_ptr(),
+            0 as libc::c_int,
+        )
+    };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EEXIST) {
+            return Err(Pid1Error::ModuleLoad { module, err });
+        }
+    }
+    Ok(())
+}
+
+/// The vsock port from a kernel command line: the last `ukload.port=N`
+/// (later parameters override earlier ones, as the kernel does), else
+/// [`crate::DEFAULT_PORT`].
+pub fn port_from_cmdline(cmdline: &str) -> Result<u32, Pid1Error> {
+    let prefix = format!("{CMDLINE_PORT_PARAM}=");
+    let Some(value) = cmdline
+        .split_whitespace()
+        .rev()
+        .find_map(|word| word.strip_prefix(prefix.as_str()))
+    else {
+        return Ok(crate::DEFAULT_PORT);
+    };
+    match value.parse::<u32>() {
+        Ok(port) if port != VSOCK_PORT_ANY => Ok(port),
+        _ => Err(Pid1Error::BadPort {
+            value: value.to_string(),
+        }),
+    }
+}
+
+/// Exit statuses collected by the reaper, for [`wait_child`].
+struct Reaped {
+    statuses: Mutex<ReapedStatuses>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ReapedStatuses {
+    by_pid: HashMap<i32, i32>,
+    order: VecDeque<i32>,
+}
+
+impl ReapedStatuses {
+    fn insert(&mut self, pid: i32, status: i32) {
+        if self.by_pid.insert(pid, status).is_none() {
+            self.order.push_back(pid);
+        }
+        while self.order.len() > REAPED_STATUS_CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.by_pid.remove(&old);
+            }
+        }
+    }
+}
+
+static REAPED: OnceLock<Reaped> = OnceLock::new();
+
+fn reaped() -> &'static Reaped {
+    REAPED.get_or_init(|| Reaped {
+        statuses: Mutex::new(ReapedStatuses::default()),
+        changed: Condvar::new(),
+    })
+}
+
+/// Blocks SIGCHLD in this thread (inherited by threads started afterwards)
+/// and starts the reaper thread, which sleeps in `sigtimedwait(SIGCHLD)` for at
+/// most [`REAP_INTERVAL`] and then reaps every exited child with
+/// `waitpid(-1, WNOHANG)` — tini's loop. The timeout makes it sweep even if a
+/// thread with SIGCHLD unblocked swallowed the signal.
+fn start_reaper() -> Result<(), Pid1Error> {
+    let set = sigchld_set();
+    // SAFETY: `set` is an initialised sigset; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(Pid1Error::Reaper {
+            what: "pthread_sigmask(SIG_BLOCK, SIGCHLD)",
+            err: std::io::Error::from_raw_os_error(rc),
+        });
+    }
+    std::thread::Builder::new()
+        .name("pid1-reaper".into())
+        .spawn(move || loop {
+            let timeout = libc::timespec {
+                tv_sec: REAP_INTERVAL.as_secs() as libc::time_t,
+                tv_nsec: REAP_INTERVAL.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: `set` and `timeout` are valid for the call; a null
+            // siginfo pointer is allowed. EAGAIN (timeout) and EINTR are the
+            // expected non-signal returns; either way we sweep below.
+            unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+            reap_all();
+        })
+        .map(|_| ())
+        .map_err(|err| Pid1Error::Reaper {
+            what: "spawning the reaper thread",
+            err,
+        })
+}
+
+fn sigchld_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        set
+    }
+}
+
+/// Reaps every child that has exited, recording its status.
+fn reap_all() {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid out-pointer; WNOHANG never blocks.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return; // 0: children alive but none exited; -1: ECHILD, no children.
+        }
+        let r = reaped();
+        r.statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pid, status);
+        r.changed.notify_all();
+    }
+}
+
+/// Waits until `deadline` for the exit of child `pid` and returns its raw
+/// wait status (decode with `libc::WIFEXITED` etc.), or `None` on timeout.
+///
+/// Why this exists: as PID 1 the reaper collects *every* child with
+/// `waitpid(-1)`, including children the agent spawned itself, so
+/// `std::process::Child::wait` may fail with ECHILD. Code running under
+/// `init_as_pid1` waits for its children here instead.
+pub fn wait_child(pid: i32, deadline: Instant) -> Option<i32> {
+    let r = reaped();
+    let mut guard = r.statuses.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        if let Some(status) = guard.by_pid.remove(&pid) {
+            guard.order.retain(|p| *p != pid);
+            return Some(status);
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
+        guard = r
+            .changed
+            .wait_timeout(guard, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
+/// Powers the VM off: `sync`, then `reboot(RB_POWER_OFF)`. With QEMU's
+/// `-no-reboot` and the kernel's `panic=-1` the VMM exits either way. If the
+/// power-off is refused (not PID 1, no CAP_SYS_BOOT) the process exits
+/// with status 1; as PID 1 that panics the kernel, which also ends the VM.
 pub fn poweroff() -> ! {
-    std::process::exit(1)
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    // SAFETY: reboot with RB_POWER_OFF has no memory arguments; it either
+    // does not return or fails with an errno.
+    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+    let err = std::io::Error::last_os_error();
+    console_line(&format!(
+        "power-off failed: reboot(RB_POWER_OFF): {err}; exiting"
+    ));
+    std::process::exit(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_defaults_when_the_cmdline_does_not_name_one() {
+        let cmdline = "console=ttyS0 panic=-1 quiet tsc_early_khz=2400000\n";
+        assert_eq!(port_from_cmdline(cmdline).unwrap(), crate::DEFAULT_PORT);
+    }
+
+    #[test]
+    fn port_is_read_from_the_cmdline_and_the_last_one_wins() {
+        assert_eq!(port_from_cmdline("quiet ukload.port=6000").unwrap(), 6000);
+        assert_eq!(
+            port_from_cmdline("ukload.port=1 console=ttyS0 ukload.port=7\n").unwrap(),
+            7
+        );
+    }
+
+    #[test]
+    fn bad_port_values_are_errors_naming_the_value() {
+        for bad in [
+            "ukload.port=",
+            "ukload.port=abc",
+            "ukload.port=-1",
+            "ukload.port=4294967295",
+        ] {
+            let err = port_from_cmdline(bad).unwrap_err();
+            assert!(matches!(err, Pid1Error::BadPort { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains(CMDLINE_PORT_PARAM), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_similar_parameter_is_not_taken_for_the_port() {
+        assert_eq!(
+            port_from_cmdline("xukload.port=9").unwrap(),
+            crate::DEFAULT_PORT
+        );
+    }
+
+    #[test]
+    fn init_refuses_to_run_outside_pid_1() {
+        let err = init_as_pid1().unwrap_err();
+        assert!(err.contains("not 1"), "{err}");
+    }
+
+    #[test]
+    fn module_paths_are_flat_under_lib_modules() {
+        assert_eq!(module_path("vsock"), "/lib/modules/vsock.ko");
+        assert_eq!(MODULES.first(), Some(&"virtio_ring"));
+        assert_eq!(MODULES.last(), Some(&"vmw_vsock_virtio_transport"));
+    }
+
+    #[test]
+    fn module_errors_name_the_module_and_the_syscall() {
+        let err = Pid1Error::ModuleLoad {
+            module: "vsock",
+            err: std::io::Error::from_raw_os_error(libc::ENOEXEC),
+        };
+        let s = err.to_string();
+        assert!(
+            s.starts_with("loading vsock.ko failed: finit_module:"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn reaped_statuses_are_bounded_and_wait_child_times_out() {
+        let mut s = ReapedStatuses::default();
+        for pid in 0..(REAPED_STATUS_CAPACITY as i32 + 10) {
+            s.insert(pid, 0);
+        }
+        assert_eq!(s.by_pid.len(), REAPED_STATUS_CAPACITY);
+        assert!(!s.by_pid.contains_key(&0));
+        let start = Instant::now();
+        assert_eq!(wait_child(-12345, start + Duration::from_millis(20)), None);
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
 }

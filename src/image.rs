@@ -1,0 +1,584 @@
+//! The microVM guest image: where its pieces are cached, the initramfs
+//! writer (newc cpio, written here in Rust: the one source of truth for the
+//! archive format), and what is present or missing.
+//! OWNER: microVM helper.
+//!
+//! The image is a kernel (`vmlinux`, uncompressed, booted by QEMU through its
+//! PVH entry) plus an initramfs holding the static `ukload-guest` as `/init`
+//! and the virtio / vsock modules of that same kernel (Debian builds them as
+//! modules). `scripts/setup-microvm.sh` fetches the kernel and modules into the
+//! cache; `scripts/build-guest-image.sh` builds the guest and the initramfs.
+//!
+//! The initramfs is not compressed: the kernel accepts a plain cpio, and
+//! under TCG inflating it costs more boot time than copying the extra bytes
+//! (measured in docs/microvm.md).
+
+use std::fmt;
+use std::fs;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::guest::pid1::{MODULES, MODULES_DIR, MODULE_EXT};
+
+/// Overrides the cache directory.
+pub const ENV_CACHE_DIR: &str = "UKLOAD_CACHE_DIR";
+/// Name of the cache directory under `$XDG_CACHE_HOME` or `~/.cache`.
+const CACHE_SUBDIR: &str = "ukload";
+
+/// The uncompressed kernel in the cache.
+pub const KERNEL_FILE: &str = "vmlinux";
+/// The initramfs in the cache.
+pub const INITRAMFS_FILE: &str = "initramfs.cpio";
+/// Directory of the (uncompressed, flat) kernel modules in the cache.
+pub const MODULES_SUBDIR: &str = "modules";
+/// The static guest binary in the cache (what becomes `/init`).
+pub const GUEST_BIN_FILE: &str = "ukload-guest";
+/// Version of the kernel the cache was built from (written by the setup script).
+pub const KERNEL_VERSION_FILE: &str = "kernel-version";
+
+/// Command that fetches the kernel and its modules.
+pub const SETUP_COMMAND: &str = "scripts/setup-microvm.sh";
+/// Command that builds the static guest and the initramfs.
+pub const BUILD_IMAGE_COMMAND: &str = "scripts/build-guest-image.sh";
+
+/// The VMM binary.
+pub const QEMU_BIN: &str = "qemu-system-x86_64";
+/// The vhost-user vsock device (rust-vmm).
+pub const VHOST_VSOCK_BIN: &str = "vhost-device-vsock";
+
+/// Cache directory: `$UKLOAD_CACHE_DIR`, else `$XDG_CACHE_HOME/ukload`, else
+/// `~/.cache/ukload` (the same rule as the setup script).
+pub fn cache_dir() -> PathBuf {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(d) = var(ENV_CACHE_DIR) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = var("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join(CACHE_SUBDIR);
+    }
+    let home = var("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    home.join(".cache").join(CACHE_SUBDIR)
+}
+
+/// Where the image's pieces live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePaths {
+    /// Uncompressed kernel (`vmlinux`).
+    pub kernel: PathBuf,
+    /// Initramfs (newc cpio).
+    pub initramfs: PathBuf,
+    /// Flat directory of `<module>.ko` files.
+    pub modules_dir: PathBuf,
+    /// Static guest binary copied into the cache (becomes `/init`).
+    pub guest_bin: PathBuf,
+}
+
+impl ImagePaths {
+    /// The pieces inside cache directory `dir`.
+    pub fn in_dir(dir: &Path) -> ImagePaths {
+        ImagePaths {
+            kernel: dir.join(KERNEL_FILE),
+            initramfs: dir.join(INITRAMFS_FILE),
+            modules_dir: dir.join(MODULES_SUBDIR),
+            guest_bin: dir.join(GUEST_BIN_FILE),
+        }
+    }
+
+    /// The pieces inside [`cache_dir`].
+    pub fn cached() -> ImagePaths {
+        ImagePaths::in_dir(&cache_dir())
+    }
+}
+
+/// A failure building the image, with the path concerned and what to do.
+#[derive(Debug)]
+pub enum ImageError {
+    /// Reading an input or writing the archive failed.
+    Io { path: PathBuf, err: io::Error },
+    /// A module [`crate::guest::pid1::MODULES`] needs is not in the modules dir.
+    MissingModule { module: &'static str, path: PathBuf },
+    /// A file is not what it must be (not ELF, compressed module, dynamic guest).
+    BadInput { path: PathBuf, why: String },
+    /// A name or size does not fit the newc format.
+    Format { name: String, why: &'static str },
+}
+
+impl fmt::Display for ImageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageError::Io { path, err } => write!(f, "{}: {err}", path.display()),
+            ImageError::MissingModule { module, path } => write!(
+                f,
+                "kernel module {module} missing: {} does not exist (run {SETUP_COMMAND})",
+                path.display()
+            ),
+            ImageError::BadInput { path, why } => write!(f, "{}: {why}", path.display()),
+            ImageError::Format { name, why } => write!(f, "cpio entry {name:?}: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ImageError {}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
+    move |err| ImageError::Io {
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+// --- newc cpio -------------------------------------------------------------
+
+/// Magic of a newc ("new ASCII") cpio header, the format the kernel unpacks.
+const NEWC_MAGIC: &[u8; 6] = b"070701";
+/// Length of a newc header: the magic and 13 eight-digit hex fields.
+pub const NEWC_HEADER_LEN: usize = 110;
+/// Header + name, and file data, are each padded to this alignment.
+const NEWC_ALIGN: usize = 4;
+/// Name of the entry that ends the archive.
+pub const NEWC_TRAILER: &str = "TRAILER!!!";
+
+/// File type bits of `st_mode` (octal, as in `<sys/stat.h>`).
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFCHR: u32 = 0o020000;
+
+/// Permission bits of the entries [`build_initramfs`] writes.
+const MODE_DIR: u32 = 0o755;
+const MODE_TMP: u32 = 0o1777;
+const MODE_INIT: u32 = 0o755;
+const MODE_MODULE: u32 = 0o644;
+const MODE_CONSOLE: u32 = 0o600;
+/// `/dev/console` is char device 5:1; the kernel opens it for init's stdio
+/// before `/init` runs, i.e. before devtmpfs is mounted.
+const CONSOLE_MAJOR: u32 = 5;
+const CONSOLE_MINOR: u32 = 1;
+
+/// Writes a newc cpio archive entry by entry. Parents must be written before
+/// their children (the kernel creates entries in archive order). Owners are
+/// root and mtimes 0, so the same inputs give the same bytes.
+pub struct CpioWriter<W: Write> {
+    out: W,
+    next_ino: u32,
+    written: usize,
+}
+
+/// One newc header's variable fields.
+struct NewcEntry<'a> {
+    name: &'a str,
+    mode: u32,
+    nlink: u32,
+    size: usize,
+    rdev: (u32, u32),
+}
+
+impl<W: Write> CpioWriter<W> {
+    /// A writer appending to `out`.
+    pub fn new(out: W) -> CpioWriter<W> {
+        CpioWriter {
+            out,
+            next_ino: 1,
+            written: 0,
+        }
+    }
+
+    /// A directory (`perm`: permission bits, e.g. 0o755).
+    pub fn dir(&mut self, name: &str, perm: u32) -> io::Result<()> {
+        self.entry(
+            NewcEntry {
+                name,
+                mode: S_IFDIR | perm,
+                nlink: 2,
+                size: 0,
+                rdev: (0, 0),
+            },
+            &[],
+        )
+    }
+
+    /// A regular file with contents `data`.
+    pub fn file(&mut self, name: &str, perm: u32, data: &[u8]) -> io::Result<()> {
+        self.entry(
+            NewcEntry {
+                name,
+                mode: S_IFREG | perm,
+                nlink: 1,
+                size: data.len(),
+                rdev: (0, 0),
+            },
+            data,
+        )
+    }
+
+    /// A character device node `major:minor`.
+    pub fn char_device(&mut self, name: &str, perm: u32, major: u32, minor: u32) -> io::Result<()> {
+        self.entry(
+            NewcEntry {
+                name,
+                mode: S_IFCHR | perm,
+                nlink: 1,
+                size: 0,
+                rdev: (major, minor),
+            },
+            &[],
+        )
+    }
+
+    /// Writes the trailer and returns the underlying writer (flushed).
+    pub fn finish(mut self) -> io::Result<W> {
+        self.raw_entry(
+            &NewcEntry {
+                name: NEWC_TRAILER,
+                mode: 0,
+                nlink: 1,
+                size: 0,
+                rdev: (0, 0),
+            },
+            0,
+            &[],
+        )?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
+    fn entry(&mut self, e: NewcEntry<'_>, data: &[u8]) -> io::Result<()> {
+        let invalid = |why: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cpio entry {:?}: {why}", e.name),
+            )
+        };
+        if e.name.is_empty()
+            || e.name.starts_with('/')
+            || e.name.contains('\0')
+            || e.name == NEWC_TRAILER
+        {
+            return Err(invalid(
+                "names are relative, non-empty, without NUL, not the trailer",
+            ));
+        }
+        if u32::try_from(e.size).is_err() {
+            return Err(invalid("newc cannot hold a file of 4 GiB or more"));
+        }
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        self.raw_entry(&e, ino, data)
+    }
+
+    fn raw_entry(&mut self, e: &NewcEntry<'_>, ino: u32, data: &[u8]) -> io::Result<()> {
+        let name_size = e.name.len() + 1; // with its NUL
+        let mut header = Vec::with_capacity(NEWC_HEADER_LEN + name_size + NEWC_ALIGN);
+        header.extend_from_slice(NEWC_MAGIC);
+        let fields: [u32; 13] = [
+            ino,
+            e.mode,
+            0, // uid
+            0, // gid
+            e.nlink,
+            0, // mtime
+            e.size as u32,
+            0, // devmajor
+            0, // devminor
+            e.rdev.0,
+            e.rdev.1,
+            name_size as u32,
+            0, // check (only for the "070702" crc format)
+        ];
+        for v in fields {
+            header.extend_from_slice(format!("{v:08X}").as_bytes());
+        }
+        header.extend_from_slice(e.name.as_bytes());
+        header.push(0);
+        header.resize(align_up(header.len()), 0);
+        self.out.write_all(&header)?;
+        self.out.write_all(data)?;
+        let pad = align_up(data.len()) - data.len();
+        self.out.write_all(&[0u8; NEWC_ALIGN][..pad])?;
+        self.written += header.len() + data.len() + pad;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn bytes_written(&self) -> usize {
+        self.written
+    }
+}
+
+fn align_up(n: usize) -> usize {
+    n.div_ceil(NEWC_ALIGN) * NEWC_ALIGN
+}
+
+// --- checks on the inputs ----------------------------------------------------
+
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+const XZ_MAGIC: &[u8; 6] = b"\xfd7zXZ\x00";
+const ZSTD_MAGIC: &[u8; 4] = b"\x28\xb5\x2f\xfd";
+const GZIP_MAGIC: &[u8; 2] = b"\x1f\x8b";
+/// ELF64 header offsets and sizes (see `<elf.h>`).
+const ELF_CLASS_OFFSET: usize = 4;
+const ELFCLASS64: u8 = 2;
+const ELF64_PHOFF_OFFSET: usize = 0x20;
+const ELF64_PHENTSIZE_OFFSET: usize = 0x36;
+const ELF64_PHNUM_OFFSET: usize = 0x38;
+const ELF64_HEADER_LEN: usize = 0x40;
+const PT_INTERP: u32 = 3;
+
+fn read_input(path: &Path) -> Result<Vec<u8>, ImageError> {
+    let mut data = Vec::new();
+    fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(io_err(path))?;
+    Ok(data)
+}
+
+/// A module must be a plain ELF object: the guest has no decompressor.
+fn check_module(path: &Path, data: &[u8]) -> Result<(), ImageError> {
+    let bad = |why: String| ImageError::BadInput {
+        path: path.to_path_buf(),
+        why,
+    };
+    if data.starts_with(XZ_MAGIC) || data.starts_with(ZSTD_MAGIC) || data.starts_with(GZIP_MAGIC) {
+        return Err(bad(format!(
+            "module is compressed; the guest loads plain .{MODULE_EXT} files (rerun {SETUP_COMMAND}, which decompresses them)"
+        )));
+    }
+    if !data.starts_with(ELF_MAGIC) {
+        return Err(bad("not an ELF kernel module".into()));
+    }
+    Ok(())
+}
+
+/// The guest must be a static ELF64 executable: the initramfs has no dynamic
+/// loader or libc, and a dynamic `/init` fails with a bare ENOENT panic.
+fn check_static_guest(path: &Path, data: &[u8]) -> Result<(), ImageError> {
+    let bad = |why: &str| ImageError::BadInput {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+    };
+    if !data.starts_with(ELF_MAGIC)
+        || data.len() < ELF64_HEADER_LEN
+        || data[ELF_CLASS_OFFSET] != ELFCLASS64
+    {
+        return Err(bad("the guest binary is not an ELF64 executable"));
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(
+        data[ELF64_PHOFF_OFFSET..ELF64_PHOFF_OFFSET + 8]
+            .try_into()
+            .expect("8 bytes"),
+    ) as usize;
+    let (phentsize, phnum) = (u16_at(ELF64_PHENTSIZE_OFFSET), u16_at(ELF64_PHNUM_OFFSET));
+    for i in 0..phnum {
+        let at = phoff.saturating_add(i.saturating_mul(phentsize));
+        let Some(p_type) = data.get(at..at + 4) else {
+            return Err(bad("truncated ELF program headers"));
+        };
+        if u32::from_le_bytes(p_type.try_into().expect("4 bytes")) == PT_INTERP {
+            return Err(bad(
+                "the guest binary is dynamically linked (has PT_INTERP); build it with \
+                 RUSTFLAGS='-C target-feature=+crt-static' --target x86_64-unknown-linux-gnu \
+                 (scripts/build-guest-image.sh does)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Path of the archive entry for a module: `lib/modules/<name>.ko`, i.e.
+/// [`crate::guest::pid1::module_path`] without the leading slash.
+fn module_entry(module: &str) -> String {
+    crate::guest::pid1::module_path(module)
+        .trim_start_matches('/')
+        .to_string()
+}
+
+/// Writes the guest initramfs to `out` (atomically: a temporary file renamed
+/// into place): `/init` = `guest_bin` (must be static), the modules
+/// [`MODULES`] from `modules_dir/<name>.ko`, `/dev/console`, and the mount
+/// points `/proc`, `/sys`, `/dev`, `/tmp`. Uncompressed (see the module doc).
+pub fn build_initramfs(guest_bin: &Path, modules_dir: &Path, out: &Path) -> Result<(), ImageError> {
+    let guest = read_input(guest_bin)?;
+    check_static_guest(guest_bin, &guest)?;
+    let mut modules = Vec::with_capacity(MODULES.len());
+    for module in MODULES {
+        let path = modules_dir.join(format!("{module}.{MODULE_EXT}"));
+        if !path.exists() {
+            return Err(ImageError::MissingModule { module, path });
+        }
+        let data = read_input(&path)?;
+        check_module(&path, &data)?;
+        modules.push((module_entry(module), data));
+    }
+
+    let mut tmp_name = out.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    let write = || -> io::Result<()> {
+        let mut w = CpioWriter::new(BufWriter::new(file));
+        w.dir("dev", MODE_DIR)?;
+        w.char_device("dev/console", MODE_CONSOLE, CONSOLE_MAJOR, CONSOLE_MINOR)?;
+        w.dir("proc", MODE_DIR)?;
+        w.dir("sys", MODE_DIR)?;
+        w.dir("tmp", MODE_TMP)?;
+        // Every ancestor of the modules directory, parents first.
+        let mut prefix = String::new();
+        for part in MODULES_DIR.trim_start_matches('/').split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            w.dir(&prefix, MODE_DIR)?;
+        }
+        for (name, data) in &modules {
+            w.file(name, MODE_MODULE, data)?;
+        }
+        w.file("init", MODE_INIT, &guest)?;
+        w.finish()?
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()
+    };
+    if let Err(err) = write() {
+        let _ = fs::remove_file(&tmp);
+        return Err(ImageError::Io { path: tmp, err });
+    }
+    fs::rename(&tmp, out).map_err(io_err(out))
+}
+
+// --- what is there ---------------------------------------------------------
+
+/// One thing a microVM boot needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// What it is ("kernel", "module vsock", "qemu-system-x86_64", ...).
+    pub name: String,
+    /// Where it is or is expected.
+    pub path: PathBuf,
+    /// Whether it is there.
+    pub present: bool,
+    /// Command that makes it.
+    pub how: &'static str,
+}
+
+/// What the cache (and PATH) holds for microVM boots, and what is missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The cache directory inspected.
+    pub cache_dir: PathBuf,
+    /// Kernel version the cache was built from, if recorded.
+    pub kernel_version: Option<String>,
+    /// Every piece, present or not.
+    pub pieces: Vec<Piece>,
+}
+
+impl ImageInfo {
+    /// The pieces that are missing.
+    pub fn missing(&self) -> impl Iterator<Item = &Piece> {
+        self.pieces.iter().filter(|p| !p.present)
+    }
+
+    /// True when everything a boot needs is there.
+    pub fn is_complete(&self) -> bool {
+        self.missing().next().is_none()
+    }
+}
+
+impl fmt::Display for ImageInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "cache: {}", self.cache_dir.display())?;
+        if let Some(v) = &self.kernel_version {
+            writeln!(f, "kernel version: {v}")?;
+        }
+        for p in &self.pieces {
+            let state = if p.present { "ok     " } else { "MISSING" };
+            write!(f, "  {state} {:<40} {}", p.name, p.path.display())?;
+            if !p.present {
+                write!(f, "  (make it with: {})", p.how)?;
+            }
+            writeln!(f)?;
+        }
+        let missing: Vec<&str> = {
+            let mut hows: Vec<&str> = self.missing().map(|p| p.how).collect();
+            hows.dedup();
+            hows
+        };
+        if missing.is_empty() {
+            writeln!(f, "everything needed to boot a microVM is present")
+        } else {
+            writeln!(f, "to complete it, run: {}", missing.join(" ; "))
+        }
+    }
+}
+
+/// What [`cache_dir`] and PATH hold.
+pub fn info() -> ImageInfo {
+    info_in(&cache_dir())
+}
+
+/// What cache directory `dir` (and PATH) holds.
+pub fn info_in(dir: &Path) -> ImageInfo {
+    let paths = ImagePaths::in_dir(dir);
+    let file = |name: String, path: PathBuf, how| Piece {
+        present: path.is_file(),
+        name,
+        path,
+        how,
+    };
+    let tool = |name: &str, how| {
+        let found = find_on_path(name);
+        Piece {
+            name: name.to_string(),
+            present: found.is_some(),
+            path: found.unwrap_or_else(|| PathBuf::from(name)),
+            how,
+        }
+    };
+    let mut pieces = vec![
+        tool(QEMU_BIN, "apt-get install qemu-system-x86 (or scripts/setup-microvm.sh)"),
+        tool(
+            VHOST_VSOCK_BIN,
+            "cargo install vhost-device-vsock --locked (or scripts/setup-microvm.sh), and put ~/.cargo/bin on PATH",
+        ),
+        file("kernel (vmlinux)".into(), paths.kernel.clone(), SETUP_COMMAND),
+    ];
+    for module in MODULES {
+        let path = paths.modules_dir.join(format!("{module}.{MODULE_EXT}"));
+        pieces.push(file(format!("module {module}"), path, SETUP_COMMAND));
+    }
+    pieces.push(file(
+        "guest binary (static ukload-guest)".into(),
+        paths.guest_bin.clone(),
+        BUILD_IMAGE_COMMAND,
+    ));
+    pieces.push(file(
+        "initramfs".into(),
+        paths.initramfs.clone(),
+        BUILD_IMAGE_COMMAND,
+    ));
+    let kernel_version = fs::read_to_string(dir.join(KERNEL_VERSION_FILE))
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    ImageInfo {
+        cache_dir: dir.to_path_buf(),
+        kernel_version,
+        pieces,
+    }
+}
+
+/// The first executable file `name` in `$PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    const ANY_EXEC_BIT: u32 = 0o111;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| {
+            fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & ANY_EXEC_BIT != 0)
+                .unwrap_or(false)
+        })
+}
