@@ -6,7 +6,7 @@
 #   2. the initramfs (newc cpio, uncompressed) with that binary as /init and the
 #      kernel modules fetched by scripts/setup-microvm.sh. The archive is written
 #      by ukload::image::build_initramfs (the one cpio writer), run through
-#      examples/build_initramfs.rs until `ukload image build` exists.
+#      `ukload image build`.
 #
 # Usage:
 #   scripts/build-guest-image.sh                 build the guest, then the initramfs
@@ -78,8 +78,8 @@ main() {
     install -m 0755 "$guest" "$CACHE_DIR/ukload-guest.tmp"
     mv "$CACHE_DIR/ukload-guest.tmp" "$CACHE_DIR/ukload-guest"
     say "writing $CACHE_DIR/initramfs.cpio"
-    (cd "$REPO" && cargo run --quiet --example build_initramfs -- \
-        "$CACHE_DIR/ukload-guest" "$CACHE_DIR/modules" "$CACHE_DIR/initramfs.cpio" >&2) ||
+    (cd "$REPO" && UKLOAD_CACHE_DIR="$CACHE_DIR" cargo run --quiet --bin ukload -- \
+        image build --guest "$CACHE_DIR/ukload-guest" >&2) ||
         die "writing the initramfs failed (see the message above)"
     say "done: kernel $CACHE_DIR/vmlinux, initramfs $CACHE_DIR/initramfs.cpio ($(du -h "$CACHE_DIR/initramfs.cpio" | cut -f1))"
 }

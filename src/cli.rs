@@ -45,7 +45,39 @@ pub enum Sub {
     Cleanup(CleanupArgs),
     Cycles(CyclesArgs),
     Mcp(ukload::mcp::cli::McpArgs),
+    Image(ImageArgs),
 }
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "image")]
+/// The microVM guest image (kernel + initramfs with ukload-guest as /init) in
+/// the cache ($UKLOAD_CACHE_DIR, else $XDG_CACHE_HOME/ukload, else ~/.cache/ukload).
+pub struct ImageArgs {
+    #[argh(subcommand)]
+    pub cmd: ImageCmd,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum ImageCmd {
+    Build(ImageBuildArgs),
+    Info(ImageInfoArgs),
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "build")]
+/// Write the initramfs from a static guest binary and the cached kernel modules.
+pub struct ImageBuildArgs {
+    #[argh(option)]
+    /// static ukload-guest to use as /init (default: the cached one; build it
+    /// with `bash scripts/build-guest-image.sh`)
+    pub guest: Option<PathBuf>,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "info")]
+/// Say what is in the image cache, what is missing and how to make it.
+pub struct ImageInfoArgs {}
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "run")]
@@ -126,8 +158,32 @@ pub struct RunArgs {
     /// exec launcher: command template with {index} {cid} {port} {uds} {memory_mb} {log}
     pub exec: Option<String>,
     #[argh(option)]
-    /// guest memory in MiB for VM launchers (default 64)
+    /// guest memory in MiB for VM launchers (default: qemu 96, kraft 64)
     pub memory: Option<String>,
+    #[argh(option)]
+    /// qemu launcher: the QEMU program (default qemu-system-x86_64)
+    pub qemu_bin: Option<String>,
+    #[argh(option)]
+    /// qemu launcher: guest kernel (default: vmlinux in the image cache)
+    pub kernel: Option<PathBuf>,
+    #[argh(option)]
+    /// qemu launcher: guest initramfs (default: initramfs.cpio in the image cache)
+    pub initrd: Option<PathBuf>,
+    #[argh(option)]
+    /// qemu launcher: microvm (default) or pc
+    pub machine: Option<String>,
+    #[argh(option)]
+    /// qemu launcher: auto (default: KVM only if it really boots here), kvm or tcg
+    pub accel: Option<String>,
+    #[argh(option)]
+    /// qemu launcher: auto (default), vhost-user (vhost-device-vsock) or vhost (kernel)
+    pub vsock_backend: Option<String>,
+    #[argh(option)]
+    /// qemu launcher: TCG translation cache in MiB (default 16)
+    pub tb_size_mb: Option<String>,
+    #[argh(option)]
+    /// qemu launcher: extra kernel command-line word (repeatable)
+    pub kernel_arg: Vec<String>,
     #[argh(option)]
     /// after boot, each instance executes this MCP tool: TOOL or TOOL:{JSON args}
     pub tool_call: Option<String>,
@@ -433,6 +489,7 @@ impl RunArgs {
             Some(s) => num::<u64>("--guest-boot-delay-ms", s, "milliseconds (a whole number)")?,
         };
         let memory_mb = match &self.memory {
+            None if kind == Kind::Qemu => launcher::qemu::DEFAULT_QEMU_MEMORY_MB,
             None => launcher::DEFAULT_MEMORY_MB,
             Some(s) => num::<u64>(
                 "--memory",
@@ -448,7 +505,37 @@ impl RunArgs {
                 return Err(Usage("--log-dir \"\": give a directory".into()));
             }
         }
+        let mut qemu = launcher::qemu::QemuConfig::default();
+        if let Some(b) = &self.qemu_bin {
+            qemu.qemu_bin = b.clone();
+        }
+        if let Some(k) = &self.kernel {
+            qemu.kernel = k.clone();
+        }
+        if let Some(i) = &self.initrd {
+            qemu.initrd = i.clone();
+        }
+        if let Some(m) = &self.machine {
+            qemu.machine = m.parse().map_err(|e| Usage(format!("--machine: {e}")))?;
+        }
+        if let Some(a) = &self.accel {
+            qemu.accel = a.parse().map_err(|e| Usage(format!("--accel: {e}")))?;
+        }
+        if let Some(b) = &self.vsock_backend {
+            qemu.backend = b
+                .parse()
+                .map_err(|e| Usage(format!("--vsock-backend: {e}")))?;
+        }
+        if let Some(t) = &self.tb_size_mb {
+            qemu.tb_size_mb = num::<u64>("--tb-size-mb", t, "MiB (a whole number >= 1)")?;
+            if qemu.tb_size_mb == 0 {
+                return Err(Usage("--tb-size-mb 0: give at least 1 MiB".into()));
+            }
+        }
+        qemu.append = self.kernel_arg.clone();
         let lc = LauncherConfig {
+            qemu,
+            qemu_resolved: None,
             kind,
             ready,
             ready_console,

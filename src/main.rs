@@ -36,6 +36,7 @@ fn main() {
         Sub::Cleanup(a) => cmd_cleanup(a),
         Sub::Cycles(a) => cmd_cycles(a),
         Sub::Mcp(a) => ukload::mcp::cli::run(a),
+        Sub::Image(a) => cmd_image(a),
     };
     std::process::exit(code);
 }
@@ -245,4 +246,41 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
     };
     dog.finish();
     code
+}
+
+fn cmd_image(a: cli::ImageArgs) -> i32 {
+    use ukload::image::{self, ImagePaths};
+    match a.cmd {
+        cli::ImageCmd::Info(_) => {
+            let info = image::info();
+            print!("{info}");
+            if info.is_complete() {
+                0
+            } else {
+                EXIT_UNAVAILABLE
+            }
+        }
+        cli::ImageCmd::Build(b) => {
+            let paths = ImagePaths::cached();
+            let guest = b.guest.unwrap_or_else(|| paths.guest_bin.clone());
+            if !guest.is_file() {
+                eprintln!(
+                    "ukload: guest binary {} not found: build it with `bash scripts/build-guest-image.sh` \
+                     (or name a static ukload-guest with --guest PATH)",
+                    guest.display()
+                );
+                return EXIT_UNAVAILABLE;
+            }
+            match image::build_initramfs(&guest, &paths.modules_dir, &paths.initramfs) {
+                Ok(()) => {
+                    println!("wrote {}", paths.initramfs.display());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("ukload: {e}");
+                    EXIT_FAIL
+                }
+            }
+        }
+    }
 }

@@ -92,6 +92,13 @@ pub fn wait_ready(
     match readiness {
         Readiness::Probe(ep) => probe(ep, framing, started, deadline, stop, dead),
         Readiness::Console(re) => console(re, log, started, deadline, stop, dead),
+        Readiness::ConsoleThenProbe(re, ep) => {
+            let seen = console(re, log, started, deadline, stop, dead)?;
+            let mut r = probe(ep, framing, started, deadline, stop, dead)?;
+            r.console_line = seen.console_line;
+            r.attempts += seen.attempts;
+            Ok(r)
+        }
     }
 }
 

@@ -227,6 +227,7 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<RunResult, RunError> {
     let t0 = Instant::now();
+    let mut cfg = cfg;
     cfg.launcher.preflight().map_err(RunError::Launch)?;
     std::fs::create_dir_all(&cfg.log_dir).map_err(|e| {
         RunError::Usage(format!(
@@ -692,10 +693,7 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
     if ready.is_ok() {
         sh.booted.fetch_add(1, Ordering::Relaxed);
     }
-    let endpoint = match &plan.readiness {
-        Readiness::Probe(ep) => Some(ep.clone()),
-        Readiness::Console(_) => None,
-    };
+    let endpoint = plan.readiness.endpoint().cloned();
     Outcome {
         index,
         pid: Some(pid),

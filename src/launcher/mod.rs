@@ -6,6 +6,8 @@
 //!   readiness is a console line unless the user's setup provides vsock.
 //! - `exec`: any command template (Firecracker, Cloud Hypervisor, a script).
 
+pub mod qemu;
+
 use crate::supervisor::Command;
 use crate::vsock::Endpoint;
 use std::ffi::OsString;
@@ -26,6 +28,7 @@ pub enum Kind {
     Process,
     Kraft,
     Exec,
+    Qemu,
 }
 
 impl std::str::FromStr for Kind {
@@ -35,8 +38,9 @@ impl std::str::FromStr for Kind {
             "process" => Ok(Kind::Process),
             "kraft" => Ok(Kind::Kraft),
             "exec" => Ok(Kind::Exec),
+            "qemu" => Ok(Kind::Qemu),
             _ => Err(format!(
-                "unknown launcher {s:?}: expected process, kraft or exec"
+                "unknown launcher {s:?}: expected process, qemu, kraft or exec"
             )),
         }
     }
@@ -48,6 +52,7 @@ impl fmt::Display for Kind {
             Kind::Process => "process",
             Kind::Kraft => "kraft",
             Kind::Exec => "exec",
+            Kind::Qemu => "qemu",
         })
     }
 }
@@ -83,6 +88,19 @@ impl std::str::FromStr for ReadyMode {
 pub enum Readiness {
     Probe(Endpoint),
     Console(regex_lite::Regex),
+    /// The console marker first, then a probe (VMs: connecting before the
+    /// guest listens can stall a vsock path).
+    ConsoleThenProbe(regex_lite::Regex, Endpoint),
+}
+
+impl Readiness {
+    /// Where the guest is reached over vsock, if it is.
+    pub fn endpoint(&self) -> Option<&Endpoint> {
+        match self {
+            Readiness::Probe(ep) | Readiness::ConsoleThenProbe(_, ep) => Some(ep),
+            Readiness::Console(_) => None,
+        }
+    }
 }
 
 /// What an instance is given.
@@ -152,6 +170,9 @@ pub struct LauncherConfig {
     /// exec: the command template.
     pub exec_template: Option<String>,
     pub memory_mb: u64,
+    /// qemu: settings, and what preflight decided (acceleration, backend).
+    pub qemu: qemu::QemuConfig,
+    pub qemu_resolved: Option<qemu::Resolved>,
 }
 
 impl LauncherConfig {
@@ -172,8 +193,12 @@ impl LauncherConfig {
     }
 
     /// Checks that what the launcher needs is there, before anything starts.
-    pub fn preflight(&self) -> Result<(), LaunchError> {
+    pub fn preflight(&mut self) -> Result<(), LaunchError> {
         match self.kind {
+            Kind::Qemu => {
+                self.qemu_resolved = Some(self.qemu.preflight(self.memory_mb)?);
+                Ok(())
+            }
             Kind::Process => {
                 if crate::supervisor::spawn::resolve_program(self.guest_bin.as_os_str()).is_none() {
                     return Err(LaunchError::NotInstalled {
@@ -227,6 +252,14 @@ impl LauncherConfig {
             port: ctx.port,
         });
         match self.kind {
+            Kind::Qemu => {
+                let r = self.qemu_resolved.unwrap_or(qemu::Resolved {
+                    kvm: false,
+                    backend: qemu::VsockBackend::VhostUser,
+                    tsc_khz: qemu::host_tsc_khz(),
+                });
+                self.qemu.plan(&r, ctx, &self.ready_console)
+            }
             Kind::Process => {
                 let cmd = Command::new(self.guest_bin.as_os_str())
                     .arg("--listen")

@@ -1,0 +1,464 @@
+//! The `qemu` launcher: a real microVM per instance (FIELD-NOTES section 2).
+//!
+//! - Kernel: Debian's uncompressed `vmlinux` (PVH direct boot); initramfs with
+//!   a static `ukload-guest` as `/init` (see [`crate::image`]).
+//! - `-M microvm` by default (`--machine pc` as an option).
+//! - Acceleration: KVM only where it really boots a guest (probed once per
+//!   host and cached), else TCG with a bounded translation cache and
+//!   `tsc_early_khz` (TSC calibration hung about 1 boot in 10 without it).
+//! - vsock: `vhost-user` (one `vhost-device-vsock` per instance, in the
+//!   instance's process group, exposing the guest as a hybrid Unix socket in
+//!   the run directory) or kernel `vhost` (`guest-cid=CID`, host `AF_VSOCK`).
+//!   Either way the guest's CID is the one the registry allocated.
+//! - Readiness: the guest's console marker, then a `ping` over vsock. Sending
+//!   `CONNECT` before the guest listens stalled the vsock path for good in
+//!   about 1 boot in 10 with 3 concurrent VMs (docs/microvm.md); after the
+//!   marker it never did.
+
+use super::{InstanceCtx, LaunchError, Plan, PreStep, Readiness};
+use crate::image::{self, ImagePaths};
+use crate::supervisor::Command;
+use crate::vsock::Endpoint;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Default guest memory, MiB: Debian's kernel image reaches 74 MiB of
+/// physical memory, so 64 and 80 MiB do not boot at all (docs/microvm.md).
+pub const DEFAULT_QEMU_MEMORY_MB: u64 = 96;
+/// TCG translation cache, MiB: 16 saves ~27 MB of RSS per VM at no measured
+/// boot cost; 4 slows boots to 6–8 s.
+pub const DEFAULT_TB_SIZE_MB: u64 = 16;
+/// How long the KVM probe may take before KVM counts as unusable.
+pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+/// What the KVM probe waits for on the console: the guest's init ran.
+const KVM_PROBE_MARKER: &str = "ukload-guest";
+/// Cache file holding the KVM probe's answer.
+const KVM_PROBE_FILE: &str = "kvm-probe";
+/// How often the KVM probe reads the console.
+const KVM_PROBE_POLL: Duration = Duration::from_millis(20);
+/// Where kernel vhost-vsock lives.
+pub const VHOST_VSOCK_DEV: &str = "/dev/vhost-vsock";
+/// Where KVM lives.
+pub const KVM_DEV: &str = "/dev/kvm";
+
+/// Machine type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Machine {
+    Microvm,
+    Pc,
+}
+
+/// Acceleration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// vsock backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VsockBackend {
+    Auto,
+    /// `vhost-device-vsock` per instance, hybrid socket on the host.
+    VhostUser,
+    /// Kernel vhost-vsock, host `AF_VSOCK`.
+    Vhost,
+}
+
+impl std::str::FromStr for Machine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "microvm" => Ok(Machine::Microvm),
+            "pc" => Ok(Machine::Pc),
+            _ => Err(format!("unknown machine {s:?}: expected microvm or pc")),
+        }
+    }
+}
+
+impl std::str::FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Accel::Auto),
+            "kvm" => Ok(Accel::Kvm),
+            "tcg" => Ok(Accel::Tcg),
+            _ => Err(format!(
+                "unknown accelerator {s:?}: expected auto, kvm or tcg"
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for VsockBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(VsockBackend::Auto),
+            "vhost-user" => Ok(VsockBackend::VhostUser),
+            "vhost" => Ok(VsockBackend::Vhost),
+            _ => Err(format!(
+                "unknown vsock backend {s:?}: expected auto, vhost-user or vhost"
+            )),
+        }
+    }
+}
+
+/// `qemu` launcher settings.
+#[derive(Clone, Debug)]
+pub struct QemuConfig {
+    pub qemu_bin: String,
+    pub vhost_user_bin: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub machine: Machine,
+    pub accel: Accel,
+    pub backend: VsockBackend,
+    pub tb_size_mb: u64,
+    /// Extra kernel command-line words.
+    pub append: Vec<String>,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        let paths = ImagePaths::cached();
+        QemuConfig {
+            qemu_bin: image::QEMU_BIN.into(),
+            vhost_user_bin: image::VHOST_VSOCK_BIN.into(),
+            kernel: paths.kernel,
+            initrd: paths.initramfs,
+            machine: Machine::Microvm,
+            accel: Accel::Auto,
+            backend: VsockBackend::Auto,
+            tb_size_mb: DEFAULT_TB_SIZE_MB,
+            append: Vec::new(),
+        }
+    }
+}
+
+/// What preflight decided, used by every instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub kvm: bool,
+    pub backend: VsockBackend,
+    /// `tsc_early_khz` for TCG guests.
+    pub tsc_khz: Option<u64>,
+}
+
+/// Finds `program` on PATH, or in `~/.cargo/bin` (where `cargo install` puts
+/// vhost-device-vsock, often not on PATH for root shells).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    crate::supervisor::spawn::resolve_program(program.as_ref()).or_else(|| {
+        let p = PathBuf::from(std::env::var_os("HOME")?)
+            .join(".cargo/bin")
+            .join(program);
+        crate::supervisor::spawn::resolve_program(p.as_os_str())
+    })
+}
+
+/// The host's TSC frequency in kHz, from `/proc/cpuinfo`'s first `cpu MHz`.
+pub fn host_tsc_khz() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    Some((mhz * 1000.0).round() as u64)
+}
+
+impl QemuConfig {
+    /// Checks programs and image pieces; decides acceleration and backend.
+    pub fn preflight(&self, memory_mb: u64) -> Result<Resolved, LaunchError> {
+        let setup = "Run `bash scripts/setup-microvm.sh` (as root: installs QEMU, the guest kernel and vhost-device-vsock)";
+        if find_program(&self.qemu_bin).is_none() {
+            return Err(LaunchError::NotInstalled {
+                what: format!("QEMU ({})", self.qemu_bin),
+                how: format!("{setup}."),
+            });
+        }
+        if !self.kernel.is_file() {
+            return Err(LaunchError::NotInstalled {
+                what: format!("guest kernel {}", self.kernel.display()),
+                how: format!("{setup}, or name one with --kernel PATH."),
+            });
+        }
+        if !self.initrd.is_file() {
+            return Err(LaunchError::NotInstalled {
+                what: format!("guest initramfs {}", self.initrd.display()),
+                how: "Build it with `bash scripts/build-guest-image.sh` (or `ukload image build`), or name one with --initrd PATH.".into(),
+            });
+        }
+        let backend = match self.backend {
+            VsockBackend::Auto if Path::new(VHOST_VSOCK_DEV).exists() => VsockBackend::Vhost,
+            VsockBackend::Auto => VsockBackend::VhostUser,
+            b => b,
+        };
+        if backend == VsockBackend::VhostUser && find_program(&self.vhost_user_bin).is_none() {
+            return Err(LaunchError::NotInstalled {
+                what: format!("{} (the vhost-user vsock backend)", self.vhost_user_bin),
+                how: format!("{setup}, or `cargo install vhost-device-vsock`."),
+            });
+        }
+        if backend == VsockBackend::Vhost && !Path::new(VHOST_VSOCK_DEV).exists() {
+            return Err(LaunchError::NotInstalled {
+                what: VHOST_VSOCK_DEV.into(),
+                how: "Load it with `modprobe vhost_vsock`, or use --vsock-backend vhost-user."
+                    .into(),
+            });
+        }
+        let kvm = match self.accel {
+            Accel::Tcg => false,
+            Accel::Kvm => true,
+            Accel::Auto => Path::new(KVM_DEV).exists() && self.kvm_works(memory_mb),
+        };
+        Ok(Resolved {
+            kvm,
+            backend,
+            tsc_khz: if kvm { None } else { host_tsc_khz() },
+        })
+    }
+
+    /// Whether KVM really boots our guest here, asked once per host and
+    /// kernel and cached (on nested-virtualization hosts `/dev/kvm` exists
+    /// but QEMU aborts or hangs).
+    fn kvm_works(&self, memory_mb: u64) -> bool {
+        let key = format!(
+            "{}:{}",
+            self.kernel.display(),
+            std::fs::metadata(&self.kernel)
+                .map(|m| m.len())
+                .unwrap_or(0)
+        );
+        let cache = image::cache_dir().join(KVM_PROBE_FILE);
+        if let Ok(text) = std::fs::read_to_string(&cache) {
+            if let Some((k, v)) = text.trim().rsplit_once('=') {
+                if k == key {
+                    return v == "works";
+                }
+            }
+        }
+        let works = probe_kvm(self, memory_mb);
+        let _ = std::fs::create_dir_all(image::cache_dir());
+        let _ = std::fs::write(
+            &cache,
+            format!("{key}={}\n", if works { "works" } else { "broken" }),
+        );
+        works
+    }
+
+    /// The QEMU command line (without vsock) shared by instances and the probe.
+    fn base_args(&self, kvm: bool, memory_mb: u64, tsc_khz: Option<u64>, port: u32) -> Vec<String> {
+        let accel = if kvm {
+            "kvm".to_string()
+        } else {
+            format!("tcg,tb-size={}", self.tb_size_mb)
+        };
+        let machine = match self.machine {
+            Machine::Microvm => "microvm,x-option-roms=off,isa-serial=on",
+            Machine::Pc => "pc",
+        };
+        let mut append = vec![
+            "console=ttyS0".to_string(),
+            "panic=-1".into(),
+            "quiet".into(),
+        ];
+        if let Some(k) = tsc_khz {
+            append.push(format!("tsc_early_khz={k}"));
+        }
+        append.push(format!("ukload.port={port}"));
+        append.extend(self.append.iter().cloned());
+        let mem = format!("{memory_mb}M");
+        let mut v: Vec<String> = vec!["-accel".into(), accel, "-M".into(), machine.into()];
+        v.extend(
+            [
+                "-object",
+                &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+                "-numa",
+                "node,memdev=mem",
+                "-m",
+                &mem,
+                "-nographic",
+                "-no-reboot",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+                "-kernel",
+                &self.kernel.to_string_lossy(),
+                "-initrd",
+                &self.initrd.to_string_lossy(),
+                "-append",
+                &append.join(" "),
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        v
+    }
+
+    /// The plan for one instance.
+    pub fn plan(&self, r: &Resolved, ctx: &InstanceCtx, ready: &regex_lite::Regex) -> Plan {
+        let mut args = self.base_args(r.kvm, ctx.memory_mb, r.tsc_khz, ctx.port);
+        let pci = self.machine == Machine::Pc;
+        let mut pre = Vec::new();
+        let endpoint = match r.backend {
+            VsockBackend::Vhost | VsockBackend::Auto => {
+                let dev = if pci {
+                    "vhost-vsock-pci"
+                } else {
+                    "vhost-vsock-device"
+                };
+                args.extend(["-device".into(), format!("{dev},guest-cid={}", ctx.cid)]);
+                Endpoint::Vsock {
+                    cid: ctx.cid,
+                    port: ctx.port,
+                }
+            }
+            VsockBackend::VhostUser => {
+                let vhost_sock = ctx.uds.with_extension("vhost");
+                let bin = find_program(&self.vhost_user_bin)
+                    .unwrap_or_else(|| PathBuf::from(&self.vhost_user_bin));
+                pre.push(PreStep {
+                    command: Command::new(bin).arg("--vm").arg(format!(
+                        "guest-cid={},socket={},uds-path={}",
+                        ctx.cid,
+                        vhost_sock.display(),
+                        ctx.uds.display()
+                    )),
+                    ready_path: vhost_sock.clone(),
+                });
+                let dev = if pci {
+                    "vhost-user-vsock-pci"
+                } else {
+                    "vhost-user-vsock-device"
+                };
+                args.extend([
+                    "-device".into(),
+                    format!("{dev},chardev=c0"),
+                    "-chardev".into(),
+                    format!("socket,id=c0,path={}", vhost_sock.display()),
+                ]);
+                Endpoint::Hybrid {
+                    path: ctx.uds.clone(),
+                    port: ctx.port,
+                }
+            }
+        };
+        let qemu = find_program(&self.qemu_bin).unwrap_or_else(|| PathBuf::from(&self.qemu_bin));
+        Plan {
+            pre,
+            command: Command::new(qemu).args(args),
+            readiness: Readiness::ConsoleThenProbe(ready.clone(), endpoint),
+        }
+    }
+}
+
+/// Boots the guest once with `-accel kvm` and no vsock device: KVM works if
+/// the guest's init prints within [`KVM_PROBE_TIMEOUT`].
+fn probe_kvm(cfg: &QemuConfig, memory_mb: u64) -> bool {
+    let Some(sup) = crate::supervisor::Supervisor::get() else {
+        return false;
+    };
+    let Some(qemu) = find_program(&cfg.qemu_bin) else {
+        return false;
+    };
+    let log = std::env::temp_dir().join(format!("ukload-kvm-probe-{}.log", std::process::id()));
+    let Ok(out) = std::fs::File::create(&log) else {
+        return false;
+    };
+    let Ok(err) = out.try_clone() else {
+        return false;
+    };
+    let cmd = Command::new(qemu)
+        .args(cfg.base_args(true, memory_mb, None, crate::DEFAULT_PORT))
+        .stdout(crate::supervisor::Redirect::File(out))
+        .stderr(crate::supervisor::Redirect::File(err));
+    let Ok(child) = sup.spawn(cmd) else {
+        let _ = std::fs::remove_file(&log);
+        return false;
+    };
+    let end = Instant::now() + KVM_PROBE_TIMEOUT;
+    let mut works = false;
+    while Instant::now() < end && sup.try_status(child.pid).is_none() {
+        if std::fs::read_to_string(&log).is_ok_and(|t| t.contains(KVM_PROBE_MARKER)) {
+            works = true;
+            break;
+        }
+        std::thread::sleep(KVM_PROBE_POLL);
+    }
+    let _ = crate::supervisor::kill_group(child.pgid, libc::SIGKILL);
+    let _ = sup.wait_timeout(child.pid, Duration::from_secs(5));
+    let _ = std::fs::remove_file(&log);
+    works
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_command_gives_the_guest_its_cid_and_port() {
+        let cfg = QemuConfig {
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initrd".into(),
+            ..Default::default()
+        };
+        let r = Resolved {
+            kvm: false,
+            backend: VsockBackend::VhostUser,
+            tsc_khz: Some(2_500_000),
+        };
+        let ctx = InstanceCtx {
+            index: 2,
+            cid: 207,
+            port: 6000,
+            uds: "/run/x/i2.vsock".into(),
+            memory_mb: 96,
+            log: "/tmp/l".into(),
+        };
+        let plan = cfg.plan(&r, &ctx, &regex_lite::Regex::new("ready").unwrap());
+        let shown = plan.command.display();
+        assert!(shown.contains("-accel tcg,tb-size=16"), "{shown}");
+        assert!(shown.contains("ukload.port=6000"), "{shown}");
+        assert!(shown.contains("tsc_early_khz=2500000"), "{shown}");
+        assert!(
+            shown.contains("vhost-user-vsock-device,chardev=c0"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("size=96M") && shown.contains("-m 96M"),
+            "{shown}"
+        );
+        assert_eq!(plan.pre.len(), 1);
+        let helper = plan.pre[0].command.display();
+        assert!(
+            helper.contains("guest-cid=207,socket=/run/x/i2.vhost,uds-path=/run/x/i2.vsock"),
+            "{helper}"
+        );
+        match plan.readiness {
+            Readiness::ConsoleThenProbe(_, Endpoint::Hybrid { path, port }) => {
+                assert_eq!(path, PathBuf::from("/run/x/i2.vsock"));
+                assert_eq!(port, 6000);
+            }
+            _ => panic!("readiness should be console then hybrid probe"),
+        }
+        let kernel = Resolved {
+            kvm: true,
+            backend: VsockBackend::Vhost,
+            tsc_khz: None,
+        };
+        let plan = cfg.plan(&kernel, &ctx, &regex_lite::Regex::new("ready").unwrap());
+        let shown = plan.command.display();
+        assert!(
+            shown.contains("vhost-vsock-device,guest-cid=207") && shown.contains("-accel kvm"),
+            "{shown}"
+        );
+        assert!(plan.pre.is_empty());
+    }
+
+    #[test]
+    fn tsc_frequency_is_read_from_cpuinfo() {
+        // Every x86 Linux host has a "cpu MHz" line.
+        if cfg!(target_arch = "x86_64") {
+            assert!(host_tsc_khz().is_some_and(|k| k > 100_000));
+        }
+    }
+}
