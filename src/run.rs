@@ -664,9 +664,10 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
     let pid = child.pid;
     let run_id = sh.run_id.clone();
     let log_for_dead = log.clone();
+    let may_daemonize = plan.may_daemonize;
     let dead = move || -> Option<String> {
         let exit = sh.sup.try_status(pid)?;
-        if exit.success() {
+        if exit.success() && may_daemonize {
             // A launcher may daemonize its VMM and exit 0: only dead if nothing is left.
             let pids = crate::memory::instance_pids(pid, &run_id, index, &crate::proc::table());
             if !pids.is_empty() {

@@ -469,19 +469,22 @@ pub fn wait_child(pid: i32, deadline: Instant) -> Option<i32> {
     }
 }
 
-/// Powers the VM off: `sync`, then `reboot(RB_POWER_OFF)`. With QEMU's
-/// `-no-reboot` and the kernel's `panic=-1` the VMM exits either way. If the
-/// power-off is refused (not PID 1, no CAP_SYS_BOOT) the process exits
-/// with status 1; as PID 1 that panics the kernel, which also ends the VM.
+/// Ends the VM: `sync`, then `reboot(RB_AUTOBOOT)`. A reset, not a
+/// power-off: `-M microvm` has no ACPI power-off device, so `RB_POWER_OFF`
+/// only halts the CPUs and leaves QEMU running, while with QEMU's
+/// `-no-reboot` a reset makes QEMU exit (the launcher adds `reboot=t`, a
+/// triple-fault reset that needs no device). If it is refused (not PID 1, no
+/// CAP_SYS_BOOT) the process exits with status 1; as PID 1 that panics the
+/// kernel, which with `panic=-1` also ends the VM.
 pub fn poweroff() -> ! {
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
-    // SAFETY: reboot with RB_POWER_OFF has no memory arguments; it either
+    // SAFETY: reboot with RB_AUTOBOOT has no memory arguments; it either
     // does not return or fails with an errno.
-    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+    unsafe { libc::reboot(libc::RB_AUTOBOOT) };
     let err = std::io::Error::last_os_error();
     console_line(&format!(
-        "power-off failed: reboot(RB_POWER_OFF): {err}; exiting"
+        "power-off failed: reboot(RB_AUTOBOOT): {err}; exiting"
     ));
     std::process::exit(1);
 }

@@ -129,6 +129,10 @@ pub struct Plan {
     pub pre: Vec<PreStep>,
     pub command: Command,
     pub readiness: Readiness,
+    /// The main command may exit 0 after daemonizing its VMM (kraft's QEMU,
+    /// a user's script): its exit alone does not end the instance. When
+    /// false, its exit before readiness is a failed boot.
+    pub may_daemonize: bool,
 }
 
 /// Why a launcher cannot start anything.
@@ -279,6 +283,8 @@ impl LauncherConfig {
                     hybrid
                 };
                 Plan {
+                    // A --guest-bin may daemonize like a VMM would.
+                    may_daemonize: true,
                     pre: Vec::new(),
                     command: cmd,
                     readiness,
@@ -310,6 +316,7 @@ impl LauncherConfig {
                     console
                 };
                 Plan {
+                    may_daemonize: true,
                     pre: Vec::new(),
                     command: Command::new(&self.kraft_bin).args(args),
                     readiness,
@@ -327,6 +334,7 @@ impl LauncherConfig {
                     }),
                 };
                 Plan {
+                    may_daemonize: true,
                     pre: Vec::new(),
                     command: cmd,
                     readiness,

@@ -347,6 +347,8 @@ impl QemuConfig {
             pre,
             command: Command::new(qemu).args(args),
             readiness: Readiness::ConsoleThenProbe(ready.clone(), endpoint),
+            // QEMU runs in the foreground: its exit is the VM's end.
+            may_daemonize: false,
         }
     }
 }

@@ -1,0 +1,274 @@
+//! Real microVMs: QEMU (TCG here) + Debian kernel + ukload-guest as PID 1,
+//! reached over virtio-vsock through vhost-device-vsock's hybrid socket.
+//! Needs `bash scripts/setup-microvm.sh && bash scripts/build-guest-image.sh`
+//! (scripts/test.sh runs both); without them each test says why and skips.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const RUN_DEADLINE: Duration = Duration::from_secs(300);
+/// Boot target that fits TCG on two cores (seconds, not milliseconds).
+const TCG_BOOT_MS: &str = "120000";
+
+/// One microVM test at a time: each boots VMs that need the 2 cores.
+static VM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    VM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why microVMs cannot run here, if they cannot.
+fn missing() -> Option<String> {
+    let info = ukload::image::info();
+    if info.is_complete() {
+        None
+    } else {
+        let m: Vec<String> = info
+            .missing()
+            .map(|p| format!("{} ({})", p.name, p.how))
+            .collect();
+        Some(m.join(", "))
+    }
+}
+
+macro_rules! need_microvm {
+    () => {
+        if let Some(why) = missing() {
+            eprintln!("skipped: microVM pieces missing: {why}");
+            return;
+        }
+    };
+}
+
+fn qemu_run(dir: &std::path::Path, count: u32) -> std::process::Command {
+    let mut cmd = ukload(dir);
+    cmd.args(run_args(dir, count)).args([
+        "--launcher",
+        "qemu",
+        "--max-boot-ms",
+        TCG_BOOT_MS,
+        "--max-mem-mb",
+        "1000",
+    ]);
+    cmd
+}
+
+fn assert_no_vm_left(run_id: &str) {
+    let left = wait_no_processes(run_id, Duration::from_secs(3));
+    kill_run(run_id);
+    assert!(
+        left.is_empty(),
+        "QEMU / vhost-device-vsock of run {run_id} left: {left:?}"
+    );
+}
+
+#[test]
+fn three_microvms_boot_answer_ping_over_virtio_vsock_and_leave_nothing() {
+    need_microvm!();
+    let _g = lock();
+    let dir = TempDir::new("vm3");
+    let out = output_within(qemu_run(dir.path(), 3), RUN_DEADLINE);
+    let doc = json_of(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{doc:#}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for i in instances(&doc) {
+        // The guest read its CID from its own virtio-vsock device.
+        assert_eq!(i["reported_cid"], i["cid"], "{i:#}");
+        let boot = i["boot_ms"].as_f64().unwrap();
+        let vmm = i["vmm_ms"].as_f64().expect("VMM share of the boot");
+        let guest = i["guest_kernel_ms"]
+            .as_f64()
+            .expect("guest share of the boot");
+        let probe = i["probe_overhead_ms"]
+            .as_f64()
+            .expect("probe share of the boot");
+        assert!(guest > 0.0 && vmm >= 0.0 && probe >= 0.0, "{i:#}");
+        assert!(
+            (vmm + guest + probe - boot).abs() < 1.0 || vmm == 0.0,
+            "breakdown adds up: {i:#}"
+        );
+        // QEMU and vhost-device-vsock, both measured.
+        let pids = i["pids"].as_array().unwrap();
+        assert_eq!(pids.len(), 2, "{i:#}");
+        assert!(
+            i["pss_kb"].as_u64().unwrap() > 20 * 1024,
+            "a VM's PSS is tens of MB: {i:#}"
+        );
+        assert_eq!(i["teardown"], "terminated");
+    }
+    assert_no_vm_left(doc["run_id"].as_str().unwrap());
+}
+
+#[test]
+fn mcp_tools_execute_inside_a_microvm_over_vsock() {
+    need_microvm!();
+    let _g = lock();
+    for (call, want) in [
+        (r#"echo:{"message":"from the host"}"#, "Echo: from the host"),
+        (r#"add:{"a":40,"b":2}"#, "40 + 2 = 42"),
+    ] {
+        let dir = TempDir::new("vmtool");
+        let mut cmd = qemu_run(dir.path(), 1);
+        cmd.args([
+            "--tool-call",
+            call,
+            "--tool-expect",
+            want,
+            "--max-tool-ms",
+            "60000",
+            "--tool-timeout-ms",
+            "30000",
+        ]);
+        let out = output_within(cmd, RUN_DEADLINE);
+        let doc = json_of(&out);
+        assert_eq!(out.status.code(), Some(0), "{doc:#}");
+        let i = &instances(&doc)[0];
+        assert_eq!(i["tool_result"], want);
+        assert!(i["tool_ms"].as_f64().unwrap() > 0.0);
+        assert_no_vm_left(doc["run_id"].as_str().unwrap());
+    }
+}
+
+/// An initramfs like the real one but with a corrupt `vsock.ko`.
+fn broken_initramfs(dir: &std::path::Path) -> PathBuf {
+    use ukload::image::{CpioWriter, ImagePaths};
+    let paths = ImagePaths::cached();
+    let out = dir.join("broken.cpio");
+    let mut w = CpioWriter::new(std::fs::File::create(&out).unwrap());
+    w.dir("dev", 0o755).unwrap();
+    w.char_device("dev/console", 0o600, 5, 1).unwrap();
+    for d in ["proc", "sys", "lib", "lib/modules"] {
+        w.dir(d, 0o755).unwrap();
+    }
+    w.dir("tmp", 0o1777).unwrap();
+    for m in ukload::guest::pid1::MODULES {
+        let data = if *m == "vsock" {
+            b"this is not an ELF module".to_vec()
+        } else {
+            std::fs::read(paths.modules_dir.join(format!("{m}.ko"))).unwrap()
+        };
+        w.file(&format!("lib/modules/{m}.ko"), 0o644, &data)
+            .unwrap();
+    }
+    w.file("init", 0o755, &std::fs::read(&paths.guest_bin).unwrap())
+        .unwrap();
+    w.finish().unwrap();
+    out
+}
+
+#[test]
+fn a_guest_whose_init_fails_fails_its_boot_with_the_console_tail_and_is_cleaned_up() {
+    need_microvm!();
+    let _g = lock();
+    let dir = TempDir::new("vmbroken");
+    let initrd = broken_initramfs(dir.path());
+    let mut cmd = qemu_run(dir.path(), 1);
+    cmd.arg("--initrd")
+        .arg(&initrd)
+        .args(["--boot-timeout", "90"]);
+    let t = Instant::now();
+    let out = output_within(cmd, RUN_DEADLINE);
+    let doc = json_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{doc:#}");
+    let e = instances(&doc)[0]["boot_error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("launcher exited"), "QEMU powered off: {e}");
+    assert!(
+        e.contains("vsock"),
+        "the console tail names the failing module: {e}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(80),
+        "a dead VM must not wait for the boot timeout"
+    );
+    assert_no_vm_left(doc["run_id"].as_str().unwrap());
+}
+
+#[test]
+fn sigkill_of_ukload_during_a_microvm_boot_leaves_no_qemu() {
+    need_microvm!();
+    let _g = lock();
+    let dir = TempDir::new("vmkill");
+    let mut cmd = qemu_run(dir.path(), 2);
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let harness = child.id();
+    let ours = move |v: &str| v.ends_with(&format!("-{harness}"));
+    let end = Instant::now() + Duration::from_secs(30);
+    // Both QEMUs (and their vhost-device-vsock) running.
+    while marked_pids(&ours)
+        .iter()
+        .filter(|(_, c)| c.contains("qemu-system"))
+        .count()
+        < 2
+        && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let running = marked_pids(&ours);
+    assert!(
+        running
+            .iter()
+            .filter(|(_, c)| c.contains("qemu-system"))
+            .count()
+            == 2,
+        "{running:?}"
+    );
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(harness as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let t = Instant::now();
+    let mut left = marked_pids(&ours);
+    while !left.is_empty() && t.elapsed() < Duration::from_millis(2500) {
+        std::thread::sleep(Duration::from_millis(20));
+        left = marked_pids(&ours);
+    }
+    for (pid, _) in &left {
+        // SAFETY: by pid, processes carrying this test's run marker.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    assert!(
+        left.is_empty(),
+        "left {:?} after SIGKILL of ukload: {left:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn missing_kernel_is_reported_with_the_command_that_builds_it() {
+    let _g = lock();
+    let dir = TempDir::new("vmnokernel");
+    let mut cmd = ukload(dir.path());
+    cmd.args(run_args(dir.path(), 1)).args([
+        "--launcher",
+        "qemu",
+        "--kernel",
+        "/nonexistent/vmlinux",
+        "--accel",
+        "tcg",
+    ]);
+    let out = output_within(cmd, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    if ukload::launcher::qemu::find_program("qemu-system-x86_64").is_none() {
+        assert_eq!(out.status.code(), Some(69), "{err}");
+        assert!(err.contains("setup-microvm.sh"), "{err}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(
+        err.contains("/nonexistent/vmlinux") && err.contains("setup-microvm.sh"),
+        "{err}"
+    );
+}
