@@ -33,9 +33,20 @@ fi
 
 launcher_args=()
 have_launcher=0
+want_qemu=0
+prev=
 for a in "$@"; do
   [[ $a == --launcher || $a == --launcher=* ]] && have_launcher=1
+  [[ $a == --launcher=qemu || ( $prev == --launcher && $a == qemu ) ]] && want_qemu=1
+  prev=$a
 done
+if [[ $want_qemu -eq 1 ]]; then
+  # Real microVMs: QEMU, the guest kernel, vhost-device-vsock and the guest
+  # image, installed and built once (idempotent, quick when cached).
+  bash "$here/scripts/setup-microvm.sh" >&2
+  bash "$here/scripts/build-guest-image.sh" >&2
+  export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
+fi
 if [[ $have_launcher -eq 0 ]]; then
   if command -v kraft >/dev/null 2>&1 && [[ -f $HOME/.osvm/unikernels/unikraft_tool_executor ]]; then
     launcher_args=(--launcher kraft)

@@ -25,9 +25,16 @@ command -v node >/dev/null 2>&1 || apt_install nodejs
 command -v setsid >/dev/null 2>&1 || apt_install util-linux
 command -v python3 >/dev/null 2>&1 || apt_install python3
 
-if [[ ${UKLOAD_SKIP_MICROVM:-0} != 1 && -f scripts/setup-microvm.sh ]]; then
-  bash scripts/setup-microvm.sh || echo "test.sh: microVM setup failed; microVM tests will say why and skip" >&2
+if [[ ${UKLOAD_SKIP_MICROVM:-0} != 1 ]]; then
+  if bash scripts/setup-microvm.sh; then
+    bash scripts/build-guest-image.sh || echo "test.sh: guest image build failed; microVM tests will say why and skip" >&2
+  else
+    echo "test.sh: microVM setup failed; microVM tests will say why and skip" >&2
+  fi
 fi
+# cargo install puts vhost-device-vsock here.
+export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
+
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
