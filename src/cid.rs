@@ -374,12 +374,19 @@ fn write_holder(file: &File, holder: &HolderInfo, path: &Path) -> Result<(), Cid
         .map_err(|e| io_err("write holder to", e))
 }
 
-/// Every live process carrying `UKLOAD_CID` within `range`, as a holder
-/// (its pid, run and instance), sorted by CID.
+/// Every live process carrying `UKLOAD_CID` within `range` whose harness is
+/// dead (a leftover, e.g. a daemonized VMM outliving a killed harness), as a
+/// holder (its pid, run and instance), sorted by CID.
 pub fn cid_users(range: CidRange) -> Vec<(u32, HolderInfo)> {
+    let runs_dir = paths::runs_dir();
     let mut users: Vec<(u32, HolderInfo)> = proc::scan_marked(None)
         .into_iter()
         .filter(|m| !m.stat.is_zombie())
+        // A live harness holds its CIDs' locks already: only leftovers of a
+        // dead harness matter here (and other live runs, in other runtime
+        // directories, are theirs to coordinate).
+        .filter(|m| m.cid.is_some_and(|c| range.contains(c)))
+        .filter(|m| !crate::instances::marked_run_alive(&runs_dir, m))
         .filter_map(|m| {
             let cid = m.cid.filter(|c| range.contains(*c))?;
             Some((

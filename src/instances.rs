@@ -57,7 +57,7 @@ fn valid_run_id(run_id: &str) -> bool {
 /// `UKLOAD_RUNTIME_DIR` (its harness used another runtime directory, e.g.
 /// another user's `XDG_RUNTIME_DIR`), the lock is looked up there, so that a
 /// run we cannot see in `runs_dir` is never taken for dead by mistake.
-fn marked_run_alive(runs_dir: &Path, m: &Marked) -> bool {
+pub fn marked_run_alive(runs_dir: &Path, m: &Marked) -> bool {
     match proc::environ_var(m.pid, paths::ENV_RUNTIME_DIR) {
         Ok(Some(dir)) if !dir.is_empty() => {
             harness_alive_in(&Path::new(&dir).join(RUNS_SUBDIR), &m.run)

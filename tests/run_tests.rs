@@ -248,8 +248,8 @@ fn two_runs_at_once_on_overlapping_ranges_never_share_a_cid() {
         ]);
         std::thread::spawn(move || output_within(cmd, RUN_DEADLINE))
     };
-    let a = spawn("200-229", "a");
-    let b = spawn("215-244", "b");
+    let a = spawn("1200-1229", "a");
+    let b = spawn("1215-1244", "b");
     let (a, b) = (a.join().unwrap(), b.join().unwrap());
     let (da, db) = (json_of(&a), json_of(&b));
     assert_eq!(
@@ -283,7 +283,7 @@ fn exhausted_cid_range_fails_fast_naming_range_and_holder() {
     let mut holder = ukload(dir.path());
     holder.args(run_args(&dir.path().join("a"), 5)).args([
         "--cid-range",
-        "200-204",
+        "3000-3004",
         "--guest-boot-delay-ms",
         "3000",
         "--max-boot-ms",
@@ -299,15 +299,21 @@ fn exhausted_cid_range_fails_fast_naming_range_and_holder() {
     {
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(
+        marked_pids(&|_| true)
+            .iter()
+            .any(|(_, c)| c.contains(dir.path().to_str().unwrap())),
+        "the holder run never started its instances"
+    );
     let mut late = ukload(dir.path());
     late.args(run_args(&dir.path().join("b"), 1))
-        .args(["--cid-range", "200-204"]);
+        .args(["--cid-range", "3000-3004"]);
     let t = Instant::now();
     let out = output_within(late, Duration::from_secs(30));
     let took = t.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(75), "stderr: {err}");
-    assert!(err.contains("200-204"), "names the range: {err}");
+    assert!(err.contains("3000-3004"), "names the range: {err}");
     assert!(took < Duration::from_secs(2), "not fast: {took:?}");
     let a = h.join().unwrap();
     let da = json_of(&a);
