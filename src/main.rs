@@ -65,41 +65,84 @@ fn usage(msg: &str) -> i32 {
     EXIT_USAGE
 }
 
+/// What every command that starts instances sets up first: the watchdog
+/// (forked before any thread: if we die, it ends everything marked with the
+/// run id), the supervisor (subreaper + reaper), and SIGINT/SIGTERM/SIGHUP
+/// flags that make the run stop and tear down.
+struct Harness {
+    run_id: String,
+    dog: watchdog::Watchdog,
+    sup: &'static Supervisor,
+    stop: Arc<AtomicBool>,
+    term: Arc<AtomicBool>,
+}
+
+impl Harness {
+    fn start() -> Result<Harness, i32> {
+        let run_id = run::new_run_id();
+        let dog = watchdog::start(&run_id).map_err(|e| {
+            eprintln!("ukload: cannot start the watchdog process: {e}");
+            EXIT_FAIL
+        })?;
+        let sup = Supervisor::init().map_err(|e| {
+            eprintln!("ukload: cannot become a child subreaper / start the reaper: {e}");
+            EXIT_FAIL
+        })?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let term = Arc::new(AtomicBool::new(false));
+        for (sig, is_term) in [
+            (libc::SIGINT, false),
+            (libc::SIGTERM, true),
+            (libc::SIGHUP, true),
+        ] {
+            let _ = signal_hook::flag::register(sig, stop.clone());
+            if is_term {
+                let _ = signal_hook::flag::register(sig, term.clone());
+            }
+        }
+        Ok(Harness {
+            run_id,
+            dog,
+            sup,
+            stop,
+            term,
+        })
+    }
+
+    /// The exit code: 128+signal when interrupted, else `verdict`.
+    fn exit_code(&self, verdict: i32) -> i32 {
+        if !self.stop.load(Ordering::Relaxed) {
+            verdict
+        } else if self.term.load(Ordering::Relaxed) {
+            128 + libc::SIGTERM
+        } else {
+            report::EXIT_SIGINT
+        }
+    }
+}
+
+/// Exit code of an error that stopped a run before it started.
+fn run_error_code(e: &RunError) -> i32 {
+    match e {
+        RunError::Usage(_) | RunError::Launch(ukload::launcher::LaunchError::Invalid(_)) => {
+            EXIT_USAGE
+        }
+        RunError::Launch(ukload::launcher::LaunchError::NotInstalled { .. }) => EXIT_UNAVAILABLE,
+        RunError::Cid(_) => EXIT_TEMPFAIL,
+        RunError::Setup(_) => EXIT_FAIL,
+    }
+}
+
 fn cmd_run(a: cli::RunArgs) -> i32 {
     let (cfg, fmt) = match a.to_config() {
         Ok(c) => c,
         Err(cli::Usage(m)) => return usage(&m),
     };
-    let run_id = run::new_run_id();
-    // Forked before any thread: if we die, it ends everything marked with run_id.
-    let dog = match watchdog::start(&run_id) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("ukload: cannot start the watchdog process: {e}");
-            return EXIT_FAIL;
-        }
+    let h = match Harness::start() {
+        Ok(h) => h,
+        Err(code) => return code,
     };
-    let sup = match Supervisor::init() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ukload: cannot become a child subreaper / start the reaper: {e}");
-            return EXIT_FAIL;
-        }
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let term = Arc::new(AtomicBool::new(false));
-    for (sig, extra) in [
-        (libc::SIGINT, None),
-        (libc::SIGTERM, Some(&term)),
-        (libc::SIGHUP, Some(&term)),
-    ] {
-        let _ = signal_hook::flag::register(sig, stop.clone());
-        if let Some(t) = extra {
-            let _ = signal_hook::flag::register(sig, t.clone());
-        }
-    }
-    let result = run::run(cfg.clone(), &run_id, sup, stop.clone());
-    let code = match result {
+    let code = match run::run(cfg.clone(), &h.run_id, h.sup, h.stop.clone()) {
         Ok(r) => {
             let out = std::io::stdout();
             let mut out = out.lock();
@@ -108,30 +151,14 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
                 Format::Human => report::write_human(&mut out, &r, &cfg),
             };
             let _ = out.flush();
-            if stop.load(Ordering::Relaxed) {
-                if term.load(Ordering::Relaxed) {
-                    128 + libc::SIGTERM
-                } else {
-                    report::EXIT_SIGINT
-                }
-            } else {
-                run::exit_code(&r, &cfg)
-            }
+            h.exit_code(run::exit_code(&r, &cfg))
         }
         Err(e) => {
             eprintln!("ukload: {e}");
-            match e {
-                RunError::Usage(_)
-                | RunError::Launch(ukload::launcher::LaunchError::Invalid(_)) => EXIT_USAGE,
-                RunError::Launch(ukload::launcher::LaunchError::NotInstalled { .. }) => {
-                    EXIT_UNAVAILABLE
-                }
-                RunError::Cid(_) => EXIT_TEMPFAIL,
-                RunError::Setup(_) => EXIT_FAIL,
-            }
+            run_error_code(&e)
         }
     };
-    dog.finish();
+    h.dog.finish();
     code
 }
 
@@ -174,40 +201,18 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
         Ok(c) => c,
         Err(cli::Usage(m)) => return usage(&m),
     };
-    let run_id = run::new_run_id();
-    let dog = match watchdog::start(&run_id) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("ukload: cannot start the watchdog process: {e}");
-            return EXIT_FAIL;
-        }
+    let h = match Harness::start() {
+        Ok(h) => h,
+        Err(code) => return code,
     };
-    let sup = match Supervisor::init() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ukload: cannot become a child subreaper / start the reaper: {e}");
-            return EXIT_FAIL;
-        }
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let term = Arc::new(AtomicBool::new(false));
-    for (sig, extra) in [
-        (libc::SIGINT, None),
-        (libc::SIGTERM, Some(&term)),
-        (libc::SIGHUP, Some(&term)),
-    ] {
-        let _ = signal_hook::flag::register(sig, stop.clone());
-        if let Some(t) = extra {
-            let _ = signal_hook::flag::register(sig, t.clone());
-        }
-    }
+    let run_id = &h.run_id;
     if cfg.progress {
         eprintln!(
             "cycles: {} cycle(s) of {} instance(s) (run {run_id})",
             cfg.cycles, cfg.run.count
         );
     }
-    let code = match ukload::cycles::run_cycles(&cfg, &run_id, sup, stop.clone()) {
+    let code = match ukload::cycles::run_cycles(&cfg, run_id, h.sup, h.stop.clone()) {
         Ok(r) => {
             let out = std::io::stdout();
             let mut out = out.lock();
@@ -221,30 +226,14 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
             for l in &r.leaks {
                 eprintln!("ukload: cycles: leak: {l}");
             }
-            if stop.load(Ordering::Relaxed) {
-                if term.load(Ordering::Relaxed) {
-                    128 + libc::SIGTERM
-                } else {
-                    report::EXIT_SIGINT
-                }
-            } else {
-                r.exit_code()
-            }
+            h.exit_code(r.exit_code())
         }
         Err(e) => {
             eprintln!("ukload: {e}");
-            match e {
-                RunError::Usage(_)
-                | RunError::Launch(ukload::launcher::LaunchError::Invalid(_)) => EXIT_USAGE,
-                RunError::Launch(ukload::launcher::LaunchError::NotInstalled { .. }) => {
-                    EXIT_UNAVAILABLE
-                }
-                RunError::Cid(_) => EXIT_TEMPFAIL,
-                RunError::Setup(_) => EXIT_FAIL,
-            }
+            run_error_code(&e)
         }
     };
-    dog.finish();
+    h.dog.finish();
     code
 }
 
