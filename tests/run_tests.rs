@@ -70,7 +70,8 @@ fn twenty_instances_boot_and_each_boot_time_matches_the_guests_own_clock() {
         );
         assert!((boot - guest - over).abs() < 1e-6);
         // The probe notices readiness within a few ms (backoff is capped at 4 ms);
-        // a generous bound for a loaded 2-core machine.
+        // one instance may lose a scheduler slice on a loaded 2-core machine, so
+        // the per-instance bound is generous and the median is the real check.
         assert!(
             over < 50.0,
             "instance {} measured {over:.1} ms after the guest was ready",
