@@ -73,7 +73,7 @@ fn twenty_instances_boot_and_each_boot_time_matches_the_guests_own_clock() {
         // one instance may lose a scheduler slice on a loaded 2-core machine, so
         // the per-instance bound is generous and the median is the real check.
         assert!(
-            over < 50.0,
+            over < 100.0,
             "instance {} measured {over:.1} ms after the guest was ready",
             i["index"]
         );
