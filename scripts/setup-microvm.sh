@@ -51,6 +51,9 @@ readonly SIZE_TRAILER_LEN=4
 # Debian kernel flavor: cloud (linux-image-cloud-amd64, default: smaller, made
 # for VMs, boots in less guest memory; measured in docs/microvm.md) or generic
 # (linux-image-amd64).
+# cloud-6.12 and generic-6.12 follow Debian 12's 6.12 kernel series
+# (linux-image-6.12-cloud-amd64, linux-image-6.12-amd64).
+readonly KERNEL_FLAVORS="cloud, generic, cloud-6.12 or generic-6.12"
 KERNEL_FLAVOR="${UKLOAD_KERNEL_FLAVOR:-cloud}"
 readonly KERNEL_FLAVOR
 # Directories (relative to lib/modules/<version>/kernel) holding the modules the
@@ -119,7 +122,9 @@ kernel_metapackage() {
     case "$KERNEL_FLAVOR" in
     cloud) printf 'linux-image-cloud-amd64\n' ;;
     generic) printf 'linux-image-amd64\n' ;;
-    *) die "UKLOAD_KERNEL_FLAVOR=$KERNEL_FLAVOR: expected cloud or generic" ;;
+    cloud-6.12) printf 'linux-image-6.12-cloud-amd64\n' ;;
+    generic-6.12) printf 'linux-image-6.12-amd64\n' ;;
+    *) die "UKLOAD_KERNEL_FLAVOR=$KERNEL_FLAVOR: expected $KERNEL_FLAVORS" ;;
     esac
 }
 
@@ -292,7 +297,7 @@ step_vhost() {
 }
 
 main() {
-    say "cache directory: $CACHE_DIR, kernel flavor: $KERNEL_FLAVOR (UKLOAD_KERNEL_FLAVOR=cloud|generic)"
+    say "cache directory: $CACHE_DIR, kernel flavor: $KERNEL_FLAVOR (UKLOAD_KERNEL_FLAVOR: $KERNEL_FLAVORS)"
     kernel_metapackage >/dev/null
     mkdir -p "$CACHE_DIR" || die "cannot create $CACHE_DIR"
     step_qemu
