@@ -212,6 +212,10 @@ step_kernel() {
     pkg="$(kernel_package)"
     version="${pkg#linux-image-}"
     command -v cargo >/dev/null 2>&1 || want_layout=full
+    # Keep only the package in use: each is 27-70 MB.
+    if [ -d "$CACHE_DIR/debs" ]; then
+        find "$CACHE_DIR/debs" -maxdepth 1 -name 'linux-image-*.deb' ! -name "${pkg}_*.deb" -delete
+    fi
     if [ -s "$CACHE_DIR/vmlinux" ] && [ -d "$CACHE_DIR/modules" ] &&
         [ "$(cat "$CACHE_DIR/kernel-version" 2>/dev/null || true)" = "$version" ] &&
         [ "$(cat "$CACHE_DIR/$STAMP_FILE" 2>/dev/null || true)" = "$version $want_layout" ]; then
@@ -229,8 +233,6 @@ step_kernel() {
     else
         say "kernel: using already downloaded $(basename "$deb")"
     fi
-    # Keep only the package in use: each is 27-70 MB.
-    find "$CACHE_DIR/debs" -maxdepth 1 -name 'linux-image-*.deb' ! -name "${pkg}_*.deb" -delete
 
     local root="$CACHE_DIR/.unpack"
     rm -rf "$root"
