@@ -5,9 +5,11 @@
 //!
 //! The image is a kernel (`vmlinux`, uncompressed, booted by QEMU through its
 //! PVH entry) plus an initramfs holding the static `ukload-guest` as `/init`
-//! and the virtio / vsock modules of that same kernel (Debian builds them as
-//! modules). `scripts/setup-microvm.sh` fetches the kernel and modules into the
-//! cache; `scripts/build-guest-image.sh` builds the guest and the initramfs.
+//! and the virtio / vsock modules of that same kernel (Debian's 6.1 kernels
+//! build them as modules; drivers a kernel has built in need none).
+//! `scripts/setup-microvm.sh` fetches the kernel and modules into the cache and
+//! slims the kernel ([`slim_kernel`]); `scripts/build-guest-image.sh` builds the
+//! guest and the initramfs.
 //!
 //! The initramfs is not compressed: the kernel accepts a plain cpio, and
 //! under TCG inflating it costs more boot time than copying the extra bytes

@@ -6,7 +6,8 @@
 //! static binary and a few kernel modules, nothing else (no busybox, no
 //! modprobe). So PID 1 does the three jobs an init must do before the agent can
 //! listen on vsock: mount the kernel's pseudo file systems, load the virtio and
-//! vsock drivers (Debian builds them as modules), and reap orphans for the
+//! vsock drivers (Debian's 6.1 kernels build them as modules; built-in ones are
+//! recognised and skipped), and reap orphans for the
 //! whole life of the VM. Every failing step prints one console line
 //! (`ukload-guest: init: ...`) so a host reading the serial log sees why a
 //! guest never came up.
