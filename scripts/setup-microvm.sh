@@ -5,21 +5,31 @@
 # It installs / fetches, skipping whatever is already there:
 #   1. qemu-system-x86 (and cpio, used by the image tests to check our archives)
 #      with apt-get;
-#   2. the kernel package that `linux-image-amd64` depends on, with
-#      `apt-get download` (not installed), unpacked with `dpkg -x`; from it the
-#      cache keeps `vmlinux` (uncompressed, PVH entry: QEMU boots it directly with
-#      -kernel, no 3.9 s TCG decompression) and the virtio / vsock modules,
-#      decompressed and flat, so the guest needs no decompressor;
+#   2. the kernel package of the chosen flavor (UKLOAD_KERNEL_FLAVOR=cloud, the
+#      default, follows `linux-image-cloud-amd64`; =generic follows
+#      `linux-image-amd64`), with `apt-get download` (not installed), unpacked
+#      with `dpkg -x`; from it the cache keeps `vmlinux` (uncompressed, PVH
+#      entry: QEMU boots it directly with -kernel, no TCG decompression) and the
+#      virtio / vsock modules, decompressed and flat, so the guest needs no
+#      decompressor;
 #   3. vhost-device-vsock (rust-vmm) with `cargo install --locked`.
 #
 # Cache directory: $UKLOAD_CACHE_DIR, else ${XDG_CACHE_HOME:-$HOME/.cache}/ukload
 # (the same rule as `ukload::image::cache_dir()`).
 #
 # Layout left in the cache:
-#   vmlinux              uncompressed kernel
-#   kernel-version       e.g. 6.1.0-56-amd64 (the package the cache was built from)
+#   vmlinux              uncompressed kernel, slimmed: zero pages are data-less
+#                        segments (cargo run --example slim_vmlinux), so QEMU maps
+#                        and copies only the non-zero ones
+#   kernel-stamp         "<version> slim" (or "full" without cargo): the kernel is
+#                        in place; a missing or different stamp redoes this step
+#   kernel-version       e.g. 6.1.0-56-cloud-amd64 (the package the cache was built
+#                        from; a different flavor or version rebuilds the kernel)
 #   modules/*.ko         every module of drivers/virtio and net/vmw_vsock, uncompressed
-#   debs/*.deb           the downloaded kernel package (kept so a rebuild is offline)
+#   modules/modules.builtin  the package's list of built-in drivers (a driver
+#                        built in needs no .ko)
+#   debs/*.deb           the downloaded kernel package (kept so a rebuild is offline;
+#                        packages of other kernels are removed)
 #
 # Exit status: 0 when everything is in place, non-zero with a message naming the
 # failed step otherwise.
@@ -27,11 +37,35 @@ set -euo pipefail
 
 readonly QEMU_BIN=qemu-system-x86_64
 readonly VHOST_BIN=vhost-device-vsock
-# The XZ stream magic that starts the compressed payload inside Debian's vmlinuz.
-readonly XZ_MAGIC='\xfd7zXZ\x00'
+# x86 boot protocol header fields of a bzImage (Documentation/x86/boot.rst):
+# offsets of setup_sects, the "HdrS" magic, payload_offset and payload_length.
+readonly BZ_SETUP_SECTS_OFFSET=$((0x1f1))
+readonly BZ_HDRS_MAGIC_OFFSET=$((0x202))
+readonly BZ_PAYLOAD_OFFSET_OFFSET=$((0x248))
+readonly BZ_PAYLOAD_LENGTH_OFFSET=$((0x24c))
+readonly BZ_SECTOR=512
+# setup_sects 0 means 4 (boot protocol, for old kernels).
+readonly BZ_DEFAULT_SETUP_SECTS=4
+# The uncompressed size the kernel build appends after the compressed payload.
+readonly SIZE_TRAILER_LEN=4
+# Debian kernel flavor: cloud (linux-image-cloud-amd64, default: smaller, made
+# for VMs, boots in less guest memory; measured in docs/microvm.md) or generic
+# (linux-image-amd64).
+# cloud-6.12 and generic-6.12 follow Debian 12's 6.12 kernel series
+# (linux-image-6.12-cloud-amd64, linux-image-6.12-amd64).
+readonly KERNEL_FLAVORS="cloud, generic, cloud-6.12 or generic-6.12"
+KERNEL_FLAVOR="${UKLOAD_KERNEL_FLAVOR:-cloud}"
+readonly KERNEL_FLAVOR
 # Directories (relative to lib/modules/<version>/kernel) holding the modules the
 # guest loads; the exact list and order live in src/guest/pid1.rs (MODULES).
 readonly MODULE_DIRS=(drivers/virtio net/vmw_vsock)
+
+# Records "<kernel version> <slim|full>" once the kernel is fully in place.
+readonly STAMP_FILE=kernel-stamp
+# The kernel package's list of built-in drivers (copied into modules/).
+readonly BUILTIN_LIST=modules.builtin
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly REPO
 
 CACHE_DIR="${UKLOAD_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ukload}"
 readonly CACHE_DIR
@@ -82,31 +116,76 @@ step_qemu() {
 }
 
 # --- 2. Kernel: vmlinux + modules -----------------------------------------
+# The metapackage of the chosen flavor; the real kernel is its linux-image-*
+# dependency.
+kernel_metapackage() {
+    case "$KERNEL_FLAVOR" in
+    cloud) printf 'linux-image-cloud-amd64\n' ;;
+    generic) printf 'linux-image-amd64\n' ;;
+    cloud-6.12) printf 'linux-image-6.12-cloud-amd64\n' ;;
+    generic-6.12) printf 'linux-image-6.12-amd64\n' ;;
+    *) die "UKLOAD_KERNEL_FLAVOR=$KERNEL_FLAVOR: expected $KERNEL_FLAVORS" ;;
+    esac
+}
+
 kernel_package() {
-    # linux-image-amd64 is a metapackage; the real kernel is its linux-image-* dependency.
-    local pkg
-    pkg="$(apt-cache depends linux-image-amd64 2>/dev/null |
+    local meta pkg
+    meta="$(kernel_metapackage)"
+    pkg="$(apt-cache depends "$meta" 2>/dev/null |
         awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')"
     if [ -z "$pkg" ] && [ "$apt_updated" -eq 0 ] && [ "$(id -u)" -eq 0 ]; then
         apt-get update >/dev/null || die "apt-get update failed"
         apt_updated=1
-        pkg="$(apt-cache depends linux-image-amd64 2>/dev/null |
+        pkg="$(apt-cache depends "$meta" 2>/dev/null |
             awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')"
     fi
-    [ -n "$pkg" ] || die "cannot find the kernel package linux-image-amd64 depends on (apt-cache depends linux-image-amd64)"
+    [ -n "$pkg" ] || die "cannot find the kernel package $meta depends on (apt-cache depends $meta)"
     printf '%s\n' "$pkg"
 }
 
-# extract_vmlinux VMLINUZ OUT: the XZ payload of a bzImage, decompressed.
+# le_uint FILE OFFSET BYTES: an unsigned little-endian integer read from FILE.
+le_uint() {
+    od -An -tu"$3" -j "$2" -N "$3" "$1" | tr -d ' \n'
+}
+
+# need_tool TOOL PACKAGE: installs PACKAGE with apt-get when TOOL is missing.
+need_tool() {
+    if ! command -v "$1" >/dev/null 2>&1; then
+        say "$1: installing $2 with apt-get (needed to decompress the kernel)"
+        apt_install "$2"
+    fi
+}
+
+# extract_vmlinux VMLINUZ OUT: the compressed payload of a bzImage, decompressed.
+# The payload's place comes from the boot protocol header (setup_sects,
+# payload_offset, payload_length), so no magic-byte search can pick a false
+# match; its format from its first bytes: Debian's generic flavor uses XZ, the
+# cloud flavor LZ4 (legacy frame). The kernel build appends a 4-byte size
+# after every payload format except gzip; it is cut off so each decompressor
+# sees exactly one stream and its exit status can be trusted.
 extract_vmlinux() {
-    local vmlinuz="$1" out="$2" offset
-    offset="$(LC_ALL=C grep -obUaP "$XZ_MAGIC" "$vmlinuz" | head -n1 | cut -d: -f1 || true)"
-    [ -n "$offset" ] || die "no XZ payload (magic FD 37 7A 58 5A 00) in $vmlinuz"
-    # --single-stream: ignore the size trailer the kernel build appends after the
-    # stream. xz stops reading at the end of the stream, so tail may die of SIGPIPE:
-    # only xz's status says whether the payload decompressed.
-    { tail -c +"$((offset + 1))" "$vmlinuz" || true; } | xz --single-stream -dc >"$out.tmp" ||
-        die "xz could not decompress the payload of $vmlinuz at offset $offset"
+    local vmlinuz="$1" out="$2" setup_sects offset length magic
+    [ "$(head -c "$((BZ_HDRS_MAGIC_OFFSET + 4))" "$vmlinuz" | tail -c 4)" = "HdrS" ] ||
+        die "$vmlinuz is not a bzImage (no HdrS boot header)"
+    setup_sects="$(le_uint "$vmlinuz" "$BZ_SETUP_SECTS_OFFSET" 1)"
+    [ "$setup_sects" -ne 0 ] || setup_sects=$BZ_DEFAULT_SETUP_SECTS
+    offset=$(((setup_sects + 1) * BZ_SECTOR + $(le_uint "$vmlinuz" "$BZ_PAYLOAD_OFFSET_OFFSET" 4)))
+    length="$(le_uint "$vmlinuz" "$BZ_PAYLOAD_LENGTH_OFFSET" 4)"
+    magic="$(tail -c +"$((offset + 1))" "$vmlinuz" 2>/dev/null | head -c 6 | od -An -tx1 | tr -d ' \n' || true)"
+    local -a decompress
+    case "$magic" in
+    fd377a585a00*) need_tool xz xz-utils && decompress=(xz --single-stream -dc) ;;
+    02214c18*) need_tool lz4 lz4 && decompress=(lz4 -dc) ;;
+    28b52ffd*) need_tool zstd zstd && decompress=(zstd -qdc) ;;
+    1f8b*) decompress=(gzip -dc) ;;
+    *) die "$vmlinuz: unknown payload format (first bytes $magic at offset $offset)" ;;
+    esac
+    case "$magic" in 1f8b*) ;; *) length=$((length - SIZE_TRAILER_LEN)) ;; esac
+    # tail | head: head stops reading at the payload's end, so tail may die of
+    # SIGPIPE; only the decompressor's status says whether the payload was whole.
+    { tail -c +"$((offset + 1))" "$vmlinuz" 2>/dev/null || true; } | head -c "$length" |
+        "${decompress[@]}" >"$out.tmp" ||
+        die "${decompress[0]} could not decompress the payload of $vmlinuz ($length bytes at offset $offset)"
     if [ "$(head -c 4 "$out.tmp" | od -An -tx1 | tr -d ' \n')" != "7f454c46" ]; then
         rm -f "$out.tmp"
         die "decompressed payload of $vmlinuz is not an ELF file"
@@ -114,13 +193,33 @@ extract_vmlinux() {
     mv "$out.tmp" "$out"
 }
 
+# slim_vmlinux FILE: rewrites FILE in place so QEMU maps and copies only its
+# non-zero pages (ukload::image::slim_kernel; docs/microvm.md). Prints "slim"
+# when done, "full" when cargo is missing (the full vmlinux boots as well).
+slim_vmlinux() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        printf 'setup-microvm: warning: cargo not found: keeping the full vmlinux (the slim one saves ~15 MB per VM)\n' >&2
+        printf 'full\n'
+        return
+    fi
+    (cd "$REPO" && cargo run --quiet --example slim_vmlinux -- "$1" >&2) ||
+        die "slimming $1 failed (cargo run --example slim_vmlinux)"
+    printf 'slim\n'
+}
+
 step_kernel() {
-    local pkg version
+    local pkg version want_layout=slim
     pkg="$(kernel_package)"
     version="${pkg#linux-image-}"
+    command -v cargo >/dev/null 2>&1 || want_layout=full
+    # Keep only the package in use: each is 27-70 MB.
+    if [ -d "$CACHE_DIR/debs" ]; then
+        find "$CACHE_DIR/debs" -maxdepth 1 -name 'linux-image-*.deb' ! -name "${pkg}_*.deb" -delete
+    fi
     if [ -s "$CACHE_DIR/vmlinux" ] && [ -d "$CACHE_DIR/modules" ] &&
-        [ "$(cat "$CACHE_DIR/kernel-version" 2>/dev/null || true)" = "$version" ]; then
-        say "kernel: $version already cached in $CACHE_DIR (vmlinux, modules/)"
+        [ "$(cat "$CACHE_DIR/kernel-version" 2>/dev/null || true)" = "$version" ] &&
+        [ "$(cat "$CACHE_DIR/$STAMP_FILE" 2>/dev/null || true)" = "$version $want_layout" ]; then
+        say "kernel: $version already cached in $CACHE_DIR (vmlinux, $want_layout; modules/)"
         return
     fi
     mkdir -p "$CACHE_DIR/debs"
@@ -144,14 +243,21 @@ step_kernel() {
     local vmlinuz="$root/boot/vmlinuz-$version"
     [ -f "$vmlinuz" ] || die "$deb has no boot/vmlinuz-$version"
     say "kernel: extracting uncompressed vmlinux from vmlinuz-$version"
+    rm -f "$CACHE_DIR/$STAMP_FILE"
     extract_vmlinux "$vmlinuz" "$CACHE_DIR/vmlinux"
+    say "kernel: slimming vmlinux (zero pages out of the file and out of QEMU's copy)"
+    local layout
+    layout="$(slim_vmlinux "$CACHE_DIR/vmlinux")"
 
-    local moddir="$root/lib/modules/$version/kernel" staged="$CACHE_DIR/modules.tmp"
+    local kdir="$root/lib/modules/$version" staged="$CACHE_DIR/modules.tmp"
+    local moddir="$kdir/kernel"
     rm -rf "$staged"
     mkdir -p "$staged"
     local d f name count=0
     for d in "${MODULE_DIRS[@]}"; do
-        [ -d "$moddir/$d" ] || die "$deb has no lib/modules/$version/kernel/$d"
+        # A flavor may build a whole directory in: then it has no modules here,
+        # and modules.builtin (copied below) says so to the image builder.
+        [ -d "$moddir/$d" ] || continue
         while IFS= read -r -d '' f; do
             name="$(basename "$f")"
             case "$name" in
@@ -164,12 +270,17 @@ step_kernel() {
             count=$((count + 1))
         done < <(find "$moddir/$d" -type f -name '*.ko*' -print0)
     done
-    [ "$count" -gt 0 ] || die "no modules found under $moddir (${MODULE_DIRS[*]})"
+    if [ -f "$kdir/$BUILTIN_LIST" ]; then
+        cp "$kdir/$BUILTIN_LIST" "$staged/$BUILTIN_LIST"
+    elif [ "$count" -eq 0 ]; then
+        die "no modules under $moddir (${MODULE_DIRS[*]}) and no $BUILTIN_LIST in $deb"
+    fi
     rm -rf "$CACHE_DIR/modules"
     mv "$staged" "$CACHE_DIR/modules"
     printf '%s\n' "$version" >"$CACHE_DIR/kernel-version"
+    printf '%s %s\n' "$version" "$layout" >"$CACHE_DIR/$STAMP_FILE"
     rm -rf "$root"
-    say "kernel: cached $version: vmlinux ($(($(stat -c %s "$CACHE_DIR/vmlinux") / 1048576)) MiB), $count modules in $CACHE_DIR/modules"
+    say "kernel: cached $version: vmlinux ($layout, $(($(stat -c %s "$CACHE_DIR/vmlinux") / 1048576)) MiB), $count modules in $CACHE_DIR/modules"
 }
 
 # --- 3. vhost-device-vsock -------------------------------------------------
@@ -188,7 +299,8 @@ step_vhost() {
 }
 
 main() {
-    say "cache directory: $CACHE_DIR"
+    say "cache directory: $CACHE_DIR, kernel flavor: $KERNEL_FLAVOR (UKLOAD_KERNEL_FLAVOR: $KERNEL_FLAVORS)"
+    kernel_metapackage >/dev/null
     mkdir -p "$CACHE_DIR" || die "cannot create $CACHE_DIR"
     step_qemu
     step_kernel

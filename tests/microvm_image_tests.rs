@@ -391,3 +391,357 @@ fn cache_dir_honours_the_override_variable() {
     std::env::remove_var(image::ENV_CACHE_DIR);
     assert_ne!(image::cache_dir(), s.0);
 }
+
+// --- built-in drivers ----------------------------------------------------------
+
+#[test]
+fn a_driver_built_into_the_kernel_needs_no_ko_and_is_listed_for_pid1() {
+    let s = Scratch::new("builtin");
+    let inputs = make_inputs(&s.0);
+    // A kernel flavor with virtio built in: no virtio.ko, and the package's
+    // modules.builtin says so (among drivers the guest does not use).
+    fs::remove_file(inputs.modules.join("virtio.ko")).unwrap();
+    fs::write(
+        inputs.modules.join("modules.builtin"),
+        "kernel/drivers/virtio/virtio_anchor.ko\nkernel/drivers/virtio/virtio.ko\nkernel/fs/ext4/ext4.ko\n",
+    )
+    .unwrap();
+    let out = s.0.join("initramfs.cpio");
+    build_initramfs(&inputs.guest, &inputs.modules, &out).expect("build with a built-in driver");
+    let entries = read_newc(&fs::read(&out).unwrap());
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert!(!names.contains(&"lib/modules/virtio.ko"), "{names:?}");
+    assert!(names.contains(&"lib/modules/vsock.ko"), "{names:?}");
+    let list = entries
+        .iter()
+        .find(|e| e.name == "lib/modules/modules.builtin")
+        .expect("the image lists the built-in drivers for PID 1");
+    // Only the drivers the guest needs, in the package's own format.
+    assert_eq!(list.data, b"kernel/drivers/virtio/virtio.ko\n");
+    assert!(ukload::guest::pid1::builtin_list_has(
+        std::str::from_utf8(&list.data).unwrap(),
+        "virtio"
+    ));
+
+    // `info` counts it as present and says why.
+    let cache = Scratch::new("builtin-info");
+    let paths = image::ImagePaths::in_dir(&cache.0);
+    fs::create_dir_all(&paths.modules_dir).unwrap();
+    for m in MODULES.iter().filter(|m| **m != "virtio") {
+        fs::write(paths.modules_dir.join(format!("{m}.ko")), b"\x7fELF").unwrap();
+    }
+    fs::write(
+        paths.modules_dir.join("modules.builtin"),
+        "kernel/drivers/virtio/virtio.ko\n",
+    )
+    .unwrap();
+    let info = info_in(&cache.0);
+    let virtio = info
+        .pieces
+        .iter()
+        .find(|p| p.name.starts_with("module virtio ") || p.name == "module virtio")
+        .expect("a piece for virtio");
+    assert!(
+        virtio.present && virtio.name.contains("built in"),
+        "{virtio:?}"
+    );
+}
+
+#[test]
+fn an_image_without_built_in_drivers_has_no_builtin_list() {
+    let s = Scratch::new("no-builtin");
+    let inputs = make_inputs(&s.0);
+    // The package's list names only drivers the guest does not need.
+    fs::write(
+        inputs.modules.join("modules.builtin"),
+        "kernel/drivers/virtio/virtio_anchor.ko\n",
+    )
+    .unwrap();
+    let out = s.0.join("initramfs.cpio");
+    build_initramfs(&inputs.guest, &inputs.modules, &out).unwrap();
+    let entries = read_newc(&fs::read(&out).unwrap());
+    assert!(entries.iter().all(|e| !e.name.ends_with("modules.builtin")));
+    // Every driver still comes from its .ko.
+    for m in MODULES {
+        let name = format!("lib/modules/{m}.ko");
+        assert!(entries.iter().any(|e| e.name == name), "{name}");
+    }
+}
+
+// --- slim kernel -----------------------------------------------------------------
+
+const PT_NOTE: u32 = 4;
+
+/// One program header for `kernel_elf`.
+struct Seg {
+    p_type: u32,
+    paddr: u64,
+    data: Vec<u8>,
+    memsz: u64,
+}
+
+/// An ELF64 "kernel": header, program headers, then each segment's data at a
+/// page-aligned offset, then a fake section header table (which the slim form
+/// drops).
+fn kernel_elf(segs: &[Seg]) -> Vec<u8> {
+    const PAGE: usize = 4096;
+    let phnum = segs.len();
+    let mut offsets = Vec::new();
+    let mut at = (64 + 56 * phnum).div_ceil(PAGE) * PAGE;
+    for s in segs {
+        offsets.push(at);
+        at = (at + s.data.len()).div_ceil(PAGE) * PAGE;
+    }
+    let shoff = at;
+    let mut e = vec![0u8; 64];
+    e[..4].copy_from_slice(b"\x7fELF");
+    e[4] = 2; // ELFCLASS64
+    e[5] = 1; // little endian
+    e[0x18..0x20].copy_from_slice(&0x100_0000u64.to_le_bytes()); // e_entry
+    e[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    e[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes()); // e_shoff
+    e[0x36..0x38].copy_from_slice(&ELF64_PHDR_LEN.to_le_bytes());
+    e[0x38..0x3a].copy_from_slice(&(phnum as u16).to_le_bytes());
+    e[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    e[0x3c..0x3e].copy_from_slice(&1u16.to_le_bytes()); // e_shnum
+    for (s, off) in segs.iter().zip(&offsets) {
+        let mut ph = Vec::new();
+        ph.extend_from_slice(&s.p_type.to_le_bytes());
+        ph.extend_from_slice(&7u32.to_le_bytes()); // RWX
+        for v in [
+            *off as u64,
+            0xffff_ffff_0000_0000 + s.paddr,
+            s.paddr,
+            s.data.len() as u64,
+            s.memsz,
+            0x20_0000,
+        ] {
+            ph.extend_from_slice(&v.to_le_bytes());
+        }
+        e.extend_from_slice(&ph);
+    }
+    for (s, off) in segs.iter().zip(&offsets) {
+        e.resize(*off, 0);
+        e.extend_from_slice(&s.data);
+    }
+    e.resize(shoff + 64, 0xee); // the "section header table"
+    e
+}
+
+/// A parsed program header: (type, offset, paddr, filesz, memsz).
+fn phdrs_of(elf: &[u8]) -> Vec<(u32, u64, u64, u64, u64)> {
+    let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
+    let phoff = u64_at(0x20) as usize;
+    let phnum = u16::from_le_bytes([elf[0x38], elf[0x39]]) as usize;
+    (0..phnum)
+        .map(|i| {
+            let at = phoff + i * 56;
+            (
+                u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()),
+                u64_at(at + 8),
+                u64_at(at + 24),
+                u64_at(at + 32),
+                u64_at(at + 40),
+            )
+        })
+        .collect()
+}
+
+/// What a loader such as QEMU's puts in guest RAM: for each PT_LOAD, the
+/// file bytes, then zeros up to memsz, over the span the segments cover
+/// (start address, bytes). Segments must not overlap.
+fn memory_image(elf: &[u8]) -> (u64, Vec<u8>) {
+    let loads: Vec<_> = phdrs_of(elf)
+        .into_iter()
+        .filter(|p| p.0 == PT_LOAD)
+        .collect();
+    let lo = loads.iter().map(|p| p.2).min().expect("a PT_LOAD");
+    let hi = loads.iter().map(|p| p.2 + p.4).max().unwrap();
+    let mut mem = vec![0u8; (hi - lo) as usize];
+    let mut covered = vec![false; mem.len()];
+    for (_, off, paddr, filesz, memsz) in loads {
+        assert!(filesz <= memsz);
+        let at = (paddr - lo) as usize;
+        assert!(
+            covered[at..at + memsz as usize].iter().all(|c| !c),
+            "segments overlap at {paddr:#x}"
+        );
+        covered[at..at + memsz as usize].fill(true);
+        mem[at..at + filesz as usize].copy_from_slice(&elf[off as usize..(off + filesz) as usize]);
+    }
+    (lo, mem)
+}
+
+/// Bytes of one PT_NOTE's data.
+fn notes_of(elf: &[u8]) -> Vec<Vec<u8>> {
+    phdrs_of(elf)
+        .into_iter()
+        .filter(|p| p.0 == PT_NOTE)
+        .map(|(_, off, _, filesz, _)| elf[off as usize..(off + filesz) as usize].to_vec())
+        .collect()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
+}
+
+/// text: 8 KiB data, 128 KiB zeros, 4 KiB data, 8 KiB zeros (short: kept),
+/// 4 KiB data; data: 4 KiB data then a 100 KiB tail (memsz > filesz) that is
+/// zero in the file too; and a note.
+fn sample_kernel() -> Vec<u8> {
+    let mut text = pattern(8 * 1024, 1);
+    text.extend(vec![0u8; 128 * 1024]);
+    text.extend(pattern(4 * 1024, 2));
+    text.extend(vec![0u8; 8 * 1024]);
+    text.extend(pattern(4 * 1024, 3));
+    let text_len = text.len() as u64;
+    let mut data = pattern(4 * 1024, 4);
+    data.extend(vec![0u8; 64 * 1024]);
+    kernel_elf(&[
+        Seg {
+            p_type: PT_LOAD,
+            paddr: 0x100_0000,
+            data: text,
+            memsz: text_len,
+        },
+        Seg {
+            p_type: PT_LOAD,
+            paddr: 0x200_0000,
+            data,
+            memsz: (4 + 64 + 100) * 1024,
+        },
+        Seg {
+            p_type: PT_NOTE,
+            paddr: 0x100_1000,
+            data: b"\x04\0\0\0\x08\0\0\0\x12\0\0\0Xen\0PVH-entry".to_vec(),
+            memsz: 28,
+        },
+    ])
+}
+
+#[test]
+fn the_slim_kernel_loads_the_same_memory_from_fewer_file_bytes() {
+    let elf = sample_kernel();
+    let (slim, stats) = image::slim_kernel_elf(&elf).expect("slim");
+    assert_eq!(
+        memory_image(&slim),
+        memory_image(&elf),
+        "memory image changed"
+    );
+    assert_eq!(notes_of(&slim), notes_of(&elf), "notes changed");
+    // Same loaded span, segment by segment.
+    let span = |e: &[u8]| {
+        let loads: Vec<_> = phdrs_of(e).into_iter().filter(|p| p.0 == PT_LOAD).collect();
+        let lo = loads.iter().map(|p| p.2).min().unwrap();
+        let hi = loads.iter().map(|p| p.2 + p.4).max().unwrap();
+        (lo, hi, loads.iter().map(|p| p.4).sum::<u64>())
+    };
+    assert_eq!(span(&slim), span(&elf));
+
+    let loads: Vec<_> = phdrs_of(&slim)
+        .into_iter()
+        .filter(|p| p.0 == PT_LOAD)
+        .collect();
+    // text: data 8K | zero 128K | data 4K+8K+4K (the 8K zero run is too short
+    // to split); data: data 4K | zero 64K+100K.
+    let shape: Vec<(u64, u64, u64)> = loads.iter().map(|p| (p.2, p.3, p.4)).collect();
+    assert_eq!(
+        shape,
+        vec![
+            (0x100_0000, 8 * 1024, 8 * 1024),
+            (0x100_2000, 0, 128 * 1024),
+            (0x102_2000, 16 * 1024, 16 * 1024),
+            (0x200_0000, 4 * 1024, 4 * 1024),
+            (0x200_1000, 0, 164 * 1024),
+        ]
+    );
+    for (_, off, paddr, filesz, _) in &loads {
+        if *filesz > 0 {
+            assert_eq!(
+                off % 4096,
+                paddr % 4096,
+                "offset not congruent to the address"
+            );
+        }
+    }
+    assert_eq!(stats.load_segments_in, 2);
+    assert_eq!(stats.load_segments_out, 5);
+    assert_eq!(stats.load_bytes_in, (152 + 68) * 1024);
+    assert_eq!(stats.load_bytes_out, (8 + 16 + 4) * 1024);
+    assert!(
+        slim.len() < elf.len() / 3,
+        "{} vs {}",
+        slim.len(),
+        elf.len()
+    );
+    assert_eq!(stats.file_size_out, slim.len() as u64);
+    // Section headers are gone (nothing needs them, and they pointed into the old layout).
+    assert_eq!(&slim[0x28..0x30], &[0u8; 8]);
+    assert_eq!(&slim[0x3c..0x3e], &[0u8; 2]);
+    // The entry point is untouched.
+    assert_eq!(&slim[0x18..0x20], &elf[0x18..0x20]);
+}
+
+#[test]
+fn slimming_a_slim_kernel_changes_nothing() {
+    let (once, _) = image::slim_kernel_elf(&sample_kernel()).unwrap();
+    let (twice, stats) = image::slim_kernel_elf(&once).unwrap();
+    assert_eq!(twice, once);
+    assert_eq!(stats.load_segments_in, stats.load_segments_out);
+}
+
+#[test]
+fn slimming_refuses_what_is_not_a_sound_elf64_kernel() {
+    let not_elf = image::slim_kernel_elf(b"\xfd7zXZ\0 compressed vmlinuz payload").unwrap_err();
+    assert!(not_elf.contains("ELF64"), "{not_elf}");
+    let mut outside = sample_kernel();
+    outside[0x20..0x28].copy_from_slice(&(1u64 << 40).to_le_bytes()); // e_phoff far away
+    let err = image::slim_kernel_elf(&outside).unwrap_err();
+    assert!(err.contains("outside the file"), "{err}");
+    let mut truncated = sample_kernel();
+    truncated.truncate(8 * 1024);
+    let err = image::slim_kernel_elf(&truncated).unwrap_err();
+    assert!(err.contains("outside the file"), "{err}");
+}
+
+#[test]
+fn slim_kernel_rewrites_a_file_in_place_atomically() {
+    let s = Scratch::new("slim-file");
+    let path = s.0.join("vmlinux");
+    fs::write(&path, sample_kernel()).unwrap();
+    let stats = image::slim_kernel(&path, &path).expect("slim in place");
+    let slim = fs::read(&path).unwrap();
+    assert_eq!(stats.file_size_out, slim.len() as u64);
+    assert_eq!(memory_image(&slim), memory_image(&sample_kernel()));
+    assert!(!s.0.join("vmlinux.tmp").exists());
+    // A bad input leaves the output alone and names the input.
+    let bad = s.0.join("not-a-kernel");
+    fs::write(&bad, b"hello").unwrap();
+    let err = image::slim_kernel(&bad, &path).unwrap_err();
+    assert!(err.to_string().contains("not-a-kernel"), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), slim);
+}
+
+/// The real kernel in the image cache, when there is one: its slim form loads
+/// exactly the same memory, and keeps its PVH note.
+#[test]
+fn the_cached_kernel_slims_to_the_same_memory_image() {
+    let path = image::ImagePaths::cached().kernel;
+    let Ok(elf) = fs::read(&path) else {
+        eprintln!(
+            "SKIPPED: no kernel at {} (scripts/setup-microvm.sh)",
+            path.display()
+        );
+        return;
+    };
+    let (slim, stats) = image::slim_kernel_elf(&elf).expect("slim the cached kernel");
+    assert_eq!(memory_image(&slim), memory_image(&elf));
+    assert_eq!(notes_of(&slim), notes_of(&elf));
+    assert!(stats.load_bytes_out <= stats.load_bytes_in);
+    assert!(phdrs_of(&slim)
+        .iter()
+        .filter(|p| p.0 == PT_LOAD && p.3 == 0)
+        .all(|p| p.4 >= image::SLIM_MIN_ZERO_RUN));
+}

@@ -6,7 +6,8 @@
 //! static binary and a few kernel modules, nothing else (no busybox, no
 //! modprobe). So PID 1 does the three jobs an init must do before the agent can
 //! listen on vsock: mount the kernel's pseudo file systems, load the virtio and
-//! vsock drivers (Debian builds them as modules), and reap orphans for the
+//! vsock drivers (Debian's 6.1 kernels build them as modules; built-in ones are
+//! recognised and skipped), and reap orphans for the
 //! whole life of the VM. Every failing step prints one console line
 //! (`ukload-guest: init: ...`) so a host reading the serial log sees why a
 //! guest never came up.
@@ -40,6 +41,16 @@ pub const MODULES_DIR: &str = "/lib/modules";
 
 /// File extension of an (uncompressed) kernel module.
 pub const MODULE_EXT: &str = "ko";
+
+/// File (in [`MODULES_DIR`], same name as in the kernel package) listing the
+/// drivers of [`MODULES`] that this kernel has built in, one path a line
+/// (`kernel/drivers/virtio/virtio.ko`). The image builder packs it, filtered
+/// to [`MODULES`], when the kernel package's `modules.builtin` names any.
+pub const MODULES_BUILTIN_FILE: &str = "modules.builtin";
+
+/// Where the kernel lists its modules, loaded and built in (the latter only
+/// when they have parameters or a version, so absence proves nothing).
+const SYS_MODULE_DIR: &str = "/sys/module";
 
 /// Kernel command-line parameter that sets the agent's vsock port.
 pub const CMDLINE_PORT_PARAM: &str = "ukload.port";
@@ -88,6 +99,9 @@ pub enum Pid1Error {
         target: &'static str,
         err: std::io::Error,
     },
+    /// The driver is neither in the image (`.ko`) nor built into the kernel
+    /// (not in `/sys/module`, not in [`MODULES_BUILTIN_FILE`]).
+    ModuleMissing { module: &'static str, path: String },
     /// The module file could not be opened.
     ModuleOpen {
         module: &'static str,
@@ -125,6 +139,13 @@ impl fmt::Display for Pid1Error {
                 target,
                 err,
             } => write!(f, "mounting {fstype} on {target} failed: mount: {err}"),
+            Pid1Error::ModuleMissing { module, path } => write!(
+                f,
+                "loading {module}.{MODULE_EXT} failed: {path} is not in the image and this \
+                 kernel does not have {module} built in (not in {SYS_MODULE_DIR}, not in \
+                 {MODULES_DIR}/{MODULES_BUILTIN_FILE}); rebuild the image from the same \
+                 kernel's modules (scripts/build-guest-image.sh)"
+            ),
             Pid1Error::ModuleOpen { module, path, err } => {
                 write!(
                     f,
@@ -176,8 +197,24 @@ fn init_steps() -> Result<Pid1Config, Pid1Error> {
     }
     mount_pseudo_filesystems()?;
     ensure_console();
+    let builtin = std::fs::read_to_string(format!("{MODULES_DIR}/{MODULES_BUILTIN_FILE}"))
+        .unwrap_or_default();
     for module in MODULES {
-        load_module(module)?;
+        let found = ModuleFound {
+            ko_in_image: std::path::Path::new(&module_path(module)).exists(),
+            in_sys_module: std::path::Path::new(&format!("{SYS_MODULE_DIR}/{module}")).exists(),
+            in_builtin_list: builtin_list_has(&builtin, module),
+        };
+        match module_action(found) {
+            ModuleAction::Load => load_module(module)?,
+            ModuleAction::BuiltIn => {}
+            ModuleAction::Missing => {
+                return Err(Pid1Error::ModuleMissing {
+                    module,
+                    path: module_path(module),
+                })
+            }
+        }
     }
     let cmdline =
         std::fs::read_to_string(PROC_CMDLINE).map_err(|err| Pid1Error::Cmdline { err })?;
@@ -296,6 +333,54 @@ fn ensure_console() {
 /// Path of a module inside the guest: `/lib/modules/<name>.ko`.
 pub fn module_path(module: &str) -> String {
     format!("{MODULES_DIR}/{module}.{MODULE_EXT}")
+}
+
+/// What PID 1 found about one driver of [`MODULES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModuleFound {
+    /// `/lib/modules/<name>.ko` is in the image.
+    pub ko_in_image: bool,
+    /// `/sys/module/<name>` exists: the driver is built in (or already loaded).
+    pub in_sys_module: bool,
+    /// The image's [`MODULES_BUILTIN_FILE`] lists the driver as built in.
+    pub in_builtin_list: bool,
+}
+
+/// What PID 1 does with one driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleAction {
+    /// Load the `.ko` with `finit_module(2)` (EEXIST is still accepted).
+    Load,
+    /// Nothing to load: the kernel has the driver built in.
+    BuiltIn,
+    /// Neither a `.ko` nor built in: the guest cannot have vsock.
+    Missing,
+}
+
+/// Decides what to do with one driver. Why built-in drivers are recognised
+/// two ways: `/sys/module/<name>` appears for built-in code only when it has
+/// parameters or a version, while the kernel package's `modules.builtin`
+/// lists every built-in driver; a kernel flavor that builds virtio or vsock
+/// in ships no `.ko` for it, and that is fine.
+pub fn module_action(found: ModuleFound) -> ModuleAction {
+    if found.in_sys_module || found.in_builtin_list {
+        ModuleAction::BuiltIn
+    } else if found.ko_in_image {
+        ModuleAction::Load
+    } else {
+        ModuleAction::Missing
+    }
+}
+
+/// Whether a `modules.builtin` text lists `module` (lines are paths such as
+/// `kernel/net/vmw_vsock/vsock.ko`; `-` and `_` are the same in module names).
+pub fn builtin_list_has(list: &str, module: &str) -> bool {
+    let want = module.replace('-', "_");
+    list.lines().any(|line| {
+        let file = line.trim().rsplit('/').next().unwrap_or("");
+        file.strip_suffix(&format!(".{MODULE_EXT}"))
+            .is_some_and(|name| name.replace('-', "_") == want)
+    })
 }
 
 /// Loads one module from [`MODULES_DIR`] with `finit_module(2)` (no userland
@@ -541,6 +626,41 @@ mod tests {
         assert_eq!(module_path("vsock"), "/lib/modules/vsock.ko");
         assert_eq!(MODULES.first(), Some(&"virtio_ring"));
         assert_eq!(MODULES.last(), Some(&"vmw_vsock_virtio_transport"));
+    }
+
+    #[test]
+    fn built_in_drivers_are_not_loaded_and_missing_ones_are_errors() {
+        let f = |ko, sys, list| ModuleFound {
+            ko_in_image: ko,
+            in_sys_module: sys,
+            in_builtin_list: list,
+        };
+        assert_eq!(module_action(f(true, false, false)), ModuleAction::Load);
+        assert_eq!(module_action(f(false, true, false)), ModuleAction::BuiltIn);
+        assert_eq!(module_action(f(false, false, true)), ModuleAction::BuiltIn);
+        // Built in wins over a stray .ko: loading it would fail with EEXIST anyway.
+        assert_eq!(module_action(f(true, true, false)), ModuleAction::BuiltIn);
+        assert_eq!(module_action(f(false, false, false)), ModuleAction::Missing);
+        let err = Pid1Error::ModuleMissing {
+            module: "vsock",
+            path: module_path("vsock"),
+        };
+        let s = err.to_string();
+        assert!(s.starts_with("loading vsock.ko failed:"), "{s}");
+        assert!(
+            s.contains("not in the image") && s.contains("built in"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn builtin_list_matches_whole_module_names() {
+        let list = "kernel/drivers/virtio/virtio.ko\nkernel/drivers/char/hw_random/virtio-rng.ko\n";
+        assert!(builtin_list_has(list, "virtio"));
+        assert!(builtin_list_has(list, "virtio_rng"));
+        assert!(!builtin_list_has(list, "virtio_ring"));
+        assert!(!builtin_list_has(list, "vsock"));
+        assert!(!builtin_list_has("", "virtio"));
     }
 
     #[test]
