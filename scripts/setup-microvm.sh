@@ -19,7 +19,7 @@
 #
 # Layout left in the cache:
 #   vmlinux              uncompressed kernel, slimmed: zero pages are data-less
-#                        segments (cargo run --example slim_vmlinux), so QEMU maps
+#                        segments (`ukload image slim-kernel`), so QEMU maps
 #                        and copies only the non-zero ones
 #   kernel-stamp         "<version> slim" (or "full" without cargo): the kernel is
 #                        in place; a missing or different stamp redoes this step
@@ -202,8 +202,8 @@ slim_vmlinux() {
         printf 'full\n'
         return
     fi
-    (cd "$REPO" && cargo run --quiet --example slim_vmlinux -- "$1" >&2) ||
-        die "slimming $1 failed (cargo run --example slim_vmlinux)"
+    (cd "$REPO" && cargo run --quiet --bin ukload -- image slim-kernel "$1" >&2) ||
+        die "slimming $1 failed (ukload image slim-kernel)"
     printf 'slim\n'
 }
 

@@ -249,6 +249,19 @@ fn cmd_image(a: cli::ImageArgs) -> i32 {
                 EXIT_UNAVAILABLE
             }
         }
+        cli::ImageCmd::SlimKernel(k) => {
+            let out = k.output.unwrap_or_else(|| k.input.clone());
+            match image::slim_kernel(&k.input, &out) {
+                Ok(stats) => {
+                    println!("slim kernel {}: {stats}", out.display());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("ukload: {e}");
+                    EXIT_FAIL
+                }
+            }
+        }
         cli::ImageCmd::Build(b) => {
             let paths = ImagePaths::cached();
             let guest = b.guest.unwrap_or_else(|| paths.guest_bin.clone());
