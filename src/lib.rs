@@ -18,6 +18,9 @@
 //! - [`instances`]: `ukload ps` and `ukload cleanup` across runs.
 //! - [`cycles`]: `ukload cycles`, spawn → boot → terminate repeated, leak checks.
 
+// Every unsafe block says why it is sound (as Firecracker does).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod cid;
 pub mod clock;
 pub mod cycles;

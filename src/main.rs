@@ -1,5 +1,8 @@
 //! `ukload`: parses the command line and dispatches. The work is in the library.
 
+// Every unsafe block says why it is sound (as Firecracker does).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod cli;
 
 use argh::FromArgs;

@@ -420,15 +420,13 @@ fn cleanup_leaves_live_runs_alone_unless_asked() {
     let mut g = RunGuard::new("cleanup-live");
     let lock = harness_lock(&runs.0, &g.run);
     // SAFETY: flock on a file we own; LOCK_NB never blocks.
-    assert_eq!(
-        unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&lock),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
-        },
-        0
-    );
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&lock),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(rc, 0);
     assert!(instances::harness_alive_in(&runs.0, &g.run));
     let l = g.spawn_sh("sleep 30 & exit 0", Some(0), None);
     g.wait_child_exit(l);

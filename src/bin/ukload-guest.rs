@@ -9,6 +9,9 @@
 //! Exit codes: 0 after a `shutdown` request, 1 when serving fails, 64
 //! (EX_USAGE) for bad arguments.
 
+// Every unsafe block says why it is sound (as Firecracker does).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
