@@ -36,8 +36,12 @@
 #   UKLOAD_KEEP_KERNEL_BUILD  1: keep the scratch directory after a successful build
 #   UKLOAD_KERNEL_JOBS        make -j value (default: nproc)
 #
-# Exit status: 0 when the kernel is in the cache, non-zero with a message
-# naming the failed step otherwise.
+# Usage:
+#   scripts/build-minimal-kernel.sh           build unless the cache is current
+#   scripts/build-minimal-kernel.sh --check   only say whether the cache is current
+#
+# Exit status: 0 when the kernel is in the cache; with --check, 3 when a build
+# is needed; 1 with a message naming the failed step otherwise.
 set -euo pipefail
 
 readonly SOURCE_PACKAGE=linux-source-6.1
@@ -54,6 +58,8 @@ readonly ARCH=x86_64
 # (the fragment's own changes are caught by its hash).
 readonly RECIPE=r1
 readonly FLAVOR=minimal
+# Exit status of --check when the cache needs a build.
+readonly EXIT_STALE=3
 # Reproducible build metadata (shown by `uname -v` in the guest).
 readonly BUILD_USER=ukload
 readonly BUILD_HOST=ukload
@@ -211,6 +217,16 @@ slim() {
 }
 
 main() {
+    local check_only=0
+    case "${1:-}" in
+    "") ;;
+    --check) check_only=1 ;;
+    -h | --help)
+        sed -n '2,45p' "${BASH_SOURCE[0]}"
+        return
+        ;;
+    *) die "unknown argument $1 (expected --check or nothing)" ;;
+    esac
     say "cache directory: $CACHE_DIR, scratch directory: $BUILD_DIR"
     [ -f "$FRAGMENT" ] || die "configuration fragment $FRAGMENT is missing"
     local version
@@ -218,6 +234,10 @@ main() {
     if [ -n "$version" ] && cached_is_current "$version"; then
         say "kernel: $(cat "$CACHE_DIR/kernel-version") ($FLAVOR, $SOURCE_PACKAGE $version) already cached in $CACHE_DIR"
         return
+    fi
+    if [ "$check_only" -eq 1 ]; then
+        say "kernel: the cache holds no current $FLAVOR kernel (stamp: $(cat "$CACHE_DIR/kernel-stamp" 2>/dev/null || printf none)): a build is needed"
+        exit "$EXIT_STALE"
     fi
     step_tools
     version="$(source_version)"
