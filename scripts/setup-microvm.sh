@@ -12,6 +12,11 @@
 #      entry: QEMU boots it directly with -kernel, no TCG decompression) and the
 #      virtio / vsock modules, decompressed and flat, so the guest needs no
 #      decompressor;
+#      or, with UKLOAD_KERNEL_FLAVOR=minimal, a kernel built from Debian's
+#      linux-source-6.1 with scripts/guest-kernel.config by
+#      scripts/build-minimal-kernel.sh (4-7 minutes once; no modules: the cache
+#      then holds vmlinux, kernel-version, kernel-stamp, kernel-config and
+#      modules/modules.builtin only);
 #   3. vhost-device-vsock (rust-vmm) with `cargo install --locked`.
 #
 # Cache directory: $UKLOAD_CACHE_DIR, else ${XDG_CACHE_HOME:-$HOME/.cache}/ukload
