@@ -300,6 +300,8 @@ step_kernel() {
     rm -rf "$CACHE_DIR/modules"
     mv "$staged" "$CACHE_DIR/modules"
     printf '%s\n' "$version" >"$CACHE_DIR/kernel-version"
+    # Left by the minimal flavor; it would describe another kernel.
+    rm -f "$CACHE_DIR/kernel-config"
     printf '%s %s\n' "$version" "$layout" >"$CACHE_DIR/$STAMP_FILE"
     rm -rf "$root"
     say "kernel: cached $version: vmlinux ($layout, $(($(stat -c %s "$CACHE_DIR/vmlinux") / 1048576)) MiB), $count modules in $CACHE_DIR/modules"
