@@ -12,6 +12,11 @@
 #      entry: QEMU boots it directly with -kernel, no TCG decompression) and the
 #      virtio / vsock modules, decompressed and flat, so the guest needs no
 #      decompressor;
+#      or, with UKLOAD_KERNEL_FLAVOR=minimal, a kernel built from Debian's
+#      linux-source-6.1 with scripts/guest-kernel.config by
+#      scripts/build-minimal-kernel.sh (4-7 minutes once; no modules: the cache
+#      then holds vmlinux, kernel-version, kernel-stamp, kernel-config and
+#      modules/modules.builtin only);
 #   3. vhost-device-vsock (rust-vmm) with `cargo install --locked`.
 #
 # Cache directory: $UKLOAD_CACHE_DIR, else ${XDG_CACHE_HOME:-$HOME/.cache}/ukload
@@ -53,13 +58,18 @@ readonly SIZE_TRAILER_LEN=4
 # (linux-image-amd64).
 # cloud-6.12 and generic-6.12 follow Debian 12's 6.12 kernel series
 # (linux-image-6.12-cloud-amd64, linux-image-6.12-amd64).
-readonly KERNEL_FLAVORS="cloud, generic, cloud-6.12 or generic-6.12"
+# minimal is not a Debian package: scripts/build-minimal-kernel.sh builds it
+# from Debian's linux-source-6.1 with scripts/guest-kernel.config (about 4
+# minutes on 2 cores, once; everything built in, no modules).
+readonly KERNEL_FLAVORS="cloud, generic, cloud-6.12, generic-6.12 or minimal"
 KERNEL_FLAVOR="${UKLOAD_KERNEL_FLAVOR:-cloud}"
 readonly KERNEL_FLAVOR
 # Directories (relative to lib/modules/<version>/kernel) holding the modules the
 # guest loads; the exact list and order live in src/guest/pid1.rs (MODULES).
 readonly MODULE_DIRS=(drivers/virtio net/vmw_vsock)
 
+# Source package of the minimal flavor (scripts/build-minimal-kernel.sh).
+readonly MINIMAL_SOURCE_PACKAGE=linux-source-6.1
 # Records "<kernel version> <slim|full>" once the kernel is fully in place.
 readonly STAMP_FILE=kernel-stamp
 # The kernel package's list of built-in drivers (copied into modules/).
@@ -124,6 +134,7 @@ kernel_metapackage() {
     generic) printf 'linux-image-amd64\n' ;;
     cloud-6.12) printf 'linux-image-6.12-cloud-amd64\n' ;;
     generic-6.12) printf 'linux-image-6.12-amd64\n' ;;
+    minimal) printf '%s\n' "$MINIMAL_SOURCE_PACKAGE" ;;
     *) die "UKLOAD_KERNEL_FLAVOR=$KERNEL_FLAVOR: expected $KERNEL_FLAVORS" ;;
     esac
 }
@@ -207,7 +218,18 @@ slim_vmlinux() {
     printf 'slim\n'
 }
 
+# The minimal flavor: built from source by its own script, which keeps its own
+# stamp and skips the build while the cached kernel is current.
+step_minimal_kernel() {
+    UKLOAD_CACHE_DIR="$CACHE_DIR" bash "$REPO/scripts/build-minimal-kernel.sh" ||
+        die "building the minimal kernel failed (scripts/build-minimal-kernel.sh)"
+}
+
 step_kernel() {
+    if [ "$KERNEL_FLAVOR" = minimal ]; then
+        step_minimal_kernel
+        return
+    fi
     local pkg version want_layout=slim
     pkg="$(kernel_package)"
     version="${pkg#linux-image-}"
@@ -278,6 +300,8 @@ step_kernel() {
     rm -rf "$CACHE_DIR/modules"
     mv "$staged" "$CACHE_DIR/modules"
     printf '%s\n' "$version" >"$CACHE_DIR/kernel-version"
+    # Left by the minimal flavor; it would describe another kernel.
+    rm -f "$CACHE_DIR/kernel-config"
     printf '%s %s\n' "$version" "$layout" >"$CACHE_DIR/$STAMP_FILE"
     rm -rf "$root"
     say "kernel: cached $version: vmlinux ($layout, $(($(stat -c %s "$CACHE_DIR/vmlinux") / 1048576)) MiB), $count modules in $CACHE_DIR/modules"

@@ -745,3 +745,235 @@ fn the_cached_kernel_slims_to_the_same_memory_image() {
         .filter(|p| p.0 == PT_LOAD && p.3 == 0)
         .all(|p| p.4 >= image::SLIM_MIN_ZERO_RUN));
 }
+
+// --- minimal kernel (scripts/build-minimal-kernel.sh) ----------------------------
+
+/// The configuration fragment of the minimal guest kernel.
+fn fragment_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/guest-kernel.config")
+}
+
+/// The fragment as symbol -> value ("n" for `# CONFIG_X is not set`). Panics
+/// on a line that is neither a comment, blank, nor a Kconfig assignment, and on
+/// a symbol set twice (the later line would silently win).
+fn parse_fragment(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let (sym, val) = if let Some(rest) = line.strip_prefix("# CONFIG_") {
+            match rest.strip_suffix(" is not set") {
+                Some(sym) => (format!("CONFIG_{sym}"), "n".to_string()),
+                None => continue,
+            }
+        } else if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        } else {
+            let (sym, val) = line
+                .split_once('=')
+                .unwrap_or_else(|| panic!("line {}: not an assignment: {line:?}", n + 1));
+            assert!(sym.starts_with("CONFIG_"), "line {}: {line:?}", n + 1);
+            (sym.to_string(), val.to_string())
+        };
+        assert!(
+            out.insert(sym.clone(), val).is_none(),
+            "line {}: {sym} is set twice",
+            n + 1
+        );
+    }
+    out
+}
+
+/// The fragment symbol that brings each driver of pid1's MODULES into the
+/// kernel (the other symbols they need are selected by these).
+const DRIVER_SYMBOLS: &[(&str, &str)] = &[
+    ("virtio_ring", "CONFIG_VIRTIO_MMIO"),
+    ("virtio", "CONFIG_VIRTIO_MMIO"),
+    ("virtio_pci_modern_dev", "CONFIG_VIRTIO_PCI"),
+    ("virtio_pci_legacy_dev", "CONFIG_VIRTIO_PCI_LEGACY"),
+    ("virtio_pci", "CONFIG_VIRTIO_PCI"),
+    ("virtio_mmio", "CONFIG_VIRTIO_MMIO"),
+    ("vsock", "CONFIG_VSOCKETS"),
+    (
+        "vmw_vsock_virtio_transport_common",
+        "CONFIG_VIRTIO_VSOCKETS",
+    ),
+    ("vmw_vsock_virtio_transport", "CONFIG_VIRTIO_VSOCKETS"),
+];
+
+#[test]
+fn the_minimal_kernel_fragment_builds_every_guest_driver_in_and_has_no_modules() {
+    let text = fs::read_to_string(fragment_path()).expect("scripts/guest-kernel.config");
+    let frag = parse_fragment(&text);
+    assert_eq!(
+        frag.get("CONFIG_MODULES").map(String::as_str),
+        Some("n"),
+        "no module loader: every driver is built in"
+    );
+    assert!(
+        frag.values().all(|v| v != "m"),
+        "nothing may be a module: {frag:?}"
+    );
+    let listed: Vec<&str> = DRIVER_SYMBOLS.iter().map(|(m, _)| *m).collect();
+    assert_eq!(listed, MODULES, "DRIVER_SYMBOLS follows pid1::MODULES");
+    for (module, sym) in DRIVER_SYMBOLS {
+        assert_eq!(
+            frag.get(*sym).map(String::as_str),
+            Some("y"),
+            "{module} needs {sym}=y"
+        );
+    }
+    // What the boot itself needs: QEMU's PVH entry, ACPI for microvm's device
+    // description, the serial console (with its ACPI/PNP driver), the initramfs.
+    for sym in [
+        "CONFIG_64BIT",
+        "CONFIG_PVH",
+        "CONFIG_ACPI",
+        "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES",
+        "CONFIG_SERIAL_8250_CONSOLE",
+        "CONFIG_SERIAL_8250_PNP",
+        "CONFIG_BLK_DEV_INITRD",
+        "CONFIG_BINFMT_ELF",
+        "CONFIG_DEVTMPFS",
+        "CONFIG_PROC_FS",
+        "CONFIG_SYSFS",
+        "CONFIG_FUTEX",
+        "CONFIG_UNIX",
+    ] {
+        assert_eq!(frag.get(sym).map(String::as_str), Some("y"), "{sym}");
+    }
+}
+
+#[test]
+fn a_fragment_that_sets_a_symbol_twice_is_refused() {
+    let r = std::panic::catch_unwind(|| parse_fragment("CONFIG_A=y\n# CONFIG_A is not set\n"));
+    assert!(r.is_err());
+    let ok = parse_fragment("# comment\n\nCONFIG_A=y\n# CONFIG_B is not set\n");
+    assert_eq!(ok.get("CONFIG_A").map(String::as_str), Some("y"));
+    assert_eq!(ok.get("CONFIG_B").map(String::as_str), Some("n"));
+}
+
+/// The image cache, when it holds the minimal kernel (kernel-stamp says so).
+fn cached_minimal_kernel() -> Option<image::ImagePaths> {
+    let paths = image::ImagePaths::cached();
+    let dir = paths.kernel.parent()?.to_path_buf();
+    let stamp = fs::read_to_string(dir.join("kernel-stamp")).ok()?;
+    if stamp.split_whitespace().nth(1) == Some("minimal") {
+        Some(paths)
+    } else {
+        eprintln!("SKIPPED: the image cache holds no minimal kernel (stamp {stamp:?})");
+        None
+    }
+}
+
+#[test]
+fn a_cached_minimal_kernel_has_every_guest_driver_built_in_and_an_image_without_modules() {
+    let Some(paths) = cached_minimal_kernel() else {
+        return;
+    };
+    let list = fs::read_to_string(paths.modules_dir.join("modules.builtin")).unwrap();
+    for m in MODULES {
+        assert!(
+            ukload::guest::pid1::builtin_list_has(&list, m),
+            "{m} not built in: {list}"
+        );
+    }
+    let kos: Vec<_> = fs::read_dir(&paths.modules_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".ko"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        kos.is_empty(),
+        "a kernel without modules has no .ko: {kos:?}"
+    );
+    let dir = paths.kernel.parent().unwrap();
+    let config = fs::read_to_string(dir.join("kernel-config")).unwrap();
+    assert!(config.lines().any(|l| l == "# CONFIG_MODULES is not set"));
+    // Every line of the fragment made it into the kernel's .config.
+    for (sym, val) in parse_fragment(&fs::read_to_string(fragment_path()).unwrap()) {
+        let want = if val == "n" {
+            format!("# {sym} is not set")
+        } else {
+            format!("{sym}={val}")
+        };
+        assert!(
+            config.lines().any(|l| l == want),
+            "{want} not in kernel-config"
+        );
+    }
+
+    // The image built from this cache: no module files, all nine drivers
+    // listed for PID 1 as built in.
+    let s = Scratch::new("minimal-image");
+    let out = s.0.join("initramfs.cpio");
+    let guest = s.0.join("guest");
+    fs::write(&guest, fake_elf(PT_LOAD, b"static guest")).unwrap();
+    build_initramfs(&guest, &paths.modules_dir, &out).expect("image from the minimal kernel");
+    let entries = read_newc(&fs::read(&out).unwrap());
+    assert!(entries.iter().all(|e| !e.name.ends_with(".ko")));
+    let listed = entries
+        .iter()
+        .find(|e| e.name == "lib/modules/modules.builtin")
+        .expect("the builtin list for PID 1");
+    let listed = std::str::from_utf8(&listed.data).unwrap();
+    assert_eq!(listed.lines().count(), MODULES.len(), "{listed}");
+}
+
+/// `build-minimal-kernel.sh --check` against a copy of the cache: current as it
+/// is (and then it touches nothing), stale once the stamp differs.
+#[test]
+fn the_minimal_kernel_build_is_skipped_while_the_cache_is_current() {
+    let Some(paths) = cached_minimal_kernel() else {
+        return;
+    };
+    let src = paths.kernel.parent().unwrap();
+    let s = Scratch::new("minimal-check");
+    fs::create_dir_all(s.0.join("modules")).unwrap();
+    for f in ["vmlinux", "kernel-version", "kernel-stamp", "kernel-config"] {
+        fs::copy(src.join(f), s.0.join(f)).unwrap();
+    }
+    fs::copy(
+        paths.modules_dir.join("modules.builtin"),
+        s.0.join("modules/modules.builtin"),
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-minimal-kernel.sh");
+    let check = |args: &[&str]| {
+        Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .env("UKLOAD_CACHE_DIR", &s.0)
+            .output()
+            .expect("run build-minimal-kernel.sh")
+    };
+    let before = fs::metadata(s.0.join("vmlinux"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    // Without --check too: a current cache is a no-op (no build, no apt).
+    for args in [&["--check"][..], &[][..]] {
+        let out = check(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        assert!(err.contains("already cached"), "{err}");
+    }
+    let after = fs::metadata(s.0.join("vmlinux"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(before, after, "a current cache is left alone");
+
+    let stamp = fs::read_to_string(s.0.join("kernel-stamp")).unwrap();
+    fs::write(
+        s.0.join("kernel-stamp"),
+        stamp.replace(" minimal ", " other "),
+    )
+    .unwrap();
+    let out = check(&["--check"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a different stamp needs a build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -109,6 +109,8 @@ pub enum Pid1Error {
         err: std::io::Error,
     },
     /// `finit_module(2)` refused the module (EEXIST, built in, is not an error).
+    /// ENOSYS means a kernel without a module loader (the minimal kernel of
+    /// scripts/build-minimal-kernel.sh): every driver must be built in there.
     ModuleLoad {
         module: &'static str,
         err: std::io::Error,
@@ -150,6 +152,15 @@ impl fmt::Display for Pid1Error {
                 write!(
                     f,
                     "loading {module}.{MODULE_EXT} failed: open {path}: {err}"
+                )
+            }
+            Pid1Error::ModuleLoad { module, err } if err.raw_os_error() == Some(libc::ENOSYS) => {
+                write!(
+                    f,
+                    "loading {module}.{MODULE_EXT} failed: finit_module: {err}: this kernel \
+                     has no module loader (CONFIG_MODULES off), so {module} must be built in, \
+                     and it is not listed in {MODULES_DIR}/{MODULES_BUILTIN_FILE}; rebuild the \
+                     image from the same kernel (scripts/build-guest-image.sh)"
                 )
             }
             Pid1Error::ModuleLoad { module, err } => {
@@ -672,6 +683,24 @@ mod tests {
         let s = err.to_string();
         assert!(
             s.starts_with("loading vsock.ko failed: finit_module:"),
+            "{s}"
+        );
+        assert!(!s.contains("module loader"), "{s}");
+    }
+
+    #[test]
+    fn a_kernel_without_module_loader_is_named_in_the_error() {
+        let err = Pid1Error::ModuleLoad {
+            module: "vsock",
+            err: std::io::Error::from_raw_os_error(libc::ENOSYS),
+        };
+        let s = err.to_string();
+        assert!(
+            s.starts_with("loading vsock.ko failed: finit_module:"),
+            "{s}"
+        );
+        assert!(
+            s.contains("no module loader") && s.contains("vsock must be built in"),
             "{s}"
         );
     }
