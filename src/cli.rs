@@ -193,7 +193,7 @@ pub struct RunArgs {
     /// qemu launcher: auto (default), vhost-user (vhost-device-vsock) or vhost (kernel)
     pub vsock_backend: Option<String>,
     #[argh(option)]
-    /// qemu launcher: TCG translation cache in MiB (default 16)
+    /// qemu launcher: TCG translation cache in MiB (default 8; use 16 with a Debian kernel)
     pub tb_size_mb: Option<String>,
     #[argh(option)]
     /// qemu launcher: extra kernel command-line word (repeatable)
