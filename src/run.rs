@@ -559,15 +559,7 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         memory_mb: cfg.launcher.memory_mb,
         log: log.clone(),
     };
-    let fail = |msg: String| Outcome {
-        index,
-        pid: None,
-        pgid: None,
-        spawn_ms: None,
-        started_mono_ns: 0,
-        endpoint: None,
-        ready: Err(msg),
-    };
+    let fail = |msg: String| started_fail(index, None, msg);
     let plan = cfg.launcher.plan(&ctx);
     let log_file = match File::options()
         .create(true)
@@ -739,8 +731,8 @@ fn wait_for_path(
     }
 }
 
-/// A failure after some process of the instance was started: report its
-/// pid and group so that cleanup ends it.
+/// A failed start. When some process of the instance was already started
+/// (`first`), its pid and group are reported so that cleanup ends it.
 fn started_fail(index: u32, first: Option<&crate::supervisor::Child>, msg: String) -> Outcome {
     Outcome {
         index,
