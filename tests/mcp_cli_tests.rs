@@ -6,9 +6,10 @@
 //!
 //! Tests that need Node.js print "skipped: node not found" and pass without it.
 
+#[macro_use]
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,25 +23,7 @@ const SOON: Duration = Duration::from_secs(15);
 /// Pause between polls.
 const POLL: Duration = Duration::from_millis(20);
 
-fn node_available() -> bool {
-    Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-macro_rules! require_node {
-    () => {
-        if !node_available() {
-            eprintln!("skipped: node not found");
-            return;
-        }
-    };
-}
-
-fn echo_server() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/test_mcp_servers/echo_server.js")
-}
+use common::echo_server;
 
 fn stdio_cmd() -> String {
     format!("node {}", echo_server().display())

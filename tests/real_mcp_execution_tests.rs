@@ -9,6 +9,7 @@
 //! `ukload-guest --mcp-server` -> hybrid vsock -> bridge -> echo_server.js ->
 //! result back, then checks no process carrying the test's marker is left.
 
+#[macro_use]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -26,25 +27,7 @@ use ukload::vsock::{self, Endpoint};
 /// Deadline of an ordinary tool call (generous: the machine is shared).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn node_available() -> bool {
-    Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-macro_rules! require_node {
-    () => {
-        if !node_available() {
-            eprintln!("skipped: node not found");
-            return;
-        }
-    };
-}
-
-fn echo_server() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/test_mcp_servers/echo_server.js")
-}
+use common::echo_server;
 
 fn argv(extra: &[&str]) -> Vec<String> {
     let mut argv = vec!["node".to_string(), echo_server().display().to_string()];

@@ -32,17 +32,19 @@ fn assert_clean(doc: &serde_json::Value) {
 fn twenty_instances_boot_and_each_boot_time_matches_the_guests_own_clock() {
     let _slot = exclusive_slot();
     let dir = TempDir::new("twenty");
-    let mut cmd = ukload(dir.path());
-    cmd.args(run_args(dir.path(), 20)).args([
-        "--launcher",
-        "process",
-        "--guest-boot-delay-ms",
-        "200",
-        "--max-boot-ms",
-        "60000",
-    ]);
-    let out = output_within(cmd, RUN_DEADLINE);
-    let doc = json_of(&out);
+    let (out, doc) = run_report(
+        dir.path(),
+        20,
+        &[
+            "--launcher",
+            "process",
+            "--guest-boot-delay-ms",
+            "200",
+            "--max-boot-ms",
+            "60000",
+        ],
+        RUN_DEADLINE,
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -499,11 +501,12 @@ fn missing_kraft_exits_69_and_says_how_to_install() {
 fn length_framing_boots_with_the_seeds_wire_format() {
     let _slot = shared_slot();
     let dir = TempDir::new("lenframe");
-    let mut cmd = ukload(dir.path());
-    cmd.args(run_args(dir.path(), 3))
-        .args(["--framing", "length", "--max-boot-ms", "60000"]);
-    let out = output_within(cmd, RUN_DEADLINE);
-    let doc = json_of(&out);
+    let (out, doc) = run_report(
+        dir.path(),
+        3,
+        &["--framing", "length", "--max-boot-ms", "60000"],
+        RUN_DEADLINE,
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -549,19 +552,21 @@ fn exec_launcher_runs_a_template_and_probes_its_uds() {
 fn tool_call_phase_executes_the_tool_in_every_instance_and_reports_latency() {
     let _slot = shared_slot();
     let dir = TempDir::new("toolcall");
-    let mut cmd = ukload(dir.path());
-    cmd.args(run_args(dir.path(), 10)).args([
-        "--tool-call",
-        r#"add:{"a":2,"b":3}"#,
-        "--tool-expect",
-        "2 + 3 = 5",
-        "--max-boot-ms",
-        "60000",
-        "--max-tool-ms",
-        "10000",
-    ]);
-    let out = output_within(cmd, RUN_DEADLINE);
-    let doc = json_of(&out);
+    let (out, doc) = run_report(
+        dir.path(),
+        10,
+        &[
+            "--tool-call",
+            r#"add:{"a":2,"b":3}"#,
+            "--tool-expect",
+            "2 + 3 = 5",
+            "--max-boot-ms",
+            "60000",
+            "--max-tool-ms",
+            "10000",
+        ],
+        RUN_DEADLINE,
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -619,17 +624,19 @@ fn failed_or_wrong_tool_results_count_against_the_verdict() {
 fn tool_call_without_arguments_fills_the_required_ones_from_the_schema() {
     let _slot = shared_slot();
     let dir = TempDir::new("toolsample");
-    let mut cmd = ukload(dir.path());
-    cmd.args(run_args(dir.path(), 3)).args([
-        "--tool-call",
-        "echo",
-        "--max-boot-ms",
-        "60000",
-        "--max-tool-ms",
-        "10000",
-    ]);
-    let out = output_within(cmd, RUN_DEADLINE);
-    let doc = json_of(&out);
+    let (out, doc) = run_report(
+        dir.path(),
+        3,
+        &[
+            "--tool-call",
+            "echo",
+            "--max-boot-ms",
+            "60000",
+            "--max-tool-ms",
+            "10000",
+        ],
+        RUN_DEADLINE,
+    );
     assert_eq!(out.status.code(), Some(0), "{doc:#}");
     for i in instances(&doc) {
         assert_eq!(i["tool_result"], "Echo: ukload");

@@ -187,3 +187,42 @@ pub fn shared_slot() -> std::sync::RwLockReadGuard<'static, ()> {
 pub fn exclusive_slot() -> std::sync::RwLockWriteGuard<'static, ()> {
     EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Whether Node.js (for the echo MCP server) is installed.
+pub fn node_available() -> bool {
+    Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Returns from the test, saying why, when Node.js is missing.
+#[allow(unused_macros)]
+macro_rules! require_node {
+    () => {
+        if !common::node_available() {
+            eprintln!("skipped: node not found");
+            return;
+        }
+    };
+}
+
+/// The echo MCP test server.
+pub fn echo_server() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/test_mcp_servers/echo_server.js")
+}
+
+/// Runs `ukload run COUNT` isolated in `dir` (JSON, quiet, logs in `dir`)
+/// with `extra` flags; returns the process output and the parsed report.
+pub fn run_report(
+    dir: &Path,
+    count: u32,
+    extra: &[&str],
+    deadline: Duration,
+) -> (Output, serde_json::Value) {
+    let mut cmd = ukload(dir);
+    cmd.args(run_args(dir, count)).args(extra);
+    let out = output_within(cmd, deadline);
+    let doc = json_of(&out);
+    (out, doc)
+}
