@@ -254,7 +254,7 @@ pub fn run_cycles(
             None => succeeded += 1,
             Some(why) => {
                 if cfg.progress {
-                    eprintln!("cycle {n}/{}: FAILED: {why}", cfg.cycles);
+                    crate::status!("cycle {n}/{}: FAILED: {why}", cfg.cycles);
                 }
                 if failures.len() < FAILURES_KEPT {
                     failures.push(format!("cycle {n}: {why}"));
@@ -262,7 +262,7 @@ pub fn run_cycles(
             }
         }
         if cfg.progress && n % PROGRESS_EVERY == 0 {
-            eprintln!(
+            crate::status!(
                 "cycle {n}/{}: {succeeded} clean so far, {} fds, {} threads",
                 cfg.cycles,
                 sample().map_or(0, |s| s.fds),

@@ -27,9 +27,9 @@ fn main() {
             }
             eprint!("ukload: {}", early.output);
             if !early.output.ends_with('\n') {
-                eprintln!();
+                ukload::status!();
             }
-            eprintln!("Run `ukload help` or `ukload <command> --help` for usage.");
+            ukload::status!("Run `ukload help` or `ukload <command> --help` for usage.");
             std::process::exit(EXIT_USAGE);
         }
     };
@@ -64,7 +64,7 @@ fn split_equals(args: Vec<String>) -> Vec<String> {
 }
 
 fn usage(msg: &str) -> i32 {
-    eprintln!("ukload: {msg}");
+    ukload::status!("ukload: {msg}");
     EXIT_USAGE
 }
 
@@ -84,11 +84,11 @@ impl Harness {
     fn start() -> Result<Harness, i32> {
         let run_id = run::new_run_id();
         let dog = watchdog::start(&run_id).map_err(|e| {
-            eprintln!("ukload: cannot start the watchdog process: {e}");
+            ukload::status!("ukload: cannot start the watchdog process: {e}");
             EXIT_FAIL
         })?;
         let sup = Supervisor::init().map_err(|e| {
-            eprintln!("ukload: cannot become a child subreaper / start the reaper: {e}");
+            ukload::status!("ukload: cannot become a child subreaper / start the reaper: {e}");
             EXIT_FAIL
         })?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -157,7 +157,7 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
             h.exit_code(run::exit_code(&r, &cfg))
         }
         Err(e) => {
-            eprintln!("ukload: {e}");
+            ukload::status!("ukload: {e}");
             run_error_code(&e)
         }
     };
@@ -210,7 +210,7 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
     };
     let run_id = &h.run_id;
     if cfg.progress {
-        eprintln!(
+        ukload::status!(
             "cycles: {} cycle(s) of {} instance(s) (run {run_id})",
             cfg.cycles, cfg.run.count
         );
@@ -227,12 +227,12 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
             };
             let _ = out.flush();
             for l in &r.leaks {
-                eprintln!("ukload: cycles: leak: {l}");
+                ukload::status!("ukload: cycles: leak: {l}");
             }
             h.exit_code(r.exit_code())
         }
         Err(e) => {
-            eprintln!("ukload: {e}");
+            ukload::status!("ukload: {e}");
             run_error_code(&e)
         }
     };
@@ -260,7 +260,7 @@ fn cmd_image(a: cli::ImageArgs) -> i32 {
                     0
                 }
                 Err(e) => {
-                    eprintln!("ukload: {e}");
+                    ukload::status!("ukload: {e}");
                     EXIT_FAIL
                 }
             }
@@ -269,7 +269,7 @@ fn cmd_image(a: cli::ImageArgs) -> i32 {
             let paths = ImagePaths::cached();
             let guest = b.guest.unwrap_or_else(|| paths.guest_bin.clone());
             if !guest.is_file() {
-                eprintln!(
+                ukload::status!(
                     "ukload: guest binary {} not found: build it with `bash scripts/build-guest-image.sh` \
                      (or name a static ukload-guest with --guest PATH)",
                     guest.display()
@@ -282,7 +282,7 @@ fn cmd_image(a: cli::ImageArgs) -> i32 {
                     0
                 }
                 Err(e) => {
-                    eprintln!("ukload: {e}");
+                    ukload::status!("ukload: {e}");
                     EXIT_FAIL
                 }
             }

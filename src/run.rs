@@ -300,7 +300,7 @@ pub fn run(
 
     // Phases 1 and 2: a pool of workers, each spawning and then waiting for boot.
     if progress {
-        eprintln!(
+        crate::status!(
             "phase 1: spawning {} instance(s), {} at a time (run {run_id})",
             cfg.count, cfg.concurrency
         );
@@ -367,7 +367,7 @@ pub fn run(
                     inst.reported_cid = probe::cid_in_line(line);
                 }
                 if progress {
-                    eprintln!(
+                    crate::status!(
                         "[{}] booted in {:.1} ms (CID {})",
                         inst.index,
                         inst.boot_ms.unwrap_or(0.0),
@@ -377,7 +377,7 @@ pub fn run(
             }
             Err(e) => {
                 if progress {
-                    eprintln!("[{}] boot failed: {e}", inst.index);
+                    crate::status!("[{}] boot failed: {e}", inst.index);
                 }
                 inst.boot_error = Some(e);
             }
@@ -390,7 +390,7 @@ pub fn run(
     // The tool-call phase: every booted instance executes the tool.
     if let (Some(call), false) = (&cfg.tool_call, stop.load(Ordering::Relaxed)) {
         if progress {
-            eprintln!("tool calls: {} on every booted instance", call.name);
+            crate::status!("tool calls: {} on every booted instance", call.name);
         }
         tool_phase(&cfg, call, &mut instances, &endpoints, &stop);
     }
@@ -398,7 +398,7 @@ pub fn run(
     // Phase 3: memory of every live instance's whole tree.
     if !stop.load(Ordering::Relaxed) {
         if progress {
-            eprintln!("phase 3: measuring memory");
+            crate::status!("phase 3: measuring memory");
         }
         test_pause("memory", &stop);
         let table = crate::proc::table();
@@ -425,7 +425,7 @@ pub fn run(
         })
         .collect();
     if progress {
-        eprintln!("phase 5: cleanup of {} instance(s)", targets.len());
+        crate::status!("phase 5: cleanup of {} instance(s)", targets.len());
     }
     let td = teardown::teardown_interruptible(sup, run_id, &targets, cfg.grace, &stop);
     for t in &td.instances {
@@ -535,8 +535,8 @@ fn tool_phase(
         inst.tool_error = o.error;
         if cfg.progress {
             match (&inst.tool_error, inst.tool_ms) {
-                (None, Some(ms)) => eprintln!("[{i}] tool call in {ms:.2} ms"),
-                (Some(e), _) => eprintln!("[{i}] tool call failed: {e}"),
+                (None, Some(ms)) => crate::status!("[{i}] tool call in {ms:.2} ms"),
+                (Some(e), _) => crate::status!("[{i}] tool call failed: {e}"),
                 _ => {}
             }
         }
@@ -645,7 +645,7 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
     };
     let spawn_ms = t_spawn.elapsed().as_secs_f64() * 1000.0;
     if cfg.progress {
-        eprintln!("[{index}] spawned pid {} with CID {cid}", child.pid);
+        crate::status!("[{index}] spawned pid {} with CID {cid}", child.pid);
     }
     // Boot time counts from the instance's first process.
     let (started, started_mono_ns) = match &first {

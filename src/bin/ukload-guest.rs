@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     match guest::run_agent_mode(cfg, mode) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ukload-guest: {e}");
+            ukload::status!("ukload-guest: {e}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
@@ -91,7 +91,7 @@ fn run_as_pid1() -> ! {
     let p = match pid1::init_as_pid1() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("ukload-guest: PID 1 setup failed: {e}");
+            ukload::status!("ukload-guest: PID 1 setup failed: {e}");
             pid1::poweroff();
         }
     };
@@ -100,7 +100,7 @@ fn run_as_pid1() -> ! {
         ..AgentConfig::default()
     };
     if let Err(e) = guest::run_agent_mode(cfg, builtin_mode()) {
-        eprintln!("ukload-guest: {e}");
+        ukload::status!("ukload-guest: {e}");
     }
     pid1::poweroff();
 }
@@ -153,6 +153,6 @@ fn usage_error(msg: &str) -> ExitCode {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    eprintln!("ukload-guest: {}", one_line.join(" "));
+    ukload::status!("ukload-guest: {}", one_line.join(" "));
     ExitCode::from(EXIT_USAGE)
 }

@@ -290,7 +290,7 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
             Ok(Some(s)) => s,
             Ok(None) => continue,
             Err(e) if is_transient_accept_error(&e) => {
-                eprintln!("ukload-guest: accept on {}: {e} (retrying)", cfg.listen);
+                crate::status!("ukload-guest: accept on {}: {e} (retrying)", cfg.listen);
                 // Bounded pause: the condition (fd or memory exhaustion)
                 // needs time to clear, and poll would report ready at once.
                 std::thread::sleep(ACCEPT_ERROR_BACKOFF);
@@ -304,7 +304,7 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
             }
         };
         if running >= MAX_CONNECTIONS {
-            eprintln!(
+            crate::status!(
                 "ukload-guest: {MAX_CONNECTIONS} connections already open; closing a new one"
             );
             continue;
@@ -319,7 +319,7 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
                     .insert(id, clone);
             }
             Err(e) => {
-                eprintln!("ukload-guest: cannot track a new connection ({e}); closing it");
+                crate::status!("ukload-guest: cannot track a new connection ({e}); closing it");
                 continue;
             }
         }
@@ -342,7 +342,7 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
         match spawned {
             Ok(_) => running += 1,
             Err(e) => {
-                eprintln!("ukload-guest: cannot start a connection thread ({e}); closing it");
+                crate::status!("ukload-guest: cannot start a connection thread ({e}); closing it");
                 shared
                     .live
                     .lock()
@@ -367,7 +367,7 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while running > 0 {
         if done_rx.recv_deadline(deadline).is_err() {
-            eprintln!("ukload-guest: {running} connection(s) still busy at exit");
+            crate::status!("ukload-guest: {running} connection(s) still busy at exit");
             break;
         }
         running -= 1;
@@ -418,7 +418,7 @@ fn resolve_cid(cfg: &AgentConfig) -> Result<Option<u32>, AgentError> {
         ListenAddr::Vsock { .. } => match VsockListener::local_cid() {
             Ok(cid) => Ok(Some(cid)),
             Err(e) => {
-                eprintln!("ukload-guest: cannot learn this guest's CID ({e}); reporting none");
+                crate::status!("ukload-guest: cannot learn this guest's CID ({e}); reporting none");
                 Ok(None)
             }
         },
@@ -451,7 +451,7 @@ fn serve_connection(conn: &AgentConn<'_>, handler: &dyn Handler, stream: Stream)
         .set_read_timeout(Some(IDLE_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
     {
-        eprintln!("ukload-guest: setting connection timeouts: {e}; closing it");
+        crate::status!("ukload-guest: setting connection timeouts: {e}; closing it");
         return;
     }
     let mut reader = FrameReader::new(stream, shared.framing);
@@ -464,7 +464,7 @@ fn serve_connection(conn: &AgentConn<'_>, handler: &dyn Handler, stream: Stream)
             Err(FrameError::Eof) => return,
             Err(FrameError::TimedOut) => {
                 if !shared.stop.load(Ordering::SeqCst) {
-                    eprintln!("ukload-guest: connection idle for {IDLE_TIMEOUT:?}; closing it");
+                    crate::status!("ukload-guest: connection idle for {IDLE_TIMEOUT:?}; closing it");
                 }
                 return;
             }
@@ -486,7 +486,7 @@ fn serve_connection(conn: &AgentConn<'_>, handler: &dyn Handler, stream: Stream)
             Ok(Next::Close) => return,
             Err(e) => {
                 if !shared.stop.load(Ordering::SeqCst) {
-                    eprintln!("ukload-guest: writing a reply: {e}; closing the connection");
+                    crate::status!("ukload-guest: writing a reply: {e}; closing the connection");
                 }
                 return;
             }

@@ -75,7 +75,7 @@ impl ConnectionMode for BridgeMode {
         let mut bridge = match Bridge::new(conn, self, &stream) {
             Ok(b) => b,
             Err(e) => {
-                eprintln!(
+                crate::status!(
                     "ukload-guest: connection {}: setting up the bridge: {e}; closing it",
                     conn.id()
                 );
@@ -133,7 +133,7 @@ impl<'a> Bridge<'a> {
     }
 
     fn log(&self, msg: &str) {
-        eprintln!("ukload-guest: connection {}: {msg}", self.conn.id());
+        crate::status!("ukload-guest: connection {}: {msg}", self.conn.id());
     }
 
     fn send_host(&self, msg: &Value) -> Result<(), FrameError> {
@@ -363,7 +363,7 @@ fn relay_child_output(
             Ok(f) => f,
             Err(FrameError::Eof) => break,
             Err(e) => {
-                eprintln!(
+                crate::status!(
                     "ukload-guest: connection {conn_id}: output of MCP server pid {pid}: {e}; closing it"
                 );
                 break;
@@ -374,7 +374,7 @@ fn relay_child_output(
         }
         *lock(activity) = Instant::now();
         if let Err(e) = write_frame(&mut *lock(writer), framing, &frame) {
-            eprintln!(
+            crate::status!(
                 "ukload-guest: connection {conn_id}: relaying MCP server pid {pid} to the host: {e}; closing it"
             );
             break;

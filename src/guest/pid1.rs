@@ -237,7 +237,7 @@ fn init_steps() -> Result<Pid1Config, Pid1Error> {
 /// Prints one console line with the init prefix. The kernel gives PID 1
 /// `/dev/console` as stdin/stdout/stderr, so stderr is the serial console.
 fn console_line(msg: &str) {
-    eprintln!("{LOG_PREFIX} {msg}");
+    crate::status!("{LOG_PREFIX} {msg}");
 }
 
 /// One pseudo file system PID 1 mounts.

@@ -276,7 +276,7 @@ pub fn run(args: McpArgs) -> i32 {
     match result {
         Ok(code) => code,
         Err(Failure::Usage(Usage(msg))) => {
-            eprintln!("ukload mcp: {msg}");
+            crate::status!("ukload mcp: {msg}");
             EXIT_USAGE
         }
         Err(Failure::Mcp(e)) => report_mcp_error(&e),
@@ -305,11 +305,11 @@ impl From<McpError> for Failure {
 fn report_mcp_error(e: &McpError) -> i32 {
     match e {
         McpError::Rpc { code, message, .. } => {
-            eprintln!("error {code}: {message}");
+            crate::status!("error {code}: {message}");
             EXIT_RPC_ERROR
         }
         other => {
-            eprintln!("ukload mcp: {other}");
+            crate::status!("ukload mcp: {other}");
             EXIT_TRANSPORT
         }
     }
@@ -533,7 +533,7 @@ fn finish(session: Session, code: i32) -> i32 {
     match session.close() {
         Ok(_) => code,
         Err(e) => {
-            eprintln!("ukload mcp: {e}");
+            crate::status!("ukload mcp: {e}");
             if code == EXIT_OK {
                 EXIT_TRANSPORT
             } else {
@@ -630,7 +630,7 @@ fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
         Err(f) => {
             let code = match f {
                 Failure::Usage(Usage(msg)) => {
-                    eprintln!("ukload mcp: {msg}");
+                    crate::status!("ukload mcp: {msg}");
                     EXIT_USAGE
                 }
                 Failure::Mcp(e) => report_mcp_error(&e),
@@ -745,7 +745,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         Err(f) => {
             let code = match f {
                 Failure::Usage(Usage(msg)) => {
-                    eprintln!("ukload mcp: {msg}");
+                    crate::status!("ukload mcp: {msg}");
                     EXIT_USAGE
                 }
                 Failure::Mcp(e) => report_mcp_error(&e),
@@ -797,14 +797,14 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         match w.join() {
             Ok(done) => results.extend(done),
             Err(_) => {
-                eprintln!("ukload mcp: a benchmark thread panicked");
+                crate::status!("ukload mcp: a benchmark thread panicked");
                 return Ok(close_shared(session, EXIT_TRANSPORT));
             }
         }
     }
     let elapsed = start.elapsed();
     if let Some(e) = spawn_error {
-        eprintln!("ukload mcp: cannot start {parallel} benchmark threads: {e}");
+        crate::status!("ukload mcp: cannot start {parallel} benchmark threads: {e}");
         return Ok(close_shared(session, EXIT_TRANSPORT));
     }
 
@@ -875,7 +875,7 @@ fn close_shared(session: Arc<Session>, code: i32) -> i32 {
         Err(shared) => match shared.close() {
             Ok(_) => code,
             Err(e) => {
-                eprintln!("ukload mcp: {e}");
+                crate::status!("ukload mcp: {e}");
                 code.max(EXIT_TRANSPORT)
             }
         },
