@@ -194,28 +194,53 @@ impl CyclesReport {
     }
 }
 
-/// Why one run was not a clean cycle, if it was not.
+/// Why one run was not a clean cycle, if it was not: an instance that did
+/// not boot or died after booting, a process that dropped the run's marker
+/// (contained only by its cgroup), or anything left behind.
 fn cycle_failure(r: &run::RunResult) -> Option<String> {
+    let mut why: Vec<String> = Vec::new();
     let failed: Vec<String> = r
         .instances
         .iter()
         .filter_map(|i| i.boot_error.as_ref().map(|e| format!("[{}] {e}", i.index)))
         .collect();
-    let survivors = r.teardown.as_ref().map_or(0, |t| t.survivors.len());
-    match (failed.is_empty(), survivors) {
-        (true, 0) => None,
-        (true, n) => Some(format!("{n} process(es) left behind")),
-        (false, n) => Some(format!(
-            "{} did not boot: {}{}",
+    if !failed.is_empty() {
+        why.push(format!(
+            "{} did not boot: {}",
             failed.len(),
-            failed.join("; "),
-            if n > 0 {
-                format!("; {n} process(es) left behind")
-            } else {
-                String::new()
-            }
-        )),
+            failed.join("; ")
+        ));
     }
+    let crashed: Vec<String> = r
+        .instances
+        .iter()
+        .filter_map(|i| i.crashed.as_ref().map(|e| format!("[{}] {e}", i.index)))
+        .collect();
+    if !crashed.is_empty() {
+        why.push(format!(
+            "{} died after booting: {}",
+            crashed.len(),
+            crashed.join("; ")
+        ));
+    }
+    if let Some(t) = &r.teardown {
+        let unmarked: usize = t.instances.iter().map(|i| i.unmarked.len()).sum();
+        if unmarked > 0 {
+            why.push(format!(
+                "{unmarked} process(es) dropped the run's marker (escapes, ended by cgroup)"
+            ));
+        }
+        if !t.stragglers.is_empty() {
+            why.push(format!(
+                "{} process(es) outside their instance found by marker",
+                t.stragglers.len()
+            ));
+        }
+        if !t.survivors.is_empty() {
+            why.push(format!("{} process(es) left behind", t.survivors.len()));
+        }
+    }
+    (!why.is_empty()).then(|| why.join("; "))
 }
 
 /// Runs the cycles. `stop` is the SIGINT/SIGTERM flag: the current cycle is

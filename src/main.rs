@@ -83,10 +83,23 @@ struct Harness {
 impl Harness {
     fn start() -> Result<Harness, i32> {
         let run_id = run::new_run_id();
-        let dog = watchdog::start(&run_id).map_err(|e| {
-            ukload::status!("ukload: cannot start the watchdog process: {e}");
-            EXIT_FAIL
+        // Runs whose harness and watchdog both died left their cgroups: end them.
+        for id in ukload::supervisor::cgroup::reap_stale_runs() {
+            ukload::status!("ukload: ended the leftover cgroup of dead run {id}");
+        }
+        let containment = ukload::supervisor::cgroup::Containment::setup(&run_id).map_err(|e| {
+            ukload::status!("ukload: {e}");
+            EXIT_UNAVAILABLE
         })?;
+        let containment = ukload::supervisor::set_containment(containment);
+        let dog =
+            watchdog::start(&run_id, containment.run_cgroup().map(|c| c.path())).map_err(|e| {
+                ukload::status!("ukload: cannot start the watchdog process: {e}");
+                if let Some(c) = containment.run_cgroup() {
+                    let _ = c.cgroup().remove();
+                }
+                EXIT_FAIL
+            })?;
         let sup = Supervisor::init().map_err(|e| {
             ukload::status!("ukload: cannot become a child subreaper / start the reaper: {e}");
             EXIT_FAIL
@@ -110,6 +123,23 @@ impl Harness {
             stop,
             term,
         })
+    }
+
+    /// Normal end: the run's cgroup (empty after teardown) is removed, then
+    /// the watchdog is let go.
+    fn finish(self) {
+        if let Some(c) = ukload::supervisor::run_cgroup() {
+            let left = c.cgroup().procs_recursive();
+            if !left.is_empty() {
+                ukload::status!(
+                    "ukload: {} process(es) still in the run's cgroup at exit: killing them",
+                    left.len()
+                );
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            c.kill_and_remove(deadline);
+        }
+        self.dog.finish();
     }
 
     /// The exit code: 128+signal when interrupted, else `verdict`.
@@ -161,7 +191,7 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
             run_error_code(&e)
         }
     };
-    h.dog.finish();
+    h.finish();
     code
 }
 
@@ -212,7 +242,8 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
     if cfg.progress {
         ukload::status!(
             "cycles: {} cycle(s) of {} instance(s) (run {run_id})",
-            cfg.cycles, cfg.run.count
+            cfg.cycles,
+            cfg.run.count
         );
     }
     let code = match ukload::cycles::run_cycles(&cfg, run_id, h.sup, h.stop.clone()) {
@@ -236,7 +267,7 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
             run_error_code(&e)
         }
     };
-    h.dog.finish();
+    h.finish();
     code
 }
 

@@ -141,6 +141,14 @@ pub struct Summary {
     pub tool_failed: Vec<u32>,
     pub cids: CidCheck,
     pub survivors: usize,
+    /// Booted instances that died before cleanup.
+    pub crashed: Vec<u32>,
+    /// Instances that needed SIGKILL after the grace period.
+    pub killed: Vec<u32>,
+    /// Processes found in instance cgroups without the run's marker.
+    pub unmarked: usize,
+    /// How instances were contained.
+    pub containment: String,
 }
 
 fn mem_mb(i: &Instance, m: MemMetric) -> Option<f64> {
@@ -188,12 +196,37 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
         .map(|i| i.index)
         .collect();
     let survivors = r.teardown.as_ref().map(|t| t.survivors.len()).unwrap_or(0);
+    let crashed: Vec<u32> = booted
+        .iter()
+        .filter(|i| i.crashed.is_some())
+        .map(|i| i.index)
+        .collect();
+    let healthy = booted.len() - crashed.len();
+    let killed: Vec<u32> = r
+        .teardown
+        .iter()
+        .flat_map(|t| &t.instances)
+        .filter(|t| t.ended == crate::supervisor::teardown::Ended::Killed)
+        .map(|t| t.instance)
+        .collect();
+    let unmarked: usize = r
+        .teardown
+        .iter()
+        .flat_map(|t| &t.instances)
+        .map(|t| t.unmarked.len())
+        .sum();
     let mut reasons = Vec::new();
     if booted.len() < total {
         reasons.push(format!(
             "{} of {} instances did not boot",
             total - booted.len(),
             total
+        ));
+    }
+    if !crashed.is_empty() {
+        reasons.push(format!(
+            "{} instance(s) died after booting, before cleanup",
+            crashed.len()
         ));
     }
     if !boot_over_target.is_empty() {
@@ -227,13 +260,25 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
     if !cids.ok() {
         reasons.push("CID check failed (collision, mismatch or out of range)".into());
     }
+    if unmarked > 0 {
+        reasons.push(format!(
+            "{unmarked} process(es) dropped the run's marker (found in their instance's cgroup and ended)"
+        ));
+    }
+    if !killed.is_empty() && r.interrupted.is_none() {
+        reasons.push(format!(
+            "{} instance(s) did not stop on SIGTERM within the {} ms grace period (SIGKILLed)",
+            killed.len(),
+            cfg.grace.as_millis()
+        ));
+    }
     if survivors > 0 {
         reasons.push(format!("{survivors} process(es) left behind after cleanup"));
     }
     if let Some(why) = &r.interrupted {
         reasons.push(why.clone());
     }
-    let min_ok = total > 0 && (booted.len() as f64) * 100.0 >= cfg.min_success_pct * total as f64;
+    let min_ok = total > 0 && (healthy as f64) * 100.0 >= cfg.min_success_pct * total as f64;
     let verdict = if reasons.is_empty() {
         Verdict::Pass
     } else if min_ok && survivors == 0 && r.interrupted.is_none() {
@@ -258,6 +303,10 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
         tool_failed,
         cids,
         survivors,
+        crashed,
+        killed,
+        unmarked,
+        containment: r.containment.clone(),
     }
 }
 
@@ -316,6 +365,7 @@ pub fn write_json(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::Re
         "summary": s,
         "teardown": r.teardown,
         "elapsed_ms": r.elapsed_ms,
+        "containment": r.containment,
         "verdict": s.verdict,
         "exit_code": s.exit_code,
     });
@@ -336,6 +386,7 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
     writeln!(out, "Configuration:")?;
     writeln!(out, "  Run id: {}", r.run_id)?;
     writeln!(out, "  Launcher: {}", cfg.launcher.kind)?;
+    writeln!(out, "  Containment: {}", r.containment)?;
     writeln!(out, "  Number of unikernels: {}", cfg.count)?;
     writeln!(out, "  Concurrency: {}", cfg.concurrency)?;
     writeln!(out, "  Vsock port: {}", cfg.port)?;
@@ -476,6 +527,9 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
 
     writeln!(out, "\nPhase 3: Memory Usage Analysis")?;
     for i in &r.instances {
+        if let Some(why) = &i.crashed {
+            writeln!(out, "[{}] ✗ CRASHED after booting: {why}", i.index)?;
+        }
         if let (Some(rss), Some(pss)) = (i.rss_kb, i.pss_kb) {
             writeln!(
                 out,
@@ -568,6 +622,15 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
                     .unwrap_or_default()
             )?;
         }
+        for t in &td.instances {
+            for u in &t.unmarked {
+                writeln!(
+                    out,
+                    "! [{}] process without the run's marker, found in the instance's cgroup: pid {} ({})",
+                    t.instance, u.pid, u.cmdline
+                )?;
+            }
+        }
         for st in &td.stragglers {
             writeln!(
                 out,
@@ -578,8 +641,8 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
         if td.survivors.is_empty() {
             writeln!(
                 out,
-                "✓ No process left behind (checked every process for UKLOAD_RUN={})",
-                r.run_id
+                "✓ No process left behind (containment: {}; checked every process for UKLOAD_RUN={})",
+                r.containment, r.run_id
             )?;
         } else {
             for sv in &td.survivors {

@@ -14,6 +14,7 @@ use crate::framing::Framing;
 use crate::launcher::{InstanceCtx, LaunchError, LauncherConfig, Readiness};
 use crate::memory::TreeMemory;
 use crate::probe::{self, BootFailure};
+use crate::supervisor::cgroup::InstanceCgroup;
 use crate::supervisor::teardown::{self, Target, TeardownReport};
 use crate::supervisor::{Command, Redirect, Supervisor};
 use crate::{report, ENV_CID, ENV_INSTANCE, ENV_RUN};
@@ -104,6 +105,12 @@ pub struct Instance {
     pub exit_status: Option<String>,
     pub teardown: Option<String>,
     pub teardown_ms: Option<f64>,
+    /// Booted, then died before cleanup (all its processes gone, or its
+    /// launcher exited although it was not expected to daemonize): how.
+    pub crashed: Option<String>,
+    /// Launcher may exit 0 after daemonizing its VMM (not serialized).
+    #[serde(skip)]
+    pub may_daemonize: bool,
 }
 
 /// The whole run's result.
@@ -114,6 +121,8 @@ pub struct RunResult {
     pub teardown: Option<TeardownReport>,
     pub interrupted: Option<String>,
     pub elapsed_ms: f64,
+    /// How the instances were contained: `cgroup` or `marker`, and why.
+    pub containment: String,
 }
 
 /// Errors that stop a run before any instance starts.
@@ -156,6 +165,9 @@ struct Outcome {
     /// Where the guest is reached over vsock (None: console readiness).
     endpoint: Option<crate::vsock::Endpoint>,
     ready: Result<probe::Ready, String>,
+    may_daemonize: bool,
+    /// The instance's cgroup (cgroup containment), kept until teardown.
+    cgroup: Option<Arc<InstanceCgroup>>,
 }
 
 /// The guest agent's pid when it is the init of a VM.
@@ -285,8 +297,11 @@ pub fn run(
             exit_status: None,
             teardown: None,
             teardown_ms: None,
+            crashed: None,
+            may_daemonize: false,
         })
         .collect();
+    let mut cgroups: Vec<Option<Arc<InstanceCgroup>>> = vec![None; instances.len()];
 
     let progress = cfg.progress;
     let shared = Arc::new(Shared {
@@ -302,7 +317,8 @@ pub fn run(
     if progress {
         crate::status!(
             "phase 1: spawning {} instance(s), {} at a time (run {run_id})",
-            cfg.count, cfg.concurrency
+            cfg.count,
+            cfg.concurrency
         );
     }
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<(u32, u32)>();
@@ -335,7 +351,9 @@ pub fn run(
     let mut endpoints: Vec<Option<crate::vsock::Endpoint>> = vec![None; instances.len()];
     for o in out_rx.iter() {
         endpoints[o.index as usize] = o.endpoint.clone();
+        cgroups[o.index as usize] = o.cgroup.clone();
         let inst = &mut instances[o.index as usize];
+        inst.may_daemonize = o.may_daemonize;
         inst.pid = o.pid;
         inst.pgid = o.pgid;
         inst.spawn_ms = o.spawn_ms;
@@ -401,10 +419,18 @@ pub fn run(
             crate::status!("phase 3: measuring memory");
         }
         test_pause("memory", &stop);
-        let table = crate::proc::table();
+        note_crashes(sup, run_id, &mut instances, &cgroups);
+        let table = if cgroups.iter().all(Option::is_some) {
+            Vec::new()
+        } else {
+            crate::proc::table()
+        };
         for inst in instances.iter_mut() {
-            if let (Some(pid), None) = (inst.pid, &inst.boot_error) {
-                let pids = crate::memory::instance_pids(pid, run_id, inst.index, &table);
+            if let (Some(pid), None, None) = (inst.pid, &inst.boot_error, &inst.crashed) {
+                let pids = match &cgroups[inst.index as usize] {
+                    Some(c) => c.cg.procs_recursive(),
+                    None => crate::memory::instance_pids(pid, run_id, inst.index, &table),
+                };
                 let m: TreeMemory = crate::memory::tree_usage(&pids);
                 inst.pids = m.pids.iter().map(|(p, _)| *p).collect();
                 inst.rss_kb = Some(m.rss_kb);
@@ -414,6 +440,9 @@ pub fn run(
     }
 
     // Phase 5: cleanup (phase 4 is computed from the records by the report).
+    if !stop.load(Ordering::Relaxed) {
+        note_crashes(sup, run_id, &mut instances, &cgroups);
+    }
     let targets: Vec<Target> = instances
         .iter()
         .filter_map(|i| {
@@ -421,6 +450,7 @@ pub fn run(
                 instance: i.index,
                 pid: i.pid?,
                 pgid: i.pgid?,
+                cgroup: cgroups[i.index as usize].clone(),
             })
         })
         .collect();
@@ -435,7 +465,19 @@ pub fn run(
         if let Some(pid) = inst.pid {
             inst.exit_status = sup.try_status(pid).map(|e| e.to_string());
         }
+        if t.ended == teardown::Ended::AlreadyGone
+            && inst.boot_ms.is_some()
+            && inst.crashed.is_none()
+            && !stop.load(Ordering::Relaxed)
+        {
+            inst.crashed = Some(match &inst.exit_status {
+                Some(e) => format!("gone before cleanup ({e})"),
+                None => "gone before cleanup".into(),
+            });
+        }
     }
+    // Instance cgroups are removed by the teardown; drop our handles.
+    drop(cgroups);
     // Launcher statuses are read; forget them and any adopted orphans'.
     sup.forget_all();
     drop(leases);
@@ -449,7 +491,46 @@ pub fn run(
         teardown: Some(td),
         interrupted,
         elapsed_ms: ns_to_ms(t0.elapsed().as_nanos() as u64),
+        containment: crate::supervisor::containment()
+            .map(|c| c.describe())
+            .unwrap_or_else(|| "process groups and markers".into()),
     })
+}
+
+/// Marks booted instances that died before cleanup: every process gone,
+/// or the launcher exited although it was not expected to daemonize. Their
+/// memory is not measured (it would read as a flattering 0 MB) and they do
+/// not count as booted-and-healthy.
+fn note_crashes(
+    sup: &Supervisor,
+    run_id: &str,
+    instances: &mut [Instance],
+    cgroups: &[Option<Arc<InstanceCgroup>>],
+) {
+    for inst in instances.iter_mut() {
+        let (Some(pid), Some(_), None) = (inst.pid, inst.boot_ms, &inst.crashed) else {
+            continue;
+        };
+        let exit = sup.try_status(pid);
+        let left = match &cgroups[inst.index as usize] {
+            Some(c) => c.cg.populated(),
+            None => {
+                exit.is_none()
+                    || !crate::memory::instance_pids(pid, run_id, inst.index, &crate::proc::table())
+                        .is_empty()
+            }
+        };
+        let why = match exit {
+            Some(e) if !inst.may_daemonize => Some(format!("launcher exited after boot ({e})")),
+            Some(e) if !left => Some(format!("no process left ({e})")),
+            None if !left => Some("no process left".to_string()),
+            _ => None,
+        };
+        if let Some(w) = why {
+            inst.exit_status = exit.map(|e| e.to_string());
+            inst.crashed = Some(w);
+        }
+    }
 }
 
 /// Test-only hook: `UKLOAD_TEST_PAUSE_PHASE=memory:MS` makes the run pause
@@ -559,7 +640,19 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         memory_mb: cfg.launcher.memory_mb,
         log: log.clone(),
     };
-    let fail = |msg: String| started_fail(index, None, msg);
+    let cgroup = match crate::supervisor::run_cgroup().map(|r| r.instance(index, cid)) {
+        None => None,
+        Some(Ok(c)) => Some(Arc::new(c)),
+        Some(Err(e)) => {
+            return started_fail(
+                index,
+                None,
+                None,
+                format!("cannot create the instance's cgroup: {e}"),
+            )
+        }
+    };
+    let fail = |msg: String| started_fail(index, None, cgroup.clone(), msg);
     let plan = cfg.launcher.plan(&ctx);
     let log_file = match File::options()
         .create(true)
@@ -577,6 +670,10 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         let err = log_file
             .try_clone()
             .map_err(|e| format!("cannot open log {}: {e}", log.display()))?;
+        let cmd = match &cgroup {
+            Some(c) => cmd.into_cgroup(c.procs_fd()),
+            None => cmd,
+        };
         Ok(cmd
             .env(ENV_RUN, &sh.run_id)
             .env(ENV_INSTANCE, index.to_string())
@@ -591,7 +688,8 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
     // Helpers first (e.g. a vhost-user backend), the first leading the
     // instance's process group; each must create its socket before the next.
     let mut first: Option<crate::supervisor::Child> = None;
-    let boot_deadline = t_spawn + cfg.boot_timeout;
+    let boot_deadline = deadline_after(t_spawn, cfg.boot_timeout);
+    let mut helpers: Vec<(i32, String)> = Vec::new();
     for pre in plan.pre {
         let mut cmd = match mark(pre.command) {
             Ok(c) => c,
@@ -607,11 +705,13 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
                 return started_fail(
                     index,
                     first.as_ref(),
+                    cgroup.clone(),
                     format!("spawn failed: {e} (command: {shown})"),
                 )
             }
         };
         let pre_pid = c.pid;
+        helpers.push((pre_pid, shown.clone()));
         if first.is_none() {
             first = Some(c);
         }
@@ -621,13 +721,14 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
             return started_fail(
                 index,
                 first.as_ref(),
+                cgroup.clone(),
                 format!("{e} (command: {shown}); log: {}", log.display()),
             );
         }
     }
     let mut cmd = match mark(plan.command) {
         Ok(c) => c,
-        Err(e) => return started_fail(index, first.as_ref(), e),
+        Err(e) => return started_fail(index, first.as_ref(), cgroup.clone(), e),
     };
     if let Some(f) = &first {
         cmd = cmd.join_process_group(f.pgid);
@@ -639,6 +740,7 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
             return started_fail(
                 index,
                 first.as_ref(),
+                cgroup.clone(),
                 format!("spawn failed: {e} (command: {shown})"),
             )
         }
@@ -652,17 +754,32 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         Some(f) => (f.started, f.started_mono_ns),
         None => (child.started, child.started_mono_ns),
     };
-    let deadline = started + cfg.boot_timeout;
+    let deadline = deadline_after(started, cfg.boot_timeout);
     let pid = child.pid;
     let run_id = sh.run_id.clone();
     let log_for_dead = log.clone();
     let may_daemonize = plan.may_daemonize;
+    let cg_for_dead = cgroup.clone();
     let dead = move || -> Option<String> {
+        // A helper (e.g. the vhost-user vsock backend) that died dooms the
+        // boot: say so now, not at the boot deadline.
+        for (hp, shown) in &helpers {
+            if let Some(e) = sh.sup.try_status(*hp) {
+                return Some(format!(
+                    "helper {shown} {e}; log: {}",
+                    log_for_dead.display()
+                ));
+            }
+        }
         let exit = sh.sup.try_status(pid)?;
         if exit.success() && may_daemonize {
             // A launcher may daemonize its VMM and exit 0: only dead if nothing is left.
-            let pids = crate::memory::instance_pids(pid, &run_id, index, &crate::proc::table());
-            if !pids.is_empty() {
+            let left = match &cg_for_dead {
+                Some(c) => c.cg.populated(),
+                None => !crate::memory::instance_pids(pid, &run_id, index, &crate::proc::table())
+                    .is_empty(),
+            };
+            if left {
                 return None;
             }
             return Some(format!(
@@ -695,8 +812,20 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         started_mono_ns,
         endpoint,
         ready,
+        may_daemonize,
+        cgroup,
     }
 }
+
+/// `start + d`, saturating far in the future instead of overflowing.
+fn deadline_after(start: Instant, d: Duration) -> Instant {
+    start
+        .checked_add(d)
+        .unwrap_or_else(|| start + Duration::from_secs(FAR_FUTURE_SECS))
+}
+
+/// A deadline that cannot be represented is this far away (a year).
+const FAR_FUTURE_SECS: u64 = 365 * 24 * 3600;
 
 /// How often a helper's socket is looked for.
 const PRE_POLL: Duration = Duration::from_millis(2);
@@ -733,8 +862,14 @@ fn wait_for_path(
 
 /// A failed start. When some process of the instance was already started
 /// (`first`), its pid and group are reported so that cleanup ends it.
-fn started_fail(index: u32, first: Option<&crate::supervisor::Child>, msg: String) -> Outcome {
+fn started_fail(
+    index: u32,
+    first: Option<&crate::supervisor::Child>,
+    cgroup: Option<Arc<InstanceCgroup>>,
+    msg: String,
+) -> Outcome {
     Outcome {
+        cgroup,
         index,
         pid: first.map(|c| c.pid),
         pgid: first.map(|c| c.pgid),
@@ -742,6 +877,7 @@ fn started_fail(index: u32, first: Option<&crate::supervisor::Child>, msg: Strin
         started_mono_ns: first.map(|c| c.started_mono_ns).unwrap_or(0),
         endpoint: None,
         ready: Err(msg),
+        may_daemonize: false,
     }
 }
 

@@ -168,10 +168,16 @@ fn guest_ignoring_sigterm_is_killed_after_the_grace_period() {
     let doc = json_of(&out);
     assert_eq!(
         out.status.code(),
-        Some(0),
+        Some(2),
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Needing SIGKILL is a finding: PARTIAL, with its own reason.
+    assert_eq!(doc["verdict"], "PARTIAL");
+    assert!(doc["summary"]["reasons"][0]
+        .as_str()
+        .unwrap()
+        .contains("did not stop on SIGTERM within the 300 ms grace period"));
     for i in instances(&doc) {
         assert_eq!(i["teardown"], "killed", "{i:#}");
         assert!(i["teardown_ms"].as_f64().unwrap() >= 300.0);

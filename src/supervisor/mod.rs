@@ -8,6 +8,7 @@
 //! (with a poll timeout, so it never blocks forever) and then drains
 //! `waitpid(-1, WNOHANG)`. Nothing else in the process may call `waitpid`.
 
+pub mod cgroup;
 pub mod spawn;
 pub mod teardown;
 pub mod watchdog;
@@ -82,6 +83,22 @@ pub struct Supervisor {
 }
 
 static SUPERVISOR: OnceLock<Supervisor> = OnceLock::new();
+static CONTAINMENT: OnceLock<cgroup::Containment> = OnceLock::new();
+
+/// Records the harness's containment (once, before any instance starts).
+pub fn set_containment(c: cgroup::Containment) -> &'static cgroup::Containment {
+    CONTAINMENT.get_or_init(|| c)
+}
+
+/// The harness's containment, if [`set_containment`] ran.
+pub fn containment() -> Option<&'static cgroup::Containment> {
+    CONTAINMENT.get()
+}
+
+/// The run's cgroup, when the harness contains its instances by cgroup.
+pub fn run_cgroup() -> Option<&'static cgroup::RunCgroup> {
+    containment().and_then(cgroup::Containment::run_cgroup)
+}
 
 impl Supervisor {
     /// Makes this process a child subreaper and starts the reaper thread.

@@ -42,6 +42,8 @@ pub struct Command {
     stdout: Redirect,
     stderr: Redirect,
     group: Group,
+    /// An open `cgroup.procs` the child writes itself into before `exec`.
+    cgroup_procs: Option<RawFd>,
 }
 
 /// Which process group the child is in.
@@ -67,6 +69,7 @@ impl Command {
             stdout: Redirect::Inherit,
             stderr: Redirect::Inherit,
             group: Group::New,
+            cgroup_procs: None,
         }
     }
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
@@ -107,6 +110,13 @@ impl Command {
     /// of another process of the same instance), so one signal reaches both.
     pub fn join_process_group(mut self, pgid: i32) -> Self {
         self.group = Group::Join(pgid);
+        self
+    }
+    /// Starts the child inside a cgroup: `procs_fd` is that cgroup's open
+    /// `cgroup.procs` (it must stay open until [`spawn`] returns). The child
+    /// moves itself in before `exec`, so nothing it runs starts outside.
+    pub fn into_cgroup(mut self, procs_fd: RawFd) -> Self {
+        self.cgroup_procs = Some(procs_fd);
         self
     }
     /// The program as given.
@@ -300,6 +310,7 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
     let stderr = prepare(cmd.stderr, false, &devnull)?;
     let (err_r, err_w) = pipe()?;
     let group = cmd.group;
+    let cgroup_fd: RawFd = cmd.cgroup_procs.unwrap_or(-1);
     // setpgid's second argument: 0 makes the child lead a new group.
     let target_pgid = match group {
         Group::New => 0,
@@ -315,7 +326,7 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
     let started = Instant::now();
     let started_mono_ns = crate::clock::monotonic_ns();
     // SAFETY: fork is called with every buffer the child needs already built;
-    // the child only calls async-signal-safe functions (setpgid, sigprocmask,
+    // the child only calls async-signal-safe functions (setpgid, write, sigprocmask,
     // signal, dup2, chdir, execve, write, _exit) and touches no allocator.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -327,6 +338,10 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
         // call below is async-signal-safe; the child never returns.
         unsafe {
             if target_pgid >= 0 && libc::setpgid(0, target_pgid) != 0 {
+                child_fail(err_w.as_raw_fd());
+            }
+            // "0" moves the writing process into the cgroup.
+            if cgroup_fd >= 0 && libc::write(cgroup_fd, b"0".as_ptr().cast(), 1) != 1 {
                 child_fail(err_w.as_raw_fd());
             }
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());

@@ -1,17 +1,32 @@
-//! Ending a run's instances: `SIGTERM` to every instance's process group and
-//! adopted descendants at once, `SIGKILL` after the grace period, reap, then
-//! verify by the run's marker that nothing is left.
+//! Ending a run's instances: `SIGTERM` to every instance's processes at
+//! once, `SIGKILL` after the grace period, reap, then verify that nothing is
+//! left.
+//!
+//! With cgroup containment an instance's processes are its cgroup's
+//! members, whatever they did to their environment, session or parentage;
+//! "gone" is `populated 0`, waited for on `cgroup.events` notifications; the
+//! `SIGKILL` is `cgroup.kill`, which a fork chain cannot outrun. Members
+//! without the run's marker are reported (`unmarked`): they tried to hide.
+//! Without cgroups, processes are found by process group, parentage and
+//! marker, as before.
 
+use super::cgroup::{self, InstanceCgroup};
 use super::{kill_group, Supervisor};
 use crate::proc;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often teardown checks whether processes are gone.
 const POLL: Duration = Duration::from_millis(5);
 /// How long to wait for `SIGKILL`ed processes to vanish and be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(3);
+/// Longest wait between two looks at cgroup states (notifications wake earlier).
+const CGROUP_TICK: Duration = Duration::from_millis(50);
+/// How long to wait for a launcher's exit status once its cgroup is empty
+/// (the reaper collects it within a tick).
+const REAP_WAIT: Duration = Duration::from_millis(200);
 /// How long the final by-marker sweep may take.
 const STRAGGLER_SWEEP: Duration = Duration::from_millis(500);
 /// Longest grace period when the harness was interrupted before teardown:
@@ -19,12 +34,14 @@ const STRAGGLER_SWEEP: Duration = Duration::from_millis(500);
 /// about two seconds, whatever `--grace-ms` says.
 pub const INTERRUPTED_GRACE_MAX: Duration = Duration::from_secs(1);
 
-/// One instance to end: its launcher pid and process group.
+/// One instance to end: its launcher pid and process group, and its cgroup
+/// when the run is contained by cgroups.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub instance: u32,
     pub pid: i32,
     pub pgid: i32,
+    pub cgroup: Option<Arc<InstanceCgroup>>,
 }
 
 /// How an instance's processes ended.
@@ -47,6 +64,9 @@ pub struct InstanceTeardown {
     pub instance: u32,
     /// Every pid that belonged to it when teardown started.
     pub pids: Vec<i32>,
+    /// Processes found in its cgroup without the run's marker (they cleared
+    /// their environment): contained anyway, and reported.
+    pub unmarked: Vec<Survivor>,
     pub ended: Ended,
     /// From the start of teardown until its last process was gone.
     pub ms: f64,
@@ -73,24 +93,6 @@ pub struct TeardownReport {
 
 fn alive(pid: i32) -> bool {
     proc::stat(pid).map(|s| s.state != 'Z').unwrap_or(false)
-}
-
-fn signal_all(sup: &Supervisor, run_id: &str, t: &Target, pids: &[i32], sig: i32) {
-    // The launcher's group, as long as its leader is not reaped (so the group
-    // id cannot have been reused).
-    if sup.try_status(t.pid).is_none() {
-        let _ = kill_group(t.pgid, sig);
-    }
-    for &p in pids {
-        if let Ok(true) = proc::signal_if_marked(p, run_id, sig) {
-            // A marked daemon that made its own session/group (setsid): its group too.
-            if let Ok(st) = proc::stat(p) {
-                if st.pgid == p && p != t.pgid {
-                    let _ = kill_group(p, sig);
-                }
-            }
-        }
-    }
 }
 
 /// Ends every instance in `targets` (in parallel) and verifies by marker.
@@ -123,17 +125,33 @@ pub fn teardown_interruptible(
     } else {
         grace
     };
-    let table = proc::table();
-    let members: Vec<Vec<i32>> = targets
+    // Marker path: one process-table snapshot for every instance.
+    let table = if targets.iter().any(|t| t.cgroup.is_none()) {
+        proc::table()
+    } else {
+        Vec::new()
+    };
+    let mut members: Vec<Vec<i32>> = targets
         .iter()
-        .map(|t| crate::memory::instance_pids(t.pid, run_id, t.instance, &table))
+        .map(|t| members_of(t, run_id, &table))
         .collect();
+    let mut signalled: Vec<HashSet<i32>> = vec![HashSet::new(); targets.len()];
+    let mut unmarked: Vec<Vec<Survivor>> = vec![Vec::new(); targets.len()];
     let mut state: Vec<Option<(Ended, f64)>> = vec![None; targets.len()];
     for (i, t) in targets.iter().enumerate() {
-        if members[i].iter().all(|&p| !alive(p)) && sup.try_status(t.pid).is_some() {
+        if gone(sup, t, &members[i]) {
             state[i] = Some((Ended::AlreadyGone, 0.0));
         } else {
-            signal_all(sup, run_id, t, &members[i], libc::SIGTERM);
+            let pids = members[i].clone();
+            signal_members(
+                sup,
+                run_id,
+                t,
+                &pids,
+                libc::SIGTERM,
+                &mut signalled[i],
+                &mut unmarked[i],
+            );
         }
     }
     let mut killed = false;
@@ -141,10 +159,7 @@ pub fn teardown_interruptible(
     loop {
         let now = Instant::now();
         for (i, t) in targets.iter().enumerate() {
-            if state[i].is_none()
-                && members[i].iter().all(|&p| !alive(p))
-                && sup.try_status(t.pid).is_some()
-            {
+            if state[i].is_none() && gone(sup, t, &members[i]) {
                 let how = if killed {
                     Ended::Killed
                 } else {
@@ -161,42 +176,104 @@ pub fn teardown_interruptible(
             killed = true;
             kill_deadline = Some(now + KILL_WAIT);
             for (i, t) in targets.iter().enumerate() {
-                if state[i].is_none() {
+                if state[i].is_some() {
+                    continue;
+                }
+                if let Some(c) = &t.cgroup {
+                    // Whatever it forked meanwhile is in the cgroup: note the
+                    // hidden ones, then one write ends them all.
+                    let now_members = c.cg.procs_recursive();
+                    note_unmarked(run_id, t.pid, &now_members, &mut unmarked[i]);
+                    merge(&mut members[i], &now_members);
+                    let _ = c.cg.kill();
+                    if sup.try_status(t.pid).is_none() {
+                        let _ = kill_group(t.pgid, libc::SIGKILL);
+                    }
+                } else {
                     // Re-read: processes may have forked during the grace period.
-                    let pids =
-                        crate::memory::instance_pids(t.pid, run_id, t.instance, &proc::table());
-                    let all: BTreeSet<i32> =
-                        members[i].iter().chain(pids.iter()).copied().collect();
-                    signal_all(
+                    let pids = members_of(t, run_id, &proc::table());
+                    merge(&mut members[i], &pids);
+                    let all = members[i].clone();
+                    signal_members(
                         sup,
                         run_id,
                         t,
-                        &all.into_iter().collect::<Vec<_>>(),
+                        &all,
                         libc::SIGKILL,
+                        &mut signalled[i],
+                        &mut unmarked[i],
                     );
+                }
+            }
+        } else if !killed {
+            // During the grace period: new members of a cgroup (a fork chain)
+            // get their SIGTERM too.
+            for (i, t) in targets.iter().enumerate() {
+                if let (None, Some(c)) = (&state[i], &t.cgroup) {
+                    let now_members = c.cg.procs_recursive();
+                    let fresh: Vec<i32> = now_members
+                        .iter()
+                        .copied()
+                        .filter(|p| !signalled[i].contains(p))
+                        .collect();
+                    if !fresh.is_empty() {
+                        merge(&mut members[i], &fresh);
+                        signal_members(
+                            sup,
+                            run_id,
+                            t,
+                            &fresh,
+                            libc::SIGTERM,
+                            &mut signalled[i],
+                            &mut unmarked[i],
+                        );
+                    }
                 }
             }
         }
         if kill_deadline.is_some_and(|d| now >= d) {
             break;
         }
-        std::thread::sleep(POLL);
+        wait_a_little(targets, &state, now, start + grace, kill_deadline);
     }
+    let mut survivors: Vec<Survivor> = Vec::new();
     let instances = targets
         .iter()
         .enumerate()
         .map(|(i, t)| {
             let (ended, ms) = state[i].unwrap_or((Ended::Survived, ms(start.elapsed())));
+            if ended == Ended::Survived && t.cgroup.is_none() {
+                survivors.extend(members[i].iter().copied().filter(|&p| alive(p)).map(|pid| {
+                    Survivor {
+                        pid,
+                        instance: Some(t.instance),
+                        cmdline: proc::cmdline(pid).unwrap_or_default(),
+                    }
+                }));
+            }
+            if let Some(c) = &t.cgroup {
+                if ended == Ended::Survived {
+                    survivors.extend(c.cg.procs_recursive().into_iter().map(|pid| Survivor {
+                        pid,
+                        instance: Some(t.instance),
+                        cmdline: proc::cmdline(pid).unwrap_or_default(),
+                    }));
+                } else {
+                    let _ = c.cg.remove();
+                }
+            }
             InstanceTeardown {
                 instance: t.instance,
                 pids: members[i].clone(),
+                unmarked: std::mem::take(&mut unmarked[i]),
                 ended,
                 ms,
             }
         })
         .collect();
-    // Anything else with our marker (forked after we looked, or escaped its
-    // group) gets the same treatment; what still lives is a survivor.
+    // Anything else with our marker (forked after we looked, escaped its
+    // group, or moved itself out of its cgroup) gets the same treatment;
+    // what still lives is a survivor.
     let known: BTreeSet<i32> = members.iter().flatten().copied().collect();
     let stragglers: Vec<Survivor> = proc::scan_marked(Some(run_id))
         .into_iter()
@@ -208,20 +285,165 @@ pub fn teardown_interruptible(
         })
         .collect();
     super::watchdog::sweep(run_id, STRAGGLER_SWEEP);
-    let survivors = proc::scan_marked(Some(run_id))
-        .into_iter()
-        .filter(|m| m.stat.state != 'Z')
-        .map(|m| Survivor {
-            pid: m.pid,
-            instance: m.instance,
-            cmdline: proc::cmdline(m.pid).unwrap_or_default(),
-        })
-        .collect();
+    let seen: BTreeSet<i32> = survivors.iter().map(|s| s.pid).collect();
+    survivors.extend(
+        proc::scan_marked(Some(run_id))
+            .into_iter()
+            .filter(|m| m.stat.state != 'Z' && !seen.contains(&m.pid))
+            .map(|m| Survivor {
+                pid: m.pid,
+                instance: m.instance,
+                cmdline: proc::cmdline(m.pid).unwrap_or_default(),
+            }),
+    );
     TeardownReport {
         instances,
         stragglers,
         survivors,
         ms: ms(start.elapsed()),
+    }
+}
+
+/// An instance's processes: its cgroup's members, or (marker path) its
+/// launcher's tree and every process marked with it.
+fn members_of(t: &Target, run_id: &str, table: &[proc::ProcStat]) -> Vec<i32> {
+    match &t.cgroup {
+        Some(c) => c.cg.procs_recursive(),
+        None => crate::memory::instance_pids(t.pid, run_id, t.instance, table),
+    }
+}
+
+fn merge(into: &mut Vec<i32>, more: &[i32]) {
+    let have: BTreeSet<i32> = into.iter().copied().collect();
+    into.extend(more.iter().copied().filter(|p| !have.contains(p)));
+}
+
+/// Is everything of `t` gone (and its launcher reaped)?
+fn gone(sup: &Supervisor, t: &Target, members: &[i32]) -> bool {
+    match &t.cgroup {
+        Some(c) => {
+            if c.cg.populated() {
+                return false;
+            }
+            // Empty: its processes have exited; give the reaper a moment so
+            // the launcher's exit status is known.
+            sup.try_status(t.pid).is_some() || sup.wait_timeout(t.pid, REAP_WAIT).is_some()
+        }
+        None => members.iter().all(|&p| !alive(p)) && sup.try_status(t.pid).is_some(),
+    }
+}
+
+/// Sleeps until something may have changed: a cgroup's events, or a short
+/// poll interval for marker-contained instances; never past the grace's or
+/// the kill wait's end.
+fn wait_a_little(
+    targets: &[Target],
+    state: &[Option<(Ended, f64)>],
+    now: Instant,
+    grace_end: Instant,
+    kill_deadline: Option<Instant>,
+) {
+    let pending: Vec<&cgroup::Cgroup> = targets
+        .iter()
+        .zip(state)
+        .filter(|(_, s)| s.is_none())
+        .filter_map(|(t, _)| t.cgroup.as_ref().map(|c| &c.cg))
+        .collect();
+    let marker_pending = targets
+        .iter()
+        .zip(state)
+        .any(|(t, s)| s.is_none() && t.cgroup.is_none());
+    let until = kill_deadline.unwrap_or(grace_end);
+    let mut timeout = until.saturating_duration_since(now).min(CGROUP_TICK);
+    if marker_pending || pending.is_empty() {
+        timeout = timeout.min(POLL);
+    }
+    if timeout.is_zero() {
+        return;
+    }
+    if pending.is_empty() {
+        std::thread::sleep(timeout);
+    } else {
+        cgroup::wait_events(&pending, timeout);
+    }
+}
+
+/// Records members that do not carry the run's marker. An empty
+/// environment is not evidence (an exiting process has already released
+/// the memory `/proc/PID/environ` reads), nor is the launcher itself (between
+/// `fork` and `exec` it still has the harness's environment).
+fn note_unmarked(run_id: &str, launcher: i32, pids: &[i32], unmarked: &mut Vec<Survivor>) {
+    let marker = format!("{}={run_id}", crate::ENV_RUN);
+    for &pid in pids {
+        if pid == launcher || unmarked.iter().any(|u| u.pid == pid) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env.is_empty() || env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()) {
+            continue;
+        }
+        unmarked.push(Survivor {
+            pid,
+            instance: None,
+            cmdline: proc::cmdline(pid).unwrap_or_default(),
+        });
+    }
+}
+
+/// Signals an instance: its launcher's group (while the leader is not
+/// reaped, so the group id cannot have been reused), then each member.
+/// Cgroup members are signalled through a pidfd after checking, on that
+/// pidfd's process, that it is still in the instance's cgroup; marker-path
+/// members only if they carry the run's marker.
+fn signal_members(
+    sup: &Supervisor,
+    run_id: &str,
+    t: &Target,
+    pids: &[i32],
+    sig: i32,
+    signalled: &mut HashSet<i32>,
+    unmarked: &mut Vec<Survivor>,
+) {
+    if sup.try_status(t.pid).is_none() {
+        let _ = kill_group(t.pgid, sig);
+    }
+    match &t.cgroup {
+        Some(c) => {
+            note_unmarked(run_id, t.pid, pids, unmarked);
+            let name =
+                c.cg.path()
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+            for &p in pids {
+                signalled.insert(p);
+                let Ok(fd) = proc::pidfd_open(p) else {
+                    continue;
+                };
+                let inside = cgroup::cgroup_of(p).is_some_and(|cg| {
+                    cg.split('/').any(|c| c == name)
+                        && cg.contains(&format!("{}{run_id}", cgroup::RUN_PREFIX))
+                });
+                if inside {
+                    let _ = proc::pidfd_send_signal(&fd, sig);
+                }
+            }
+        }
+        None => {
+            for &p in pids {
+                signalled.insert(p);
+                if let Ok(true) = proc::signal_if_marked(p, run_id, sig) {
+                    // A marked daemon that made its own session/group (setsid): its group too.
+                    if let Ok(st) = proc::stat(p) {
+                        if st.pgid == p && p != t.pgid {
+                            let _ = kill_group(p, sig);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -1,11 +1,23 @@
 //! A small process forked before any thread exists, joined to the harness by
 //! a pipe. If the harness dies in any way (even `SIGKILL`), the pipe reaches
-//! end-of-file and the watchdog ends every process carrying the run's marker,
-//! then removes the run directory. The harness's CID locks are released by
-//! the kernel when its descriptors close.
+//! end-of-file and the watchdog kills the run's cgroup (every instance, and
+//! whatever they forked), ends every process carrying the run's marker, and
+//! removes the run's cgroups and run directory. The harness's CID locks are
+//! released by the kernel when its descriptors close.
+//!
+//! The watchdog leaves the harness's session and process group (`setsid`)
+//! and its standard streams: CI runners and `timeout -s KILL` kill the job's
+//! whole process group, which must end the harness but not its watchdog, and
+//! a watchdog holding the harness's stdout would keep a pipeline open.
+//!
+//! It also resumes a harness that was stopped (`SIGSTOP`, e.g. by a guest
+//! running `kill -STOP $PPID`) while it has no controlling terminal: a
+//! stopped harness misses every deadline it promised. With a terminal, a
+//! stop is the user's `^Z` and is left alone.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How long the watchdog keeps sweeping after the harness is gone (processes
@@ -13,8 +25,11 @@ use std::time::{Duration, Instant};
 const SWEEP_DEADLINE: Duration = Duration::from_millis(1500);
 /// Pause between sweeps.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(20);
-/// Poll timeout while waiting for the harness to go away.
-const IDLE_POLL_MS: i32 = 1000;
+/// Poll timeout while waiting for the harness to go away (also how often a
+/// stopped harness is looked for).
+const IDLE_POLL_MS: i32 = 250;
+/// How long the watchdog waits for a killed run cgroup to empty.
+const CGROUP_KILL_WAIT: Duration = Duration::from_millis(1500);
 
 /// The harness's end of the watchdog pipe.
 pub struct Watchdog {
@@ -33,11 +48,12 @@ impl Watchdog {
     pub fn finish(self) {}
 }
 
-/// Forks the watchdog for `run_id`.
+/// Forks the watchdog for `run_id`; `cgroup` is the run's cgroup directory
+/// when the run is contained by cgroups.
 ///
 /// Must be called while the process has a single thread: the child runs
 /// ordinary Rust code after `fork`, which is sound only then.
-pub fn start(run_id: &str) -> io::Result<Watchdog> {
+pub fn start(run_id: &str, cgroup: Option<&Path>) -> io::Result<Watchdog> {
     let threads = std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
         .unwrap_or(1);
@@ -53,6 +69,7 @@ pub fn start(run_id: &str) -> io::Result<Watchdog> {
     }
     // SAFETY: pipe2 succeeded; we own both descriptors.
     let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let harness = std::process::id() as i32;
     // SAFETY: the process is single-threaded (checked above), so the child
     // may run arbitrary code after fork.
     let pid = unsafe { libc::fork() };
@@ -61,13 +78,38 @@ pub fn start(run_id: &str) -> io::Result<Watchdog> {
     }
     if pid == 0 {
         drop(tx);
-        watch(rx, run_id);
+        watch(rx, run_id, cgroup, harness);
     }
     drop(rx);
     Ok(Watchdog { pid, _tx: tx })
 }
 
-fn watch(rx: OwnedFd, run_id: &str) -> ! {
+/// Leaves the harness's session and process group and its standard streams.
+fn detach() {
+    // SAFETY: setsid takes no arguments; in a freshly forked child that is
+    // not a group leader it cannot fail in a way we could act on.
+    unsafe { libc::setsid() };
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard descriptors from a descriptor we own.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// State and terminal of `pid` from `/proc/PID/stat` (fields 3 and 7).
+fn state_and_tty(pid: i32) -> Option<(char, i64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
+    Some((rest.first()?.chars().next()?, rest.get(4)?.parse().ok()?))
+}
+
+fn watch(rx: OwnedFd, run_id: &str, cgroup: Option<&Path>, harness: i32) -> ! {
+    detach();
     // SAFETY: ignoring signals and naming the process take no pointers
     // except a static NUL-terminated name.
     unsafe {
@@ -94,6 +136,18 @@ fn watch(rx: OwnedFd, run_id: &str) -> ! {
                 break;
             }
         }
+        if let Some(('T', 0)) = state_and_tty(harness) {
+            // SAFETY: kill with plain integers; the harness is alive (our
+            // pipe to it is open), so its pid cannot have been reused.
+            unsafe { libc::kill(harness, libc::SIGCONT) };
+        }
+    }
+    if let Some(dir) = cgroup {
+        if let Ok(cg) = super::cgroup::Cgroup::open(dir.to_path_buf()) {
+            let _ = cg.kill();
+            cg.wait_empty(Instant::now() + CGROUP_KILL_WAIT);
+        }
+        let _ = super::cgroup::remove_tree(dir, Instant::now() + CGROUP_KILL_WAIT);
     }
     sweep(run_id, SWEEP_DEADLINE);
     let _ = std::fs::remove_dir_all(crate::paths::runs_dir().join(run_id));
