@@ -18,7 +18,12 @@
 //!   `setsid` daemon that serves the agent, the launcher exits 0),
 //!   `daemon-sleep` (double-forks a `setsid` daemon that just sleeps, the
 //!   launcher serves), `tree:N:MB` (forks N children that each touch MB MiB,
-//!   then serves);
+//!   then serves), `crash-after:MS` (serves, then aborts MS ms after
+//!   starting to listen: a crash after boot), `escape` (double-forks a child
+//!   that clears its environment and calls `setsid`, so it carries no
+//!   marker and is in no group of ukload's, then serves), `fork-chain`
+//!   (a child that forks, `setsid`s and exits every millisecond, with an
+//!   empty environment, then serves);
 //! - protocol (a custom accept loop on the real hybrid-vsock listener, each
 //!   applied to every connection): `accept-silent` (accepts, never answers),
 //!   `garbage` (a frame of non-JSON bytes), `huge-length` (a length prefix of
@@ -78,6 +83,9 @@ enum Fault {
     CloseMidFrame,
     Slow(Duration),
     WrongId,
+    CrashAfter(Duration),
+    Escape,
+    ForkChain,
 }
 
 impl Fault {
@@ -110,6 +118,9 @@ impl Fault {
             "close-mid-frame" => Fault::CloseMidFrame,
             "slow" => Fault::Slow(Duration::from_millis(arg("ms per byte") as u64)),
             "wrong-id" => Fault::WrongId,
+            "crash-after" => Fault::CrashAfter(Duration::from_millis(arg("ms") as u64)),
+            "escape" => Fault::Escape,
+            "fork-chain" => Fault::ForkChain,
             other => die(&format!("unknown fault {other:?}")),
         }
     }
@@ -196,6 +207,9 @@ fn daemonize_then(f: impl FnOnce()) {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--fork-chain-link") {
+        fork_chain_link();
+    }
     guest::mark_process_start();
     let mut args = std::env::args().skip(1).peekable();
     let mut listen: Option<String> = None;
@@ -286,6 +300,15 @@ fn main() {
             }
         }
         Some(Fault::DaemonSleep) => daemonize_then(|| std::thread::sleep(LIFETIME_MAX)),
+        Some(Fault::Escape) => daemonize_then(|| exec_unmarked_sleep()),
+        Some(Fault::ForkChain) => daemonize_then(|| fork_chain()),
+        Some(Fault::CrashAfter(d)) => {
+            std::thread::spawn(move || {
+                std::thread::sleep(d);
+                eprintln!("fixture_guest: crashing after boot, as asked");
+                std::process::abort();
+            });
+        }
         _ => {}
     }
     let listen = listen.unwrap_or_else(|| {
@@ -306,6 +329,67 @@ fn main() {
         _ => serve_agent(cfg),
     }
     drop(hold);
+}
+
+/// Replaces this (daemonized) process by `sleep` with an empty environment:
+/// it carries no `UKLOAD_*` marker at all.
+/// Its `argv[0]` is `fixture-escapee-cid<CID>` so tests can find it.
+fn exec_unmarked_sleep() {
+    let prog = c"/bin/sleep";
+    let name =
+        std::ffi::CString::new(format!("fixture-escapee-cid{}", cid_env())).unwrap_or_default();
+    let secs = std::ffi::CString::new(LIFETIME_MAX.as_secs().to_string()).unwrap_or_default();
+    let argv = [name.as_ptr(), secs.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: argv and envp are NULL-terminated arrays of valid C strings
+    // that outlive the call; execve only returns on failure.
+    unsafe { libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    die("execve /bin/sleep failed");
+}
+
+/// `$UKLOAD_CID`, or 0.
+fn cid_env() -> u32 {
+    std::env::var("UKLOAD_CID")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Re-executes this fixture (as `fixture-forkchain-cid<CID>`, so tests can
+/// find every link) with an empty environment as the first link of a fork
+/// chain (`/proc/PID/environ` shows the environment a process was
+/// exec'd with, so only a fresh exec drops the marker).
+fn fork_chain() {
+    let exe = std::fs::read_link("/proc/self/exe").unwrap_or_else(|e| die(&format!("{e}")));
+    let exe = std::ffi::CString::new(exe.as_os_str().as_encoded_bytes()).unwrap_or_default();
+    let flag = c"--fork-chain-link";
+    let name =
+        std::ffi::CString::new(format!("fixture-forkchain-cid{}", cid_env())).unwrap_or_default();
+    let argv = [name.as_ptr(), flag.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: argv and envp are NULL-terminated arrays of valid C strings
+    // that outlive the call; execve only returns on failure.
+    unsafe { libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    die("execve of the fork chain failed");
+}
+
+/// Forks, `setsid`s and exits, over and over (every millisecond): a pid that
+/// never stays put. Bounded by [`LIFETIME_MAX`].
+fn fork_chain_link() -> ! {
+    let end = Instant::now() + LIFETIME_MAX;
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+        // SAFETY: single-threaded process (the daemonized child).
+        let pid = unsafe { libc::fork() };
+        if pid != 0 {
+            // Parent (or fork failure): leave; the child carries on.
+            // SAFETY: _exit skips atexit handlers.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: setsid takes no arguments.
+        unsafe { libc::setsid() };
+    }
+    std::process::exit(0)
 }
 
 fn serve_agent(cfg: AgentConfig) {

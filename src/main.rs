@@ -100,6 +100,7 @@ impl Harness {
                 }
                 EXIT_FAIL
             })?;
+        ukload::supervisor::set_watchdog_pid(dog.pid());
         let sup = Supervisor::init().map_err(|e| {
             ukload::status!("ukload: cannot become a child subreaper / start the reaper: {e}");
             EXIT_FAIL

@@ -260,6 +260,12 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
     if !cids.ok() {
         reasons.push("CID check failed (collision, mismatch or out of range)".into());
     }
+    let escaped = r.teardown.as_ref().map_or(0, |t| t.stragglers.len());
+    if escaped > 0 {
+        reasons.push(format!(
+            "{escaped} process(es) escaped their instance (found by marker or as adopted orphans, and ended)"
+        ));
+    }
     if unmarked > 0 {
         reasons.push(format!(
             "{unmarked} process(es) dropped the run's marker (found in their instance's cgroup and ended)"

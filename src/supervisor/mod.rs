@@ -85,6 +85,19 @@ pub struct Supervisor {
 static SUPERVISOR: OnceLock<Supervisor> = OnceLock::new();
 static CONTAINMENT: OnceLock<cgroup::Containment> = OnceLock::new();
 
+static WATCHDOG_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Records the watchdog's pid (a child of the harness that teardown must not
+/// take for an adopted orphan).
+pub fn set_watchdog_pid(pid: i32) {
+    WATCHDOG_PID.store(pid, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The watchdog's pid, 0 if none.
+pub fn watchdog_pid() -> i32 {
+    WATCHDOG_PID.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Records the harness's containment (once, before any instance starts).
 pub fn set_containment(c: cgroup::Containment) -> &'static cgroup::Containment {
     CONTAINMENT.get_or_init(|| c)

@@ -135,6 +135,18 @@ pub fn teardown_interruptible(
         .iter()
         .map(|t| members_of(t, run_id, &table))
         .collect();
+    // Marker path: a process that cleared its environment and left its
+    // group (`env -i setsid ...`) after its parent exited was re-parented to
+    // us (we are a subreaper): every child of ours that is neither a known
+    // process of an instance nor the watchdog is such an orphan.
+    let orphans: Vec<i32> = if table.is_empty() {
+        Vec::new()
+    } else {
+        adopted_orphans(&table, &members)
+    };
+    for &p in &orphans {
+        signal_pid(p, libc::SIGTERM);
+    }
     let mut signalled: Vec<HashSet<i32>> = vec![HashSet::new(); targets.len()];
     let mut unmarked: Vec<Vec<Survivor>> = vec![Vec::new(); targets.len()];
     let mut state: Vec<Option<(Ended, f64)>> = vec![None; targets.len()];
@@ -237,6 +249,26 @@ pub fn teardown_interruptible(
         wait_a_little(targets, &state, now, start + grace, kill_deadline);
     }
     let mut survivors: Vec<Survivor> = Vec::new();
+    let mut orphan_records: Vec<Survivor> = Vec::new();
+    if !orphans.is_empty() {
+        orphan_records = orphans
+            .iter()
+            .map(|&pid| Survivor {
+                pid,
+                instance: None,
+                cmdline: proc::cmdline(pid).unwrap_or_default(),
+            })
+            .collect();
+        let end = Instant::now() + KILL_WAIT;
+        let mut left: Vec<i32> = orphans.clone();
+        while !left.is_empty() && Instant::now() < end {
+            for &p in &left {
+                signal_pid(p, libc::SIGKILL);
+            }
+            std::thread::sleep(POLL);
+            left.retain(|&p| alive(p) && sup.try_status(p).is_none());
+        }
+    }
     let instances = targets
         .iter()
         .enumerate()
@@ -275,7 +307,7 @@ pub fn teardown_interruptible(
     // group, or moved itself out of its cgroup) gets the same treatment;
     // what still lives is a survivor.
     let known: BTreeSet<i32> = members.iter().flatten().copied().collect();
-    let stragglers: Vec<Survivor> = proc::scan_marked(Some(run_id))
+    let mut stragglers: Vec<Survivor> = proc::scan_marked(Some(run_id))
         .into_iter()
         .filter(|m| m.stat.state != 'Z' && !known.contains(&m.pid))
         .map(|m| Survivor {
@@ -284,6 +316,7 @@ pub fn teardown_interruptible(
             cmdline: proc::cmdline(m.pid).unwrap_or_default(),
         })
         .collect();
+    stragglers.extend(orphan_records);
     super::watchdog::sweep(run_id, STRAGGLER_SWEEP);
     let seen: BTreeSet<i32> = survivors.iter().map(|s| s.pid).collect();
     survivors.extend(
@@ -302,6 +335,34 @@ pub fn teardown_interruptible(
         survivors,
         ms: ms(start.elapsed()),
     }
+}
+
+/// Signals one process through a pidfd (the pid was read from the process
+/// table just now; the pidfd pins it, so the signal cannot reach a newcomer
+/// that reused the pid after it was opened).
+fn signal_pid(pid: i32, sig: i32) {
+    if let Ok(fd) = proc::pidfd_open(pid) {
+        let _ = proc::pidfd_send_signal(&fd, sig);
+    }
+}
+
+/// Children of the harness (adopted orphans, since we are a subreaper) that
+/// belong to no instance's known processes and are not the watchdog, and
+/// their descendants.
+fn adopted_orphans(table: &[proc::ProcStat], members: &[Vec<i32>]) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let dog = super::watchdog_pid();
+    let known: HashSet<i32> = members.iter().flatten().copied().collect();
+    let mut out = Vec::new();
+    for st in table {
+        if st.ppid == me && st.pid != dog && !known.contains(&st.pid) && !st.is_zombie() {
+            out.push(st.pid);
+            out.extend(proc::descendants(st.pid, table));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// An instance's processes: its cgroup's members, or (marker path) its
@@ -369,8 +430,9 @@ fn wait_a_little(
 }
 
 /// Records members that do not carry the run's marker. An empty
-/// environment is not evidence (an exiting process has already released
-/// the memory `/proc/PID/environ` reads), nor is the launcher itself (between
+/// environment of a process without memory is not evidence (an exiting
+/// process has already released what `/proc/PID/environ` reads), nor is the
+/// launcher itself (between
 /// `fork` and `exec` it still has the harness's environment).
 fn note_unmarked(run_id: &str, launcher: i32, pids: &[i32], unmarked: &mut Vec<Survivor>) {
     let marker = format!("{}={run_id}", crate::ENV_RUN);
@@ -381,7 +443,11 @@ fn note_unmarked(run_id: &str, launcher: i32, pids: &[i32], unmarked: &mut Vec<S
         let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        if env.is_empty() || env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()) {
+        if env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()) {
+            continue;
+        }
+        if env.is_empty() && !has_memory(pid) {
+            // Exiting: its memory (and environment) is already released.
             continue;
         }
         unmarked.push(Survivor {
@@ -390,6 +456,14 @@ fn note_unmarked(run_id: &str, launcher: i32, pids: &[i32], unmarked: &mut Vec<S
             cmdline: proc::cmdline(pid).unwrap_or_default(),
         });
     }
+}
+
+/// Whether `pid` still has its address space (`VmRSS` in its status): an
+/// empty environment then really is empty, not released by an exit.
+fn has_memory(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| s.lines().any(|l| l.starts_with("VmRSS:")))
+        .unwrap_or(false)
 }
 
 /// Signals an instance: its launcher's group (while the leader is not

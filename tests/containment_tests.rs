@@ -1,0 +1,438 @@
+//! Containment: what a hostile guest or a CI runner's timeout does, and that
+//! nothing survives it (issue "containment by the kernel").
+//!
+//! - the job's whole process group SIGKILLed (`timeout -s KILL`) → the
+//!   watchdog, in a session of its own, ends the run's cgroup;
+//! - a guest child that clears its environment, `setsid`s and double-forks
+//!   (no marker, no group of ours) → ended, named, and the run is not PASS;
+//! - a fork chain (fork, setsid, exit, every ms) → ended by `cgroup.kill`;
+//! - a guest that crashes after booting → reported as crashed, not PASS;
+//! - a harness stopped with SIGSTOP and no terminal → resumed by the watchdog;
+//! - a run cgroup whose harness and watchdog both died → reaped by the next
+//!   ukload that starts;
+//! - the same escapes with cgroups disabled (`UKLOAD_CONTAINMENT=marker`):
+//!   adopted orphans are found as the subreaper's children.
+//!
+//! Cgroup tests need a writable cgroup v2 tree (root here and in CI); without
+//! one they say so and pass, except under `CI=true`, where they fail.
+//! Each test has a CID range of its own (7000–7199), so the fixture's
+//! escapees can be found by their `argv[0]` (`fixture-escapee-cid<CID>`).
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use ukload::supervisor::cgroup;
+
+const RUN_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Is cgroup containment possible here? Fails under CI=true if not.
+fn cgroups_usable() -> bool {
+    let probe = format!("probe-{}", std::process::id());
+    match cgroup::RunCgroup::create(&probe) {
+        Ok(c) => {
+            c.kill_and_remove(Instant::now() + Duration::from_secs(1));
+            true
+        }
+        Err(e) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but cgroup v2 is not writable: {e}"
+            );
+            eprintln!("SKIP: cgroup v2 not writable here ({e})");
+            false
+        }
+    }
+}
+
+/// Live (non-zombie) processes whose cmdline starts with `prefix`.
+fn procs_named(prefix: &str) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !cmd.starts_with(prefix.as_bytes()) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.trim().chars().next());
+        if state.is_some() && state != Some('Z') {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// The fixture's escapees and fork-chain links of CIDs `lo..=hi`.
+fn fixture_leftovers(lo: u32, hi: u32) -> Vec<i32> {
+    (lo..=hi)
+        .flat_map(|c| {
+            let mut v = procs_named(&format!("fixture-escapee-cid{c}\0"));
+            v.extend(procs_named(&format!("fixture-forkchain-cid{c}\0")));
+            v
+        })
+        .collect()
+}
+
+/// Waits up to `d` for the fixture's leftovers of `lo..=hi` to be gone;
+/// kills (by pid) and returns what was left.
+fn leftovers_after(lo: u32, hi: u32, d: Duration) -> Vec<i32> {
+    let end = Instant::now() + d;
+    loop {
+        let left = fixture_leftovers(lo, hi);
+        if left.is_empty() || Instant::now() >= end {
+            for &p in &left {
+                // SAFETY: signalling, by pid, a fixture process of this test's own CIDs.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn run_cgroup_path(run_id: &str) -> Option<std::path::PathBuf> {
+    cgroup::parent_dir()
+        .ok()
+        .map(|p| p.join(format!("{}{run_id}", cgroup::RUN_PREFIX)))
+}
+
+fn assert_no_run_cgroup(run_id: &str) {
+    if let Some(p) = run_cgroup_path(run_id) {
+        assert!(!p.exists(), "run cgroup {} was not removed", p.display());
+    }
+}
+
+/// `ukload run COUNT` of the fixture guest with `--guest-arg=ARG`s.
+fn fixture_run(
+    dir: &Path,
+    count: u32,
+    cids: &str,
+    guest_args: &[&str],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Output, serde_json::Value) {
+    let mut cmd = ukload(dir);
+    cmd.args(run_args(dir, count))
+        .arg("--guest-bin")
+        .arg(fixture_guest())
+        .args(["--cid-range", cids])
+        .args(["--grace-ms", "500", "--max-boot-ms", "60000"])
+        .args(guest_args.iter().map(|a| format!("--guest-arg={a}")))
+        .args(extra);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = output_within(cmd, RUN_DEADLINE);
+    let doc = json_of(&out);
+    (out, doc)
+}
+
+fn reasons(doc: &serde_json::Value) -> String {
+    doc["summary"]["reasons"].to_string()
+}
+
+#[test]
+fn runs_are_contained_by_cgroups_that_are_removed_afterwards() {
+    if !cgroups_usable() {
+        return;
+    }
+    let dir = TempDir::new("cg-plain");
+    let (out, doc) = fixture_run(dir.path(), 3, "7000-7009", &[], &[], &[]);
+    assert_eq!(out.status.code(), Some(0), "{doc:#}");
+    assert!(
+        doc["containment"]
+            .as_str()
+            .unwrap()
+            .starts_with("cgroup v2"),
+        "{}",
+        doc["containment"]
+    );
+    let id = doc["run_id"].as_str().unwrap();
+    assert!(wait_no_processes(id, Duration::from_secs(1)).is_empty());
+    assert_no_run_cgroup(id);
+}
+
+#[test]
+fn escapees_without_marker_or_group_are_ended_named_and_not_pass() {
+    if !cgroups_usable() {
+        return;
+    }
+    let dir = TempDir::new("cg-escape");
+    let (out, doc) = fixture_run(dir.path(), 2, "7010-7019", &["--fault=escape"], &[], &[]);
+    let id = doc["run_id"].as_str().unwrap().to_string();
+    let left = leftovers_after(7010, 7019, Duration::from_secs(1));
+    assert!(left.is_empty(), "escapees survived the run: {left:?}");
+    assert!(run_processes(&id).is_empty());
+    assert_no_run_cgroup(&id);
+    // Not PASS: processes hid from the marker.
+    assert_eq!(out.status.code(), Some(2), "{doc:#}");
+    assert!(
+        reasons(&doc).contains("dropped the run's marker"),
+        "{doc:#}"
+    );
+    let unmarked: usize = doc["teardown"]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["unmarked"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(unmarked, 2, "each instance's escapee is named: {doc:#}");
+    assert!(doc["teardown"]["survivors"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_fork_chain_is_ended_by_the_cgroup() {
+    if !cgroups_usable() {
+        return;
+    }
+    let dir = TempDir::new("cg-chain");
+    let (out, doc) = fixture_run(
+        dir.path(),
+        2,
+        "7020-7029",
+        &["--fault=fork-chain"],
+        &[],
+        &[],
+    );
+    let id = doc["run_id"].as_str().unwrap().to_string();
+    let left = leftovers_after(7020, 7029, Duration::from_secs(1));
+    assert!(left.is_empty(), "fork chain outlived the run: {left:?}");
+    assert_no_run_cgroup(&id);
+    assert_ne!(out.status.code(), Some(0), "{doc:#}");
+    assert!(doc["teardown"]["survivors"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn escapees_are_ended_without_cgroups_too() {
+    let dir = TempDir::new("mk-escape");
+    let (out, doc) = fixture_run(
+        dir.path(),
+        2,
+        "7030-7039",
+        &["--fault=escape"],
+        &[],
+        &[("UKLOAD_CONTAINMENT", "marker")],
+    );
+    let id = doc["run_id"].as_str().unwrap().to_string();
+    let left = leftovers_after(7030, 7039, Duration::from_secs(1));
+    assert!(left.is_empty(), "escapees survived: {left:?}");
+    assert!(doc["containment"]
+        .as_str()
+        .unwrap()
+        .starts_with("process groups and markers"));
+    assert_eq!(out.status.code(), Some(2), "{doc:#}");
+    assert!(reasons(&doc).contains("escaped their instance"), "{doc:#}");
+    assert_eq!(
+        doc["teardown"]["stragglers"].as_array().unwrap().len(),
+        2,
+        "{doc:#}"
+    );
+    assert!(run_processes(&id).is_empty());
+}
+
+#[test]
+fn a_guest_that_crashes_after_booting_is_not_pass() {
+    let dir = TempDir::new("crash-after");
+    // Instance 0 aborts 300 ms after it started; the memory phase waits 1.5 s.
+    let (out, doc) = fixture_run(
+        dir.path(),
+        2,
+        "7040-7049",
+        &["--fault-map=0=crash-after:300"],
+        &[],
+        &[("UKLOAD_TEST_PAUSE_PHASE", "memory:1500")],
+    );
+    let i0 = &instances(&doc)[0];
+    assert!(i0["boot_ms"].as_f64().is_some(), "it booted first: {i0:#}");
+    let crashed = i0["crashed"].as_str().expect("crash reported");
+    assert!(crashed.contains("SIGABRT"), "{crashed}");
+    assert!(
+        i0["pss_kb"].is_null(),
+        "no flattering 0 MB for the dead: {i0:#}"
+    );
+    assert!(instances(&doc)[1]["crashed"].is_null());
+    // 1 of 2 healthy < 80 %: FAIL.
+    assert_eq!(out.status.code(), Some(1), "{doc:#}");
+    assert!(reasons(&doc).contains("died after booting"), "{doc:#}");
+    assert!(run_processes(doc["run_id"].as_str().unwrap()).is_empty());
+}
+
+/// Starts `ukload run` in the background (its own process group, like a CI
+/// job under `timeout`) with stderr to a file; returns the child and the
+/// run id once the run announced it.
+fn start_background(
+    dir: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
+    let err = std::fs::File::create(dir.join("stderr")).unwrap();
+    let mut cmd = ukload(dir);
+    cmd.args(args).stdout(Stdio::null()).stderr(err);
+    // SAFETY: setsid is async-signal-safe and touches no memory; it only
+    // detaches the child from any controlling terminal (as under CI or cron).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        })
+    };
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+        let id = text
+            .split("(run ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .map(str::to_string);
+        match id {
+            Some(id) => return (child, id),
+            None if Instant::now() >= end => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no run id announced: {text}");
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+#[test]
+fn sigkill_of_the_jobs_process_group_leaves_nothing() {
+    if !cgroups_usable() {
+        return;
+    }
+    let dir = TempDir::new("cg-timeout");
+    let logs = dir.path().join("logs").to_string_lossy().into_owned();
+    // `timeout -s KILL` kills its whole process group: ukload and anything
+    // else still in it. The guests escape (env -i, setsid) and boot slowly.
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-s", "KILL", "2"])
+        .arg(ukload_bin())
+        .args(["run", "10", "--log-dir", &logs, "--cid-range", "7050-7069"])
+        .arg("--guest-bin")
+        .arg(fixture_guest())
+        .args([
+            "--guest-arg=--fault=escape",
+            "--guest-boot-delay-ms",
+            "30000",
+        ])
+        .env("UKLOAD_RUNTIME_DIR", dir.path().join("rt"))
+        .env("TMPDIR", dir.path())
+        .env_remove("UKLOAD_RUN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap());
+    let t = Instant::now();
+    let st = cmd.status().unwrap();
+    assert_eq!(st.code(), None, "timeout's group was SIGKILLed");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let text = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    let id = text
+        .split("(run ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no run id in stderr: {text}"))
+        .to_string();
+    let left = wait_no_processes(&id, Duration::from_secs(2));
+    kill_run(&id);
+    let escaped = leftovers_after(7050, 7069, Duration::from_millis(200));
+    assert!(left.is_empty(), "guests outlived the job: {left:?}");
+    assert!(escaped.is_empty(), "escapees outlived the job: {escaped:?}");
+    let end = Instant::now() + Duration::from_secs(2);
+    while run_cgroup_path(&id).is_some_and(|p| p.exists()) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_no_run_cgroup(&id);
+}
+
+#[test]
+fn a_stopped_harness_without_terminal_is_resumed() {
+    let dir = TempDir::new("stopped");
+    let mut args = run_args(dir.path(), 2);
+    args.retain(|a| a != "-q");
+    args.extend(
+        [
+            "--cid-range",
+            "7070-7079",
+            "--guest-boot-delay-ms",
+            "300",
+            "--max-boot-ms",
+            "60000",
+        ]
+        .map(String::from),
+    );
+    // setsid: no controlling terminal, as under CI or cron.
+    let (mut child, id) = start_background(dir.path(), &args, &[]);
+    let pid = child.id() as i32;
+    // SAFETY: stopping our own child by pid.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= end {
+            // SAFETY: our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = child.wait();
+            kill_run(&id);
+            panic!("a stopped harness was never resumed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(wait_no_processes(&id, Duration::from_secs(1)).is_empty());
+}
+
+#[test]
+fn a_dead_runs_cgroup_is_reaped_by_the_next_ukload() {
+    if !cgroups_usable() {
+        return;
+    }
+    // A run id whose harness pid cannot exist (above any pid_max).
+    let dead_id = format!("dead{}-999999999", std::process::id());
+    let parent = cgroup::parent_dir().unwrap();
+    let path = parent.join(format!("{}{dead_id}", cgroup::RUN_PREFIX));
+    std::fs::create_dir(&path).unwrap();
+    let mut sleeper = Command::new("sleep").arg("120").spawn().unwrap();
+    std::fs::write(path.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+    let dir = TempDir::new("cg-stale");
+    let (out, _doc) = fixture_run(dir.path(), 1, "7080-7089", &[], &[], &[]);
+    let end = Instant::now() + Duration::from_secs(5);
+    let st = loop {
+        if let Some(st) = sleeper.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() >= end {
+            let _ = sleeper.kill();
+            let _ = sleeper.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let gone = !path.exists();
+    if !gone {
+        let _ = std::fs::write(path.join("cgroup.kill"), "1");
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = std::fs::remove_dir(&path);
+    }
+    assert!(gone, "stale run cgroup {} left", path.display());
+    let st = st.expect("the stale cgroup's process was not killed");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL)
+    );
+    assert_eq!(out.status.code(), Some(0));
+}
