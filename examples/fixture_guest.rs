@@ -300,8 +300,8 @@ fn main() {
             }
         }
         Some(Fault::DaemonSleep) => daemonize_then(|| std::thread::sleep(LIFETIME_MAX)),
-        Some(Fault::Escape) => daemonize_then(|| exec_unmarked_sleep()),
-        Some(Fault::ForkChain) => daemonize_then(|| fork_chain()),
+        Some(Fault::Escape) => daemonize_then(exec_unmarked_sleep),
+        Some(Fault::ForkChain) => daemonize_then(fork_chain),
         Some(Fault::CrashAfter(d)) => {
             std::thread::spawn(move || {
                 std::thread::sleep(d);
