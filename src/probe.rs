@@ -20,6 +20,11 @@ pub const BACKOFF_MAX: Duration = Duration::from_millis(4);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Deadline of one `ping` exchange once connected.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// A gap this long between two probe attempts means the harness was not
+/// running (stopped by SIGSTOP, or starved): normally it is the backoff.
+const STALL_GAP: Duration = Duration::from_millis(500);
+/// How long the one last probe after such a stall may take.
+const FINAL_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the console log is read.
 pub const CONSOLE_POLL: Duration = Duration::from_millis(2);
 /// Longest console line kept while waiting for its end.
@@ -113,16 +118,27 @@ fn probe(
     let mut backoff = BACKOFF_START;
     let mut attempts = 0u32;
     let mut last_error = String::from("not tried");
+    let mut deadline = deadline;
+    let mut last_try = Instant::now();
+    let mut final_chance = true;
     loop {
         if stop.load(Ordering::Relaxed) {
             return Err(BootFailure::Interrupted);
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(BootFailure::Timeout {
-                after: now - started,
-                last_error,
-            });
+            // The deadline passed while we were not running (the harness was
+            // stopped, or starved): the guest gets one last probe before it
+            // is blamed for our stall.
+            if final_chance && now.duration_since(last_try) > STALL_GAP {
+                final_chance = false;
+                deadline = now + FINAL_PROBE_TIMEOUT;
+            } else {
+                return Err(BootFailure::Timeout {
+                    after: now - started,
+                    last_error,
+                });
+            }
         }
         attempts += 1;
         match vsock::connect(ep, CONNECT_TIMEOUT.min(deadline - now)) {
@@ -168,6 +184,7 @@ fn probe(
         if let Some(why) = dead() {
             return Err(BootFailure::LauncherExited { status: why });
         }
+        last_try = Instant::now();
         std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
