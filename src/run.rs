@@ -333,8 +333,9 @@ pub fn run(
         let rx = job_rx.clone();
         let tx = out_tx.clone();
         let sh = shared.clone();
-        let h = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(format!("ukload-worker-{w}"))
+            .stack_size(WORKER_STACK)
             .spawn(move || {
                 while let Ok((index, cid)) = rx.recv() {
                     if sh.stop.load(Ordering::Relaxed) {
@@ -342,9 +343,25 @@ pub fn run(
                     }
                     let _ = tx.send(start_instance(&sh, index, cid));
                 }
-            })
-            .map_err(|e| RunError::Setup(format!("cannot start worker thread: {e}")))?;
-        handles.push(h);
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            // Out of threads (e.g. `ulimit -u`): carry on with the workers we
+            // have; the rest of the instances start as they free up.
+            Err(e) if !handles.is_empty() => {
+                crate::status!(
+                    "ukload: could start only {} worker thread(s) ({e}): instances will start {} at a time",
+                    handles.len(),
+                    handles.len()
+                );
+                break;
+            }
+            Err(e) => {
+                return Err(RunError::Setup(format!(
+                    "cannot start a worker thread: {e}"
+                )))
+            }
+        }
     }
     drop(out_tx);
     // Workers end when the jobs run out or `stop` is set; each probe has a deadline.
@@ -816,6 +833,10 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         cgroup,
     }
 }
+
+/// Stack of a worker thread: it forks, probes and waits, with its buffers on
+/// the heap; the 2 MiB default would cost 2 GiB of address space at 1000.
+const WORKER_STACK: usize = 256 * 1024;
 
 /// `start + d`, saturating far in the future instead of overflowing.
 fn deadline_after(start: Instant, d: Duration) -> Instant {
