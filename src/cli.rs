@@ -103,14 +103,14 @@ pub struct ImageInfoArgs {}
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "run")]
 /// Run a load test: spawn, boot, memory, CIDs, cleanup. Exit 0 PASS, 2 PARTIAL,
-/// 1 FAIL, 64 bad usage, 69 launcher program missing, 75 CID range full,
-/// 130/143 interrupted.
+/// 1 FAIL, 64 bad usage, 69 launcher program missing, 74 report not written
+/// (stdout full or closed), 75 CID range full, 130/143 interrupted.
 pub struct RunArgs {
     #[argh(positional)]
     /// number of instances (default 15)
     pub count: Option<String>,
     #[argh(option)]
-    /// launcher: process (default), kraft, exec
+    /// launcher: process (default), qemu, kraft, exec
     pub launcher: Option<String>,
     #[argh(option)]
     /// max instances spawning/booting at once (default: all)
@@ -236,13 +236,13 @@ pub struct PsArgs {
 #[argh(subcommand, name = "cleanup")]
 /// End processes left by earlier runs (found by their UKLOAD_RUN marker only)
 /// and free their CIDs. Runs whose harness is alive are left alone unless
-/// named with --run or --all is given.
+/// --all is given (--run ID alone does not end a live run: use --run ID --all).
 pub struct CleanupArgs {
     #[argh(option)]
     /// only this run id
     pub run: Option<String>,
     #[argh(switch)]
-    /// also end runs whose harness is still alive
+    /// also end runs whose harness is still alive (with --run: only that one)
     pub all: bool,
     #[argh(option)]
     /// ms between SIGTERM and SIGKILL (default 2000, at most 86400000)
@@ -255,7 +255,7 @@ pub struct CleanupArgs {
 /// tests): reports success rate, boot times, and ukload's own open fds,
 /// threads and RSS at start and end. Exit 0 when every cycle was clean and
 /// none of them grew beyond its tolerance, 1 otherwise (the message names
-/// the metric), 64 bad usage.
+/// the metric), 64 bad usage, 74 report not written (stdout full or closed).
 pub struct CyclesArgs {
     #[argh(option)]
     /// cycles to run after one warm-up cycle (default 100)
@@ -264,7 +264,7 @@ pub struct CyclesArgs {
     /// instances per cycle (default 1)
     pub per_cycle: Option<String>,
     #[argh(option)]
-    /// launcher: process (default), kraft, exec
+    /// launcher: process (default), qemu, kraft, exec
     pub launcher: Option<String>,
     #[argh(option)]
     /// process launcher: guest program (default: ukload-guest beside ukload)

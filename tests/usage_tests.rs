@@ -287,3 +287,33 @@ fn the_longest_accepted_durations_run_without_overflow() {
     );
     assert_eq!(doc["verdict"], "PASS");
 }
+
+/// `--launcher` lists every launcher, qemu included, in `--help` of `run` and
+/// `cycles` and in the man page.
+#[test]
+fn help_and_man_page_name_every_launcher() {
+    let dir = TempDir::new("usage8");
+    for sub in ["run", "cycles"] {
+        let mut cmd = ukload(dir.path());
+        cmd.args([sub, "--help"]);
+        let out = output_within(cmd, LIMIT);
+        assert_eq!(out.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&out.stdout);
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with("--launcher"))
+            .unwrap_or_else(|| panic!("{sub} --help has no --launcher: {help}"));
+        for l in ["process", "qemu", "kraft", "exec"] {
+            assert!(line.contains(l), "{sub} --help: {line}");
+        }
+    }
+    let man =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/man/ukload.1")).unwrap();
+    let entry = man
+        .lines()
+        .find(|l| l.starts_with(".BI \\-\\-launcher"))
+        .expect("man page has a --launcher entry");
+    for l in ["process", "qemu", "kraft", "exec"] {
+        assert!(entry.contains(l), "man page: {entry}");
+    }
+}
