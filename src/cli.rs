@@ -31,6 +31,9 @@ pub const DEFAULT_CID_RANGE: &str = "200-299";
 /// a mistake, and far beyond it `Instant + Duration` overflows and would
 /// panic in a worker thread (`--boot-timeout 1e19` did).
 pub const MAX_DURATION_S: u64 = 24 * 60 * 60;
+/// Largest `--memory`, MiB (1 TiB): a bound that keeps `MiB → bytes`
+/// arithmetic, here and in any VMM, far from overflow.
+pub const MAX_MEMORY_MB: u64 = 1 << 20;
 /// [`MAX_DURATION_S`] in milliseconds, for the `-ms` flags.
 pub const MAX_DURATION_MS: u64 = MAX_DURATION_S * 1000;
 
@@ -180,7 +183,8 @@ pub struct RunArgs {
     /// exec launcher: command template with {index} {cid} {port} {uds} {memory_mb} {log}
     pub exec: Option<String>,
     #[argh(option)]
-    /// guest memory in MiB for VM launchers (default: qemu 80, kraft 64)
+    /// guest memory in MiB for VM launchers (default: qemu 80, at least 32;
+    /// kraft 64)
     pub memory: Option<String>,
     #[argh(option)]
     /// qemu launcher: the QEMU program (default qemu-system-x86_64)
@@ -536,6 +540,18 @@ impl RunArgs {
         };
         if memory_mb == 0 {
             return Err(Usage("--memory 0: a guest needs some memory".into()));
+        }
+        let min_vm = launcher::qemu::MIN_QEMU_MEMORY_MB;
+        if kind == Kind::Qemu && memory_mb < min_vm {
+            return Err(Usage(format!(
+                "--memory {memory_mb}: too little for the qemu launcher's guest; give at least \
+                 {min_vm} MiB (below that QEMU exits 0 without booting and without a word)"
+            )));
+        }
+        if memory_mb > MAX_MEMORY_MB {
+            return Err(Usage(format!(
+                "--memory {memory_mb}: more than {MAX_MEMORY_MB} MiB (1 TiB) per guest"
+            )));
         }
         if let Some(d) = &self.log_dir {
             if d.as_os_str().is_empty() {
