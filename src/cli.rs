@@ -26,6 +26,16 @@ pub const DEFAULT_MAX_TOOL_MS: f64 = 50.0;
 pub const DEFAULT_LOG_DIR: &str = "/tmp/osvm-load-test";
 /// Default CID range (the seed's).
 pub const DEFAULT_CID_RANGE: &str = "200-299";
+/// Longest duration any flag accepts (boot timeout, grace period, tool-call
+/// deadline, injected boot delay): a day, in seconds. Beyond it a deadline is
+/// a mistake, and far beyond it `Instant + Duration` overflows and would
+/// panic in a worker thread (`--boot-timeout 1e19` did).
+pub const MAX_DURATION_S: u64 = 24 * 60 * 60;
+/// Largest `--memory`, MiB (1 TiB): a bound that keeps `MiB → bytes`
+/// arithmetic, here and in any VMM, far from overflow.
+pub const MAX_MEMORY_MB: u64 = 1 << 20;
+/// [`MAX_DURATION_S`] in milliseconds, for the `-ms` flags.
+pub const MAX_DURATION_MS: u64 = MAX_DURATION_S * 1000;
 
 #[derive(FromArgs, Debug)]
 /// ukload: spawn N unikernels/microVMs, measure true boot time and memory,
@@ -96,20 +106,20 @@ pub struct ImageInfoArgs {}
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "run")]
 /// Run a load test: spawn, boot, memory, CIDs, cleanup. Exit 0 PASS, 2 PARTIAL,
-/// 1 FAIL, 64 bad usage, 69 launcher program missing, 75 CID range full,
-/// 130/143 interrupted.
+/// 1 FAIL, 64 bad usage, 69 launcher program missing, 74 report not written
+/// (stdout full or closed), 75 CID range full, 130/143 interrupted.
 pub struct RunArgs {
     #[argh(positional)]
     /// number of instances (default 15)
     pub count: Option<String>,
     #[argh(option)]
-    /// launcher: process (default), kraft, exec
+    /// launcher: process (default), qemu, kraft, exec
     pub launcher: Option<String>,
     #[argh(option)]
     /// max instances spawning/booting at once (default: all)
     pub concurrency: Option<String>,
     #[argh(option)]
-    /// seconds an instance may take to boot (default 60)
+    /// seconds an instance may take to boot (default 60, at most 86400)
     pub boot_timeout: Option<String>,
     #[argh(option)]
     /// boot-time target in ms (default 500)
@@ -127,7 +137,7 @@ pub struct RunArgs {
     /// guest vsock port (default 5252)
     pub port: Option<String>,
     #[argh(option)]
-    /// ms between SIGTERM and SIGKILL at cleanup (default 2000)
+    /// ms between SIGTERM and SIGKILL at cleanup (default 2000, at most 86400000)
     pub grace_ms: Option<String>,
     #[argh(option)]
     /// percent of instances that must boot for PARTIAL (default 80)
@@ -154,7 +164,8 @@ pub struct RunArgs {
     /// process launcher: extra argument for the guest (repeatable)
     pub guest_arg: Vec<String>,
     #[argh(option)]
-    /// process launcher: boot delay the guest injects, ms (default 0)
+    /// process launcher: boot delay the guest injects, ms (default 0, at most
+    /// 86400000)
     pub guest_boot_delay_ms: Option<String>,
     #[argh(option)]
     /// kraft launcher: the kraft program (default: kraft on PATH)
@@ -172,7 +183,8 @@ pub struct RunArgs {
     /// exec launcher: command template with {index} {cid} {port} {uds} {memory_mb} {log}
     pub exec: Option<String>,
     #[argh(option)]
-    /// guest memory in MiB for VM launchers (default: qemu 80, kraft 64)
+    /// guest memory in MiB for VM launchers (default: qemu 80, at least 32;
+    /// kraft 64)
     pub memory: Option<String>,
     #[argh(option)]
     /// qemu launcher: the QEMU program (default qemu-system-x86_64)
@@ -208,7 +220,7 @@ pub struct RunArgs {
     /// tool-call latency target in ms (default 50)
     pub max_tool_ms: Option<String>,
     #[argh(option)]
-    /// deadline of one tool call in ms (default 10000)
+    /// deadline of one tool call in ms (default 10000, at most 86400000)
     pub tool_timeout_ms: Option<String>,
     #[argh(switch, short = 'q')]
     /// no progress lines on stderr
@@ -228,16 +240,16 @@ pub struct PsArgs {
 #[argh(subcommand, name = "cleanup")]
 /// End processes left by earlier runs (found by their UKLOAD_RUN marker only)
 /// and free their CIDs. Runs whose harness is alive are left alone unless
-/// named with --run or --all is given.
+/// --all is given (--run ID alone does not end a live run: use --run ID --all).
 pub struct CleanupArgs {
     #[argh(option)]
     /// only this run id
     pub run: Option<String>,
     #[argh(switch)]
-    /// also end runs whose harness is still alive
+    /// also end runs whose harness is still alive (with --run: only that one)
     pub all: bool,
     #[argh(option)]
-    /// ms between SIGTERM and SIGKILL (default 2000)
+    /// ms between SIGTERM and SIGKILL (default 2000, at most 86400000)
     pub grace_ms: Option<String>,
 }
 
@@ -247,7 +259,7 @@ pub struct CleanupArgs {
 /// tests): reports success rate, boot times, and ukload's own open fds,
 /// threads and RSS at start and end. Exit 0 when every cycle was clean and
 /// none of them grew beyond its tolerance, 1 otherwise (the message names
-/// the metric), 64 bad usage.
+/// the metric), 64 bad usage, 74 report not written (stdout full or closed).
 pub struct CyclesArgs {
     #[argh(option)]
     /// cycles to run after one warm-up cycle (default 100)
@@ -256,7 +268,7 @@ pub struct CyclesArgs {
     /// instances per cycle (default 1)
     pub per_cycle: Option<String>,
     #[argh(option)]
-    /// launcher: process (default), kraft, exec
+    /// launcher: process (default), qemu, kraft, exec
     pub launcher: Option<String>,
     #[argh(option)]
     /// process launcher: guest program (default: ukload-guest beside ukload)
@@ -265,16 +277,18 @@ pub struct CyclesArgs {
     /// process launcher: extra argument for the guest (repeatable)
     pub guest_arg: Vec<String>,
     #[argh(option)]
-    /// process launcher: boot delay the guest injects, ms (default 0)
+    /// process launcher: boot delay the guest injects, ms (default 0, at most
+    /// 86400000)
     pub guest_boot_delay_ms: Option<String>,
     #[argh(option)]
     /// exec launcher: command template
     pub exec: Option<String>,
     #[argh(option)]
-    /// seconds an instance may take to boot (default 60)
+    /// seconds an instance may take to boot (default 60, at most 86400)
     pub boot_timeout: Option<String>,
     #[argh(option)]
-    /// ms between SIGTERM and SIGKILL at each cleanup (default 2000)
+    /// ms between SIGTERM and SIGKILL at each cleanup (default 2000, at most
+    /// 86400000)
     pub grace_ms: Option<String>,
     #[argh(option)]
     /// CID range, e.g. 200-299 (default)
@@ -397,15 +411,22 @@ pub fn format(v: &Option<String>) -> Result<Format, Usage> {
     }
 }
 
+/// A whole number of milliseconds, at most [`MAX_DURATION_MS`].
+fn millis(flag: &str, v: &str) -> Result<u64, Usage> {
+    let ms = num::<u64>(flag, v, "milliseconds (a whole number)")?;
+    if ms > MAX_DURATION_MS {
+        return Err(Usage(format!(
+            "{flag} {v}: too long; at most {MAX_DURATION_MS} ms (a day)"
+        )));
+    }
+    Ok(ms)
+}
+
 /// Grace period flag.
 pub fn grace(v: &Option<String>) -> Result<Duration, Usage> {
     Ok(match v {
         None => Duration::from_millis(DEFAULT_GRACE_MS),
-        Some(s) => Duration::from_millis(num::<u64>(
-            "--grace-ms",
-            s,
-            "milliseconds (a whole number)",
-        )?),
+        Some(s) => Duration::from_millis(millis("--grace-ms", s)?),
     })
 }
 
@@ -436,6 +457,12 @@ impl RunArgs {
         };
         let boot_timeout =
             positive_f64("--boot-timeout", &self.boot_timeout, DEFAULT_BOOT_TIMEOUT_S)?;
+        if boot_timeout > MAX_DURATION_S as f64 {
+            return Err(Usage(format!(
+                "--boot-timeout {}: too long; at most {MAX_DURATION_S} seconds (a day)",
+                self.boot_timeout.as_deref().unwrap_or_default()
+            )));
+        }
         let max_boot_ms = positive_f64("--max-boot-ms", &self.max_boot_ms, DEFAULT_MAX_BOOT_MS)?;
         let max_mem_mb = positive_f64("--max-mem-mb", &self.max_mem_mb, DEFAULT_MAX_MEM_MB)?;
         let mem_metric: MemMetric = match &self.mem_metric {
@@ -500,7 +527,7 @@ impl RunArgs {
         })?;
         let guest_boot_delay_ms = match &self.guest_boot_delay_ms {
             None => 0,
-            Some(s) => num::<u64>("--guest-boot-delay-ms", s, "milliseconds (a whole number)")?,
+            Some(s) => millis("--guest-boot-delay-ms", s)?,
         };
         let memory_mb = match &self.memory {
             None if kind == Kind::Qemu => launcher::qemu::DEFAULT_QEMU_MEMORY_MB,
@@ -513,6 +540,18 @@ impl RunArgs {
         };
         if memory_mb == 0 {
             return Err(Usage("--memory 0: a guest needs some memory".into()));
+        }
+        let min_vm = launcher::qemu::MIN_QEMU_MEMORY_MB;
+        if kind == Kind::Qemu && memory_mb < min_vm {
+            return Err(Usage(format!(
+                "--memory {memory_mb}: too little for the qemu launcher's guest; give at least \
+                 {min_vm} MiB (below that QEMU exits 0 without booting and without a word)"
+            )));
+        }
+        if memory_mb > MAX_MEMORY_MB {
+            return Err(Usage(format!(
+                "--memory {memory_mb}: more than {MAX_MEMORY_MB} MiB (1 TiB) per guest"
+            )));
         }
         if let Some(d) = &self.log_dir {
             if d.as_os_str().is_empty() {
@@ -570,6 +609,11 @@ impl RunArgs {
             exec_template: self.exec.clone(),
             memory_mb,
         };
+        // Checked even without --tool-call, so a bad value is never ignored.
+        let tool_timeout_ms = match &self.tool_timeout_ms {
+            None => None,
+            Some(ms) => Some(millis("--tool-timeout-ms", ms)?),
+        };
         let tool_call = match &self.tool_call {
             None => {
                 if self.tool_expect.is_some() {
@@ -582,12 +626,7 @@ impl RunArgs {
                     .parse()
                     .map_err(|e| Usage(format!("--tool-call {t}: {e}")))?;
                 call.expect = self.tool_expect.clone();
-                if let Some(ms) = &self.tool_timeout_ms {
-                    let ms = num::<u64>(
-                        "--tool-timeout-ms",
-                        ms,
-                        "milliseconds (a whole number >= 1)",
-                    )?;
+                if let Some(ms) = tool_timeout_ms {
                     if ms == 0 {
                         return Err(Usage(
                             "--tool-timeout-ms 0: give a deadline of at least 1 ms".into(),
@@ -604,11 +643,8 @@ impl RunArgs {
             max_tool_ms,
             count,
             concurrency,
-            boot_timeout: Duration::try_from_secs_f64(boot_timeout).map_err(|_| {
-                Usage(format!(
-                    "--boot-timeout {boot_timeout}: too large; give seconds"
-                ))
-            })?,
+            // Positive, finite and at most a day: checked above.
+            boot_timeout: Duration::from_secs_f64(boot_timeout),
             max_boot_ms,
             max_mem_mb,
             mem_metric,

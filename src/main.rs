@@ -10,7 +10,7 @@ use cli::{Format, Sub};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use ukload::report::{self, EXIT_FAIL, EXIT_TEMPFAIL, EXIT_UNAVAILABLE, EXIT_USAGE};
+use ukload::report::{self, EXIT_FAIL, EXIT_IOERR, EXIT_TEMPFAIL, EXIT_UNAVAILABLE, EXIT_USAGE};
 use ukload::run::{self, RunError};
 use ukload::supervisor::{watchdog, Supervisor};
 
@@ -22,10 +22,11 @@ fn main() {
         Err(early) => {
             // `--help` is not an error; a parse error is a usage error.
             if early.status.is_ok() {
-                print!("{}", early.output);
-                std::process::exit(0);
+                std::process::exit(emit("help", 0, |out| {
+                    out.write_all(early.output.as_bytes())
+                }));
             }
-            eprint!("ukload: {}", early.output);
+            let _ = write!(std::io::stderr(), "ukload: {}", early.output);
             if !early.output.ends_with('\n') {
                 ukload::status!();
             }
@@ -61,6 +62,24 @@ fn split_equals(args: Vec<String>) -> Vec<String> {
         }
     }
     out
+}
+
+/// Writes a command's output (a report, a listing, help) to stdout and
+/// returns `code`, or [`EXIT_IOERR`] when stdout cannot take it (`>/dev/full`,
+/// a closed pipe): the failure is said on stderr, if stderr can take it, so
+/// that a script never reads a missing report as a clean result. Call it only
+/// once the work is done (for `run`, after the teardown): a failed write
+/// changes the exit code, never what was done.
+fn emit(what: &str, code: i32, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> i32 {
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        Ok(()) => code,
+        Err(e) => {
+            ukload::status!("ukload: cannot write the {what} to stdout: {e}");
+            EXIT_IOERR
+        }
+    }
 }
 
 fn usage(msg: &str) -> i32 {
@@ -177,16 +196,16 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
         Err(code) => return code,
     };
     let code = match run::run(cfg.clone(), &h.run_id, h.sup, h.stop.clone()) {
-        Ok(r) => {
-            let out = std::io::stdout();
-            let mut out = out.lock();
-            let _ = match fmt {
-                Format::Json => report::write_json(&mut out, &r, &cfg),
-                Format::Human => report::write_human(&mut out, &r, &cfg),
-            };
-            let _ = out.flush();
-            h.exit_code(run::exit_code(&r, &cfg))
-        }
+        // The run is over and its instances are torn down: only the exit
+        // code depends on whether the report reaches stdout.
+        Ok(r) => emit(
+            "report",
+            h.exit_code(run::exit_code(&r, &cfg)),
+            |out| match fmt {
+                Format::Json => report::write_json(out, &r, &cfg),
+                Format::Human => report::write_human(out, &r, &cfg),
+            },
+        ),
         Err(e) => {
             ukload::status!("ukload: {e}");
             run_error_code(&e)
@@ -202,10 +221,9 @@ fn cmd_ps(a: cli::PsArgs) -> i32 {
         Err(cli::Usage(m)) => return usage(&m),
     };
     let rows = ukload::instances::ps();
-    let out = std::io::stdout();
-    let mut out = out.lock();
-    let _ = ukload::instances::print_ps(&rows, fmt == Format::Json, &mut out);
-    0
+    emit("listing", 0, |out| {
+        ukload::instances::print_ps(&rows, fmt == Format::Json, out)
+    })
 }
 
 fn cmd_cleanup(a: cli::CleanupArgs) -> i32 {
@@ -218,14 +236,12 @@ fn cmd_cleanup(a: cli::CleanupArgs) -> i32 {
         include_live: a.all,
         grace,
     });
-    let out = std::io::stdout();
-    let mut out = out.lock();
-    let _ = write!(out, "{report}");
-    if report.survivors.is_empty() {
+    let code = if report.survivors.is_empty() {
         0
     } else {
         EXIT_FAIL
-    }
+    };
+    emit("cleanup report", code, |out| write!(out, "{report}"))
 }
 
 /// `ukload cycles`: like `cmd_run` (watchdog first, then the supervisor), but
@@ -249,19 +265,16 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
     }
     let code = match ukload::cycles::run_cycles(&cfg, run_id, h.sup, h.stop.clone()) {
         Ok(r) => {
-            let out = std::io::stdout();
-            let mut out = out.lock();
-            let _ = match fmt {
-                Format::Json => serde_json::to_writer_pretty(&mut out, &r)
+            let code = emit("report", h.exit_code(r.exit_code()), |out| match fmt {
+                Format::Json => serde_json::to_writer_pretty(&mut *out, &r)
                     .map_err(std::io::Error::from)
                     .and_then(|()| writeln!(out)),
-                Format::Human => r.write_human(&mut out),
-            };
-            let _ = out.flush();
+                Format::Human => r.write_human(out),
+            });
             for l in &r.leaks {
                 ukload::status!("ukload: cycles: leak: {l}");
             }
-            h.exit_code(r.exit_code())
+            code
         }
         Err(e) => {
             ukload::status!("ukload: {e}");
@@ -277,20 +290,19 @@ fn cmd_image(a: cli::ImageArgs) -> i32 {
     match a.cmd {
         cli::ImageCmd::Info(_) => {
             let info = image::info();
-            print!("{info}");
-            if info.is_complete() {
+            let code = if info.is_complete() {
                 0
             } else {
                 EXIT_UNAVAILABLE
-            }
+            };
+            emit("image information", code, |out| write!(out, "{info}"))
         }
         cli::ImageCmd::SlimKernel(k) => {
             let out = k.output.unwrap_or_else(|| k.input.clone());
             match image::slim_kernel(&k.input, &out) {
-                Ok(stats) => {
-                    println!("slim kernel {}: {stats}", out.display());
-                    0
-                }
+                Ok(stats) => emit("summary", 0, |o| {
+                    writeln!(o, "slim kernel {}: {stats}", out.display())
+                }),
                 Err(e) => {
                     ukload::status!("ukload: {e}");
                     EXIT_FAIL
@@ -309,10 +321,9 @@ fn cmd_image(a: cli::ImageArgs) -> i32 {
                 return EXIT_UNAVAILABLE;
             }
             match image::build_initramfs(&guest, &paths.modules_dir, &paths.initramfs) {
-                Ok(()) => {
-                    println!("wrote {}", paths.initramfs.display());
-                    0
-                }
+                Ok(()) => emit("summary", 0, |out| {
+                    writeln!(out, "wrote {}", paths.initramfs.display())
+                }),
                 Err(e) => {
                     ukload::status!("ukload: {e}");
                     EXIT_FAIL

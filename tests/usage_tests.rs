@@ -201,3 +201,119 @@ fn unknown_flags_and_missing_values_name_the_flag_and_exit_64() {
         assert!(err.lines().count() <= 2, "{args:?}: {err}");
     }
 }
+
+/// Durations beyond a day (issue 8, item 10): `--boot-timeout 1e19` used to
+/// pass parsing and panic in every worker thread (`Instant + Duration`
+/// overflow), exit 101. Now every duration flag is bounded at parse time,
+/// and the message names the bound.
+#[test]
+fn durations_beyond_a_day_are_usage_errors_naming_the_bound() {
+    let _slot = shared_slot();
+    let dir = TempDir::new("usage6");
+    let cases: &[(&[&str], &str)] = &[
+        (&["1", "--boot-timeout", "1e19"], "--boot-timeout"),
+        (&["1", "--boot-timeout", "86400.5"], "--boot-timeout"),
+        (&["1", "--grace-ms", "18446744073709551615"], "--grace-ms"),
+        (&["1", "--grace-ms", "86400001"], "--grace-ms"),
+        (
+            &["1", "--tool-call", "echo", "--tool-timeout-ms", "1e3"],
+            "--tool-timeout-ms",
+        ),
+        (
+            &["1", "--tool-call", "echo", "--tool-timeout-ms", "86400001"],
+            "--tool-timeout-ms",
+        ),
+        // Checked even when there is no tool call to use it.
+        (&["1", "--tool-timeout-ms", "86400001"], "--tool-timeout-ms"),
+        (
+            &["1", "--guest-boot-delay-ms", "18446744073709551615"],
+            "--guest-boot-delay-ms",
+        ),
+    ];
+    for (n, (args, needle)) in cases.iter().enumerate() {
+        assert_usage_error(dir.path(), 300 + n, args, needle, false);
+    }
+    for args in [
+        &["run", "1", "--boot-timeout", "1e19"][..],
+        &["cycles", "--boot-timeout", "1e19"][..],
+        &["cycles", "--grace-ms", "99999999999"][..],
+        &["cleanup", "--grace-ms", "99999999999"][..],
+    ] {
+        let mut cmd = ukload(dir.path());
+        cmd.args(args);
+        if args[0] != "cleanup" {
+            cmd.arg("--log-dir").arg(dir.path().join("logs"));
+        }
+        let out = output_within(cmd, LIMIT);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains("at most"), "{args:?}: no bound named: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+/// The longest accepted durations run normally: no overflow anywhere in the
+/// run (deadlines, grace, tool deadline), PASS, nothing left.
+#[test]
+fn the_longest_accepted_durations_run_without_overflow() {
+    let _slot = shared_slot();
+    let dir = TempDir::new("usage7");
+    let (out, doc) = run_report(
+        dir.path(),
+        1,
+        &[
+            "--cid-range",
+            "7440-7444",
+            "--boot-timeout",
+            "86400",
+            "--grace-ms",
+            "86400000",
+            "--tool-timeout-ms",
+            "86400000",
+            "--max-boot-ms",
+            "60000",
+        ],
+        Duration::from_secs(120),
+    );
+    let id = doc["run_id"].as_str().unwrap().to_string();
+    let left = wait_no_processes(&id, Duration::from_secs(2));
+    kill_run(&id);
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(doc["verdict"], "PASS");
+}
+
+/// `--launcher` lists every launcher, qemu included, in `--help` of `run` and
+/// `cycles` and in the man page.
+#[test]
+fn help_and_man_page_name_every_launcher() {
+    let dir = TempDir::new("usage8");
+    for sub in ["run", "cycles"] {
+        let mut cmd = ukload(dir.path());
+        cmd.args([sub, "--help"]);
+        let out = output_within(cmd, LIMIT);
+        assert_eq!(out.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&out.stdout);
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with("--launcher"))
+            .unwrap_or_else(|| panic!("{sub} --help has no --launcher: {help}"));
+        for l in ["process", "qemu", "kraft", "exec"] {
+            assert!(line.contains(l), "{sub} --help: {line}");
+        }
+    }
+    let man =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/man/ukload.1")).unwrap();
+    let entry = man
+        .lines()
+        .find(|l| l.starts_with(".BI \\-\\-launcher"))
+        .expect("man page has a --launcher entry");
+    for l in ["process", "qemu", "kraft", "exec"] {
+        assert!(entry.contains(l), "man page: {entry}");
+    }
+}

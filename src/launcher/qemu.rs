@@ -27,6 +27,16 @@ use std::time::{Duration, Instant};
 /// (its image reaches 74 MiB of physical memory). Untouched guest pages cost
 /// nothing, so a little headroom is free (docs/microvm.md).
 pub const DEFAULT_QEMU_MEMORY_MB: u64 = 80;
+/// Smallest `--memory` the qemu launcher accepts, MiB. Below the guest's
+/// floor QEMU says nothing at all: the kernel image (physical 16–25 MiB for
+/// the minimal kernel) or the initramfs does not fit, the guest resets or
+/// panics, and with `-no-reboot` QEMU exits 0 with an empty console.
+/// Measured with the minimal kernel and the project's 2 MB initramfs under
+/// TCG: 20–26 MiB exit 0 with no output, 28 panics ("Initramfs unpacking
+/// failed ... No working init found") and exits 0, 29 boots and runs a tool
+/// call. 32 leaves room for a somewhat larger initramfs. Debian's kernels
+/// need more (cloud 72, generic 96: docs/microvm.md), which only a boot shows.
+pub const MIN_QEMU_MEMORY_MB: u64 = 32;
 /// TCG translation cache, MiB. With the minimal guest kernel (the setup
 /// default) 8 costs no boot time and brings even a lone VM under 80 MB PSS;
 /// Debian's much larger kernels boot slower at 8 (10 concurrent cloud-kernel

@@ -16,7 +16,8 @@
 //! `isError: true`; its text is printed on stdout), [`EXIT_RPC_ERROR`] 3 (the
 //! server answered with a JSON-RPC error; `error <code>: <message>` on stderr),
 //! [`EXIT_TRANSPORT`] 4 (transport, protocol or timeout failure), [`EXIT_USAGE`]
-//! 64 (bad command line; one line naming the flag).
+//! 64 (bad command line; one line naming the flag), [`EXIT_IOERR`] 74 (the
+//! result could not be written to stdout; said on stderr).
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ pub const EXIT_RPC_ERROR: i32 = 3;
 pub const EXIT_TRANSPORT: i32 = 4;
 /// Bad command line (sysexits.h EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
+/// The output could not be written to stdout (sysexits.h EX_IOERR).
+pub const EXIT_IOERR: i32 = crate::report::EXIT_IOERR;
 
 /// Default deadline of each call, ms.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
@@ -79,7 +82,8 @@ pub const STDIO_MARKER_PREFIX: &str = "mcp-";
         "the server answered with a JSON-RPC error (`error <code>: <message>` on stderr)"
     ),
     error_code(4, "transport, protocol or timeout failure"),
-    error_code(64, "bad usage")
+    error_code(64, "bad usage"),
+    error_code(74, "the output could not be written to stdout")
 )]
 /// Talk to an MCP server: list its tools, call one, or benchmark one.
 pub struct McpArgs {
@@ -102,7 +106,8 @@ pub enum McpCmd {
     error_code(0, "success"),
     error_code(3, "the server answered tools/list with a JSON-RPC error"),
     error_code(4, "transport, protocol or timeout failure"),
-    error_code(64, "bad usage")
+    error_code(64, "bad usage"),
+    error_code(74, "the output could not be written to stdout")
 )]
 /// List the server's tools (following tools/list pagination).
 pub struct ToolsArgs {
@@ -143,7 +148,8 @@ pub struct ToolsArgs {
         "the server answered with a JSON-RPC error (`error <code>: <message>` on stderr)"
     ),
     error_code(4, "transport, protocol or timeout failure"),
-    error_code(64, "bad usage")
+    error_code(64, "bad usage"),
+    error_code(74, "the output could not be written to stdout")
 )]
 /// Call one tool and print its result.
 pub struct CallArgs {
@@ -187,7 +193,8 @@ pub struct CallArgs {
     error_code(1, "some call returned isError: true (and none failed worse)"),
     error_code(3, "some call got a JSON-RPC error (and none failed worse)"),
     error_code(4, "some call failed: transport, protocol or timeout"),
-    error_code(64, "bad usage")
+    error_code(64, "bad usage"),
+    error_code(74, "the output could not be written to stdout")
 )]
 /// Call a tool many times over one session and report latency and throughput.
 pub struct BenchArgs {
@@ -543,10 +550,22 @@ fn finish(session: Session, code: i32) -> i32 {
     }
 }
 
-/// Writes to stdout, ignoring a closed pipe (the exit code still tells the outcome).
-fn print_out(text: &str) {
+/// Writes to stdout; never panics (a full disk, a closed pipe).
+fn print_out(text: &str) -> io::Result<()> {
     let mut out = io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    out.write_all(text.as_bytes()).and_then(|()| out.flush())
+}
+
+/// `code`, or [`EXIT_IOERR`] when the output was lost: a script must not
+/// take a missing result for a success. Said on stderr, if stderr can take it.
+fn printed(result: io::Result<()>, code: i32) -> i32 {
+    match result {
+        Ok(()) => code,
+        Err(e) => {
+            crate::status!("ukload mcp: cannot write the result to stdout: {e}");
+            EXIT_IOERR
+        }
+    }
 }
 
 fn cmd_tools(a: ToolsArgs) -> Result<i32, Failure> {
@@ -576,8 +595,8 @@ fn cmd_tools(a: ToolsArgs) -> Result<i32, Failure> {
         }
         Format::Human => tools.iter().map(describe_tool).collect(),
     };
-    print_out(&text);
-    Ok(finish(session, EXIT_OK))
+    let written = print_out(&text);
+    Ok(printed(written, finish(session, EXIT_OK)))
 }
 
 /// One line: `name(arg: type, [optional: type])  description`.
@@ -638,18 +657,19 @@ fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
             return Ok(finish(session, code));
         }
     };
-    let code = match session.call_tool(&a.tool, arguments, conn.timeout) {
+    let (code, written) = match session.call_tool(&a.tool, arguments, conn.timeout) {
         Ok(result) => {
-            print_out(&render_result(&result, format));
-            if result.is_error {
+            let written = print_out(&render_result(&result, format));
+            let code = if result.is_error {
                 EXIT_TOOL_ERROR
             } else {
                 EXIT_OK
-            }
+            };
+            (code, written)
         }
-        Err(e) => report_mcp_error(&e),
+        Err(e) => (report_mcp_error(&e), Ok(())),
     };
-    Ok(finish(session, code))
+    Ok(printed(written, finish(session, code)))
 }
 
 /// The text of a result (its text items, one per line), or the raw result as JSON.
@@ -860,11 +880,11 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         stats: stats.as_ref(),
         first_error: first_error.as_deref(),
     };
-    print_out(&match format {
+    let written = print_out(&match format {
         Format::Json => report.json(),
         Format::Human => report.human(),
     });
-    Ok(close_shared(session, code))
+    Ok(printed(written, close_shared(session, code)))
 }
 
 /// Closes a session shared with (finished) worker threads.
