@@ -322,7 +322,11 @@ fn open_checked(path: &Path, read: bool, mode: u32) -> Result<File, FsafeError> 
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
+            // ELOOP is the kernel's answer to O_NOFOLLOW on a symlink; with
+            // fs.protected_symlinks it may be EACCES first. Either way, say
+            // what is there.
+            let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            if e.raw_os_error() == Some(libc::ELOOP) || is_link {
                 FsafeError::Symlink {
                     path: path.to_path_buf(),
                 }
