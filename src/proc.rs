@@ -7,6 +7,11 @@
 //! [`crate::ENV_INSTANCE`], [`crate::ENV_CID`]), which every descendant
 //! inherits, and the parent links in `/proc/PID/stat`.
 //!
+//! Only processes of our own uid (real and effective) count as marked:
+//! anyone can put `UKLOAD_RUN=...` in an environment, so another user's
+//! process is never measured, waited for or signalled as ours
+//! ([`scan_marked_owned_by`]).
+//!
 //! Everything here is a snapshot: a process can exit between two reads. Readers
 //! therefore skip processes that vanished, and [`signal_if_marked`] signals via a
 //! pidfd so that a PID recycled in the meantime is never hit.
