@@ -398,6 +398,55 @@ impl CidLease {
         &self.holder
     }
 
+    /// Is the lock file we hold still the one the registry path names
+    /// (`fstat` of our descriptor against `lstat` of the path)? False if it
+    /// was deleted or replaced (`rm -r cids/`).
+    pub fn is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.file.metadata(), std::fs::symlink_metadata(&self.path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+
+    /// Re-establishes the lease if its lock file vanished or was replaced:
+    /// re-creates the directory and the file (with the same checks as
+    /// [`CidRegistry::allocate`]), locks it and writes the holder line.
+    /// Returns whether anything had to be done. If another process locked
+    /// the new file first, the CID is no longer exclusively ours: an
+    /// [`CidError::Io`] with `AddrInUse` names the file. Cheap (two stats)
+    /// when nothing changed, so a harness can call it periodically.
+    pub fn ensure_current(&mut self) -> Result<bool, CidError> {
+        if self.is_current() {
+            return Ok(false);
+        }
+        if let Some(dir) = self.path.parent() {
+            fsafe::ensure_dir(dir, fsafe::runtime_dir_mode())?;
+        }
+        let file = fsafe::open_lock(&self.path)?;
+        match try_flock(&file, libc::LOCK_EX) {
+            Ok(TryLock::Locked) => {}
+            Ok(TryLock::WouldBlock) => {
+                return Err(CidError::Io {
+                    op: "re-lock (another process took it after the file vanished)",
+                    path: self.path.clone(),
+                    source: io::Error::from(io::ErrorKind::AddrInUse),
+                })
+            }
+            Err(source) => {
+                return Err(CidError::Io {
+                    op: "flock",
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        }
+        write_holder(&file, &self.holder, &self.path)?;
+        // The old descriptor (and its lock on the unlinked inode) goes.
+        self.file = file;
+        Ok(true)
+    }
+
     /// Path of the lock file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -468,3 +468,23 @@ fn registry_errors_are_io_errors_not_a_full_range() {
     assert!(err.is_exhausted());
     assert_eq!(err.exit_code(), ukload::report::EXIT_TEMPFAIL);
 }
+
+#[test]
+fn a_lease_whose_lock_file_was_deleted_re_creates_and_re_locks_it() {
+    let t = TempRegistry::new("relock");
+    let mut leases = t.reg.allocate(range("5034"), 1, &holder("a")).unwrap();
+    let lease = &mut leases[0];
+    assert!(lease.is_current());
+    assert!(!lease.ensure_current().unwrap(), "nothing to do");
+
+    std::fs::remove_dir_all(&t.dir).unwrap();
+    assert!(!lease.is_current());
+    assert!(!t.reg.is_held(5034).unwrap(), "the file is gone");
+    assert!(lease.ensure_current().unwrap());
+    assert!(lease.is_current());
+    assert!(t.reg.is_held(5034).unwrap());
+    let err = t.reg.allocate(range("5034"), 1, &holder("b")).unwrap_err();
+    assert!(err.is_exhausted(), "{err}");
+    let text = std::fs::read_to_string(t.reg.lock_path(5034)).unwrap();
+    assert!(text.contains("\"run_id\":\"a\""), "{text}");
+}
