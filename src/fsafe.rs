@@ -123,9 +123,8 @@ impl fmt::Display for FsafeError {
                 expected,
             } => write!(
                 f,
-                "refusing {}: it is owned by uid {owner}, not by uid {expected} (us){}; another user could redirect or replace ukload's files there: remove it or choose a directory of your own",
-                path.display(),
-                if *expected != ROOT_UID { " or root" } else { "" }
+                "refusing {}: it is owned by uid {owner}, not by uid {expected} (the user running ukload); another user could redirect or replace ukload's files there: remove it or choose a directory of your own",
+                path.display()
             ),
             FsafeError::Writable { path, mode } => write!(
                 f,
