@@ -16,35 +16,44 @@
 //! - a lease's file contains its holder as one JSON line, for `ukload ps` and
 //!   error messages; the lock, not the content, is the truth.
 //!
+//! - files are opened with `O_NOFOLLOW` and checked through the descriptor
+//!   (regular, ours, one link: [`crate::fsafe::open_lock`]), the directory
+//!   with [`crate::fsafe::ensure_dir`], so another user cannot redirect root's
+//!   writes with a planted symlink or hard link;
+//! - the lock is not the only evidence: a CID that a live process of ours
+//!   still carries in `UKLOAD_CID` (for another run of this registry, or a
+//!   leftover of a dead harness) is busy even if its lock file is free, so
+//!   deleting `cids/` under a live run does not hand its CIDs out again.
+//!
 //! `flock` locks belong to the open file description, so two opens of the same
 //! file in one process conflict like two processes do (threads can test it).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fsafe::{self, FsafeError};
 use crate::paths;
 use crate::proc;
+use crate::report::{EXIT_IOERR, EXIT_TEMPFAIL, EXIT_USAGE};
 
 /// Lowest CID a guest may get: 0 (hypervisor), 1 (local) and 2 (host) are
 /// reserved.
 pub const MIN_GUEST_CID: u32 = 3;
 /// Highest CID a guest may get: `u32::MAX` is `VMADDR_CID_ANY`.
 pub const MAX_GUEST_CID: u32 = u32::MAX - 1;
-/// Permissions of the registry directory (readable by `ukload ps` of anyone).
-const REGISTRY_DIR_MODE: u32 = 0o755;
-/// Permissions of a lock file.
-const LOCK_FILE_MODE: u32 = 0o644;
 /// Lock file name: `cid-<n>.lock`.
 const LOCK_FILE_PREFIX: &str = "cid-";
 const LOCK_FILE_SUFFIX: &str = ".lock";
+/// Longest holder line read from a lock file (a real one is ~80 bytes).
+const MAX_HOLDER_LINE: u64 = 4096;
 /// How many holder groups an `Exhausted` message lists before "and N more".
 const MAX_HOLDER_GROUPS_SHOWN: usize = 8;
 
@@ -180,7 +189,11 @@ pub struct HolderInfo {
 pub enum CidError {
     /// A range that breaks the rules.
     Range(CidRangeError),
-    /// A system call on a registry file failed.
+    /// A registry directory or file was refused: a symlink, another user's,
+    /// writable by others, hard-linked (see [`crate::fsafe`]).
+    Unsafe(FsafeError),
+    /// A system call on a registry file failed (`EROFS`, `EMFILE`, `EACCES`
+    /// ...): not a full range.
     Io {
         /// What was being done (`"open"`, `"flock"`, `"write holder"` ...).
         op: &'static str,
@@ -202,6 +215,7 @@ impl fmt::Display for CidError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CidError::Range(e) => e.fmt(f),
+            CidError::Unsafe(e) => write!(f, "CID registry: {e}"),
             CidError::Io { op, path, source } => {
                 write!(f, "CID registry: {op} {}: {source}", path.display())
             }
@@ -233,8 +247,38 @@ impl std::error::Error for CidError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             CidError::Range(e) => Some(e),
+            CidError::Unsafe(e) => Some(e),
             CidError::Io { source, .. } => Some(source),
             CidError::Exhausted { .. } => None,
+        }
+    }
+}
+
+impl CidError {
+    /// The process exit code this error calls for: [`EXIT_TEMPFAIL`] (75)
+    /// when the range has no room now (try later or elsewhere),
+    /// [`EXIT_IOERR`] (74) when the registry could not be used at all (a
+    /// read-only or unsafe directory, out of descriptors, no permission),
+    /// [`EXIT_USAGE`] (64) for an invalid range.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CidError::Exhausted { .. } => EXIT_TEMPFAIL,
+            CidError::Range(_) => EXIT_USAGE,
+            CidError::Unsafe(_) | CidError::Io { .. } => EXIT_IOERR,
+        }
+    }
+
+    /// True if the range is full (as opposed to the registry being unusable).
+    pub fn is_exhausted(&self) -> bool {
+        matches!(self, CidError::Exhausted { .. })
+    }
+}
+
+impl From<FsafeError> for CidError {
+    fn from(e: FsafeError) -> Self {
+        match e {
+            FsafeError::Io { op, path, source } => CidError::Io { op, path, source },
+            refused => CidError::Unsafe(refused),
         }
     }
 }
@@ -354,6 +398,55 @@ impl CidLease {
         &self.holder
     }
 
+    /// Is the lock file we hold still the one the registry path names
+    /// (`fstat` of our descriptor against `lstat` of the path)? False if it
+    /// was deleted or replaced (`rm -r cids/`).
+    pub fn is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.file.metadata(), std::fs::symlink_metadata(&self.path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+
+    /// Re-establishes the lease if its lock file vanished or was replaced:
+    /// re-creates the directory and the file (with the same checks as
+    /// [`CidRegistry::allocate`]), locks it and writes the holder line.
+    /// Returns whether anything had to be done. If another process locked
+    /// the new file first, the CID is no longer exclusively ours: an
+    /// [`CidError::Io`] with `AddrInUse` names the file. Cheap (two stats)
+    /// when nothing changed, so a harness can call it periodically.
+    pub fn ensure_current(&mut self) -> Result<bool, CidError> {
+        if self.is_current() {
+            return Ok(false);
+        }
+        if let Some(dir) = self.path.parent() {
+            fsafe::ensure_dir(dir, fsafe::runtime_dir_mode())?;
+        }
+        let file = fsafe::open_lock(&self.path)?;
+        match try_flock(&file, libc::LOCK_EX) {
+            Ok(TryLock::Locked) => {}
+            Ok(TryLock::WouldBlock) => {
+                return Err(CidError::Io {
+                    op: "re-lock (another process took it after the file vanished)",
+                    path: self.path.clone(),
+                    source: io::Error::from(io::ErrorKind::AddrInUse),
+                })
+            }
+            Err(source) => {
+                return Err(CidError::Io {
+                    op: "flock",
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        }
+        write_holder(&file, &self.holder, &self.path)?;
+        // The old descriptor (and its lock on the unlinked inode) goes.
+        self.file = file;
+        Ok(true)
+    }
+
     /// Path of the lock file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -374,33 +467,46 @@ fn write_holder(file: &File, holder: &HolderInfo, path: &Path) -> Result<(), Cid
         .map_err(|e| io_err("write holder to", e))
 }
 
-/// Every live process carrying `UKLOAD_CID` within `range` whose harness is
-/// dead (a leftover, e.g. a daemonized VMM outliving a killed harness), as a
-/// holder (its pid, run and instance), sorted by CID.
+/// Every live process of ours carrying `UKLOAD_CID` within `range` whose
+/// harness is dead (a leftover, e.g. a daemonized VMM outliving a killed
+/// harness), as a holder (its pid, run and instance), sorted by CID.
 pub fn cid_users(range: CidRange) -> Vec<(u32, HolderInfo)> {
     let runs_dir = paths::runs_dir();
-    let mut users: Vec<(u32, HolderInfo)> = proc::scan_marked(None)
+    let mut users: Vec<(u32, HolderInfo)> = carriers(range)
         .into_iter()
-        .filter(|m| !m.stat.is_zombie())
-        // A live harness holds its CIDs' locks already: only leftovers of a
-        // dead harness matter here (and other live runs, in other runtime
-        // directories, are theirs to coordinate).
-        .filter(|m| m.cid.is_some_and(|c| range.contains(c)))
         .filter(|m| !crate::instances::marked_run_alive(&runs_dir, m))
-        .filter_map(|m| {
-            let cid = m.cid.filter(|c| range.contains(*c))?;
-            Some((
-                cid,
-                HolderInfo {
-                    pid: m.pid as u32,
-                    run_id: m.run,
-                    instance: m.instance,
-                },
-            ))
-        })
+        .filter_map(as_holder)
         .collect();
     users.sort_by_key(|(c, h)| (*c, h.pid));
     users
+}
+
+/// Live (non-zombie) processes of ours carrying a `UKLOAD_CID` in `range`.
+fn carriers(range: CidRange) -> Vec<proc::Marked> {
+    proc::scan_marked(None)
+        .into_iter()
+        .filter(|m| !m.stat.is_zombie())
+        .filter(|m| m.cid.is_some_and(|c| range.contains(c)))
+        .collect()
+}
+
+fn as_holder(m: proc::Marked) -> Option<(u32, HolderInfo)> {
+    Some((
+        m.cid?,
+        HolderInfo {
+            pid: m.pid as u32,
+            run_id: m.run,
+            instance: m.instance,
+        },
+    ))
+}
+
+/// Same directory? Compared resolved when both resolve, else as given.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
 }
 
 /// The registry: a directory of `cid-<n>.lock` files shared by every ukload
@@ -415,17 +521,13 @@ pub struct CidRegistry {
 }
 
 impl CidRegistry {
-    /// Opens (creating, mode 0755) the registry directory `dir`.
+    /// Opens the registry directory `dir`, creating it (and missing parents)
+    /// with [`fsafe::runtime_dir_mode`] (0700, or 0755 for root). Refused
+    /// ([`CidError::Unsafe`]) if it or a directory above it is a symlink we
+    /// did not expect, another user's, or writable by others without the
+    /// sticky bit.
     pub fn open(dir: &Path) -> Result<CidRegistry, CidError> {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(REGISTRY_DIR_MODE)
-            .create(dir)
-            .map_err(|source| CidError::Io {
-                op: "create directory",
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        fsafe::ensure_dir(dir, fsafe::runtime_dir_mode())?;
         Ok(CidRegistry {
             dir: dir.to_path_buf(),
             check_leftover_users: true,
@@ -433,12 +535,15 @@ impl CidRegistry {
     }
 
     /// Whether [`allocate`](Self::allocate) skips CIDs still carried by live
-    /// processes of other runs (on by default).
+    /// processes of ours of other runs (on by default): a leftover of a dead
+    /// harness (any registry), or a process of a live run of THIS registry.
     ///
     /// Why: the lock dies with the harness, but a daemonized VMM of a killed
     /// harness may live on with its CID; with kernel vhost-vsock, a new guest
-    /// given that CID would fail with "Address already in use". Costs one scan
-    /// of the process table per allocation. Turn it off where unrelated
+    /// given that CID would fail with "Address already in use". And a lock
+    /// file can be deleted (`rm -r cids/`) under a live run: the next run
+    /// would lock a new file of the same name. Costs one scan of the process
+    /// table per allocation. Turn it off where unrelated
     /// processes on the host may carry `UKLOAD_CID` (tests of a temporary
     /// registry).
     pub fn check_leftover_users(mut self, on: bool) -> CidRegistry {
@@ -470,19 +575,7 @@ impl CidRegistry {
     /// `None` if someone holds it.
     fn try_take(&self, cid: u32) -> Result<Option<File>, CidError> {
         let path = self.lock_path(cid);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(LOCK_FILE_MODE)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|source| CidError::Io {
-                op: "open",
-                path: path.clone(),
-                source,
-            })?;
+        let file = fsafe::open_lock(&path)?;
         match try_flock(&file, libc::LOCK_EX) {
             Ok(TryLock::Locked) => Ok(Some(file)),
             Ok(TryLock::WouldBlock) => Ok(None),
@@ -509,10 +602,7 @@ impl CidRegistry {
         let mut leases: Vec<CidLease> = Vec::with_capacity(count);
         let mut busy: Vec<u32> = Vec::new();
         let leftovers: HashMap<u32, HolderInfo> = if self.check_leftover_users {
-            cid_users(range)
-                .into_iter()
-                .filter(|(_, h)| h.run_id != holder.run_id)
-                .collect()
+            self.unlocked_users(range, &holder.run_id)
         } else {
             HashMap::new()
         };
@@ -581,10 +671,42 @@ impl CidRegistry {
         Ok(leases)
     }
 
+    /// CIDs of `range` that live processes of ours of runs other than
+    /// `our_run` still carry, which the lock files may not show: processes
+    /// of a dead harness (leftovers, from any registry) and processes of a
+    /// live run that uses this registry (its lock file may have been
+    /// deleted). Processes of live runs of other registries are theirs to
+    /// coordinate (a normal user's registry is per user).
+    fn unlocked_users(&self, range: CidRange, our_run: &str) -> HashMap<u32, HolderInfo> {
+        let runs_dir = paths::runs_dir();
+        let mut out = HashMap::new();
+        for m in carriers(range) {
+            if m.run == our_run {
+                continue;
+            }
+            let this_registry = match proc::environ_var(m.pid, paths::ENV_RUNTIME_DIR) {
+                Ok(Some(d)) if !d.is_empty() => same_dir(&Path::new(&d).join("cids"), &self.dir),
+                _ => false,
+            };
+            if this_registry || !crate::instances::marked_run_alive(&runs_dir, &m) {
+                if let Some((cid, h)) = as_holder(m) {
+                    out.entry(cid).or_insert(h);
+                }
+            }
+        }
+        out
+    }
+
     /// The holder line of `cid`'s file, if readable and well-formed (a holder
-    /// that is writing it at this instant may leave it empty).
+    /// that is writing it at this instant may leave it empty). A symlink is
+    /// not followed.
     fn read_holder(&self, cid: u32) -> Option<HolderInfo> {
-        let text = fs::read_to_string(self.lock_path(cid)).ok()?;
+        let mut text = String::new();
+        fsafe::open_existing_nofollow(&self.lock_path(cid))
+            .ok()?
+            .take(MAX_HOLDER_LINE)
+            .read_to_string(&mut text)
+            .ok()?;
         serde_json::from_str(text.lines().next()?).ok()
     }
 
@@ -593,7 +715,7 @@ impl CidRegistry {
     /// file means free.
     pub fn is_held(&self, cid: u32) -> Result<bool, CidError> {
         let path = self.lock_path(cid);
-        let file = match File::open(&path) {
+        let file = match fsafe::open_existing_nofollow(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(source) => {
@@ -624,7 +746,7 @@ impl CidRegistry {
     /// Held CIDs whose holder line is unreadable are left out. Only existing
     /// lock files are probed, so a huge range costs no more than a small one.
     pub fn holders(&self, range: CidRange) -> Vec<(u32, HolderInfo)> {
-        let mut cids: Vec<u32> = match fs::read_dir(&self.dir) {
+        let mut cids: Vec<u32> = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries
                 .filter_map(|e| {
                     let name = e.ok()?.file_name();

@@ -23,7 +23,7 @@ pub const DEFAULT_MIN_SUCCESS_PCT: f64 = 80.0;
 /// Default tool-call latency target, ms (the seed's).
 pub const DEFAULT_MAX_TOOL_MS: f64 = 50.0;
 /// Default log directory (the seed's).
-pub const DEFAULT_LOG_DIR: &str = "/tmp/osvm-load-test";
+pub const DEFAULT_LOG_DIR: &str = ukload::paths::DEFAULT_LOG_DIR;
 /// Default CID range (the seed's).
 pub const DEFAULT_CID_RANGE: &str = "200-299";
 /// Longest duration any flag accepts (boot timeout, grace period, tool-call

@@ -10,6 +10,7 @@
 //! - [`proc`]: reading `/proc` (process table, markers, smaps_rollup).
 //! - [`memory`]: RSS/PSS of whole process trees.
 //! - [`cid`]: the host-wide CID registry (one `flock`ed file per CID).
+//! - [`fsafe`]: directories and files another user cannot redirect (no symlinks, owner checks).
 //! - [`supervisor`]: fork/exec in process groups, subreaper, reaping, killing, watchdog.
 //! - [`launcher`]: how an instance is started (process, kraft, exec).
 //! - [`probe`]: boot readiness (JSON-RPC ping over vsock, console marker).
@@ -25,6 +26,7 @@ pub mod cid;
 pub mod clock;
 pub mod cycles;
 pub mod framing;
+pub mod fsafe;
 pub mod guest;
 pub mod image;
 pub mod instances;

@@ -10,7 +10,7 @@ use cli::{Format, Sub};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use ukload::report::{self, EXIT_FAIL, EXIT_IOERR, EXIT_TEMPFAIL, EXIT_UNAVAILABLE, EXIT_USAGE};
+use ukload::report::{self, EXIT_FAIL, EXIT_IOERR, EXIT_UNAVAILABLE, EXIT_USAGE};
 use ukload::run::{self, RunError};
 use ukload::supervisor::{watchdog, Supervisor};
 
@@ -181,7 +181,7 @@ fn run_error_code(e: &RunError) -> i32 {
             EXIT_USAGE
         }
         RunError::Launch(ukload::launcher::LaunchError::NotInstalled { .. }) => EXIT_UNAVAILABLE,
-        RunError::Cid(_) => EXIT_TEMPFAIL,
+        RunError::Cid(e) => e.exit_code(),
         RunError::Setup(_) => EXIT_FAIL,
     }
 }

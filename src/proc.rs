@@ -7,6 +7,11 @@
 //! [`crate::ENV_INSTANCE`], [`crate::ENV_CID`]), which every descendant
 //! inherits, and the parent links in `/proc/PID/stat`.
 //!
+//! Only processes of our own uid (real and effective) count as marked:
+//! anyone can put `UKLOAD_RUN=...` in an environment, so another user's
+//! process is never measured, waited for or signalled as ours
+//! ([`scan_marked_owned_by`]).
+//!
 //! Everything here is a snapshot: a process can exit between two reads. Readers
 //! therefore skip processes that vanished, and [`signal_if_marked`] signals via a
 //! pidfd so that a PID recycled in the meantime is never hit.
@@ -245,20 +250,38 @@ pub struct Marked {
     pub stat: ProcStat,
 }
 
-/// Every process whose environment has `UKLOAD_RUN` (equal to `run` if
-/// given), except the calling process. See [`scan_marked_in`].
+/// Every process of ours (real and effective uid equal to our effective uid)
+/// whose environment has `UKLOAD_RUN` (equal to `run` if given), except the
+/// calling process. See [`scan_marked_in`].
 pub fn scan_marked(run: Option<&str>) -> Vec<Marked> {
     scan_marked_in(&table(), run)
 }
 
-/// Like [`scan_marked`] over an existing snapshot `table`.
+/// Like [`scan_marked`] over an existing snapshot `table`: only processes
+/// owned by us count (see [`scan_marked_owned_by`]).
+pub fn scan_marked_in(table: &[ProcStat], run: Option<&str>) -> Vec<Marked> {
+    scan_marked_owned_by(table, run, Some(euid()))
+}
+
+/// The marker scan over `table`, keeping only processes whose real and
+/// effective uid are `owner` (`None`: any owner, for diagnostics only).
+///
+/// Why the owner filter: anyone can put `UKLOAD_RUN=<a root run's id>` or
+/// `UKLOAD_CID=<n>` in their environment. Without it, another user's process
+/// was counted in a root instance's memory, blocked root's CIDs, and could be
+/// reported as a survivor. ukload's own processes run as the harness's user.
 ///
 /// Processes whose environment cannot be read are skipped (other users'
 /// without root; the kernel also refuses zombies' environments, so a process
 /// that already exited is normally not found; one that exits during the scan
 /// is returned with state `Z`). Each hit is re-stat'ed after its environment
-/// was read, and dropped if its start time changed (the PID was reused).
-pub fn scan_marked_in(table: &[ProcStat], run: Option<&str>) -> Vec<Marked> {
+/// and owner were read, and dropped if its start time changed (the PID was
+/// reused).
+pub fn scan_marked_owned_by(
+    table: &[ProcStat],
+    run: Option<&str>,
+    owner: Option<u32>,
+) -> Vec<Marked> {
     let me = std::process::id() as i32;
     let mut found = Vec::new();
     for st in table {
@@ -274,6 +297,11 @@ pub fn scan_marked_in(table: &[ProcStat], run: Option<&str>) -> Vec<Marked> {
         if run.is_some_and(|want| want != r) {
             continue;
         }
+        if let Some(uid) = owner {
+            if !owned_by(st.pid, uid) {
+                continue;
+            }
+        }
         let Ok(fresh) = stat(st.pid) else { continue };
         if fresh.start_ticks != st.start_ticks {
             continue;
@@ -287,6 +315,37 @@ pub fn scan_marked_in(table: &[ProcStat], run: Option<&str>) -> Vec<Marked> {
         });
     }
     found
+}
+
+/// Our effective uid: the owner every marked process must have.
+pub fn euid() -> u32 {
+    crate::fsafe::euid()
+}
+
+/// Real and effective uid of `pid`, from the `Uid:` line of
+/// `/proc/PID/status` (`Uid: real effective saved fs`).
+pub fn uids(pid: i32) -> io::Result<(u32, u32)> {
+    let path = proc_path(pid, "status");
+    let text = fs::read_to_string(&path).map_err(|e| with_path(e, &path))?;
+    parse_status_uids(&text).ok_or_else(|| {
+        with_path(
+            io::Error::new(io::ErrorKind::InvalidData, "no well-formed Uid: line"),
+            &path,
+        )
+    })
+}
+
+/// The real and effective uid of a `/proc/PID/status` text.
+fn parse_status_uids(status: &str) -> Option<(u32, u32)> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(|v| v.parse::<u32>());
+    Some((ids.next()?.ok()?, ids.next()?.ok()?))
+}
+
+/// True if `pid`'s real and effective uid are both `uid` (false if it is
+/// gone or unreadable).
+pub fn owned_by(pid: i32, uid: u32) -> bool {
+    matches!(uids(pid), Ok((r, e)) if r == uid && e == uid)
 }
 
 /// `root` (if it is in `table`) and all its descendants in `table`,
@@ -440,8 +499,9 @@ pub fn pidfd_send_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Sends `sig` to `pid` only if it carries `UKLOAD_RUN=run`. Returns whether
-/// the signal was sent; `Ok(false)` if the process is gone or is not ours.
+/// Sends `sig` to `pid` only if it is ours (real and effective uid equal to
+/// our effective uid) and carries `UKLOAD_RUN=run`. Returns whether the signal
+/// was sent; `Ok(false)` if the process is gone or is not ours.
 ///
 /// Race-free against PID reuse: the pidfd is opened FIRST, then the marker is
 /// checked, then the signal goes through the pidfd. If the PID was recycled
@@ -455,6 +515,9 @@ pub fn signal_if_marked(pid: i32, run: &str, sig: i32) -> io::Result<bool> {
         Err(e) if is_gone(&e) => return Ok(false),
         Err(e) => return Err(e),
     };
+    if !owned_by(pid, euid()) {
+        return Ok(false);
+    }
     match environ_var(pid, ENV_RUN) {
         Ok(Some(r)) if r == run => {}
         Ok(_) => return Ok(false),
@@ -469,7 +532,8 @@ pub fn signal_if_marked(pid: i32, run: &str, sig: i32) -> io::Result<bool> {
 }
 
 /// Sends `sig` to the process group led by `leader`, only if `leader` is
-/// alive, still leads group `leader` and carries `UKLOAD_RUN=run`. Returns
+/// alive, ours (as in [`signal_if_marked`]), still leads group `leader` and
+/// carries `UKLOAD_RUN=run`. Returns
 /// whether the signal was sent.
 ///
 /// Groups have no pidfd. The leader's pidfd is opened first and the signal
@@ -484,6 +548,9 @@ pub fn signal_group_if_leader_marked(leader: i32, run: &str, sig: i32) -> io::Re
         Err(e) if is_gone(&e) => return Ok(false),
         Err(e) => return Err(e),
     };
+    if !owned_by(leader, euid()) {
+        return Ok(false);
+    }
     match environ_var(leader, ENV_RUN) {
         Ok(Some(r)) if r == run => {}
         Ok(_) => return Ok(false),
@@ -561,6 +628,15 @@ mod tests {
                 pss_kb: 247
             }
         );
+    }
+
+    #[test]
+    fn status_uid_line_gives_real_and_effective() {
+        let text = "Name:\tsleep\nUid:\t65534\t0\t0\t0\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(parse_status_uids(text), Some((65534, 0)));
+        assert_eq!(parse_status_uids("Name: x\n"), None);
+        let me = std::process::id() as i32;
+        assert!(owned_by(me, euid()));
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub const EXIT_USAGE: i32 = 64;
 pub const EXIT_UNAVAILABLE: i32 = 69;
 /// Exit code: the CID range has no room right now (EX_TEMPFAIL).
 pub const EXIT_TEMPFAIL: i32 = 75;
+/// Exit code: an I/O error (EX_IOERR): the report could not be written, or
+/// the CID registry could not be used (read-only, out of descriptors).
 pub const EXIT_IOERR: i32 = 74;
 /// Exit code after SIGINT (128 + 2); SIGTERM gives 143.
 pub const EXIT_SIGINT: i32 = 130;

@@ -190,25 +190,21 @@ const RUN_DIR_ATTEMPTS: u32 = 3;
 ///
 /// `ukload cleanup` removes run directories whose lock it can take; between
 /// our `create` and our `flock` it could take it, so after locking we check
-/// that the path still names the file we locked, and start over if not.
+/// that the path still names the file we locked, and start over if not. The
+/// runs directory and ours are created and checked with
+/// [`crate::fsafe::ensure_dir`] and the lock opened without following links
+/// ([`crate::fsafe::open_lock`]): refused if another user could redirect them.
 pub fn make_run_dir(run_id: &str) -> Result<(PathBuf, File), RunError> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
-    let dir = crate::paths::runs_dir().join(run_id);
+    let setup = |e: crate::fsafe::FsafeError| RunError::Setup(format!("run directory: {e}"));
+    let runs = crate::paths::runs_dir();
+    crate::paths::ensure_runtime_subdir(&runs).map_err(setup)?;
+    let dir = runs.join(run_id);
     let lock_path = dir.join(crate::paths::HARNESS_LOCK);
     for _ in 0..RUN_DIR_ATTEMPTS {
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            RunError::Setup(format!(
-                "cannot create run directory {}: {e}",
-                dir.display()
-            ))
-        })?;
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| RunError::Setup(format!("cannot create {}: {e}", lock_path.display())))?;
+        crate::paths::ensure_runtime_subdir(&dir).map_err(setup)?;
+        let lock = crate::fsafe::open_lock(&lock_path).map_err(setup)?;
         // SAFETY: flock on a descriptor we own; non-blocking.
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(RunError::Setup(format!(
@@ -217,7 +213,7 @@ pub fn make_run_dir(run_id: &str) -> Result<(PathBuf, File), RunError> {
                 std::io::Error::last_os_error()
             )));
         }
-        let same = match (lock.metadata(), std::fs::metadata(&lock_path)) {
+        let same = match (lock.metadata(), std::fs::symlink_metadata(&lock_path)) {
             (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
             _ => false,
         };
@@ -241,19 +237,35 @@ pub fn run(
     let t0 = Instant::now();
     let mut cfg = cfg;
     cfg.launcher.preflight().map_err(RunError::Launch)?;
-    std::fs::create_dir_all(&cfg.log_dir).map_err(|e| {
+    // The log directory: created or checked so that nobody else can plant
+    // links in it (crate::fsafe). The default, a fixed path under /tmp, may
+    // belong to someone else: then logs go to a per-user directory, said so.
+    let usage = |dir: &std::path::Path, e: &dyn std::fmt::Display| {
         RunError::Usage(format!(
-            "--log-dir {}: cannot create it: {e}; choose a writable directory",
-            cfg.log_dir.display()
+            "--log-dir {}: {e}; choose a directory of your own with --log-dir",
+            dir.display()
         ))
-    })?;
+    };
+    if let Err(e) = crate::fsafe::ensure_dir(&cfg.log_dir, crate::paths::LOG_DIR_MODE) {
+        let fallback = crate::paths::fallback_log_dir();
+        if !(e.is_refusal() && cfg.log_dir == std::path::Path::new(crate::paths::DEFAULT_LOG_DIR)) {
+            return Err(usage(&cfg.log_dir, &e));
+        }
+        crate::fsafe::ensure_dir(&fallback, crate::paths::LOG_DIR_MODE)
+            .map_err(|e2| usage(&fallback, &format!("{e2} (the default was refused: {e})")))?;
+        crate::status!(
+            "ukload: not using the default log directory: {e}. Logs go to {} (choose with --log-dir)",
+            fallback.display()
+        );
+        cfg.log_dir = fallback;
+    }
+    // Writable? O_EXCL never follows a symlink and never opens an existing file.
     let probe_file = cfg.log_dir.join(format!(".ukload-write-test-{run_id}"));
-    File::create(&probe_file).map_err(|e| {
-        RunError::Usage(format!(
-            "--log-dir {}: not writable: {e}; choose a writable directory",
-            cfg.log_dir.display()
-        ))
-    })?;
+    File::options()
+        .write(true)
+        .create_new(true)
+        .open(&probe_file)
+        .map_err(|e| usage(&cfg.log_dir, &format!("not writable: {e}")))?;
     let _ = std::fs::remove_file(&probe_file);
     let (run_dir, _harness_lock) = make_run_dir(run_id)?;
     let registry = CidRegistry::open(&crate::paths::cid_dir()).map_err(RunError::Cid)?;
@@ -671,14 +683,10 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
     };
     let fail = |msg: String| started_fail(index, None, cgroup.clone(), msg);
     let plan = cfg.launcher.plan(&ctx);
-    let log_file = match File::options()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&log)
-    {
+    // No symlink or hard link followed, nobody else's file truncated.
+    let log_file = match crate::fsafe::open_log(&log) {
         Ok(f) => f,
-        Err(e) => return fail(format!("cannot open log {}: {e}", log.display())),
+        Err(e) => return fail(format!("cannot open log: {e}")),
     };
     let mark = |cmd: Command| -> Result<Command, String> {
         let out = log_file

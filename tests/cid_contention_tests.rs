@@ -203,3 +203,66 @@ fn four_concurrent_runs_get_distinct_cids_a_fifth_fails_fast_and_sigkill_frees()
         assert!(left.is_empty(), "holder {p} left {left:?}");
     }
 }
+
+#[test]
+fn deleting_the_cid_registry_under_a_live_run_does_not_share_its_cids() {
+    const RANGE4: &str = "5050-5053";
+    let _slot = shared_slot();
+    let dir = TempDir::new("ciddel");
+    let mut a = ukload(dir.path());
+    a.args(run_args(&dir.path().join("a"), 2))
+        .args(["--cid-range", RANGE4, "--guest-boot-delay-ms", "30000"])
+        .args(["--boot-timeout", "120"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut holders = Holders(vec![a.spawn().unwrap()]);
+    let a_pid = holders.0[0].id();
+    let end = Instant::now() + REACH;
+    while cids_of(a_pid).len() < 2 {
+        assert!(Instant::now() < end, "run A's guests never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let a_cids = cids_of(a_pid);
+    std::fs::remove_dir_all(dir.path().join("rt/cids")).unwrap();
+
+    let mut b = ukload(dir.path());
+    b.args(run_args(&dir.path().join("b"), 2)).args([
+        "--cid-range",
+        RANGE4,
+        "--max-boot-ms",
+        "60000",
+    ]);
+    let out = output_within(b, REACH);
+    let doc = json_of(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b_cids: BTreeSet<u32> = instances(&doc)
+        .iter()
+        .map(|i| i["cid"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(b_cids.len(), 2);
+    assert!(
+        a_cids.is_disjoint(&b_cids),
+        "run B took run A's CIDs: A {a_cids:?}, B {b_cids:?}"
+    );
+    let b_run = doc["run_id"].as_str().unwrap();
+    assert!(wait_no_processes(b_run, Duration::from_secs(2)).is_empty());
+
+    // End A by SIGTERM, by pid; nothing of it is left.
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(a_pid as i32, libc::SIGTERM) };
+    wait_exit(&mut holders.0[0], REACH);
+    let end = Instant::now() + Duration::from_secs(3);
+    while !marked_pids(&ours(a_pid)).is_empty() {
+        assert!(
+            Instant::now() < end,
+            "run A left {:?}",
+            marked_pids(&ours(a_pid))
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

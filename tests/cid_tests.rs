@@ -383,3 +383,108 @@ impl Drop for KillGroupOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Another user's `sleep 60` (uid 65534, through `setpriv`) carrying `env`;
+/// killed by pid and reaped on drop. `None` unless we are root.
+fn spawn_as_nobody(env: &[(&str, &str)]) -> Option<KillGroupOnDrop> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to start a process as another user");
+        return None;
+    }
+    let child = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sleep",
+            "60",
+        ])
+        .env_remove("UKLOAD_RUNTIME_DIR")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .ok()?;
+    let pid = child.id();
+    let guard = KillGroupOnDrop(child);
+    let deadline = Instant::now() + CHILD_READY_TIMEOUT;
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status.contains("Name:\tsleep") && status.contains("Uid:\t65534\t65534") {
+            return Some(guard);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pid} never became sleep as nobody"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn another_users_process_carrying_a_cid_does_not_block_it() {
+    const SPOOFED_CID: u32 = 5031;
+    let r = CidRange::new(SPOOFED_CID, SPOOFED_CID).unwrap();
+    let t = TempRegistry::new("spoofed");
+    let reg = t.reg.clone().check_leftover_users(true);
+    let cid = SPOOFED_CID.to_string();
+    let Some(_spoofer) = spawn_as_nobody(&[
+        ("UKLOAD_RUN", "x"),
+        ("UKLOAD_INSTANCE", "0"),
+        ("UKLOAD_CID", cid.as_str()),
+    ]) else {
+        return;
+    };
+    assert!(
+        ukload::cid::cid_users(r).is_empty(),
+        "another user's marker is not a leftover of ours"
+    );
+    let lease = reg
+        .allocate(r, 1, &holder("root-run"))
+        .expect("a spoofed UKLOAD_CID must not block the range");
+    assert_eq!(lease[0].cid, SPOOFED_CID);
+}
+
+#[test]
+fn registry_errors_are_io_errors_not_a_full_range() {
+    let t = TempRegistry::new("ioerr");
+    // A regular file where a directory should be: ENOTDIR, an I/O error (74).
+    let file = t.dir.join("plain-file");
+    std::fs::write(&file, "").unwrap();
+    let err = CidRegistry::open(&file.join("cids")).unwrap_err();
+    assert!(!err.is_exhausted(), "{err}");
+    assert_eq!(err.exit_code(), ukload::report::EXIT_IOERR, "{err}");
+    assert_eq!(ukload::report::EXIT_IOERR, 74);
+    // A planted symlink at a lock file: refused, also 74, not "no room".
+    std::os::unix::fs::symlink("/nonexistent-target", t.dir.join("cid-5032.lock")).unwrap();
+    let err = t.reg.allocate(range("5032"), 1, &holder("me")).unwrap_err();
+    assert_eq!(err.exit_code(), 74, "{err}");
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    // A full range is 75.
+    let _held = t.reg.allocate(range("5033"), 1, &holder("a")).unwrap();
+    let err = t.reg.allocate(range("5033"), 1, &holder("b")).unwrap_err();
+    assert!(err.is_exhausted());
+    assert_eq!(err.exit_code(), ukload::report::EXIT_TEMPFAIL);
+}
+
+#[test]
+fn a_lease_whose_lock_file_was_deleted_re_creates_and_re_locks_it() {
+    let t = TempRegistry::new("relock");
+    let mut leases = t.reg.allocate(range("5034"), 1, &holder("a")).unwrap();
+    let lease = &mut leases[0];
+    assert!(lease.is_current());
+    assert!(!lease.ensure_current().unwrap(), "nothing to do");
+
+    std::fs::remove_dir_all(&t.dir).unwrap();
+    assert!(!lease.is_current());
+    assert!(!t.reg.is_held(5034).unwrap(), "the file is gone");
+    assert!(lease.ensure_current().unwrap());
+    assert!(lease.is_current());
+    assert!(t.reg.is_held(5034).unwrap());
+    let err = t.reg.allocate(range("5034"), 1, &holder("b")).unwrap_err();
+    assert!(err.is_exhausted(), "{err}");
+    let text = std::fs::read_to_string(t.reg.lock_path(5034)).unwrap();
+    assert!(text.contains("\"run_id\":\"a\""), "{text}");
+}

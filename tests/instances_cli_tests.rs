@@ -164,3 +164,148 @@ fn cleanup_leaves_a_live_run_alone_unless_told() {
     assert_eq!(status.code(), Some(0));
     assert!(wait_no_processes(&run_id, Duration::from_secs(2)).is_empty());
 }
+
+/// Starts `ukload run COUNT` in the background in `dir` with guests that
+/// stay unready for `delay_ms`; returns the harness and its run id once
+/// `count` guests carry the marker.
+fn start_long_run(
+    dir: &std::path::Path,
+    count: u32,
+    range: &str,
+    delay_ms: &str,
+) -> (Reap, String) {
+    let mut cmd = ukload(dir);
+    cmd.args(run_args(dir, count))
+        .args(["--cid-range", range, "--guest-boot-delay-ms", delay_ms])
+        .args(["--boot-timeout", "120", "--max-boot-ms", "60000"]);
+    let child = Reap(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let harness = child.0.id();
+    let ours = move |v: &str| v.ends_with(&format!("-{harness}"));
+    let end = Instant::now() + Duration::from_secs(30);
+    while marked_pids(&ours).len() < count as usize {
+        assert!(Instant::now() < end, "the run's guests never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let env = std::fs::read(format!("/proc/{}/environ", marked_pids(&ours)[0].0)).unwrap();
+    let kv = env
+        .split(|&b| b == 0)
+        .find(|kv| kv.starts_with(b"UKLOAD_RUN="))
+        .unwrap();
+    (child, String::from_utf8_lossy(&kv[11..]).into_owned())
+}
+
+/// SIGTERM to the harness (by pid), then waits for it to exit and for its
+/// run to have no process left.
+fn end_run(mut harness: Reap, run_id: &str) {
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(harness.0.id() as i32, libc::SIGTERM) };
+    let end = Instant::now() + Duration::from_secs(30);
+    while harness.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < end, "harness did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = wait_no_processes(run_id, Duration::from_secs(3));
+    kill_run(run_id);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn deleting_a_live_runs_directory_does_not_make_it_dead_for_ps_or_cleanup() {
+    let dir = TempDir::new("rundel");
+    let (harness, run_id) = start_long_run(dir.path(), 2, "5040-5049", "30000");
+    std::fs::remove_dir_all(dir.path().join("rt/runs").join(&run_id)).unwrap();
+
+    let mut ps = ukload(dir.path());
+    ps.args(["ps", "--format", "json"]);
+    let out = output_within(ps, Duration::from_secs(20));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows: Vec<&serde_json::Value> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["run_id"] == run_id.as_str())
+        .collect();
+    assert_eq!(rows.len(), 2, "{v:#}");
+    assert!(
+        rows.iter().all(|r| r["harness_alive"] == true),
+        "a live run shown dead: {rows:#?}"
+    );
+
+    for args in [vec!["cleanup", "--run", &run_id], vec!["cleanup"]] {
+        let mut c = ukload(dir.path());
+        c.args(&args).args(["--grace-ms", "200"]);
+        let out = output_within(c, Duration::from_secs(30));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("harness is alive"), "{args:?}: {text}");
+        assert_eq!(
+            run_processes(&run_id).len(),
+            2,
+            "{args:?} touched a live run: {text}"
+        );
+    }
+    end_run(harness, &run_id);
+}
+
+#[test]
+fn ps_does_not_show_another_users_spoofed_marker() {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to start a process as another user");
+        return;
+    }
+    let dir = TempDir::new("spoofps");
+    let run_id = format!("spoof{}", std::process::id());
+    let spoofer = Reap(
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sleep",
+                "60",
+            ])
+            .env("UKLOAD_RUN", &run_id)
+            .env("UKLOAD_INSTANCE", "0")
+            .env("UKLOAD_CID", "5041")
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let pid = spoofer.0.id();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .is_ok_and(|s| s.contains("Name:\tsleep") && s.contains("Uid:\t65534"))
+    {
+        assert!(Instant::now() < end, "spoofer never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(run_processes(&run_id).len(), 1, "the marker is there");
+
+    let mut ps = ukload(dir.path());
+    ps.args(["ps", "--format", "json"]);
+    let out = output_within(ps, Duration::from_secs(20));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !v.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["run_id"] == run_id.as_str()),
+        "another user's process listed as ours: {v:#}"
+    );
+    let mut c = ukload(dir.path());
+    c.args(["cleanup", "--run", &run_id, "--grace-ms", "200"]);
+    let out = output_within(c, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains(&pid.to_string()), "{text}");
+    assert!(
+        std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok(),
+        "another user's process was killed"
+    );
+    drop(spoofer);
+}

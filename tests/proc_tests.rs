@@ -517,3 +517,121 @@ fn cleanup_checks_the_harness_lock_in_the_runtime_dir_the_process_names() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(reaper.join().unwrap().signal(), Some(libc::SIGTERM));
 }
+
+/// uid of `nobody`, the other user in the spoofing tests.
+const NOBODY: u32 = 65534;
+
+/// A process of another user (uid 65534, through `setpriv`) running
+/// `sleep 60` with the given environment; killed by pid and reaped on drop.
+/// `None` (the test is skipped) unless we are root and `setpriv` exists.
+struct Foreign(Child);
+
+impl Foreign {
+    fn spawn(env: &[(&str, &str)]) -> Option<Foreign> {
+        // SAFETY: geteuid takes no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to start a process as another user");
+            return None;
+        }
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            format!("--reuid={NOBODY}"),
+            format!("--regid={NOBODY}"),
+            "--clear-groups".into(),
+            "sleep".into(),
+            "60".into(),
+        ])
+        .env_remove(ENV_RUN)
+        .env_remove(ENV_INSTANCE)
+        .env_remove(ENV_CID)
+        .env_remove(ukload::paths::ENV_RUNTIME_DIR)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .process_group(0);
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("skipped: cannot run setpriv: {e}");
+                return None;
+            }
+        };
+        let f = Foreign(child);
+        // Wait until it is `sleep`, running as nobody, with its markers.
+        let pid = f.pid();
+        let ready = wait_for(APPEAR_TIMEOUT, || {
+            let is_sleep = proc::stat(pid).is_ok_and(|s| s.comm == "sleep");
+            let nobody = proc::uids(pid).is_ok_and(|u| u == (NOBODY, NOBODY));
+            (is_sleep && nobody).then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "foreign process {pid} never became sleep as nobody"
+        );
+        Some(f)
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    fn alive(&self) -> bool {
+        proc::stat(self.pid()).is_ok_and(|s| !s.is_zombie())
+    }
+}
+
+impl Drop for Foreign {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn another_users_process_carrying_our_run_marker_is_ignored_and_never_signalled() {
+    let mut g = RunGuard::new("spoof");
+    // Our instance: an orphan (so that cleanup, not we, sees it end).
+    let l = g.spawn_sh("sleep 30 & exit 0", Some(0), Some(5030));
+    g.wait_child_exit(l);
+    let ours = g.wait_marked(1)[0].pid;
+    let Some(foreign) = Foreign::spawn(&[
+        (ENV_RUN, g.run.as_str()),
+        (ENV_INSTANCE, "0"),
+        (ENV_CID, "5030"),
+    ]) else {
+        return;
+    };
+    let fp = foreign.pid();
+
+    // The scan sees the marker (any owner) but the default scan keeps ours only.
+    let table = proc::table();
+    assert!(proc::scan_marked_owned_by(&table, Some(&g.run), None)
+        .iter()
+        .any(|m| m.pid == fp));
+    let marked: Vec<i32> = proc::scan_marked_in(&table, Some(&g.run))
+        .iter()
+        .map(|m| m.pid)
+        .collect();
+    assert_eq!(marked, vec![ours], "only our own process is the run's");
+    assert!(!proc::scan_marked(None).iter().any(|m| m.pid == fp));
+
+    // Not counted in instance 0's memory (it was 307 MB with a big spoofer).
+    let pids = memory::instance_pids(ours, &g.run, 0, &table);
+    assert!(!pids.contains(&fp), "{pids:?}");
+
+    // Never signalled, by pid or group, nor by cleanup of the run.
+    assert!(!proc::signal_if_marked(fp, &g.run, libc::SIGTERM).unwrap());
+    assert!(!proc::signal_group_if_leader_marked(fp, &g.run, libc::SIGTERM).unwrap());
+    let runs = TempRuns::new();
+    let report = instances::cleanup_in(
+        &runs.0,
+        &CleanupOptions {
+            run: Some(g.run.clone()),
+            include_live: true,
+            grace: Duration::from_millis(300),
+        },
+    );
+    assert!(report.ended.iter().all(|p| p.pid != fp), "{report}");
+    assert!(report.survivors.is_empty(), "{report}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(foreign.alive(), "another user's process was signalled");
+}
