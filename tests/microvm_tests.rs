@@ -253,6 +253,83 @@ fn sigkill_of_ukload_during_a_microvm_boot_leaves_no_qemu() {
     );
 }
 
+/// A CI runner's timeout: `timeout -s KILL` kills its whole process group,
+/// ukload included. The watchdog (in a session of its own) must still end
+/// every QEMU and vhost-device-vsock within about two seconds.
+#[test]
+fn sigkill_of_the_jobs_process_group_during_microvm_boots_leaves_no_qemu() {
+    need_microvm!();
+    let _g = lock();
+    let dir = TempDir::new("vmgroupkill");
+    let mut inner = qemu_run(dir.path(), 2);
+    // Hold the run (VMs up) until the timeout strikes.
+    inner.env("UKLOAD_TEST_PAUSE_PHASE", "memory:30000");
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args(["-s", "KILL", "4"])
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let timeout_pid = child.id();
+    // ukload is timeout's child: its run ids end in ukload's pid, which we
+    // learn from the QEMUs' markers (the only runs whose harness is a child
+    // of this `timeout`).
+    let ukload_pid = || -> Option<u32> {
+        let text =
+            std::fs::read_to_string(format!("/proc/{timeout_pid}/task/{timeout_pid}/children"))
+                .ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut harness = None;
+    while harness.is_none() && Instant::now() < end {
+        harness = ukload_pid();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let harness = harness.expect("ukload started under timeout");
+    let ours = move |v: &str| v.ends_with(&format!("-{harness}"));
+    while marked_pids(&ours)
+        .iter()
+        .filter(|(_, c)| c.contains("qemu-system"))
+        .count()
+        < 2
+        && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        marked_pids(&ours)
+            .iter()
+            .filter(|(_, c)| c.contains("qemu-system"))
+            .count(),
+        2,
+        "both QEMUs were running before the timeout"
+    );
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), None, "timeout killed its group");
+    let t = Instant::now();
+    let mut left = marked_pids(&ours);
+    while !left.is_empty() && t.elapsed() < Duration::from_millis(2500) {
+        std::thread::sleep(Duration::from_millis(20));
+        left = marked_pids(&ours);
+    }
+    for (pid, _) in &left {
+        // SAFETY: by pid, processes carrying this test's run marker.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    assert!(left.is_empty(), "left after the group SIGKILL: {left:?}");
+}
+
 #[test]
 fn missing_kernel_is_reported_with_the_command_that_builds_it() {
     let _g = lock();
