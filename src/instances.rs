@@ -230,7 +230,97 @@ pub fn ps() -> Vec<InstanceView> {
 
 /// [`ps`] with harness liveness read from `runs_dir`.
 pub fn ps_in(runs_dir: &Path) -> Vec<InstanceView> {
-    group_views(runs_dir, proc::scan_marked(None))
+    let mut marked = proc::scan_marked(None);
+    marked.extend(cgroup_members(&marked));
+    group_views(runs_dir, marked)
+}
+
+/// Processes in run cgroups (`ukload-<run>/i<index>-cid<cid>`) under this
+/// process's own cgroup that no marker scan found: those that cleared their
+/// environment are still their instance's.
+fn cgroup_members(already: &[Marked]) -> Vec<Marked> {
+    use crate::supervisor::cgroup;
+    let Ok(parent) = cgroup::parent_dir() else {
+        return Vec::new();
+    };
+    let known: HashSet<i32> = already.iter().map(|m| m.pid).collect();
+    let mut out = Vec::new();
+    for (run, dir) in cgroup::run_cgroups_in(&parent) {
+        let Ok(rd) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some((index, cid)) = cgroup::instance_of(&name) else {
+                continue;
+            };
+            let Ok(cg) = cgroup::Cgroup::open(e.path()) else {
+                continue;
+            };
+            for pid in cg.procs_recursive() {
+                if known.contains(&pid) {
+                    continue;
+                }
+                if let Ok(stat) = proc::stat(pid) {
+                    out.push(Marked {
+                        pid,
+                        run: run.clone(),
+                        instance: Some(index),
+                        cid: Some(cid),
+                        stat,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Kills and removes the run cgroups under this process's own cgroup that
+/// `opts` targets: dead runs (harness lock free and harness pid gone), or a
+/// live one named with `--run ID --all`. `cgroup.kill` reaches what markers
+/// cannot (processes that cleared their environment).
+fn cleanup_cgroups(runs_dir: &Path, opts: &CleanupOptions, report: &mut CleanupReport) {
+    use crate::supervisor::cgroup;
+    let Ok(parent) = cgroup::parent_dir() else {
+        return;
+    };
+    for (run, dir) in cgroup::run_cgroups_in(&parent) {
+        if opts.run.as_deref().is_some_and(|r| r != run) {
+            continue;
+        }
+        let alive = harness_alive_in(runs_dir, &run) || harness_pid_alive(&run);
+        if alive && !opts.include_live {
+            if !report.skipped_live_runs.contains(&run) {
+                report.skipped_live_runs.push(run);
+            }
+            continue;
+        }
+        let Ok(cg) = cgroup::Cgroup::open(dir.clone()) else {
+            continue;
+        };
+        for pid in cg.procs_recursive() {
+            report.ended.push(ProcessRecord {
+                pid,
+                run: run.clone(),
+                instance: None,
+                cmdline: proc::cmdline(pid).unwrap_or_default(),
+                signal: Some("SIGKILL"),
+            });
+        }
+        let _ = cg.kill();
+        let deadline = Instant::now() + KILL_DEADLINE;
+        if !cg.wait_empty(deadline) {
+            report.errors.push(format!(
+                "cgroup {} still populated after cgroup.kill",
+                dir.display()
+            ));
+        }
+        match cgroup::remove_tree(&dir, deadline) {
+            Ok(()) => report.removed_run_dirs.push(dir),
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
 }
 
 fn group_views(runs_dir: &Path, marked: Vec<Marked>) -> Vec<InstanceView> {
@@ -748,6 +838,9 @@ pub fn cleanup_in(runs_dir: &Path, opts: &CleanupOptions) -> CleanupReport {
         c.wait_until_gone(libc::SIGKILL, Instant::now() + KILL_DEADLINE);
     }
     c.reap_gone();
+    // After the gentle marker pass: whatever is still in a targeted run's
+    // cgroup (unmarked processes included) goes with one cgroup.kill.
+    cleanup_cgroups(runs_dir, opts, &mut c.report);
     let mut survivors: Vec<ProcessRecord> = c.tracked.drain().map(|(_, t)| t.record).collect();
     survivors.sort_by_key(|p| p.pid);
     c.report.survivors = survivors;

@@ -436,3 +436,87 @@ fn a_dead_runs_cgroup_is_reaped_by_the_next_ukload() {
     );
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn ps_and_cleanup_find_a_dead_runs_unmarked_processes_by_its_cgroup() {
+    if !cgroups_usable() {
+        return;
+    }
+    let dir = TempDir::new("cg-psclean");
+    let mut args = run_args(dir.path(), 2);
+    args.retain(|a| a != "-q");
+    args.extend(
+        [
+            "--cid-range",
+            "7090-7099",
+            "--max-boot-ms",
+            "60000",
+            "--guest-arg=--fault=escape",
+        ]
+        .map(String::from),
+    );
+    args.push("--guest-bin".into());
+    args.push(fixture_guest().to_string_lossy().into_owned());
+    let (mut child, id) = start_background(
+        dir.path(),
+        &args,
+        &[("UKLOAD_TEST_PAUSE_PHASE", "memory:30000")],
+    );
+    let harness = child.id();
+    // Wait for both escapees, then kill the watchdog and the harness: the
+    // run is dead and nothing of ours will end its processes.
+    let end = Instant::now() + Duration::from_secs(20);
+    while fixture_leftovers(7090, 7099).len() < 2 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let escapees = fixture_leftovers(7090, 7099);
+    let children = std::fs::read_to_string(format!("/proc/{harness}/task/{harness}/children"))
+        .unwrap_or_default();
+    for c in children.split_whitespace() {
+        let c: i32 = c.parse().unwrap();
+        let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+        if comm.trim() == "ukload-watchdog" {
+            // SAFETY: our own grandchild, by pid.
+            unsafe { libc::kill(c, libc::SIGKILL) };
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(escapees.len(), 2, "both escapees ran");
+
+    let mut ps = ukload(dir.path());
+    ps.args(["ps", "--format", "json"]);
+    let out = output_within(ps, Duration::from_secs(20));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<i64> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["run_id"] == id.as_str())
+        .flat_map(|r| {
+            r["pids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p.as_i64())
+        })
+        .collect();
+    for e in &escapees {
+        assert!(
+            listed.contains(&(*e as i64)),
+            "ps misses escapee {e}: {rows:#}"
+        );
+    }
+
+    let mut cl = ukload(dir.path());
+    cl.args(["cleanup", "--run", &id, "--grace-ms", "200"]);
+    let out = output_within(cl, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let left = leftovers_after(7090, 7099, Duration::from_secs(1));
+    kill_run(&id);
+    assert!(left.is_empty(), "cleanup left escapees {left:?}: {text}");
+    assert!(run_processes(&id).is_empty(), "{text}");
+    assert_no_run_cgroup(&id);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+}
