@@ -30,7 +30,10 @@ const RUN_DEADLINE: Duration = Duration::from_secs(90);
 
 /// Is cgroup containment possible here? Fails under CI=true if not.
 fn cgroups_usable() -> bool {
-    let probe = format!("probe-{}", std::process::id());
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Unique per call: tests of this binary probe concurrently.
+    let probe = format!("probe{n}-{}", std::process::id());
     match cgroup::RunCgroup::create(&probe) {
         Ok(c) => {
             c.kill_and_remove(Instant::now() + Duration::from_secs(1));
