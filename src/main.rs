@@ -212,7 +212,8 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
     if cfg.progress {
         ukload::status!(
             "cycles: {} cycle(s) of {} instance(s) (run {run_id})",
-            cfg.cycles, cfg.run.count
+            cfg.cycles,
+            cfg.run.count
         );
     }
     let code = match ukload::cycles::run_cycles(&cfg, run_id, h.sup, h.stop.clone()) {

@@ -302,7 +302,8 @@ pub fn run(
     if progress {
         crate::status!(
             "phase 1: spawning {} instance(s), {} at a time (run {run_id})",
-            cfg.count, cfg.concurrency
+            cfg.count,
+            cfg.concurrency
         );
     }
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<(u32, u32)>();

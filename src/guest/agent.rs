@@ -464,7 +464,9 @@ fn serve_connection(conn: &AgentConn<'_>, handler: &dyn Handler, stream: Stream)
             Err(FrameError::Eof) => return,
             Err(FrameError::TimedOut) => {
                 if !shared.stop.load(Ordering::SeqCst) {
-                    crate::status!("ukload-guest: connection idle for {IDLE_TIMEOUT:?}; closing it");
+                    crate::status!(
+                        "ukload-guest: connection idle for {IDLE_TIMEOUT:?}; closing it"
+                    );
                 }
                 return;
             }
