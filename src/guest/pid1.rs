@@ -275,6 +275,10 @@ struct PseudoMount {
     flags: libc::c_ulong,
     /// `f_type` values of this file system once mounted.
     magics: &'static [u64],
+    /// The kernel itself may have mounted it before init ran (devtmpfs with
+    /// `CONFIG_DEVTMPFS_MOUNT`): finding it there is fine. For the others an
+    /// existing mount means this is not a fresh VM, and PID 1 stops.
+    kernel_may_mount: bool,
 }
 
 /// `/proc` and `/sys` without devices, setuid or exec; `/dev` as devtmpfs so
@@ -286,6 +290,7 @@ const PSEUDO_MOUNTS: &[PseudoMount] = &[
         fstype: "proc",
         flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         magics: &[PROC_SUPER_MAGIC],
+        kernel_may_mount: false,
     },
     PseudoMount {
         source: "sysfs",
@@ -293,6 +298,7 @@ const PSEUDO_MOUNTS: &[PseudoMount] = &[
         fstype: "sysfs",
         flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         magics: &[SYSFS_MAGIC],
+        kernel_may_mount: false,
     },
     PseudoMount {
         source: "devtmpfs",
@@ -300,6 +306,7 @@ const PSEUDO_MOUNTS: &[PseudoMount] = &[
         fstype: "devtmpfs",
         flags: libc::MS_NOSUID,
         magics: DEVTMPFS_MAGICS,
+        kernel_may_mount: true,
     },
 ];
 
@@ -327,7 +334,7 @@ fn mount_pseudo_filesystems() -> Result<(), Pid1Error> {
             target: m.target,
             err,
         })?;
-        match mount_action(state, m.magics) {
+        match mount_action(state, m.magics, m.kernel_may_mount) {
             MountAction::Mount => {}
             MountAction::AlreadyThere => {
                 console_line(&format!(
@@ -497,25 +504,39 @@ pub fn decide_role(ev: &InitEvidence) -> Role {
 pub enum MountAction {
     /// Nothing is mounted there: mount.
     Mount,
-    /// The wanted file system is already there (e.g. the kernel mounted it):
-    /// leave it.
+    /// The kernel already mounted the wanted file system there: leave it.
     AlreadyThere,
-    /// Something else is mounted there: refuse to mount over it.
+    /// Something is mounted there: refuse to mount over it.
     Refuse { found: String },
 }
 
 /// Decides what to do at a mount point in `state` that should hold a file
-/// system whose `f_type` is one of `wanted`.
-pub fn mount_action(state: MountState, wanted: &[u64]) -> MountAction {
+/// system whose `f_type` is one of `wanted`. An existing mount is only
+/// accepted when `kernel_may_mount` and it is the wanted file system; it is
+/// never mounted over.
+pub fn mount_action(state: MountState, wanted: &[u64], kernel_may_mount: bool) -> MountAction {
     match state {
         MountState::Missing | MountState::NotMounted => MountAction::Mount,
-        MountState::Mounted { magic } if wanted.contains(&magic) => MountAction::AlreadyThere,
+        MountState::Mounted { magic } if kernel_may_mount && wanted.contains(&magic) => {
+            MountAction::AlreadyThere
+        }
         MountState::Mounted { magic } => MountAction::Refuse {
-            found: format!("a file system with f_type {magic:#x}"),
+            found: fs_name(magic),
         },
         MountState::Unknown => MountAction::Refuse {
             found: "something that could not be checked".to_string(),
         },
+    }
+}
+
+/// A file system's name for messages, from its `f_type`.
+fn fs_name(magic: u64) -> String {
+    match magic {
+        PROC_SUPER_MAGIC => "proc".to_string(),
+        SYSFS_MAGIC => "sysfs".to_string(),
+        TMPFS_MAGIC => "tmpfs (or devtmpfs)".to_string(),
+        RAMFS_MAGIC => "ramfs".to_string(),
+        other => format!("a file system with f_type {other:#x}"),
     }
 }
 
@@ -969,38 +990,54 @@ mod tests {
 
     #[test]
     fn existing_mounts_are_never_mounted_over() {
+        let proc_mounted = MountState::Mounted {
+            magic: PROC_SUPER_MAGIC,
+        };
         assert_eq!(
-            mount_action(MountState::NotMounted, &[PROC_SUPER_MAGIC]),
+            mount_action(MountState::NotMounted, &[PROC_SUPER_MAGIC], false),
             MountAction::Mount
         );
         assert_eq!(
-            mount_action(MountState::Missing, &[SYSFS_MAGIC]),
+            mount_action(MountState::Missing, &[SYSFS_MAGIC], false),
             MountAction::Mount
         );
+        // A devtmpfs the kernel mounted is left as it is.
         assert_eq!(
-            mount_action(MountState::Mounted { magic: TMPFS_MAGIC }, DEVTMPFS_MAGICS),
+            mount_action(
+                MountState::Mounted { magic: TMPFS_MAGIC },
+                DEVTMPFS_MAGICS,
+                true
+            ),
             MountAction::AlreadyThere
+        );
+        // A proc already on /proc is a host's or a container's: refuse.
+        assert_eq!(
+            mount_action(proc_mounted, &[PROC_SUPER_MAGIC], false),
+            MountAction::Refuse {
+                found: "proc".into()
+            }
         );
         assert!(matches!(
             mount_action(
                 MountState::Mounted { magic: SYSFS_MAGIC },
-                &[PROC_SUPER_MAGIC]
+                DEVTMPFS_MAGICS,
+                true
             ),
             MountAction::Refuse { .. }
         ));
         assert!(matches!(
-            mount_action(MountState::Unknown, &[PROC_SUPER_MAGIC]),
+            mount_action(MountState::Unknown, DEVTMPFS_MAGICS, true),
             MountAction::Refuse { .. }
         ));
         let err = Pid1Error::AlreadyMounted {
             fstype: "proc",
             target: "/proc",
-            found: "a file system with f_type 0x62656572".into(),
+            found: "proc".into(),
         };
+        let s = err.to_string();
         assert!(
-            err.to_string()
-                .starts_with("refusing to mount proc on /proc"),
-            "{err}"
+            s.starts_with("refusing to mount proc on /proc: proc is already mounted"),
+            "{s}"
         );
     }
 
