@@ -10,7 +10,8 @@
 //! `--mcp-server 'CMD ARGS'` relays each connection to a fresh stdio MCP
 //! server child (`guest::bridge`); `ping` is always the agent's.
 //! Exit codes: 0 after a `shutdown` request, 1 when serving fails, 64
-//! (EX_USAGE) for bad arguments.
+//! (EX_USAGE) for bad arguments (and `--init` outside pid 1), 128+N after
+//! signal N as a namespace's pid 1 (elsewhere the signal itself ends it).
 
 // Every unsafe block says why it is sound (as Firecracker does).
 #![deny(clippy::undocumented_unsafe_blocks)]

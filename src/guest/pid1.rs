@@ -11,6 +11,12 @@
 //! whole life of the VM. Every failing step prints one console line
 //! (`ukload-guest: init: ...`) so a host reading the serial log sees why a
 //! guest never came up.
+//!
+//! Pid 1 alone does not make a VM's init: pid 1 of a PID namespace or a
+//! container shares (or sees) a host's mounts, and mounting proc over a
+//! host's `/proc` hides every process from everyone. [`decide_role`] asks for
+//! evidence (an initramfs root, nothing on `/proc` yet) or `--init`, and every
+//! mount is checked right before it is made ([`mount_action`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
