@@ -619,7 +619,7 @@ fn tool_phase(
                 }
                 let i = jobs[k];
                 let out = match &endpoints[i] {
-                    Some(ep) => crate::toolcall::execute(ep, cfg.framing, call),
+                    Some(ep) => crate::toolcall::execute(ep, cfg.framing, call, stop),
                     None => crate::toolcall::ToolOutcome {
                         session_ms: None,
                         call_ms: None,

@@ -2,11 +2,17 @@
 //! instance executes one MCP tool over its vsock connection; the latency of
 //! the `tools/call` exchange itself is measured (connect and `initialize`
 //! are reported apart), and a failed or wrong result is a failure.
+//!
+//! Every wait honours the run's stop flag (set by SIGINT/SIGTERM): connect,
+//! `initialize`, `tools/list` and `tools/call` give up within
+//! [`crate::vsock::STOP_POLL`] of it and the call is reported as
+//! interrupted, so a signal never waits for a silent guest's tool timeout.
 
 use crate::mcp::{McpFraming, Session, SessionOptions, Transport};
 use crate::vsock::{self, Endpoint};
 use serde::Serialize;
 use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Default deadline of one tool call (and of connecting + `initialize`).
@@ -68,8 +74,19 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Runs `call` against the guest at `ep`.
-pub fn execute(ep: &Endpoint, framing: crate::framing::Framing, call: &ToolCall) -> ToolOutcome {
+/// Prefix of [`ToolOutcome::error`] for a call given up because the run's
+/// stop flag was set.
+pub const INTERRUPTED: &str = "interrupted by signal";
+
+/// Runs `call` against the guest at `ep`. Gives up within
+/// [`crate::vsock::STOP_POLL`] of `stop` being set (the run's SIGINT/SIGTERM
+/// flag), at whatever step it is, with an error starting with [`INTERRUPTED`].
+pub fn execute(
+    ep: &Endpoint,
+    framing: crate::framing::Framing,
+    call: &ToolCall,
+    stop: &AtomicBool,
+) -> ToolOutcome {
     let mut out = ToolOutcome {
         session_ms: None,
         call_ms: None,
@@ -77,8 +94,22 @@ pub fn execute(ep: &Endpoint, framing: crate::framing::Framing, call: &ToolCall)
         error: None,
     };
     let t0 = Instant::now();
-    let stream = match vsock::connect(ep, call.timeout) {
+    let interrupted = |step: &str| {
+        Some(format!(
+            "{INTERRUPTED} during {step} after {:.0} ms",
+            ms(t0.elapsed())
+        ))
+    };
+    if stop.load(Ordering::Relaxed) {
+        out.error = interrupted("connect");
+        return out;
+    }
+    let stream = match vsock::connect_interruptible(ep, call.timeout, stop) {
         Ok(s) => s,
+        Err(vsock::ConnectError::Interrupted { .. }) => {
+            out.error = interrupted("connect");
+            return out;
+        }
         Err(e) => {
             out.error = Some(format!("connect: {e}"));
             return out;
@@ -100,8 +131,12 @@ pub fn execute(ep: &Endpoint, framing: crate::framing::Framing, call: &ToolCall)
         request_timeout: call.timeout,
         ..Default::default()
     };
-    let session = match Session::initialize(transport, options) {
+    let session = match Session::initialize_interruptible(transport, options, stop) {
         Ok(s) => s,
+        Err(e) if e.is_interrupted() => {
+            out.error = interrupted("initialize");
+            return out;
+        }
         Err(e) => {
             out.error = Some(format!("initialize: {e}"));
             return out;
@@ -109,7 +144,7 @@ pub fn execute(ep: &Endpoint, framing: crate::framing::Framing, call: &ToolCall)
     };
     let args = match &call.args {
         Some(a) => a.clone(),
-        None => match session.list_tools() {
+        None => match session.list_tools_interruptible(stop) {
             Ok(tools) => match tools.iter().find(|t| t.name == call.name) {
                 Some(t) => sample_arguments(&t.input_schema),
                 None => {
@@ -123,6 +158,11 @@ pub fn execute(ep: &Endpoint, framing: crate::framing::Framing, call: &ToolCall)
                     return out;
                 }
             },
+            Err(e) if e.is_interrupted() => {
+                out.error = interrupted("tools/list");
+                let _ = session.abort();
+                return out;
+            }
             Err(e) => {
                 out.error = Some(format!("tools/list: {e}"));
                 let _ = session.close();
@@ -132,9 +172,16 @@ pub fn execute(ep: &Endpoint, framing: crate::framing::Framing, call: &ToolCall)
     };
     out.session_ms = Some(ms(t0.elapsed()));
     let t1 = Instant::now();
-    let result = session.call_tool(&call.name, args, call.timeout);
+    let result = session.call_tool_interruptible(&call.name, args, call.timeout, stop);
     out.call_ms = Some(ms(t1.elapsed()));
     match result {
+        Err(e) if e.is_interrupted() => {
+            out.call_ms = None;
+            out.error = interrupted("tools/call");
+            // Cancelled already; end the connection without the flush grace.
+            let _ = session.abort();
+            return out;
+        }
         Ok(r) => {
             let text = r.text();
             if r.is_error {

@@ -383,3 +383,75 @@ fn args_from_the_command_line_follow_the_tool_schema() {
     let args = mcp::coerce_args(&echo["inputSchema"], &[("message".into(), "42".into())]).unwrap();
     assert_eq!(args, json!({"message": "42"}));
 }
+
+/// How soon after the stop flag is set an interruptible call must give up.
+const STOP_LATENCY: Duration = Duration::from_millis(100);
+/// When the tests set the stop flag, after the call started.
+const STOP_AFTER: Duration = Duration::from_millis(300);
+
+/// Runs `f(stop)` while another thread sets `stop` after [`STOP_AFTER`];
+/// returns `f`'s result and how long after the flag was set `f` returned.
+fn with_stop_set_later<T: Send>(
+    f: impl FnOnce(&std::sync::atomic::AtomicBool) -> T + Send,
+) -> (T, Duration) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let setter = s.spawn(|| {
+            std::thread::sleep(STOP_AFTER);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            Instant::now()
+        });
+        let out = f(&stop);
+        let ended = Instant::now();
+        let set_at = setter.join().unwrap();
+        (out, ended.saturating_duration_since(set_at))
+    })
+}
+
+#[test]
+fn a_stop_flag_ends_a_silent_tool_call_within_100_ms_and_cancels_it() {
+    let session = hostile("silent-call");
+    let (res, late) = with_stop_set_later(|stop| {
+        session.call_tool_interruptible(
+            "echo",
+            json!({"message": "x"}),
+            Duration::from_secs(30),
+            stop,
+        )
+    });
+    let err = res.unwrap_err();
+    assert!(err.is_interrupted(), "{err}");
+    assert!(err.to_string().contains("interrupted by signal"), "{err}");
+    assert!(late < STOP_LATENCY, "gave up {late:?} after the flag");
+    assert_eq!(session.stats().cancellations_sent, 1);
+    // Already set: later calls give up before sending anything.
+    let stop = std::sync::atomic::AtomicBool::new(true);
+    let sent = session.stats().requests_sent;
+    let err = session
+        .call_tool_interruptible("echo", json!({}), CALL_TIMEOUT, &stop)
+        .unwrap_err();
+    assert!(err.is_interrupted(), "{err}");
+    assert_eq!(session.stats().requests_sent, sent);
+    let pid = session.server_pid().unwrap();
+    let start = Instant::now();
+    session.abort().expect("abort");
+    assert!(start.elapsed() < NO_HANG_BOUND);
+    assert_gone(pid);
+}
+
+#[test]
+fn a_stop_flag_ends_an_unanswered_initialize_within_100_ms_and_reaps_the_server() {
+    let transport = hostile_transport("mute");
+    let pid = transport.pid().expect("a stdio transport has a pid");
+    let (res, late) = with_stop_set_later(|stop| {
+        Session::initialize_interruptible(transport, SessionOptions::default(), stop)
+    });
+    let err = res.err().expect("initialize must not succeed");
+    assert!(err.is_interrupted(), "{err}");
+    assert!(
+        err.to_string().starts_with("initialize: interrupted"),
+        "{err}"
+    );
+    assert!(late < STOP_LATENCY, "gave up {late:?} after the flag");
+    assert_gone(pid);
+}

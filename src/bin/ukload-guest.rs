@@ -3,11 +3,15 @@
 //! As PID 1 inside a microVM it sets the machine up (`guest::pid1`) and
 //! serves on kernel vsock; as a plain process it serves where `--listen`
 //! says, typically a hybrid-vsock Unix socket standing in for guest + VMM.
+//! Pid 1 alone does not make it a VM's init (`pid1::decide_role`): as pid 1
+//! of a PID namespace or container it mounts nothing, serves as a plain
+//! process would and reaps orphans; `--init` forces the init role.
 //! It executes MCP tools itself (the built-in tools), or with
 //! `--mcp-server 'CMD ARGS'` relays each connection to a fresh stdio MCP
 //! server child (`guest::bridge`); `ping` is always the agent's.
 //! Exit codes: 0 after a `shutdown` request, 1 when serving fails, 64
-//! (EX_USAGE) for bad arguments.
+//! (EX_USAGE) for bad arguments (and `--init` outside pid 1), 128+N after
+//! signal N as a namespace's pid 1 (elsewhere the signal itself ends it).
 
 // Every unsafe block says why it is sound (as Firecracker does).
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -60,6 +64,13 @@ struct Args {
     /// answering with the built-in tools; ping stays the agent's
     #[argh(option)]
     mcp_server: Option<String>,
+
+    /// act as the microVM's init (mount /proc, /sys, /dev, load the vsock
+    /// drivers, serve on vsock, power off at the end) even when the root is
+    /// not an initramfs; needs pid 1; never mounts over an existing mount;
+    /// the other flags are then ignored
+    #[argh(switch)]
+    init: bool,
 }
 
 /// The built-in tools, answered by the agent itself.
@@ -69,8 +80,44 @@ fn builtin_mode() -> Arc<dyn ConnectionMode> {
 
 fn main() -> ExitCode {
     guest::mark_process_start();
-    if std::process::id() == 1 {
-        run_as_pid1();
+    // Decided before parsing: a VM's init gets no `--listen` (its argv is
+    // whatever the kernel passes on), and the reaper must start before any thread.
+    let init_flag = std::env::args().skip(1).any(|a| a == pid1::INIT_FLAG);
+    let evidence = pid1::InitEvidence::gather(init_flag);
+    match pid1::decide_role(&evidence) {
+        pid1::Role::VmInit => {
+            let unforced = pid1::InitEvidence {
+                init_flag: false,
+                ..evidence.clone()
+            };
+            if let pid1::Role::NamespacePid1 { why } = pid1::decide_role(&unforced) {
+                ukload::status!(
+                    "ukload-guest: init: {} given: acting as the VM's init although {why}",
+                    pid1::INIT_FLAG
+                );
+            }
+            run_as_pid1()
+        }
+        pid1::Role::NamespacePid1 { why } => {
+            ukload::status!(
+                "ukload-guest: pid 1 but not a VM's init ({why}): mounting nothing, \
+                 serving as an ordinary agent and reaping orphans (use {} to force the init role)",
+                pid1::INIT_FLAG
+            );
+            if let Err(e) = pid1::start_namespace_reaper() {
+                ukload::status!("ukload-guest: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+        pid1::Role::Process if init_flag => {
+            return usage_error(&format!(
+                "{}: this process is pid {}, not 1; only a VM's init (or a PID namespace's \
+                 pid 1) can take the init role",
+                pid1::INIT_FLAG,
+                evidence.pid
+            ));
+        }
+        pid1::Role::Process => {}
     }
     let (cfg, mode) = match parse_args() {
         Ok(parsed) => parsed,
@@ -126,6 +173,7 @@ fn parse_args() -> Result<(AgentConfig, Arc<dyn ConnectionMode>), ExitCode> {
             });
         }
     };
+    debug_assert!(!args.init, "--init is handled in main before parsing");
     let listen =
         guest::parse_listen(&args.listen, args.port).map_err(|e| usage_error(&e.to_string()))?;
     let mode: Arc<dyn ConnectionMode> = match &args.mcp_server {

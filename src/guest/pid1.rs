@@ -11,6 +11,12 @@
 //! whole life of the VM. Every failing step prints one console line
 //! (`ukload-guest: init: ...`) so a host reading the serial log sees why a
 //! guest never came up.
+//!
+//! Pid 1 alone does not make a VM's init: pid 1 of a PID namespace or a
+//! container shares (or sees) a host's mounts, and mounting proc over a
+//! host's `/proc` hides every process from everyone. [`decide_role`] asks for
+//! evidence (an initramfs root, nothing on `/proc` yet) or `--init`, and every
+//! mount is checked right before it is made ([`mount_action`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
@@ -93,6 +99,19 @@ pub enum Pid1Error {
         path: &'static str,
         err: std::io::Error,
     },
+    /// Something other than the file system PID 1 wants is already mounted
+    /// at `target`: PID 1 never mounts over an existing mount.
+    AlreadyMounted {
+        fstype: &'static str,
+        target: &'static str,
+        found: String,
+    },
+    /// `statfs(2)`/`stat(2)` of a mount point failed, so PID 1 cannot tell
+    /// whether something is mounted there.
+    MountCheck {
+        target: &'static str,
+        err: std::io::Error,
+    },
     /// `mount(2)` failed (EBUSY, already mounted, is not an error).
     Mount {
         fstype: &'static str,
@@ -136,6 +155,20 @@ impl fmt::Display for Pid1Error {
                 )
             }
             Pid1Error::Mkdir { path, err } => write!(f, "creating {path} failed: {err}"),
+            Pid1Error::AlreadyMounted {
+                fstype,
+                target,
+                found,
+            } => write!(
+                f,
+                "refusing to mount {fstype} on {target}: {found} is already mounted there \
+                 (PID 1 never mounts over an existing mount; is this really a VM's init?)"
+            ),
+            Pid1Error::MountCheck { target, err } => write!(
+                f,
+                "checking whether something is mounted on {target} failed: {err}; \
+                 refusing to mount there"
+            ),
             Pid1Error::Mount {
                 fstype,
                 target,
@@ -246,6 +279,12 @@ struct PseudoMount {
     target: &'static str,
     fstype: &'static str,
     flags: libc::c_ulong,
+    /// `f_type` values of this file system once mounted.
+    magics: &'static [u64],
+    /// The kernel itself may have mounted it before init ran (devtmpfs with
+    /// `CONFIG_DEVTMPFS_MOUNT`): finding it there is fine. For the others an
+    /// existing mount means this is not a fresh VM, and PID 1 stops.
+    kernel_may_mount: bool,
 }
 
 /// `/proc` and `/sys` without devices, setuid or exec; `/dev` as devtmpfs so
@@ -256,18 +295,24 @@ const PSEUDO_MOUNTS: &[PseudoMount] = &[
         target: "/proc",
         fstype: "proc",
         flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        magics: &[PROC_SUPER_MAGIC],
+        kernel_may_mount: false,
     },
     PseudoMount {
         source: "sysfs",
         target: "/sys",
         fstype: "sysfs",
         flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        magics: &[SYSFS_MAGIC],
+        kernel_may_mount: false,
     },
     PseudoMount {
         source: "devtmpfs",
         target: "/dev",
         fstype: "devtmpfs",
         flags: libc::MS_NOSUID,
+        magics: DEVTMPFS_MAGICS,
+        kernel_may_mount: true,
     },
 ];
 
@@ -289,6 +334,28 @@ fn mount_pseudo_filesystems() -> Result<(), Pid1Error> {
                 m.target,
                 std::fs::Permissions::from_mode(MOUNT_POINT_MODE),
             );
+        }
+        // Checked right before each mount: never stack a mount on an existing one.
+        let state = mount_state(m.target).map_err(|err| Pid1Error::MountCheck {
+            target: m.target,
+            err,
+        })?;
+        match mount_action(state, m.magics, m.kernel_may_mount) {
+            MountAction::Mount => {}
+            MountAction::AlreadyThere => {
+                console_line(&format!(
+                    "{} is already mounted on {}; leaving it",
+                    m.fstype, m.target
+                ));
+                continue;
+            }
+            MountAction::Refuse { found } => {
+                return Err(Pid1Error::AlreadyMounted {
+                    fstype: m.fstype,
+                    target: m.target,
+                    found,
+                })
+            }
         }
         let c = |s: &str| CString::new(s).expect("static mount strings have no NUL");
         let (source, target, fstype) = (c(m.source), c(m.target), c(m.fstype));
@@ -316,6 +383,201 @@ fn mount_pseudo_filesystems() -> Result<(), Pid1Error> {
         }
     }
     Ok(())
+}
+
+// --- am I the VM's init? ---------------------------------------------------
+
+/// `statfs(2)` `f_type` of ramfs (`RAMFS_MAGIC` in linux/magic.h; not in libc):
+/// the initramfs root when the kernel has no tmpfs.
+pub const RAMFS_MAGIC: u64 = 0x8584_58f6;
+/// `f_type` of tmpfs: the initramfs root of kernels with tmpfs (Debian's),
+/// and what devtmpfs reports there.
+pub const TMPFS_MAGIC: u64 = 0x0102_1994;
+/// `f_type` of proc.
+pub const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+/// `f_type` of sysfs.
+pub const SYSFS_MAGIC: u64 = 0x6265_6572;
+/// What a devtmpfs reports as `f_type`: tmpfs's magic, or ramfs's on kernels
+/// without tmpfs.
+const DEVTMPFS_MAGICS: &[u64] = &[TMPFS_MAGIC, RAMFS_MAGIC];
+
+/// Flag of `ukload-guest` that makes it act as the VM's init even when
+/// [`decide_role`] finds no evidence for it (it still never mounts over an
+/// existing mount).
+pub const INIT_FLAG: &str = "--init";
+
+/// What a process whose pid is 1 can observe about where it runs, before it
+/// mounts anything. Gathered by [`InitEvidence::gather`]; fake it in tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitEvidence {
+    /// `getpid()`.
+    pub pid: i32,
+    /// `statfs("/").f_type`, `None` when `statfs` failed.
+    pub root_fs_magic: Option<u64>,
+    /// What is at `/proc` right now.
+    pub proc_state: MountState,
+    /// `--init` was given.
+    pub init_flag: bool,
+}
+
+/// Whether a file system is mounted at a directory of the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountState {
+    /// No such directory (an image without it): nothing mounted.
+    Missing,
+    /// A plain directory of the root file system: nothing mounted.
+    NotMounted,
+    /// A mount point (another device than `/`, or `f_type` says so): the
+    /// mounted file system's `f_type`.
+    Mounted { magic: u64 },
+    /// `stat`/`statfs` failed: treated as mounted (never mount blind).
+    Unknown,
+}
+
+/// What `ukload-guest` is, given the [`InitEvidence`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The init of a microVM: mount `/proc`, `/sys`, `/dev`, load drivers,
+    /// reap, power off at the end ([`init_as_pid1`]).
+    VmInit,
+    /// Pid 1 of a PID namespace or container: mount nothing, serve as an
+    /// ordinary agent, but reap orphans (they re-parent to us) — `why` says
+    /// which evidence was missing.
+    NamespacePid1 { why: String },
+    /// An ordinary process.
+    Process,
+}
+
+impl InitEvidence {
+    /// Looks at this process: its pid, `statfs("/")` and what is at `/proc`.
+    pub fn gather(init_flag: bool) -> InitEvidence {
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        InitEvidence {
+            pid,
+            root_fs_magic: fs_magic("/").ok(),
+            proc_state: mount_state("/proc").unwrap_or(MountState::Unknown),
+            init_flag,
+        }
+    }
+}
+
+/// Decides whether this process is a microVM's init.
+///
+/// Why not "pid is 1": `unshare --pid --fork ukload-guest ...` and every
+/// container make the agent pid 1 while it shares (or sees) a host's mounts;
+/// mounting proc over the host's `/proc` there hid every process from
+/// everyone. A VM's init sees what a container cannot cheaply fake: the root
+/// file system is the initramfs (ramfs or tmpfs) and `/proc` is not mounted
+/// yet (the kernel mounts nothing for an initramfs init). Any host or
+/// container has `/proc` mounted. `--init` overrides the evidence (for an
+/// image whose root is not an initramfs); mounting still refuses to stack on
+/// an existing mount.
+pub fn decide_role(ev: &InitEvidence) -> Role {
+    if ev.pid != 1 {
+        return Role::Process;
+    }
+    if ev.init_flag {
+        return Role::VmInit;
+    }
+    let root_is_initramfs = matches!(ev.root_fs_magic, Some(RAMFS_MAGIC | TMPFS_MAGIC));
+    let proc_unmounted = matches!(ev.proc_state, MountState::Missing | MountState::NotMounted);
+    match (root_is_initramfs, proc_unmounted) {
+        (true, true) => Role::VmInit,
+        (root, proc) => {
+            let mut why = Vec::new();
+            if !root {
+                why.push(match ev.root_fs_magic {
+                    Some(m) => format!("the root file system is not an initramfs (f_type {m:#x})"),
+                    None => "statfs(\"/\") failed".to_string(),
+                });
+            }
+            if !proc {
+                why.push(match ev.proc_state {
+                    MountState::Unknown => "/proc could not be checked".to_string(),
+                    _ => "/proc is already mounted".to_string(),
+                });
+            }
+            Role::NamespacePid1 {
+                why: why.join(" and "),
+            }
+        }
+    }
+}
+
+/// What PID 1 does at one mount point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountAction {
+    /// Nothing is mounted there: mount.
+    Mount,
+    /// The kernel already mounted the wanted file system there: leave it.
+    AlreadyThere,
+    /// Something is mounted there: refuse to mount over it.
+    Refuse { found: String },
+}
+
+/// Decides what to do at a mount point in `state` that should hold a file
+/// system whose `f_type` is one of `wanted`. An existing mount is only
+/// accepted when `kernel_may_mount` and it is the wanted file system; it is
+/// never mounted over.
+pub fn mount_action(state: MountState, wanted: &[u64], kernel_may_mount: bool) -> MountAction {
+    match state {
+        MountState::Missing | MountState::NotMounted => MountAction::Mount,
+        MountState::Mounted { magic } if kernel_may_mount && wanted.contains(&magic) => {
+            MountAction::AlreadyThere
+        }
+        MountState::Mounted { magic } => MountAction::Refuse {
+            found: fs_name(magic),
+        },
+        MountState::Unknown => MountAction::Refuse {
+            found: "something that could not be checked".to_string(),
+        },
+    }
+}
+
+/// A file system's name for messages, from its `f_type`.
+fn fs_name(magic: u64) -> String {
+    match magic {
+        PROC_SUPER_MAGIC => "proc".to_string(),
+        SYSFS_MAGIC => "sysfs".to_string(),
+        TMPFS_MAGIC => "tmpfs (or devtmpfs)".to_string(),
+        RAMFS_MAGIC => "ramfs".to_string(),
+        other => format!("a file system with f_type {other:#x}"),
+    }
+}
+
+/// `statfs(path).f_type`, as the 32-bit magic the kernel defines.
+fn fs_magic(path: &str) -> std::io::Result<u64> {
+    let c = CString::new(path).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: statfs is plain data, all-zero is a valid value to overwrite.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer, both
+    // living across the call.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_type as u64) & 0xffff_ffff)
+}
+
+/// Whether something is mounted at `path` (a directory of `/`): it is a mount
+/// point when its device differs from the root's, or when its `f_type` is
+/// not the root's (a bind mount of the same device is not caught, and does
+/// not matter here: PID 1 checks for pseudo file systems).
+pub fn mount_state(path: &str) -> std::io::Result<MountState> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(MountState::Missing),
+        Err(e) => return Err(e),
+    };
+    let root = std::fs::metadata("/")?;
+    let magic = fs_magic(path)?;
+    if meta.dev() != root.dev() || magic != fs_magic("/")? {
+        Ok(MountState::Mounted { magic })
+    } else {
+        Ok(MountState::NotMounted)
+    }
 }
 
 /// If the image had no `/dev/console`, the kernel started init without
@@ -484,12 +746,26 @@ fn reaped() -> &'static Reaped {
 /// `waitpid(-1, WNOHANG)` — tini's loop. The timeout makes it sweep even if a
 /// thread with SIGCHLD unblocked swallowed the signal.
 fn start_reaper() -> Result<(), Pid1Error> {
-    let set = sigchld_set();
+    start_reaper_for(&[libc::SIGCHLD], false)
+}
+
+/// The reaper for pid 1 of a PID namespace or container ([`Role::NamespacePid1`]):
+/// the same loop as a VM's init, plus SIGTERM and SIGINT, which end the agent
+/// with status 128 + signal as they would end it outside a namespace. Why:
+/// the kernel drops signals without a handler sent to a namespace's pid 1,
+/// so without this `kill -TERM` (ukload's teardown) would be ignored.
+/// Call it before starting other threads, like [`init_as_pid1`].
+pub fn start_namespace_reaper() -> Result<(), String> {
+    start_reaper_for(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT], true).map_err(|e| e.to_string())
+}
+
+fn start_reaper_for(signals: &[libc::c_int], exit_on_term: bool) -> Result<(), Pid1Error> {
+    let set = signal_set(signals);
     // SAFETY: `set` is an initialised sigset; a null old-set pointer is allowed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
         return Err(Pid1Error::Reaper {
-            what: "pthread_sigmask(SIG_BLOCK, SIGCHLD)",
+            what: "pthread_sigmask(SIG_BLOCK)",
             err: std::io::Error::from_raw_os_error(rc),
         });
     }
@@ -503,8 +779,12 @@ fn start_reaper() -> Result<(), Pid1Error> {
             // SAFETY: `set` and `timeout` are valid for the call; a null
             // siginfo pointer is allowed. EAGAIN (timeout) and EINTR are the
             // expected non-signal returns; either way we sweep below.
-            unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+            let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
             reap_all();
+            if exit_on_term && (sig == libc::SIGTERM || sig == libc::SIGINT) {
+                crate::status!("ukload-guest: signal {sig}: exiting");
+                std::process::exit(SIGNAL_EXIT_BASE + sig);
+            }
         })
         .map(|_| ())
         .map_err(|err| Pid1Error::Reaper {
@@ -513,12 +793,17 @@ fn start_reaper() -> Result<(), Pid1Error> {
         })
 }
 
-fn sigchld_set() -> libc::sigset_t {
+/// Exit status of a process ended by signal N, as a shell reports it: 128 + N.
+const SIGNAL_EXIT_BASE: i32 = 128;
+
+fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
+        for &sig in signals {
+            libc::sigaddset(&mut set, sig);
+        }
         set
     }
 }
@@ -630,6 +915,148 @@ mod tests {
     fn init_refuses_to_run_outside_pid_1() {
         let err = init_as_pid1().unwrap_err();
         assert!(err.contains("not 1"), "{err}");
+    }
+
+    fn evidence(pid: i32, root: Option<u64>, proc_state: MountState) -> InitEvidence {
+        InitEvidence {
+            pid,
+            root_fs_magic: root,
+            proc_state,
+            init_flag: false,
+        }
+    }
+
+    #[test]
+    fn a_vm_init_is_pid_1_on_an_initramfs_root_with_proc_not_mounted() {
+        for root in [RAMFS_MAGIC, TMPFS_MAGIC] {
+            for proc_state in [MountState::NotMounted, MountState::Missing] {
+                let ev = evidence(1, Some(root), proc_state);
+                assert_eq!(decide_role(&ev), Role::VmInit, "{ev:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn pid_1_of_a_namespace_on_the_hosts_mounts_is_not_a_vm_init() {
+        const EXT4_MAGIC: u64 = 0xef53;
+        const OVERLAYFS_MAGIC: u64 = 0x794c_7630;
+        let proc_mounted = MountState::Mounted {
+            magic: PROC_SUPER_MAGIC,
+        };
+        // `unshare --pid --fork` on a host, a container on overlayfs.
+        for root in [EXT4_MAGIC, OVERLAYFS_MAGIC] {
+            let role = decide_role(&evidence(1, Some(root), proc_mounted));
+            let Role::NamespacePid1 { why } = role else {
+                panic!("{role:?}")
+            };
+            assert!(
+                why.contains("not an initramfs") && why.contains("/proc"),
+                "{why}"
+            );
+        }
+        // A tmpfs root is cheap to fake; a host's /proc is still mounted.
+        let role = decide_role(&evidence(1, Some(TMPFS_MAGIC), proc_mounted));
+        assert!(
+            matches!(&role, Role::NamespacePid1 { why } if why == "/proc is already mounted"),
+            "{role:?}"
+        );
+        // Anything mounted on /proc, or /proc unreadable, or no statfs of /: not init.
+        for ev in [
+            evidence(
+                1,
+                Some(RAMFS_MAGIC),
+                MountState::Mounted { magic: TMPFS_MAGIC },
+            ),
+            evidence(1, Some(RAMFS_MAGIC), MountState::Unknown),
+            evidence(1, None, MountState::NotMounted),
+        ] {
+            assert!(
+                matches!(decide_role(&ev), Role::NamespacePid1 { .. }),
+                "{ev:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn init_flag_forces_the_init_role_only_for_pid_1() {
+        let mut ev = evidence(
+            1,
+            Some(0xef53),
+            MountState::Mounted {
+                magic: PROC_SUPER_MAGIC,
+            },
+        );
+        ev.init_flag = true;
+        assert_eq!(decide_role(&ev), Role::VmInit);
+        ev.pid = 4242;
+        assert_eq!(decide_role(&ev), Role::Process);
+        let vm_like = evidence(4242, Some(RAMFS_MAGIC), MountState::NotMounted);
+        assert_eq!(decide_role(&vm_like), Role::Process);
+    }
+
+    #[test]
+    fn existing_mounts_are_never_mounted_over() {
+        let proc_mounted = MountState::Mounted {
+            magic: PROC_SUPER_MAGIC,
+        };
+        assert_eq!(
+            mount_action(MountState::NotMounted, &[PROC_SUPER_MAGIC], false),
+            MountAction::Mount
+        );
+        assert_eq!(
+            mount_action(MountState::Missing, &[SYSFS_MAGIC], false),
+            MountAction::Mount
+        );
+        // A devtmpfs the kernel mounted is left as it is.
+        assert_eq!(
+            mount_action(
+                MountState::Mounted { magic: TMPFS_MAGIC },
+                DEVTMPFS_MAGICS,
+                true
+            ),
+            MountAction::AlreadyThere
+        );
+        // A proc already on /proc is a host's or a container's: refuse.
+        assert_eq!(
+            mount_action(proc_mounted, &[PROC_SUPER_MAGIC], false),
+            MountAction::Refuse {
+                found: "proc".into()
+            }
+        );
+        assert!(matches!(
+            mount_action(
+                MountState::Mounted { magic: SYSFS_MAGIC },
+                DEVTMPFS_MAGICS,
+                true
+            ),
+            MountAction::Refuse { .. }
+        ));
+        assert!(matches!(
+            mount_action(MountState::Unknown, DEVTMPFS_MAGICS, true),
+            MountAction::Refuse { .. }
+        ));
+        let err = Pid1Error::AlreadyMounted {
+            fstype: "proc",
+            target: "/proc",
+            found: "proc".into(),
+        };
+        let s = err.to_string();
+        assert!(
+            s.starts_with("refusing to mount proc on /proc: proc is already mounted"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn this_test_process_sees_the_hosts_proc_mounted_and_is_not_init() {
+        assert_eq!(
+            mount_state("/proc").unwrap(),
+            MountState::Mounted {
+                magic: PROC_SUPER_MAGIC
+            }
+        );
+        let ev = InitEvidence::gather(false);
+        assert_eq!(decide_role(&ev), Role::Process, "{ev:?}");
     }
 
     #[test]

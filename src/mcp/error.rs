@@ -46,6 +46,9 @@ pub enum McpError {
         /// it never issued).
         hint: Option<String>,
     },
+    /// The caller's stop flag (SIGINT/SIGTERM) was set while waiting: the call
+    /// was given up (a `tools/call` is cancelled with `notifications/cancelled`).
+    Interrupted { method: String, after: Duration },
     /// The connection is gone: the server closed its end, exited, or the session
     /// was closed. Carries the peer's description and, for a stdio child, the tail
     /// of its stderr.
@@ -81,6 +84,11 @@ impl McpError {
         matches!(self, McpError::Timeout { .. })
     }
 
+    /// True for [`McpError::Interrupted`].
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, McpError::Interrupted { .. })
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
         McpError::Io {
             context: context.into(),
@@ -114,6 +122,9 @@ impl fmt::Display for McpError {
                     write!(f, "; {hint}")?;
                 }
                 Ok(())
+            }
+            McpError::Interrupted { method, after } => {
+                write!(f, "{method}: interrupted by signal after {after:?}")
             }
             McpError::Closed { peer, reason } => write!(f, "connection to {peer} closed: {reason}"),
             McpError::Protocol { peer, detail } => {

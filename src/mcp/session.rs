@@ -11,7 +11,7 @@
 //! call fails with the reason and the session is dead (later calls fail at once).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -38,6 +38,24 @@ const READER_EXIT_GRACE: Duration = Duration::from_secs(2);
 const DIAGNOSTICS_WAIT: Duration = Duration::from_millis(300);
 /// How much of an unparsable frame is quoted in the error.
 const GARBAGE_PREVIEW_LEN: usize = 120;
+/// Longest single wait of a call that watches a stop flag: how late a set
+/// flag is noticed.
+const STOP_POLL: Duration = crate::vsock::STOP_POLL;
+
+/// A caller's stop flag (set by SIGINT/SIGTERM), if it gave one.
+type Stop<'a> = Option<&'a AtomicBool>;
+
+fn stopped(stop: Stop<'_>) -> bool {
+    stop.is_some_and(|s| s.load(Ordering::Relaxed))
+}
+
+/// When the next wait before `deadline` must end to look at `stop`.
+fn wake_at(deadline: Instant, stop: Stop<'_>) -> Instant {
+    match stop {
+        Some(_) => deadline.min(Instant::now() + STOP_POLL),
+        None => deadline,
+    }
+}
 
 /// Settings of a session; `Default` gives the documented defaults.
 #[derive(Clone, Debug)]
@@ -175,21 +193,44 @@ impl Shared {
             .map_err(|e| McpError::io(format!("framing a message for {}", self.peer), e))
     }
 
-    /// Queues a frame for the writer, waiting for room until `deadline`.
-    fn send_frame(&self, frame: Vec<u8>, deadline: Instant, what: &str) -> Result<(), McpError> {
+    /// Queues a frame for the writer, waiting for room until `deadline` (or
+    /// until `stop` is set).
+    fn send_frame(
+        &self,
+        frame: Vec<u8>,
+        deadline: Instant,
+        what: &str,
+        stop: Stop<'_>,
+    ) -> Result<(), McpError> {
         if let Some(dead) = self.routing().dead.clone() {
             return Err(dead);
         }
-        match self.out.send_deadline(WriterCmd::Frame(frame), deadline) {
-            Ok(()) => Ok(()),
-            Err(SendTimeoutError::Timeout(_)) => Err(self.closed(format!(
-                "the server is not reading its input: could not queue {what} before the deadline"
-            ))),
-            Err(SendTimeoutError::Disconnected(_)) => Err(self
-                .routing()
-                .dead
-                .clone()
-                .unwrap_or_else(|| self.closed("the writer has stopped"))),
+        let start = Instant::now();
+        let mut cmd = WriterCmd::Frame(frame);
+        loop {
+            if stopped(stop) {
+                return Err(McpError::Interrupted {
+                    method: what.to_string(),
+                    after: start.elapsed(),
+                });
+            }
+            match self.out.send_deadline(cmd, wake_at(deadline, stop)) {
+                Ok(()) => return Ok(()),
+                Err(SendTimeoutError::Timeout(back)) if Instant::now() < deadline => cmd = back,
+                Err(SendTimeoutError::Timeout(_)) => {
+                    return Err(self.closed(format!(
+                        "the server is not reading its input: could not queue {what} before \
+                         the deadline"
+                    )))
+                }
+                Err(SendTimeoutError::Disconnected(_)) => {
+                    return Err(self
+                        .routing()
+                        .dead
+                        .clone()
+                        .unwrap_or_else(|| self.closed("the writer has stopped")))
+                }
+            }
         }
     }
 
@@ -244,15 +285,38 @@ impl Session {
     ///
     /// On any failure the transport is closed (a stdio child is ended and reaped).
     pub fn initialize(transport: Transport, options: SessionOptions) -> Result<Session, McpError> {
+        Session::initialize_with(transport, options, None)
+    }
+
+    /// [`Session::initialize`] that gives up with [`McpError::Interrupted`]
+    /// within [`crate::vsock::STOP_POLL`] of `stop` being set (by
+    /// SIGINT/SIGTERM); the transport is then ended at once ([`Session::abort`]).
+    pub fn initialize_interruptible(
+        transport: Transport,
+        options: SessionOptions,
+        stop: &AtomicBool,
+    ) -> Result<Session, McpError> {
+        Session::initialize_with(transport, options, Some(stop))
+    }
+
+    fn initialize_with(
+        transport: Transport,
+        options: SessionOptions,
+        stop: Stop<'_>,
+    ) -> Result<Session, McpError> {
         let mut session = Session::start(transport, options)?;
-        match session.handshake() {
+        match session.handshake(stop) {
             Ok(server) => {
                 session.server = server;
                 Ok(session)
             }
             Err(e) => {
                 // Report the handshake failure, not a secondary close error.
-                let _ = session.close();
+                let _ = if e.is_interrupted() {
+                    session.abort()
+                } else {
+                    session.close()
+                };
                 Err(e)
             }
         }
@@ -348,14 +412,19 @@ impl Session {
         }
     }
 
-    fn handshake(&self) -> Result<InitializeResult, McpError> {
+    fn handshake(&self, stop: Stop<'_>) -> Result<InitializeResult, McpError> {
         let params = json!({
             "protocolVersion": self.options.protocol_version,
             "capabilities": {},
             "clientInfo": {"name": self.options.client_name, "version": self.options.client_version},
         });
-        let raw =
-            self.request_inner("initialize", Some(params), self.options.init_timeout, false)?;
+        let raw = self.request_inner(
+            "initialize",
+            Some(params),
+            self.options.init_timeout,
+            false,
+            stop,
+        )?;
         let server = InitializeResult::from_value(raw).map_err(|e| self.shared.protocol(e))?;
         if !SUPPORTED_PROTOCOL_VERSIONS.contains(&server.protocol_version.as_str()) {
             return Err(McpError::UnsupportedVersion {
@@ -364,7 +433,7 @@ impl Session {
                 supported: &SUPPORTED_PROTOCOL_VERSIONS,
             });
         }
-        self.notify("notifications/initialized", None)?;
+        self.notify_with("notifications/initialized", None, stop)?;
         Ok(server)
     }
 
@@ -415,11 +484,27 @@ impl Session {
     /// Lists the server's tools, following `nextCursor` for at most
     /// `options.max_list_pages` pages, each with `options.request_timeout`.
     pub fn list_tools(&self) -> Result<Vec<Tool>, McpError> {
+        self.list_tools_with(None)
+    }
+
+    /// [`Session::list_tools`] that gives up with [`McpError::Interrupted`]
+    /// within [`crate::vsock::STOP_POLL`] of `stop` being set.
+    pub fn list_tools_interruptible(&self, stop: &AtomicBool) -> Result<Vec<Tool>, McpError> {
+        self.list_tools_with(Some(stop))
+    }
+
+    fn list_tools_with(&self, stop: Stop<'_>) -> Result<Vec<Tool>, McpError> {
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..self.options.max_list_pages {
             let params = cursor.as_ref().map(|c| json!({"cursor": c}));
-            let page = self.request("tools/list", params, self.options.request_timeout)?;
+            let page = self.request_inner(
+                "tools/list",
+                params,
+                self.options.request_timeout,
+                true,
+                stop,
+            )?;
             let list = page.get("tools").and_then(Value::as_array).ok_or_else(|| {
                 self.shared.protocol(format!(
                     "tools/list result has no tools array: {}",
@@ -461,12 +546,41 @@ impl Session {
         args: Value,
         timeout: Duration,
     ) -> Result<ToolResult, McpError> {
+        self.call_tool_with(name, args, timeout, None)
+    }
+
+    /// [`Session::call_tool`] that gives up within [`crate::vsock::STOP_POLL`]
+    /// of `stop` being set (by SIGINT/SIGTERM): the request is cancelled with
+    /// `notifications/cancelled` and `Err(McpError::Interrupted)` returned.
+    pub fn call_tool_interruptible(
+        &self,
+        name: &str,
+        args: Value,
+        timeout: Duration,
+        stop: &AtomicBool,
+    ) -> Result<ToolResult, McpError> {
+        self.call_tool_with(name, args, timeout, Some(stop))
+    }
+
+    fn call_tool_with(
+        &self,
+        name: &str,
+        args: Value,
+        timeout: Duration,
+        stop: Stop<'_>,
+    ) -> Result<ToolResult, McpError> {
         let mut params = Map::new();
         params.insert("name".into(), Value::String(name.to_string()));
         if !args.is_null() {
             params.insert("arguments".into(), args);
         }
-        let raw = self.request("tools/call", Some(Value::Object(params)), timeout)?;
+        let raw = self.request_inner(
+            "tools/call",
+            Some(Value::Object(params)),
+            timeout,
+            true,
+            stop,
+        )?;
         ToolResult::from_value(raw)
             .map_err(|e| self.shared.protocol(format!("tools/call {name}: {e}")))
     }
@@ -485,7 +599,7 @@ impl Session {
         params: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, McpError> {
-        self.request_inner(method, params, timeout, true)
+        self.request_inner(method, params, timeout, true, None)
     }
 
     fn request_inner(
@@ -494,9 +608,17 @@ impl Session {
         params: Option<Value>,
         timeout: Duration,
         cancel_on_timeout: bool,
+        stop: Stop<'_>,
     ) -> Result<Value, McpError> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         let shared = &self.shared;
+        if stopped(stop) {
+            return Err(McpError::Interrupted {
+                method: method.to_string(),
+                after: Duration::ZERO,
+            });
+        }
         let (tx, rx) = bounded(1);
         let id = {
             let mut r = shared.routing();
@@ -514,7 +636,7 @@ impl Session {
         }
         let sent = shared
             .encode(&msg)
-            .and_then(|frame| shared.send_frame(frame, deadline, method));
+            .and_then(|frame| shared.send_frame(frame, deadline, method, stop));
         if let Err(e) = sent {
             shared.routing().pending.remove(&id);
             return Err(e);
@@ -523,32 +645,51 @@ impl Session {
             .counters
             .requests_sent
             .fetch_add(1, Ordering::Relaxed);
-        let reply = match rx.recv_deadline(deadline) {
-            Ok(reply) => reply,
-            Err(RecvTimeoutError::Timeout) => {
-                let still_pending = shared.routing().pending.remove(&id).is_some();
-                match rx.try_recv() {
-                    // The answer raced the deadline and won: use it.
-                    Ok(reply) if !still_pending => reply,
-                    _ => {
-                        if cancel_on_timeout {
-                            self.send_cancel(id, timeout);
+        // Waits in slices when there is a stop flag, so a signal is seen soon.
+        let reply = loop {
+            match rx.recv_deadline(wake_at(deadline, stop)) {
+                Ok(reply) => break reply,
+                Err(RecvTimeoutError::Timeout) => {
+                    let interrupted = stopped(stop);
+                    if !interrupted && Instant::now() < deadline {
+                        continue;
+                    }
+                    let still_pending = shared.routing().pending.remove(&id).is_some();
+                    match rx.try_recv() {
+                        // The answer raced the deadline (or the signal) and won: use it.
+                        Ok(reply) if !still_pending => break reply,
+                        _ if interrupted => {
+                            if cancel_on_timeout {
+                                self.send_cancel(id, "client interrupted by signal".into());
+                            }
+                            return Err(McpError::Interrupted {
+                                method: method.to_string(),
+                                after: start.elapsed(),
+                            });
                         }
-                        return Err(McpError::Timeout {
-                            method: method.to_string(),
-                            id,
-                            after: timeout,
-                            hint: shared.timeout_hint(),
-                        });
+                        _ => {
+                            if cancel_on_timeout {
+                                self.send_cancel(
+                                    id,
+                                    format!("client deadline of {timeout:?} expired"),
+                                );
+                            }
+                            return Err(McpError::Timeout {
+                                method: method.to_string(),
+                                id,
+                                after: timeout,
+                                hint: shared.timeout_hint(),
+                            });
+                        }
                     }
                 }
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(shared
-                    .routing()
-                    .dead
-                    .clone()
-                    .unwrap_or_else(|| shared.closed("the reader has stopped")))
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(shared
+                        .routing()
+                        .dead
+                        .clone()
+                        .unwrap_or_else(|| shared.closed("the reader has stopped")))
+                }
             }
         };
         match reply {
@@ -568,9 +709,8 @@ impl Session {
     }
 
     /// Best effort: tells the server we no longer want request `id`.
-    fn send_cancel(&self, id: u64, after: Duration) {
-        let params =
-            json!({"requestId": id, "reason": format!("client deadline of {after:?} expired")});
+    fn send_cancel(&self, id: u64, reason: String) {
+        let params = json!({"requestId": id, "reason": reason});
         let msg = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params});
         let Ok(frame) = self.shared.encode(&msg) else {
             return;
@@ -585,31 +725,60 @@ impl Session {
 
     /// Sends a notification (no reply expected).
     pub fn notify(&self, method: &str, params: Option<Value>) -> Result<(), McpError> {
+        self.notify_with(method, params, None)
+    }
+
+    fn notify_with(
+        &self,
+        method: &str,
+        params: Option<Value>,
+        stop: Stop<'_>,
+    ) -> Result<(), McpError> {
         let mut msg = json!({"jsonrpc": "2.0", "method": method});
         if let Some(p) = params {
             msg["params"] = p;
         }
         let frame = self.shared.encode(&msg)?;
-        self.shared
-            .send_frame(frame, Instant::now() + self.options.request_timeout, method)
+        self.shared.send_frame(
+            frame,
+            Instant::now() + self.options.request_timeout,
+            method,
+            stop,
+        )
     }
 
     /// Ends the session: fails pending calls, closes the write half, ends the peer
     /// through the transport's guard (a stdio child is ended and reaped), and joins
     /// the threads. Idempotent; also run on drop.
     pub fn close(&self) -> Result<CloseOutcome, McpError> {
+        self.close_inner(true)
+    }
+
+    /// Ends the session like [`Session::close`] but without giving the writer
+    /// [its grace](WRITER_FLUSH_GRACE) to flush queued frames: the peer is
+    /// ended at once (for a socket: shut down, so the threads end at once).
+    /// For a run that was interrupted by a signal.
+    pub fn abort(&self) -> Result<CloseOutcome, McpError> {
+        self.close_inner(false)
+    }
+
+    fn close_inner(&self, flush: bool) -> Result<CloseOutcome, McpError> {
         let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(outcome) = &threads.outcome {
             return Ok(outcome.clone());
         }
         let shared = &self.shared;
         shared.fail_all(shared.closed("the session was closed"));
-        // Queued frames (e.g. a cancellation) are written first; then the write half closes.
-        let _ = shared
-            .out
-            .send_timeout(WriterCmd::Close, WRITER_FLUSH_GRACE);
-        if let Some((_, done)) = &threads.writer {
-            let _ = done.recv_timeout(WRITER_FLUSH_GRACE);
+        if flush {
+            // Queued frames (e.g. a cancellation) are written first; then the write half closes.
+            let _ = shared
+                .out
+                .send_timeout(WriterCmd::Close, WRITER_FLUSH_GRACE);
+            if let Some((_, done)) = &threads.writer {
+                let _ = done.recv_timeout(WRITER_FLUSH_GRACE);
+            }
+        } else {
+            let _ = shared.out.try_send(WriterCmd::Close);
         }
         let outcome = match &shared.guard {
             Some(guard) => guard

@@ -16,7 +16,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::sys::{self, Step};
+use super::sys::{self, Expired, Step, Until};
 
 /// Longest handshake line accepted either way (`CONNECT 4294967295\n` is 19
 /// bytes); anything longer is not the protocol.
@@ -38,6 +38,8 @@ pub(crate) enum LineError {
     },
     /// The deadline passed.
     TimedOut,
+    /// The stop flag was set.
+    Interrupted,
     /// More than [`MAX_HANDSHAKE_LINE`] bytes without a newline.
     TooLong {
         got: String,
@@ -47,19 +49,19 @@ pub(crate) enum LineError {
 
 /// Reads one `\n`-terminated line of at most [`MAX_HANDSHAKE_LINE`] bytes,
 /// one byte at a time so that nothing after the line is consumed (those
-/// bytes belong to the guest connection), before `deadline`.
+/// bytes belong to the guest connection), before `until` expires.
 pub(crate) fn read_line_deadline(
     stream: &mut UnixStream,
-    deadline: Instant,
+    until: Until<'_>,
 ) -> Result<String, LineError> {
     let mut line = Vec::with_capacity(MAX_HANDSHAKE_LINE);
     let text = |l: &[u8]| String::from_utf8_lossy(l).into_owned();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(LineError::TimedOut);
-        }
-        stream.set_read_timeout(Some(left)).map_err(LineError::Io)?;
+        let wait = until.next_wait().map_err(|e| match e {
+            Expired::TimedOut => LineError::TimedOut,
+            Expired::Interrupted => LineError::Interrupted,
+        })?;
+        stream.set_read_timeout(Some(wait)).map_err(LineError::Io)?;
         let mut byte = [0u8; 1];
         match stream.read(&mut byte) {
             Ok(0) => return Err(LineError::Closed { got: text(&line) }),
@@ -109,7 +111,7 @@ pub fn path_fits(path: &Path) -> bool {
 /// full; non-blocking returns `EAGAIN`, which callers retry).
 pub(crate) fn unix_connect_deadline(
     path: &Path,
-    deadline: Instant,
+    until: Until<'_>,
 ) -> Result<UnixStream, (Step, io::Error)> {
     let addr = sockaddr_un(path).ok_or_else(|| {
         (
@@ -123,7 +125,7 @@ pub(crate) fn unix_connect_deadline(
             ),
         )
     })?;
-    let fd = sys::connect_deadline(libc::AF_UNIX, &addr, deadline)?;
+    let fd = sys::connect_deadline(libc::AF_UNIX, &addr, until)?;
     Ok(UnixStream::from(fd))
 }
 
@@ -158,7 +160,7 @@ impl HybridListener {
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_socket() => {
                 let probe_deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-                match unix_connect_deadline(&path, probe_deadline) {
+                match unix_connect_deadline(&path, Until::deadline(probe_deadline)) {
                     Ok(_) => {
                         return Err(io::Error::new(
                             io::ErrorKind::AddrInUse,
@@ -241,7 +243,7 @@ impl HybridListener {
     /// Server half of the handshake; `None` means the client was dropped.
     fn handshake(&self, mut stream: UnixStream) -> Option<UnixStream> {
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-        let line = read_line_deadline(&mut stream, deadline).ok()?;
+        let line = read_line_deadline(&mut stream, Until::deadline(deadline)).ok()?;
         let port: u32 = line.strip_prefix("CONNECT ")?.trim().parse().ok()?;
         if port != self.port {
             return None;

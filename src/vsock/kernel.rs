@@ -78,20 +78,22 @@ impl VsockStream {
     /// Connects to `cid:port` within `timeout`. CIDs 0, 1, 2 and the
     /// wildcard are refused with `PermissionDenied` without creating a socket.
     pub fn connect_timeout(cid: u32, port: u32, timeout: Duration) -> io::Result<VsockStream> {
-        Self::connect_deadline(cid, port, Instant::now() + timeout).map_err(|(_, e)| e)
+        Self::connect_deadline(cid, port, sys::Until::deadline(Instant::now() + timeout))
+            .map_err(|(_, e)| e)
     }
 
-    /// Like [`VsockStream::connect_timeout`], saying which step failed.
+    /// Like [`VsockStream::connect_timeout`], saying which step failed
+    /// (and cut short by `until`'s stop flag).
     pub(crate) fn connect_deadline(
         cid: u32,
         port: u32,
-        deadline: Instant,
+        until: sys::Until<'_>,
     ) -> Result<VsockStream, (Step, io::Error)> {
         if !cid_is_connectable(cid) {
             return Err((Step::Socket, forbidden_cid_error(cid)));
         }
         let addr = sockaddr(cid, port);
-        let fd = sys::connect_deadline(libc::AF_VSOCK, &addr, deadline)?;
+        let fd = sys::connect_deadline(libc::AF_VSOCK, &addr, until)?;
         Ok(VsockStream { fd })
     }
 

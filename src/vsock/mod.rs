@@ -20,14 +20,16 @@ use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 pub use hybrid::{HybridListener, HANDSHAKE_TIMEOUT, MAX_HANDSHAKE_LINE};
 pub use kernel::{local_cid, VsockAddr, VsockListener, VsockStream};
+pub use sys::STOP_POLL;
 
 use crate::jsonrpc::Timeouts;
 use hybrid::LineError;
-use sys::Step;
+use sys::{Step, Until};
 
 /// Where a host connects to reach a guest port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,6 +207,12 @@ pub enum ConnectError {
         stage: &'static str,
         after: Duration,
     },
+    /// The stop flag of [`connect_interruptible`] was set during `stage`.
+    Interrupted {
+        endpoint: Endpoint,
+        stage: &'static str,
+        after: Duration,
+    },
     /// The VMM closed the connection before answering `OK` (in hybrid vsock
     /// this is how "nothing listens on that guest port yet" looks).
     HandshakeClosed { endpoint: Endpoint, got: String },
@@ -219,7 +227,8 @@ impl ConnectError {
         match self {
             ConnectError::ForbiddenCid { .. }
             | ConnectError::BadPath { .. }
-            | ConnectError::BadHandshake { .. } => false,
+            | ConnectError::BadHandshake { .. }
+            | ConnectError::Interrupted { .. } => false,
             ConnectError::TimedOut { .. } | ConnectError::HandshakeClosed { .. } => true,
             ConnectError::Sys { source, .. } => source
                 .raw_os_error()
@@ -262,6 +271,14 @@ impl fmt::Display for ConnectError {
                 f,
                 "connecting to {endpoint}: {stage} timed out after {after:?}"
             ),
+            ConnectError::Interrupted {
+                endpoint,
+                stage,
+                after,
+            } => write!(
+                f,
+                "connecting to {endpoint}: interrupted by signal during the {stage} after {after:?}"
+            ),
             ConnectError::HandshakeClosed { endpoint, got } => write!(
                 f,
                 "connecting to {endpoint}: closed during the handshake (got {got:?}); \
@@ -290,11 +307,39 @@ impl std::error::Error for ConnectError {
 /// The returned stream has no read or write timeout set: callers set their
 /// own. For kernel vsock, CIDs 0, 1 and 2 are refused without a socket.
 pub fn connect(ep: &Endpoint, timeout: Duration) -> Result<Stream, ConnectError> {
+    connect_until(ep, timeout, None)
+}
+
+/// [`connect`] that also gives up, with [`ConnectError::Interrupted`], within
+/// [`STOP_POLL`] of `stop` being set (by SIGINT/SIGTERM): every wait of the
+/// connect and of the hybrid handshake is sliced to look at the flag.
+pub fn connect_interruptible(
+    ep: &Endpoint,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<Stream, ConnectError> {
+    connect_until(ep, timeout, Some(stop))
+}
+
+fn connect_until(
+    ep: &Endpoint,
+    timeout: Duration,
+    stop: Option<&AtomicBool>,
+) -> Result<Stream, ConnectError> {
     let start = Instant::now();
-    let deadline = start + timeout;
+    let until = Until {
+        deadline: start + timeout,
+        stop,
+    };
     let sys_err = |(step, source): (Step, io::Error)| {
         if step == Step::Poll && source.raw_os_error() == Some(libc::ETIMEDOUT) {
             ConnectError::TimedOut {
+                endpoint: ep.clone(),
+                stage: "connect",
+                after: start.elapsed(),
+            }
+        } else if step == Step::Poll && source.raw_os_error() == Some(libc::ECANCELED) {
+            ConnectError::Interrupted {
                 endpoint: ep.clone(),
                 stage: "connect",
                 after: start.elapsed(),
@@ -312,7 +357,7 @@ pub fn connect(ep: &Endpoint, timeout: Duration) -> Result<Stream, ConnectError>
             if !kernel::cid_is_connectable(*cid) {
                 return Err(ConnectError::ForbiddenCid { cid: *cid });
             }
-            VsockStream::connect_deadline(*cid, *port, deadline)
+            VsockStream::connect_deadline(*cid, *port, until)
                 .map(Stream::Vsock)
                 .map_err(sys_err)
         }
@@ -320,8 +365,8 @@ pub fn connect(ep: &Endpoint, timeout: Duration) -> Result<Stream, ConnectError>
             if !hybrid::path_fits(path) {
                 return Err(ConnectError::BadPath { path: path.clone() });
             }
-            let stream = hybrid::unix_connect_deadline(path, deadline).map_err(sys_err)?;
-            client_handshake(ep, stream, *port, start, deadline).map(Stream::Unix)
+            let stream = hybrid::unix_connect_deadline(path, until).map_err(sys_err)?;
+            client_handshake(ep, stream, *port, start, until).map(Stream::Unix)
         }
     }
 }
@@ -332,7 +377,7 @@ fn client_handshake(
     mut stream: UnixStream,
     port: u32,
     start: Instant,
-    deadline: Instant,
+    until: Until<'_>,
 ) -> Result<UnixStream, ConnectError> {
     let sys = |syscall: &'static str, source: io::Error| ConnectError::Sys {
         endpoint: ep.clone(),
@@ -344,26 +389,42 @@ fn client_handshake(
         stage: "handshake",
         after: start.elapsed(),
     };
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(timed_out());
-    }
-    stream
-        .set_write_timeout(Some(left))
-        .map_err(|e| sys("setsockopt(SO_SNDTIMEO)", e))?;
-    match stream.write_all(hybrid::connect_line(port).as_bytes()) {
-        Ok(()) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            return Err(timed_out())
+    let interrupted = || ConnectError::Interrupted {
+        endpoint: ep.clone(),
+        stage: "handshake",
+        after: start.elapsed(),
+    };
+    // Written in waits of at most one slice, each bounded by `until`.
+    let line = hybrid::connect_line(port);
+    let mut sent = 0;
+    while sent < line.len() {
+        let wait = match until.next_wait() {
+            Ok(w) => w,
+            Err(sys::Expired::TimedOut) => return Err(timed_out()),
+            Err(sys::Expired::Interrupted) => return Err(interrupted()),
+        };
+        stream
+            .set_write_timeout(Some(wait))
+            .map_err(|e| sys("setsockopt(SO_SNDTIMEO)", e))?;
+        match stream.write(&line.as_bytes()[sent..]) {
+            Ok(0) => {
+                return Err(sys(
+                    "write(CONNECT)",
+                    io::Error::from(io::ErrorKind::WriteZero),
+                ))
+            }
+            Ok(n) => sent += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Err(sys("write(CONNECT)", e)),
         }
-        Err(e) => return Err(sys("write(CONNECT)", e)),
     }
-    let line = match hybrid::read_line_deadline(&mut stream, deadline) {
+    let line = match hybrid::read_line_deadline(&mut stream, until) {
         Ok(line) => line,
         Err(LineError::Closed { got }) => {
             return Err(ConnectError::HandshakeClosed {
@@ -372,6 +433,7 @@ fn client_handshake(
             })
         }
         Err(LineError::TimedOut) => return Err(timed_out()),
+        Err(LineError::Interrupted) => return Err(interrupted()),
         Err(LineError::TooLong { got }) => {
             return Err(ConnectError::BadHandshake {
                 endpoint: ep.clone(),

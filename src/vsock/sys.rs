@@ -5,7 +5,69 @@
 use std::io;
 use std::mem;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// Longest single wait while a stop flag is watched: how late a set flag
+/// can be noticed (well inside the ~100 ms a signal must take to end a run).
+pub const STOP_POLL: Duration = Duration::from_millis(20);
+
+/// A deadline that a stop flag (SIGINT/SIGTERM) can cut short. Waits under
+/// it are taken in slices of at most [`STOP_POLL`] when there is a flag.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Until<'a> {
+    pub deadline: Instant,
+    pub stop: Option<&'a AtomicBool>,
+}
+
+/// Why an [`Until`] gives no more time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expired {
+    TimedOut,
+    Interrupted,
+}
+
+impl<'a> Until<'a> {
+    /// Only a deadline.
+    pub fn deadline(deadline: Instant) -> Until<'static> {
+        Until {
+            deadline,
+            stop: None,
+        }
+    }
+
+    /// Whether the stop flag is set.
+    pub fn stopped(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
+    /// How long the next wait may last: the time left, at most
+    /// [`STOP_POLL`] with a stop flag; `Err` once stopped or past the deadline.
+    pub fn next_wait(&self) -> Result<Duration, Expired> {
+        if self.stopped() {
+            return Err(Expired::Interrupted);
+        }
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Expired::TimedOut);
+        }
+        Ok(match self.stop {
+            Some(_) => left.min(STOP_POLL),
+            None => left,
+        })
+    }
+}
+
+impl Expired {
+    /// As the error a connect step reports: `ETIMEDOUT` or `ECANCELED` from `poll`.
+    pub(crate) fn as_step_error(self) -> (Step, io::Error) {
+        let errno = match self {
+            Expired::TimedOut => libc::ETIMEDOUT,
+            Expired::Interrupted => libc::ECANCELED,
+        };
+        (Step::Poll, io::Error::from_raw_os_error(errno))
+    }
+}
 
 /// Backlog of listening sockets: guests are probed by one host at a time, a
 /// handful of pending connections is plenty.
@@ -72,11 +134,12 @@ impl Step {
 /// before `deadline`: non-blocking `connect`, `poll` for writability with the
 /// time left, then `SO_ERROR`; the returned socket is blocking again.
 ///
-/// A deadline that passes is reported as `ETIMEDOUT` from `poll`.
+/// A deadline that passes is reported as `ETIMEDOUT` from `poll`, a stop
+/// flag that is set as `ECANCELED` from `poll`.
 pub(crate) fn connect_deadline<A>(
     domain: libc::c_int,
     addr: &A,
-    deadline: Instant,
+    until: Until<'_>,
 ) -> Result<OwnedFd, (Step, io::Error)> {
     let fd = socket(domain, true).map_err(|e| (Step::Socket, e))?;
     // SAFETY: `addr` is a valid, initialized socket address structure of
@@ -92,7 +155,7 @@ pub(crate) fn connect_deadline<A>(
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::EINPROGRESS) | Some(libc::EALREADY) | Some(libc::EINTR) => {
-                wait_connected(fd.as_fd(), deadline)?;
+                wait_connected(fd.as_fd(), until)?;
             }
             _ => return Err((Step::Connect, err)),
         }
@@ -101,13 +164,10 @@ pub(crate) fn connect_deadline<A>(
     Ok(fd)
 }
 
-fn wait_connected(fd: BorrowedFd<'_>, deadline: Instant) -> Result<(), (Step, io::Error)> {
+fn wait_connected(fd: BorrowedFd<'_>, until: Until<'_>) -> Result<(), (Step, io::Error)> {
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err((Step::Poll, io::Error::from_raw_os_error(libc::ETIMEDOUT)));
-        }
-        match poll_one(fd, libc::POLLOUT, Some(left)) {
+        let wait = until.next_wait().map_err(Expired::as_step_error)?;
+        match poll_one(fd, libc::POLLOUT, Some(wait)) {
             Ok(true) => break,
             Ok(false) => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -173,6 +173,48 @@ fn hybrid_silent_peer_times_out_at_the_deadline() {
     );
 }
 
+/// How soon after its stop flag is set an interruptible wait must give up.
+const STOP_LATENCY: Duration = Duration::from_millis(100);
+
+#[test]
+fn a_stop_flag_ends_a_hybrid_handshake_within_100_ms() {
+    let dir = TempDir::new();
+    let path = dir.join("vm.sock");
+    let _l = UnixListener::bind(&path).unwrap(); // accepts into the backlog, never answers
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let set_at = std::thread::scope(|s| {
+        let setter = s.spawn(|| {
+            std::thread::sleep(SHORT);
+            stop.store(true, Ordering::Relaxed);
+            Instant::now()
+        });
+        let err = connect_interruptible(&hybrid(&path, 5252), LONG, &stop).unwrap_err();
+        let ended = Instant::now();
+        let set_at = setter.join().unwrap();
+        assert!(
+            matches!(
+                err,
+                ConnectError::Interrupted {
+                    stage: "handshake",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("interrupted by signal"), "{err}");
+        let late = ended.saturating_duration_since(set_at);
+        assert!(late < STOP_LATENCY, "gave up {late:?} after the flag");
+        set_at
+    });
+    // A flag already set gives up before any wait.
+    assert!(stop.load(Ordering::Relaxed));
+    let start = Instant::now();
+    let err = connect_interruptible(&hybrid(&path, 5252), LONG, &stop).unwrap_err();
+    assert!(matches!(err, ConnectError::Interrupted { .. }), "{err}");
+    assert!(start.elapsed() < STOP_LATENCY, "{:?}", set_at.elapsed());
+}
+
 #[test]
 fn missing_or_dead_socket_is_retryable_and_long_path_is_not() {
     let dir = TempDir::new();
