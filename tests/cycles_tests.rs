@@ -92,3 +92,48 @@ fn bad_cycles_flags_are_usage_errors() {
         assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
     }
 }
+
+/// A guest that leaves an unmarked escapee every cycle (`env -i`, `setsid`,
+/// double fork): no cycle is clean, and no escapee piles up.
+#[test]
+fn cycles_with_escaping_guests_are_not_clean_and_leave_nothing() {
+    let _slot = shared_slot();
+    let dir = TempDir::new("cycles-escape");
+    let mut cmd = ukload(dir.path());
+    cmd.args(["cycles", "--cycles", "3", "--format", "json", "-q"])
+        .args(["--cid-range", "7100-7109", "--guest-bin"])
+        .arg(fixture_guest())
+        .arg("--guest-arg=--fault=escape")
+        .arg("--log-dir")
+        .arg(dir.path().join("logs"));
+    let out = output_within(cmd, LIMIT);
+    let doc = json_of(&out);
+    let left: Vec<i32> = (7100..=7109)
+        .flat_map(|c| escapees(&format!("fixture-escapee-cid{c}\0")))
+        .collect();
+    for &p in &left {
+        // SAFETY: by pid, this test's own fixture escapees (unique CIDs).
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    assert!(left.is_empty(), "escapees piled up: {left:?}");
+    assert_ne!(out.status.code(), Some(0), "{doc:#}");
+    assert_eq!(doc["succeeded"], 0, "{doc:#}");
+    let failures = doc["failures"].to_string();
+    assert!(
+        failures.contains("dropped the run's marker") || failures.contains("escaped"),
+        "{doc:#}"
+    );
+}
+
+/// Live processes whose cmdline starts with `prefix`.
+fn escapees(prefix: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.starts_with(prefix.as_bytes()))
+        })
+        .collect()
+}
