@@ -557,11 +557,18 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
             mb(s.total_pss_kb),
             mb(s.total_rss_kb)
         )?;
+        // Over the instances measured (a crashed one has no figure).
+        let measured = r
+            .instances
+            .iter()
+            .filter(|i| i.boot_ms.is_some() && i.pss_kb.is_some())
+            .count()
+            .max(1) as u64;
         writeln!(
             out,
             "Average memory per unikernel: PSS {}, RSS {}",
-            mb(s.total_pss_kb / s.booted as u64),
-            mb(s.total_rss_kb / s.booted as u64)
+            mb(s.total_pss_kb / measured),
+            mb(s.total_rss_kb / measured)
         )?;
         if s.mem_over_target.is_empty() {
             writeln!(
