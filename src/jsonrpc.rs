@@ -482,28 +482,39 @@ fn await_reply<S: Read + Write + Timeouts>(
             Err(FrameError::Eof) => return Err(CallError::Closed),
             Err(e) => return Err(CallError::Frame(e)),
         };
-        match parse(&frame).map_err(CallError::Malformed)? {
-            Message::Notification { .. } | Message::Request { .. } => continue,
-            Message::Response { id: got, result } => {
-                return if &got == want {
-                    Ok(result)
-                } else {
-                    Err(CallError::WrongId { expected: id, got })
-                };
-            }
-            Message::Error {
-                id: got,
-                code,
-                message,
-                ..
-            } => {
-                // A null id answers a request the peer could not read: ours.
-                return if &got == want || got.is_null() {
-                    Err(CallError::Rpc { code, message })
-                } else {
-                    Err(CallError::WrongId { expected: id, got })
-                };
-            }
+        if let Some(r) = classify_reply(&frame, id, want) {
+            return r;
+        }
+    }
+}
+
+/// What one frame read while waiting for the response to request `id`
+/// (`want` is `id` as a JSON value) means: `None` for a notification or a
+/// request of the peer (skip it, keep reading), else the call's outcome.
+pub fn classify_reply(frame: &[u8], id: u64, want: &Value) -> Option<Result<Value, CallError>> {
+    let msg = match parse(frame) {
+        Ok(m) => m,
+        Err(e) => return Some(Err(CallError::Malformed(e))),
+    };
+    match msg {
+        Message::Notification { .. } | Message::Request { .. } => None,
+        Message::Response { id: got, result } => Some(if &got == want {
+            Ok(result)
+        } else {
+            Err(CallError::WrongId { expected: id, got })
+        }),
+        Message::Error {
+            id: got,
+            code,
+            message,
+            ..
+        } => {
+            // A null id answers a request the peer could not read: ours.
+            Some(if &got == want || got.is_null() {
+                Err(CallError::Rpc { code, message })
+            } else {
+                Err(CallError::WrongId { expected: id, got })
+            })
         }
     }
 }

@@ -37,6 +37,7 @@ pub mod memory;
 pub mod paths;
 pub mod probe;
 pub mod proc;
+pub mod readiness;
 pub mod report;
 pub mod run;
 pub mod supervisor;

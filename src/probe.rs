@@ -22,9 +22,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// A gap this long between two probe attempts means the harness was not
 /// running (stopped by SIGSTOP, or starved): normally it is the backoff.
-const STALL_GAP: Duration = Duration::from_millis(500);
+pub(crate) const STALL_GAP: Duration = Duration::from_millis(500);
 /// How long the one last probe after such a stall may take.
-const FINAL_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const FINAL_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the console log is read.
 pub const CONSOLE_POLL: Duration = Duration::from_millis(2);
 /// Longest console line kept while waiting for its end.
@@ -190,6 +190,70 @@ fn probe(
     }
 }
 
+/// Reads a growing log file from where it left off and finds the first
+/// complete line matching a pattern. Shared by the blocking console wait and
+/// the readiness loop.
+pub(crate) struct ConsoleTail {
+    file: Option<File>,
+    pos: u64,
+    line: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl ConsoleTail {
+    pub(crate) fn new() -> Self {
+        ConsoleTail {
+            file: None,
+            pos: 0,
+            line: Vec::new(),
+            buf: vec![0u8; 16 * 1024],
+        }
+    }
+
+    /// Reads what was appended since the last call; the first new line
+    /// matching `re`, if any.
+    pub(crate) fn poll(&mut self, re: &regex_lite::Regex, log: &Path) -> Option<String> {
+        if self.file.is_none() {
+            self.file = File::open(log).ok();
+        }
+        let f = self.file.as_mut()?;
+        if f.seek(SeekFrom::Start(self.pos)).is_err() {
+            return None;
+        }
+        while let Ok(n) = f.read(&mut self.buf) {
+            if n == 0 {
+                break;
+            }
+            self.pos += n as u64;
+            for &b in &self.buf[..n] {
+                if b == b'\n' {
+                    let text = String::from_utf8_lossy(&self.line).into_owned();
+                    self.line.clear();
+                    if re.is_match(&text) {
+                        // Later bytes are re-read from here if asked again.
+                        return Some(text);
+                    }
+                } else if self.line.len() < CONSOLE_LINE_MAX {
+                    self.line.push(b);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The console failure after the deadline.
+pub(crate) fn console_timeout(re: &regex_lite::Regex, log: &Path, after: Duration) -> BootFailure {
+    BootFailure::Timeout {
+        after,
+        last_error: format!(
+            "no console line matching /{}/ in {}",
+            re.as_str(),
+            log.display()
+        ),
+    }
+}
+
 fn console(
     re: &regex_lite::Regex,
     log: &Path,
@@ -198,56 +262,25 @@ fn console(
     stop: &AtomicBool,
     dead: &dyn Fn() -> Option<String>,
 ) -> Result<Ready, BootFailure> {
-    let mut file: Option<File> = None;
-    let mut pos = 0u64;
-    let mut line: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut tail = ConsoleTail::new();
     let mut attempts = 0u32;
     loop {
         if stop.load(Ordering::Relaxed) {
             return Err(BootFailure::Interrupted);
         }
         attempts += 1;
-        if file.is_none() {
-            file = File::open(log).ok();
-        }
-        if let Some(f) = file.as_mut() {
-            if f.seek(SeekFrom::Start(pos)).is_ok() {
-                while let Ok(n) = f.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    pos += n as u64;
-                    for &b in &buf[..n] {
-                        if b == b'\n' {
-                            let text = String::from_utf8_lossy(&line).into_owned();
-                            line.clear();
-                            if re.is_match(&text) {
-                                return Ok(Ready {
-                                    at: Instant::now(),
-                                    at_mono_ns: crate::clock::monotonic_ns(),
-                                    info: None,
-                                    console_line: Some(text),
-                                    attempts,
-                                });
-                            }
-                        } else if line.len() < CONSOLE_LINE_MAX {
-                            line.push(b);
-                        }
-                    }
-                }
-            }
+        if let Some(text) = tail.poll(re, log) {
+            return Ok(Ready {
+                at: Instant::now(),
+                at_mono_ns: crate::clock::monotonic_ns(),
+                info: None,
+                console_line: Some(text),
+                attempts,
+            });
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(BootFailure::Timeout {
-                after: now - started,
-                last_error: format!(
-                    "no console line matching /{}/ in {}",
-                    re.as_str(),
-                    log.display()
-                ),
-            });
+            return Err(console_timeout(re, log, now - started));
         }
         if let Some(why) = dead() {
             return Err(BootFailure::LauncherExited { status: why });

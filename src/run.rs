@@ -11,7 +11,7 @@
 
 use crate::cid::{CidLease, CidRange, CidRegistry, HolderInfo};
 use crate::framing::Framing;
-use crate::launcher::{InstanceCtx, LaunchError, LauncherConfig, Readiness};
+use crate::launcher::{InstanceCtx, LaunchError, LauncherConfig};
 use crate::memory::TreeMemory;
 use crate::probe::{self, BootFailure};
 use crate::supervisor::cgroup::InstanceCgroup;
@@ -20,6 +20,8 @@ use crate::supervisor::{Command, Redirect, Supervisor};
 use crate::{report, ENV_CID, ENV_INSTANCE, ENV_RUN};
 use serde::Serialize;
 use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::AsRawFd as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -152,7 +154,6 @@ struct Shared {
     run_dir: PathBuf,
     stop: Arc<AtomicBool>,
     sup: &'static Supervisor,
-    booted: AtomicUsize,
 }
 
 /// What a worker sends back.
@@ -322,10 +323,11 @@ pub fn run(
         run_dir: run_dir.clone(),
         stop: stop.clone(),
         sup,
-        booted: AtomicUsize::new(0),
     });
 
-    // Phases 1 and 2: a pool of workers, each spawning and then waiting for boot.
+    // Phases 1 and 2: a few spawner threads fork the launchers, at most
+    // `concurrency` instances in flight (spawned, not yet ready or failed);
+    // this thread watches every pending boot in one readiness loop.
     if progress {
         crate::status!(
             "phase 1: spawning {} instance(s), {} at a time (run {run_id})",
@@ -334,100 +336,102 @@ pub fn run(
         );
     }
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<(u32, u32)>();
-    let (out_tx, out_rx) = crossbeam_channel::unbounded::<Outcome>();
+    let (out_tx, out_rx) = crossbeam_channel::unbounded::<Started>();
+    // One token per instance in flight: a spawner puts one in before it
+    // forks, the loop takes one out when that instance is done.
+    let in_flight = cfg.concurrency.clamp(1, cfg.count.max(1)) as usize;
+    let (slot_tx, slot_rx) = crossbeam_channel::bounded::<()>(in_flight);
+    let (wake_rx, wake_tx) = std::os::unix::net::UnixStream::pair()
+        .and_then(|(a, b)| {
+            a.set_nonblocking(true)?;
+            b.set_nonblocking(true)?;
+            Ok((a, b))
+        })
+        .map_err(|e| RunError::Setup(format!("cannot create the readiness wake-up pair: {e}")))?;
+    let wake_tx = Arc::new(wake_tx);
     for inst in &instances {
         let _ = job_tx.send((inst.index, inst.cid));
     }
     drop(job_tx);
-    let workers = cfg.concurrency.clamp(1, cfg.count.max(1));
+    let spawners = (in_flight as u32).min(SPAWNERS);
     let mut handles = Vec::new();
-    for w in 0..workers {
+    for w in 0..spawners {
         let rx = job_rx.clone();
         let tx = out_tx.clone();
+        let slots = slot_tx.clone();
+        let wake = wake_tx.clone();
         let sh = shared.clone();
         let spawned = std::thread::Builder::new()
-            .name(format!("ukload-worker-{w}"))
+            .name(format!("ukload-spawner-{w}"))
             .stack_size(WORKER_STACK)
             .spawn(move || {
                 while let Ok((index, cid)) = rx.recv() {
-                    if sh.stop.load(Ordering::Relaxed) {
+                    if !take_slot(&slots, &sh.stop) {
                         break;
                     }
                     let _ = tx.send(start_instance(&sh, index, cid));
+                    let _ = (&*wake).write(&[1]);
                 }
             });
         match spawned {
             Ok(h) => handles.push(h),
-            // Out of threads (e.g. `ulimit -u`): carry on with the workers we
-            // have; the rest of the instances start as they free up.
+            // Out of threads (e.g. `ulimit -u`): the spawners we have do it.
             Err(e) if !handles.is_empty() => {
                 crate::status!(
-                    "ukload: could start only {} worker thread(s) ({e}): instances will start {} at a time",
-                    handles.len(),
+                    "ukload: could start only {} spawner thread(s): {e}",
                     handles.len()
                 );
                 break;
             }
             Err(e) => {
                 return Err(RunError::Setup(format!(
-                    "cannot start a worker thread: {e}"
+                    "cannot start a spawner thread: {e}"
                 )))
             }
         }
     }
     drop(out_tx);
-    // Workers end when the jobs run out or `stop` is set; each probe has a deadline.
+    drop(slot_tx);
     let mut endpoints: Vec<Option<crate::vsock::Endpoint>> = vec![None; instances.len()];
-    for o in out_rx.iter() {
-        endpoints[o.index as usize] = o.endpoint.clone();
-        cgroups[o.index as usize] = o.cgroup.clone();
-        let inst = &mut instances[o.index as usize];
-        inst.may_daemonize = o.may_daemonize;
-        inst.pid = o.pid;
-        inst.pgid = o.pgid;
-        inst.spawn_ms = o.spawn_ms;
-        match o.ready {
-            Ok(r) => {
-                let spawn_at_ns = o.started_mono_ns;
-                inst.boot_ms = Some(ns_to_ms(r.at_mono_ns.saturating_sub(spawn_at_ns)));
-                if let Some(info) = &r.info {
-                    inst.reported_cid = info.cid;
-                    if info.pid == GUEST_INIT_PID {
-                        // Inside a VM: the guest's clocks are its own. Its
-                        // boot-relative stamp is kernel start → agent ready;
-                        // its monotonic ready → reply is the probe's share;
-                        // the rest of the boot is the VMM (and firmware).
-                        let guest = ns_to_ms(info.ready_boottime_ns);
-                        let probe = ns_to_ms(info.now_mono_ns.saturating_sub(info.ready_mono_ns));
-                        inst.guest_kernel_ms = Some(guest);
-                        inst.probe_overhead_ms = Some(probe);
-                        inst.vmm_ms = inst.boot_ms.map(|b| (b - guest - probe).max(0.0));
-                    } else if info.ready_mono_ns >= spawn_at_ns
-                        && info.ready_mono_ns <= r.at_mono_ns
-                    {
-                        // Same host, same CLOCK_MONOTONIC: the guest's own ready stamp.
-                        let g = ns_to_ms(info.ready_mono_ns - spawn_at_ns);
-                        inst.guest_ready_ms = Some(g);
-                        inst.probe_overhead_ms = inst.boot_ms.map(|b| b - g);
+    let mut waiting: Vec<Option<Outcome>> = (0..instances.len()).map(|_| None).collect();
+    let mut watcher = crate::readiness::Watcher::new(stop.clone());
+    let mut spawners_done = false;
+    loop {
+        loop {
+            match out_rx.try_recv() {
+                Ok(st) => {
+                    let i = st.outcome.index as usize;
+                    endpoints[i] = st.outcome.endpoint.clone();
+                    cgroups[i] = st.outcome.cgroup.clone();
+                    match st.pending {
+                        Some(p) => {
+                            waiting[i] = Some(st.outcome);
+                            watcher.add(p);
+                        }
+                        None => {
+                            record_outcome(&mut instances[i], st.outcome, progress);
+                            let _ = slot_rx.try_recv();
+                        }
                     }
-                } else if let Some(line) = &r.console_line {
-                    inst.reported_cid = probe::cid_in_line(line);
                 }
-                if progress {
-                    crate::status!(
-                        "[{}] booted in {:.1} ms (CID {})",
-                        inst.index,
-                        inst.boot_ms.unwrap_or(0.0),
-                        inst.cid
-                    );
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    spawners_done = true;
+                    break;
                 }
             }
-            Err(e) => {
-                if progress {
-                    crate::status!("[{}] boot failed: {e}", inst.index);
-                }
-                inst.boot_error = Some(e);
+        }
+        if spawners_done && watcher.is_empty() {
+            break;
+        }
+        for d in watcher.turn(Some(wake_rx.as_raw_fd())) {
+            let i = d.index as usize;
+            if let Some(mut o) = waiting[i].take() {
+                let log = instances[i].log.clone();
+                o.ready = d.result.map_err(|e| describe_failure(e, &log));
+                record_outcome(&mut instances[i], o, progress);
             }
+            let _ = slot_rx.try_recv();
         }
     }
     for h in handles {
@@ -524,6 +528,83 @@ pub fn run(
             .map(|c| c.describe())
             .unwrap_or_else(|| "process groups and markers".into()),
     })
+}
+
+/// An instance a spawner started (or failed to), and what the readiness
+/// loop is to watch for it.
+struct Started {
+    outcome: Outcome,
+    pending: Option<crate::readiness::Pending>,
+}
+
+/// How many threads fork launchers: forking is quick, waiting for boots is
+/// the readiness loop's, so a few suffice whatever the instance count.
+const SPAWNERS: u32 = 4;
+/// How often a spawner waiting for a free in-flight slot looks at the stop flag.
+const SLOT_POLL: Duration = Duration::from_millis(20);
+
+/// Takes an in-flight slot, waiting while `concurrency` instances are in
+/// flight; false if the run is stopping.
+fn take_slot(slots: &crossbeam_channel::Sender<()>, stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        match slots.send_timeout((), SLOT_POLL) {
+            Ok(()) => return !stop.load(Ordering::Relaxed),
+            Err(crossbeam_channel::SendTimeoutError::Timeout(())) => {}
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(())) => return false,
+        }
+    }
+}
+
+/// Phases 1 and 2 of one instance, into its record.
+fn record_outcome(inst: &mut Instance, o: Outcome, progress: bool) {
+    inst.may_daemonize = o.may_daemonize;
+    inst.pid = o.pid;
+    inst.pgid = o.pgid;
+    inst.spawn_ms = o.spawn_ms;
+    match o.ready {
+        Ok(r) => {
+            let spawn_at_ns = o.started_mono_ns;
+            inst.boot_ms = Some(ns_to_ms(r.at_mono_ns.saturating_sub(spawn_at_ns)));
+            if let Some(info) = &r.info {
+                inst.reported_cid = info.cid;
+                if info.pid == GUEST_INIT_PID {
+                    // Inside a VM: the guest's clocks are its own. Its
+                    // boot-relative stamp is kernel start → agent ready;
+                    // its monotonic ready → reply is the probe's share;
+                    // the rest of the boot is the VMM (and firmware).
+                    let guest = ns_to_ms(info.ready_boottime_ns);
+                    let probe = ns_to_ms(info.now_mono_ns.saturating_sub(info.ready_mono_ns));
+                    inst.guest_kernel_ms = Some(guest);
+                    inst.probe_overhead_ms = Some(probe);
+                    inst.vmm_ms = inst.boot_ms.map(|b| (b - guest - probe).max(0.0));
+                } else if info.ready_mono_ns >= spawn_at_ns && info.ready_mono_ns <= r.at_mono_ns {
+                    // Same host, same CLOCK_MONOTONIC: the guest's own ready stamp.
+                    let g = ns_to_ms(info.ready_mono_ns - spawn_at_ns);
+                    inst.guest_ready_ms = Some(g);
+                    inst.probe_overhead_ms = inst.boot_ms.map(|b| b - g);
+                }
+            } else if let Some(line) = &r.console_line {
+                inst.reported_cid = probe::cid_in_line(line);
+            }
+            if progress {
+                crate::status!(
+                    "[{}] booted in {:.1} ms (CID {})",
+                    inst.index,
+                    inst.boot_ms.unwrap_or(0.0),
+                    inst.cid
+                );
+            }
+        }
+        Err(e) => {
+            if progress {
+                crate::status!("[{}] boot failed: {e}", inst.index);
+            }
+            inst.boot_error = Some(e);
+        }
+    }
 }
 
 /// Marks booted instances that died before cleanup: every process gone,
@@ -658,7 +739,19 @@ fn ns_to_ms(ns: u64) -> f64 {
 }
 
 /// Phase 1 and 2 for one instance, on a worker thread.
-fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
+fn start_instance(sh: &Shared, index: u32, cid: u32) -> Started {
+    match spawn_instance(sh, index, cid) {
+        Ok(st) => st,
+        Err(outcome) => Started {
+            outcome,
+            pending: None,
+        },
+    }
+}
+
+/// Phase 1 for one instance: its launcher (and helpers) started, and what
+/// the readiness loop must watch; `Err` is a failed start.
+fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome> {
     let cfg = &sh.cfg;
     let log = crate::launcher::log_path(&cfg.log_dir, index, cid);
     let ctx = InstanceCtx {
@@ -673,12 +766,12 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         None => None,
         Some(Ok(c)) => Some(Arc::new(c)),
         Some(Err(e)) => {
-            return started_fail(
+            return Err(started_fail(
                 index,
                 None,
                 None,
                 format!("cannot create the instance's cgroup: {e}"),
-            )
+            ))
         }
     };
     let fail = |msg: String| started_fail(index, None, cgroup.clone(), msg);
@@ -686,7 +779,7 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
     // No symlink or hard link followed, nobody else's file truncated.
     let log_file = match crate::fsafe::open_log(&log) {
         Ok(f) => f,
-        Err(e) => return fail(format!("cannot open log: {e}")),
+        Err(e) => return Err(fail(format!("cannot open log: {e}"))),
     };
     let mark = |cmd: Command| -> Result<Command, String> {
         let out = log_file
@@ -718,7 +811,7 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
     for pre in plan.pre {
         let mut cmd = match mark(pre.command) {
             Ok(c) => c,
-            Err(e) => return fail(e),
+            Err(e) => return Err(fail(e)),
         };
         if let Some(f) = &first {
             cmd = cmd.join_process_group(f.pgid);
@@ -727,12 +820,12 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         let c = match sh.sup.spawn(cmd) {
             Ok(c) => c,
             Err(e) => {
-                return started_fail(
+                return Err(started_fail(
                     index,
                     first.as_ref(),
                     cgroup.clone(),
                     format!("spawn failed: {e} (command: {shown})"),
-                )
+                ))
             }
         };
         let pre_pid = c.pid;
@@ -743,17 +836,17 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         if let Err(e) = wait_for_path(&pre.ready_path, boot_deadline, &sh.stop, &|| {
             sh.sup.try_status(pre_pid)
         }) {
-            return started_fail(
+            return Err(started_fail(
                 index,
                 first.as_ref(),
                 cgroup.clone(),
                 format!("{e} (command: {shown}); log: {}", log.display()),
-            );
+            ));
         }
     }
     let mut cmd = match mark(plan.command) {
         Ok(c) => c,
-        Err(e) => return started_fail(index, first.as_ref(), cgroup.clone(), e),
+        Err(e) => return Err(started_fail(index, first.as_ref(), cgroup.clone(), e)),
     };
     if let Some(f) = &first {
         cmd = cmd.join_process_group(f.pgid);
@@ -762,12 +855,12 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
     let child = match sh.sup.spawn(cmd) {
         Ok(c) => c,
         Err(e) => {
-            return started_fail(
+            return Err(started_fail(
                 index,
                 first.as_ref(),
                 cgroup.clone(),
                 format!("spawn failed: {e} (command: {shown})"),
-            )
+            ))
         }
     };
     let spawn_ms = t_spawn.elapsed().as_secs_f64() * 1000.0;
@@ -785,18 +878,19 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
     let log_for_dead = log.clone();
     let may_daemonize = plan.may_daemonize;
     let cg_for_dead = cgroup.clone();
+    let sup = sh.sup;
     let dead = move || -> Option<String> {
         // A helper (e.g. the vhost-user vsock backend) that died dooms the
         // boot: say so now, not at the boot deadline.
         for (hp, shown) in &helpers {
-            if let Some(e) = sh.sup.try_status(*hp) {
+            if let Some(e) = sup.try_status(*hp) {
                 return Some(format!(
                     "helper {shown} {e}; log: {}",
                     log_for_dead.display()
                 ));
             }
         }
-        let exit = sh.sup.try_status(pid)?;
+        let exit = sup.try_status(pid)?;
         if exit.success() && may_daemonize {
             // A launcher may daemonize its VMM and exit 0: only dead if nothing is left.
             let left = match &cg_for_dead {
@@ -814,32 +908,31 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Outcome {
         }
         Some(format!("{exit}; log: {}", log_for_dead.display()))
     };
-    let readiness: &Readiness = &plan.readiness;
-    let ready = probe::wait_ready(
-        readiness,
-        cfg.framing,
-        &log,
+    let endpoint = plan.readiness.endpoint().cloned();
+    let pending = crate::readiness::Pending {
+        index,
+        readiness: plan.readiness,
+        framing: cfg.framing,
+        log,
         started,
         deadline,
-        &sh.stop,
-        &dead,
-    )
-    .map_err(|e| describe_failure(e, &log));
-    if ready.is_ok() {
-        sh.booted.fetch_add(1, Ordering::Relaxed);
-    }
-    let endpoint = plan.readiness.endpoint().cloned();
-    Outcome {
-        index,
-        pid: Some(pid),
-        pgid: Some(child.pgid),
-        spawn_ms: Some(spawn_ms),
-        started_mono_ns,
-        endpoint,
-        ready,
-        may_daemonize,
-        cgroup,
-    }
+        dead: Box::new(dead),
+    };
+    Ok(Started {
+        outcome: Outcome {
+            index,
+            pid: Some(pid),
+            pgid: Some(child.pgid),
+            spawn_ms: Some(spawn_ms),
+            started_mono_ns,
+            endpoint,
+            // Filled in by the readiness loop.
+            ready: Err(String::new()),
+            may_daemonize,
+            cgroup,
+        },
+        pending: Some(pending),
+    })
 }
 
 /// Stack of a worker thread: it forks, probes and waits, with its buffers on

@@ -371,6 +371,105 @@ fn connect_until(
     }
 }
 
+/// The first step of a hybrid connect for an event loop: the Unix socket is
+/// connected (waiting at most `timeout` if the listener's backlog is full)
+/// and `CONNECT <port>\n` is written; the caller reads the `OK` line with
+/// [`check_handshake_line`]. The stream comes back non-blocking. Errors are
+/// worded as [`connect`]'s.
+pub fn hybrid_connect_start(
+    path: &std::path::Path,
+    port: u32,
+    timeout: Duration,
+) -> Result<UnixStream, ConnectError> {
+    let ep = Endpoint::Hybrid {
+        path: path.to_path_buf(),
+        port,
+    };
+    if !hybrid::path_fits(path) {
+        return Err(ConnectError::BadPath {
+            path: path.to_path_buf(),
+        });
+    }
+    let start = Instant::now();
+    let until = Until {
+        deadline: start + timeout,
+        stop: None,
+    };
+    let mut stream = hybrid::unix_connect_deadline(path, until).map_err(|(step, source)| {
+        if step == Step::Poll && source.raw_os_error() == Some(libc::ETIMEDOUT) {
+            ConnectError::TimedOut {
+                endpoint: ep.clone(),
+                stage: "connect",
+                after: start.elapsed(),
+            }
+        } else {
+            ConnectError::Sys {
+                endpoint: ep.clone(),
+                syscall: step.name(),
+                source,
+            }
+        }
+    })?;
+    let sys = |syscall: &'static str, source: io::Error| ConnectError::Sys {
+        endpoint: ep.clone(),
+        syscall,
+        source,
+    };
+    stream
+        .set_nonblocking(true)
+        .map_err(|e| sys("fcntl(O_NONBLOCK)", e))?;
+    let line = hybrid::connect_line(port);
+    // A dozen bytes into an empty socket buffer: written at once or not at all.
+    match stream.write(line.as_bytes()) {
+        Ok(n) if n == line.len() => Ok(stream),
+        Ok(_) => Err(sys(
+            "write(CONNECT)",
+            io::Error::from(io::ErrorKind::WriteZero),
+        )),
+        Err(e) => Err(sys("write(CONNECT)", e)),
+    }
+}
+
+/// Judges what the VMM answered to `CONNECT` so far (`got`, without the
+/// newline once `complete`): `Ok(true)` for `OK <port>`, `Ok(false)` when
+/// more bytes are needed, or the error [`connect`] would give.
+pub fn check_handshake_line(
+    ep: &Endpoint,
+    got: &[u8],
+    complete: bool,
+    closed: bool,
+) -> Result<bool, ConnectError> {
+    let text = || String::from_utf8_lossy(got).into_owned();
+    if closed && !complete {
+        return Err(ConnectError::HandshakeClosed {
+            endpoint: ep.clone(),
+            got: text(),
+        });
+    }
+    if !complete {
+        if got.len() > hybrid::MAX_HANDSHAKE_LINE {
+            return Err(ConnectError::BadHandshake {
+                endpoint: ep.clone(),
+                got: text(),
+            });
+        }
+        return Ok(false);
+    }
+    let line = text();
+    let line = line.trim_end_matches('\r');
+    let ok = line
+        .strip_prefix("OK ")
+        .is_some_and(|n| n.trim().parse::<u32>().is_ok());
+    if ok {
+        Ok(true)
+    } else {
+        Err(ConnectError::BadHandshake {
+            endpoint: ep.clone(),
+            got: line.to_string(),
+        })
+    }
+}
+
 /// Client half of the hybrid handshake.
 fn client_handshake(
     ep: &Endpoint,

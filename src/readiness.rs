@@ -1,0 +1,541 @@
+//! One loop that watches every pending boot at once.
+//!
+//! Each instance waiting for readiness is a small state machine: reading its
+//! console log for the ready line, waiting out a backoff, connecting to its
+//! hybrid vsock socket (`CONNECT <port>` → `OK`), or waiting for the reply to
+//! its `ping`. A single thread polls all their sockets together, so a guest's
+//! reply is read the moment it arrives (no thread per instance to wake up and
+//! schedule), and the number of threads does not grow with the number of
+//! guests. Failed attempts back off from 1 to 4 ms, as in [`crate::probe`],
+//! whose messages and rules this loop keeps exactly.
+//!
+//! Kernel `AF_VSOCK` endpoints (hosts with vhost-vsock) are not multiplexed
+//! here: each runs the blocking [`probe::wait_ready`] on a thread of its own
+//! and reports back through a channel.
+
+use crate::framing::{FrameError, FrameReader, Framing};
+use crate::jsonrpc::{self, CallError, PingInfo};
+use crate::launcher::Readiness;
+use crate::probe::{self, BootFailure, Ready};
+use crate::vsock::{self, Endpoint};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest single wait of the loop (signals and new instances are also
+/// noticed through the wake descriptor; this bounds everything else).
+const MAX_WAIT: Duration = Duration::from_millis(20);
+/// How often an instance's `dead` check runs while it waits (it may scan
+/// `/proc` on the marker path).
+const DEAD_CHECK_EVERY: Duration = Duration::from_millis(5);
+/// Longest wait for a connect when the guest's listen backlog is full.
+const BACKLOG_WAIT: Duration = Duration::from_millis(1);
+/// Request id of the readiness `ping`.
+const PING_ID: u64 = 1;
+
+/// Whether an instance can no longer become ready (e.g. its launcher died).
+pub type DeadCheck = Box<dyn Fn() -> Option<String> + Send>;
+
+/// An instance whose readiness is to be watched.
+pub struct Pending {
+    pub index: u32,
+    pub readiness: Readiness,
+    pub framing: Framing,
+    pub log: PathBuf,
+    pub started: Instant,
+    pub deadline: Instant,
+    pub dead: DeadCheck,
+}
+
+/// A finished wait.
+pub struct Done {
+    pub index: u32,
+    pub result: Result<Ready, BootFailure>,
+}
+
+enum Stage {
+    /// Reading the console log for the ready line.
+    Console(probe::ConsoleTail),
+    /// Waiting until `next` before the next connect attempt.
+    Backoff { next: Instant },
+    /// `CONNECT` written; reading the VMM's `OK` line until `until`.
+    Handshake {
+        stream: UnixStream,
+        got: Vec<u8>,
+        until: Instant,
+    },
+    /// `ping` written; reading the reply until `until`.
+    Ping {
+        reader: FrameReader<UnixStream>,
+        until: Instant,
+    },
+    /// A kernel vsock probe running on its own thread.
+    Thread(crossbeam_channel::Receiver<Result<Ready, BootFailure>>),
+}
+
+struct Item {
+    p: Pending,
+    stage: Stage,
+    attempts: u32,
+    last_error: String,
+    backoff: Duration,
+    last_try: Instant,
+    final_chance: bool,
+    deadline: Instant,
+    console_line: Option<String>,
+    next_dead_check: Instant,
+}
+
+/// The loop's state: every instance still waiting.
+pub struct Watcher {
+    items: Vec<Item>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Watcher {
+    /// A watcher that abandons every wait (as [`BootFailure::Interrupted`])
+    /// once `stop` is set.
+    pub fn new(stop: Arc<AtomicBool>) -> Watcher {
+        Watcher {
+            items: Vec::new(),
+            stop,
+        }
+    }
+
+    /// Instances still waiting.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Starts watching `p`.
+    pub fn add(&mut self, p: Pending) {
+        let now = Instant::now();
+        let stage = match &p.readiness {
+            Readiness::Console(_) | Readiness::ConsoleThenProbe(..) => {
+                Stage::Console(probe::ConsoleTail::new())
+            }
+            Readiness::Probe(Endpoint::Hybrid { .. }) => Stage::Backoff { next: now },
+            Readiness::Probe(Endpoint::Vsock { .. }) => self.on_thread(&p),
+        };
+        let deadline = p.deadline;
+        self.items.push(Item {
+            p,
+            stage,
+            attempts: 0,
+            last_error: String::from("not tried"),
+            backoff: probe::BACKOFF_START,
+            last_try: now,
+            final_chance: true,
+            deadline,
+            console_line: None,
+            next_dead_check: now,
+        });
+    }
+
+    /// A kernel vsock probe on a thread of its own.
+    fn on_thread(&self, p: &Pending) -> Stage {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let readiness = p.readiness.clone();
+        let (framing, log, started, deadline) = (p.framing, p.log.clone(), p.started, p.deadline);
+        let stop = self.stop.clone();
+        // The dead check stays with the loop; the thread only probes.
+        let spawned = std::thread::Builder::new()
+            .name(format!("ukload-probe-{}", p.index))
+            .spawn(move || {
+                let r =
+                    probe::wait_ready(&readiness, framing, &log, started, deadline, &stop, &|| {
+                        None
+                    });
+                let _ = tx.send(r);
+            });
+        if let Err(e) = spawned {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            let _ = tx.send(Err(BootFailure::Unreachable(format!(
+                "cannot start a probe thread: {e}"
+            ))));
+            return Stage::Thread(rx);
+        }
+        Stage::Thread(rx)
+    }
+
+    /// Waits until something may have happened (a socket became readable,
+    /// a timer is due, `wake` became readable, or [`MAX_WAIT`] passed), then
+    /// moves every instance on. Returns the instances that finished.
+    pub fn turn(&mut self, wake: Option<RawFd>) -> Vec<Done> {
+        self.wait(wake);
+        let stopping = self.stop.load(Ordering::Relaxed);
+        let mut done = Vec::new();
+        let mut i = 0;
+        while i < self.items.len() {
+            let finished = if stopping {
+                Some(Err(BootFailure::Interrupted))
+            } else {
+                self.items[i].step()
+            };
+            match finished {
+                Some(result) => {
+                    let item = self.items.swap_remove(i);
+                    done.push(Done {
+                        index: item.p.index,
+                        result,
+                    });
+                }
+                None => i += 1,
+            }
+        }
+        done
+    }
+
+    /// One `poll` over every socket being read, bounded by the earliest timer.
+    fn wait(&self, wake: Option<RawFd>) {
+        let now = Instant::now();
+        let mut timeout = MAX_WAIT;
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(self.items.len() + 1);
+        if let Some(w) = wake {
+            fds.push(pollin(w));
+        }
+        for it in &self.items {
+            let due = match &it.stage {
+                Stage::Console(_) => Some(now + probe::CONSOLE_POLL),
+                Stage::Backoff { next } => Some(*next),
+                Stage::Handshake { stream, until, .. } => {
+                    fds.push(pollin(stream.as_raw_fd()));
+                    Some(*until)
+                }
+                Stage::Ping { reader, until } => {
+                    fds.push(pollin(reader.get_ref().as_raw_fd()));
+                    Some(*until)
+                }
+                Stage::Thread(_) => None,
+            };
+            if let Some(d) = due {
+                timeout = timeout.min(d.saturating_duration_since(now));
+            }
+            timeout = timeout.min(it.deadline.saturating_duration_since(now));
+        }
+        if timeout.is_zero() {
+            return;
+        }
+        // Sub-millisecond timers round up: never sleep past a due timer by
+        // more than the kernel's granularity.
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: `fds` is a valid array of pollfd of the given length, alive
+        // for the call; the timeout is bounded.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if let Some(w) = wake {
+            drain(w);
+        }
+    }
+}
+
+fn pollin(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Empties a non-blocking wake descriptor.
+fn drain(fd: RawFd) {
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: reading into a stack buffer of the given length from a
+        // descriptor the caller owns.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+    }
+}
+
+fn ready(info: Option<PingInfo>, console_line: Option<String>, attempts: u32) -> Ready {
+    Ready {
+        at: Instant::now(),
+        at_mono_ns: crate::clock::monotonic_ns(),
+        info,
+        console_line,
+        attempts,
+    }
+}
+
+impl Item {
+    fn endpoint(&self) -> Option<&Endpoint> {
+        self.p.readiness.endpoint()
+    }
+
+    /// Moves this instance on; `Some` when its wait is over.
+    fn step(&mut self) -> Option<Result<Ready, BootFailure>> {
+        // Each stage may finish into the next within one turn (e.g. a
+        // console line, then the first connect at once).
+        loop {
+            let before = std::mem::discriminant(&self.stage);
+            if let Some(r) = self.advance() {
+                return Some(r);
+            }
+            let after = std::mem::discriminant(&self.stage);
+            if before == after {
+                return None;
+            }
+        }
+    }
+
+    fn dead(&mut self, now: Instant) -> Option<BootFailure> {
+        if now < self.next_dead_check {
+            return None;
+        }
+        self.next_dead_check = now + DEAD_CHECK_EVERY;
+        (self.p.dead)().map(|status| BootFailure::LauncherExited { status })
+    }
+
+    /// A failed attempt: remember why, check the launcher, back off.
+    fn retry(&mut self, why: String) -> Option<Result<Ready, BootFailure>> {
+        self.last_error = why;
+        let now = Instant::now();
+        self.next_dead_check = now;
+        if let Some(f) = self.dead(now) {
+            return Some(Err(f));
+        }
+        self.last_try = now;
+        self.stage = Stage::Backoff {
+            next: now
+                + self
+                    .backoff
+                    .min(self.deadline.saturating_duration_since(now)),
+        };
+        self.backoff = (self.backoff * 2).min(probe::BACKOFF_MAX);
+        None
+    }
+
+    fn advance(&mut self) -> Option<Result<Ready, BootFailure>> {
+        let now = Instant::now();
+        // Take the stage out; each arm puts back the next one.
+        let stage = std::mem::replace(&mut self.stage, Stage::Backoff { next: now });
+        match stage {
+            Stage::Console(tail) => self.console(tail, now),
+            Stage::Backoff { next } => {
+                if now < next {
+                    self.stage = Stage::Backoff { next };
+                    return None;
+                }
+                self.connect(now)
+            }
+            Stage::Handshake { stream, got, until } => self.handshake(stream, got, until, now),
+            Stage::Ping { reader, until } => self.ping(reader, until, now),
+            Stage::Thread(rx) => match rx.try_recv() {
+                Ok(r) => Some(r),
+                Err(crossbeam_channel::TryRecvError::Empty) => {
+                    self.stage = Stage::Thread(rx);
+                    self.dead(now).map(Err)
+                }
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    Some(Err(BootFailure::Unreachable("probe thread ended".into())))
+                }
+            },
+        }
+    }
+
+    fn console(
+        &mut self,
+        mut tail: probe::ConsoleTail,
+        now: Instant,
+    ) -> Option<Result<Ready, BootFailure>> {
+        let re = match &self.p.readiness {
+            Readiness::Console(re) | Readiness::ConsoleThenProbe(re, _) => re.clone(),
+            Readiness::Probe(_) => {
+                return Some(Err(BootFailure::Unreachable("no console pattern".into())))
+            }
+        };
+        self.attempts += 1;
+        if let Some(line) = tail.poll(&re, &self.p.log) {
+            if matches!(self.p.readiness, Readiness::Console(_)) {
+                return Some(Ok(ready(None, Some(line), self.attempts)));
+            }
+            // Console marker seen: probe at once.
+            self.console_line = Some(line);
+            self.last_try = now;
+            self.stage = Stage::Backoff { next: now };
+            return None;
+        }
+        if now >= self.deadline {
+            return Some(Err(probe::console_timeout(
+                &re,
+                &self.p.log,
+                now - self.p.started,
+            )));
+        }
+        self.stage = Stage::Console(tail);
+        self.dead(now).map(Err)
+    }
+
+    fn connect(&mut self, now: Instant) -> Option<Result<Ready, BootFailure>> {
+        if now >= self.deadline {
+            // The deadline passed while we were not running (the harness
+            // was stopped, or starved): one last probe before blaming the guest.
+            if self.final_chance && now.duration_since(self.last_try) > probe::STALL_GAP {
+                self.final_chance = false;
+                self.deadline = now + probe::FINAL_PROBE_TIMEOUT;
+            } else {
+                return Some(Err(BootFailure::Timeout {
+                    after: now - self.p.started,
+                    last_error: std::mem::take(&mut self.last_error),
+                }));
+            }
+        }
+        self.attempts += 1;
+        let Some(Endpoint::Hybrid { path, port }) = self.endpoint().cloned() else {
+            return Some(Err(BootFailure::Unreachable(
+                "the readiness loop probes hybrid vsock endpoints only".into(),
+            )));
+        };
+        let timeout = probe::CONNECT_TIMEOUT.min(self.deadline - now);
+        // Waits only if the guest's listen backlog is full, and then at most
+        // a millisecond: the loop must not stall on one guest.
+        match vsock::hybrid_connect_start(&path, port, timeout.min(BACKLOG_WAIT)) {
+            Ok(stream) => {
+                self.stage = Stage::Handshake {
+                    stream,
+                    got: Vec::new(),
+                    until: now + timeout,
+                };
+                None
+            }
+            Err(e) if e.is_retryable() => self.retry(e.to_string()),
+            Err(e) => Some(Err(BootFailure::Unreachable(e.to_string()))),
+        }
+    }
+
+    fn handshake(
+        &mut self,
+        mut stream: UnixStream,
+        mut got: Vec<u8>,
+        until: Instant,
+        now: Instant,
+    ) -> Option<Result<Ready, BootFailure>> {
+        let ep = self.endpoint().cloned()?;
+        let mut buf = [0u8; 64];
+        let mut closed = false;
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.contains(&b'\n') {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let err = vsock::ConnectError::Sys {
+                        endpoint: ep,
+                        syscall: "read(OK)",
+                        source: e,
+                    };
+                    return if err.is_retryable() {
+                        self.retry(err.to_string())
+                    } else {
+                        Some(Err(BootFailure::Unreachable(err.to_string())))
+                    };
+                }
+            }
+        }
+        let nl = got.iter().position(|&b| b == b'\n');
+        let line = &got[..nl.unwrap_or(got.len())];
+        match vsock::check_handshake_line(&ep, line, nl.is_some(), closed) {
+            // Bytes after the OK line would belong to the guest's stream; the
+            // agent sends none before our request.
+            Ok(true) => self.send_ping(stream, &ep, now),
+            Ok(false) if now >= until => {
+                let err = vsock::ConnectError::TimedOut {
+                    endpoint: ep,
+                    stage: "handshake",
+                    after: now.duration_since(self.last_try),
+                };
+                self.retry(err.to_string())
+            }
+            Ok(false) => {
+                self.stage = Stage::Handshake { stream, got, until };
+                None
+            }
+            Err(e) if e.is_retryable() => self.retry(e.to_string()),
+            Err(e) => Some(Err(BootFailure::Unreachable(e.to_string()))),
+        }
+    }
+
+    fn ping(
+        &mut self,
+        mut reader: FrameReader<UnixStream>,
+        until: Instant,
+        now: Instant,
+    ) -> Option<Result<Ready, BootFailure>> {
+        let ep = self.endpoint().cloned()?;
+        let want = serde_json::Value::from(PING_ID);
+        loop {
+            match reader.read_frame() {
+                Ok(frame) => match jsonrpc::classify_reply(&frame, PING_ID, &want) {
+                    None => continue,
+                    Some(Ok(v)) => {
+                        let info = serde_json::from_value::<PingInfo>(v).ok();
+                        return Some(Ok(ready(info, self.console_line.take(), self.attempts)));
+                    }
+                    Some(Err(e)) => return self.ping_failed(&ep, e),
+                },
+                Err(FrameError::TimedOut) if now >= until => {
+                    return self.retry(format!("ping to {ep}: no reply"));
+                }
+                Err(FrameError::TimedOut) => {
+                    self.stage = Stage::Ping { reader, until };
+                    return None;
+                }
+                Err(FrameError::Eof) => return self.ping_failed(&ep, CallError::Closed),
+                Err(e) => return self.ping_failed(&ep, CallError::Frame(e)),
+            }
+        }
+    }
+
+    /// Writes the `ping` request on a connected stream and starts reading.
+    fn send_ping(
+        &mut self,
+        mut stream: UnixStream,
+        ep: &Endpoint,
+        now: Instant,
+    ) -> Option<Result<Ready, BootFailure>> {
+        let bytes = jsonrpc::to_bytes(&jsonrpc::request(PING_ID, "ping", serde_json::json!({})));
+        // A small request into an empty socket buffer goes out at once.
+        match crate::framing::write_frame(&mut stream, self.p.framing, &bytes) {
+            Ok(()) => {
+                let until = self.deadline.min(now + probe::PING_TIMEOUT);
+                self.stage = Stage::Ping {
+                    reader: FrameReader::new(stream, self.p.framing),
+                    until,
+                };
+                None
+            }
+            Err(e) => self.ping_failed(ep, CallError::Frame(e)),
+        }
+    }
+
+    /// The same judgement as the blocking probe: a peer that went away is
+    /// "not up yet" (retry), anything else it said is a protocol error.
+    fn ping_failed(&mut self, ep: &Endpoint, e: CallError) -> Option<Result<Ready, BootFailure>> {
+        match e {
+            CallError::TimedOut { .. } => self.retry(format!("ping to {ep}: no reply")),
+            CallError::Closed | CallError::Frame(FrameError::Eof) => {
+                self.retry(format!("{ep}: closed before replying"))
+            }
+            other => Some(Err(BootFailure::Protocol(format!("{ep}: {other}")))),
+        }
+    }
+}
