@@ -32,6 +32,12 @@ const MAX_WAIT: Duration = Duration::from_millis(20);
 /// How often an instance's `dead` check runs while it waits (it may scan
 /// `/proc` on the marker path).
 const DEAD_CHECK_EVERY: Duration = Duration::from_millis(5);
+/// A guest whose socket file does not exist yet is woken by the socket's
+/// creation (inotify); this is the safety tick if a notification is missed.
+const MISSING_SOCKET_TICK: Duration = Duration::from_millis(50);
+/// Retry delay when the socket exists but nothing listens yet (between a
+/// guest's `bind` and its `listen`: microseconds).
+const REFUSED_BACKOFF: Duration = Duration::from_micros(200);
 /// Longest wait for a connect when the guest's listen backlog is full.
 const BACKLOG_WAIT: Duration = Duration::from_millis(1);
 /// Request id of the readiness `ping`.
@@ -88,12 +94,94 @@ struct Item {
     deadline: Instant,
     console_line: Option<String>,
     next_dead_check: Instant,
+    /// The socket's creation will be notified (inotify on its directory).
+    notified: bool,
 }
 
 /// The loop's state: every instance still waiting.
 pub struct Watcher {
     items: Vec<Item>,
     stop: Arc<AtomicBool>,
+    /// Creations in the directories of guests' sockets (None: inotify
+    /// unavailable; then missing sockets are polled with the backoff).
+    created: Option<Creations>,
+}
+
+/// An inotify descriptor watching directories for new entries.
+struct Creations {
+    fd: std::os::fd::OwnedFd,
+    /// Watch descriptor → directory.
+    dirs: std::collections::HashMap<i32, PathBuf>,
+}
+
+impl Creations {
+    fn new() -> Option<Creations> {
+        // SAFETY: inotify_init1 takes flags only and returns a new descriptor or -1.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: inotify_init1 succeeded: we own this descriptor.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Some(Creations {
+            fd,
+            dirs: std::collections::HashMap::new(),
+        })
+    }
+
+    /// Watches `dir` for new entries (once per directory).
+    fn watch(&mut self, dir: &std::path::Path) -> bool {
+        if self.dirs.values().any(|d| d == dir) {
+            return true;
+        }
+        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        // SAFETY: a valid inotify descriptor and a NUL-terminated path that
+        // outlives the call.
+        let wd = unsafe {
+            libc::inotify_add_watch(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::IN_CREATE | libc::IN_MOVED_TO,
+            )
+        };
+        if wd < 0 {
+            return false;
+        }
+        self.dirs.insert(wd, dir.to_path_buf());
+        true
+    }
+
+    /// Paths created since the last call.
+    fn read(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reading into a stack buffer of the given length from
+            // our own non-blocking descriptor.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return out;
+            }
+            let mut off = 0usize;
+            let head = std::mem::size_of::<libc::inotify_event>();
+            while off + head <= n as usize {
+                // SAFETY: the kernel wrote whole events; `off` is at the start
+                // of one, and read_unaligned copes with the byte buffer's alignment.
+                let ev: libc::inotify_event =
+                    unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+                let name_end = (off + head + ev.len as usize).min(n as usize);
+                let name = &buf[off + head..name_end];
+                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+                if let Some(dir) = self.dirs.get(&ev.wd) {
+                    use std::os::unix::ffi::OsStrExt;
+                    out.push(dir.join(std::ffi::OsStr::from_bytes(name)));
+                }
+                off = name_end;
+            }
+        }
+    }
 }
 
 impl Watcher {
@@ -103,6 +191,7 @@ impl Watcher {
         Watcher {
             items: Vec::new(),
             stop,
+            created: Creations::new(),
         }
     }
 
@@ -125,6 +214,13 @@ impl Watcher {
             Readiness::Probe(Endpoint::Hybrid { .. }) => Stage::Backoff { next: now },
             Readiness::Probe(Endpoint::Vsock { .. }) => self.on_thread(&p),
         };
+        if let (Some(c), Some(Endpoint::Hybrid { path, .. })) =
+            (self.created.as_mut(), p.readiness.endpoint())
+        {
+            if let Some(dir) = path.parent() {
+                c.watch(dir);
+            }
+        }
         let deadline = p.deadline;
         self.items.push(Item {
             p,
@@ -137,6 +233,7 @@ impl Watcher {
             deadline,
             console_line: None,
             next_dead_check: now,
+            notified: self.created.is_some(),
         });
     }
 
@@ -194,13 +291,18 @@ impl Watcher {
         done
     }
 
-    /// One `poll` over every socket being read, bounded by the earliest timer.
-    fn wait(&self, wake: Option<RawFd>) {
+    /// One `ppoll` over every socket being read (and the socket-creation
+    /// notifications), bounded by the earliest timer; then wakes the
+    /// instances whose socket just appeared.
+    fn wait(&mut self, wake: Option<RawFd>) {
         let now = Instant::now();
         let mut timeout = MAX_WAIT;
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(self.items.len() + 1);
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(self.items.len() + 2);
         if let Some(w) = wake {
             fds.push(pollin(w));
+        }
+        if let Some(c) = &self.created {
+            fds.push(pollin(c.fd.as_raw_fd()));
         }
         for it in &self.items {
             let due = match &it.stage {
@@ -221,17 +323,42 @@ impl Watcher {
             }
             timeout = timeout.min(it.deadline.saturating_duration_since(now));
         }
-        if timeout.is_zero() {
-            return;
+        if !timeout.is_zero() {
+            let ts = libc::timespec {
+                tv_sec: timeout.as_secs() as libc::time_t,
+                tv_nsec: timeout.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: `fds` is a valid array of pollfd of the given length and
+            // `ts` a valid timespec, both alive for the call; no signal mask.
+            unsafe {
+                libc::ppoll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    &ts,
+                    std::ptr::null(),
+                )
+            };
         }
-        // Sub-millisecond timers round up: never sleep past a due timer by
-        // more than the kernel's granularity.
-        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-        // SAFETY: `fds` is a valid array of pollfd of the given length, alive
-        // for the call; the timeout is bounded.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
         if let Some(w) = wake {
             drain(w);
+        }
+        let created = self
+            .created
+            .as_ref()
+            .map(Creations::read)
+            .unwrap_or_default();
+        if created.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for it in &mut self.items {
+            if let (Stage::Backoff { next }, Some(Endpoint::Hybrid { path, .. })) =
+                (&mut it.stage, it.p.readiness.endpoint())
+            {
+                if created.iter().any(|c| c == path) {
+                    *next = now;
+                }
+            }
         }
     }
 }
@@ -298,6 +425,13 @@ impl Item {
 
     /// A failed attempt: remember why, check the launcher, back off.
     fn retry(&mut self, why: String) -> Option<Result<Ready, BootFailure>> {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(probe::BACKOFF_MAX);
+        self.retry_after(why, wait)
+    }
+
+    /// [`Item::retry`] after `wait` (capped at the deadline).
+    fn retry_after(&mut self, why: String, wait: Duration) -> Option<Result<Ready, BootFailure>> {
         self.last_error = why;
         let now = Instant::now();
         self.next_dead_check = now;
@@ -306,13 +440,22 @@ impl Item {
         }
         self.last_try = now;
         self.stage = Stage::Backoff {
-            next: now
-                + self
-                    .backoff
-                    .min(self.deadline.saturating_duration_since(now)),
+            next: now + wait.min(self.deadline.saturating_duration_since(now)),
         };
-        self.backoff = (self.backoff * 2).min(probe::BACKOFF_MAX);
         None
+    }
+
+    /// A failed connect: a socket not created yet is waited for by its
+    /// creation notice; one created but not yet listening (the guest is
+    /// between `bind` and `listen`) is retried almost at once.
+    fn connect_failed(&mut self, e: vsock::ConnectError) -> Option<Result<Ready, BootFailure>> {
+        match e.errno() {
+            Some(libc::ENOENT) if self.notified => {
+                self.retry_after(e.to_string(), MISSING_SOCKET_TICK)
+            }
+            Some(libc::ECONNREFUSED) => self.retry_after(e.to_string(), REFUSED_BACKOFF),
+            _ => self.retry(e.to_string()),
+        }
     }
 
     fn advance(&mut self) -> Option<Result<Ready, BootFailure>> {
@@ -408,7 +551,7 @@ impl Item {
                 };
                 None
             }
-            Err(e) if e.is_retryable() => self.retry(e.to_string()),
+            Err(e) if e.is_retryable() => self.connect_failed(e),
             Err(e) => Some(Err(BootFailure::Unreachable(e.to_string()))),
         }
     }

@@ -751,6 +751,8 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Started {
 
 /// Phase 1 for one instance: its launcher (and helpers) started, and what
 /// the readiness loop must watch; `Err` is a failed start.
+// Built once per instance and moved once: boxing the error buys nothing.
+#[allow(clippy::result_large_err)]
 fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome> {
     let cfg = &sh.cfg;
     let log = crate::launcher::log_path(&cfg.log_dir, index, cid);

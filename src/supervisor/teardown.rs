@@ -429,9 +429,10 @@ fn wait_a_little(
     }
 }
 
-/// Records members that do not carry the run's marker. An empty
-/// environment of a process without memory is not evidence (an exiting
-/// process has already released what `/proc/PID/environ` reads), nor is the
+/// Records members that do not carry the run's marker. The environment of
+/// a process whose memory is gone after the read is not evidence (an
+/// exiting process releases what `/proc/PID/environ` reads, possibly in the
+/// middle of the read, cutting off the marker at its end), nor is the
 /// launcher itself (between
 /// `fork` and `exec` it still has the harness's environment).
 fn note_unmarked(run_id: &str, launcher: i32, pids: &[i32], unmarked: &mut Vec<Survivor>) {
@@ -446,8 +447,9 @@ fn note_unmarked(run_id: &str, launcher: i32, pids: &[i32], unmarked: &mut Vec<S
         if env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()) {
             continue;
         }
-        if env.is_empty() && !has_memory(pid) {
-            // Exiting: its memory (and environment) is already released.
+        if !has_memory(pid) {
+            // Exiting: its memory was released during or before the read, so
+            // the environment read may be empty or cut short.
             continue;
         }
         unmarked.push(Survivor {
