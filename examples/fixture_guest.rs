@@ -5,6 +5,8 @@
 //! `--boot-delay-ms`) plus:
 //! - `--alloc-mb N`: allocate and touch N MiB before listening;
 //! - `--alloc-mb-per-instance N`: N × `$UKLOAD_INSTANCE` MiB;
+//! - `--boot-delay-ms-per-instance N`: N × `$UKLOAD_INSTANCE` ms more boot
+//!   delay (after `--boot-delay-ms`), so guests become ready one by one;
 //! - `--ignore-sigterm`: survive SIGTERM (needs SIGKILL);
 //! - `--never-listen`: never become ready (sleeps, bounded);
 //! - `--exit-code N`: exit with N at once;
@@ -254,6 +256,17 @@ fn main() {
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0.0);
                 alloc_mb = per * inst;
+            }
+            "--boot-delay-ms-per-instance" => {
+                let per = num(
+                    value("--boot-delay-ms-per-instance"),
+                    "--boot-delay-ms-per-instance",
+                );
+                let inst: f64 = std::env::var(ukload::ENV_INSTANCE)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0.0);
+                cfg.boot_delay += Duration::from_secs_f64(per * inst / 1000.0);
             }
             "--ignore-sigterm" => ignore_sigterm(),
             "--never-listen" => global_fault = Some(Fault::NeverListen),
