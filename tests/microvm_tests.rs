@@ -324,6 +324,62 @@ fn sigkill_of_the_jobs_process_group_during_microvm_boots_leaves_no_qemu() {
     assert!(left.is_empty(), "left after the group SIGKILL: {left:?}");
 }
 
+/// The vhost-user vsock backend dies during the boot: the instance fails at
+/// once, naming the helper, instead of waiting for the boot deadline.
+#[test]
+fn a_dead_vsock_backend_fails_the_boot_at_once_naming_it() {
+    need_microvm!();
+    let _g = lock();
+    let dir = TempDir::new("vmhelper");
+    let mut cmd = qemu_run(dir.path(), 1);
+    cmd.args(["--boot-timeout", "120"]);
+    let out_path = dir.path().join("report.json");
+    let mut child = cmd
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let harness = child.id();
+    let ours = move |v: &str| v.ends_with(&format!("-{harness}"));
+    let end = Instant::now() + Duration::from_secs(30);
+    // Once QEMU runs (connected to the backend), the backend dies.
+    let backend = loop {
+        let procs = marked_pids(&ours);
+        let qemu = procs.iter().any(|(_, c)| c.contains("qemu-system"));
+        let found = procs.iter().find(|(_, c)| c.contains("vhost-device-vsock"));
+        if let (true, Some((pid, _))) = (qemu, found) {
+            break *pid;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no vhost-device-vsock started");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let t = Instant::now();
+    // SAFETY: by pid, the backend carrying this test's run marker.
+    unsafe { libc::kill(backend, libc::SIGKILL) };
+    let st = child.wait().unwrap();
+    let took = t.elapsed();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap();
+    let left = left_after_harness_death(&ours);
+    assert!(left.is_empty(), "{left:?}");
+    let i0 = &instances(&doc)[0];
+    // QEMU had just started: the guest cannot have booted; the failure
+    // names the helper, long before the 120 s deadline.
+    assert!(i0["boot_ms"].is_null(), "{doc:#}");
+    let err = i0["boot_error"].as_str().unwrap();
+    assert!(
+        err.contains("helper") && err.contains("vhost-device-vsock"),
+        "{err}"
+    );
+    assert_eq!(st.code(), Some(1), "{doc:#}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    eprintln!("backend killed: {err} ({took:?})");
+}
+
 #[test]
 fn missing_kernel_is_reported_with_the_command_that_builds_it() {
     let _g = lock();
