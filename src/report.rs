@@ -375,6 +375,8 @@ pub fn write_json(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::Re
         "teardown": r.teardown,
         "elapsed_ms": r.elapsed_ms,
         "containment": r.containment,
+        "timeline": r.timeline,
+        "harness": r.harness,
         "verdict": s.verdict,
         "exit_code": s.exit_code,
     });
@@ -666,6 +668,22 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
             }
         }
     }
+
+    writeln!(
+        out,
+        "\nTimeline: all spawned at {:.0} ms, all booted or failed at {:.0} ms, cleanup {:.0} ms, total {:.0} ms",
+        r.timeline.spawned_ms,
+        r.timeline.booted_ms,
+        r.timeline.teardown_end_ms - r.timeline.teardown_start_ms,
+        r.elapsed_ms
+    )?;
+    writeln!(
+        out,
+        "ukload itself: CPU {:.0} ms user + {:.0} ms system, peak RSS {}",
+        r.harness.cpu_user_ms,
+        r.harness.cpu_sys_ms,
+        mb(r.harness.peak_rss_kb)
+    )?;
 
     writeln!(out, "\nOverall Assessment:")?;
     match s.verdict {

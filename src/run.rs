@@ -125,6 +125,50 @@ pub struct RunResult {
     pub elapsed_ms: f64,
     /// How the instances were contained: `cgroup` or `marker`, and why.
     pub containment: String,
+    /// When each phase ended, ms from the start of the run.
+    pub timeline: Timeline,
+    /// What the harness itself used (all its threads).
+    pub harness: HarnessUsage,
+}
+
+/// Phase ends, ms from the start of the run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timeline {
+    /// The last launcher was started.
+    pub spawned_ms: f64,
+    /// Every instance was ready or had failed.
+    pub booted_ms: f64,
+    /// Cleanup began.
+    pub teardown_start_ms: f64,
+    /// Cleanup ended.
+    pub teardown_end_ms: f64,
+}
+
+/// The harness's own resource use (`getrusage(RUSAGE_SELF)`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HarnessUsage {
+    pub cpu_user_ms: f64,
+    pub cpu_sys_ms: f64,
+    /// Peak resident set size of ukload itself.
+    pub peak_rss_kb: u64,
+}
+
+impl HarnessUsage {
+    /// This process's usage so far.
+    pub fn now() -> HarnessUsage {
+        // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `ru` is a valid, writable rusage.
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+            return HarnessUsage::default();
+        }
+        let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+        HarnessUsage {
+            cpu_user_ms: ms(ru.ru_utime),
+            cpu_sys_ms: ms(ru.ru_stime),
+            peak_rss_kb: ru.ru_maxrss.max(0) as u64,
+        }
+    }
 }
 
 /// Errors that stop a run before any instance starts.
@@ -238,6 +282,16 @@ pub fn run(
     let t0 = Instant::now();
     let mut cfg = cfg;
     cfg.launcher.preflight().map_err(RunError::Launch)?;
+    let fd_limit = crate::supervisor::raise_fd_limit();
+    let fds_needed = u64::from(cfg.count) * FDS_PER_INSTANCE + FDS_BASE;
+    if fd_limit > 0 && fds_needed > fd_limit {
+        return Err(RunError::Usage(format!(
+            "{} instances need about {fds_needed} open files, but this process may open only \
+             {fd_limit} (its hard RLIMIT_NOFILE): raise it (`ulimit -Hn`, or LimitNOFILE= for a \
+             service) or run fewer instances",
+            cfg.count
+        )));
+    }
     // The log directory: created or checked so that nobody else can plant
     // links in it (crate::fsafe). The default, a fixed path under /tmp, may
     // belong to someone else: then logs go to a per-user directory, said so.
@@ -396,6 +450,7 @@ pub fn run(
     let mut waiting: Vec<Option<Outcome>> = (0..instances.len()).map(|_| None).collect();
     let mut watcher = crate::readiness::Watcher::new(stop.clone());
     let mut spawners_done = false;
+    let mut timeline = Timeline::default();
     loop {
         loop {
             match out_rx.try_recv() {
@@ -416,12 +471,16 @@ pub fn run(
                 }
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
                 Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    if !spawners_done {
+                        timeline.spawned_ms = ms_since(t0);
+                    }
                     spawners_done = true;
                     break;
                 }
             }
         }
         if spawners_done && watcher.is_empty() {
+            timeline.booted_ms = ms_since(t0);
             break;
         }
         for d in watcher.turn(Some(wake_rx.as_raw_fd())) {
@@ -490,7 +549,9 @@ pub fn run(
     if progress {
         crate::status!("phase 5: cleanup of {} instance(s)", targets.len());
     }
+    timeline.teardown_start_ms = ms_since(t0);
     let td = teardown::teardown_interruptible(sup, run_id, &targets, cfg.grace, &stop);
+    timeline.teardown_end_ms = ms_since(t0);
     for t in &td.instances {
         let inst = &mut instances[t.instance as usize];
         inst.teardown = Some(t.ended.key().to_string());
@@ -527,7 +588,13 @@ pub fn run(
         containment: crate::supervisor::containment()
             .map(|c| c.describe())
             .unwrap_or_else(|| "process groups and markers".into()),
+        timeline,
+        harness: HarnessUsage::now(),
     })
+}
+
+fn ms_since(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64() * 1000.0
 }
 
 /// An instance a spawner started (or failed to), and what the readiness
@@ -936,6 +1003,12 @@ fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome>
         pending: Some(pending),
     })
 }
+
+/// Descriptors an instance holds for its life (CID lock, cgroup files, log
+/// and probe sockets while they are in use), with a margin.
+const FDS_PER_INSTANCE: u64 = 6;
+/// Descriptors the harness needs besides its instances.
+const FDS_BASE: u64 = 64;
 
 /// Stack of a worker thread: it forks, probes and waits, with its buffers on
 /// the heap; the 2 MiB default would cost 2 GiB of address space at 1000.

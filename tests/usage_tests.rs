@@ -317,3 +317,25 @@ fn help_and_man_page_name_every_launcher() {
         assert!(entry.contains(l), "man page: {entry}");
     }
 }
+
+/// More instances than the hard open-files limit allows: refused before
+/// anything starts, naming the limit and what to do (exit 64).
+#[test]
+fn too_many_instances_for_the_open_files_limit_are_refused_up_front() {
+    let dir = common::TempDir::new("nofile");
+    let script = format!(
+        "ulimit -n 128 && exec {} run 50 --cid-range 7500-7549 -q --log-dir {}",
+        common::ukload_bin().display(),
+        dir.path().join("logs").display()
+    );
+    let mut c = std::process::Command::new("bash");
+    c.args(["-c", &script])
+        .env("UKLOAD_RUNTIME_DIR", dir.path().join("rt"))
+        .env_remove("UKLOAD_RUN")
+        .stdin(std::process::Stdio::null());
+    let out = common::output_within(c, std::time::Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("open files") && err.contains("128"), "{err}");
+    assert!(out.stdout.is_empty());
+}

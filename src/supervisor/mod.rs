@@ -225,6 +225,32 @@ impl Supervisor {
     }
 }
 
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (each
+/// instance holds a few descriptors for its whole life: its CID lock, its
+/// cgroup's files, its probe). Returns the soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `rl` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return 0;
+    }
+    if rl.rlim_cur < rl.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: rl.rlim_max,
+            rlim_max: rl.rlim_max,
+        };
+        // SAFETY: a valid rlimit; raising the soft limit up to the hard one
+        // needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+    }
+    rl.rlim_cur
+}
+
 /// Sends `sig` to process group `pgid`. `Ok(false)` if the group is gone.
 pub fn kill_group(pgid: i32, sig: i32) -> io::Result<bool> {
     if pgid <= 1 {
