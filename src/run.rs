@@ -512,16 +512,15 @@ pub fn run(
         }
         test_pause("memory", &stop);
         note_crashes(sup, run_id, &mut instances, &cgroups);
-        let table = if cgroups.iter().all(Option::is_some) {
-            Vec::new()
-        } else {
-            crate::proc::table()
-        };
+        // Marker path: one snapshot for every instance.
+        let index = (!cgroups.iter().all(Option::is_some))
+            .then(|| crate::memory::InstanceIndex::new(run_id, &crate::proc::table()));
         for inst in instances.iter_mut() {
             if let (Some(pid), None, None) = (inst.pid, &inst.boot_error, &inst.crashed) {
-                let pids = match &cgroups[inst.index as usize] {
-                    Some(c) => c.cg.procs_recursive(),
-                    None => crate::memory::instance_pids(pid, run_id, inst.index, &table),
+                let pids = match (&cgroups[inst.index as usize], &index) {
+                    (Some(c), _) => c.cg.procs_recursive(),
+                    (None, Some(ix)) => ix.pids(pid, inst.index),
+                    (None, None) => Vec::new(),
                 };
                 let m: TreeMemory = crate::memory::tree_usage(&pids);
                 inst.pids = m.pids.iter().map(|(p, _)| *p).collect();
@@ -684,6 +683,8 @@ fn note_crashes(
     instances: &mut [Instance],
     cgroups: &[Option<Arc<InstanceCgroup>>],
 ) {
+    // Marker path: one snapshot, and only if a launcher has exited.
+    let mut index: Option<crate::memory::InstanceIndex> = None;
     for inst in instances.iter_mut() {
         let (Some(pid), Some(_), None) = (inst.pid, inst.boot_ms, &inst.crashed) else {
             continue;
@@ -691,11 +692,13 @@ fn note_crashes(
         let exit = sup.try_status(pid);
         let left = match &cgroups[inst.index as usize] {
             Some(c) => c.cg.populated(),
-            None => {
-                exit.is_none()
-                    || !crate::memory::instance_pids(pid, run_id, inst.index, &crate::proc::table())
-                        .is_empty()
-            }
+            None if exit.is_none() => true,
+            None => !index
+                .get_or_insert_with(|| {
+                    crate::memory::InstanceIndex::new(run_id, &crate::proc::table())
+                })
+                .pids(pid, inst.index)
+                .is_empty(),
         };
         let why = match exit {
             Some(e) if !inst.may_daemonize => Some(format!("launcher exited after boot ({e})")),

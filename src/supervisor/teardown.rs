@@ -131,9 +131,10 @@ pub fn teardown_interruptible(
     } else {
         Vec::new()
     };
+    let index = (!table.is_empty()).then(|| crate::memory::InstanceIndex::new(run_id, &table));
     let mut members: Vec<Vec<i32>> = targets
         .iter()
-        .map(|t| members_of(t, run_id, &table))
+        .map(|t| members_of(t, index.as_ref()))
         .collect();
     // Marker path: a process that cleared its environment and left its
     // group (`env -i setsid ...`) after its parent exited was re-parented to
@@ -166,6 +167,9 @@ pub fn teardown_interruptible(
             );
         }
     }
+    // The grace period counts from the SIGTERMs, not from the start of the
+    // bookkeeping before them.
+    let grace_end = Instant::now() + grace;
     let mut killed = false;
     let mut kill_deadline = None;
     loop {
@@ -184,8 +188,9 @@ pub fn teardown_interruptible(
             break;
         }
         let hurry = !interrupted_before && interrupted.load(Ordering::Relaxed);
-        if !killed && (now >= start + grace || hurry) {
+        if !killed && (now >= grace_end || hurry) {
             killed = true;
+            let mut fresh_index: Option<crate::memory::InstanceIndex> = None;
             kill_deadline = Some(now + KILL_WAIT);
             for (i, t) in targets.iter().enumerate() {
                 if state[i].is_some() {
@@ -202,8 +207,12 @@ pub fn teardown_interruptible(
                         let _ = kill_group(t.pgid, libc::SIGKILL);
                     }
                 } else {
-                    // Re-read: processes may have forked during the grace period.
-                    let pids = members_of(t, run_id, &proc::table());
+                    // Re-read: processes may have forked during the grace
+                    // period (one snapshot for all instances).
+                    let ix = fresh_index.get_or_insert_with(|| {
+                        crate::memory::InstanceIndex::new(run_id, &proc::table())
+                    });
+                    let pids = members_of(t, Some(ix));
                     merge(&mut members[i], &pids);
                     let all = members[i].clone();
                     signal_members(
@@ -246,7 +255,7 @@ pub fn teardown_interruptible(
         if kill_deadline.is_some_and(|d| now >= d) {
             break;
         }
-        wait_a_little(targets, &state, now, start + grace, kill_deadline);
+        wait_a_little(targets, &state, now, grace_end, kill_deadline);
     }
     let mut survivors: Vec<Survivor> = Vec::new();
     let mut orphan_records: Vec<Survivor> = Vec::new();
@@ -367,10 +376,11 @@ fn adopted_orphans(table: &[proc::ProcStat], members: &[Vec<i32>]) -> Vec<i32> {
 
 /// An instance's processes: its cgroup's members, or (marker path) its
 /// launcher's tree and every process marked with it.
-fn members_of(t: &Target, run_id: &str, table: &[proc::ProcStat]) -> Vec<i32> {
-    match &t.cgroup {
-        Some(c) => c.cg.procs_recursive(),
-        None => crate::memory::instance_pids(t.pid, run_id, t.instance, table),
+fn members_of(t: &Target, index: Option<&crate::memory::InstanceIndex>) -> Vec<i32> {
+    match (&t.cgroup, index) {
+        (Some(c), _) => c.cg.procs_recursive(),
+        (None, Some(ix)) => ix.pids(t.pid, t.instance),
+        (None, None) => vec![t.pid],
     }
 }
 
