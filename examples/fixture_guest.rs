@@ -21,7 +21,8 @@
 //!   `daemon-sleep` (double-forks a `setsid` daemon that just sleeps, the
 //!   launcher serves), `tree:N:MB` (forks N children that each touch MB MiB,
 //!   then serves), `crash-after:MS` (serves, then aborts MS ms after
-//!   starting to listen: a crash after boot), `escape` (double-forks a child
+//!   starting to listen: a crash after boot), `stop-after:MS` (serves, then
+//!   stops itself with SIGSTOP after MS ms), `escape` (double-forks a child
 //!   that clears its environment and calls `setsid`, so it carries no
 //!   marker and is in no group of ukload's, then serves), `fork-chain`
 //!   (a child that forks, `setsid`s and exits every millisecond, with an
@@ -86,6 +87,7 @@ enum Fault {
     Slow(Duration),
     WrongId,
     CrashAfter(Duration),
+    StopAfter(Duration),
     Escape,
     ForkChain,
 }
@@ -121,6 +123,7 @@ impl Fault {
             "slow" => Fault::Slow(Duration::from_millis(arg("ms per byte") as u64)),
             "wrong-id" => Fault::WrongId,
             "crash-after" => Fault::CrashAfter(Duration::from_millis(arg("ms") as u64)),
+            "stop-after" => Fault::StopAfter(Duration::from_millis(arg("ms") as u64)),
             "escape" => Fault::Escape,
             "fork-chain" => Fault::ForkChain,
             other => die(&format!("unknown fault {other:?}")),
@@ -315,6 +318,14 @@ fn main() {
         Some(Fault::DaemonSleep) => daemonize_then(|| std::thread::sleep(LIFETIME_MAX)),
         Some(Fault::Escape) => daemonize_then(exec_unmarked_sleep),
         Some(Fault::ForkChain) => daemonize_then(fork_chain),
+        Some(Fault::StopAfter(d)) => {
+            std::thread::spawn(move || {
+                std::thread::sleep(d);
+                eprintln!("fixture_guest: stopping myself, as asked");
+                // SAFETY: raise takes a signal number; SIGSTOP stops this process.
+                unsafe { libc::raise(libc::SIGSTOP) };
+            });
+        }
         Some(Fault::CrashAfter(d)) => {
             std::thread::spawn(move || {
                 std::thread::sleep(d);

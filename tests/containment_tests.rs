@@ -523,3 +523,22 @@ fn ps_and_cleanup_find_a_dead_runs_unmarked_processes_by_its_cgroup() {
     assert_no_run_cgroup(&id);
     assert_eq!(out.status.code(), Some(0), "{text}");
 }
+
+#[test]
+fn a_stopped_guest_is_continued_and_ends_on_sigterm() {
+    let dir = TempDir::new("stopped-guest");
+    // Instance 0 stops itself 300 ms in; the memory phase waits 1 s.
+    let (out, doc) = fixture_run(
+        dir.path(),
+        2,
+        "7110-7119",
+        &["--fault-map=0=stop-after:300"],
+        &[],
+        &[("UKLOAD_TEST_PAUSE_PHASE", "memory:1000")],
+    );
+    let i0 = &instances(&doc)[0];
+    assert_eq!(i0["teardown"], "terminated", "{i0:#}");
+    assert_eq!(i0["exit_status"], "killed by SIGTERM", "{i0:#}");
+    assert_eq!(out.status.code(), Some(0), "{doc:#}");
+    assert!(run_processes(doc["run_id"].as_str().unwrap()).is_empty());
+}

@@ -492,8 +492,13 @@ fn signal_members(
     signalled: &mut HashSet<i32>,
     unmarked: &mut Vec<Survivor>,
 ) {
+    // A stopped process acts on SIGTERM only once continued: SIGCONT follows.
+    let cont = sig == libc::SIGTERM;
     if sup.try_status(t.pid).is_none() {
         let _ = kill_group(t.pgid, sig);
+        if cont {
+            let _ = kill_group(t.pgid, libc::SIGCONT);
+        }
     }
     match &t.cgroup {
         Some(c) => {
@@ -514,6 +519,9 @@ fn signal_members(
                 });
                 if inside {
                     let _ = proc::pidfd_send_signal(&fd, sig);
+                    if cont {
+                        let _ = proc::pidfd_send_signal(&fd, libc::SIGCONT);
+                    }
                 }
             }
         }
@@ -521,6 +529,9 @@ fn signal_members(
             for &p in pids {
                 signalled.insert(p);
                 if let Ok(true) = proc::signal_if_marked(p, run_id, sig) {
+                    if cont {
+                        let _ = proc::signal_if_marked(p, run_id, libc::SIGCONT);
+                    }
                     // A marked daemon that made its own session/group (setsid): its group too.
                     if let Ok(st) = proc::stat(p) {
                         if st.pgid == p && p != t.pgid {
