@@ -11,9 +11,12 @@
 //! - [`memory`]: RSS/PSS of whole process trees.
 //! - [`cid`]: the host-wide CID registry (one `flock`ed file per CID).
 //! - [`fsafe`]: directories and files another user cannot redirect (no symlinks, owner checks).
-//! - [`supervisor`]: fork/exec in process groups, subreaper, reaping, killing, watchdog.
+//! - [`supervisor`]: fork/exec in process groups and cgroups, subreaper,
+//!   reaping, killing, watchdog, cgroup v2 containment.
 //! - [`launcher`]: how an instance is started (process, kraft, exec).
-//! - [`probe`]: boot readiness (JSON-RPC ping over vsock, console marker).
+//! - [`probe`]: boot readiness (JSON-RPC ping over vsock, console marker), blocking.
+//! - [`readiness`]: one event loop watching every pending boot at once.
+//! - [`fsafe`]: opening files and directories an attacker cannot redirect.
 //! - [`run`]: the five phases of `ukload run`.
 //! - [`report`]: human and JSON reports, verdicts.
 //! - [`instances`]: `ukload ps` and `ukload cleanup` across runs.
