@@ -16,7 +16,6 @@
 //! - [`launcher`]: how an instance is started (process, kraft, exec).
 //! - [`probe`]: boot readiness (JSON-RPC ping over vsock, console marker), blocking.
 //! - [`readiness`]: one event loop watching every pending boot at once.
-//! - [`fsafe`]: opening files and directories an attacker cannot redirect.
 //! - [`run`]: the five phases of `ukload run`.
 //! - [`report`]: human and JSON reports, verdicts.
 //! - [`instances`]: `ukload ps` and `ukload cleanup` across runs.
