@@ -861,7 +861,7 @@ fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome>
             .try_clone()
             .map_err(|e| format!("cannot open log {}: {e}", log.display()))?;
         let cmd = match &cgroup {
-            Some(c) => cmd.into_cgroup(c.procs_fd()),
+            Some(c) => cmd.into_cgroup(c.dir_fd(), c.procs_fd()),
             None => cmd,
         };
         Ok(cmd

@@ -344,7 +344,12 @@ impl RunCgroup {
             .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(&procs_path)
             .map_err(|e| io_ctx(e, "open", &procs_path))?;
-        Ok(InstanceCgroup { cg, procs })
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(&cg.path)
+            .map_err(|e| io_ctx(e, "open", &cg.path))?;
+        Ok(InstanceCgroup { cg, procs, dir })
     }
 
     /// Kills everything in the run (every instance), waits until it is
@@ -357,15 +362,22 @@ impl RunCgroup {
     }
 }
 
-/// An instance's cgroup and the open `cgroup.procs` its launcher writes
-/// itself into (between `fork` and `exec`).
+/// An instance's cgroup: its directory (launchers are cloned into it) and
+/// its open `cgroup.procs` (where that is refused, a launcher writes itself
+/// into it between `fork` and `exec`).
 #[derive(Debug)]
 pub struct InstanceCgroup {
     pub cg: Cgroup,
     procs: File,
+    dir: File,
 }
 
 impl InstanceCgroup {
+    /// The cgroup's directory descriptor (for `CLONE_INTO_CGROUP`).
+    pub fn dir_fd(&self) -> i32 {
+        self.dir.as_raw_fd()
+    }
+
     /// The descriptor a forked child writes `0` to (moving itself in).
     pub fn procs_fd(&self) -> i32 {
         self.procs.as_raw_fd()

@@ -42,8 +42,10 @@ pub struct Command {
     stdout: Redirect,
     stderr: Redirect,
     group: Group,
-    /// An open `cgroup.procs` the child writes itself into before `exec`.
-    cgroup_procs: Option<RawFd>,
+    /// The cgroup to start in: its directory (for `clone3` with
+    /// `CLONE_INTO_CGROUP`) and its open `cgroup.procs` (the fallback: the
+    /// child writes itself in before `exec`).
+    cgroup: Option<(RawFd, RawFd)>,
 }
 
 /// Which process group the child is in.
@@ -69,7 +71,7 @@ impl Command {
             stdout: Redirect::Inherit,
             stderr: Redirect::Inherit,
             group: Group::New,
-            cgroup_procs: None,
+            cgroup: None,
         }
     }
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
@@ -112,11 +114,13 @@ impl Command {
         self.group = Group::Join(pgid);
         self
     }
-    /// Starts the child inside a cgroup: `procs_fd` is that cgroup's open
-    /// `cgroup.procs` (it must stay open until [`spawn`] returns). The child
-    /// moves itself in before `exec`, so nothing it runs starts outside.
-    pub fn into_cgroup(mut self, procs_fd: RawFd) -> Self {
-        self.cgroup_procs = Some(procs_fd);
+    /// Starts the child inside a cgroup: `dir_fd` is that cgroup's open
+    /// directory and `procs_fd` its open `cgroup.procs` (both must stay open
+    /// until [`spawn`] returns). The child is created inside it (`clone3`
+    /// with `CLONE_INTO_CGROUP`, Linux 5.7+) or, where that is refused,
+    /// moves itself in before `exec`: nothing it runs starts outside.
+    pub fn into_cgroup(mut self, dir_fd: RawFd, procs_fd: RawFd) -> Self {
+        self.cgroup = Some((dir_fd, procs_fd));
         self
     }
     /// The program as given.
@@ -310,7 +314,7 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
     let stderr = prepare(cmd.stderr, false, &devnull)?;
     let (err_r, err_w) = pipe()?;
     let group = cmd.group;
-    let cgroup_fd: RawFd = cmd.cgroup_procs.unwrap_or(-1);
+    let (cgroup_dir, mut cgroup_fd): (RawFd, RawFd) = cmd.cgroup.unwrap_or((-1, -1));
     // setpgid's second argument: 0 makes the child lead a new group.
     let target_pgid = match group {
         Group::New => 0,
@@ -325,10 +329,19 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
 
     let started = Instant::now();
     let started_mono_ns = crate::clock::monotonic_ns();
-    // SAFETY: fork is called with every buffer the child needs already built;
-    // the child only calls async-signal-safe functions (setpgid, write, sigprocmask,
-    // signal, dup2, chdir, execve, write, _exit) and touches no allocator.
-    let pid = unsafe { libc::fork() };
+    // SAFETY: fork (or clone3 used as a fork) is called with every buffer
+    // the child needs already built; the child only calls async-signal-safe
+    // functions (setpgid, write, sigprocmask, signal, dup2, chdir, execve,
+    // _exit) and touches no allocator.
+    let pid = match (cgroup_dir >= 0).then(|| unsafe { fork_into_cgroup(cgroup_dir) }) {
+        Some(Some(pid)) => {
+            // Born inside: no write to cgroup.procs needed.
+            cgroup_fd = -1;
+            pid
+        }
+        // SAFETY: as above.
+        _ => unsafe { libc::fork() },
+    };
     if pid < 0 {
         return Err(sys("fork"));
     }
@@ -412,6 +425,58 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
         stdout: stdout.ours,
         stderr: stderr.ours,
     })
+}
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7+): the child starts in the cgroup whose
+/// directory descriptor is `clone_args.cgroup`.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Set once `clone3` with `CLONE_INTO_CGROUP` was refused (old kernel,
+/// seccomp): later spawns fork and let the child move itself.
+static CLONE3_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `clone3` used as `fork`, with the child created inside the cgroup of
+/// directory `dir_fd`. Why: the child then never runs outside it (no window
+/// before a `cgroup.procs` write), and the kernel skips one cgroup migration
+/// per launcher.
+/// `None` if the kernel refuses (the caller forks instead); `Some(-1)` if it
+/// failed otherwise (errno set), like `fork`.
+///
+/// # Safety
+/// As `fork`: the child may only call async-signal-safe functions. The
+/// child's libc-cached thread id is the parent's (raw clone), which none of
+/// those functions uses.
+unsafe fn fork_into_cgroup(dir_fd: RawFd) -> Option<i32> {
+    use std::sync::atomic::Ordering;
+    if CLONE3_REFUSED.load(Ordering::Relaxed) {
+        return None;
+    }
+    // SAFETY: an all-zero clone_args is valid (no pidfd, no tids, no stack:
+    // the child runs on a copy of this stack, as after fork).
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = CLONE_INTO_CGROUP;
+    args.exit_signal = libc::SIGCHLD as u64;
+    args.cgroup = dir_fd as u64;
+    // SAFETY: `args` is a valid clone_args of the size given; the kernel
+    // reads it during the call only.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    if ret < 0 {
+        let e = io::Error::last_os_error().raw_os_error();
+        if matches!(
+            e,
+            Some(libc::ENOSYS | libc::EINVAL | libc::E2BIG | libc::EPERM | libc::EOPNOTSUPP)
+        ) {
+            CLONE3_REFUSED.store(true, Ordering::Relaxed);
+            return None;
+        }
+    }
+    Some(ret as i32)
 }
 
 fn current_pgid() -> i32 {
