@@ -232,7 +232,7 @@ fn cycle_failure(r: &run::RunResult) -> Option<String> {
         }
         if !t.stragglers.is_empty() {
             why.push(format!(
-                "{} process(es) outside their instance found by marker",
+                "{} process(es) escaped their instance (found by marker or as adopted orphans, and ended)",
                 t.stragglers.len()
             ));
         }

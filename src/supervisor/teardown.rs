@@ -148,6 +148,18 @@ pub fn teardown_interruptible(
     for &p in &orphans {
         signal_pid(p, libc::SIGTERM);
     }
+    // Marker path: a pidfd per process, polled for its exit (no stat loop).
+    let mut exits: Vec<Vec<(i32, std::os::fd::OwnedFd)>> = targets
+        .iter()
+        .zip(&members)
+        .map(|(t, m)| {
+            let mut v = Vec::new();
+            if t.cgroup.is_none() {
+                open_exits(m, &mut v);
+            }
+            v
+        })
+        .collect();
     let mut signalled: Vec<HashSet<i32>> = vec![HashSet::new(); targets.len()];
     let mut unmarked: Vec<Vec<Survivor>> = vec![Vec::new(); targets.len()];
     let mut state: Vec<Option<(Ended, f64)>> = vec![None; targets.len()];
@@ -213,6 +225,7 @@ pub fn teardown_interruptible(
                         crate::memory::InstanceIndex::new(run_id, &proc::table())
                     });
                     let pids = members_of(t, Some(ix));
+                    open_exits(&pids, &mut exits[i]);
                     merge(&mut members[i], &pids);
                     let all = members[i].clone();
                     signal_members(
@@ -255,7 +268,7 @@ pub fn teardown_interruptible(
         if kill_deadline.is_some_and(|d| now >= d) {
             break;
         }
-        wait_a_little(targets, &state, now, grace_end, kill_deadline);
+        wait_a_little(targets, &state, &mut exits, now, grace_end, kill_deadline);
     }
     let mut survivors: Vec<Survivor> = Vec::new();
     let mut orphan_records: Vec<Survivor> = Vec::new();
@@ -400,42 +413,90 @@ fn gone(sup: &Supervisor, t: &Target, members: &[i32]) -> bool {
             // the launcher's exit status is known.
             sup.try_status(t.pid).is_some() || sup.wait_timeout(t.pid, REAP_WAIT).is_some()
         }
-        None => members.iter().all(|&p| !alive(p)) && sup.try_status(t.pid).is_some(),
+        None => {
+            members.iter().all(|&p| !alive(p))
+                && (sup.try_status(t.pid).is_some() || sup.wait_timeout(t.pid, REAP_WAIT).is_some())
+        }
     }
 }
 
-/// Sleeps until something may have changed: a cgroup's events, or a short
-/// poll interval for marker-contained instances; never past the grace's or
-/// the kill wait's end.
+/// Sleeps until something may have changed: a pending instance's
+/// `cgroup.events` (cgroup containment) or one of its processes' pidfds
+/// (marker fallback: readable once the process has exited), never past the
+/// grace's or the kill wait's end. Pidfds found readable are dropped, so a
+/// process that exited does not wake the loop again.
 fn wait_a_little(
     targets: &[Target],
     state: &[Option<(Ended, f64)>],
+    exits: &mut [Vec<(i32, std::os::fd::OwnedFd)>],
     now: Instant,
     grace_end: Instant,
     kill_deadline: Option<Instant>,
 ) {
-    let pending: Vec<&cgroup::Cgroup> = targets
-        .iter()
-        .zip(state)
-        .filter(|(_, s)| s.is_none())
-        .filter_map(|(t, _)| t.cgroup.as_ref().map(|c| &c.cg))
-        .collect();
-    let marker_pending = targets
-        .iter()
-        .zip(state)
-        .any(|(t, s)| s.is_none() && t.cgroup.is_none());
-    let until = kill_deadline.unwrap_or(grace_end);
-    let mut timeout = until.saturating_duration_since(now).min(CGROUP_TICK);
-    if marker_pending || pending.is_empty() {
-        timeout = timeout.min(POLL);
+    use std::os::fd::AsRawFd;
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut owners: Vec<(usize, usize)> = Vec::new();
+    for (i, (t, st)) in targets.iter().zip(state).enumerate() {
+        if st.is_some() {
+            continue;
+        }
+        match &t.cgroup {
+            Some(c) => fds.push(libc::pollfd {
+                fd: c.cg.events_fd(),
+                events: libc::POLLPRI,
+                revents: 0,
+            }),
+            None => {
+                for (k, (_, fd)) in exits[i].iter().enumerate() {
+                    owners.push((fds.len(), i * 1_000_000 + k));
+                    fds.push(libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                }
+            }
+        }
     }
+    let until = kill_deadline.unwrap_or(grace_end);
+    let timeout = until.saturating_duration_since(now).min(CGROUP_TICK);
     if timeout.is_zero() {
         return;
     }
-    if pending.is_empty() {
-        std::thread::sleep(timeout);
-    } else {
-        cgroup::wait_events(&pending, timeout);
+    if fds.is_empty() {
+        std::thread::sleep(timeout.min(POLL));
+        return;
+    }
+    // SAFETY: `fds` is a valid array of pollfd of the given length, alive
+    // for the call; the timeout is bounded.
+    unsafe {
+        libc::poll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            timeout.as_millis().clamp(1, i32::MAX as u128) as i32,
+        )
+    };
+    let mut done: Vec<(usize, usize)> = owners
+        .iter()
+        .filter(|(slot, _)| fds[*slot].revents & libc::POLLIN != 0)
+        .map(|(_, key)| (key / 1_000_000, key % 1_000_000))
+        .collect();
+    // Remove from the back so indices stay valid.
+    done.sort_unstable_by(|a, b| b.cmp(a));
+    for (i, k) in done {
+        exits[i].swap_remove(k);
+    }
+}
+
+/// Pidfds of `pids` (processes already gone are skipped).
+fn open_exits(pids: &[i32], into: &mut Vec<(i32, std::os::fd::OwnedFd)>) {
+    for &p in pids {
+        if into.iter().any(|(q, _)| *q == p) {
+            continue;
+        }
+        if let Ok(fd) = proc::pidfd_open(p) {
+            into.push((p, fd));
+        }
     }
 }
 
