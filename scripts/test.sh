@@ -44,5 +44,5 @@ echo "== cargo test"
 cargo build --quiet --bins --examples
 cargo test --all-targets "$@"
 echo "== cargo test, marker containment (cgroups disabled: the fallback path)"
-UKLOAD_CONTAINMENT=marker cargo test "$@" --test run_tests --test fault_tests \
-  --test harness_kill_tests --test cycles_tests --test containment_tests --test scale_tests
+UKLOAD_CONTAINMENT=marker cargo test --test run_tests --test fault_tests \
+  --test harness_kill_tests --test cycles_tests --test containment_tests --test scale_tests "$@"
