@@ -302,6 +302,11 @@ pub struct CyclesArgs {
     #[argh(option)]
     /// output: human (default) or json
     pub format: Option<String>,
+    #[argh(option)]
+    /// percentage of cycles that must be clean for exit 0 (default 100; the
+    /// seed's rapid spawn/terminate test allows 75); a cycle that leaves a
+    /// process behind, a leak or an interruption fails whatever it says
+    pub min_success: Option<String>,
     #[argh(switch, short = 'q')]
     /// no progress lines on stderr
     pub quiet: bool,
@@ -361,11 +366,24 @@ impl CyclesArgs {
         })?;
         let (run_cfg, _) = run.to_config()?;
         let fmt = format(&self.format)?;
+        let min_success_pct = match &self.min_success {
+            None => 100.0,
+            Some(s) => {
+                let v: f64 = num("--min-success", s, "a percentage 0..100")?;
+                if !(0.0..=100.0).contains(&v) {
+                    return Err(Usage(format!(
+                        "--min-success {s}: expected a percentage 0..100"
+                    )));
+                }
+                v
+            }
+        };
         Ok((
             ukload::cycles::CyclesConfig {
                 cycles,
                 run: run_cfg,
                 progress: !self.quiet,
+                min_success_pct,
             },
             fmt,
         ))
