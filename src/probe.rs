@@ -88,7 +88,7 @@ impl std::fmt::Display for BootFailure {
 pub fn wait_ready(
     readiness: &Readiness,
     framing: Framing,
-    log: &Path,
+    log: ConsoleLog<'_>,
     started: Instant,
     deadline: Instant,
     stop: &AtomicBool,
@@ -190,6 +190,14 @@ fn probe(
     }
 }
 
+/// Where an instance's console goes: its log, of which the first `skip`
+/// bytes are ukload's own header (the launch command lines).
+#[derive(Clone, Copy, Debug)]
+pub struct ConsoleLog<'a> {
+    pub path: &'a Path,
+    pub skip: u64,
+}
+
 /// Reads a growing log file from where it left off and finds the first
 /// complete line matching a pattern. Shared by the blocking console wait and
 /// the readiness loop.
@@ -201,10 +209,12 @@ pub(crate) struct ConsoleTail {
 }
 
 impl ConsoleTail {
-    pub(crate) fn new() -> Self {
+    /// A tail that starts reading at byte `pos` (what precedes it is not
+    /// the console: ukload's own header lines).
+    pub(crate) fn at(pos: u64) -> Self {
         ConsoleTail {
             file: None,
-            pos: 0,
+            pos,
             line: Vec::new(),
             buf: vec![0u8; 16 * 1024],
         }
@@ -256,13 +266,14 @@ pub(crate) fn console_timeout(re: &regex_lite::Regex, log: &Path, after: Duratio
 
 fn console(
     re: &regex_lite::Regex,
-    log: &Path,
+    log: ConsoleLog<'_>,
     started: Instant,
     deadline: Instant,
     stop: &AtomicBool,
     dead: &dyn Fn() -> Option<String>,
 ) -> Result<Ready, BootFailure> {
-    let mut tail = ConsoleTail::new();
+    let mut tail = ConsoleTail::at(log.skip);
+    let log = log.path;
     let mut attempts = 0u32;
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -310,7 +321,11 @@ pub fn log_tail(log: &Path, n: usize) -> Vec<String> {
     let mut s = Vec::new();
     let _ = f.take(TAIL_BYTES).read_to_end(&mut s);
     let text = String::from_utf8_lossy(&s);
-    let lines: Vec<&str> = text.lines().collect();
+    // ukload's own header lines (the launch commands) are not the guest's.
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with(crate::run::LOG_HEADER_PREFIX))
+        .collect();
     lines[lines.len().saturating_sub(n)..]
         .iter()
         .map(|l| l.to_string())

@@ -52,6 +52,9 @@ pub struct Pending {
     pub readiness: Readiness,
     pub framing: Framing,
     pub log: PathBuf,
+    /// Bytes at the head of the log that are ukload's own (the launch
+    /// command lines), not the guest's console.
+    pub log_skip: u64,
     pub started: Instant,
     pub deadline: Instant,
     pub dead: DeadCheck,
@@ -209,7 +212,7 @@ impl Watcher {
         let now = Instant::now();
         let stage = match &p.readiness {
             Readiness::Console(_) | Readiness::ConsoleThenProbe(..) => {
-                Stage::Console(probe::ConsoleTail::new())
+                Stage::Console(probe::ConsoleTail::at(p.log_skip))
             }
             Readiness::Probe(Endpoint::Hybrid { .. }) => Stage::Backoff { next: now },
             Readiness::Probe(Endpoint::Vsock { .. }) => self.on_thread(&p),
@@ -241,16 +244,22 @@ impl Watcher {
     fn on_thread(&self, p: &Pending) -> Stage {
         let (tx, rx) = crossbeam_channel::bounded(1);
         let readiness = p.readiness.clone();
-        let (framing, log, started, deadline) = (p.framing, p.log.clone(), p.started, p.deadline);
+        let (framing, log, skip, started, deadline) =
+            (p.framing, p.log.clone(), p.log_skip, p.started, p.deadline);
         let stop = self.stop.clone();
         // The dead check stays with the loop; the thread only probes.
         let spawned = std::thread::Builder::new()
             .name(format!("ukload-probe-{}", p.index))
             .spawn(move || {
-                let r =
-                    probe::wait_ready(&readiness, framing, &log, started, deadline, &stop, &|| {
-                        None
-                    });
+                let r = probe::wait_ready(
+                    &readiness,
+                    framing,
+                    probe::ConsoleLog { path: &log, skip },
+                    started,
+                    deadline,
+                    &stop,
+                    &|| None,
+                );
                 let _ = tx.send(r);
             });
         if let Err(e) = spawned {

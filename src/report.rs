@@ -432,6 +432,12 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
                 i.boot_error.as_deref().unwrap_or("not started")
             )?,
         }
+        for h in &i.helper_commands {
+            writeln!(out, "    helper: {h}")?;
+        }
+        if let Some(c) = &i.command {
+            writeln!(out, "    $ {c}")?;
+        }
     }
 
     writeln!(out, "\nPhase 2: Boot Time Analysis")?;

@@ -79,6 +79,10 @@ pub struct Instance {
     /// The CID the guest reports having (None: it did not say).
     pub reported_cid: Option<u32>,
     pub log: PathBuf,
+    /// The launch command line (also the first lines of the log).
+    pub command: Option<String>,
+    /// Helpers started before it (e.g. the vhost-user vsock backend).
+    pub helper_commands: Vec<String>,
     pub pid: Option<i32>,
     pub pgid: Option<i32>,
     /// Every pid of its tree when memory was sampled.
@@ -210,6 +214,9 @@ struct Outcome {
     /// Where the guest is reached over vsock (None: console readiness).
     endpoint: Option<crate::vsock::Endpoint>,
     ready: Result<probe::Ready, String>,
+    /// The launch command line, and its helpers'.
+    command: Option<String>,
+    helper_commands: Vec<String>,
     may_daemonize: bool,
     /// The instance's cgroup (cgroup containment), kept until teardown.
     cgroup: Option<Arc<InstanceCgroup>>,
@@ -366,6 +373,8 @@ pub fn run(
             teardown_ms: None,
             crashed: None,
             may_daemonize: false,
+            command: None,
+            helper_commands: Vec::new(),
         })
         .collect();
     let mut cgroups: Vec<Option<Arc<InstanceCgroup>>> = vec![None; instances.len()];
@@ -627,6 +636,10 @@ fn take_slot(slots: &crossbeam_channel::Sender<()>, stop: &AtomicBool) -> bool {
 /// Phases 1 and 2 of one instance, into its record.
 fn record_outcome(inst: &mut Instance, o: Outcome, progress: bool) {
     inst.may_daemonize = o.may_daemonize;
+    if o.command.is_some() {
+        inst.command = o.command;
+        inst.helper_commands = o.helper_commands;
+    }
     inst.pid = o.pid;
     inst.pgid = o.pgid;
     inst.spawn_ms = o.spawn_ms;
@@ -849,10 +862,23 @@ fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome>
     let fail = |msg: String| started_fail(index, None, cgroup.clone(), msg);
     let plan = cfg.launcher.plan(&ctx);
     // No symlink or hard link followed, nobody else's file truncated.
-    let log_file = match crate::fsafe::open_log(&log) {
+    let mut log_file = match crate::fsafe::open_log(&log) {
         Ok(f) => f,
         Err(e) => return Err(fail(format!("cannot open log: {e}"))),
     };
+    // The launch commands head the log (the guide's "tracks spawn commands");
+    // console readiness reads the log after them.
+    let helper_commands: Vec<String> = plan.pre.iter().map(|p| p.command.display()).collect();
+    let command = plan.command.display();
+    let mut header = String::new();
+    for h in &helper_commands {
+        header.push_str(&format!("{LOG_HEADER_PREFIX}helper: {h}\n"));
+    }
+    header.push_str(&format!("{LOG_HEADER_PREFIX}launch: {command}\n"));
+    if let Err(e) = log_file.write_all(header.as_bytes()) {
+        return Err(fail(format!("cannot write log {}: {e}", log.display())));
+    }
+    let log_skip = header.len() as u64;
     let mark = |cmd: Command| -> Result<Command, String> {
         let out = log_file
             .try_clone()
@@ -986,6 +1012,7 @@ fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome>
         readiness: plan.readiness,
         framing: cfg.framing,
         log,
+        log_skip,
         started,
         deadline,
         dead: Box::new(dead),
@@ -1000,12 +1027,17 @@ fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome>
             endpoint,
             // Filled in by the readiness loop.
             ready: Err(String::new()),
+            command: Some(command),
+            helper_commands,
             may_daemonize,
             cgroup,
         },
         pending: Some(pending),
     })
 }
+
+/// How the launch command lines at the head of an instance's log begin.
+pub const LOG_HEADER_PREFIX: &str = "# ukload: ";
 
 /// Descriptors an instance holds for its life (CID lock, cgroup files, log
 /// and probe sockets while they are in use), with a margin.
@@ -1077,6 +1109,8 @@ fn started_fail(
         started_mono_ns: first.map(|c| c.started_mono_ns).unwrap_or(0),
         endpoint: None,
         ready: Err(msg),
+        command: None,
+        helper_commands: Vec::new(),
         may_daemonize: false,
     }
 }

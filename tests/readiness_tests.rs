@@ -59,6 +59,7 @@ fn pending(sock: &Path, deadline: Duration, dead: ukload::readiness::DeadCheck) 
         }),
         framing: Framing::Line,
         log: PathBuf::from("/nonexistent"),
+        log_skip: 0,
         started: now,
         deadline: now + deadline,
         dead,

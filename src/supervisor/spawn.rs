@@ -127,14 +127,27 @@ impl Command {
     pub fn program(&self) -> &OsStr {
         &self.program
     }
-    /// Program and arguments, for messages.
+    /// Program and arguments as a shell would take them back (arguments
+    /// with spaces or shell characters single-quoted), for messages and logs.
     pub fn display(&self) -> String {
-        let mut s = self.program.to_string_lossy().into_owned();
+        let mut s = shell_word(&self.program.to_string_lossy());
         for a in &self.args {
             s.push(' ');
-            s.push_str(&a.to_string_lossy());
+            s.push_str(&shell_word(&a.to_string_lossy()));
         }
         s
+    }
+}
+
+/// `w` quoted for a POSIX shell if it needs it.
+fn shell_word(w: &str) -> String {
+    let plain = !w.is_empty()
+        && w.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,+@%".contains(&b));
+    if plain {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
     }
 }
 
