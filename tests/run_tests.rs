@@ -649,3 +649,42 @@ fn tool_call_without_arguments_fills_the_required_ones_from_the_schema() {
     }
     assert_clean(&doc);
 }
+
+/// The guide's phase 1 "tracks spawn commands and PIDs": each instance's
+/// launch command is in the JSON report, the human report and the first
+/// line of its log.
+#[test]
+fn launch_commands_are_in_the_report_the_json_and_the_log() {
+    let _slot = shared_slot();
+    let dir = TempDir::new("cmdline");
+    let (out, doc) = run_report(
+        dir.path(),
+        2,
+        &["--cid-range", "7600-7609", "--max-boot-ms", "60000"],
+        RUN_DEADLINE,
+    );
+    assert_eq!(out.status.code(), Some(0), "{doc:#}");
+    for i in instances(&doc) {
+        let cmd = i["command"].as_str().expect("command in JSON");
+        assert!(
+            cmd.contains("ukload-guest") && cmd.contains(&format!("--cid {}", i["cid"])),
+            "{cmd}"
+        );
+        let log = std::fs::read_to_string(i["log"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            log.lines().next().unwrap(),
+            format!("# ukload: launch: {cmd}")
+        );
+    }
+    let mut human = ukload(dir.path());
+    human
+        .args(["run", "1", "-q", "--cid-range", "7600-7609", "--log-dir"])
+        .arg(dir.path().join("logs"));
+    let out = output_within(human, RUN_DEADLINE);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("$ ") && l.contains("ukload-guest")),
+        "{text}"
+    );
+}
