@@ -222,6 +222,13 @@ pub struct RunArgs {
     #[argh(option)]
     /// deadline of one tool call in ms (default 10000, at most 86400000)
     pub tool_timeout_ms: Option<String>,
+    #[argh(option)]
+    /// also write a JUnit XML file (a testcase per instance per phase) for CI
+    pub junit: Option<PathBuf>,
+    #[argh(option)]
+    /// also write a Prometheus text-format file (node_exporter textfile
+    /// collector), atomically
+    pub prom: Option<PathBuf>,
     #[argh(switch, short = 'q')]
     /// no progress lines on stderr
     pub quiet: bool,

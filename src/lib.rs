@@ -18,6 +18,7 @@
 //! - [`readiness`]: one event loop watching every pending boot at once.
 //! - [`run`]: the five phases of `ukload run`.
 //! - [`report`]: human and JSON reports, verdicts.
+//! - [`export`]: JUnit XML and Prometheus text files.
 //! - [`instances`]: `ukload ps` and `ukload cleanup` across runs.
 //! - [`cycles`]: `ukload cycles`, spawn → boot → terminate repeated, leak checks.
 
@@ -27,6 +28,7 @@
 pub mod cid;
 pub mod clock;
 pub mod cycles;
+pub mod export;
 pub mod framing;
 pub mod fsafe;
 pub mod guest;

@@ -198,14 +198,43 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
     let code = match run::run(cfg.clone(), &h.run_id, h.sup, h.stop.clone()) {
         // The run is over and its instances are torn down: only the exit
         // code depends on whether the report reaches stdout.
-        Ok(r) => emit(
-            "report",
-            h.exit_code(run::exit_code(&r, &cfg)),
-            |out| match fmt {
-                Format::Json => report::write_json(out, &r, &cfg),
-                Format::Human => report::write_human(out, &r, &cfg),
-            },
-        ),
+        Ok(r) => {
+            let mut extra_failed = false;
+            for (path, what, text) in [
+                (
+                    &a.junit,
+                    "JUnit report",
+                    a.junit.as_ref().map(|_| ukload::export::junit(&r, &cfg)),
+                ),
+                (
+                    &a.prom,
+                    "Prometheus file",
+                    a.prom
+                        .as_ref()
+                        .map(|_| ukload::export::prometheus(&r, &cfg)),
+                ),
+            ] {
+                if let (Some(p), Some(t)) = (path, text) {
+                    if let Err(e) = ukload::export::write_atomically(p, t.as_bytes()) {
+                        ukload::status!("ukload: cannot write the {what} {}: {e}", p.display());
+                        extra_failed = true;
+                    }
+                }
+            }
+            let code = emit(
+                "report",
+                h.exit_code(run::exit_code(&r, &cfg)),
+                |out| match fmt {
+                    Format::Json => report::write_json(out, &r, &cfg),
+                    Format::Human => report::write_human(out, &r, &cfg),
+                },
+            );
+            if extra_failed && code != EXIT_IOERR {
+                EXIT_IOERR
+            } else {
+                code
+            }
+        }
         Err(e) => {
             ukload::status!("ukload: {e}");
             run_error_code(&e)
