@@ -56,6 +56,24 @@ pub enum Sub {
     Cycles(CyclesArgs),
     Mcp(ukload::mcp::cli::McpArgs),
     Image(ImageArgs),
+    Doctor(DoctorArgs),
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "doctor")]
+/// Check what each launcher needs (guest binary, node, kraft and its image,
+/// QEMU, kernel, initramfs, vhost-device-vsock, /dev/vhost-vsock, KVM, the
+/// runtime directory, open-file limits, cgroup v2): ok or missing, with the
+/// command that fixes it. Exit 0 when the chosen launcher has everything, 69
+/// otherwise.
+pub struct DoctorArgs {
+    #[argh(option)]
+    /// launcher whose needs decide the exit code: process (default), qemu,
+    /// kraft, exec
+    pub launcher: Option<String>,
+    #[argh(option)]
+    /// instances to check the open-file limit for (default 15)
+    pub count: Option<String>,
 }
 
 #[derive(FromArgs, Debug)]

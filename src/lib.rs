@@ -19,6 +19,7 @@
 //! - [`run`]: the five phases of `ukload run`.
 //! - [`report`]: human and JSON reports, verdicts.
 //! - [`export`]: JUnit XML and Prometheus text files.
+//! - [`doctor`]: what each launcher needs, present or missing.
 //! - [`instances`]: `ukload ps` and `ukload cleanup` across runs.
 //! - [`cycles`]: `ukload cycles`, spawn → boot → terminate repeated, leak checks.
 
@@ -28,6 +29,7 @@
 pub mod cid;
 pub mod clock;
 pub mod cycles;
+pub mod doctor;
 pub mod export;
 pub mod framing;
 pub mod fsafe;

@@ -41,6 +41,7 @@ fn main() {
         Sub::Cycles(a) => cmd_cycles(a),
         Sub::Mcp(a) => ukload::mcp::cli::run(a),
         Sub::Image(a) => cmd_image(a),
+        Sub::Doctor(a) => cmd_doctor(a),
     };
     std::process::exit(code);
 }
@@ -242,6 +243,21 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
     };
     h.finish();
     code
+}
+
+fn cmd_doctor(a: cli::DoctorArgs) -> i32 {
+    let kind: ukload::launcher::Kind = match a.launcher.as_deref().unwrap_or("process").parse() {
+        Ok(k) => k,
+        Err(m) => return usage(&format!("--launcher: {m}")),
+    };
+    let count: u32 = match a.count.as_deref().unwrap_or("15").parse() {
+        Ok(n) if n > 0 => n,
+        _ => return usage("--count: expected a whole number of instances >= 1"),
+    };
+    let report = ukload::doctor::examine(kind, count);
+    emit("doctor report", report.exit_code(), |out| {
+        write!(out, "{report}")
+    })
 }
 
 fn cmd_ps(a: cli::PsArgs) -> i32 {

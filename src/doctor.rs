@@ -1,0 +1,340 @@
+//! `ukload doctor`: what each launcher needs, present or missing, with the
+//! command that fixes it. Nothing is started but short `--version` queries
+//! and a cgroup that is created and removed at once.
+
+use crate::launcher::{Kind, LauncherConfig};
+use std::fmt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Oldest KraftKit whose `kraft run` flags ukload uses.
+pub const KRAFT_MIN: (u32, u32, u32) = (0, 11, 6);
+/// Oldest Node.js the echo MCP server runs on.
+pub const NODE_MIN_MAJOR: u32 = 18;
+/// How long a `--version` query may take.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Open files one instance needs (see `run`), and the harness's own.
+const FDS_PER_INSTANCE: u64 = 6;
+const FDS_BASE: u64 = 64;
+
+/// One finding.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub what: String,
+    pub ok: bool,
+    pub detail: String,
+    /// How to fix it, when it is not ok.
+    pub fix: Option<String>,
+    /// Launchers that cannot work without it (empty: informational).
+    pub needed_by: Vec<Kind>,
+}
+
+/// Everything `doctor` found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub launcher: Kind,
+    pub count: u32,
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// Findings that stop `launcher` from working.
+    pub fn blocking(&self) -> impl Iterator<Item = &Check> {
+        self.checks
+            .iter()
+            .filter(|c| !c.ok && c.needed_by.contains(&self.launcher))
+    }
+
+    /// 0 when the chosen launcher has everything it needs, 69 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        if self.blocking().next().is_none() {
+            crate::report::EXIT_PASS
+        } else {
+            crate::report::EXIT_UNAVAILABLE
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "ukload doctor (launcher {}, {} instances)",
+            self.launcher, self.count
+        )?;
+        for c in &self.checks {
+            let state = match (c.ok, c.needed_by.contains(&self.launcher)) {
+                (true, _) => "ok     ",
+                (false, true) => "MISSING",
+                (false, false) => "absent ",
+            };
+            writeln!(f, "  {state} {:<34} {}", c.what, c.detail)?;
+            if let (false, Some(fix)) = (c.ok, &c.fix) {
+                writeln!(f, "          fix: {fix}")?;
+            }
+        }
+        let blocking: Vec<&str> = self.blocking().map(|c| c.what.as_str()).collect();
+        if blocking.is_empty() {
+            writeln!(f, "everything the {} launcher needs is here", self.launcher)
+        } else {
+            writeln!(
+                f,
+                "the {} launcher cannot run: missing {}",
+                self.launcher,
+                blocking.join(", ")
+            )
+        }
+    }
+}
+
+/// `program --version`'s first line, within a deadline.
+fn version_of(program: &str) -> Option<String> {
+    let path = crate::supervisor::spawn::resolve_program(program.as_ref())?;
+    let mut child = Command::new(path)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let end = Instant::now() + VERSION_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let mut out = String::new();
+    use std::io::Read;
+    child.stdout.take()?.read_to_string(&mut out).ok()?;
+    out.lines().next().map(|l| l.trim().to_string())
+}
+
+/// The first `a.b.c` in `text`.
+pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|w| w.contains('.'))
+        .find_map(|w| {
+            let mut it = w.split('.').map(|n| n.parse::<u32>().ok());
+            Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+        })
+}
+
+fn dir_check(what: &str, dir: &Path, needed_by: Vec<Kind>) -> Check {
+    use std::os::unix::fs::MetadataExt;
+    let (ok, detail, fix) = match std::fs::symlink_metadata(dir) {
+        Err(_) => (
+            true,
+            format!("{} (created on first use)", dir.display()),
+            None,
+        ),
+        Ok(m) if m.file_type().is_symlink() => (
+            false,
+            format!("{} is a symbolic link", dir.display()),
+            Some(format!("remove it: rm {}", dir.display())),
+        ),
+        Ok(m) => {
+            let mine = m.uid() == crate::fsafe::euid() || m.uid() == 0;
+            let open = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+            if mine && !open {
+                (
+                    true,
+                    format!("{} (mode {:o})", dir.display(), m.mode() & 0o7777),
+                    None,
+                )
+            } else {
+                (
+                    false,
+                    format!(
+                        "{} owned by uid {} mode {:o}: another user could redirect files",
+                        dir.display(),
+                        m.uid(),
+                        m.mode() & 0o7777
+                    ),
+                    Some(format!(
+                        "remove it (it is recreated safely) or chmod go-w {}",
+                        dir.display()
+                    )),
+                )
+            }
+        }
+    };
+    Check {
+        what: what.into(),
+        ok,
+        detail,
+        fix,
+        needed_by,
+    }
+}
+
+/// Runs every check for `launcher` with `count` instances in mind.
+pub fn examine(launcher: Kind, count: u32) -> Report {
+    use Kind::*;
+    let all = vec![Process, Kraft, Exec, Qemu];
+    let mut checks = Vec::new();
+
+    let guest = LauncherConfig::default_guest_bin();
+    let found = crate::supervisor::spawn::resolve_program(guest.as_os_str());
+    checks.push(Check {
+        what: "ukload-guest".into(),
+        ok: found.is_some(),
+        detail: guest.display().to_string(),
+        fix: Some("cargo build --release --bins (it is installed beside ukload)".into()),
+        needed_by: vec![Process],
+    });
+
+    let node = version_of("node");
+    let node_major = node.as_deref().and_then(|v| {
+        v.trim_start_matches('v')
+            .split('.')
+            .next()?
+            .parse::<u32>()
+            .ok()
+    });
+    checks.push(Check {
+        what: format!("node >= {NODE_MIN_MAJOR} (echo MCP server)"),
+        ok: node_major.is_some_and(|m| m >= NODE_MIN_MAJOR),
+        detail: node.unwrap_or_else(|| "not on PATH".into()),
+        fix: Some("apt-get install nodejs (Debian 12 has 18)".into()),
+        needed_by: Vec::new(),
+    });
+
+    let kraft = version_of("kraft");
+    let kv = kraft.as_deref().and_then(parse_version);
+    checks.push(Check {
+        what: format!("kraft >= {}.{}.{}", KRAFT_MIN.0, KRAFT_MIN.1, KRAFT_MIN.2),
+        ok: kv.is_some_and(|v| v >= KRAFT_MIN),
+        detail: kraft.unwrap_or_else(|| "not on PATH".into()),
+        fix: Some(
+            "curl -sSf https://get.kraftkit.sh | sh; export PATH=\"$HOME/.kraftkit/bin:$PATH\""
+                .into(),
+        ),
+        needed_by: vec![Kraft],
+    });
+    let image = LauncherConfig::default_kraft_image();
+    checks.push(Check {
+        what: "kraft image (default --image)".into(),
+        ok: image.exists(),
+        detail: image.display().to_string(),
+        fix: Some("bash scripts/build-unikraft-tool-executor.sh".into()),
+        needed_by: vec![Kraft],
+    });
+
+    for p in crate::image::info().pieces {
+        checks.push(Check {
+            what: format!("microVM: {}", p.name),
+            ok: p.present,
+            detail: p.path.display().to_string(),
+            fix: Some(p.how.to_string()),
+            needed_by: vec![Qemu],
+        });
+    }
+    checks.push(Check {
+        what: "/dev/vhost-vsock (kernel vsock backend)".into(),
+        ok: Path::new("/dev/vhost-vsock").exists(),
+        detail: "optional: without it QEMU uses vhost-device-vsock (hybrid sockets)".into(),
+        fix: Some("modprobe vhost_vsock (on a host that allows it)".into()),
+        needed_by: Vec::new(),
+    });
+    let kvm = Path::new("/dev/kvm").exists();
+    let probe = std::fs::read_to_string(crate::image::cache_dir().join("kvm-probe")).ok();
+    let kvm_state = match (&probe, kvm) {
+        (_, false) => "no /dev/kvm: QEMU uses TCG (software emulation)".to_string(),
+        (Some(t), true) if t.trim().ends_with("=works") => "boots a guest".to_string(),
+        (Some(_), true) => "present but cannot boot a guest here (probed): TCG is used".to_string(),
+        (None, true) => "present, not probed yet (the first qemu run probes it)".to_string(),
+    };
+    checks.push(Check {
+        what: "KVM".into(),
+        ok: kvm
+            && probe
+                .as_deref()
+                .is_some_and(|t| t.trim().ends_with("=works")),
+        detail: kvm_state,
+        fix: Some("optional: microVMs run under TCG without it, slower".into()),
+        needed_by: Vec::new(),
+    });
+
+    checks.push(dir_check(
+        "runtime directory (CID registry)",
+        &crate::paths::runtime_dir(),
+        all.clone(),
+    ));
+    checks.push(dir_check(
+        "default log directory",
+        Path::new(crate::paths::DEFAULT_LOG_DIR),
+        Vec::new(),
+    ));
+
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `rl` is a valid, writable rlimit.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+    let need = u64::from(count) * FDS_PER_INSTANCE + FDS_BASE;
+    checks.push(Check {
+        what: format!("open files for {count} instances"),
+        ok: rl.rlim_max >= need,
+        detail: format!(
+            "need about {need}; soft {} (raised at start), hard {}",
+            rl.rlim_cur, rl.rlim_max
+        ),
+        fix: Some(format!(
+            "raise the hard limit: ulimit -Hn {need} (as root), or LimitNOFILE={need} for a service"
+        )),
+        needed_by: all,
+    });
+
+    let probe_id = format!("doctor-{}", std::process::id());
+    let (ok, detail) = match crate::supervisor::cgroup::RunCgroup::create(&probe_id) {
+        Ok(c) => {
+            let path = c.path().display().to_string();
+            c.kill_and_remove(Instant::now() + Duration::from_secs(1));
+            (true, format!("cgroup v2 writable here ({path})"))
+        }
+        Err(e) => (
+            false,
+            format!("falls back to process groups and markers: {e}"),
+        ),
+    };
+    checks.push(Check {
+        what: "containment by cgroup v2".into(),
+        ok,
+        detail,
+        fix: Some(
+            "run as root, or inside a delegated cgroup (systemd-run --user --scope -p Delegate=yes ukload ...)"
+                .into(),
+        ),
+        needed_by: Vec::new(),
+    });
+    Report {
+        launcher,
+        count,
+        checks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_read_from_version_lines() {
+        assert_eq!(
+            parse_version("kraft version 0.11.6 (abc)"),
+            Some((0, 11, 6))
+        );
+        assert_eq!(parse_version("v20.20.2"), Some((20, 20, 2)));
+        assert_eq!(parse_version("no version"), None);
+        assert!(parse_version("kraft 0.12.0").unwrap() >= KRAFT_MIN);
+        assert!(parse_version("kraft 0.11.5").unwrap() < KRAFT_MIN);
+    }
+}

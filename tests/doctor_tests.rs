@@ -1,0 +1,74 @@
+//! `ukload doctor`: each need reported ok or missing with its fix, and the
+//! exit code decided by the launcher asked about.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn doctor(args: &[&str], path: Option<&str>) -> (Option<i32>, String) {
+    let dir = TempDir::new("doctor");
+    let mut cmd = ukload(dir.path());
+    cmd.arg("doctor").args(args);
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    let out = output_within(cmd, Duration::from_secs(60));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn the_process_launcher_has_what_it_needs_here() {
+    let (code, text) = doctor(&[], None);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("ok      ukload-guest"), "{text}");
+    assert!(text.contains("open files for 15 instances"), "{text}");
+    assert!(text.contains("everything the process launcher needs is here"));
+}
+
+#[test]
+fn a_launcher_missing_its_program_is_named_with_its_fix_and_exit_69() {
+    // No kraft anywhere on this PATH.
+    let (code, text) = doctor(&["--launcher", "kraft"], Some("/usr/bin:/bin"));
+    assert_eq!(code, Some(69), "{text}");
+    assert!(text.contains("MISSING kraft >= 0.11.6"), "{text}");
+    assert!(
+        text.contains("fix: curl -sSf https://get.kraftkit.sh"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the kraft launcher cannot run: missing kraft"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_open_file_limit_too_low_for_the_count_is_missing() {
+    let dir = TempDir::new("doctor-nofile");
+    let script = format!(
+        "ulimit -n 256 && exec {} doctor --count 1000",
+        ukload_bin().display()
+    );
+    let mut c = Command::new("bash");
+    c.args(["-c", &script])
+        .env("UKLOAD_RUNTIME_DIR", dir.path().join("rt"))
+        .stdin(std::process::Stdio::null());
+    let out = output_within(c, Duration::from_secs(60));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(69), "{text}");
+    assert!(
+        text.contains("MISSING open files for 1000 instances"),
+        "{text}"
+    );
+    assert!(text.contains("hard 256"), "{text}");
+}
+
+#[test]
+fn a_bad_launcher_is_a_usage_error() {
+    let (code, _) = doctor(&["--launcher", "firecracker"], None);
+    assert_eq!(code, Some(64));
+}
