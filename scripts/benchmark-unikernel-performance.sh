@@ -6,7 +6,8 @@
 # For each instance count: boot median / p95 / max, average PSS and RSS per
 # instance, tool-call median / p95 (MCP echo over vsock), wall time; then MCP
 # echo latency over a single session (ukload mcp bench). Nothing is killed by
-# name: ukload ends what it started.
+# name: ukload ends what it started. Set UKLOAD to use a prebuilt ukload
+# (its ukload-guest beside it).
 # --scale: for N process guests and M microVMs: all spawned, boot median /
 # p95 / max, boot error against the guest's own ready stamp (p50 / p95),
 # teardown, total wall, ukload's own CPU time and peak RSS, what was left.
@@ -29,8 +30,11 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 command -v python3 >/dev/null || { echo "benchmark: python3 is needed to read the JSON reports" >&2; exit 69; }
-(cd "$here" && cargo build --release --quiet --bins)
-UKLOAD="$here/target/release/ukload"
+if [[ -z ${UKLOAD:-} ]]; then
+  (cd "$here" && cargo build --release --quiet --bins)
+  UKLOAD="$here/target/release/ukload"
+fi
+guest_bin="$(dirname "$UKLOAD")/ukload-guest"
 extra=()
 if [[ $launcher == qemu ]]; then
   bash "$here/scripts/setup-microvm.sh" >&2
@@ -98,7 +102,7 @@ done
 echo
 echo "MCP echo over one hybrid-vsock session (ukload-guest built-in tools):"
 sock="$logs/g.sock"
-UKLOAD_RUN="bench-$$" "$here/target/release/ukload-guest" --listen "uds:$sock" --cid 3 >/dev/null &
+UKLOAD_RUN="bench-$$" "$guest_bin" --listen "uds:$sock" --cid 3 >/dev/null &
 guest=$!
 for _ in $(seq 1 200); do [[ -S $sock ]] && break; sleep 0.01; done
 "$UKLOAD" mcp bench --uds "$sock:5252" --calls 2000 --parallel 1 echo --arg message=x || true
