@@ -57,6 +57,36 @@ pub enum Sub {
     Mcp(ukload::mcp::cli::McpArgs),
     Image(ImageArgs),
     Doctor(DoctorArgs),
+    Report(ReportArgs),
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "report")]
+/// Work with JSON reports of earlier runs.
+pub struct ReportArgs {
+    #[argh(subcommand)]
+    pub cmd: ReportCmd,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum ReportCmd {
+    Merge(MergeArgs),
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "merge")]
+/// Merge the JSON reports of runs on several hosts into one verdict and one
+/// set of statistics (per host and overall; CID clashes are checked per
+/// host). Exit 0 PASS (every host passed), 1 FAIL (any host failed), 2
+/// PARTIAL; 64 for an unreadable report.
+pub struct MergeArgs {
+    #[argh(positional)]
+    /// reports written by `ukload run --format json`
+    pub files: Vec<PathBuf>,
+    #[argh(option)]
+    /// output: human (default), json or junit
+    pub format: Option<String>,
 }
 
 #[derive(FromArgs, Debug)]

@@ -20,6 +20,7 @@
 //! - [`report`]: human and JSON reports, verdicts.
 //! - [`export`]: JUnit XML and Prometheus text files.
 //! - [`doctor`]: what each launcher needs, present or missing.
+//! - [`merge`]: one verdict from the reports of several hosts.
 //! - [`instances`]: `ukload ps` and `ukload cleanup` across runs.
 //! - [`cycles`]: `ukload cycles`, spawn → boot → terminate repeated, leak checks.
 
@@ -40,6 +41,7 @@ pub mod jsonrpc;
 pub mod launcher;
 pub mod mcp;
 pub mod memory;
+pub mod merge;
 pub mod paths;
 pub mod probe;
 pub mod proc;

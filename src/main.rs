@@ -42,6 +42,7 @@ fn main() {
         Sub::Mcp(a) => ukload::mcp::cli::run(a),
         Sub::Image(a) => cmd_image(a),
         Sub::Doctor(a) => cmd_doctor(a),
+        Sub::Report(a) => cmd_report(a),
     };
     std::process::exit(code);
 }
@@ -243,6 +244,28 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
     };
     h.finish();
     code
+}
+
+fn cmd_report(a: cli::ReportArgs) -> i32 {
+    let cli::ReportCmd::Merge(m) = a.cmd;
+    let format = m.format.as_deref().unwrap_or("human");
+    if !["human", "json", "junit"].contains(&format) {
+        return usage(&format!("--format {format}: expected human, json or junit"));
+    }
+    if m.files.is_empty() {
+        return usage("report merge: name at least one JSON report (ukload run --format json)");
+    }
+    let merged = match ukload::merge::merge(&m.files) {
+        Ok(x) => x,
+        Err(e) => return usage(&e.to_string()),
+    };
+    emit("merged report", merged.exit_code, |out| match format {
+        "json" => serde_json::to_writer_pretty(&mut *out, &merged)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out)),
+        "junit" => write!(out, "{}", merged.junit()),
+        _ => write!(out, "{}", merged.human()),
+    })
 }
 
 fn cmd_doctor(a: cli::DoctorArgs) -> i32 {

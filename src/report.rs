@@ -369,6 +369,7 @@ pub fn write_json(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::Re
     let s = summarize(r, cfg);
     let doc = serde_json::json!({
         "run_id": r.run_id,
+        "host": hostname(),
         "config": config_view(cfg),
         "instances": r.instances,
         "summary": s,
@@ -382,6 +383,13 @@ pub fn write_json(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::Re
     });
     serde_json::to_writer_pretty(&mut *out, &doc)?;
     writeln!(out)
+}
+
+/// This machine's name (for reports merged across hosts).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
 }
 
 const RULE: &str = "================================";
