@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, installing what it needs first (Debian):
 #   bash scripts/test.sh [extra cargo test args...]
-# Installs Node.js (for the MCP echo server tests) and, unless
+# Installs Node.js (for the MCP echo server tests), Chromium (the HTML
+# report is rendered headless in a test) and, unless
 # UKLOAD_SKIP_MICROVM=1, the microVM pieces (QEMU, the guest kernel,
 # vhost-device-vsock) through scripts/setup-microvm.sh. Tests whose
 # prerequisites are still missing say so in their output and skip.
@@ -24,6 +25,8 @@ apt_install() {
 command -v node >/dev/null 2>&1 || apt_install nodejs
 command -v setsid >/dev/null 2>&1 || apt_install util-linux
 command -v python3 >/dev/null 2>&1 || apt_install python3
+# The HTML report is looked at in a real headless browser.
+command -v chromium >/dev/null 2>&1 || apt_install chromium
 
 if [[ ${UKLOAD_SKIP_MICROVM:-0} != 1 ]]; then
   if bash scripts/setup-microvm.sh; then

@@ -277,6 +277,10 @@ pub struct RunArgs {
     /// also write a Prometheus text-format file (node_exporter textfile
     /// collector), atomically
     pub prom: Option<PathBuf>,
+    #[argh(option)]
+    /// also write a self-contained HTML report (timeline, boot histogram,
+    /// memory per instance; inline SVG, no network)
+    pub html: Option<PathBuf>,
     #[argh(switch, short = 'q')]
     /// no progress lines on stderr
     pub quiet: bool,

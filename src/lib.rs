@@ -19,6 +19,7 @@
 //! - [`run`]: the five phases of `ukload run`.
 //! - [`report`]: human and JSON reports, verdicts.
 //! - [`export`]: JUnit XML and Prometheus text files.
+//! - [`html`]: the self-contained HTML report.
 //! - [`doctor`]: what each launcher needs, present or missing.
 //! - [`merge`]: one verdict from the reports of several hosts.
 //! - [`instances`]: `ukload ps` and `ukload cleanup` across runs.
@@ -35,6 +36,7 @@ pub mod export;
 pub mod framing;
 pub mod fsafe;
 pub mod guest;
+pub mod html;
 pub mod image;
 pub mod instances;
 pub mod jsonrpc;

@@ -215,6 +215,11 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
                         .as_ref()
                         .map(|_| ukload::export::prometheus(&r, &cfg)),
                 ),
+                (
+                    &a.html,
+                    "HTML report",
+                    a.html.as_ref().map(|_| ukload::html::page(&r, &cfg)),
+                ),
             ] {
                 if let (Some(p), Some(t)) = (path, text) {
                     if let Err(e) = ukload::export::write_atomically(p, t.as_bytes()) {
@@ -228,7 +233,7 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
                 h.exit_code(run::exit_code(&r, &cfg)),
                 |out| match fmt {
                     Format::Json => report::write_json(out, &r, &cfg),
-                    Format::Human => report::write_human(out, &r, &cfg),
+                    Format::Human => report::write_human_for(out, &r, &cfg, stdout_is_tty()),
                 },
             );
             if extra_failed && code != EXIT_IOERR {
@@ -244,6 +249,11 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
     };
     h.finish();
     code
+}
+
+fn stdout_is_tty() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal()
 }
 
 fn cmd_report(a: cli::ReportArgs) -> i32 {

@@ -393,6 +393,8 @@ pub fn hostname() -> String {
 }
 
 const RULE: &str = "================================";
+/// Bins of the terminal's boot-time histogram.
+const SPARK_BINS: usize = 24;
 
 fn mb(kb: u64) -> String {
     format!("{:.1}MB", kb as f64 / 1024.0)
@@ -400,6 +402,17 @@ fn mb(kb: u64) -> String {
 
 /// Writes the human report (the seed's "Sample Output", with true numbers).
 pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::Result<()> {
+    write_human_for(out, r, cfg, false)
+}
+
+/// [`write_human`]; on a terminal (`tty`) the boot times also get a one-line
+/// histogram.
+pub fn write_human_for(
+    out: &mut dyn Write,
+    r: &RunResult,
+    cfg: &RunConfig,
+    tty: bool,
+) -> io::Result<()> {
     let s = summarize(r, cfg);
     writeln!(out, "{RULE}\nUnikernel Load Testing\n{RULE}\n")?;
     writeln!(out, "Configuration:")?;
@@ -492,6 +505,12 @@ pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::R
                 "Boot times ({} of {} booted): min {:.1}ms, median {:.1}ms, p95 {:.1}ms, max {:.1}ms",
                 s.booted, s.total, b.min, b.median, b.p95, b.max
             )?;
+            if tty {
+                let boots: Vec<f64> = r.instances.iter().filter_map(|i| i.boot_ms).collect();
+                if let Some(line) = crate::html::sparkline(&boots, SPARK_BINS) {
+                    writeln!(out, "  {line}")?;
+                }
+            }
             if s.boot_over_target.is_empty() {
                 writeln!(out, "✓ Boot times within target (<{}ms)", cfg.max_boot_ms)?;
             } else {

@@ -89,6 +89,8 @@ pub struct Instance {
     pub pids: Vec<i32>,
     /// Time the spawn call took (fork to exec done).
     pub spawn_ms: Option<f64>,
+    /// When its first process was forked, ms from the start of the run.
+    pub spawned_at_ms: Option<f64>,
     /// Spawn → first successful reply (the boot time).
     pub boot_ms: Option<f64>,
     /// Spawn → the guest's own "listening" stamp (same host clock; process launcher).
@@ -287,6 +289,7 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<RunResult, RunError> {
     let t0 = Instant::now();
+    let t0_mono_ns = crate::clock::monotonic_ns();
     let mut cfg = cfg;
     cfg.launcher.preflight().map_err(RunError::Launch)?;
     let fd_limit = crate::supervisor::raise_fd_limit();
@@ -356,6 +359,7 @@ pub fn run(
             pgid: None,
             pids: Vec::new(),
             spawn_ms: None,
+            spawned_at_ms: None,
             boot_ms: None,
             guest_ready_ms: None,
             probe_overhead_ms: None,
@@ -473,7 +477,7 @@ pub fn run(
                             watcher.add(p);
                         }
                         None => {
-                            record_outcome(&mut instances[i], st.outcome, progress);
+                            record_outcome(&mut instances[i], st.outcome, progress, t0_mono_ns);
                             let _ = slot_rx.try_recv();
                         }
                     }
@@ -497,7 +501,7 @@ pub fn run(
             if let Some(mut o) = waiting[i].take() {
                 let log = instances[i].log.clone();
                 o.ready = d.result.map_err(|e| describe_failure(e, &log));
-                record_outcome(&mut instances[i], o, progress);
+                record_outcome(&mut instances[i], o, progress, t0_mono_ns);
             }
             let _ = slot_rx.try_recv();
         }
@@ -634,8 +638,11 @@ fn take_slot(slots: &crossbeam_channel::Sender<()>, stop: &AtomicBool) -> bool {
 }
 
 /// Phases 1 and 2 of one instance, into its record.
-fn record_outcome(inst: &mut Instance, o: Outcome, progress: bool) {
+fn record_outcome(inst: &mut Instance, o: Outcome, progress: bool, t0_mono_ns: u64) {
     inst.may_daemonize = o.may_daemonize;
+    if o.started_mono_ns > 0 {
+        inst.spawned_at_ms = Some(ns_to_ms(o.started_mono_ns.saturating_sub(t0_mono_ns)));
+    }
     if o.command.is_some() {
         inst.command = o.command;
         inst.helper_commands = o.helper_commands;
