@@ -281,6 +281,10 @@ pub struct RunArgs {
     /// also write a self-contained HTML report (timeline, boot histogram,
     /// memory per instance; inline SVG, no network)
     pub html: Option<PathBuf>,
+    #[argh(switch)]
+    /// inside a Flatpak sandbox: start launchers on the host through
+    /// `flatpak-spawn --host` (without it ukload refuses to run there)
+    pub flatpak_host: bool,
     #[argh(switch, short = 'q')]
     /// no progress lines on stderr
     pub quiet: bool,
@@ -666,6 +670,7 @@ impl RunArgs {
         let lc = LauncherConfig {
             qemu,
             qemu_resolved: None,
+            flatpak_host: self.flatpak_host,
             kind,
             ready,
             ready_console,

@@ -897,7 +897,7 @@ fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome>
             Some(c) => cmd.into_cgroup(c.dir_fd(), c.procs_fd()),
             None => cmd,
         };
-        Ok(cmd
+        let cmd = cmd
             .env(ENV_RUN, &sh.run_id)
             .env(ENV_INSTANCE, index.to_string())
             .env(ENV_CID, cid.to_string())
@@ -905,7 +905,13 @@ fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome>
             .env(crate::paths::ENV_RUNTIME_DIR, crate::paths::runtime_dir())
             .stdin(Redirect::Null)
             .stdout(Redirect::File(out))
-            .stderr(Redirect::File(err)))
+            .stderr(Redirect::File(err));
+        Ok(if cfg.launcher.flatpak_host {
+            // `--watch-bus`: the host process ends when we do.
+            cmd.wrapped_in("flatpak-spawn", &["--host", "--watch-bus"])
+        } else {
+            cmd
+        })
     };
     let t_spawn = Instant::now();
     // Helpers first (e.g. a vhost-user backend), the first leading the

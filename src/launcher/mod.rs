@@ -177,6 +177,23 @@ pub struct LauncherConfig {
     /// qemu: settings, and what preflight decided (acceleration, backend).
     pub qemu: qemu::QemuConfig,
     pub qemu_resolved: Option<qemu::Resolved>,
+    /// Inside a Flatpak sandbox: run launchers on the host through
+    /// `flatpak-spawn --host` (`--flatpak-host`).
+    pub flatpak_host: bool,
+}
+
+/// The file that exists inside every Flatpak sandbox.
+pub const FLATPAK_INFO: &str = "/.flatpak-info";
+/// Overrides [`FLATPAK_INFO`] (tests).
+pub const ENV_FLATPAK_INFO: &str = "UKLOAD_FLATPAK_INFO";
+
+/// Whether this process runs inside a Flatpak sandbox.
+pub fn in_flatpak() -> bool {
+    let path = std::env::var_os(ENV_FLATPAK_INFO)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(FLATPAK_INFO));
+    path.exists()
 }
 
 impl LauncherConfig {
@@ -198,6 +215,25 @@ impl LauncherConfig {
 
     /// Checks that what the launcher needs is there, before anything starts.
     pub fn preflight(&mut self) -> Result<(), LaunchError> {
+        if in_flatpak() && !self.flatpak_host {
+            return Err(LaunchError::Invalid(
+                "ukload runs inside a Flatpak sandbox: launchers started here would run in the \
+                 sandbox, not on the host. Pass --flatpak-host to start them on the host through \
+                 `flatpak-spawn --host` (their containment is then the host's process groups and \
+                 markers, reached through the portal), or run ukload outside the sandbox."
+                    .into(),
+            ));
+        }
+        if self.flatpak_host
+            && crate::supervisor::spawn::resolve_program("flatpak-spawn".as_ref()).is_none()
+        {
+            return Err(LaunchError::NotInstalled {
+                what: "flatpak-spawn".into(),
+                how: "--flatpak-host needs flatpak-spawn (it is in every Flatpak runtime); \
+                      without a sandbox, drop --flatpak-host."
+                    .into(),
+            });
+        }
         match self.kind {
             Kind::Qemu => {
                 self.qemu_resolved = Some(self.qemu.preflight(self.memory_mb)?);

@@ -123,6 +123,27 @@ impl Command {
         self.cgroup = Some((dir_fd, procs_fd));
         self
     }
+    /// The same command run through `wrapper` (e.g. `flatpak-spawn --host`):
+    /// `wrapper wrapper_args [--env=K=V for each variable set here] program
+    /// args`, because such a wrapper starts the program elsewhere, where
+    /// our own environment changes would not reach it.
+    pub fn wrapped_in(mut self, wrapper: &str, wrapper_args: &[&str]) -> Self {
+        let mut args: Vec<OsString> = wrapper_args.iter().map(OsString::from).collect();
+        for (k, v) in &self.env {
+            let mut kv = OsString::from("--env=");
+            kv.push(k);
+            kv.push("=");
+            kv.push(v);
+            args.push(kv);
+        }
+        args.push(std::mem::replace(
+            &mut self.program,
+            OsString::from(wrapper),
+        ));
+        args.append(&mut self.args);
+        self.args = args;
+        self
+    }
     /// The program as given.
     pub fn program(&self) -> &OsStr {
         &self.program
