@@ -23,6 +23,9 @@ pub mod codes {
     pub const INVALID_PARAMS: i64 = -32602;
     /// The server failed internally.
     pub const INTERNAL_ERROR: i64 = -32603;
+    /// Modern revisions: the request's protocol version is not one the server
+    /// supports; `data: {requested, supported}`.
+    pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 }
 
 /// Why an MCP operation failed.
