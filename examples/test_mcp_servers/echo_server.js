@@ -23,7 +23,7 @@
 // Errors: arguments breaking the schema -> a tool result with isError true naming
 // the argument (SEP-1303); unknown tool or arguments that are not an object
 // (null counts as none) -> -32602; unparsable JSON -> -32700 with id null; not a
-// JSON-RPC request -> -32600; unknown method -> -32601; more than 64 calls
+// JSON-RPC request -> -32600; unknown method -> -32601; more than 256 calls
 // pending -> -32603.
 //
 // Options:
@@ -46,7 +46,7 @@ const META_PROTOCOL_VERSION = 'io.modelcontextprotocol/protocolVersion';
 const META_CLIENT_CAPABILITIES = 'io.modelcontextprotocol/clientCapabilities';
 const META_SERVER_INFO = 'io.modelcontextprotocol/serverInfo';
 const RESULT_TTL_MS = 60000;
-const MAX_IN_FLIGHT = 64;
+const MAX_IN_FLIGHT = 256;
 const PROGRESS_INTERVAL_MS = 200;
 
 const PARSE_ERROR = -32700;

@@ -39,7 +39,7 @@ use super::{
 pub const SERVER_NAME: &str = "ukload-builtin-tools";
 /// Most `tools/call` requests one connection may have in flight; past it a
 /// call is refused with [`INTERNAL_ERROR`] and [`TOO_MANY_IN_FLIGHT`].
-pub const MAX_IN_FLIGHT: usize = 64;
+pub const MAX_IN_FLIGHT: usize = 256;
 /// Start of the error message for a call past [`MAX_IN_FLIGHT`].
 pub const TOO_MANY_IN_FLIGHT: &str = "Too many requests in flight";
 /// How often a delayed call with a `progressToken` reports progress.
@@ -316,21 +316,29 @@ impl ServerSession {
         method: &str,
         params: Option<&Value>,
     ) -> Result<(Value, Duration), Refusal> {
-        let m = params.and_then(|p| p.get("_meta")).and_then(Value::as_object);
+        let m = params
+            .and_then(|p| p.get("_meta"))
+            .and_then(Value::as_object);
         let requested = m
             .and_then(|m| m.get(meta::PROTOCOL_VERSION))
             .and_then(Value::as_str);
         let Some(requested) = requested else {
             return Err((
                 INVALID_PARAMS,
-                format!("Invalid params: _meta[\"{}\"] must be a string", meta::PROTOCOL_VERSION),
+                format!(
+                    "Invalid params: _meta[\"{}\"] must be a string",
+                    meta::PROTOCOL_VERSION
+                ),
                 None,
             ));
         };
         if !MODERN_PROTOCOL_VERSIONS.contains(&requested) {
             return Err(self.unsupported(requested));
         }
-        if !m.and_then(|m| m.get(meta::CLIENT_CAPABILITIES)).is_some_and(Value::is_object) {
+        if !m
+            .and_then(|m| m.get(meta::CLIENT_CAPABILITIES))
+            .is_some_and(Value::is_object)
+        {
             return Err((
                 INVALID_PARAMS,
                 format!(
@@ -421,7 +429,11 @@ impl ServerSession {
 }
 
 fn not_found(method: &str) -> Refusal {
-    (METHOD_NOT_FOUND, format!("Method not found: {method}"), None)
+    (
+        METHOD_NOT_FOUND,
+        format!("Method not found: {method}"),
+        None,
+    )
 }
 
 /// Whether `params._meta` names a protocol version: the mark of a modern request.
@@ -501,7 +513,11 @@ pub fn handle_payload(payload: &[u8]) -> Option<Value> {
 }
 
 /// The `_meta` a modern client puts on a request.
-pub fn modern_request_meta(version: &str, client_name: &str, client_version: &str) -> Map<String, Value> {
+pub fn modern_request_meta(
+    version: &str,
+    client_name: &str,
+    client_version: &str,
+) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert(meta::PROTOCOL_VERSION.into(), json!(version));
     m.insert(meta::CLIENT_CAPABILITIES.into(), json!({}));
@@ -555,7 +571,10 @@ mod tests {
                 &mut s,
                 json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion": asked}}),
             );
-            assert_eq!(r["result"]["protocolVersion"], LATEST_LEGACY_PROTOCOL_VERSION);
+            assert_eq!(
+                r["result"]["protocolVersion"],
+                LATEST_LEGACY_PROTOCOL_VERSION
+            );
         }
     }
 
@@ -566,10 +585,22 @@ mod tests {
         assert_eq!(r["result"]["resultType"], "complete");
         assert_eq!(
             r["result"]["supportedVersions"],
-            json!(["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"])
+            json!([
+                "2024-11-05",
+                "2025-03-26",
+                "2025-06-18",
+                "2025-11-25",
+                "2026-07-28"
+            ])
         );
         assert_eq!(r["result"]["_meta"][meta::SERVER_INFO]["name"], SERVER_NAME);
-        let r = reply(&mut s, modern("tools/call", json!({"name": "echo", "arguments": {"message": "hi"}})));
+        let r = reply(
+            &mut s,
+            modern(
+                "tools/call",
+                json!({"name": "echo", "arguments": {"message": "hi"}}),
+            ),
+        );
         assert_eq!(r["result"]["content"][0]["text"], "Echo: hi");
         assert_eq!(r["result"]["resultType"], "complete");
         let r = reply(&mut s, modern("ping", json!({})));
@@ -621,7 +652,9 @@ mod tests {
         let mut s = ServerSession::new(EraSupport::Dual);
         let out = s.handle_value(&json!({"jsonrpc":"2.0","id":3,"method":"tools/call",
             "params":{"name":"echo","arguments":{"message":"x","delay_ms":1500},"_meta":{"progressToken":"p"}}}));
-        let Outcome::Later(call) = out else { panic!("{out:?}") };
+        let Outcome::Later(call) = out else {
+            panic!("{out:?}")
+        };
         assert_eq!(call.delay, Duration::from_millis(1500));
         assert_eq!(call.id, Some(json!(3)));
         assert_eq!(call.progress_token, Some(json!("p")));
@@ -649,7 +682,10 @@ mod tests {
         assert_eq!(r["error"]["code"], -32600);
         let r = handle_payload(br#"{"jsonrpc":"2.0","id":"a","method":"ping"}"#).unwrap();
         assert_eq!(r, json!({"jsonrpc": "2.0", "id": "a", "result": {}}));
-        let r = handle_payload(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#).unwrap();
+        let r = handle_payload(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#,
+        )
+        .unwrap();
         assert_eq!(r["error"]["code"], -32602);
         let r = handle_payload(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":2}}}"#).unwrap();
         assert_eq!(r["result"]["isError"], true);

@@ -27,8 +27,8 @@ use super::transport::{CloseOutcome, Transport, TransportGuard};
 use super::types::{preview, InitializeResult, Tool, ToolResult};
 use super::wire::{encode_frame, write_encoded, McpFraming, WireError, WireReader};
 use super::{
-    Era, LATEST_LEGACY_PROTOCOL_VERSION, LATEST_PROTOCOL_VERSION,
-    LEGACY_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS,
+    Era, LATEST_LEGACY_PROTOCOL_VERSION, LATEST_PROTOCOL_VERSION, LEGACY_PROTOCOL_VERSIONS,
+    MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS,
 };
 
 /// Default deadline of the `server/discover` probe that tells a modern server

@@ -188,7 +188,9 @@ fn add(a: &Value, b: &Value) -> Value {
         _ => {
             let s = a.as_f64().unwrap_or_default() + b.as_f64().unwrap_or_default();
             if !s.is_finite() {
-                let mut r = text_result(format!("Invalid arguments for tool add: {a} + {b} overflows"));
+                let mut r = text_result(format!(
+                    "Invalid arguments for tool add: {a} + {b} overflows"
+                ));
                 r["isError"] = Value::Bool(true);
                 return r;
             }
