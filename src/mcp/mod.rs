@@ -14,6 +14,7 @@
 mod args;
 pub mod cli;
 mod error;
+pub mod schema;
 pub mod server;
 mod session;
 pub mod stdio;
