@@ -449,7 +449,7 @@ impl Session {
                 Ok(result) => {
                     check_result_type(&result).map_err(|e| self.shared.protocol(e))?;
                     let listed = string_list(result.get("supportedVersions"));
-                    if listed.iter().any(|v| *v == version) {
+                    if listed.contains(&version) {
                         let server = InitializeResult::from_discover(result, &version)
                             .map_err(|e| self.shared.protocol(e))?;
                         return Ok((Era::Modern, server));
