@@ -38,8 +38,13 @@ const MIN_READ_TIMEOUT: Duration = Duration::from_millis(1);
 /// goes silent cannot hold `call` past its deadline by a whole read timeout.
 const READ_SLICE: Duration = Duration::from_millis(50);
 
-/// What the guest agent answers to `ping`: enough to split a boot into VMM,
-/// guest and probe time.
+/// The guest agent's own method, answered with [`PingInfo`]: what the boot
+/// probe sends (MCP's `ping` answers `{}`, and the 2026-07-28 revision has no
+/// `ping` at all, so the probe's report needs a method of its own).
+pub const STATUS_METHOD: &str = "ukload/status";
+
+/// What the guest agent answers to [`STATUS_METHOD`]: enough to split a boot
+/// into VMM, guest and probe time.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PingInfo {
     /// Guest agent's pid (1 inside a VM).

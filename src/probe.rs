@@ -1,6 +1,12 @@
-//! Boot readiness: the first successful JSON-RPC `ping` over vsock, or the
-//! first console line matching a pattern. Retries with a short capped backoff
-//! so the resolution is a few milliseconds, until a deadline.
+//! Boot readiness: the first answer to a JSON-RPC `ukload/status` request
+//! ([`jsonrpc::STATUS_METHOD`]) over vsock, or the first console line matching
+//! a pattern. Retries with a short capped backoff so the resolution is a few
+//! milliseconds, until a deadline.
+//!
+//! ukload-guest answers `ukload/status` with its [`PingInfo`]; a guest with
+//! another agent that answers "method not found" (or another refusal a JSON-RPC
+//! or MCP server gives to a method it does not serve, see [`answered_without_status`])
+//! is up too, but reports nothing.
 
 use crate::framing::Framing;
 use crate::jsonrpc::{self, PingInfo};
@@ -18,7 +24,7 @@ pub const BACKOFF_START: Duration = Duration::from_millis(1);
 pub const BACKOFF_MAX: Duration = Duration::from_millis(4);
 /// Deadline of one connect attempt (handshake included).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Deadline of one `ping` exchange once connected.
+/// Deadline of one `ukload/status` exchange once connected.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// A gap this long between two probe attempts means the harness was not
 /// running (stopped by SIGSTOP, or starved): normally it is the backoff.
@@ -37,7 +43,7 @@ pub struct Ready {
     pub at: Instant,
     /// `CLOCK_MONOTONIC` at the same moment.
     pub at_mono_ns: u64,
-    /// The guest's own report (ukload-guest answers `ping` with it).
+    /// The guest's own report (ukload-guest answers `ukload/status` with it).
     pub info: Option<PingInfo>,
     /// The console line that matched (console readiness).
     pub console_line: Option<String>,
@@ -144,14 +150,19 @@ fn probe(
         match vsock::connect(ep, CONNECT_TIMEOUT.min(deadline - now)) {
             Ok(mut stream) => {
                 let ping_deadline = deadline.min(Instant::now() + PING_TIMEOUT);
-                match jsonrpc::call(
+                let reply = jsonrpc::call(
                     &mut stream,
                     framing,
                     1,
-                    "ping",
+                    jsonrpc::STATUS_METHOD,
                     serde_json::json!({}),
                     ping_deadline,
-                ) {
+                );
+                let reply = match reply {
+                    Err(e) if answered_without_status(&e) => Ok(serde_json::Value::Null),
+                    other => other,
+                };
+                match reply {
                     Ok(v) => {
                         let at = Instant::now();
                         let at_mono_ns = crate::clock::monotonic_ns();
@@ -188,6 +199,21 @@ fn probe(
         std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// Whether `e` is a guest's refusal of `ukload/status` that still proves it is
+/// up and speaking JSON-RPC: "method not found" (−32601), invalid params
+/// (−32602: a server that checks params before the method) or MCP's
+/// unsupported protocol version (−32022: a 2026-07-28 server wants `_meta`).
+pub(crate) fn answered_without_status(e: &jsonrpc::CallError) -> bool {
+    const UNSUPPORTED_PROTOCOL_VERSION: i64 = crate::mcp::codes::UNSUPPORTED_PROTOCOL_VERSION;
+    matches!(
+        e,
+        jsonrpc::CallError::Rpc { code, .. }
+            if *code == jsonrpc::METHOD_NOT_FOUND
+                || *code == jsonrpc::INVALID_PARAMS
+                || *code == UNSUPPORTED_PROTOCOL_VERSION
+    )
 }
 
 /// Where an instance's console goes: its log, of which the first `skip`

@@ -3,7 +3,7 @@
 //! Each instance waiting for readiness is a small state machine: reading its
 //! console log for the ready line, waiting out a backoff, connecting to its
 //! hybrid vsock socket (`CONNECT <port>` → `OK`), or waiting for the reply to
-//! its `ping`. A single thread polls all their sockets together, so a guest's
+//! its `ukload/status` request ([`jsonrpc::STATUS_METHOD`]). A single thread polls all their sockets together, so a guest's
 //! reply is read the moment it arrives (no thread per instance to wake up and
 //! schedule), and the number of threads does not grow with the number of
 //! guests. Failed attempts back off from 1 to 4 ms, as in [`crate::probe`],
@@ -40,7 +40,7 @@ const MISSING_SOCKET_TICK: Duration = Duration::from_millis(50);
 const REFUSED_BACKOFF: Duration = Duration::from_micros(200);
 /// Longest wait for a connect when the guest's listen backlog is full.
 const BACKLOG_WAIT: Duration = Duration::from_millis(1);
-/// Request id of the readiness `ping`.
+/// Request id of the readiness `ukload/status` request.
 const PING_ID: u64 = 1;
 
 /// Whether an instance can no longer become ready (e.g. its launcher died).
@@ -642,6 +642,9 @@ impl Item {
                         let info = serde_json::from_value::<PingInfo>(v).ok();
                         return Some(Ok(ready(info, self.console_line.take(), self.attempts)));
                     }
+                    Some(Err(e)) if probe::answered_without_status(&e) => {
+                        return Some(Ok(ready(None, self.console_line.take(), self.attempts)));
+                    }
                     Some(Err(e)) => return self.ping_failed(&ep, e),
                 },
                 Err(FrameError::TimedOut) if now >= until => {
@@ -664,7 +667,11 @@ impl Item {
         ep: &Endpoint,
         now: Instant,
     ) -> Option<Result<Ready, BootFailure>> {
-        let bytes = jsonrpc::to_bytes(&jsonrpc::request(PING_ID, "ping", serde_json::json!({})));
+        let bytes = jsonrpc::to_bytes(&jsonrpc::request(
+            PING_ID,
+            jsonrpc::STATUS_METHOD,
+            serde_json::json!({}),
+        ));
         // A small request into an empty socket buffer goes out at once.
         match crate::framing::write_frame(&mut stream, self.p.framing, &bytes) {
             Ok(()) => {

@@ -536,10 +536,11 @@ pub fn write_human_for(
             match (&i.tool_error, i.tool_ms) {
                 (None, Some(ms)) => writeln!(
                     out,
-                    "[{}] {:.2}ms (session {:.1}ms): {}",
+                    "[{}] {:.2}ms (session {:.1}ms, MCP {}): {}",
                     i.index,
                     ms,
                     i.tool_session_ms.unwrap_or(0.0),
+                    i.tool_protocol.as_deref().unwrap_or("?"),
                     i.tool_result.as_deref().unwrap_or("")
                 )?,
                 (Some(e), _) => writeln!(out, "[{}] FAILED: {e}", i.index)?,

@@ -107,6 +107,8 @@ pub struct Instance {
     pub tool_session_ms: Option<f64>,
     pub tool_result: Option<String>,
     pub tool_error: Option<String>,
+    /// The MCP revision and era the tool call spoke, e.g. `2026-07-28 (modern)`.
+    pub tool_protocol: Option<String>,
     pub rss_kb: Option<u64>,
     pub pss_kb: Option<u64>,
     /// How its launcher ended, when it did.
@@ -370,6 +372,7 @@ pub fn run(
             tool_session_ms: None,
             tool_result: None,
             tool_error: None,
+            tool_protocol: None,
             rss_kb: None,
             pss_kb: None,
             exit_status: None,
@@ -793,6 +796,7 @@ fn tool_phase(
                     Some(ep) => crate::toolcall::execute(ep, cfg.framing, call, stop),
                     None => crate::toolcall::ToolOutcome {
                         session_ms: None,
+                        protocol: None,
                         call_ms: None,
                         text: None,
                         error: Some(
@@ -814,6 +818,7 @@ fn tool_phase(
         inst.tool_session_ms = o.session_ms;
         inst.tool_result = o.text;
         inst.tool_error = o.error;
+        inst.tool_protocol = o.protocol;
         if cfg.progress {
             match (&inst.tool_error, inst.tool_ms) {
                 (None, Some(ms)) => crate::status!("[{i}] tool call in {ms:.2} ms"),

@@ -1,7 +1,9 @@
 //! The tool-call phase of `ukload run --tool-call TOOL[:JSON]`: each booted
 //! instance executes one MCP tool over its vsock connection; the latency of
-//! the `tools/call` exchange itself is measured (connect and `initialize`
-//! are reported apart), and a failed or wrong result is a failure.
+//! the `tools/call` exchange itself is measured (connect and the era
+//! negotiation — `server/discover`, or `initialize` for a legacy server — are
+//! reported apart), and a failed or wrong result is a failure. The revision
+//! and era spoken are reported per instance.
 //!
 //! Every wait honours the run's stop flag (set by SIGINT/SIGTERM): connect,
 //! `initialize`, `tools/list` and `tools/call` give up within
@@ -60,8 +62,10 @@ impl std::str::FromStr for ToolCall {
 /// One instance's tool call.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ToolOutcome {
-    /// Connect + MCP `initialize`, ms.
+    /// Connect + era negotiation (`server/discover` or `initialize`), ms.
     pub session_ms: Option<f64>,
+    /// The MCP revision and era spoken, e.g. `2026-07-28 (modern)`.
+    pub protocol: Option<String>,
     /// The `tools/call` round trip, ms.
     pub call_ms: Option<f64>,
     /// The result's text.
@@ -89,6 +93,7 @@ pub fn execute(
 ) -> ToolOutcome {
     let mut out = ToolOutcome {
         session_ms: None,
+        protocol: None,
         call_ms: None,
         text: None,
         error: None,
@@ -131,7 +136,7 @@ pub fn execute(
         request_timeout: call.timeout,
         ..Default::default()
     };
-    let session = match Session::initialize_interruptible(transport, options, stop) {
+    let session = match Session::connect_interruptible(transport, options, stop) {
         Ok(s) => s,
         Err(e) if e.is_interrupted() => {
             out.error = interrupted("initialize");
@@ -142,6 +147,11 @@ pub fn execute(
             return out;
         }
     };
+    out.protocol = Some(format!(
+        "{} ({})",
+        session.protocol_version(),
+        session.era()
+    ));
     let args = match &call.args {
         Some(a) => a.clone(),
         None => match session.list_tools_interruptible(stop) {

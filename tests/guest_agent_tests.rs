@@ -132,8 +132,16 @@ fn deadline() -> Instant {
 }
 
 fn ping(stream: &mut Stream, framing: Framing) -> PingInfo {
-    let v = jsonrpc::call(stream, framing, 1, "ping", json!({}), deadline()).expect("ping");
-    serde_json::from_value(v).expect("ping result is a PingInfo")
+    let v = jsonrpc::call(
+        stream,
+        framing,
+        1,
+        jsonrpc::STATUS_METHOD,
+        json!({}),
+        deadline(),
+    )
+    .expect("ukload/status");
+    serde_json::from_value(v).expect("ukload/status result is a PingInfo")
 }
 
 fn field<'a>(line: &'a str, key: &str) -> &'a str {
@@ -221,7 +229,14 @@ fn non_json_line_gets_parse_error_and_the_connection_still_answers() {
         }
         other => panic!("expected a parse error reply, got {other:?}"),
     }
-    let v = jsonrpc::call_on(&mut reader, 2, "ping", json!({}), deadline()).unwrap();
+    let v = jsonrpc::call_on(
+        &mut reader,
+        2,
+        jsonrpc::STATUS_METHOD,
+        json!({}),
+        deadline(),
+    )
+    .unwrap();
     assert_eq!(v["cid"], 42);
 }
 
@@ -233,7 +248,7 @@ fn notifications_get_no_reply() {
     let mut reader = FrameReader::new(s, Framing::Line);
     let note = jsonrpc::notification("notifications/initialized", json!({}));
     write_frame(reader.get_mut(), Framing::Line, &jsonrpc::to_bytes(&note)).unwrap();
-    let req = jsonrpc::request(5, "ping", json!({}));
+    let req = jsonrpc::request(5, jsonrpc::STATUS_METHOD, json!({}));
     write_frame(reader.get_mut(), Framing::Line, &jsonrpc::to_bytes(&req)).unwrap();
     // The first reply must be the ping's: nothing was sent for the notification.
     let reply = jsonrpc::parse(&reader.read_frame().unwrap()).unwrap();
@@ -391,9 +406,9 @@ fn handler_hook_answers_its_methods_in_process_and_shutdown_returns() {
         })
     ));
     assert_eq!(
-        call(&mut s, 5, "ping").unwrap()["cid"],
+        call(&mut s, 5, jsonrpc::STATUS_METHOD).unwrap()["cid"],
         9,
-        "ping stays the agent's"
+        "ukload/status stays the agent's"
     );
     assert_eq!(call(&mut s, 6, "shutdown").unwrap(), json!({}));
     agent

@@ -196,8 +196,15 @@ fn ping(sock: &Path, deadline: Instant) -> PingInfo {
         assert!(!left.is_zero(), "agent not reachable before the deadline");
         match vsock::connect(&ep, left) {
             Ok(mut s) => {
-                let v = jsonrpc::call(&mut s, Framing::Line, 1, "ping", json!({}), deadline)
-                    .expect("ping");
+                let v = jsonrpc::call(
+                    &mut s,
+                    Framing::Line,
+                    1,
+                    jsonrpc::STATUS_METHOD,
+                    json!({}),
+                    deadline,
+                )
+                .expect("ukload/status");
                 return serde_json::from_value(v).expect("a PingInfo");
             }
             Err(e) if e.is_retryable() => std::thread::sleep(POLL),

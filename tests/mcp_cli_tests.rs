@@ -117,9 +117,13 @@ fn tool_failure_exits_1_and_rpc_error_exits_3() {
     assert_eq!(stdout(&o), "");
     assert_eq!(stderr(&o), "error -32602: Unknown tool: no_such_tool\n");
 
+    // SEP-1303: a missing argument is a tool execution error naming it.
     let o = mcp(&["call", "add", "--arg", "a=1", "--stdio", &stdio]);
-    assert_eq!(code(&o), 3);
-    assert!(stderr(&o).starts_with("error -32602: "), "{}", stderr(&o));
+    assert_eq!(code(&o), 1, "stderr: {}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "Invalid arguments for tool add: missing required argument 'b'\n"
+    );
 }
 
 #[test]

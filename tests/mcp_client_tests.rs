@@ -211,7 +211,7 @@ fn unsupported_protocol_version_is_refused_by_name_and_the_server_reaped() {
         panic!("got: {err}")
     };
     assert_eq!(got, "1999-01-01");
-    assert_eq!(offered, mcp::LATEST_PROTOCOL_VERSION);
+    assert_eq!(offered, mcp::LATEST_LEGACY_PROTOCOL_VERSION);
     assert!(err.to_string().contains("\"1999-01-01\""), "{err}");
     assert_gone(pid);
 }

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use ukload::jsonrpc::PingInfo;
 use ukload::mcp::{
-    Content, McpError, McpFraming, Session, SessionOptions, Transport, LATEST_PROTOCOL_VERSION,
+    Content, McpError, McpFraming, Session, SessionOptions, Transport,
+    LATEST_LEGACY_PROTOCOL_VERSION,
 };
 use ukload::vsock::{self, Endpoint};
 
@@ -81,7 +82,7 @@ fn rpc_error(e: McpError) -> (i64, String) {
 fn test_echo_tool_execution() {
     require_node!();
     let session = start_server(&[]);
-    assert_eq!(session.protocol_version(), LATEST_PROTOCOL_VERSION);
+    assert_eq!(session.protocol_version(), LATEST_LEGACY_PROTOCOL_VERSION);
     assert_eq!(session.server().server_name, "ukload-echo-server");
 
     let result = session
@@ -158,44 +159,36 @@ fn test_error_handling() {
     close_and_assert_reaped(session);
 }
 
+/// The text of a tool result that must be a tool execution error.
+fn tool_error_text(session: &Session, tool: &str, args: Value) -> String {
+    let r = session
+        .call_tool(tool, args.clone(), CALL_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{tool} {args}: {e}"));
+    assert!(r.is_error, "{tool} {args}: not an error: {:?}", r.raw);
+    r.text()
+}
+
 #[test]
-fn test_invalid_parameters() {
+fn test_invalid_parameters_are_tool_execution_errors() {
     require_node!();
     let session = start_server(&[]);
-    let (code, message) = rpc_error(
-        session
-            .call_tool("add", json!({"a": 2}), CALL_TIMEOUT)
-            .unwrap_err(),
-    );
-    assert_eq!(code, -32602);
+    // SEP-1303 (2025-11-25): arguments that fail the input schema are a tool
+    // result with isError true naming the argument, not JSON-RPC -32602.
     assert_eq!(
-        message,
+        tool_error_text(&session, "add", json!({"a": 2})),
         "Invalid arguments for tool add: missing required argument 'b'"
     );
-
-    let (code, message) = rpc_error(
-        session
-            .call_tool("add", json!({"a": "2", "b": 3}), CALL_TIMEOUT)
-            .unwrap_err(),
-    );
-    assert_eq!(code, -32602);
     assert_eq!(
-        message,
+        tool_error_text(&session, "add", json!({"a": "2", "b": 3})),
         "Invalid arguments for tool add: argument 'a' must be a number, got string"
     );
-
-    let (code, message) = rpc_error(
-        session
-            .call_tool("echo", json!({}), CALL_TIMEOUT)
-            .unwrap_err(),
-    );
-    assert_eq!(code, -32602);
-    assert!(message.contains("'message'"), "{message}");
-
+    assert!(tool_error_text(&session, "echo", json!({})).contains("'message'"));
+    assert!(tool_error_text(&session, "echo", json!({"message": 1})).contains("'message'"));
+    // Arguments that are not an object are malformed params: still -32602.
     let err = session
-        .call_tool("echo", json!({"message": 1}), CALL_TIMEOUT)
+        .call_tool("echo", json!(["x"]), CALL_TIMEOUT)
         .unwrap_err();
-    assert_eq!(err.rpc_code(), Some(-32602));
+    assert_eq!(err.rpc_code(), Some(-32602), "{err}");
     close_and_assert_reaped(session);
 }
 
@@ -373,7 +366,7 @@ fn test_protocol_version_negotiation() {
         ..SessionOptions::default()
     };
     let session = start_with(&[], options);
-    assert_eq!(session.protocol_version(), LATEST_PROTOCOL_VERSION);
+    assert_eq!(session.protocol_version(), LATEST_LEGACY_PROTOCOL_VERSION);
     close_and_assert_reaped(session);
 }
 
@@ -506,10 +499,12 @@ impl Drop for BridgedGuest {
     }
 }
 
-fn ping_info(session: &Session) -> PingInfo {
-    let raw = session.request("ping", None, CALL_TIMEOUT).expect("ping");
+fn status_info(session: &Session) -> PingInfo {
+    let raw = session
+        .request(ukload::jsonrpc::STATUS_METHOD, None, CALL_TIMEOUT)
+        .expect("ukload/status");
     serde_json::from_value(raw.clone())
-        .unwrap_or_else(|e| panic!("ping result {raw} is not PingInfo: {e}"))
+        .unwrap_or_else(|e| panic!("ukload/status result {raw} is not PingInfo: {e}"))
 }
 
 #[test]
@@ -518,30 +513,30 @@ fn test_full_unikernel_mcp_integration() {
     let marker = unique_marker("full");
     let mut guest = BridgedGuest::start(&marker);
 
-    // A probe-style connection that only pings is answered by the agent and
-    // starts no server.
+    // A probe-style connection that only asks for the status is answered by
+    // the agent and starts no server.
     let probe = {
         let mut stream = guest.connect();
         ukload::jsonrpc::call(
             &mut stream,
             ukload::framing::Framing::Line,
             1,
-            "ping",
+            ukload::jsonrpc::STATUS_METHOD,
             json!({}),
             Instant::now() + CALL_TIMEOUT,
         )
-        .expect("probe ping")
+        .expect("probe status")
     };
-    let probe: PingInfo = serde_json::from_value(probe).expect("probe ping is PingInfo");
+    let probe: PingInfo = serde_json::from_value(probe).expect("probe status is PingInfo");
     assert_eq!(probe.pid, guest.pid());
     assert!(
         guest.servers().is_empty(),
-        "a ping-only connection started a server"
+        "a status-only connection started a server"
     );
 
     let session = guest.session();
     assert_eq!(session.server().server_name, "ukload-echo-server");
-    assert_eq!(session.protocol_version(), LATEST_PROTOCOL_VERSION);
+    assert_eq!(session.protocol_version(), LATEST_LEGACY_PROTOCOL_VERSION);
 
     // The connection got its own echo_server.js, a child of the guest.
     let servers = guest.wait_servers(1);
@@ -578,8 +573,14 @@ fn test_full_unikernel_mcp_integration() {
         .unwrap_err();
     assert_eq!(err.rpc_code(), Some(-32602), "{err}");
 
-    // ping on the bridged connection is the agent's, not the server's `{}`.
-    let info = ping_info(&session);
+    // MCP ping goes to the server ({}) in the legacy era; ukload/status is the agent's.
+    if session.era() == ukload::mcp::Era::Legacy {
+        assert_eq!(
+            session.request("ping", None, CALL_TIMEOUT).unwrap(),
+            json!({})
+        );
+    }
+    let info = status_info(&session);
     assert_eq!(info.pid, guest.pid());
     assert_eq!(info.port, ukload::DEFAULT_PORT);
     assert!(info.agent.starts_with("ukload-guest"), "{info:?}");
@@ -700,7 +701,7 @@ fn test_bridge_relays_length_framing_and_answers_ping_before_any_server() {
         .call_tool("echo", json!({"message": "framed"}), CALL_TIMEOUT)
         .unwrap();
     assert_eq!(echo.text(), "Echo: framed");
-    assert_eq!(ping_info(&session).pid, child.id());
+    assert_eq!(status_info(&session).pid, child.id());
     session.close().unwrap();
     // `shutdown` on a new connection stops the agent; it exits 0 and leaves nothing.
     let mut stream = guest.connect();
@@ -816,7 +817,7 @@ mod ignored {
         test_echo_tool_execution,
         test_add_tool_execution,
         test_error_handling,
-        test_invalid_parameters,
+        test_invalid_parameters_are_tool_execution_errors,
         test_unknown_tool,
         test_concurrent_tool_executions,
         test_tool_execution_timeout,

@@ -8,7 +8,8 @@
 //! process would and reaps orphans; `--init` forces the init role.
 //! It executes MCP tools itself (the built-in tools), or with
 //! `--mcp-server 'CMD ARGS'` relays each connection to a fresh stdio MCP
-//! server child (`guest::bridge`); `ping` is always the agent's.
+//! server child (`guest::bridge`); `ukload/status` (the boot probe's report)
+//! is always the agent's, MCP `ping` the MCP server's.
 //! Exit codes: 0 after a `shutdown` request, 1 when serving fails, 64
 //! (EX_USAGE) for bad arguments (and `--init` outside pid 1), 128+N after
 //! signal N as a namespace's pid 1 (elsewhere the signal itself ends it).
@@ -23,7 +24,8 @@ use std::time::Duration;
 use argh::FromArgs;
 use ukload::framing::Framing;
 use ukload::guest::bridge::BridgeMode;
-use ukload::guest::{self, pid1, AgentConfig, ConnectionMode, ListenAddr, RpcMode};
+use ukload::guest::{self, pid1, AgentConfig, ConnectionMode, ListenAddr};
+use ukload::mcp::server::EraSupport;
 
 /// Exit status for bad command-line input (sysexits.h EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -31,7 +33,7 @@ const EXIT_USAGE: u8 = 64;
 const EXIT_FAILURE: u8 = 1;
 
 #[derive(FromArgs)]
-/// ukload guest agent: answers `ping` with its boot timestamps over vsock or
+/// ukload guest agent: answers `ukload/status` with its boot timestamps over vsock or
 /// a hybrid-vsock Unix socket, and exits 0 on `shutdown`.
 struct Args {
     /// where to listen: vsock:PORT, vsock (port from --port) or uds:PATH
@@ -51,7 +53,7 @@ struct Args {
     #[argh(option, default = "0")]
     boot_delay_ms: u64,
 
-    /// CID to report in ping replies (default: $UKLOAD_CID, else /dev/vsock's)
+    /// CID to report in ukload/status replies (default: $UKLOAD_CID, else /dev/vsock's)
     #[argh(option)]
     cid: Option<u32>,
 
@@ -61,9 +63,14 @@ struct Args {
 
     /// relay each connection to a fresh stdio MCP server started with this
     /// command ('CMD ARGS', split like a shell, without a shell) instead of
-    /// answering with the built-in tools; ping stays the agent's
+    /// answering with the built-in tools; ukload/status stays the agent's
     #[argh(option)]
     mcp_server: Option<String>,
+
+    /// MCP eras the built-in tools serve: dual (default: 2026-07-28 per
+    /// request beside 2024-11-05 … 2025-11-25 after initialize), modern or legacy
+    #[argh(option, default = "EraSupport::Dual")]
+    mcp_era: EraSupport,
 
     /// act as the microVM's init (mount /proc, /sys, /dev, load the vsock
     /// drivers, serve on vsock, power off at the end) even when the root is
@@ -74,8 +81,8 @@ struct Args {
 }
 
 /// The built-in tools, answered by the agent itself.
-fn builtin_mode() -> Arc<dyn ConnectionMode> {
-    Arc::new(RpcMode::new(Arc::new(guest::tools::BuiltinTools)))
+fn builtin_mode(support: EraSupport) -> Arc<dyn ConnectionMode> {
+    Arc::new(guest::tools::McpMode::new(support))
 }
 
 fn main() -> ExitCode {
@@ -146,7 +153,7 @@ fn run_as_pid1() -> ! {
         listen: ListenAddr::Vsock { port: p.port },
         ..AgentConfig::default()
     };
-    if let Err(e) = guest::run_agent_mode(cfg, builtin_mode()) {
+    if let Err(e) = guest::run_agent_mode(cfg, builtin_mode(EraSupport::Dual)) {
         ukload::status!("ukload-guest: {e}");
     }
     pid1::poweroff();
@@ -177,7 +184,7 @@ fn parse_args() -> Result<(AgentConfig, Arc<dyn ConnectionMode>), ExitCode> {
     let listen =
         guest::parse_listen(&args.listen, args.port).map_err(|e| usage_error(&e.to_string()))?;
     let mode: Arc<dyn ConnectionMode> = match &args.mcp_server {
-        None => builtin_mode(),
+        None => builtin_mode(args.mcp_era),
         Some(cmd) => {
             let argv = ukload::mcp::split_command(cmd)
                 .map_err(|e| usage_error(&format!("--mcp-server {cmd:?}: {e}")))?;

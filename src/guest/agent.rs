@@ -4,7 +4,7 @@
 //! What happens on a connection is pluggable ([`ConnectionMode`]): the default
 //! ([`RpcMode`]) answers JSON-RPC itself with a [`Handler`]; the MCP bridge
 //! (`super::bridge`) relays to a stdio MCP server child. Either way the agent's
-//! own methods (`ping`, `shutdown`) are answered by the agent
+//! own methods (`ukload/status`, `shutdown`) are answered by the agent
 //! ([`AgentConn::agent_request`]), so the host's boot probe works in every mode.
 //!
 //! Deadlines: accepting polls every [`ACCEPT_POLL_INTERVAL`] so that a
@@ -58,20 +58,23 @@ pub fn mark_process_start() {
     let _ = PROCESS_START_MONO_NS.set(clock::monotonic_ns());
 }
 
-/// Handles methods the agent itself does not know (`ping` and `shutdown`
+/// Handles methods the agent itself does not know (`ukload/status` and `shutdown`
 /// are the agent's). Return `None` for "not mine": the agent answers
 /// -32601. For notifications the return value is ignored.
 pub trait Handler: Send + Sync {
     fn handle(&self, method: &str, params: Option<Value>) -> Option<Result<Value, (i64, String)>>;
 }
 
-/// Knows no methods: everything is "method not found".
+/// Knows only `ping` (`{}`): everything else is "method not found".
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DefaultHandler;
 
 impl Handler for DefaultHandler {
     fn handle(&self, method: &str, _params: Option<Value>) -> Option<Result<Value, (i64, String)>> {
-        Some(Err(method_not_found(method)))
+        Some(match method {
+            "ping" => Ok(serde_json::json!({})),
+            _ => Err(method_not_found(method)),
+        })
     }
 }
 
@@ -165,19 +168,21 @@ impl AgentConn<'_> {
         self.shared.stop.load(Ordering::SeqCst)
     }
 
-    /// The `ping` result: the agent's timestamps, `now_mono_ns` set to now.
+    /// The [`jsonrpc::STATUS_METHOD`] result: the agent's timestamps,
+    /// `now_mono_ns` set to now.
     pub fn ping_info(&self) -> PingInfo {
         let mut info = self.shared.info.clone();
         info.now_mono_ns = clock::monotonic_ns();
         info
     }
 
-    /// The agent's own answer to request `method` with `id`: `ping` (the
-    /// [`PingInfo`]) and `shutdown` (`{}`, and the agent stops). `None` for any
-    /// other method.
+    /// The agent's own answer to request `method` with `id`:
+    /// [`jsonrpc::STATUS_METHOD`] (the [`PingInfo`]: the boot probe's
+    /// report) and `shutdown` (`{}`, and the agent stops). `None` for any
+    /// other method (MCP's `ping` is the MCP server's: `{}`).
     pub fn agent_request(&self, id: &Value, method: &str) -> Option<AgentReply> {
         match method {
-            "ping" => {
+            jsonrpc::STATUS_METHOD => {
                 let result = serde_json::to_value(self.ping_info()).expect("PingInfo serializes");
                 Some(AgentReply {
                     response: jsonrpc::response(id.clone(), result),

@@ -2,14 +2,14 @@
 //! fresh stdio MCP server child started for it.
 //!
 //! Host -> child: frames in the connection's framing are read on the
-//! connection's thread; requests for the agent's own methods (`ping`, so the
+//! connection's thread; requests for the agent's own methods (`ukload/status`, so the
 //! boot probe keeps working, and `shutdown`) are answered by the agent, every
 //! other message is written to the child's stdin as one line. Child -> host: a
 //! relay thread reads the child's stdout line by line and writes each message
 //! to the connection in its framing.
 //!
 //! The child is started on the first message that is not the agent's, so a
-//! connection that only pings (the boot probe) costs no process. It runs in its
+//! connection that only asks for the status (the boot probe) costs no process. It runs in its
 //! own process group, dies with the connection's thread (`PR_SET_PDEATHSIG`)
 //! and so with the agent, and is ended and reaped when the connection closes
 //! (stdin closed, SIGTERM, SIGKILL to the group; see

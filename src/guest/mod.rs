@@ -1,5 +1,6 @@
 //! The guest agent (what `ukload-guest` runs): listens on vsock or on a hybrid
-//! Unix socket, answers `ping` with its timestamps, later MCP tools.
+//! Unix socket, answers `ukload/status` with its timestamps, and MCP
+//! (the built-in tools, or a bridged stdio server).
 //!
 //! - `config`: [`AgentConfig`] and [`ListenAddr`] (what to listen on, how).
 //! - `agent`: [`run_agent`], the accept loop and the per-connection server

@@ -15,7 +15,8 @@
 //! Exit codes: [`EXIT_OK`] 0, [`EXIT_TOOL_ERROR`] 1 (the tool ran and returned
 //! `isError: true`; its text is printed on stdout), [`EXIT_RPC_ERROR`] 3 (the
 //! server answered with a JSON-RPC error; `error <code>: <message>` on stderr),
-//! [`EXIT_TRANSPORT`] 4 (transport, protocol or timeout failure), [`EXIT_USAGE`]
+//! [`EXIT_TRANSPORT`] 4 (transport, protocol or timeout failure),
+//! [`EXIT_NOT_OFFERED`] 5 (the server declared no `tools` capability), [`EXIT_USAGE`]
 //! 64 (bad command line; one line naming the flag), [`EXIT_IOERR`] 74 (the
 //! result could not be written to stdout; said on stderr).
 
@@ -30,7 +31,7 @@ use serde_json::{json, Map, Value};
 
 use super::args::{coerce_args, parse_arg_pair, split_command};
 use super::error::McpError;
-use super::session::{Session, SessionOptions};
+use super::session::{ProtocolChoice, Session, SessionOptions};
 use super::stdio::SpawnOptions;
 use super::transport::Transport;
 use super::types::{Tool, ToolResult};
@@ -46,6 +47,8 @@ pub const EXIT_TOOL_ERROR: i32 = 1;
 pub const EXIT_RPC_ERROR: i32 = 3;
 /// Transport, protocol or timeout failure: we do not know what the server did.
 pub const EXIT_TRANSPORT: i32 = 4;
+/// The server declared no `tools` capability: nothing was asked of it.
+pub const EXIT_NOT_OFFERED: i32 = 5;
 /// Bad command line (sysexits.h EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
 /// The output could not be written to stdout (sysexits.h EX_IOERR).
@@ -82,6 +85,7 @@ pub const STDIO_MARKER_PREFIX: &str = "mcp-";
         "the server answered with a JSON-RPC error (`error <code>: <message>` on stderr)"
     ),
     error_code(4, "transport, protocol or timeout failure"),
+    error_code(5, "the server offers no tools (no tools capability)"),
     error_code(64, "bad usage"),
     error_code(74, "the output could not be written to stdout")
 )]
@@ -106,6 +110,7 @@ pub enum McpCmd {
     error_code(0, "success"),
     error_code(3, "the server answered tools/list with a JSON-RPC error"),
     error_code(4, "transport, protocol or timeout failure"),
+    error_code(5, "the server offers no tools (no tools capability)"),
     error_code(64, "bad usage"),
     error_code(74, "the output could not be written to stdout")
 )]
@@ -123,6 +128,10 @@ pub struct ToolsArgs {
     #[argh(option)]
     /// framing: line (default, MCP's) or length (4-byte little-endian prefix)
     pub framing: Option<String>,
+    #[argh(option)]
+    /// MCP era: auto (default: probe with server/discover, fall back to
+    /// initialize), modern, legacy, or a revision such as 2025-06-18
+    pub protocol: Option<String>,
     #[argh(option)]
     /// deadline of each request in ms (default 10000)
     pub timeout_ms: Option<String>,
@@ -175,6 +184,10 @@ pub struct CallArgs {
     /// framing: line (default, MCP's) or length (4-byte little-endian prefix)
     pub framing: Option<String>,
     #[argh(option)]
+    /// MCP era: auto (default: probe with server/discover, fall back to
+    /// initialize), modern, legacy, or a revision such as 2025-06-18
+    pub protocol: Option<String>,
+    #[argh(option)]
     /// deadline of the call in ms (default 10000)
     pub timeout_ms: Option<String>,
     #[argh(option)]
@@ -226,6 +239,10 @@ pub struct BenchArgs {
     /// framing: line (default, MCP's) or length (4-byte little-endian prefix)
     pub framing: Option<String>,
     #[argh(option)]
+    /// MCP era: auto (default: probe with server/discover, fall back to
+    /// initialize), modern, legacy, or a revision such as 2025-06-18
+    pub protocol: Option<String>,
+    #[argh(option)]
     /// deadline of each call in ms (default 10000)
     pub timeout_ms: Option<String>,
     #[argh(option)]
@@ -246,12 +263,13 @@ pub enum Target {
     Vsock(Endpoint),
 }
 
-/// A validated transport: where, how framed, and the per-call deadline.
+/// A validated transport: where, how framed, the per-call deadline and the era.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
     pub target: Target,
     pub framing: McpFraming,
     pub timeout: Duration,
+    pub protocol: ProtocolChoice,
 }
 
 /// The transport flags every subcommand shares.
@@ -261,6 +279,7 @@ struct TransportFlags<'a> {
     uds: &'a Option<String>,
     framing: &'a Option<String>,
     timeout_ms: &'a Option<String>,
+    protocol: &'a Option<String>,
 }
 
 /// Output format.
@@ -315,6 +334,10 @@ fn report_mcp_error(e: &McpError) -> i32 {
             crate::status!("error {code}: {message}");
             EXIT_RPC_ERROR
         }
+        e @ McpError::NotOffered { .. } => {
+            crate::status!("ukload mcp: {e}");
+            EXIT_NOT_OFFERED
+        }
         other => {
             crate::status!("ukload mcp: {other}");
             EXIT_TRANSPORT
@@ -364,10 +387,17 @@ fn connection(f: TransportFlags<'_>) -> Result<Connection, Usage> {
         None => DEFAULT_TIMEOUT_MS,
         Some(s) => parse_count(s, "--timeout-ms", 1, MAX_TIMEOUT_MS as usize)? as u64,
     };
+    let protocol = match f.protocol {
+        None => ProtocolChoice::Auto,
+        Some(p) => p
+            .parse::<ProtocolChoice>()
+            .map_err(|e| Usage(format!("--protocol {e}")))?,
+    };
     Ok(Connection {
         target,
         framing,
         timeout: Duration::from_millis(timeout_ms),
+        protocol,
     })
 }
 
@@ -529,9 +559,10 @@ pub fn connect(conn: &Connection) -> Result<Session, McpError> {
         // deadline must not make the handshake fail.
         init_timeout: conn.timeout.max(defaults.init_timeout),
         request_timeout: conn.timeout,
+        protocol: conn.protocol.clone(),
         ..defaults
     };
-    Session::initialize(transport, options)
+    Session::connect(transport, options)
 }
 
 /// Closes the session; a failure to end the server is reported (exit 4) unless
@@ -575,9 +606,12 @@ fn cmd_tools(a: ToolsArgs) -> Result<i32, Failure> {
         uds: &a.uds,
         framing: &a.framing,
         timeout_ms: &a.timeout_ms,
+        protocol: &a.protocol,
     })?;
     let format = parse_format(&a.format, "human")?;
     let session = connect(&conn)?;
+    // On stderr, so that stdout stays one line per tool (or pure JSON).
+    crate::status!("{}", describe_session(&session));
     let tools = match session.list_tools() {
         Ok(t) => t,
         Err(e) => {
@@ -597,6 +631,23 @@ fn cmd_tools(a: ToolsArgs) -> Result<i32, Failure> {
     };
     let written = print_out(&text);
     Ok(printed(written, finish(session, EXIT_OK)))
+}
+
+/// `server NAME VERSION at PEER speaks MCP VERSION (ERA)`.
+pub fn describe_session(session: &Session) -> String {
+    let server = session.server();
+    let name = if server.server_name.is_empty() {
+        "server".to_string()
+    } else {
+        format!("server {} {}", server.server_name, server.server_version)
+    };
+    format!(
+        "{} at {} speaks MCP {} ({})",
+        name.trim_end(),
+        session.peer(),
+        session.protocol_version(),
+        session.era()
+    )
 }
 
 /// One line: `name(arg: type, [optional: type])  description`.
@@ -640,6 +691,7 @@ fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
         uds: &a.uds,
         framing: &a.framing,
         timeout_ms: &a.timeout_ms,
+        protocol: &a.protocol,
     })?;
     let format = parse_format(&a.format, "text")?;
     let spec = arg_spec(&a.arg, &a.args)?;
@@ -747,6 +799,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         uds: &a.uds,
         framing: &a.framing,
         timeout_ms: &a.timeout_ms,
+        protocol: &a.protocol,
     })?;
     let format = parse_format(&a.format, "human")?;
     let calls = match &a.calls {
@@ -998,6 +1051,7 @@ mod tests {
             uds,
             framing: none,
             timeout_ms: none,
+            protocol: none,
         }
     }
 
@@ -1065,6 +1119,7 @@ mod tests {
             uds: &n,
             framing: &bad,
             timeout_ms: &n,
+            protocol: &n,
         };
         assert!(connection(f).unwrap_err().0.starts_with("--framing"));
         let zero = Some("0".to_string());
@@ -1074,6 +1129,7 @@ mod tests {
             uds: &n,
             framing: &n,
             timeout_ms: &zero,
+            protocol: &n,
         };
         assert!(connection(f).unwrap_err().0.starts_with("--timeout-ms"));
         assert!(parse_count("0", "--calls", 1, 5)

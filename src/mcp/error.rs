@@ -23,6 +23,9 @@ pub mod codes {
     pub const INVALID_PARAMS: i64 = -32602;
     /// The server failed internally.
     pub const INTERNAL_ERROR: i64 = -32603;
+    /// Modern revisions: the request's protocol version is not one the server
+    /// supports; `data: {requested, supported}`.
+    pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 }
 
 /// Why an MCP operation failed.
@@ -62,6 +65,19 @@ pub enum McpError {
         offered: String,
         got: String,
         supported: &'static [&'static str],
+    },
+    /// Modern negotiation found no revision both sides speak.
+    NoCommonVersion {
+        /// What the server listed.
+        server_supports: Vec<String>,
+        /// What this client would have accepted.
+        supported: &'static [&'static str],
+    },
+    /// The server did not declare the capability the operation needs (e.g.
+    /// `tools`): nothing was sent.
+    NotOffered {
+        peer: String,
+        capability: &'static str,
     },
     /// A local I/O failure (spawning the server, a socket call) with its context.
     Io {
@@ -139,6 +155,23 @@ impl fmt::Display for McpError {
                 "server chose MCP protocol revision {got:?} (we offered {offered:?}); \
                  this client speaks {}",
                 supported.join(", ")
+            ),
+            McpError::NoCommonVersion {
+                server_supports,
+                supported,
+            } => write!(
+                f,
+                "no MCP protocol revision in common: the server supports {}; this client speaks {}",
+                if server_supports.is_empty() {
+                    "(none listed)".to_string()
+                } else {
+                    server_supports.join(", ")
+                },
+                supported.join(", ")
+            ),
+            McpError::NotOffered { peer, capability } => write!(
+                f,
+                "{peer} offers no {capability} (it did not declare the {capability:?} capability)"
             ),
             McpError::Io { context, source } => write!(f, "{context}: {source}"),
         }

@@ -14,6 +14,7 @@
 mod args;
 pub mod cli;
 mod error;
+pub mod schema;
 pub mod server;
 mod session;
 pub mod stdio;
@@ -24,14 +25,80 @@ mod wire;
 
 pub use args::{coerce_args, parse_arg_pair, split_command};
 pub use error::{codes, McpError};
-pub use session::{Session, SessionOptions, SessionStats};
+pub use session::{
+    ProtocolChoice, Session, SessionOptions, SessionStats, DEFAULT_DISCOVER_TIMEOUT,
+};
 pub use stdio::{spawn_stdio_child, spawn_stdio_child_with, SpawnOptions, StderrTail, StdioChild};
 pub use transport::{CloseOutcome, Transport, TransportGuard};
 pub use types::{Content, InitializeResult, Tool, ToolResult};
 pub use wire::{McpFraming, MAX_FRAME_LEN};
 
-/// The MCP revisions this crate speaks, oldest first.
-pub const SUPPORTED_PROTOCOL_VERSIONS: [&str; 4] =
+/// The *legacy* MCP revisions this crate speaks (a session set up by
+/// `initialize`), oldest first.
+pub const LEGACY_PROTOCOL_VERSIONS: [&str; 4] =
     ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
-/// The revision offered in `initialize` by default.
-pub const LATEST_PROTOCOL_VERSION: &str = "2025-11-25";
+/// The *modern* MCP revisions this crate speaks (stateless: version,
+/// capabilities and identity in every request's `_meta`; `server/discover`).
+pub const MODERN_PROTOCOL_VERSIONS: [&str; 1] = ["2026-07-28"];
+/// Every MCP revision this crate speaks, oldest first.
+pub const SUPPORTED_PROTOCOL_VERSIONS: [&str; 5] = [
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    "2026-07-28",
+];
+/// The newest revision (modern).
+pub const LATEST_PROTOCOL_VERSION: &str = "2026-07-28";
+/// The newest legacy revision: what `initialize` offers by default.
+pub const LATEST_LEGACY_PROTOCOL_VERSION: &str = "2025-11-25";
+/// The only legacy revision in which JSON-RPC batches MUST be accepted.
+pub const BATCH_PROTOCOL_VERSION: &str = "2025-03-26";
+
+/// `_meta` keys of the modern revision.
+pub mod meta {
+    /// The request's protocol revision (required on modern requests).
+    pub const PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+    /// The client's capabilities for this request (required on modern requests).
+    pub const CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+    /// The client's name and version.
+    pub const CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+    /// The server's name and version, on a result.
+    pub const SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+}
+
+/// The two families of MCP revisions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Era {
+    /// 2026-07-28 and later: no handshake, `_meta` on every request.
+    Modern,
+    /// 2024-11-05 … 2025-11-25: `initialize`, then a session.
+    Legacy,
+}
+
+impl Era {
+    /// The era of revision `version`, if this crate speaks it.
+    pub fn of(version: &str) -> Option<Era> {
+        if MODERN_PROTOCOL_VERSIONS.contains(&version) {
+            Some(Era::Modern)
+        } else if LEGACY_PROTOCOL_VERSIONS.contains(&version) {
+            Some(Era::Legacy)
+        } else {
+            None
+        }
+    }
+
+    /// `"modern"` or `"legacy"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Era::Modern => "modern",
+            Era::Legacy => "legacy",
+        }
+    }
+}
+
+impl std::fmt::Display for Era {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -22,10 +22,55 @@ use crossbeam_channel::{
 use serde_json::{json, Map, Value};
 
 use super::error::{codes, McpError};
+use super::server::modern_request_meta;
 use super::transport::{CloseOutcome, Transport, TransportGuard};
 use super::types::{preview, InitializeResult, Tool, ToolResult};
 use super::wire::{encode_frame, write_encoded, McpFraming, WireError, WireReader};
-use super::{LATEST_PROTOCOL_VERSION, SUPPORTED_PROTOCOL_VERSIONS};
+use super::{
+    Era, LATEST_LEGACY_PROTOCOL_VERSION, LATEST_PROTOCOL_VERSION, LEGACY_PROTOCOL_VERSIONS,
+    MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS,
+};
+
+/// Default deadline of the `server/discover` probe that tells a modern server
+/// from a legacy one ([`Session::connect`]): long enough for a server that is
+/// still starting (a cold `node` answers in well under a second), short enough
+/// that a legacy server that ignores the probe delays the fallback to
+/// `initialize` by no more than this.
+pub const DEFAULT_DISCOVER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Which MCP era and revision a client session should speak.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProtocolChoice {
+    /// Probe with `server/discover`; stay modern if the server is, else fall
+    /// back to `initialize` (the default).
+    Auto,
+    /// The newest modern revision only (no fallback).
+    Modern,
+    /// The legacy `initialize` handshake only (offering
+    /// [`SessionOptions::protocol_version`]).
+    Legacy,
+    /// Exactly this revision (its era decides how it is spoken).
+    Version(String),
+}
+
+impl std::str::FromStr for ProtocolChoice {
+    type Err = String;
+    /// `auto`, `modern`, `legacy` or a revision such as `2025-06-18`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(ProtocolChoice::Auto),
+            "modern" => Ok(ProtocolChoice::Modern),
+            "legacy" => Ok(ProtocolChoice::Legacy),
+            v if SUPPORTED_PROTOCOL_VERSIONS.contains(&v) => {
+                Ok(ProtocolChoice::Version(v.to_string()))
+            }
+            other => Err(format!(
+                "{other:?}: expected auto, modern, legacy or one of {}",
+                SUPPORTED_PROTOCOL_VERSIONS.join(", ")
+            )),
+        }
+    }
+}
 
 /// Frames queued for the writer thread before callers wait (with their deadline).
 const WRITE_QUEUE_DEPTH: usize = 256;
@@ -60,8 +105,15 @@ fn wake_at(deadline: Instant, stop: Stop<'_>) -> Instant {
 /// Settings of a session; `Default` gives the documented defaults.
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
-    /// Revision offered in `initialize` (default [`LATEST_PROTOCOL_VERSION`]).
+    /// What [`Session::connect`] speaks (default [`ProtocolChoice::Auto`]).
+    pub protocol: ProtocolChoice,
+    /// Revision offered in `initialize` (default
+    /// [`LATEST_LEGACY_PROTOCOL_VERSION`]); [`ProtocolChoice::Version`] of a
+    /// legacy revision overrides it.
     pub protocol_version: String,
+    /// Deadline of the `server/discover` probe of [`ProtocolChoice::Auto`]
+    /// (default [`DEFAULT_DISCOVER_TIMEOUT`]).
+    pub discover_timeout: Duration,
     /// `clientInfo.name` (default `ukload`).
     pub client_name: String,
     /// `clientInfo.version` (default the crate version).
@@ -78,7 +130,9 @@ pub struct SessionOptions {
 impl Default for SessionOptions {
     fn default() -> Self {
         SessionOptions {
-            protocol_version: LATEST_PROTOCOL_VERSION.to_string(),
+            protocol: ProtocolChoice::Auto,
+            protocol_version: LATEST_LEGACY_PROTOCOL_VERSION.to_string(),
+            discover_timeout: DEFAULT_DISCOVER_TIMEOUT,
             client_name: "ukload".to_string(),
             client_version: env!("CARGO_PKG_VERSION").to_string(),
             init_timeout: Duration::from_secs(10),
@@ -276,6 +330,8 @@ pub struct Session {
     server: InitializeResult,
     options: SessionOptions,
     threads: Mutex<Threads>,
+    /// The era spoken, once negotiated (legacy until then).
+    era: Era,
 }
 
 impl Session {
@@ -299,14 +355,169 @@ impl Session {
         Session::initialize_with(transport, options, Some(stop))
     }
 
+    /// Starts a session in the era `options.protocol` asks for (see
+    /// [`ProtocolChoice`]): by default it probes with `server/discover`
+    /// (deadline `options.discover_timeout`) and stays modern (2026-07-28:
+    /// no handshake, `_meta` on every request) when the answer is a discover
+    /// result or a modern refusal naming a version both sides speak; any other
+    /// error or no answer falls back to the legacy `initialize` handshake on the
+    /// same connection. The era is decided once, for the whole session.
+    ///
+    /// On any failure the transport is closed (a stdio child is ended and reaped).
+    pub fn connect(transport: Transport, options: SessionOptions) -> Result<Session, McpError> {
+        Session::connect_with(transport, options, None)
+    }
+
+    /// [`Session::connect`] that gives up with [`McpError::Interrupted`]
+    /// within [`crate::vsock::STOP_POLL`] of `stop` being set.
+    pub fn connect_interruptible(
+        transport: Transport,
+        options: SessionOptions,
+        stop: &AtomicBool,
+    ) -> Result<Session, McpError> {
+        Session::connect_with(transport, options, Some(stop))
+    }
+
+    fn connect_with(
+        transport: Transport,
+        options: SessionOptions,
+        stop: Stop<'_>,
+    ) -> Result<Session, McpError> {
+        let session = Session::start(transport, options)?;
+        let negotiated = session.negotiate(stop);
+        session.finish_setup(negotiated)
+    }
+
+    fn finish_setup(
+        mut self,
+        negotiated: Result<(Era, InitializeResult), McpError>,
+    ) -> Result<Session, McpError> {
+        match negotiated {
+            Ok((era, server)) => {
+                self.era = era;
+                self.server = server;
+                Ok(self)
+            }
+            Err(e) => {
+                // Report the handshake failure, not a secondary close error.
+                let _ = if e.is_interrupted() {
+                    self.abort()
+                } else {
+                    self.close()
+                };
+                Err(e)
+            }
+        }
+    }
+
+    /// Decides the era per `options.protocol`.
+    fn negotiate(&self, stop: Stop<'_>) -> Result<(Era, InitializeResult), McpError> {
+        let legacy = |offer: &str| self.handshake(offer, stop).map(|s| (Era::Legacy, s));
+        match &self.options.protocol {
+            ProtocolChoice::Legacy => legacy(&self.options.protocol_version),
+            ProtocolChoice::Version(v) if Era::of(v) == Some(Era::Legacy) => legacy(v),
+            ProtocolChoice::Version(v) => self.discover(v, true, stop),
+            ProtocolChoice::Modern => self.discover(LATEST_PROTOCOL_VERSION, true, stop),
+            ProtocolChoice::Auto => match self.discover(LATEST_PROTOCOL_VERSION, false, stop)? {
+                (Era::Legacy, _) => legacy(&self.options.protocol_version),
+                modern => Ok(modern),
+            },
+        }
+    }
+
+    /// The `server/discover` probe. `forced`: modern or nothing (every failure
+    /// is an error). Otherwise `Ok((Era::Legacy, _))` means "fall back to
+    /// `initialize`".
+    fn discover(
+        &self,
+        version: &str,
+        forced: bool,
+        stop: Stop<'_>,
+    ) -> Result<(Era, InitializeResult), McpError> {
+        let legacy = || Ok((Era::Legacy, InitializeResult::default()));
+        let timeout = if forced {
+            self.options.init_timeout
+        } else {
+            self.options.discover_timeout
+        };
+        let mut version = version.to_string();
+        // One retry with a version the server named as supported.
+        for _ in 0..2 {
+            let params = json!({"_meta": self.request_meta(&version)});
+            let answer = self.request_inner("server/discover", Some(params), timeout, false, stop);
+            let server_versions = match answer {
+                Ok(result) => {
+                    check_result_type(&result).map_err(|e| self.shared.protocol(e))?;
+                    let listed = string_list(result.get("supportedVersions"));
+                    if listed.contains(&version) {
+                        let server = InitializeResult::from_discover(result, &version)
+                            .map_err(|e| self.shared.protocol(e))?;
+                        return Ok((Era::Modern, server));
+                    }
+                    listed
+                }
+                Err(McpError::Rpc {
+                    code: codes::UNSUPPORTED_PROTOCOL_VERSION,
+                    data,
+                    ..
+                }) => string_list(data.as_ref().and_then(|d| d.get("supported"))),
+                Err(e @ (McpError::Rpc { .. } | McpError::Timeout { .. })) if !forced => {
+                    // Not a modern server: a legacy one refused or ignored the probe.
+                    let _ = e;
+                    return legacy();
+                }
+                Err(e) => return Err(e),
+            };
+            match server_versions
+                .iter()
+                .rev()
+                .find(|v| MODERN_PROTOCOL_VERSIONS.contains(&v.as_str()))
+            {
+                Some(v) if *v != version => version = v.clone(),
+                _ if !forced
+                    && server_versions
+                        .iter()
+                        .any(|v| LEGACY_PROTOCOL_VERSIONS.contains(&v.as_str())) =>
+                {
+                    return legacy()
+                }
+                _ => {
+                    return Err(McpError::NoCommonVersion {
+                        server_supports: server_versions,
+                        supported: if forced {
+                            &MODERN_PROTOCOL_VERSIONS
+                        } else {
+                            &SUPPORTED_PROTOCOL_VERSIONS
+                        },
+                    })
+                }
+            }
+        }
+        Err(self.shared.protocol(format!(
+            "server/discover: the server refused protocol {version} it had just listed as supported"
+        )))
+    }
+
+    /// The `_meta` of a modern request: version, capabilities (none), identity.
+    fn request_meta(&self, version: &str) -> Value {
+        Value::Object(modern_request_meta(
+            version,
+            &self.options.client_name,
+            &self.options.client_version,
+        ))
+    }
+
     fn initialize_with(
         transport: Transport,
         options: SessionOptions,
         stop: Stop<'_>,
     ) -> Result<Session, McpError> {
         let mut session = Session::start(transport, options)?;
-        match session.handshake(stop) {
-            Ok(server) => {
+        let offer = session.options.protocol_version.clone();
+        let negotiated = session.handshake(&offer, stop).map(|s| (Era::Legacy, s));
+        match negotiated {
+            Ok((era, server)) => {
+                session.era = era;
                 session.server = server;
                 Ok(session)
             }
@@ -375,6 +586,7 @@ impl Session {
                     server: InitializeResult::default(),
                     options,
                     threads: Mutex::new(threads),
+                    era: Era::Legacy,
                 };
                 let _ = session.close();
                 return Err(err);
@@ -402,6 +614,7 @@ impl Session {
             server: InitializeResult::default(),
             options,
             threads: Mutex::new(threads),
+            era: Era::Legacy,
         };
         match reader_err {
             None => Ok(session),
@@ -412,9 +625,9 @@ impl Session {
         }
     }
 
-    fn handshake(&self, stop: Stop<'_>) -> Result<InitializeResult, McpError> {
+    fn handshake(&self, offer: &str, stop: Stop<'_>) -> Result<InitializeResult, McpError> {
         let params = json!({
-            "protocolVersion": self.options.protocol_version,
+            "protocolVersion": offer,
             "capabilities": {},
             "clientInfo": {"name": self.options.client_name, "version": self.options.client_version},
         });
@@ -426,11 +639,11 @@ impl Session {
             stop,
         )?;
         let server = InitializeResult::from_value(raw).map_err(|e| self.shared.protocol(e))?;
-        if !SUPPORTED_PROTOCOL_VERSIONS.contains(&server.protocol_version.as_str()) {
+        if !LEGACY_PROTOCOL_VERSIONS.contains(&server.protocol_version.as_str()) {
             return Err(McpError::UnsupportedVersion {
-                offered: self.options.protocol_version.clone(),
+                offered: offer.to_string(),
                 got: server.protocol_version,
-                supported: &SUPPORTED_PROTOCOL_VERSIONS,
+                supported: &LEGACY_PROTOCOL_VERSIONS,
             });
         }
         self.notify_with("notifications/initialized", None, stop)?;
@@ -445,6 +658,30 @@ impl Session {
     /// The negotiated protocol revision.
     pub fn protocol_version(&self) -> &str {
         &self.server.protocol_version
+    }
+
+    /// The era spoken: modern (2026-07-28, `_meta` on every request) or legacy.
+    pub fn era(&self) -> Era {
+        self.era
+    }
+
+    /// Whether the server declared capability `name` (e.g. `tools`).
+    pub fn server_has(&self, name: &str) -> bool {
+        self.server
+            .capabilities
+            .get(name)
+            .is_some_and(|c| !c.is_null())
+    }
+
+    fn require_tools(&self) -> Result<(), McpError> {
+        if self.server_has("tools") {
+            Ok(())
+        } else {
+            Err(McpError::NotOffered {
+                peer: self.shared.peer.clone(),
+                capability: "tools",
+            })
+        }
     }
 
     /// Description of the peer used in errors.
@@ -494,6 +731,7 @@ impl Session {
     }
 
     fn list_tools_with(&self, stop: Stop<'_>) -> Result<Vec<Tool>, McpError> {
+        self.require_tools()?;
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..self.options.max_list_pages {
@@ -569,6 +807,7 @@ impl Session {
         timeout: Duration,
         stop: Stop<'_>,
     ) -> Result<ToolResult, McpError> {
+        self.require_tools()?;
         let mut params = Map::new();
         params.insert("name".into(), Value::String(name.to_string()));
         if !args.is_null() {
@@ -631,6 +870,10 @@ impl Session {
             id
         };
         let mut msg = json!({"jsonrpc": "2.0", "id": id, "method": method});
+        let params = match self.era {
+            Era::Modern => Some(self.with_meta(params)),
+            Era::Legacy => params,
+        };
         if let Some(p) = params {
             msg["params"] = p;
         }
@@ -693,6 +936,10 @@ impl Session {
             }
         };
         match reply {
+            Reply::Result(v) if self.era == Era::Modern => match check_result_type(&v) {
+                Ok(()) => Ok(v),
+                Err(e) => Err(shared.protocol(format!("{method}: {e}"))),
+            },
             Reply::Result(v) => Ok(v),
             Reply::Error {
                 code,
@@ -706,6 +953,27 @@ impl Session {
             }),
             Reply::Failed(e) => Err(e),
         }
+    }
+
+    /// `params` with the modern `_meta` merged in (keys already there, such
+    /// as a `progressToken`, are kept).
+    fn with_meta(&self, params: Option<Value>) -> Value {
+        let mut params = match params {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        let Value::Object(ours) = self.request_meta(&self.server.protocol_version) else {
+            unreachable!("request_meta builds an object")
+        };
+        let entry = params
+            .entry("_meta")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(m) = entry {
+            for (k, v) in ours {
+                m.entry(k).or_insert(v);
+            }
+        }
+        Value::Object(params)
     }
 
     /// Best effort: tells the server we no longer want request `id`.
@@ -980,6 +1248,31 @@ fn answer_server_request(shared: &Shared, id: Value, method: &str) {
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {}
         }
     }
+}
+
+/// A modern result's `resultType`: absent (an older server) or `"complete"`;
+/// anything else (`input_required`: the server wants input this client cannot
+/// give) is refused by name.
+fn check_result_type(result: &Value) -> Result<(), String> {
+    match result.get("resultType") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(t)) if t == "complete" => Ok(()),
+        Some(other) => Err(format!(
+            "result of type {other}: this client handles only complete results \
+             (it declares no capability to provide input)"
+        )),
+    }
+}
+
+fn string_list(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `Session` is shared across caller threads by design; fail the build if a field breaks that.

@@ -7,9 +7,14 @@
 //! - `get_timestamp {}` → Unix seconds as text and `structuredContent {timestamp}`
 //! - `error_test {error_message?: string}` → a result with `isError: true` and the message
 //!
-//! Every tool accepts `delay_ms` (0..=60000): [`call_builtin`] sleeps that long on the
-//! calling thread before answering (a test aid; run calls on their own threads to
-//! keep them concurrent).
+//! Every tool accepts `delay_ms` (0..=60000): the server answers only after that
+//! long ([`requested_delay`]; [`call_builtin`] itself never sleeps, so a
+//! server can keep other requests going and drop a cancelled one).
+//!
+//! Arguments that break the tool's input schema are a *tool execution error*
+//! (a result with `isError: true` naming the argument, SEP-1303), not a
+//! JSON-RPC error; an unknown tool or `arguments` that are not an object stay
+//! JSON-RPC −32602. `"arguments": null` is the same as no arguments.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -98,12 +103,20 @@ pub fn builtin_tools() -> Vec<Value> {
     ]
 }
 
-/// Runs built-in tool `name` with `args` (`Value::Null` means no arguments).
+/// Runs built-in tool `name` with `args` (`Value::Null` means no arguments)
+/// and returns at once (see [`requested_delay`] for when to answer).
 ///
-/// `Ok` is the `tools/call` result object (a tool failure is `Ok` with `isError`);
-/// `Err((code, message))` is a JSON-RPC error: -32602 for an unknown tool or
-/// arguments that break the tool's schema, naming the problem.
+/// `Ok` is the `tools/call` result object: a tool failure, and arguments that
+/// break the tool's input schema, are `Ok` with `isError: true` and a message
+/// naming the problem. `Err((code, message))` is a JSON-RPC error: −32602 for
+/// an unknown tool or `arguments` that are not an object.
 pub fn call_builtin(name: &str, args: &Value) -> Result<Value, (i64, String)> {
+    call_builtin_timed(name, args).map(|(result, _)| result)
+}
+
+/// [`call_builtin`], with how long to wait before answering: the call's
+/// [`requested_delay`], or zero when its arguments were refused.
+pub fn call_builtin_timed(name: &str, args: &Value) -> Result<(Value, Duration), (i64, String)> {
     let tools = builtin_tools();
     let tool = tools
         .iter()
@@ -111,18 +124,26 @@ pub fn call_builtin(name: &str, args: &Value) -> Result<Value, (i64, String)> {
         .ok_or_else(|| (INVALID_PARAMS, format!("Unknown tool: {name}")))?;
     let empty = Value::Object(Map::new());
     let args = if args.is_null() { &empty } else { args };
-    validate_args(&tool["inputSchema"], args).map_err(|what| {
-        (
+    if !args.is_object() {
+        return Err((
             INVALID_PARAMS,
-            format!("Invalid arguments for tool {name}: {what}"),
-        )
-    })?;
+            format!(
+                "Invalid params: tools/call arguments must be an object, got {}",
+                json_type(args)
+            ),
+        ));
+    }
+    if let Err(what) = validate_args(&tool["inputSchema"], args) {
+        let mut r = text_result(format!("Invalid arguments for tool {name}: {what}"));
+        r["isError"] = Value::Bool(true);
+        return Ok((r, Duration::ZERO));
+    }
     let result = match name {
         "echo" => text_result(format!(
             "Echo: {}",
             args["message"].as_str().unwrap_or_default()
         )),
-        "add" => add(&args["a"], &args["b"])?,
+        "add" => add(&args["a"], &args["b"]),
         "get_timestamp" => {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -143,27 +164,35 @@ pub fn call_builtin(name: &str, args: &Value) -> Result<Value, (i64, String)> {
         }
         other => return Err((INVALID_PARAMS, format!("Unknown tool: {other}"))),
     };
-    if let Some(ms) = args.get("delay_ms").and_then(Value::as_f64) {
-        // Validated above: an integer in 0..=MAX_DELAY_MS.
-        std::thread::sleep(Duration::from_millis(ms as u64));
+    Ok((result, requested_delay(args)))
+}
+
+/// How long to wait before answering a call with `args`: its `delay_ms`
+/// (zero when absent or invalid: an invalid one made the call an error).
+pub fn requested_delay(args: &Value) -> Duration {
+    match args.get("delay_ms").and_then(Value::as_f64) {
+        Some(ms) if (0.0..=MAX_DELAY_MS as f64).contains(&ms) && ms.fract() == 0.0 => {
+            Duration::from_millis(ms as u64)
+        }
+        _ => Duration::ZERO,
     }
-    Ok(result)
 }
 
 fn text_result(text: String) -> Value {
     json!({"content": [{"type": "text", "text": text}]})
 }
 
-fn add(a: &Value, b: &Value) -> Result<Value, (i64, String)> {
+fn add(a: &Value, b: &Value) -> Value {
     let sum = match (a.as_i64(), b.as_i64()) {
         (Some(x), Some(y)) if x.checked_add(y).is_some() => json!(x + y),
         _ => {
             let s = a.as_f64().unwrap_or_default() + b.as_f64().unwrap_or_default();
             if !s.is_finite() {
-                return Err((
-                    INVALID_PARAMS,
-                    format!("Invalid arguments for tool add: {a} + {b} overflows"),
+                let mut r = text_result(format!(
+                    "Invalid arguments for tool add: {a} + {b} overflows"
                 ));
+                r["isError"] = Value::Bool(true);
+                return r;
             }
             number_value(s)
         }
@@ -175,7 +204,7 @@ fn add(a: &Value, b: &Value) -> Result<Value, (i64, String)> {
         js_number(&sum)
     ));
     r["structuredContent"] = json!({ "sum": sum });
-    Ok(r)
+    r
 }
 
 /// An f64 as JSON the way JavaScript would write it: integral values without `.0`.
@@ -325,55 +354,62 @@ mod tests {
     }
 
     #[test]
-    fn schema_violations_and_unknown_tools_are_invalid_params_naming_the_problem() {
+    fn schema_violations_are_tool_errors_and_unknown_tools_invalid_params() {
         let err = |name: &str, args: Value| call_builtin(name, &args).unwrap_err();
+        let tool_error = |name: &str, args: Value| {
+            let r = call_builtin(name, &args).unwrap();
+            assert_eq!(r["isError"], true, "{r}");
+            r["content"][0]["text"].as_str().unwrap().to_string()
+        };
         assert_eq!(
             err("nope", json!({})),
             (-32602, "Unknown tool: nope".into())
         );
         assert_eq!(
-            err("add", json!({"a": 1})),
-            (
-                -32602,
-                "Invalid arguments for tool add: missing required argument 'b'".into()
-            )
-        );
-        assert_eq!(
-            err("add", json!({"a": "2", "b": 1})),
-            (
-                -32602,
-                "Invalid arguments for tool add: argument 'a' must be a number, got string".into()
-            )
-        );
-        assert_eq!(
-            err("echo", json!({"message": "x", "extra": 1})),
-            (
-                -32602,
-                "Invalid arguments for tool echo: unknown argument 'extra'".into()
-            )
-        );
-        assert_eq!(
             err("echo", json!(["x"])),
             (
                 -32602,
-                "Invalid arguments for tool echo: arguments must be an object, got array".into()
+                "Invalid params: tools/call arguments must be an object, got array".into()
             )
         );
         assert_eq!(
-            err("echo", json!({"message": "x", "delay_ms": 1.5})).1,
+            tool_error("add", json!({"a": 1})),
+            "Invalid arguments for tool add: missing required argument 'b'"
+        );
+        assert_eq!(
+            tool_error("add", json!({"a": "2", "b": 1})),
+            "Invalid arguments for tool add: argument 'a' must be a number, got string"
+        );
+        assert_eq!(
+            tool_error("echo", json!({"message": "x", "extra": 1})),
+            "Invalid arguments for tool echo: unknown argument 'extra'"
+        );
+        assert_eq!(
+            tool_error("echo", json!({"message": "x", "delay_ms": 1.5})),
             "Invalid arguments for tool echo: argument 'delay_ms' must be an integer, got number"
         );
         assert_eq!(
-            err("echo", json!({"message": "x", "delay_ms": 60001})).1,
+            tool_error("echo", json!({"message": "x", "delay_ms": 60001})),
             "Invalid arguments for tool echo: argument 'delay_ms' must be <= 60000, got 60001"
+        );
+        // null arguments are no arguments.
+        assert_eq!(
+            tool_error("echo", Value::Null),
+            "Invalid arguments for tool echo: missing required argument 'message'"
         );
     }
 
     #[test]
-    fn delay_ms_delays_the_answer() {
+    fn delay_ms_is_reported_not_slept() {
         let start = std::time::Instant::now();
-        call_builtin("echo", &json!({"message": "x", "delay_ms": 50})).unwrap();
-        assert!(start.elapsed() >= Duration::from_millis(50));
+        call_builtin("echo", &json!({"message": "x", "delay_ms": 500})).unwrap();
+        assert!(start.elapsed() < Duration::from_millis(400));
+        assert_eq!(
+            requested_delay(&json!({"delay_ms": 50})),
+            Duration::from_millis(50)
+        );
+        assert_eq!(requested_delay(&json!({"delay_ms": -1})), Duration::ZERO);
+        assert_eq!(requested_delay(&json!({})), Duration::ZERO);
     }
 
     #[test]

@@ -136,6 +136,36 @@ impl InitializeResult {
     }
 }
 
+impl InitializeResult {
+    /// A modern `server/discover` result, read as what `initialize` would have
+    /// said: `version` (the revision chosen), identity from
+    /// `_meta["io.modelcontextprotocol/serverInfo"]`, capabilities.
+    pub(crate) fn from_discover(v: Value, version: &str) -> Result<Self, String> {
+        let m = as_object(&v, "server/discover result")?;
+        let info = m
+            .get("_meta")
+            .and_then(|x| x.get(super::meta::SERVER_INFO))
+            .and_then(Value::as_object);
+        let info_str = |k: &str| {
+            info.and_then(|i| i.get(k))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        Ok(InitializeResult {
+            protocol_version: version.to_string(),
+            server_name: info_str("name"),
+            server_version: info_str("version"),
+            capabilities: m
+                .get("capabilities")
+                .cloned()
+                .unwrap_or_else(|| Value::Object(Map::new())),
+            instructions: opt_string(m, "instructions", "server/discover result")?,
+            raw: v.clone(),
+        })
+    }
+}
+
 impl Tool {
     pub(crate) fn from_value(v: &Value) -> Result<Self, String> {
         let m = as_object(v, "tool")?;
