@@ -316,7 +316,7 @@ fn main() {
             }
         }
         Some(Fault::DaemonSleep) => daemonize_then(|| std::thread::sleep(LIFETIME_MAX)),
-        Some(Fault::Escape) => daemonize_then(exec_unmarked_sleep),
+        Some(Fault::Escape) => escape_and_wait_for_exec(),
         Some(Fault::ForkChain) => daemonize_then(fork_chain),
         Some(Fault::StopAfter(d)) => {
             std::thread::spawn(move || {
@@ -357,6 +357,27 @@ fn main() {
 
 /// Replaces this (daemonized) process by `sleep` with an empty environment:
 /// it carries no `UKLOAD_*` marker at all.
+/// Starts the unmarked escapee and returns once it has exec'd (so it carries
+/// no marker by the time this guest is ready): a close-on-exec pipe's write
+/// end is held by the intermediate child and the escapee until its `exec`;
+/// end-of-file on the read end means both are done.
+fn escape_and_wait_for_exec() {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        die("pipe2 failed");
+    }
+    daemonize_then(exec_unmarked_sleep);
+    // SAFETY: closing our copy of the write end; reading our read end into a
+    // stack buffer until end-of-file, then closing it.
+    unsafe {
+        libc::close(fds[1]);
+        let mut b = [0u8; 1];
+        while libc::read(fds[0], b.as_mut_ptr().cast(), 1) > 0 {}
+        libc::close(fds[0]);
+    }
+}
+
 /// Its `argv[0]` is `fixture-escapee-cid<CID>` so tests can find it.
 fn exec_unmarked_sleep() {
     let prog = c"/bin/sleep";
