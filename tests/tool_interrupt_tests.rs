@@ -213,7 +213,13 @@ fn sigterm_during_tool_phase(tag: &str, mode: &str, cid_range: &str, step: &str)
     let run_id = doc["run_id"].as_str().expect("run_id in the report");
     let left = common::run_processes(run_id);
     assert!(left.is_empty(), "left behind by run {run_id}: {left:?}");
-    let left = pids_with_env(&run.tmpdir_env());
+    // ukload's watchdog outlives it by its last sweep (milliseconds).
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let mut left = pids_with_env(&run.tmpdir_env());
+    while !left.is_empty() && std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        left = pids_with_env(&run.tmpdir_env());
+    }
     assert!(left.is_empty(), "left behind (by TMPDIR): {left:?}");
 }
 
