@@ -228,6 +228,11 @@ pub struct RunArgs {
     /// kraft launcher: extra argument for `kraft run` (repeatable; placeholders allowed)
     pub kraft_arg: Vec<String>,
     #[argh(option)]
+    /// kraft launcher: an argument for the application itself, after the
+    /// image and `--` (repeatable; placeholders {index} {cid} {port}), e.g.
+    /// --app-arg=--listen --app-arg=vsock:{port}
+    pub app_arg: Vec<String>,
+    #[argh(option)]
     /// exec launcher: command template with {index} {cid} {port} {uds} {memory_mb} {log}
     pub exec: Option<String>,
     #[argh(option)]
@@ -671,6 +676,7 @@ impl RunArgs {
             qemu,
             qemu_resolved: None,
             flatpak_host: self.flatpak_host,
+            app_args: self.app_arg.clone(),
             kind,
             ready,
             ready_console,

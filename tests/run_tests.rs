@@ -694,3 +694,73 @@ fn launch_commands_are_in_the_report_the_json_and_the_log() {
         "{text}"
     );
 }
+
+/// The guide's kraft flow with the project's own executor: the image is
+/// `ukload-guest` itself, its arguments go after the image and `--` (as
+/// `kraft run [FLAGS] IMAGE -- [APP ARGS]`), and readiness is its console
+/// line through kraft's log.
+#[test]
+fn kraft_passes_application_arguments_to_the_executor_after_the_image() {
+    let _slot = shared_slot();
+    let dir = TempDir::new("kraftapp");
+    let mut cmd = ukload(dir.path());
+    cmd.args(run_args(dir.path(), 2))
+        .args(["--launcher", "kraft", "--kraft-bin"])
+        .arg(kraft_standin())
+        .arg("--image")
+        .arg(guest_bin())
+        .args([
+            "--app-arg=--listen",
+            "--app-arg=uds:{uds}",
+            "--app-arg=--boot-delay-ms",
+            "--app-arg=20",
+            "--cid-range",
+            "7610-7619",
+            "--max-boot-ms",
+            "60000",
+        ]);
+    let out = output_within(cmd, RUN_DEADLINE);
+    let doc = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{doc:#}");
+    for i in instances(&doc) {
+        let c = i["command"].as_str().unwrap();
+        let after = c
+            .split(" -- ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no -- in {c}"));
+        assert!(
+            after.starts_with("--listen uds:") && after.contains("--boot-delay-ms 20"),
+            "{c}"
+        );
+        assert_eq!(i["reported_cid"], i["cid"], "{i:#}");
+    }
+    assert_clean(&doc);
+}
+
+/// The executor started with no arguments at all (a unikernel whose image
+/// was run without app args) serves on vsock port 5252 instead of refusing.
+#[test]
+fn the_executor_without_arguments_does_not_refuse_to_start() {
+    let mut child = std::process::Command::new(guest_bin())
+        .env_remove("UKLOAD_RUN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    match child.try_wait().unwrap() {
+        // Listening on vsock: it is serving; end it.
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // A host without vsock may refuse the bind, but not the command line.
+        Some(st) => {
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_ne!(st.code(), Some(64), "{err}");
+            assert!(!err.contains("Required options"), "{err}");
+        }
+    }
+}

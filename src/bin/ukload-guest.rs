@@ -37,8 +37,9 @@ const EXIT_FAILURE: u8 = 1;
 /// a hybrid-vsock Unix socket, and exits 0 on `shutdown`.
 struct Args {
     /// where to listen: vsock:PORT, vsock (port from --port) or uds:PATH
-    /// (a hybrid-vsock Unix socket)
-    #[argh(option)]
+    /// (a hybrid-vsock Unix socket); default vsock (port 5252), as a VM's
+    /// init does, so a unikernel started without arguments serves
+    #[argh(option, default = "String::from(\"vsock\")")]
     listen: String,
 
     /// guest port (for uds:PATH or bare vsock); default 5252

@@ -171,6 +171,9 @@ pub struct LauncherConfig {
     pub image: PathBuf,
     pub plat: Option<String>,
     pub kraft_args: Vec<String>,
+    /// kraft: the application's own arguments (after the image and `--`,
+    /// as `kraft run [FLAGS] IMAGE -- [APP ARGS]` takes them).
+    pub app_args: Vec<String>,
     /// exec: the command template.
     pub exec_template: Option<String>,
     pub memory_mb: u64,
@@ -343,6 +346,10 @@ impl LauncherConfig {
                         .map(|a| OsString::from(expand(a, ctx))),
                 );
                 args.push(self.image.clone().into());
+                if !self.app_args.is_empty() {
+                    args.push("--".into());
+                    args.extend(self.app_args.iter().map(|a| OsString::from(expand(a, ctx))));
+                }
                 let readiness = if self.ready == ReadyMode::Probe {
                     Readiness::Probe(Endpoint::Vsock {
                         cid: ctx.cid,
