@@ -49,6 +49,9 @@ pub struct Ready {
     pub console_line: Option<String>,
     /// Attempts made (connects or log reads).
     pub attempts: u32,
+    /// The successful attempt's vsock connection: connect plus the hybrid
+    /// `CONNECT`/`OK` handshake, ms (probe readiness only).
+    pub connect_ms: Option<f64>,
 }
 
 /// Why an instance did not become ready.
@@ -147,8 +150,10 @@ fn probe(
             }
         }
         attempts += 1;
+        let conn_started = Instant::now();
         match vsock::connect(ep, CONNECT_TIMEOUT.min(deadline - now)) {
             Ok(mut stream) => {
+                let connect_ms = conn_started.elapsed().as_secs_f64() * 1000.0;
                 let ping_deadline = deadline.min(Instant::now() + PING_TIMEOUT);
                 let reply = jsonrpc::call(
                     &mut stream,
@@ -173,6 +178,7 @@ fn probe(
                             info,
                             console_line: None,
                             attempts,
+                            connect_ms: Some(connect_ms),
                         });
                     }
                     Err(e) => match e {
@@ -313,6 +319,7 @@ fn console(
                 info: None,
                 console_line: Some(text),
                 attempts,
+                connect_ms: None,
             });
         }
         let now = Instant::now();

@@ -99,6 +99,10 @@ struct Item {
     next_dead_check: Instant,
     /// The socket's creation will be notified (inotify on its directory).
     notified: bool,
+    /// When the current connect attempt began.
+    conn_started: Instant,
+    /// The last completed connection (connect + handshake), ms.
+    connect_ms: Option<f64>,
 }
 
 /// The loop's state: every instance still waiting.
@@ -237,6 +241,8 @@ impl Watcher {
             console_line: None,
             next_dead_check: now,
             notified: self.created.is_some(),
+            conn_started: now,
+            connect_ms: None,
         });
     }
 
@@ -393,13 +399,19 @@ fn drain(fd: RawFd) {
     }
 }
 
-fn ready(info: Option<PingInfo>, console_line: Option<String>, attempts: u32) -> Ready {
+fn ready(
+    info: Option<PingInfo>,
+    console_line: Option<String>,
+    attempts: u32,
+    connect_ms: Option<f64>,
+) -> Ready {
     Ready {
         at: Instant::now(),
         at_mono_ns: crate::clock::monotonic_ns(),
         info,
         console_line,
         attempts,
+        connect_ms,
     }
 }
 
@@ -509,7 +521,7 @@ impl Item {
         self.attempts += 1;
         if let Some(line) = tail.poll(&re, &self.p.log) {
             if matches!(self.p.readiness, Readiness::Console(_)) {
-                return Some(Ok(ready(None, Some(line), self.attempts)));
+                return Some(Ok(ready(None, Some(line), self.attempts, None)));
             }
             // Console marker seen: probe at once.
             self.console_line = Some(line);
@@ -551,6 +563,7 @@ impl Item {
         let timeout = probe::CONNECT_TIMEOUT.min(self.deadline - now);
         // Waits only if the guest's listen backlog is full, and then at most
         // a millisecond: the loop must not stall on one guest.
+        self.conn_started = Instant::now();
         match vsock::hybrid_connect_start(&path, port, timeout.min(BACKLOG_WAIT)) {
             Ok(stream) => {
                 self.stage = Stage::Handshake {
@@ -608,7 +621,10 @@ impl Item {
         match vsock::check_handshake_line(&ep, line, nl.is_some(), closed) {
             // Bytes after the OK line would belong to the guest's stream; the
             // agent sends none before our request.
-            Ok(true) => self.send_ping(stream, &ep, now),
+            Ok(true) => {
+                self.connect_ms = Some(self.conn_started.elapsed().as_secs_f64() * 1000.0);
+                self.send_ping(stream, &ep, now)
+            }
             Ok(false) if now >= until => {
                 let err = vsock::ConnectError::TimedOut {
                     endpoint: ep,
@@ -640,10 +656,20 @@ impl Item {
                     None => continue,
                     Some(Ok(v)) => {
                         let info = serde_json::from_value::<PingInfo>(v).ok();
-                        return Some(Ok(ready(info, self.console_line.take(), self.attempts)));
+                        return Some(Ok(ready(
+                            info,
+                            self.console_line.take(),
+                            self.attempts,
+                            self.connect_ms,
+                        )));
                     }
                     Some(Err(e)) if probe::answered_without_status(&e) => {
-                        return Some(Ok(ready(None, self.console_line.take(), self.attempts)));
+                        return Some(Ok(ready(
+                            None,
+                            self.console_line.take(),
+                            self.attempts,
+                            self.connect_ms,
+                        )));
                     }
                     Some(Err(e)) => return self.ping_failed(&ep, e),
                 },

@@ -144,6 +144,10 @@ pub struct Summary {
     pub tool_failed: Vec<u32>,
     pub cids: CidCheck,
     pub survivors: usize,
+    /// The boot probes' vsock connection latency (connect + handshake).
+    pub connect_ms: Option<Stats>,
+    /// Instances whose connection took longer than `--max-connect-ms`.
+    pub connect_over_target: Vec<u32>,
     /// Booted instances that died before cleanup.
     pub crashed: Vec<u32>,
     /// Instances that needed SIGKILL after the grace period.
@@ -218,6 +222,15 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
         .flat_map(|t| &t.instances)
         .map(|t| t.unmarked.len())
         .sum();
+    let connects: Vec<f64> = booted.iter().filter_map(|i| i.connect_ms).collect();
+    let connect_over_target: Vec<u32> = match cfg.max_connect_ms {
+        None => Vec::new(),
+        Some(max) => booted
+            .iter()
+            .filter(|i| i.connect_ms.is_some_and(|c| c > max))
+            .map(|i| i.index)
+            .collect(),
+    };
     let mut reasons = Vec::new();
     if booted.len() < total {
         reasons.push(format!(
@@ -245,6 +258,12 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
             mem_over_target.len(),
             cfg.max_mem_mb,
             cfg.mem_metric
+        ));
+    }
+    if let (false, Some(max)) = (connect_over_target.is_empty(), cfg.max_connect_ms) {
+        reasons.push(format!(
+            "{} vsock connection(s) slower than {max} ms",
+            connect_over_target.len()
         ));
     }
     if !tool_failed.is_empty() {
@@ -312,6 +331,8 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
         tool_failed,
         cids,
         survivors,
+        connect_ms: Stats::of(&connects),
+        connect_over_target,
         crashed,
         killed,
         unmarked,
@@ -342,6 +363,7 @@ struct ConfigView<'a> {
     log_dir: &'a std::path::Path,
     tool_call: Option<String>,
     max_tool_ms: f64,
+    max_connect_ms: Option<f64>,
 }
 
 fn config_view(cfg: &RunConfig) -> ConfigView<'_> {
@@ -361,6 +383,7 @@ fn config_view(cfg: &RunConfig) -> ConfigView<'_> {
         log_dir: &cfg.log_dir,
         tool_call: cfg.tool_call.as_ref().map(|c| c.name.clone()),
         max_tool_ms: cfg.max_tool_ms,
+        max_connect_ms: cfg.max_connect_ms,
     }
 }
 
@@ -510,6 +533,22 @@ pub fn write_human_for(
                 if let Some(line) = crate::html::sparkline(&boots, SPARK_BINS) {
                     writeln!(out, "  {line}")?;
                 }
+            }
+            if let Some(c) = &s.connect_ms {
+                let verdict = match cfg.max_connect_ms {
+                    None => String::new(),
+                    Some(max) if s.connect_over_target.is_empty() => format!(" ✓ within {max}ms"),
+                    Some(max) => format!(
+                        " ✗ {} over {max}ms: {:?}",
+                        s.connect_over_target.len(),
+                        s.connect_over_target
+                    ),
+                };
+                writeln!(
+                    out,
+                    "vsock connection (connect + handshake): min {:.2}ms, median {:.2}ms, p95 {:.2}ms, max {:.2}ms{verdict}",
+                    c.min, c.median, c.p95, c.max
+                )?;
             }
             if s.boot_over_target.is_empty() {
                 writeln!(out, "✓ Boot times within target (<{}ms)", cfg.max_boot_ms)?;

@@ -66,6 +66,8 @@ pub struct RunConfig {
     pub tool_call: Option<crate::toolcall::ToolCall>,
     /// Tool-call latency target, ms.
     pub max_tool_ms: f64,
+    /// vsock connection latency target, ms (`--max-connect-ms`; none: not checked).
+    pub max_connect_ms: Option<f64>,
     /// Print progress lines on stderr.
     pub progress: bool,
 }
@@ -93,6 +95,8 @@ pub struct Instance {
     pub spawned_at_ms: Option<f64>,
     /// Spawn → first successful reply (the boot time).
     pub boot_ms: Option<f64>,
+    /// The boot probe's vsock connection: connect + hybrid handshake, ms.
+    pub connect_ms: Option<f64>,
     /// Spawn → the guest's own "listening" stamp (same host clock; process launcher).
     pub guest_ready_ms: Option<f64>,
     /// What the probe added after the guest was ready.
@@ -363,6 +367,7 @@ pub fn run(
             spawn_ms: None,
             spawned_at_ms: None,
             boot_ms: None,
+            connect_ms: None,
             guest_ready_ms: None,
             probe_overhead_ms: None,
             vmm_ms: None,
@@ -657,6 +662,7 @@ fn record_outcome(inst: &mut Instance, o: Outcome, progress: bool, t0_mono_ns: u
         Ok(r) => {
             let spawn_at_ns = o.started_mono_ns;
             inst.boot_ms = Some(ns_to_ms(r.at_mono_ns.saturating_sub(spawn_at_ns)));
+            inst.connect_ms = r.connect_ms;
             if let Some(info) = &r.info {
                 inst.reported_cid = info.cid;
                 if info.pid == GUEST_INIT_PID {

@@ -764,3 +764,49 @@ fn the_executor_without_arguments_does_not_refuse_to_start() {
         }
     }
 }
+
+/// The guide's "vsock connection < 10 ms": every instance's boot-probe
+/// connection (connect + hybrid handshake) is measured, and with
+/// `--max-connect-ms` checked.
+#[test]
+fn vsock_connection_latency_is_reported_and_checked_against_its_target() {
+    let _slot = shared_slot();
+    let dir = TempDir::new("connect");
+    let (out, doc) = run_report(
+        dir.path(),
+        3,
+        &[
+            "--cid-range",
+            "7620-7629",
+            "--max-boot-ms",
+            "60000",
+            "--max-connect-ms",
+            "10000",
+        ],
+        RUN_DEADLINE,
+    );
+    assert_eq!(out.status.code(), Some(0), "{doc:#}");
+    for i in instances(&doc) {
+        let c = i["connect_ms"].as_f64().expect("connect_ms");
+        assert!(c > 0.0 && c <= i["boot_ms"].as_f64().unwrap(), "{i:#}");
+    }
+    assert_eq!(doc["summary"]["connect_ms"]["count"], 3);
+    // An impossible target: every connection misses it, the run is PARTIAL.
+    let (out, doc) = run_report(
+        dir.path(),
+        2,
+        &[
+            "--cid-range",
+            "7620-7629",
+            "--max-boot-ms",
+            "60000",
+            "--max-connect-ms",
+            "0.000001",
+        ],
+        RUN_DEADLINE,
+    );
+    assert_eq!(out.status.code(), Some(2), "{doc:#}");
+    assert!(doc["summary"]["reasons"]
+        .to_string()
+        .contains("2 vsock connection(s) slower than"));
+}
