@@ -24,6 +24,8 @@ apt_install() {
 
 command -v node >/dev/null 2>&1 || apt_install nodejs
 command -v setsid >/dev/null 2>&1 || apt_install util-linux
+command -v make >/dev/null 2>&1 || apt_install make
+command -v script >/dev/null 2>&1 || apt_install bsdutils
 command -v python3 >/dev/null 2>&1 || apt_install python3
 # The HTML report is looked at in a real headless browser.
 command -v chromium >/dev/null 2>&1 || apt_install chromium
