@@ -322,14 +322,30 @@ fn bad_arguments_exit_64_with_one_line_naming_the_flag() {
         (&["--listen", "tcp:1"], "--listen"),
         (&["--listen", "vsock:1", "--framing", "xml"], "--framing"),
         (&["--listen", "uds:/tmp/x", "--port", "zero"], "--port"),
-        (&["--port", "1"], "--listen"),
+        // (Without --listen the agent serves on vsock, as a unikernel
+        // started without arguments must: not a usage error any more.)
+        (&["--listen", "vsock:1", "--boot-delay-ms", "soon"], "--boot-delay-ms"),
     ];
     for (args, flag) in cases {
-        let out = Command::new(env!("CARGO_BIN_EXE_ukload-guest"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ukload-guest"))
             .args(args)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
+        // A usage error exits at once; anything still running after the
+        // deadline failed the test (and is ended here, not left behind).
+        let end = Instant::now() + Duration::from_secs(5);
+        while child.try_wait().unwrap().is_none() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if child.try_wait().unwrap().is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?}: still running after 5 s instead of a usage error");
+        }
+        let out = child.wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(64), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
