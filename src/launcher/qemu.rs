@@ -54,7 +54,14 @@ pub const DEFAULT_TB_SIZE_MB: u64 = 8;
 ///   slow under TCG, and freeing poisons 3.6 MB of the minimal kernel's
 ///   gaps, guest RAM that would otherwise stay untouched (QEMU PSS −3.7 MB
 ///   per VM). The guest is a disposable load-test target.
-pub const TCG_KERNEL_ARGS: [&str; 2] = ["noapictimer", "rodata=off"];
+/// - `tsc=reliable`: under TCG the guest's TSC is the host's, which is
+///   stable; the kernel's watchdog compares it with jiffies, which lag when
+///   the emulated vCPU is starved. With 10 VMs on 2 cores (and without
+///   ACPI's PM timer as a better watchdog) every guest marked its TSC
+///   unstable and fell back to jiffies: 10 ms clock resolution, and
+///   `probe_overhead_ms` / `guest_kernel_ms` measured on a clock that loses
+///   time.
+pub const TCG_KERNEL_ARGS: [&str; 3] = ["noapictimer", "rodata=off", "tsc=reliable"];
 /// The kernel configuration the minimal-kernel build leaves beside its
 /// `vmlinux` in the cache (scripts/build-minimal-kernel.sh); Debian flavors
 /// have none (scripts/setup-microvm.sh removes it).
@@ -493,7 +500,10 @@ mod tests {
         assert!(shown.contains("-accel tcg,tb-size=8"), "{shown}");
         assert!(shown.contains("ukload.port=6000"), "{shown}");
         assert!(shown.contains("tsc_early_khz=2500000"), "{shown}");
-        assert!(shown.contains("noapictimer rodata=off"), "{shown}");
+        assert!(
+            shown.contains("noapictimer rodata=off tsc=reliable"),
+            "{shown}"
+        );
         assert!(
             shown.contains("vhost-user-vsock-device,chardev=c0"),
             "{shown}"
