@@ -4,8 +4,12 @@
 //!   a static `ukload-guest` as `/init` (see [`crate::image`]).
 //! - `-M microvm` by default (`--machine pc` as an option).
 //! - Acceleration: KVM only where it really boots a guest (probed once per
-//!   host and cached), else TCG with a bounded translation cache and
-//!   `tsc_early_khz` (TSC calibration hung about 1 boot in 10 without it).
+//!   host and cached), else TCG with a bounded translation cache,
+//!   `tsc_early_khz` (TSC calibration hung about 1 boot in 10 without it) and
+//!   [`TCG_KERNEL_ARGS`] (no APIC-timer calibration, no rodata protection, a
+//!   trusted TSC: docs/microvm.md, "Boot time and memory under TCG").
+//! - `-M microvm,acpi=off` for a kernel known to find its devices without
+//!   ACPI (the minimal kernel: [`kernel_boots_without_acpi`]); ACPI otherwise.
 //! - vsock: `vhost-user` (one `vhost-device-vsock` per instance, in the
 //!   instance's process group, exposing the guest as a hybrid Unix socket in
 //!   the run directory) or kernel `vhost` (`guest-cid=CID`, host `AF_VSOCK`).
