@@ -74,7 +74,7 @@ pub const KERNEL_CONFIG_FILE: &str = "kernel-config";
 /// interrupts without ACPI: QEMU's `-M microvm,acpi=off` names the device on
 /// the kernel command line and describes interrupts with an MP table.
 /// Debian's kernels lack the first, so they keep ACPI.
-const NO_ACPI_NEEDS: [&str; 2] = [
+pub const NO_ACPI_NEEDS: [&str; 2] = [
     "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y",
     "CONFIG_X86_MPPARSE=y",
 ];
