@@ -324,7 +324,10 @@ fn bad_arguments_exit_64_with_one_line_naming_the_flag() {
         (&["--listen", "uds:/tmp/x", "--port", "zero"], "--port"),
         // (Without --listen the agent serves on vsock, as a unikernel
         // started without arguments must: not a usage error any more.)
-        (&["--listen", "vsock:1", "--boot-delay-ms", "soon"], "--boot-delay-ms"),
+        (
+            &["--listen", "vsock:1", "--boot-delay-ms", "soon"],
+            "--boot-delay-ms",
+        ),
     ];
     for (args, flag) in cases {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ukload-guest"))

@@ -300,6 +300,7 @@ impl LauncherConfig {
                     kvm: false,
                     backend: qemu::VsockBackend::VhostUser,
                     tsc_khz: qemu::host_tsc_khz(),
+                    acpi_off: false,
                 });
                 self.qemu.plan(&r, ctx, &self.ready_console)
             }

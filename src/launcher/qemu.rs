@@ -4,8 +4,12 @@
 //!   a static `ukload-guest` as `/init` (see [`crate::image`]).
 //! - `-M microvm` by default (`--machine pc` as an option).
 //! - Acceleration: KVM only where it really boots a guest (probed once per
-//!   host and cached), else TCG with a bounded translation cache and
-//!   `tsc_early_khz` (TSC calibration hung about 1 boot in 10 without it).
+//!   host and cached), else TCG with a bounded translation cache,
+//!   `tsc_early_khz` (TSC calibration hung about 1 boot in 10 without it) and
+//!   [`TCG_KERNEL_ARGS`] (no APIC-timer calibration, no rodata protection, a
+//!   trusted TSC: docs/microvm.md, "Boot time and memory under TCG").
+//! - `-M microvm,acpi=off` for a kernel known to find its devices without
+//!   ACPI (the minimal kernel: [`kernel_boots_without_acpi`]); ACPI otherwise.
 //! - vsock: `vhost-user` (one `vhost-device-vsock` per instance, in the
 //!   instance's process group, exposing the guest as a hybrid Unix socket in
 //!   the run directory) or kernel `vhost` (`guest-cid=CID`, host `AF_VSOCK`).
@@ -43,6 +47,37 @@ pub const MIN_QEMU_MEMORY_MB: u64 = 32;
 /// boots: 20 s at 16, 26 s at 8), so use `--tb-size-mb 16` with those
 /// (docs/microvm.md).
 pub const DEFAULT_TB_SIZE_MB: u64 = 8;
+/// Kernel command-line words for guests under TCG, where every kernel
+/// instruction is emulated (one boot of the minimal kernel, docs/microvm.md):
+/// - `noapictimer`: the kernel otherwise calibrates the local APIC timer
+///   against the PIT for 100 ms of emulated ticks (about 100 ms of every
+///   boot); without it the PIT drives the (tickless) clock events, which a
+///   single-vCPU guest does not miss.
+/// - `rodata=off`: no write-protecting of kernel text and rodata and no
+///   freeing of the alignment gaps around them: page-attribute changes are
+///   slow under TCG, and freeing poisons 3.6 MB of the minimal kernel's
+///   gaps, guest RAM that would otherwise stay untouched (QEMU PSS −3.7 MB
+///   per VM). The guest is a disposable load-test target.
+/// - `tsc=reliable`: under TCG the guest's TSC is the host's, which is
+///   stable; the kernel's watchdog compares it with jiffies, which lag when
+///   the emulated vCPU is starved. With 10 VMs on 2 cores (and without
+///   ACPI's PM timer as a better watchdog) every guest marked its TSC
+///   unstable and fell back to jiffies: 10 ms clock resolution, and
+///   `probe_overhead_ms` / `guest_kernel_ms` measured on a clock that loses
+///   time.
+pub const TCG_KERNEL_ARGS: [&str; 3] = ["noapictimer", "rodata=off", "tsc=reliable"];
+/// The kernel configuration the minimal-kernel build leaves beside its
+/// `vmlinux` in the cache (scripts/build-minimal-kernel.sh); Debian flavors
+/// have none (scripts/setup-microvm.sh removes it).
+pub const KERNEL_CONFIG_FILE: &str = "kernel-config";
+/// Kernel options that let a guest find its virtio-mmio device and its
+/// interrupts without ACPI: QEMU's `-M microvm,acpi=off` names the device on
+/// the kernel command line and describes interrupts with an MP table.
+/// Debian's kernels lack the first, so they keep ACPI.
+pub const NO_ACPI_NEEDS: [&str; 2] = [
+    "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y",
+    "CONFIG_X86_MPPARSE=y",
+];
 /// How long the KVM probe may take before KVM counts as unusable.
 pub const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 /// What the KVM probe waits for on the console: the guest's init ran.
@@ -159,6 +194,23 @@ pub struct Resolved {
     pub backend: VsockBackend,
     /// `tsc_early_khz` for TCG guests.
     pub tsc_khz: Option<u64>,
+    /// Boot `-M microvm` with `acpi=off`: the kernel is known (from its
+    /// build's `kernel-config`) to find its devices without ACPI. Saves
+    /// 2.9 MB PSS per VM (docs/microvm.md); any other kernel keeps ACPI.
+    pub acpi_off: bool,
+}
+
+/// Whether the kernel at `kernel` is known to boot under `-M microvm,acpi=off`
+/// with its vsock device: the `kernel-config` beside it (written by the
+/// minimal-kernel build) has every option of [`NO_ACPI_NEEDS`]. Without that
+/// file nothing is known and ACPI stays on, which every kernel boots with.
+pub fn kernel_boots_without_acpi(kernel: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(kernel.with_file_name(KERNEL_CONFIG_FILE)) else {
+        return false;
+    };
+    NO_ACPI_NEEDS
+        .iter()
+        .all(|need| text.lines().any(|l| l.trim() == *need))
 }
 
 /// Finds `program` on PATH, or in `~/.cargo/bin` (where `cargo install` puts
@@ -229,6 +281,7 @@ impl QemuConfig {
             kvm,
             backend,
             tsc_khz: if kvm { None } else { host_tsc_khz() },
+            acpi_off: self.machine == Machine::Microvm && kernel_boots_without_acpi(&self.kernel),
         })
     }
 
@@ -261,13 +314,15 @@ impl QemuConfig {
     }
 
     /// The QEMU command line (without vsock) shared by instances and the probe.
-    fn base_args(&self, kvm: bool, memory_mb: u64, tsc_khz: Option<u64>, port: u32) -> Vec<String> {
+    fn base_args(&self, r: &Resolved, memory_mb: u64, port: u32) -> Vec<String> {
+        let (kvm, tsc_khz) = (r.kvm, r.tsc_khz);
         let accel = if kvm {
             "kvm".to_string()
         } else {
             format!("tcg,tb-size={}", self.tb_size_mb)
         };
         let machine = match self.machine {
+            Machine::Microvm if r.acpi_off => "microvm,x-option-roms=off,isa-serial=on,acpi=off",
             Machine::Microvm => "microvm,x-option-roms=off,isa-serial=on",
             Machine::Pc => "pc",
         };
@@ -278,6 +333,9 @@ impl QemuConfig {
         ];
         if let Some(k) = tsc_khz {
             append.push(format!("tsc_early_khz={k}"));
+        }
+        if !kvm {
+            append.extend(TCG_KERNEL_ARGS.iter().map(|a| a.to_string()));
         }
         append.push(format!("ukload.port={port}"));
         append.extend(self.append.iter().cloned());
@@ -311,7 +369,7 @@ impl QemuConfig {
 
     /// The plan for one instance.
     pub fn plan(&self, r: &Resolved, ctx: &InstanceCtx, ready: &regex_lite::Regex) -> Plan {
-        let mut args = self.base_args(r.kvm, ctx.memory_mb, r.tsc_khz, ctx.port);
+        let mut args = self.base_args(r, ctx.memory_mb, ctx.port);
         let pci = self.machine == Machine::Pc;
         let mut pre = Vec::new();
         let endpoint = match r.backend {
@@ -385,7 +443,16 @@ fn probe_kvm(cfg: &QemuConfig, memory_mb: u64) -> bool {
         return false;
     };
     let cmd = Command::new(qemu)
-        .args(cfg.base_args(true, memory_mb, None, crate::DEFAULT_PORT))
+        .args(cfg.base_args(
+            &Resolved {
+                kvm: true,
+                backend: VsockBackend::Auto,
+                tsc_khz: None,
+                acpi_off: cfg.machine == Machine::Microvm && kernel_boots_without_acpi(&cfg.kernel),
+            },
+            memory_mb,
+            crate::DEFAULT_PORT,
+        ))
         .stdout(crate::supervisor::Redirect::File(out))
         .stderr(crate::supervisor::Redirect::File(err));
     let Ok(child) = sup.spawn(cmd) else {
@@ -422,6 +489,7 @@ mod tests {
             kvm: false,
             backend: VsockBackend::VhostUser,
             tsc_khz: Some(2_500_000),
+            acpi_off: false,
         };
         let ctx = InstanceCtx {
             index: 2,
@@ -436,6 +504,10 @@ mod tests {
         assert!(shown.contains("-accel tcg,tb-size=8"), "{shown}");
         assert!(shown.contains("ukload.port=6000"), "{shown}");
         assert!(shown.contains("tsc_early_khz=2500000"), "{shown}");
+        assert!(
+            shown.contains("noapictimer rodata=off tsc=reliable"),
+            "{shown}"
+        );
         assert!(
             shown.contains("vhost-user-vsock-device,chardev=c0"),
             "{shown}"
@@ -461,6 +533,7 @@ mod tests {
             kvm: true,
             backend: VsockBackend::Vhost,
             tsc_khz: None,
+            acpi_off: false,
         };
         let plan = cfg.plan(&kernel, &ctx, &regex_lite::Regex::new("ready").unwrap());
         let shown = plan.command.display();
@@ -468,7 +541,56 @@ mod tests {
             shown.contains("vhost-vsock-device,guest-cid=207") && shown.contains("-accel kvm"),
             "{shown}"
         );
+        assert!(!shown.contains("noapictimer"), "{shown}");
         assert!(plan.pre.is_empty());
+    }
+
+    #[test]
+    fn acpi_is_turned_off_only_for_a_kernel_known_to_boot_without_it() {
+        let dir = std::env::temp_dir().join(format!("ukload-acpi-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kernel = dir.join("vmlinux");
+        // No kernel-config (a Debian kernel, or one copied elsewhere): ACPI on.
+        assert!(!kernel_boots_without_acpi(&kernel));
+        let config = dir.join(KERNEL_CONFIG_FILE);
+        std::fs::write(&config, "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\n").unwrap();
+        assert!(
+            !kernel_boots_without_acpi(&kernel),
+            "MP table support missing"
+        );
+        std::fs::write(
+            &config,
+            "CONFIG_ACPI=y\nCONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y\nCONFIG_X86_MPPARSE=y\n",
+        )
+        .unwrap();
+        assert!(kernel_boots_without_acpi(&kernel));
+
+        let cfg = QemuConfig {
+            kernel: kernel.clone(),
+            initrd: dir.join("initrd"),
+            ..Default::default()
+        };
+        let ctx = InstanceCtx {
+            index: 0,
+            cid: 3,
+            port: 5252,
+            uds: dir.join("i0.vsock"),
+            memory_mb: 80,
+            log: dir.join("log"),
+        };
+        let ready = regex_lite::Regex::new("ready").unwrap();
+        let mut r = Resolved {
+            kvm: false,
+            backend: VsockBackend::VhostUser,
+            tsc_khz: None,
+            acpi_off: true,
+        };
+        let shown = cfg.plan(&r, &ctx, &ready).command.display();
+        assert!(shown.contains("isa-serial=on,acpi=off"), "{shown}");
+        r.acpi_off = false;
+        let shown = cfg.plan(&r, &ctx, &ready).command.display();
+        assert!(!shown.contains("acpi=off"), "{shown}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
