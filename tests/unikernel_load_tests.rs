@@ -231,3 +231,73 @@ mod seed {
         test_cleanup_orphaned_unikernels,
     );
 }
+
+/// The guide's CI recipe, end to end, against the kraft stand-in: build and
+/// install the executor (`scripts/build-unikraft-tool-executor.sh`), then
+/// `scripts/load-test-unikernels.sh 10`, which picks the kraft launcher
+/// because kraft and the image are there; the executor gets no arguments
+/// and serves, as in a unikernel.
+#[test]
+fn the_guides_ci_recipe_runs_against_the_kraft_stand_in() {
+    let _slot = shared_slot();
+    let dir = TempDir::new("seed-ci");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let real_home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{real_home}/.cargo"));
+    let rustup_home =
+        std::env::var("RUSTUP_HOME").unwrap_or_else(|_| format!("{real_home}/.rustup"));
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let path = format!(
+        "{}:{}",
+        root.join("tests/fixtures").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let env = |c: &mut std::process::Command| {
+        c.env("HOME", &home)
+            .env("CARGO_HOME", &cargo_home)
+            .env("RUSTUP_HOME", &rustup_home)
+            .env("PATH", &path)
+            .env("UKLOAD_RUNTIME_DIR", dir.path().join("rt"))
+            .env("TMPDIR", dir.path())
+            .env_remove("UKLOAD_RUN")
+            .stdin(std::process::Stdio::null());
+    };
+    let mut build = std::process::Command::new("bash");
+    build.arg(root.join("scripts/build-unikraft-tool-executor.sh"));
+    env(&mut build);
+    let out = output_within(build, Duration::from_secs(600));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(home
+        .join(".osvm/unikernels/unikraft_tool_executor")
+        .is_file());
+
+    let mut run = std::process::Command::new("bash");
+    run.arg(root.join("scripts/load-test-unikernels.sh"))
+        .arg("10")
+        .args([
+            "--cid-range",
+            "7950-7999",
+            "--max-boot-ms",
+            "60000",
+            "--format",
+            "json",
+        ])
+        .arg("--log-dir")
+        .arg(dir.path().join("logs"))
+        .env("UKLOAD", ukload_bin());
+    env(&mut run);
+    let out = output_within(run, RUN_DEADLINE);
+    let doc = json_of(&out);
+    assert_eq!(doc["config"]["launcher"], "kraft", "{doc:#}");
+    assert_eq!(out.status.code(), Some(0), "{doc:#}");
+    assert_eq!(booted(&doc), 10);
+    for i in instances(&doc) {
+        assert_eq!(i["reported_cid"], i["cid"], "{i:#}");
+    }
+    assert_nothing_left(&doc);
+}
