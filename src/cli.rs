@@ -85,7 +85,7 @@ pub struct MergeArgs {
     /// reports written by `ukload run --format json`
     pub files: Vec<PathBuf>,
     #[argh(option)]
-    /// output: human (default), json or junit
+    /// output: human (default), json, junit or html
     pub format: Option<String>,
 }
 

@@ -259,8 +259,10 @@ fn stdout_is_tty() -> bool {
 fn cmd_report(a: cli::ReportArgs) -> i32 {
     let cli::ReportCmd::Merge(m) = a.cmd;
     let format = m.format.as_deref().unwrap_or("human");
-    if !["human", "json", "junit"].contains(&format) {
-        return usage(&format!("--format {format}: expected human, json or junit"));
+    if !["human", "json", "junit", "html"].contains(&format) {
+        return usage(&format!(
+            "--format {format}: expected human, json, junit or html"
+        ));
     }
     if m.files.is_empty() {
         return usage("report merge: name at least one JSON report (ukload run --format json)");
@@ -274,6 +276,7 @@ fn cmd_report(a: cli::ReportArgs) -> i32 {
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(out)),
         "junit" => write!(out, "{}", merged.junit()),
+        "html" => write!(out, "{}", merged.html()),
         _ => write!(out, "{}", merged.human()),
     })
 }

@@ -229,6 +229,87 @@ impl Merged {
         o
     }
 
+    /// A self-contained HTML page: the verdict, a row per host, the overall
+    /// figures and a histogram of every instance's boot time (inline SVG).
+    pub fn html(&self) -> String {
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let word = format!("{:?}", self.verdict).to_uppercase();
+        let colour = match self.verdict {
+            Verdict::Pass => "#1a7f37",
+            Verdict::Partial => "#9a6700",
+            Verdict::Fail => "#cf222e",
+        };
+        let mut h = format!(
+            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>ukload merged: {word}</title>\
+             <style>body{{font:14px system-ui,sans-serif;margin:24px}} td,th{{padding:2px 10px;text-align:left}}\
+             .v{{color:#fff;background:{colour};padding:2px 10px;border-radius:4px}}</style></head><body>\n\
+             <h1>ukload: {} report(s) <span class=\"v\">{word}</span></h1>\n<table id=\"hosts\"><tr><th>host</th><th>run</th>\
+             <th>verdict</th><th>booted</th><th>boot median</th><th>PSS median</th><th>left behind</th><th>reasons</th></tr>\n",
+            self.hosts.len()
+        );
+        for x in &self.hosts {
+            let _ = writeln!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&x.host),
+                esc(&x.run_id),
+                format!("{:?}", x.verdict).to_uppercase(),
+                x.booted,
+                x.total,
+                x.boot_ms.map_or("-".into(), |b| format!("{:.1} ms", b.median)),
+                x.pss_mb.map_or("-".into(), |m| format!("{:.1} MB", m.median)),
+                x.survivors,
+                esc(&x.reasons.join("; "))
+            );
+        }
+        let _ = writeln!(
+            h,
+            "</table>\n<p>Overall: {}/{} booted; boot {}; PSS {}.</p>",
+            self.booted,
+            self.total,
+            esc(&stats_line(&self.boot_ms, "ms")),
+            esc(&stats_line(&self.pss_mb, "MB"))
+        );
+        let boots: Vec<f64> = self
+            .instances
+            .iter()
+            .filter_map(|(_, i)| i["boot_ms"].as_f64())
+            .collect();
+        if let Some(max) = boots.iter().cloned().reduce(f64::max) {
+            const BINS: usize = 20;
+            let hi = max.max(f64::EPSILON) * 1.05;
+            let mut bins = [0usize; BINS];
+            for b in &boots {
+                bins[((b / hi * BINS as f64) as usize).min(BINS - 1)] += 1;
+            }
+            let top = *bins.iter().max().unwrap_or(&1) as f64;
+            let _ = writeln!(
+                h,
+                "<h2>Boot times, every host</h2><svg id=\"histogram\" xmlns=\"http://www.w3.org/2000/svg\" width=\"800\" height=\"220\">"
+            );
+            for (k, n) in bins.iter().enumerate() {
+                let bh = *n as f64 / top * 180.0;
+                let _ = writeln!(
+                    h,
+                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"36\" height=\"{bh:.1}\" fill=\"#2da44e\"><title>{n}</title></rect>",
+                    20.0 + k as f64 * 38.0,
+                    200.0 - bh
+                );
+            }
+            let _ = writeln!(
+                h,
+                "<text x=\"20\" y=\"215\">0 ms</text><text x=\"700\" y=\"215\">{hi:.0} ms</text></svg>"
+            );
+        }
+        h.push_str("</body></html>\n");
+        h
+    }
+
     /// JUnit XML: a testsuite per host, a testcase per instance per phase.
     pub fn junit(&self) -> String {
         let esc = |s: &str| {

@@ -81,6 +81,17 @@ fn reports_of_several_runs_merge_into_one_verdict_and_statistics() {
     assert!(x.contains(r#"tests="10" failures="1""#), "{x}");
     assert!(x.contains("exit code 3"), "{x}");
 
+    // HTML: self-contained, a row per report, the histogram.
+    let out = merge(
+        dir.path(),
+        &[a.as_os_str(), b.as_os_str(), fmt, "html".as_ref()],
+    );
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    assert!(!page.contains("<script") && !page.contains(" src="));
+    assert_eq!(page.matches("<tr><td>").count(), 2, "{page}");
+    assert!(page.contains("id=\"histogram\"") && page.contains(">FAIL<"));
+
     // Two passing reports pass.
     let out = merge(dir.path(), &[a.as_os_str(), a.as_os_str()]);
     assert_eq!(out.status.code(), Some(0));
