@@ -331,27 +331,7 @@ fn connect_until(
         deadline: start + timeout,
         stop,
     };
-    let sys_err = |(step, source): (Step, io::Error)| {
-        if step == Step::Poll && source.raw_os_error() == Some(libc::ETIMEDOUT) {
-            ConnectError::TimedOut {
-                endpoint: ep.clone(),
-                stage: "connect",
-                after: start.elapsed(),
-            }
-        } else if step == Step::Poll && source.raw_os_error() == Some(libc::ECANCELED) {
-            ConnectError::Interrupted {
-                endpoint: ep.clone(),
-                stage: "connect",
-                after: start.elapsed(),
-            }
-        } else {
-            ConnectError::Sys {
-                endpoint: ep.clone(),
-                syscall: step.name(),
-                source,
-            }
-        }
-    };
+    let sys_err = |(step, source): (Step, io::Error)| connect_error(ep, start, step, source);
     match ep {
         Endpoint::Vsock { cid, port } => {
             if !kernel::cid_is_connectable(*cid) {
@@ -368,6 +348,28 @@ fn connect_until(
             let stream = hybrid::unix_connect_deadline(path, until).map_err(sys_err)?;
             client_handshake(ep, stream, *port, start, until).map(Stream::Unix)
         }
+    }
+}
+
+/// A failed connect step as [`ConnectError`]: `poll`'s ETIMEDOUT is the
+/// deadline, its ECANCELED the stop flag, anything else the syscall's error.
+fn connect_error(ep: &Endpoint, start: Instant, step: Step, source: io::Error) -> ConnectError {
+    match (step, source.raw_os_error()) {
+        (Step::Poll, Some(libc::ETIMEDOUT)) => ConnectError::TimedOut {
+            endpoint: ep.clone(),
+            stage: "connect",
+            after: start.elapsed(),
+        },
+        (Step::Poll, Some(libc::ECANCELED)) => ConnectError::Interrupted {
+            endpoint: ep.clone(),
+            stage: "connect",
+            after: start.elapsed(),
+        },
+        _ => ConnectError::Sys {
+            endpoint: ep.clone(),
+            syscall: step.name(),
+            source,
+        },
     }
 }
 
@@ -395,21 +397,9 @@ pub fn hybrid_connect_start(
         deadline: start + timeout,
         stop: None,
     };
-    let mut stream = hybrid::unix_connect_deadline(path, until).map_err(|(step, source)| {
-        if step == Step::Poll && source.raw_os_error() == Some(libc::ETIMEDOUT) {
-            ConnectError::TimedOut {
-                endpoint: ep.clone(),
-                stage: "connect",
-                after: start.elapsed(),
-            }
-        } else {
-            ConnectError::Sys {
-                endpoint: ep.clone(),
-                syscall: step.name(),
-                source,
-            }
-        }
-    })?;
+    let mut stream = hybrid::unix_connect_deadline(path, until)
+        .map_err(|(step, source)| connect_error(&ep, start, step, source))?;
+
     let sys = |syscall: &'static str, source: io::Error| ConnectError::Sys {
         endpoint: ep.clone(),
         syscall,
