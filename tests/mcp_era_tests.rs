@@ -173,19 +173,36 @@ fn lines_of(path: &Path) -> Vec<Value> {
 /// `ukload mcp ARGS --stdio <echo_server.js --era ERA>` with both directions
 /// recorded; returns the output and (client messages, server messages).
 fn mcp_through_tee(era: &str, args: &[&str]) -> (Output, Vec<Value>, Vec<Value>) {
+    let server = format!("node {} --era {era}", common::echo_server().display());
+    mcp_through_tee_to(&server, args)
+}
+
+/// `ukload mcp ARGS --stdio SERVER` (SERVER run by `sh -c`) with both
+/// directions recorded.
+fn mcp_through_tee_to(server: &str, args: &[&str]) -> (Output, Vec<Value>, Vec<Value>) {
     let dir = common::TempDir::new("mcpera");
     let inlog = dir.path().join("in.jsonl");
     let outlog = dir.path().join("out.jsonl");
     let server = format!(
-        "sh -c 'tee {} | node {} --era {era} | tee {}'",
+        "sh -c 'tee {} | {server} | tee {}'",
         inlog.display(),
-        common::echo_server().display(),
         outlog.display()
     );
     let mut cmd = common::ukload(dir.path());
     cmd.arg("mcp").args(args).args(["--stdio", &server]);
     let out = common::output_within(cmd, RUN_BOUND);
     (out, lines_of(&inlog), lines_of(&outlog))
+}
+
+/// `tests/fixtures/mcp/content_server.js`: tools that break their output
+/// schema, return every kind of content, require tasks, fail every other call.
+fn content_server() -> String {
+    format!(
+        "node {}",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/mcp/content_server.js")
+            .display()
+    )
 }
 
 fn stderr(o: &Output) -> String {
@@ -554,4 +571,94 @@ fn the_tool_phase_reports_the_era_per_instance() {
         assert_eq!(inst["tool_protocol"], "2026-07-28 (modern)", "{inst}");
         assert_eq!(inst["tool_result"], "Echo: hi");
     }
+}
+
+// Client points (docs/mcp.md): 7 outputSchema, 9 content, 10 taskSupport, 8 progress.
+
+#[test]
+fn call_and_bench_refuse_structured_content_that_breaks_the_output_schema() {
+    need_node!();
+    let Some(schemas) = schemas() else { return };
+    let server = content_server();
+    for (tool, path) in [
+        ("bad_sum", "$.sum: expected number, got string"),
+        ("no_structured", "$: no structuredContent"),
+    ] {
+        let (o, client, answers) = mcp_through_tee_to(&server, &["call", tool]);
+        assert_eq!(code(&o), 4, "{tool}: {}", stderr(&o));
+        assert_eq!(stdout(&o), "", "{tool}");
+        assert!(
+            stderr(&o).starts_with("ukload mcp: protocol error from stdio MCP server")
+                && stderr(&o).contains(&format!(
+                    "): the result of tool {tool} does not match its outputSchema: {path}\n"
+                )),
+            "{tool}: {}",
+            stderr(&o)
+        );
+        schemas.check(&client, &answers);
+        let methods: Vec<&str> = client.iter().filter_map(|m| m["method"].as_str()).collect();
+        assert!(
+            methods.ends_with(&["tools/list", "tools/call"]),
+            "the schema comes from tools/list: {methods:?}"
+        );
+    }
+    let (o, _, _) = mcp_through_tee_to(&server, &["call", "good_sum"]);
+    assert_eq!((code(&o), stdout(&o)), (0, "5\n".into()), "{}", stderr(&o));
+    // echo_server.js's add keeps its schema in both eras.
+    let (o, _, _) = mcp_through_tee("dual", &["call", "add", "--args", r#"{"a":2,"b":3}"#]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+
+    let (o, client, answers) = mcp_through_tee_to(
+        &server,
+        &[
+            "bench",
+            "bad_sum",
+            "--calls",
+            "6",
+            "--parallel",
+            "2",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    let doc: Value = serde_json::from_str(&stdout(&o)).expect("bench JSON");
+    assert_eq!(doc["failures"], 6, "{doc}");
+    assert!(
+        doc["first_error"]
+            .as_str()
+            .unwrap()
+            .contains("$.sum: expected number, got string"),
+        "{doc}"
+    );
+    schemas.check(&client, &answers);
+}
+
+#[test]
+fn the_tool_phase_refuses_structured_content_that_breaks_the_output_schema() {
+    need_node!();
+    let _slot = common::shared_slot();
+    let dir = common::TempDir::new("mcpera-run-schema");
+    let server = content_server();
+    let bridge = format!("--guest-arg={server}");
+    let (out, doc) = common::run_report(
+        dir.path(),
+        1,
+        &[
+            "--tool-call",
+            "bad_sum",
+            "--guest-arg=--mcp-server",
+            &bridge,
+            "--max-boot-ms",
+            "60000",
+        ],
+        RUN_BOUND,
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let inst = &common::instances(&doc)[0];
+    let err = inst["tool_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("does not match its outputSchema: $.sum: expected number, got string"),
+        "{inst}"
+    );
 }

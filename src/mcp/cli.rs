@@ -512,17 +512,24 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// The arguments object for `tool`: `--args` plus `--arg` pairs typed by the
-/// tool's input schema (fetched with tools/list only when there are pairs). A
-/// tool the server does not list gets untyped pairs: the call itself then
-/// reports the server's error for the unknown tool.
-fn build_arguments(session: &Session, tool: &str, spec: &ArgSpec) -> Result<Value, Failure> {
+/// What a call needs before it is sent: its arguments and the tool's
+/// `tools/list` entry (`None` when the server does not list it: the call
+/// itself then reports the server's error for the unknown tool).
+struct Prepared {
+    arguments: Value,
+    tool: Option<Tool>,
+}
+
+/// Fetches the tool list (one `tools/list` round trip, every page: the cost
+/// of checking results against the tool's `outputSchema`) and builds the
+/// arguments: `--args` plus `--arg` pairs typed by the tool's input schema
+/// (untyped for a tool the server does not list).
+fn prepare(session: &Session, tool: &str, spec: &ArgSpec) -> Result<Prepared, Failure> {
+    let entry = session.list_tools()?.into_iter().find(|t| t.name == tool);
     let mut out = spec.base.clone();
     if !spec.pairs.is_empty() {
-        let tools = session.list_tools()?;
-        let schema = tools
-            .iter()
-            .find(|t| t.name == tool)
+        let schema = entry
+            .as_ref()
             .map(|t| t.input_schema.clone())
             .unwrap_or_else(|| json!({}));
         match coerce_args(&schema, &spec.pairs).map_err(Usage)? {
@@ -530,7 +537,27 @@ fn build_arguments(session: &Session, tool: &str, spec: &ArgSpec) -> Result<Valu
             _ => unreachable!("coerce_args builds an object"),
         }
     }
-    Ok(Value::Object(out))
+    Ok(Prepared {
+        arguments: Value::Object(out),
+        tool: entry,
+    })
+}
+
+/// A successful call's result checked against the tool's `outputSchema`: a
+/// mismatch is a protocol failure naming the JSON path.
+fn checked(
+    session: &Session,
+    tool: Option<&Tool>,
+    result: Result<ToolResult, McpError>,
+) -> Result<ToolResult, McpError> {
+    let result = result?;
+    match tool.map(|t| t.check_output(&result)) {
+        Some(Err(detail)) => Err(McpError::Protocol {
+            peer: session.peer().to_string(),
+            detail,
+        }),
+        _ => Ok(result),
+    }
 }
 
 /// Connects and initializes; `--stdio` children die with ukload and carry the
@@ -696,20 +723,15 @@ fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
     let format = parse_format(&a.format, "text")?;
     let spec = arg_spec(&a.arg, &a.args)?;
     let session = connect(&conn)?;
-    let arguments = match build_arguments(&session, &a.tool, &spec) {
-        Ok(v) => v,
+    let prepared = match prepare(&session, &a.tool, &spec) {
+        Ok(p) => p,
         Err(f) => {
-            let code = match f {
-                Failure::Usage(Usage(msg)) => {
-                    crate::status!("ukload mcp: {msg}");
-                    EXIT_USAGE
-                }
-                Failure::Mcp(e) => report_mcp_error(&e),
-            };
+            let code = failure_code(f);
             return Ok(finish(session, code));
         }
     };
-    let (code, written) = match session.call_tool(&a.tool, arguments, conn.timeout) {
+    let result = session.call_tool(&a.tool, prepared.arguments, conn.timeout);
+    let (code, written) = match checked(&session, prepared.tool.as_ref(), result) {
         Ok(result) => {
             let written = print_out(&render_result(&result, format));
             let code = if result.is_error {
@@ -722,6 +744,17 @@ fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
         Err(e) => (report_mcp_error(&e), Ok(())),
     };
     Ok(printed(written, finish(session, code)))
+}
+
+/// Says why a subcommand stopped and returns its exit code.
+fn failure_code(f: Failure) -> i32 {
+    match f {
+        Failure::Usage(Usage(msg)) => {
+            crate::status!("ukload mcp: {msg}");
+            EXIT_USAGE
+        }
+        Failure::Mcp(e) => report_mcp_error(&e),
+    }
 }
 
 /// The text of a result (its text items, one per line), or the raw result as JSON.
@@ -813,19 +846,17 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
     .min(calls);
     let spec = arg_spec(&a.arg, &a.args)?;
     let session = Arc::new(connect(&conn)?);
-    let arguments = match build_arguments(&session, &a.tool, &spec) {
-        Ok(v) => v,
+    let Prepared {
+        arguments,
+        tool: entry,
+    } = match prepare(&session, &a.tool, &spec) {
+        Ok(p) => p,
         Err(f) => {
-            let code = match f {
-                Failure::Usage(Usage(msg)) => {
-                    crate::status!("ukload mcp: {msg}");
-                    EXIT_USAGE
-                }
-                Failure::Mcp(e) => report_mcp_error(&e),
-            };
+            let code = failure_code(f);
             return Ok(close_shared(session, code));
         }
     };
+    let entry = Arc::new(entry);
 
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
@@ -836,6 +867,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         let claimed = Arc::clone(&next);
         let arguments = arguments.clone();
         let tool = a.tool.clone();
+        let entry = Arc::clone(&entry);
         let timeout = conn.timeout;
         let spawned = std::thread::Builder::new()
             .name(format!("mcp-bench-{i}"))
@@ -845,6 +877,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
                     let t0 = Instant::now();
                     let r = session.call_tool(&tool, arguments.clone(), timeout);
                     let took = t0.elapsed();
+                    let r = checked(&session, entry.as_ref().as_ref(), r);
                     done.push(match r {
                         Ok(res) if res.is_error => (CallOutcome::ToolError, took, None),
                         Ok(_) => (CallOutcome::Ok, took, None),

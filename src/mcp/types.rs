@@ -193,6 +193,52 @@ impl Tool {
     }
 }
 
+/// The value of `execution.taskSupport` that makes a tool callable only as a
+/// task (the tasks extension, which this client does not speak).
+pub const TASK_SUPPORT_REQUIRED: &str = "required";
+
+impl Tool {
+    /// `execution.taskSupport` as declared (`forbidden`, `optional`,
+    /// `required`); `None` when absent (which means `forbidden`).
+    pub fn task_support(&self) -> Option<&str> {
+        self.raw
+            .get("execution")
+            .and_then(|e| e.get("taskSupport"))
+            .and_then(Value::as_str)
+    }
+
+    /// Whether the tool can only be called as a task (`taskSupport:
+    /// "required"`): this client, which has no task support, must not call it.
+    pub fn requires_tasks(&self) -> bool {
+        self.task_support() == Some(TASK_SUPPORT_REQUIRED)
+    }
+
+    /// Checks a result of this tool against its `outputSchema` (clients
+    /// SHOULD): with a schema, a successful result must carry
+    /// `structuredContent` that validates against it. A tool error
+    /// (`isError: true`) and a tool without a schema are not checked.
+    /// `Err` names the JSON path that failed (`$.sum: expected number, got
+    /// string`); the schema's `$ref`s resolve within the schema itself. The
+    /// keywords checked are [`super::schema`]'s subset.
+    pub fn check_output(&self, result: &ToolResult) -> Result<(), String> {
+        let Some(schema) = &self.output_schema else {
+            return Ok(());
+        };
+        if result.is_error {
+            return Ok(());
+        }
+        let what = format!(
+            "the result of tool {} does not match its outputSchema",
+            self.name
+        );
+        match &result.structured {
+            None => Err(format!("{what}: $: no structuredContent")),
+            Some(value) => super::schema::validate(schema, schema, value)
+                .map_err(|path_and_why| format!("{what}: {path_and_why}")),
+        }
+    }
+}
+
 impl Content {
     fn from_value(v: &Value) -> Content {
         let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
@@ -272,6 +318,39 @@ mod tests {
             }
         );
         assert!(matches!(r.content[3], Content::Other(_)));
+    }
+
+    #[test]
+    fn output_schema_checks_successful_results_only() {
+        let tool = Tool::from_value(&json!({
+            "name": "add", "inputSchema": {"type": "object"},
+            "outputSchema": {"type": "object", "properties": {"sum": {"type": "number"}}, "required": ["sum"]},
+        }))
+        .unwrap();
+        let result = |v: Value| ToolResult::from_value(v).unwrap();
+        assert!(tool
+            .check_output(&result(
+                json!({"content": [], "structuredContent": {"sum": 5}})
+            ))
+            .is_ok());
+        assert_eq!(
+            tool.check_output(&result(json!({"content": [], "structuredContent": {"sum": "5"}})))
+                .unwrap_err(),
+            "the result of tool add does not match its outputSchema: $.sum: expected number, got string"
+        );
+        assert!(tool
+            .check_output(&result(json!({"content": []})))
+            .unwrap_err()
+            .ends_with("$: no structuredContent"));
+        assert!(tool
+            .check_output(&result(json!({"content": [], "isError": true})))
+            .is_ok());
+        assert!(!tool.requires_tasks());
+        let task =
+            Tool::from_value(&json!({"name": "t", "execution": {"taskSupport": "required"}}))
+                .unwrap();
+        assert!(task.requires_tasks());
+        assert_eq!(task.task_support(), Some("required"));
     }
 
     #[test]
