@@ -662,3 +662,58 @@ fn the_tool_phase_refuses_structured_content_that_breaks_the_output_schema() {
         "{inst}"
     );
 }
+
+#[test]
+fn call_shows_every_content_item_and_bench_counts_error_texts() {
+    need_node!();
+    let Some(schemas) = schemas() else { return };
+    let server = content_server();
+    let (o, client, answers) = mcp_through_tee_to(&server, &["call", "media"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "first line\nsecond line\n\
+         [image image/png, 8 bytes]\n\
+         [audio audio/wav, 4 bytes]\n\
+         [resource file:///tmp/notes.txt text/plain, 5 bytes]\n\
+         [resource file:///tmp/blob.bin application/octet-stream, 8 bytes]\n\
+         [resource_link file:///tmp/report.pdf application/pdf, 2048 bytes]\n"
+    );
+    schemas.check(&client, &answers);
+    // --format json stays the raw result.
+    let (o, _, _) = mcp_through_tee_to(&server, &["call", "media", "--format", "json"]);
+    let raw: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(raw["content"].as_array().unwrap().len(), 6);
+
+    // bench: every other call of flaky fails with the same text.
+    let (o, client, answers) = mcp_through_tee_to(&server, &["bench", "flaky", "--calls", "10"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("tool errors 5"), "{text}");
+    assert!(
+        text.contains(
+            "  errors (first distinct texts, by kind):\n    5 × tool error: flaky failure\n"
+        ),
+        "{text}"
+    );
+    schemas.check(&client, &answers);
+    let (o, _, _) = mcp_through_tee_to(
+        &server,
+        &["bench", "flaky", "--calls", "4", "--format", "json"],
+    );
+    let doc: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        doc["errors"],
+        json!([{"kind": "tool_error", "text": "flaky failure", "count": 2}]),
+        "{doc}"
+    );
+    assert_eq!(doc["errors_not_shown"], 0);
+    // A JSON-RPC error and a protocol failure are texts of their own kinds.
+    let (o, _, _) = mcp_through_tee_to(&server, &["bench", "nope", "--calls", "3"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("    3 × JSON-RPC error: error -32602: Unknown tool: nope\n"),
+        "{}",
+        stdout(&o)
+    );
+}

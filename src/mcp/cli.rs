@@ -191,7 +191,8 @@ pub struct CallArgs {
     /// deadline of the call in ms (default 10000)
     pub timeout_ms: Option<String>,
     #[argh(option)]
-    /// output: text (default: the result's text) or json (the raw result)
+    /// output: text (default: every content item, text as text, others one
+    /// line each) or json (the raw result)
     pub format: Option<String>,
 }
 
@@ -757,24 +758,19 @@ fn failure_code(f: Failure) -> i32 {
     }
 }
 
-/// The text of a result (its text items, one per line), or the raw result as JSON.
-/// A result without text items is shown as its `content` JSON.
+/// Every content item in order (text items as their text, others as one
+/// line each: [`Content::summary`]), or the raw result as JSON.
 fn render_result(result: &ToolResult, format: Format) -> String {
     match format {
         Format::Json => format!(
             "{}\n",
             serde_json::to_string_pretty(&result.raw).unwrap_or_default()
         ),
-        Format::Human => {
-            let text = result.text();
-            if !text.is_empty() {
-                format!("{text}\n")
-            } else if result.content.is_empty() {
-                String::new()
-            } else {
-                format!("{}\n", result.raw["content"])
-            }
-        }
+        Format::Human => result
+            .content
+            .iter()
+            .map(|c| format!("{}\n", c.summary()))
+            .collect(),
     }
 }
 
@@ -786,6 +782,59 @@ enum CallOutcome {
     Rpc,
     Timeout,
     Failed,
+}
+
+impl CallOutcome {
+    /// How a failed call is named in the report; `None` for a success.
+    fn kind(&self) -> Option<&'static str> {
+        match self {
+            CallOutcome::Ok => None,
+            CallOutcome::ToolError => Some("tool error"),
+            CallOutcome::Rpc => Some("JSON-RPC error"),
+            CallOutcome::Timeout => Some("timeout"),
+            CallOutcome::Failed => Some("failure"),
+        }
+    }
+}
+
+/// Most distinct error texts `mcp bench` prints.
+pub const MAX_BENCH_ERROR_TEXTS: usize = 5;
+
+/// One distinct error text of the failed calls and how many calls gave it.
+#[derive(Debug, Clone, PartialEq)]
+struct ErrorGroup {
+    kind: &'static str,
+    text: String,
+    count: usize,
+}
+
+/// The first [`MAX_BENCH_ERROR_TEXTS`] distinct (kind, text) pairs, in the
+/// order first seen, each with its count, and how many failed calls had
+/// another text (not kept: memory stays bounded whatever the server says).
+#[derive(Debug, Default, PartialEq)]
+struct ErrorGroups {
+    shown: Vec<ErrorGroup>,
+    not_shown: usize,
+}
+
+fn error_groups<'a>(errors: impl Iterator<Item = (&'static str, &'a str)>) -> ErrorGroups {
+    let mut groups = ErrorGroups::default();
+    for (kind, text) in errors {
+        let seen = groups
+            .shown
+            .iter()
+            .position(|g| g.kind == kind && g.text == text);
+        match seen {
+            Some(i) => groups.shown[i].count += 1,
+            None if groups.shown.len() < MAX_BENCH_ERROR_TEXTS => groups.shown.push(ErrorGroup {
+                kind,
+                text: text.to_string(),
+                count: 1,
+            }),
+            None => groups.not_shown += 1,
+        }
+    }
+    groups
 }
 
 /// Latency summary in milliseconds; percentiles are nearest-rank.
@@ -879,11 +928,20 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
                     let took = t0.elapsed();
                     let r = checked(&session, entry.as_ref().as_ref(), r);
                     done.push(match r {
-                        Ok(res) if res.is_error => (CallOutcome::ToolError, took, None),
+                        Ok(res) if res.is_error => (CallOutcome::ToolError, took, Some(res.text())),
                         Ok(_) => (CallOutcome::Ok, took, None),
-                        Err(e @ McpError::Rpc { .. }) => (CallOutcome::Rpc, took, Some(e)),
-                        Err(e) if e.is_timeout() => (CallOutcome::Timeout, took, Some(e)),
-                        Err(e) => (CallOutcome::Failed, took, Some(e)),
+                        Err(McpError::Rpc { code, message, .. }) => (
+                            CallOutcome::Rpc,
+                            took,
+                            Some(format!("error {code}: {message}")),
+                        ),
+                        // Without the request id, so that timeouts count as one text.
+                        Err(e) if e.is_timeout() => (
+                            CallOutcome::Timeout,
+                            took,
+                            Some(format!("no answer within {timeout:?}")),
+                        ),
+                        Err(e) => (CallOutcome::Failed, took, Some(e.to_string())),
                     });
                 }
                 done
@@ -934,8 +992,13 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         .collect();
     let first_error = results
         .iter()
-        .find_map(|r| r.2.as_ref())
-        .map(|e| e.to_string());
+        .filter(|r| r.0 != CallOutcome::ToolError)
+        .find_map(|r| r.2.clone());
+    let errors = error_groups(
+        results
+            .iter()
+            .filter_map(|r| Some((r.0.kind()?, r.2.as_deref()?))),
+    );
     let stats = latency_stats(&answered);
     let per_sec = if elapsed.is_zero() {
         0.0
@@ -965,6 +1028,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         calls_per_sec: per_sec,
         stats: stats.as_ref(),
         first_error: first_error.as_deref(),
+        errors: &errors,
     };
     let written = print_out(&match format {
         Format::Json => report.json(),
@@ -1002,6 +1066,7 @@ struct BenchReport<'a> {
     calls_per_sec: f64,
     stats: Option<&'a LatencyStats>,
     first_error: Option<&'a str>,
+    errors: &'a ErrorGroups,
 }
 
 impl BenchReport<'_> {
@@ -1027,6 +1092,10 @@ impl BenchReport<'_> {
             "calls_per_sec": self.calls_per_sec,
             "latency_ms": latency,
             "first_error": self.first_error,
+            "errors": self.errors.shown.iter().map(|g| json!({
+                "kind": g.kind.replace(' ', "_"), "text": g.text, "count": g.count,
+            })).collect::<Vec<_>>(),
+            "errors_not_shown": self.errors.not_shown,
         });
         format!(
             "{}\n",
@@ -1061,8 +1130,18 @@ impl BenchReport<'_> {
             self.calls_per_sec,
             self.elapsed.as_secs_f64()
         ));
-        if let Some(e) = self.first_error {
-            s.push_str(&format!("  first error: {e}\n"));
+        if !self.errors.shown.is_empty() {
+            s.push_str("  errors (first distinct texts, by kind):\n");
+            for g in &self.errors.shown {
+                let text = g.text.replace('\n', " ");
+                s.push_str(&format!("    {} × {}: {text}\n", g.count, g.kind));
+            }
+            if self.errors.not_shown > 0 {
+                s.push_str(&format!(
+                    "    ({} more failed calls with other texts)\n",
+                    self.errors.not_shown
+                ));
+            }
         }
         s
     }
@@ -1199,6 +1278,24 @@ mod tests {
     }
 
     #[test]
+    fn bench_errors_group_by_kind_and_text_and_stay_bounded() {
+        let mut errors = vec![("tool error", "a"), ("timeout", "t"), ("tool error", "a")];
+        for i in 0..10 {
+            errors.push(("failure", ["x", "y", "z", "w", "v", "u"][i % 6]));
+        }
+        let g = error_groups(errors.into_iter());
+        assert_eq!(g.shown.len(), MAX_BENCH_ERROR_TEXTS);
+        assert_eq!(
+            (g.shown[0].kind, g.shown[0].text.as_str(), g.shown[0].count),
+            ("tool error", "a", 2)
+        );
+        assert_eq!((g.shown[1].kind, g.shown[1].count), ("timeout", 1));
+        assert_eq!((g.shown[2].text.as_str(), g.shown[2].count), ("x", 2));
+        // x, y and z (twice each) are shown; w, v, u, w (4 calls) are counted, not kept.
+        assert_eq!(g.not_shown, 10 - 2 - 2 - 2);
+    }
+
+    #[test]
     fn nearest_rank_percentiles() {
         let samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
         let s = latency_stats(&samples).unwrap();
@@ -1225,6 +1322,9 @@ mod tests {
             json!({"content": [{"type": "image", "data": "AA==", "mimeType": "image/png"}]}),
         )
         .unwrap();
-        assert!(render_result(&r, Format::Human).contains("image/png"));
+        assert_eq!(
+            render_result(&r, Format::Human),
+            "[image image/png, 1 byte]\n"
+        );
     }
 }
