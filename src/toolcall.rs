@@ -172,6 +172,16 @@ pub fn execute(
         }
     };
     let tool = tools.iter().find(|t| t.name == call.name).cloned();
+    if tool.as_ref().is_some_and(crate::mcp::Tool::requires_tasks) {
+        out.error = Some(
+            crate::mcp::McpError::NeedsTasks {
+                tool: call.name.clone(),
+            }
+            .to_string(),
+        );
+        let _ = session.close();
+        return out;
+    }
     let args = match (&call.args, &tool) {
         (Some(a), _) => a.clone(),
         (None, Some(t)) => sample_arguments(&t.input_schema),

@@ -717,3 +717,86 @@ fn call_shows_every_content_item_and_bench_counts_error_texts() {
         stdout(&o)
     );
 }
+
+#[test]
+fn tools_that_require_tasks_are_marked_and_never_called() {
+    need_node!();
+    let Some(schemas) = schemas() else { return };
+    let server = content_server();
+    let (o, client, answers) = mcp_through_tee_to(&server, &["tools"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("long_job()  [task required]  Needs task support\n"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(
+        stdout(&o).matches("[task required]").count(),
+        1,
+        "{}",
+        stdout(&o)
+    );
+    schemas.check(&client, &answers);
+    for cmd in [
+        &["call", "long_job"][..],
+        &["bench", "long_job", "--calls", "3"],
+    ] {
+        let (o, client, answers) = mcp_through_tee_to(&server, cmd);
+        assert_eq!(code(&o), 6, "{cmd:?}: {}", stderr(&o));
+        assert_eq!(stdout(&o), "", "{cmd:?}");
+        assert_eq!(
+            stderr(&o),
+            "ukload mcp: tool long_job requires task-augmented execution \
+             (execution.taskSupport is \"required\"); ukload has no task support, \
+             so the tool was not called\n",
+            "{cmd:?}"
+        );
+        assert!(
+            !client.iter().any(|m| m["method"] == "tools/call"),
+            "{cmd:?}: a tools/call was sent: {client:?}"
+        );
+        schemas.check(&client, &answers);
+    }
+    let o = {
+        let dir = common::TempDir::new("mcpera-help");
+        let mut cmd = common::ukload(dir.path());
+        cmd.args(["mcp", "call", "--help"]);
+        common::output_within(cmd, RUN_BOUND)
+    };
+    assert!(
+        stdout(&o).contains("6 the tool requires task support"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn the_tool_phase_does_not_call_a_tool_that_requires_tasks() {
+    need_node!();
+    let _slot = common::shared_slot();
+    let dir = common::TempDir::new("mcpera-run-task");
+    let bridge = format!("--guest-arg={}", content_server());
+    let (out, doc) = common::run_report(
+        dir.path(),
+        1,
+        &[
+            "--tool-call",
+            "long_job:{}",
+            "--guest-arg=--mcp-server",
+            &bridge,
+            "--max-boot-ms",
+            "60000",
+        ],
+        RUN_BOUND,
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let inst = &common::instances(&doc)[0];
+    assert!(
+        inst["tool_error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("tool long_job requires task-augmented execution"),
+        "{inst}"
+    );
+    assert!(inst["tool_result"].is_null(), "{inst}");
+}

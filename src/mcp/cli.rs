@@ -16,7 +16,9 @@
 //! `isError: true`; its text is printed on stdout), [`EXIT_RPC_ERROR`] 3 (the
 //! server answered with a JSON-RPC error; `error <code>: <message>` on stderr),
 //! [`EXIT_TRANSPORT`] 4 (transport, protocol or timeout failure),
-//! [`EXIT_NOT_OFFERED`] 5 (the server declared no `tools` capability), [`EXIT_USAGE`]
+//! [`EXIT_NOT_OFFERED`] 5 (the server declared no `tools` capability),
+//! [`EXIT_NEEDS_TASKS`] 6 (the tool requires task support, which ukload
+//! lacks: nothing was called), [`EXIT_USAGE`]
 //! 64 (bad command line; one line naming the flag), [`EXIT_IOERR`] 74 (the
 //! result could not be written to stdout; said on stderr).
 
@@ -49,6 +51,9 @@ pub const EXIT_RPC_ERROR: i32 = 3;
 pub const EXIT_TRANSPORT: i32 = 4;
 /// The server declared no `tools` capability: nothing was asked of it.
 pub const EXIT_NOT_OFFERED: i32 = 5;
+/// The tool requires task-augmented execution (`execution.taskSupport:
+/// "required"`), which ukload does not support: it was not called.
+pub const EXIT_NEEDS_TASKS: i32 = 6;
 /// Bad command line (sysexits.h EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
 /// The output could not be written to stdout (sysexits.h EX_IOERR).
@@ -86,6 +91,10 @@ pub const STDIO_MARKER_PREFIX: &str = "mcp-";
     ),
     error_code(4, "transport, protocol or timeout failure"),
     error_code(5, "the server offers no tools (no tools capability)"),
+    error_code(
+        6,
+        "the tool requires task support (taskSupport required), which ukload lacks: not called"
+    ),
     error_code(64, "bad usage"),
     error_code(74, "the output could not be written to stdout")
 )]
@@ -157,6 +166,11 @@ pub struct ToolsArgs {
         "the server answered with a JSON-RPC error (`error <code>: <message>` on stderr)"
     ),
     error_code(4, "transport, protocol or timeout failure"),
+    error_code(5, "the server offers no tools (no tools capability)"),
+    error_code(
+        6,
+        "the tool requires task support (taskSupport required), which ukload lacks: not called"
+    ),
     error_code(64, "bad usage"),
     error_code(74, "the output could not be written to stdout")
 )]
@@ -207,6 +221,11 @@ pub struct CallArgs {
     error_code(1, "some call returned isError: true (and none failed worse)"),
     error_code(3, "some call got a JSON-RPC error (and none failed worse)"),
     error_code(4, "some call failed: transport, protocol or timeout"),
+    error_code(5, "the server offers no tools (no tools capability)"),
+    error_code(
+        6,
+        "the tool requires task support (taskSupport required), which ukload lacks: not called"
+    ),
     error_code(64, "bad usage"),
     error_code(74, "the output could not be written to stdout")
 )]
@@ -338,6 +357,10 @@ fn report_mcp_error(e: &McpError) -> i32 {
         e @ McpError::NotOffered { .. } => {
             crate::status!("ukload mcp: {e}");
             EXIT_NOT_OFFERED
+        }
+        e @ McpError::NeedsTasks { .. } => {
+            crate::status!("ukload mcp: {e}");
+            EXIT_NEEDS_TASKS
         }
         other => {
             crate::status!("ukload mcp: {other}");
@@ -522,11 +545,18 @@ struct Prepared {
 }
 
 /// Fetches the tool list (one `tools/list` round trip, every page: the cost
-/// of checking results against the tool's `outputSchema`) and builds the
+/// of checking results against the tool's `outputSchema`), refuses a tool
+/// that requires task support before anything is sent, and builds the
 /// arguments: `--args` plus `--arg` pairs typed by the tool's input schema
 /// (untyped for a tool the server does not list).
 fn prepare(session: &Session, tool: &str, spec: &ArgSpec) -> Result<Prepared, Failure> {
     let entry = session.list_tools()?.into_iter().find(|t| t.name == tool);
+    if entry.as_ref().is_some_and(Tool::requires_tasks) {
+        return Err(McpError::NeedsTasks {
+            tool: tool.to_string(),
+        }
+        .into());
+    }
     let mut out = spec.base.clone();
     if !spec.pairs.is_empty() {
         let schema = entry
@@ -678,7 +708,12 @@ pub fn describe_session(session: &Session) -> String {
     )
 }
 
-/// One line: `name(arg: type, [optional: type])  description`.
+/// What `ukload mcp tools` writes after the parameters of a tool whose
+/// `execution.taskSupport` is `required` (ukload cannot call it).
+pub const TASK_REQUIRED_MARKER: &str = "  [task required]";
+
+/// One line: `name(arg: type, [optional: type])  description`, with
+/// [`TASK_REQUIRED_MARKER`] before the description for a tool that needs tasks.
 fn describe_tool(t: &Tool) -> String {
     let required: Vec<&str> = t.input_schema["required"]
         .as_array()
@@ -709,7 +744,12 @@ fn describe_tool(t: &Tool) -> String {
         })
         .unwrap_or_default();
     let desc = t.description.as_deref().unwrap_or("").replace('\n', " ");
-    format!("{}({})  {}\n", t.name, params.join(", "), desc)
+    let marker = if t.requires_tasks() {
+        TASK_REQUIRED_MARKER
+    } else {
+        ""
+    };
+    format!("{}({}){marker}  {}\n", t.name, params.join(", "), desc)
 }
 
 fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
