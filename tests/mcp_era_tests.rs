@@ -252,13 +252,15 @@ fn ukload_client_against_modern_dual_and_legacy_servers() {
                     "server/discover",
                     "initialize",
                     "notifications/initialized",
+                    "tools/list",
                     "tools/call"
                 ]
             );
         } else {
+            // tools/list gives the outputSchema the result is checked against.
             assert_eq!(
                 methods,
-                ["server/discover", "tools/call"],
+                ["server/discover", "tools/list", "tools/call"],
                 "{era}: stateless"
             );
         }
@@ -799,4 +801,148 @@ fn the_tool_phase_does_not_call_a_tool_that_requires_tasks() {
         "{inst}"
     );
     assert!(inst["tool_result"].is_null(), "{inst}");
+}
+
+/// `progress N/TOTAL (P%): waiting for delay_ms` lines of a call's stderr.
+fn progress_lines(err: &str) -> Vec<&str> {
+    err.lines().filter(|l| l.starts_with("progress ")).collect()
+}
+
+#[test]
+fn call_sends_a_progress_token_and_shows_progress_on_stderr() {
+    need_node!();
+    let Some(schemas) = schemas() else { return };
+    for era in ["dual", "legacy"] {
+        let args = [
+            "call",
+            "echo",
+            "--arg",
+            "message=slow",
+            "--arg",
+            "delay_ms=1000",
+        ];
+        let (o, client, answers) = mcp_through_tee(era, &args);
+        assert_eq!(
+            (code(&o), stdout(&o)),
+            (0, "Echo: slow\n".into()),
+            "{era}: {}",
+            stderr(&o)
+        );
+        schemas.check(&client, &answers);
+        let call = client
+            .iter()
+            .find(|m| m["method"] == "tools/call")
+            .expect("a tools/call");
+        assert_eq!(
+            call["params"]["_meta"]["progressToken"], call["id"],
+            "{era}: the token is the request id: {call}"
+        );
+        let err = stderr(&o);
+        let lines = progress_lines(&err);
+        // A pipe gets one line per notification (every 200 ms of 1000).
+        assert!(lines.len() >= 2, "{era}: {err}");
+        assert!(
+            lines[0].starts_with("progress ")
+                && lines[0].contains("/1000 (")
+                && lines[0].ends_with("%): waiting for delay_ms"),
+            "{era}: {err}"
+        );
+        let notified = answers
+            .iter()
+            .filter(|m| m["method"] == "notifications/progress")
+            .count();
+        assert_eq!(lines.len(), notified, "{era}: {err}");
+        // -q: nothing on stderr.
+        let quiet: Vec<&str> = args.iter().copied().chain(["-q"]).collect();
+        let (o, _, _) = mcp_through_tee(era, &quiet);
+        assert_eq!(code(&o), 0, "{era}: {}", stderr(&o));
+        assert_eq!(stderr(&o), "", "{era}: -q");
+    }
+
+    // The guest's built-in tools send the same notifications.
+    let guest = Guest::start(&[]);
+    let dir = common::TempDir::new("mcpera-progress");
+    let mut cmd = common::ukload(dir.path());
+    cmd.args([
+        "mcp",
+        "call",
+        "echo",
+        "--arg",
+        "message=g",
+        "--arg",
+        "delay_ms=700",
+    ])
+    .args([
+        "--uds",
+        &format!("{}:{}", guest.sock.display(), ukload::DEFAULT_PORT),
+    ]);
+    let o = common::output_within(cmd, RUN_BOUND);
+    assert_eq!(
+        (code(&o), stdout(&o)),
+        (0, "Echo: g\n".into()),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!progress_lines(&stderr(&o)).is_empty(), "{}", stderr(&o));
+}
+
+#[test]
+fn progress_resets_the_timeout_only_when_asked_and_max_total_is_hard() {
+    need_node!();
+    let Some(schemas) = schemas() else { return };
+    let slow = [
+        "call",
+        "echo",
+        "--arg",
+        "message=slow",
+        "--arg",
+        "delay_ms=2000",
+        "--timeout-ms",
+        "700",
+        "-q",
+    ];
+    let with =
+        |extra: &[&'static str]| -> Vec<&str> { slow.iter().chain(extra).copied().collect() };
+    // Without the switch the 700 ms deadline holds, progress or not.
+    let (o, client, answers) = mcp_through_tee("dual", &slow);
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no answer within 700ms"),
+        "{}",
+        stderr(&o)
+    );
+    schemas.check(&client, &answers);
+    // Progress every 200 ms keeps restarting it: the 2 s call succeeds.
+    let (o, client, answers) = mcp_through_tee("dual", &with(&["--progress-resets-timeout"]));
+    assert_eq!(
+        (code(&o), stdout(&o)),
+        (0, "Echo: slow\n".into()),
+        "{}",
+        stderr(&o)
+    );
+    schemas.check(&client, &answers);
+    // ... but never past --max-total-ms.
+    let (o, client, answers) = mcp_through_tee(
+        "dual",
+        &with(&["--progress-resets-timeout", "--max-total-ms", "1200"]),
+    );
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "no answer within 1.2s; the hard limit on the whole call (1.2s, max total) was reached"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        client
+            .iter()
+            .any(|m| m["method"] == "notifications/cancelled"),
+        "the call is cancelled at the hard limit: {client:?}"
+    );
+    schemas.check(&client, &answers);
+    // A bad value names its flag.
+    let (o, _, _) = mcp_through_tee("dual", &with(&["--max-total-ms", "0"]));
+    assert_eq!(code(&o), 64, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--max-total-ms"), "{}", stderr(&o));
 }

@@ -33,7 +33,7 @@ use serde_json::{json, Map, Value};
 
 use super::args::{coerce_args, parse_arg_pair, split_command};
 use super::error::McpError;
-use super::session::{ProtocolChoice, Session, SessionOptions};
+use super::session::{CallOptions, Progress, ProtocolChoice, Session, SessionOptions};
 use super::stdio::SpawnOptions;
 use super::transport::Transport;
 use super::types::{Tool, ToolResult};
@@ -61,6 +61,9 @@ pub const EXIT_IOERR: i32 = crate::report::EXIT_IOERR;
 
 /// Default deadline of each call, ms.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Default `--max-total-ms` with `--progress-resets-timeout`: the hard bound
+/// of a call that keeps reporting progress (or `--timeout-ms` if longer).
+pub const DEFAULT_MAX_TOTAL_MS: u64 = 600_000;
 /// Default number of calls of `mcp bench`.
 pub const DEFAULT_BENCH_CALLS: usize = 100;
 /// Default number of calls in flight at once in `mcp bench`.
@@ -144,6 +147,9 @@ pub struct ToolsArgs {
     #[argh(option)]
     /// deadline of each request in ms (default 10000)
     pub timeout_ms: Option<String>,
+    #[argh(switch, short = 'q')]
+    /// do not say on stderr which server, revision and era were spoken
+    pub quiet: bool,
     #[argh(option)]
     /// output: human (default) or json (the raw tools/list entries)
     pub format: Option<String>,
@@ -204,6 +210,17 @@ pub struct CallArgs {
     #[argh(option)]
     /// deadline of the call in ms (default 10000)
     pub timeout_ms: Option<String>,
+    #[argh(switch)]
+    /// restart --timeout-ms at each progress notification of the call
+    /// (bounded by --max-total-ms)
+    pub progress_resets_timeout: bool,
+    #[argh(option)]
+    /// hard bound of a call in ms, whatever its progress (default with
+    /// --progress-resets-timeout: 600000 or --timeout-ms if longer)
+    pub max_total_ms: Option<String>,
+    #[argh(switch, short = 'q')]
+    /// print no progress on stderr
+    pub quiet: bool,
     #[argh(option)]
     /// output: text (default: every content item, text as text, others one
     /// line each) or json (the raw result)
@@ -265,6 +282,14 @@ pub struct BenchArgs {
     #[argh(option)]
     /// deadline of each call in ms (default 10000)
     pub timeout_ms: Option<String>,
+    #[argh(switch)]
+    /// restart --timeout-ms at each progress notification of the call
+    /// (bounded by --max-total-ms)
+    pub progress_resets_timeout: bool,
+    #[argh(option)]
+    /// hard bound of a call in ms, whatever its progress (default with
+    /// --progress-resets-timeout: 600000 or --timeout-ms if longer)
+    pub max_total_ms: Option<String>,
     #[argh(option)]
     /// output: human (default) or json
     pub format: Option<String>,
@@ -423,6 +448,107 @@ fn connection(f: TransportFlags<'_>) -> Result<Connection, Usage> {
         timeout: Duration::from_millis(timeout_ms),
         protocol,
     })
+}
+
+/// How each call waits: `--timeout-ms`, restarted by progress with
+/// `--progress-resets-timeout`, bounded by `--max-total-ms`.
+fn call_options(
+    conn: &Connection,
+    resets: bool,
+    max_total_ms: &Option<String>,
+) -> Result<CallOptions<'static>, Usage> {
+    let max_total = match max_total_ms {
+        Some(s) => {
+            Some(Duration::from_millis(
+                parse_count(s, "--max-total-ms", 1, MAX_TIMEOUT_MS as usize)? as u64,
+            ))
+        }
+        None if resets => Some(
+            conn.timeout
+                .max(Duration::from_millis(DEFAULT_MAX_TOTAL_MS)),
+        ),
+        None => None,
+    };
+    Ok(CallOptions {
+        timeout: conn.timeout,
+        progress_resets_timeout: resets,
+        max_total,
+        stop: None,
+    })
+}
+
+/// A call's `notifications/progress` on stderr: one line redrawn in place on
+/// a terminal, one line per notification otherwise, nothing with `--quiet`.
+struct ProgressLine {
+    mode: ProgressMode,
+    /// A terminal line is drawn and must be cleared.
+    drawn: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProgressMode {
+    Quiet,
+    Terminal,
+    Lines,
+}
+
+impl ProgressLine {
+    fn new(quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        let mode = if quiet {
+            ProgressMode::Quiet
+        } else if io::stderr().is_terminal() {
+            ProgressMode::Terminal
+        } else {
+            ProgressMode::Lines
+        };
+        ProgressLine { mode, drawn: false }
+    }
+
+    fn show(&mut self, p: &Progress) {
+        let text = progress_text(p);
+        let mut err = io::stderr().lock();
+        let _ = match self.mode {
+            ProgressMode::Quiet => return,
+            ProgressMode::Terminal => {
+                self.drawn = true;
+                write!(err, "\r\x1b[K{text}").and_then(|()| err.flush())
+            }
+            ProgressMode::Lines => writeln!(err, "{text}"),
+        };
+    }
+
+    /// Clears a terminal line, so that what follows starts on a clean line.
+    fn finish(&mut self) {
+        if self.drawn {
+            let mut err = io::stderr().lock();
+            let _ = write!(err, "\r\x1b[K").and_then(|()| err.flush());
+            self.drawn = false;
+        }
+    }
+}
+
+/// `progress 400/1000 (40%): waiting for delay_ms` (total and message when given).
+fn progress_text(p: &Progress) -> String {
+    let num = |x: f64| {
+        if x.fract() == 0.0 && x.abs() < 1e15 {
+            format!("{}", x as i64)
+        } else {
+            format!("{x}")
+        }
+    };
+    let mut s = format!("progress {}", num(p.progress));
+    if let Some(total) = p.total {
+        s.push_str(&format!("/{}", num(total)));
+        if total > 0.0 {
+            s.push_str(&format!(" ({:.0}%)", (p.progress / total * 100.0).floor()));
+        }
+    }
+    if let Some(m) = &p.message {
+        s.push_str(": ");
+        s.push_str(&m.replace(['\n', '\r'], " "));
+    }
+    s
 }
 
 /// A whole number in `min..=max`, or a usage error naming `flag`.
@@ -669,7 +795,9 @@ fn cmd_tools(a: ToolsArgs) -> Result<i32, Failure> {
     let format = parse_format(&a.format, "human")?;
     let session = connect(&conn)?;
     // On stderr, so that stdout stays one line per tool (or pure JSON).
-    crate::status!("{}", describe_session(&session));
+    if !a.quiet {
+        crate::status!("{}", describe_session(&session));
+    }
     let tools = match session.list_tools() {
         Ok(t) => t,
         Err(e) => {
@@ -762,6 +890,7 @@ fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
         protocol: &a.protocol,
     })?;
     let format = parse_format(&a.format, "text")?;
+    let options = call_options(&conn, a.progress_resets_timeout, &a.max_total_ms)?;
     let spec = arg_spec(&a.arg, &a.args)?;
     let session = connect(&conn)?;
     let prepared = match prepare(&session, &a.tool, &spec) {
@@ -771,7 +900,11 @@ fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
             return Ok(finish(session, code));
         }
     };
-    let result = session.call_tool(&a.tool, prepared.arguments, conn.timeout);
+    let mut shown = ProgressLine::new(a.quiet);
+    let result = session.call_tool_with_progress(&a.tool, prepared.arguments, &options, &mut |p| {
+        shown.show(p)
+    });
+    shown.finish();
     let (code, written) = match checked(&session, prepared.tool.as_ref(), result) {
         Ok(result) => {
             let written = print_out(&render_result(&result, format));
@@ -933,6 +1066,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         Some(s) => parse_count(s, "--parallel", 1, MAX_BENCH_PARALLEL)?,
     }
     .min(calls);
+    let options = call_options(&conn, a.progress_resets_timeout, &a.max_total_ms)?;
     let spec = arg_spec(&a.arg, &a.args)?;
     let session = Arc::new(connect(&conn)?);
     let Prepared {
@@ -964,7 +1098,12 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
                 let mut done = Vec::new();
                 while claimed.fetch_add(1, Ordering::Relaxed) < calls {
                     let t0 = Instant::now();
-                    let r = session.call_tool(&tool, arguments.clone(), timeout);
+                    let r = session.call_tool_with_progress(
+                        &tool,
+                        arguments.clone(),
+                        &options,
+                        &mut |_| {},
+                    );
                     let took = t0.elapsed();
                     let r = checked(&session, entry.as_ref().as_ref(), r);
                     done.push(match r {
@@ -1333,6 +1472,21 @@ mod tests {
         assert_eq!((g.shown[2].text.as_str(), g.shown[2].count), ("x", 2));
         // x, y and z (twice each) are shown; w, v, u, w (4 calls) are counted, not kept.
         assert_eq!(g.not_shown, 10 - 2 - 2 - 2);
+    }
+
+    #[test]
+    fn progress_lines_show_total_percent_and_message() {
+        let p = |progress, total, message: Option<&str>| Progress {
+            progress,
+            total,
+            message: message.map(str::to_string),
+        };
+        assert_eq!(
+            progress_text(&p(400.0, Some(1000.0), Some("waiting\nfor delay_ms"))),
+            "progress 400/1000 (40%): waiting for delay_ms"
+        );
+        assert_eq!(progress_text(&p(0.5, None, None)), "progress 0.5");
+        assert_eq!(progress_text(&p(3.0, Some(0.0), None)), "progress 3/0");
     }
 
     #[test]
