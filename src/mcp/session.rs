@@ -2,7 +2,9 @@
 //!
 //! Threads, no async runtime: a *reader* thread decodes every message the server
 //! sends and routes responses by id to the caller waiting for them (a map
-//! id -> channel), answers the server's `ping`, and counts notifications; a
+//! id -> channel), hands `notifications/progress` to the caller whose request
+//! id is the progress token, answers the server's `ping`, and counts
+//! notifications; a
 //! *writer* thread owns the write half so that no caller ever blocks on a full
 //! pipe past its deadline. Callers on any number of threads share one session
 //! (`&self`), each waiting on its own channel with its own deadline.
