@@ -2,8 +2,10 @@
 //! instance executes one MCP tool over its vsock connection; the latency of
 //! the `tools/call` exchange itself is measured (connect and the era
 //! negotiation — `server/discover`, or `initialize` for a legacy server — are
-//! reported apart), and a failed or wrong result is a failure. The revision
-//! and era spoken are reported per instance.
+//! reported apart, with the `tools/list` that finds the tool), and a failed
+//! or wrong result is a failure, as is a result that does not match the
+//! tool's `outputSchema` (a protocol error naming the JSON path). The
+//! revision and era spoken are reported per instance.
 //!
 //! Every wait honours the run's stop flag (set by SIGINT/SIGTERM): connect,
 //! `initialize`, `tools/list` and `tools/call` give up within
@@ -62,7 +64,8 @@ impl std::str::FromStr for ToolCall {
 /// One instance's tool call.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ToolOutcome {
-    /// Connect + era negotiation (`server/discover` or `initialize`), ms.
+    /// Connect + era negotiation (`server/discover` or `initialize`) +
+    /// `tools/list`, ms.
     pub session_ms: Option<f64>,
     /// The MCP revision and era spoken, e.g. `2026-07-28 (modern)`.
     pub protocol: Option<String>,
@@ -152,33 +155,48 @@ pub fn execute(
         session.protocol_version(),
         session.era()
     ));
-    let args = match &call.args {
-        Some(a) => a.clone(),
-        None => match session.list_tools_interruptible(stop) {
-            Ok(tools) => match tools.iter().find(|t| t.name == call.name) {
-                Some(t) => sample_arguments(&t.input_schema),
-                None => {
-                    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
-                    out.error = Some(format!(
-                        "the guest has no tool {:?} (it has: {})",
-                        call.name,
-                        names.join(", ")
-                    ));
-                    let _ = session.close();
-                    return out;
-                }
-            },
-            Err(e) if e.is_interrupted() => {
-                out.error = interrupted("tools/list");
-                let _ = session.abort();
-                return out;
+    // The tool list is fetched even when the arguments are given: the
+    // result is checked against the tool's outputSchema (one `tools/list`
+    // round trip, counted in `session_ms`).
+    let tools = match session.list_tools_interruptible(stop) {
+        Ok(tools) => tools,
+        Err(e) if e.is_interrupted() => {
+            out.error = interrupted("tools/list");
+            let _ = session.abort();
+            return out;
+        }
+        Err(e) => {
+            out.error = Some(format!("tools/list: {e}"));
+            let _ = session.close();
+            return out;
+        }
+    };
+    let tool = tools.iter().find(|t| t.name == call.name).cloned();
+    if tool.as_ref().is_some_and(crate::mcp::Tool::requires_tasks) {
+        out.error = Some(
+            crate::mcp::McpError::NeedsTasks {
+                tool: call.name.clone(),
             }
-            Err(e) => {
-                out.error = Some(format!("tools/list: {e}"));
-                let _ = session.close();
-                return out;
-            }
-        },
+            .to_string(),
+        );
+        let _ = session.close();
+        return out;
+    }
+    let args = match (&call.args, &tool) {
+        (Some(a), _) => a.clone(),
+        (None, Some(t)) => sample_arguments(&t.input_schema),
+        // Given arguments, an unlisted tool is still called: the guest's
+        // answer (−32602 "Unknown tool") is the error reported.
+        (None, None) => {
+            let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+            out.error = Some(format!(
+                "the guest has no tool {:?} (it has: {})",
+                call.name,
+                names.join(", ")
+            ));
+            let _ = session.close();
+            return out;
+        }
     };
     out.session_ms = Some(ms(t0.elapsed()));
     let t1 = Instant::now();
@@ -194,7 +212,9 @@ pub fn execute(
         }
         Ok(r) => {
             let text = r.text();
-            if r.is_error {
+            if let Some(Err(detail)) = tool.as_ref().map(|t| t.check_output(&r)) {
+                out.error = Some(format!("protocol error from {ep}: {detail}"));
+            } else if r.is_error {
                 out.error = Some(format!("tool reported an error: {text}"));
             } else if let Some(want) = call.expect.as_deref().filter(|w| !text.contains(w)) {
                 out.error = Some(format!("wrong result: {text:?} does not contain {want:?}"));

@@ -490,3 +490,37 @@ fn sigkill_of_ukload_leaves_no_server_behind() {
         "processes left with marker {marker}: {left:?}"
     );
 }
+
+#[test]
+fn progress_on_a_terminal_is_one_line_redrawn_and_cleared() {
+    require_node!();
+    // util-linux `script` gives the command a terminal as stdout and stderr.
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: script (util-linux) not found");
+        return;
+    }
+    let dir = common::TempDir::new("mcpcli-tty");
+    let inner = format!(
+        "{} mcp call echo --arg message=t --arg delay_ms=700 --stdio 'node {}'",
+        common::ukload_bin().display(),
+        echo_server().display()
+    );
+    // The same isolation as common::ukload, around `script`.
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &inner, "/dev/null"])
+        .env("UKLOAD_RUNTIME_DIR", dir.path().join("rt"))
+        .env("TMPDIR", dir.path())
+        .env_remove("UKLOAD_RUN")
+        .stdin(Stdio::null());
+    let o = common::output_within(cmd, RUN_BOUND);
+    let out = stdout(&o);
+    assert_eq!(code(&o), 0, "{out}");
+    // Each notification redraws the line in place; the line is cleared
+    // before the result, which is then alone on its line.
+    assert!(
+        out.starts_with("\r\x1b[Kprogress ") && out.contains("/700 ("),
+        "{out:?}"
+    );
+    assert!(out.ends_with("\r\x1b[KEcho: t\r\n"), "{out:?}");
+    assert!(!out.trim_end().contains('\n'), "one line: {out:?}");
+}

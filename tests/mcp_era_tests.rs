@@ -173,19 +173,36 @@ fn lines_of(path: &Path) -> Vec<Value> {
 /// `ukload mcp ARGS --stdio <echo_server.js --era ERA>` with both directions
 /// recorded; returns the output and (client messages, server messages).
 fn mcp_through_tee(era: &str, args: &[&str]) -> (Output, Vec<Value>, Vec<Value>) {
+    let server = format!("node {} --era {era}", common::echo_server().display());
+    mcp_through_tee_to(&server, args)
+}
+
+/// `ukload mcp ARGS --stdio SERVER` (SERVER run by `sh -c`) with both
+/// directions recorded.
+fn mcp_through_tee_to(server: &str, args: &[&str]) -> (Output, Vec<Value>, Vec<Value>) {
     let dir = common::TempDir::new("mcpera");
     let inlog = dir.path().join("in.jsonl");
     let outlog = dir.path().join("out.jsonl");
     let server = format!(
-        "sh -c 'tee {} | node {} --era {era} | tee {}'",
+        "sh -c 'tee {} | {server} | tee {}'",
         inlog.display(),
-        common::echo_server().display(),
         outlog.display()
     );
     let mut cmd = common::ukload(dir.path());
     cmd.arg("mcp").args(args).args(["--stdio", &server]);
     let out = common::output_within(cmd, RUN_BOUND);
     (out, lines_of(&inlog), lines_of(&outlog))
+}
+
+/// `tests/fixtures/mcp/content_server.js`: tools that break their output
+/// schema, return every kind of content, require tasks, fail every other call.
+fn content_server() -> String {
+    format!(
+        "node {}",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/mcp/content_server.js")
+            .display()
+    )
 }
 
 fn stderr(o: &Output) -> String {
@@ -235,13 +252,15 @@ fn ukload_client_against_modern_dual_and_legacy_servers() {
                     "server/discover",
                     "initialize",
                     "notifications/initialized",
+                    "tools/list",
                     "tools/call"
                 ]
             );
         } else {
+            // tools/list gives the outputSchema the result is checked against.
             assert_eq!(
                 methods,
-                ["server/discover", "tools/call"],
+                ["server/discover", "tools/list", "tools/call"],
                 "{era}: stateless"
             );
         }
@@ -554,4 +573,376 @@ fn the_tool_phase_reports_the_era_per_instance() {
         assert_eq!(inst["tool_protocol"], "2026-07-28 (modern)", "{inst}");
         assert_eq!(inst["tool_result"], "Echo: hi");
     }
+}
+
+// Client points (docs/mcp.md): 7 outputSchema, 9 content, 10 taskSupport, 8 progress.
+
+#[test]
+fn call_and_bench_refuse_structured_content_that_breaks_the_output_schema() {
+    need_node!();
+    let Some(schemas) = schemas() else { return };
+    let server = content_server();
+    for (tool, path) in [
+        ("bad_sum", "$.sum: expected number, got string"),
+        ("no_structured", "$: no structuredContent"),
+    ] {
+        let (o, client, answers) = mcp_through_tee_to(&server, &["call", tool]);
+        assert_eq!(code(&o), 4, "{tool}: {}", stderr(&o));
+        assert_eq!(stdout(&o), "", "{tool}");
+        assert!(
+            stderr(&o).starts_with("ukload mcp: protocol error from stdio MCP server")
+                && stderr(&o).contains(&format!(
+                    "): the result of tool {tool} does not match its outputSchema: {path}\n"
+                )),
+            "{tool}: {}",
+            stderr(&o)
+        );
+        schemas.check(&client, &answers);
+        let methods: Vec<&str> = client.iter().filter_map(|m| m["method"].as_str()).collect();
+        assert!(
+            methods.ends_with(&["tools/list", "tools/call"]),
+            "the schema comes from tools/list: {methods:?}"
+        );
+    }
+    let (o, _, _) = mcp_through_tee_to(&server, &["call", "good_sum"]);
+    assert_eq!((code(&o), stdout(&o)), (0, "5\n".into()), "{}", stderr(&o));
+    // echo_server.js's add keeps its schema in both eras.
+    let (o, _, _) = mcp_through_tee("dual", &["call", "add", "--args", r#"{"a":2,"b":3}"#]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+
+    let (o, client, answers) = mcp_through_tee_to(
+        &server,
+        &[
+            "bench",
+            "bad_sum",
+            "--calls",
+            "6",
+            "--parallel",
+            "2",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    let doc: Value = serde_json::from_str(&stdout(&o)).expect("bench JSON");
+    assert_eq!(doc["failures"], 6, "{doc}");
+    assert!(
+        doc["first_error"]
+            .as_str()
+            .unwrap()
+            .contains("$.sum: expected number, got string"),
+        "{doc}"
+    );
+    schemas.check(&client, &answers);
+}
+
+#[test]
+fn the_tool_phase_refuses_structured_content_that_breaks_the_output_schema() {
+    need_node!();
+    let _slot = common::shared_slot();
+    let dir = common::TempDir::new("mcpera-run-schema");
+    let server = content_server();
+    let bridge = format!("--guest-arg={server}");
+    let (out, doc) = common::run_report(
+        dir.path(),
+        1,
+        &[
+            "--tool-call",
+            "bad_sum",
+            "--guest-arg=--mcp-server",
+            &bridge,
+            "--max-boot-ms",
+            "60000",
+        ],
+        RUN_BOUND,
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let inst = &common::instances(&doc)[0];
+    let err = inst["tool_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("does not match its outputSchema: $.sum: expected number, got string"),
+        "{inst}"
+    );
+}
+
+#[test]
+fn call_shows_every_content_item_and_bench_counts_error_texts() {
+    need_node!();
+    let Some(schemas) = schemas() else { return };
+    let server = content_server();
+    let (o, client, answers) = mcp_through_tee_to(&server, &["call", "media"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "first line\nsecond line\n\
+         [image image/png, 8 bytes]\n\
+         [audio audio/wav, 4 bytes]\n\
+         [resource file:///tmp/notes.txt text/plain, 5 bytes]\n\
+         [resource file:///tmp/blob.bin application/octet-stream, 8 bytes]\n\
+         [resource_link file:///tmp/report.pdf application/pdf, 2048 bytes]\n"
+    );
+    schemas.check(&client, &answers);
+    // --format json stays the raw result.
+    let (o, _, _) = mcp_through_tee_to(&server, &["call", "media", "--format", "json"]);
+    let raw: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(raw["content"].as_array().unwrap().len(), 6);
+
+    // bench: every other call of flaky fails with the same text.
+    let (o, client, answers) = mcp_through_tee_to(&server, &["bench", "flaky", "--calls", "10"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("tool errors 5"), "{text}");
+    assert!(
+        text.contains(
+            "  errors (first distinct texts, by kind):\n    5 × tool error: flaky failure\n"
+        ),
+        "{text}"
+    );
+    schemas.check(&client, &answers);
+    let (o, _, _) = mcp_through_tee_to(
+        &server,
+        &["bench", "flaky", "--calls", "4", "--format", "json"],
+    );
+    let doc: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        doc["errors"],
+        json!([{"kind": "tool_error", "text": "flaky failure", "count": 2}]),
+        "{doc}"
+    );
+    assert_eq!(doc["errors_not_shown"], 0);
+    // A JSON-RPC error and a protocol failure are texts of their own kinds.
+    let (o, _, _) = mcp_through_tee_to(&server, &["bench", "nope", "--calls", "3"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("    3 × JSON-RPC error: error -32602: Unknown tool: nope\n"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn tools_that_require_tasks_are_marked_and_never_called() {
+    need_node!();
+    let Some(schemas) = schemas() else { return };
+    let server = content_server();
+    let (o, client, answers) = mcp_through_tee_to(&server, &["tools"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("long_job()  [task required]  Needs task support\n"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(
+        stdout(&o).matches("[task required]").count(),
+        1,
+        "{}",
+        stdout(&o)
+    );
+    schemas.check(&client, &answers);
+    for cmd in [
+        &["call", "long_job"][..],
+        &["bench", "long_job", "--calls", "3"],
+    ] {
+        let (o, client, answers) = mcp_through_tee_to(&server, cmd);
+        assert_eq!(code(&o), 6, "{cmd:?}: {}", stderr(&o));
+        assert_eq!(stdout(&o), "", "{cmd:?}");
+        assert_eq!(
+            stderr(&o),
+            "ukload mcp: tool long_job requires task-augmented execution \
+             (execution.taskSupport is \"required\"); ukload has no task support, \
+             so the tool was not called\n",
+            "{cmd:?}"
+        );
+        assert!(
+            !client.iter().any(|m| m["method"] == "tools/call"),
+            "{cmd:?}: a tools/call was sent: {client:?}"
+        );
+        schemas.check(&client, &answers);
+    }
+    let o = {
+        let dir = common::TempDir::new("mcpera-help");
+        let mut cmd = common::ukload(dir.path());
+        cmd.args(["mcp", "call", "--help"]);
+        common::output_within(cmd, RUN_BOUND)
+    };
+    assert!(
+        stdout(&o).contains("6 the tool requires task support"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn the_tool_phase_does_not_call_a_tool_that_requires_tasks() {
+    need_node!();
+    let _slot = common::shared_slot();
+    let dir = common::TempDir::new("mcpera-run-task");
+    let bridge = format!("--guest-arg={}", content_server());
+    let (out, doc) = common::run_report(
+        dir.path(),
+        1,
+        &[
+            "--tool-call",
+            "long_job:{}",
+            "--guest-arg=--mcp-server",
+            &bridge,
+            "--max-boot-ms",
+            "60000",
+        ],
+        RUN_BOUND,
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    let inst = &common::instances(&doc)[0];
+    assert!(
+        inst["tool_error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("tool long_job requires task-augmented execution"),
+        "{inst}"
+    );
+    assert!(inst["tool_result"].is_null(), "{inst}");
+}
+
+/// `progress N/TOTAL (P%): waiting for delay_ms` lines of a call's stderr.
+fn progress_lines(err: &str) -> Vec<&str> {
+    err.lines().filter(|l| l.starts_with("progress ")).collect()
+}
+
+#[test]
+fn call_sends_a_progress_token_and_shows_progress_on_stderr() {
+    need_node!();
+    let Some(schemas) = schemas() else { return };
+    for era in ["dual", "legacy"] {
+        let args = [
+            "call",
+            "echo",
+            "--arg",
+            "message=slow",
+            "--arg",
+            "delay_ms=1000",
+        ];
+        let (o, client, answers) = mcp_through_tee(era, &args);
+        assert_eq!(
+            (code(&o), stdout(&o)),
+            (0, "Echo: slow\n".into()),
+            "{era}: {}",
+            stderr(&o)
+        );
+        schemas.check(&client, &answers);
+        let call = client
+            .iter()
+            .find(|m| m["method"] == "tools/call")
+            .expect("a tools/call");
+        assert_eq!(
+            call["params"]["_meta"]["progressToken"], call["id"],
+            "{era}: the token is the request id: {call}"
+        );
+        let err = stderr(&o);
+        let lines = progress_lines(&err);
+        // A pipe gets one line per notification (every 200 ms of 1000).
+        assert!(lines.len() >= 2, "{era}: {err}");
+        assert!(
+            lines[0].starts_with("progress ")
+                && lines[0].contains("/1000 (")
+                && lines[0].ends_with("%): waiting for delay_ms"),
+            "{era}: {err}"
+        );
+        let notified = answers
+            .iter()
+            .filter(|m| m["method"] == "notifications/progress")
+            .count();
+        assert_eq!(lines.len(), notified, "{era}: {err}");
+        // -q: nothing on stderr.
+        let quiet: Vec<&str> = args.iter().copied().chain(["-q"]).collect();
+        let (o, _, _) = mcp_through_tee(era, &quiet);
+        assert_eq!(code(&o), 0, "{era}: {}", stderr(&o));
+        assert_eq!(stderr(&o), "", "{era}: -q");
+    }
+
+    // The guest's built-in tools send the same notifications.
+    let guest = Guest::start(&[]);
+    let dir = common::TempDir::new("mcpera-progress");
+    let mut cmd = common::ukload(dir.path());
+    cmd.args([
+        "mcp",
+        "call",
+        "echo",
+        "--arg",
+        "message=g",
+        "--arg",
+        "delay_ms=700",
+    ])
+    .args([
+        "--uds",
+        &format!("{}:{}", guest.sock.display(), ukload::DEFAULT_PORT),
+    ]);
+    let o = common::output_within(cmd, RUN_BOUND);
+    assert_eq!(
+        (code(&o), stdout(&o)),
+        (0, "Echo: g\n".into()),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!progress_lines(&stderr(&o)).is_empty(), "{}", stderr(&o));
+}
+
+#[test]
+fn progress_resets_the_timeout_only_when_asked_and_max_total_is_hard() {
+    need_node!();
+    let Some(schemas) = schemas() else { return };
+    let slow = [
+        "call",
+        "echo",
+        "--arg",
+        "message=slow",
+        "--arg",
+        "delay_ms=2000",
+        "--timeout-ms",
+        "700",
+        "-q",
+    ];
+    let with =
+        |extra: &[&'static str]| -> Vec<&str> { slow.iter().chain(extra).copied().collect() };
+    // Without the switch the 700 ms deadline holds, progress or not.
+    let (o, client, answers) = mcp_through_tee("dual", &slow);
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no answer within 700ms"),
+        "{}",
+        stderr(&o)
+    );
+    schemas.check(&client, &answers);
+    // Progress every 200 ms keeps restarting it: the 2 s call succeeds.
+    let (o, client, answers) = mcp_through_tee("dual", &with(&["--progress-resets-timeout"]));
+    assert_eq!(
+        (code(&o), stdout(&o)),
+        (0, "Echo: slow\n".into()),
+        "{}",
+        stderr(&o)
+    );
+    schemas.check(&client, &answers);
+    // ... but never past --max-total-ms.
+    let (o, client, answers) = mcp_through_tee(
+        "dual",
+        &with(&["--progress-resets-timeout", "--max-total-ms", "1200"]),
+    );
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(
+            "no answer within 1.2s; the hard limit on the whole call (1.2s, max total) was reached"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        client
+            .iter()
+            .any(|m| m["method"] == "notifications/cancelled"),
+        "the call is cancelled at the hard limit: {client:?}"
+    );
+    schemas.check(&client, &answers);
+    // A bad value names its flag.
+    let (o, _, _) = mcp_through_tee("dual", &with(&["--max-total-ms", "0"]));
+    assert_eq!(code(&o), 64, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--max-total-ms"), "{}", stderr(&o));
 }

@@ -16,7 +16,9 @@
 //! `isError: true`; its text is printed on stdout), [`EXIT_RPC_ERROR`] 3 (the
 //! server answered with a JSON-RPC error; `error <code>: <message>` on stderr),
 //! [`EXIT_TRANSPORT`] 4 (transport, protocol or timeout failure),
-//! [`EXIT_NOT_OFFERED`] 5 (the server declared no `tools` capability), [`EXIT_USAGE`]
+//! [`EXIT_NOT_OFFERED`] 5 (the server declared no `tools` capability),
+//! [`EXIT_NEEDS_TASKS`] 6 (the tool requires task support, which ukload
+//! lacks: nothing was called), [`EXIT_USAGE`]
 //! 64 (bad command line; one line naming the flag), [`EXIT_IOERR`] 74 (the
 //! result could not be written to stdout; said on stderr).
 
@@ -31,7 +33,7 @@ use serde_json::{json, Map, Value};
 
 use super::args::{coerce_args, parse_arg_pair, split_command};
 use super::error::McpError;
-use super::session::{ProtocolChoice, Session, SessionOptions};
+use super::session::{CallOptions, Progress, ProtocolChoice, Session, SessionOptions};
 use super::stdio::SpawnOptions;
 use super::transport::Transport;
 use super::types::{Tool, ToolResult};
@@ -49,6 +51,9 @@ pub const EXIT_RPC_ERROR: i32 = 3;
 pub const EXIT_TRANSPORT: i32 = 4;
 /// The server declared no `tools` capability: nothing was asked of it.
 pub const EXIT_NOT_OFFERED: i32 = 5;
+/// The tool requires task-augmented execution (`execution.taskSupport:
+/// "required"`), which ukload does not support: it was not called.
+pub const EXIT_NEEDS_TASKS: i32 = 6;
 /// Bad command line (sysexits.h EX_USAGE).
 pub const EXIT_USAGE: i32 = 64;
 /// The output could not be written to stdout (sysexits.h EX_IOERR).
@@ -56,6 +61,9 @@ pub const EXIT_IOERR: i32 = crate::report::EXIT_IOERR;
 
 /// Default deadline of each call, ms.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Default `--max-total-ms` with `--progress-resets-timeout`: the hard bound
+/// of a call that keeps reporting progress (or `--timeout-ms` if longer).
+pub const DEFAULT_MAX_TOTAL_MS: u64 = 600_000;
 /// Default number of calls of `mcp bench`.
 pub const DEFAULT_BENCH_CALLS: usize = 100;
 /// Default number of calls in flight at once in `mcp bench`.
@@ -86,6 +94,10 @@ pub const STDIO_MARKER_PREFIX: &str = "mcp-";
     ),
     error_code(4, "transport, protocol or timeout failure"),
     error_code(5, "the server offers no tools (no tools capability)"),
+    error_code(
+        6,
+        "the tool requires task support (taskSupport required), which ukload lacks: not called"
+    ),
     error_code(64, "bad usage"),
     error_code(74, "the output could not be written to stdout")
 )]
@@ -135,6 +147,9 @@ pub struct ToolsArgs {
     #[argh(option)]
     /// deadline of each request in ms (default 10000)
     pub timeout_ms: Option<String>,
+    #[argh(switch, short = 'q')]
+    /// do not say on stderr which server, revision and era were spoken
+    pub quiet: bool,
     #[argh(option)]
     /// output: human (default) or json (the raw tools/list entries)
     pub format: Option<String>,
@@ -157,6 +172,11 @@ pub struct ToolsArgs {
         "the server answered with a JSON-RPC error (`error <code>: <message>` on stderr)"
     ),
     error_code(4, "transport, protocol or timeout failure"),
+    error_code(5, "the server offers no tools (no tools capability)"),
+    error_code(
+        6,
+        "the tool requires task support (taskSupport required), which ukload lacks: not called"
+    ),
     error_code(64, "bad usage"),
     error_code(74, "the output could not be written to stdout")
 )]
@@ -190,8 +210,20 @@ pub struct CallArgs {
     #[argh(option)]
     /// deadline of the call in ms (default 10000)
     pub timeout_ms: Option<String>,
+    #[argh(switch)]
+    /// restart --timeout-ms at each progress notification of the call
+    /// (bounded by --max-total-ms)
+    pub progress_resets_timeout: bool,
     #[argh(option)]
-    /// output: text (default: the result's text) or json (the raw result)
+    /// hard bound of a call in ms, whatever its progress (default with
+    /// --progress-resets-timeout: 600000 or --timeout-ms if longer)
+    pub max_total_ms: Option<String>,
+    #[argh(switch, short = 'q')]
+    /// print no progress on stderr
+    pub quiet: bool,
+    #[argh(option)]
+    /// output: text (default: every content item, text as text, others one
+    /// line each) or json (the raw result)
     pub format: Option<String>,
 }
 
@@ -206,6 +238,11 @@ pub struct CallArgs {
     error_code(1, "some call returned isError: true (and none failed worse)"),
     error_code(3, "some call got a JSON-RPC error (and none failed worse)"),
     error_code(4, "some call failed: transport, protocol or timeout"),
+    error_code(5, "the server offers no tools (no tools capability)"),
+    error_code(
+        6,
+        "the tool requires task support (taskSupport required), which ukload lacks: not called"
+    ),
     error_code(64, "bad usage"),
     error_code(74, "the output could not be written to stdout")
 )]
@@ -245,6 +282,14 @@ pub struct BenchArgs {
     #[argh(option)]
     /// deadline of each call in ms (default 10000)
     pub timeout_ms: Option<String>,
+    #[argh(switch)]
+    /// restart --timeout-ms at each progress notification of the call
+    /// (bounded by --max-total-ms)
+    pub progress_resets_timeout: bool,
+    #[argh(option)]
+    /// hard bound of a call in ms, whatever its progress (default with
+    /// --progress-resets-timeout: 600000 or --timeout-ms if longer)
+    pub max_total_ms: Option<String>,
     #[argh(option)]
     /// output: human (default) or json
     pub format: Option<String>,
@@ -338,6 +383,10 @@ fn report_mcp_error(e: &McpError) -> i32 {
             crate::status!("ukload mcp: {e}");
             EXIT_NOT_OFFERED
         }
+        e @ McpError::NeedsTasks { .. } => {
+            crate::status!("ukload mcp: {e}");
+            EXIT_NEEDS_TASKS
+        }
         other => {
             crate::status!("ukload mcp: {other}");
             EXIT_TRANSPORT
@@ -399,6 +448,107 @@ fn connection(f: TransportFlags<'_>) -> Result<Connection, Usage> {
         timeout: Duration::from_millis(timeout_ms),
         protocol,
     })
+}
+
+/// How each call waits: `--timeout-ms`, restarted by progress with
+/// `--progress-resets-timeout`, bounded by `--max-total-ms`.
+fn call_options(
+    conn: &Connection,
+    resets: bool,
+    max_total_ms: &Option<String>,
+) -> Result<CallOptions<'static>, Usage> {
+    let max_total = match max_total_ms {
+        Some(s) => {
+            Some(Duration::from_millis(
+                parse_count(s, "--max-total-ms", 1, MAX_TIMEOUT_MS as usize)? as u64,
+            ))
+        }
+        None if resets => Some(
+            conn.timeout
+                .max(Duration::from_millis(DEFAULT_MAX_TOTAL_MS)),
+        ),
+        None => None,
+    };
+    Ok(CallOptions {
+        timeout: conn.timeout,
+        progress_resets_timeout: resets,
+        max_total,
+        stop: None,
+    })
+}
+
+/// A call's `notifications/progress` on stderr: one line redrawn in place on
+/// a terminal, one line per notification otherwise, nothing with `--quiet`.
+struct ProgressLine {
+    mode: ProgressMode,
+    /// A terminal line is drawn and must be cleared.
+    drawn: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProgressMode {
+    Quiet,
+    Terminal,
+    Lines,
+}
+
+impl ProgressLine {
+    fn new(quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        let mode = if quiet {
+            ProgressMode::Quiet
+        } else if io::stderr().is_terminal() {
+            ProgressMode::Terminal
+        } else {
+            ProgressMode::Lines
+        };
+        ProgressLine { mode, drawn: false }
+    }
+
+    fn show(&mut self, p: &Progress) {
+        let text = progress_text(p);
+        let mut err = io::stderr().lock();
+        let _ = match self.mode {
+            ProgressMode::Quiet => return,
+            ProgressMode::Terminal => {
+                self.drawn = true;
+                write!(err, "\r\x1b[K{text}").and_then(|()| err.flush())
+            }
+            ProgressMode::Lines => writeln!(err, "{text}"),
+        };
+    }
+
+    /// Clears a terminal line, so that what follows starts on a clean line.
+    fn finish(&mut self) {
+        if self.drawn {
+            let mut err = io::stderr().lock();
+            let _ = write!(err, "\r\x1b[K").and_then(|()| err.flush());
+            self.drawn = false;
+        }
+    }
+}
+
+/// `progress 400/1000 (40%): waiting for delay_ms` (total and message when given).
+fn progress_text(p: &Progress) -> String {
+    let num = |x: f64| {
+        if x.fract() == 0.0 && x.abs() < 1e15 {
+            format!("{}", x as i64)
+        } else {
+            format!("{x}")
+        }
+    };
+    let mut s = format!("progress {}", num(p.progress));
+    if let Some(total) = p.total {
+        s.push_str(&format!("/{}", num(total)));
+        if total > 0.0 {
+            s.push_str(&format!(" ({:.0}%)", (p.progress / total * 100.0).floor()));
+        }
+    }
+    if let Some(m) = &p.message {
+        s.push_str(": ");
+        s.push_str(&m.replace(['\n', '\r'], " "));
+    }
+    s
 }
 
 /// A whole number in `min..=max`, or a usage error naming `flag`.
@@ -512,17 +662,31 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// The arguments object for `tool`: `--args` plus `--arg` pairs typed by the
-/// tool's input schema (fetched with tools/list only when there are pairs). A
-/// tool the server does not list gets untyped pairs: the call itself then
-/// reports the server's error for the unknown tool.
-fn build_arguments(session: &Session, tool: &str, spec: &ArgSpec) -> Result<Value, Failure> {
+/// What a call needs before it is sent: its arguments and the tool's
+/// `tools/list` entry (`None` when the server does not list it: the call
+/// itself then reports the server's error for the unknown tool).
+struct Prepared {
+    arguments: Value,
+    tool: Option<Tool>,
+}
+
+/// Fetches the tool list (one `tools/list` round trip, every page: the cost
+/// of checking results against the tool's `outputSchema`), refuses a tool
+/// that requires task support before anything is sent, and builds the
+/// arguments: `--args` plus `--arg` pairs typed by the tool's input schema
+/// (untyped for a tool the server does not list).
+fn prepare(session: &Session, tool: &str, spec: &ArgSpec) -> Result<Prepared, Failure> {
+    let entry = session.list_tools()?.into_iter().find(|t| t.name == tool);
+    if entry.as_ref().is_some_and(Tool::requires_tasks) {
+        return Err(McpError::NeedsTasks {
+            tool: tool.to_string(),
+        }
+        .into());
+    }
     let mut out = spec.base.clone();
     if !spec.pairs.is_empty() {
-        let tools = session.list_tools()?;
-        let schema = tools
-            .iter()
-            .find(|t| t.name == tool)
+        let schema = entry
+            .as_ref()
             .map(|t| t.input_schema.clone())
             .unwrap_or_else(|| json!({}));
         match coerce_args(&schema, &spec.pairs).map_err(Usage)? {
@@ -530,7 +694,27 @@ fn build_arguments(session: &Session, tool: &str, spec: &ArgSpec) -> Result<Valu
             _ => unreachable!("coerce_args builds an object"),
         }
     }
-    Ok(Value::Object(out))
+    Ok(Prepared {
+        arguments: Value::Object(out),
+        tool: entry,
+    })
+}
+
+/// A successful call's result checked against the tool's `outputSchema`: a
+/// mismatch is a protocol failure naming the JSON path.
+fn checked(
+    session: &Session,
+    tool: Option<&Tool>,
+    result: Result<ToolResult, McpError>,
+) -> Result<ToolResult, McpError> {
+    let result = result?;
+    match tool.map(|t| t.check_output(&result)) {
+        Some(Err(detail)) => Err(McpError::Protocol {
+            peer: session.peer().to_string(),
+            detail,
+        }),
+        _ => Ok(result),
+    }
 }
 
 /// Connects and initializes; `--stdio` children die with ukload and carry the
@@ -611,7 +795,9 @@ fn cmd_tools(a: ToolsArgs) -> Result<i32, Failure> {
     let format = parse_format(&a.format, "human")?;
     let session = connect(&conn)?;
     // On stderr, so that stdout stays one line per tool (or pure JSON).
-    crate::status!("{}", describe_session(&session));
+    if !a.quiet {
+        crate::status!("{}", describe_session(&session));
+    }
     let tools = match session.list_tools() {
         Ok(t) => t,
         Err(e) => {
@@ -650,7 +836,12 @@ pub fn describe_session(session: &Session) -> String {
     )
 }
 
-/// One line: `name(arg: type, [optional: type])  description`.
+/// What `ukload mcp tools` writes after the parameters of a tool whose
+/// `execution.taskSupport` is `required` (ukload cannot call it).
+pub const TASK_REQUIRED_MARKER: &str = "  [task required]";
+
+/// One line: `name(arg: type, [optional: type])  description`, with
+/// [`TASK_REQUIRED_MARKER`] before the description for a tool that needs tasks.
 fn describe_tool(t: &Tool) -> String {
     let required: Vec<&str> = t.input_schema["required"]
         .as_array()
@@ -681,7 +872,12 @@ fn describe_tool(t: &Tool) -> String {
         })
         .unwrap_or_default();
     let desc = t.description.as_deref().unwrap_or("").replace('\n', " ");
-    format!("{}({})  {}\n", t.name, params.join(", "), desc)
+    let marker = if t.requires_tasks() {
+        TASK_REQUIRED_MARKER
+    } else {
+        ""
+    };
+    format!("{}({}){marker}  {}\n", t.name, params.join(", "), desc)
 }
 
 fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
@@ -694,22 +890,22 @@ fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
         protocol: &a.protocol,
     })?;
     let format = parse_format(&a.format, "text")?;
+    let options = call_options(&conn, a.progress_resets_timeout, &a.max_total_ms)?;
     let spec = arg_spec(&a.arg, &a.args)?;
     let session = connect(&conn)?;
-    let arguments = match build_arguments(&session, &a.tool, &spec) {
-        Ok(v) => v,
+    let prepared = match prepare(&session, &a.tool, &spec) {
+        Ok(p) => p,
         Err(f) => {
-            let code = match f {
-                Failure::Usage(Usage(msg)) => {
-                    crate::status!("ukload mcp: {msg}");
-                    EXIT_USAGE
-                }
-                Failure::Mcp(e) => report_mcp_error(&e),
-            };
+            let code = failure_code(f);
             return Ok(finish(session, code));
         }
     };
-    let (code, written) = match session.call_tool(&a.tool, arguments, conn.timeout) {
+    let mut shown = ProgressLine::new(a.quiet);
+    let result = session.call_tool_with_progress(&a.tool, prepared.arguments, &options, &mut |p| {
+        shown.show(p)
+    });
+    shown.finish();
+    let (code, written) = match checked(&session, prepared.tool.as_ref(), result) {
         Ok(result) => {
             let written = print_out(&render_result(&result, format));
             let code = if result.is_error {
@@ -724,24 +920,30 @@ fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
     Ok(printed(written, finish(session, code)))
 }
 
-/// The text of a result (its text items, one per line), or the raw result as JSON.
-/// A result without text items is shown as its `content` JSON.
+/// Says why a subcommand stopped and returns its exit code.
+fn failure_code(f: Failure) -> i32 {
+    match f {
+        Failure::Usage(Usage(msg)) => {
+            crate::status!("ukload mcp: {msg}");
+            EXIT_USAGE
+        }
+        Failure::Mcp(e) => report_mcp_error(&e),
+    }
+}
+
+/// Every content item in order (text items as their text, others as one
+/// line each: [`Content::summary`]), or the raw result as JSON.
 fn render_result(result: &ToolResult, format: Format) -> String {
     match format {
         Format::Json => format!(
             "{}\n",
             serde_json::to_string_pretty(&result.raw).unwrap_or_default()
         ),
-        Format::Human => {
-            let text = result.text();
-            if !text.is_empty() {
-                format!("{text}\n")
-            } else if result.content.is_empty() {
-                String::new()
-            } else {
-                format!("{}\n", result.raw["content"])
-            }
-        }
+        Format::Human => result
+            .content
+            .iter()
+            .map(|c| format!("{}\n", c.summary()))
+            .collect(),
     }
 }
 
@@ -753,6 +955,59 @@ enum CallOutcome {
     Rpc,
     Timeout,
     Failed,
+}
+
+impl CallOutcome {
+    /// How a failed call is named in the report; `None` for a success.
+    fn kind(&self) -> Option<&'static str> {
+        match self {
+            CallOutcome::Ok => None,
+            CallOutcome::ToolError => Some("tool error"),
+            CallOutcome::Rpc => Some("JSON-RPC error"),
+            CallOutcome::Timeout => Some("timeout"),
+            CallOutcome::Failed => Some("failure"),
+        }
+    }
+}
+
+/// Most distinct error texts `mcp bench` prints.
+pub const MAX_BENCH_ERROR_TEXTS: usize = 5;
+
+/// One distinct error text of the failed calls and how many calls gave it.
+#[derive(Debug, Clone, PartialEq)]
+struct ErrorGroup {
+    kind: &'static str,
+    text: String,
+    count: usize,
+}
+
+/// The first [`MAX_BENCH_ERROR_TEXTS`] distinct (kind, text) pairs, in the
+/// order first seen, each with its count, and how many failed calls had
+/// another text (not kept: memory stays bounded whatever the server says).
+#[derive(Debug, Default, PartialEq)]
+struct ErrorGroups {
+    shown: Vec<ErrorGroup>,
+    not_shown: usize,
+}
+
+fn error_groups<'a>(errors: impl Iterator<Item = (&'static str, &'a str)>) -> ErrorGroups {
+    let mut groups = ErrorGroups::default();
+    for (kind, text) in errors {
+        let seen = groups
+            .shown
+            .iter()
+            .position(|g| g.kind == kind && g.text == text);
+        match seen {
+            Some(i) => groups.shown[i].count += 1,
+            None if groups.shown.len() < MAX_BENCH_ERROR_TEXTS => groups.shown.push(ErrorGroup {
+                kind,
+                text: text.to_string(),
+                count: 1,
+            }),
+            None => groups.not_shown += 1,
+        }
+    }
+    groups
 }
 
 /// Latency summary in milliseconds; percentiles are nearest-rank.
@@ -811,21 +1066,20 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         Some(s) => parse_count(s, "--parallel", 1, MAX_BENCH_PARALLEL)?,
     }
     .min(calls);
+    let options = call_options(&conn, a.progress_resets_timeout, &a.max_total_ms)?;
     let spec = arg_spec(&a.arg, &a.args)?;
     let session = Arc::new(connect(&conn)?);
-    let arguments = match build_arguments(&session, &a.tool, &spec) {
-        Ok(v) => v,
+    let Prepared {
+        arguments,
+        tool: entry,
+    } = match prepare(&session, &a.tool, &spec) {
+        Ok(p) => p,
         Err(f) => {
-            let code = match f {
-                Failure::Usage(Usage(msg)) => {
-                    crate::status!("ukload mcp: {msg}");
-                    EXIT_USAGE
-                }
-                Failure::Mcp(e) => report_mcp_error(&e),
-            };
+            let code = failure_code(f);
             return Ok(close_shared(session, code));
         }
     };
+    let entry = Arc::new(entry);
 
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
@@ -836,6 +1090,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         let claimed = Arc::clone(&next);
         let arguments = arguments.clone();
         let tool = a.tool.clone();
+        let entry = Arc::clone(&entry);
         let timeout = conn.timeout;
         let spawned = std::thread::Builder::new()
             .name(format!("mcp-bench-{i}"))
@@ -843,14 +1098,29 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
                 let mut done = Vec::new();
                 while claimed.fetch_add(1, Ordering::Relaxed) < calls {
                     let t0 = Instant::now();
-                    let r = session.call_tool(&tool, arguments.clone(), timeout);
+                    let r = session.call_tool_with_progress(
+                        &tool,
+                        arguments.clone(),
+                        &options,
+                        &mut |_| {},
+                    );
                     let took = t0.elapsed();
+                    let r = checked(&session, entry.as_ref().as_ref(), r);
                     done.push(match r {
-                        Ok(res) if res.is_error => (CallOutcome::ToolError, took, None),
+                        Ok(res) if res.is_error => (CallOutcome::ToolError, took, Some(res.text())),
                         Ok(_) => (CallOutcome::Ok, took, None),
-                        Err(e @ McpError::Rpc { .. }) => (CallOutcome::Rpc, took, Some(e)),
-                        Err(e) if e.is_timeout() => (CallOutcome::Timeout, took, Some(e)),
-                        Err(e) => (CallOutcome::Failed, took, Some(e)),
+                        Err(McpError::Rpc { code, message, .. }) => (
+                            CallOutcome::Rpc,
+                            took,
+                            Some(format!("error {code}: {message}")),
+                        ),
+                        // Without the request id, so that timeouts count as one text.
+                        Err(e) if e.is_timeout() => (
+                            CallOutcome::Timeout,
+                            took,
+                            Some(format!("no answer within {timeout:?}")),
+                        ),
+                        Err(e) => (CallOutcome::Failed, took, Some(e.to_string())),
                     });
                 }
                 done
@@ -901,8 +1171,13 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         .collect();
     let first_error = results
         .iter()
-        .find_map(|r| r.2.as_ref())
-        .map(|e| e.to_string());
+        .filter(|r| r.0 != CallOutcome::ToolError)
+        .find_map(|r| r.2.clone());
+    let errors = error_groups(
+        results
+            .iter()
+            .filter_map(|r| Some((r.0.kind()?, r.2.as_deref()?))),
+    );
     let stats = latency_stats(&answered);
     let per_sec = if elapsed.is_zero() {
         0.0
@@ -932,6 +1207,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         calls_per_sec: per_sec,
         stats: stats.as_ref(),
         first_error: first_error.as_deref(),
+        errors: &errors,
     };
     let written = print_out(&match format {
         Format::Json => report.json(),
@@ -969,6 +1245,7 @@ struct BenchReport<'a> {
     calls_per_sec: f64,
     stats: Option<&'a LatencyStats>,
     first_error: Option<&'a str>,
+    errors: &'a ErrorGroups,
 }
 
 impl BenchReport<'_> {
@@ -994,6 +1271,10 @@ impl BenchReport<'_> {
             "calls_per_sec": self.calls_per_sec,
             "latency_ms": latency,
             "first_error": self.first_error,
+            "errors": self.errors.shown.iter().map(|g| json!({
+                "kind": g.kind.replace(' ', "_"), "text": g.text, "count": g.count,
+            })).collect::<Vec<_>>(),
+            "errors_not_shown": self.errors.not_shown,
         });
         format!(
             "{}\n",
@@ -1028,8 +1309,18 @@ impl BenchReport<'_> {
             self.calls_per_sec,
             self.elapsed.as_secs_f64()
         ));
-        if let Some(e) = self.first_error {
-            s.push_str(&format!("  first error: {e}\n"));
+        if !self.errors.shown.is_empty() {
+            s.push_str("  errors (first distinct texts, by kind):\n");
+            for g in &self.errors.shown {
+                let text = g.text.replace('\n', " ");
+                s.push_str(&format!("    {} × {}: {text}\n", g.count, g.kind));
+            }
+            if self.errors.not_shown > 0 {
+                s.push_str(&format!(
+                    "    ({} more failed calls with other texts)\n",
+                    self.errors.not_shown
+                ));
+            }
         }
         s
     }
@@ -1166,6 +1457,39 @@ mod tests {
     }
 
     #[test]
+    fn bench_errors_group_by_kind_and_text_and_stay_bounded() {
+        let mut errors = vec![("tool error", "a"), ("timeout", "t"), ("tool error", "a")];
+        for i in 0..10 {
+            errors.push(("failure", ["x", "y", "z", "w", "v", "u"][i % 6]));
+        }
+        let g = error_groups(errors.into_iter());
+        assert_eq!(g.shown.len(), MAX_BENCH_ERROR_TEXTS);
+        assert_eq!(
+            (g.shown[0].kind, g.shown[0].text.as_str(), g.shown[0].count),
+            ("tool error", "a", 2)
+        );
+        assert_eq!((g.shown[1].kind, g.shown[1].count), ("timeout", 1));
+        assert_eq!((g.shown[2].text.as_str(), g.shown[2].count), ("x", 2));
+        // x, y and z (twice each) are shown; w, v, u, w (4 calls) are counted, not kept.
+        assert_eq!(g.not_shown, 10 - 2 - 2 - 2);
+    }
+
+    #[test]
+    fn progress_lines_show_total_percent_and_message() {
+        let p = |progress, total, message: Option<&str>| Progress {
+            progress,
+            total,
+            message: message.map(str::to_string),
+        };
+        assert_eq!(
+            progress_text(&p(400.0, Some(1000.0), Some("waiting\nfor delay_ms"))),
+            "progress 400/1000 (40%): waiting for delay_ms"
+        );
+        assert_eq!(progress_text(&p(0.5, None, None)), "progress 0.5");
+        assert_eq!(progress_text(&p(3.0, Some(0.0), None)), "progress 3/0");
+    }
+
+    #[test]
     fn nearest_rank_percentiles() {
         let samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
         let s = latency_stats(&samples).unwrap();
@@ -1192,6 +1516,9 @@ mod tests {
             json!({"content": [{"type": "image", "data": "AA==", "mimeType": "image/png"}]}),
         )
         .unwrap();
-        assert!(render_result(&r, Format::Human).contains("image/png"));
+        assert_eq!(
+            render_result(&r, Format::Human),
+            "[image image/png, 1 byte]\n"
+        );
     }
 }

@@ -79,6 +79,9 @@ pub enum McpError {
         peer: String,
         capability: &'static str,
     },
+    /// The tool declares `execution.taskSupport: "required"`: it can only be
+    /// called as a task, and this client has no task support. Nothing was sent.
+    NeedsTasks { tool: String },
     /// A local I/O failure (spawning the server, a socket call) with its context.
     Io {
         context: String,
@@ -172,6 +175,11 @@ impl fmt::Display for McpError {
             McpError::NotOffered { peer, capability } => write!(
                 f,
                 "{peer} offers no {capability} (it did not declare the {capability:?} capability)"
+            ),
+            McpError::NeedsTasks { tool } => write!(
+                f,
+                "tool {tool} requires task-augmented execution (execution.taskSupport is \"required\"); \
+                 ukload has no task support, so the tool was not called"
             ),
             McpError::Io { context, source } => write!(f, "{context}: {source}"),
         }

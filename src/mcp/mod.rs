@@ -26,7 +26,8 @@ mod wire;
 pub use args::{coerce_args, parse_arg_pair, split_command};
 pub use error::{codes, McpError};
 pub use session::{
-    ProtocolChoice, Session, SessionOptions, SessionStats, DEFAULT_DISCOVER_TIMEOUT,
+    CallOptions, Progress, ProtocolChoice, Session, SessionOptions, SessionStats,
+    DEFAULT_DISCOVER_TIMEOUT,
 };
 pub use stdio::{spawn_stdio_child, spawn_stdio_child_with, SpawnOptions, StderrTail, StdioChild};
 pub use transport::{CloseOutcome, Transport, TransportGuard};

@@ -2,7 +2,9 @@
 //!
 //! Threads, no async runtime: a *reader* thread decodes every message the server
 //! sends and routes responses by id to the caller waiting for them (a map
-//! id -> channel), answers the server's `ping`, and counts notifications; a
+//! id -> channel), hands `notifications/progress` to the caller whose request
+//! id is the progress token, answers the server's `ping`, and counts
+//! notifications; a
 //! *writer* thread owns the write half so that no caller ever blocks on a full
 //! pipe past its deadline. Callers on any number of threads share one session
 //! (`&self`), each waiting on its own channel with its own deadline.
@@ -180,6 +182,63 @@ enum Reply {
     Failed(McpError),
 }
 
+/// A request waiting for its answer.
+struct Pending {
+    reply: Sender<Reply>,
+    /// Where `notifications/progress` for this request go (its progress token
+    /// is its id), for a caller that watches progress.
+    progress: Option<Sender<Progress>>,
+}
+
+/// Progress notifications queued per call before the reader drops newer ones
+/// (a caller that does not keep up only misses intermediate steps).
+const PROGRESS_QUEUE_DEPTH: usize = 64;
+
+/// One `notifications/progress` of a call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// Progress so far (increases with every notification).
+    pub progress: f64,
+    /// The total, when the server knows it.
+    pub total: Option<f64>,
+    /// What the server says it is doing.
+    pub message: Option<String>,
+}
+
+/// How a `tools/call` waits ([`Session::call_tool_with_progress`]).
+#[derive(Clone, Copy, Debug)]
+pub struct CallOptions<'a> {
+    /// Deadline of the call; with `progress_resets_timeout`, the longest
+    /// silence between two progress notifications.
+    pub timeout: Duration,
+    /// Each `notifications/progress` of the call restarts `timeout` (the spec
+    /// allows it); `max_total` still bounds the call.
+    pub progress_resets_timeout: bool,
+    /// Hard bound of the whole call, whatever the progress (`None`: only
+    /// `timeout`).
+    pub max_total: Option<Duration>,
+    /// Gives up within [`crate::vsock::STOP_POLL`] of this being set.
+    pub stop: Option<&'a AtomicBool>,
+}
+
+impl CallOptions<'_> {
+    /// A deadline of `timeout`, no reset on progress, no stop flag.
+    pub fn new(timeout: Duration) -> Self {
+        CallOptions {
+            timeout,
+            progress_resets_timeout: false,
+            max_total: None,
+            stop: None,
+        }
+    }
+}
+
+/// What a request watching its progress carries into the wait.
+struct ProgressWatch<'a, 'b> {
+    options: &'a CallOptions<'b>,
+    on_progress: &'a mut dyn FnMut(&Progress),
+}
+
 enum WriterCmd {
     Frame(Vec<u8>),
     Close,
@@ -188,7 +247,7 @@ enum WriterCmd {
 struct Routing {
     /// Next request id; ids below it were issued.
     next_id: u64,
-    pending: HashMap<u64, Sender<Reply>>,
+    pending: HashMap<u64, Pending>,
     /// Why the session is dead, once it is.
     dead: Option<McpError>,
     /// Last reply with an id we never issued, for timeout hints.
@@ -221,8 +280,8 @@ impl Shared {
             std::mem::take(&mut r.pending)
         };
         let reason = self.routing().dead.clone().expect("set above");
-        for (_, tx) in pending {
-            let _ = tx.try_send(Reply::Failed(reason.clone()));
+        for (_, p) in pending {
+            let _ = p.reply.try_send(Reply::Failed(reason.clone()));
         }
     }
 
@@ -444,7 +503,8 @@ impl Session {
         // One retry with a version the server named as supported.
         for _ in 0..2 {
             let params = json!({"_meta": self.request_meta(&version)});
-            let answer = self.request_inner("server/discover", Some(params), timeout, false, stop);
+            let answer =
+                self.request_inner("server/discover", Some(params), timeout, false, stop, None);
             let server_versions = match answer {
                 Ok(result) => {
                     check_result_type(&result).map_err(|e| self.shared.protocol(e))?;
@@ -637,6 +697,7 @@ impl Session {
             self.options.init_timeout,
             false,
             stop,
+            None,
         )?;
         let server = InitializeResult::from_value(raw).map_err(|e| self.shared.protocol(e))?;
         if !LEGACY_PROTOCOL_VERSIONS.contains(&server.protocol_version.as_str()) {
@@ -742,6 +803,7 @@ impl Session {
                 self.options.request_timeout,
                 true,
                 stop,
+                None,
             )?;
             let list = page.get("tools").and_then(Value::as_array).ok_or_else(|| {
                 self.shared.protocol(format!(
@@ -777,14 +839,15 @@ impl Session {
     /// `Ok` with `is_error == true` is a tool that ran and failed; an unknown tool or
     /// bad arguments is `Err(McpError::Rpc { code: -32602, .. })`. On the deadline a
     /// `notifications/cancelled` is sent and `Err(McpError::Timeout)` returned; the
-    /// session stays usable and a late reply is dropped.
+    /// session stays usable and a late reply is dropped. The request carries a
+    /// `progressToken` (its id); progress notifications are counted only.
     pub fn call_tool(
         &self,
         name: &str,
         args: Value,
         timeout: Duration,
     ) -> Result<ToolResult, McpError> {
-        self.call_tool_with(name, args, timeout, None)
+        self.call_tool_with_progress(name, args, &CallOptions::new(timeout), &mut |_| {})
     }
 
     /// [`Session::call_tool`] that gives up within [`crate::vsock::STOP_POLL`]
@@ -797,15 +860,25 @@ impl Session {
         timeout: Duration,
         stop: &AtomicBool,
     ) -> Result<ToolResult, McpError> {
-        self.call_tool_with(name, args, timeout, Some(stop))
+        let options = CallOptions {
+            stop: Some(stop),
+            ..CallOptions::new(timeout)
+        };
+        self.call_tool_with_progress(name, args, &options, &mut |_| {})
     }
 
-    fn call_tool_with(
+    /// [`Session::call_tool`] with `_meta.progressToken` (the request id):
+    /// every `notifications/progress` for the call is handed to `on_progress`
+    /// on the calling thread while it waits, and, with
+    /// `options.progress_resets_timeout`, restarts `options.timeout`;
+    /// `options.max_total` bounds the whole call. A timeout names the limit
+    /// that was reached.
+    pub fn call_tool_with_progress(
         &self,
         name: &str,
         args: Value,
-        timeout: Duration,
-        stop: Stop<'_>,
+        options: &CallOptions<'_>,
+        on_progress: &mut dyn FnMut(&Progress),
     ) -> Result<ToolResult, McpError> {
         self.require_tools()?;
         let mut params = Map::new();
@@ -813,12 +886,17 @@ impl Session {
         if !args.is_null() {
             params.insert("arguments".into(), args);
         }
+        let mut watch = ProgressWatch {
+            options,
+            on_progress,
+        };
         let raw = self.request_inner(
             "tools/call",
             Some(Value::Object(params)),
-            timeout,
+            options.timeout,
             true,
-            stop,
+            options.stop,
+            Some(&mut watch),
         )?;
         ToolResult::from_value(raw)
             .map_err(|e| self.shared.protocol(format!("tools/call {name}: {e}")))
@@ -838,7 +916,7 @@ impl Session {
         params: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, McpError> {
-        self.request_inner(method, params, timeout, true, None)
+        self.request_inner(method, params, timeout, true, None, None)
     }
 
     fn request_inner(
@@ -848,9 +926,15 @@ impl Session {
         timeout: Duration,
         cancel_on_timeout: bool,
         stop: Stop<'_>,
+        mut watch: Option<&mut ProgressWatch<'_, '_>>,
     ) -> Result<Value, McpError> {
         let start = Instant::now();
-        let deadline = start + timeout;
+        let hard_deadline = watch
+            .as_ref()
+            .and_then(|w| w.options.max_total)
+            .map(|m| start + m);
+        let cap = |d: Instant| hard_deadline.map_or(d, |h| d.min(h));
+        let mut deadline = cap(start + timeout);
         let shared = &self.shared;
         if stopped(stop) {
             return Err(McpError::Interrupted {
@@ -859,6 +943,13 @@ impl Session {
             });
         }
         let (tx, rx) = bounded(1);
+        let (progress_tx, mut progress_rx) = match watch {
+            Some(_) => {
+                let (ptx, prx) = bounded(PROGRESS_QUEUE_DEPTH);
+                (Some(ptx), Some(prx))
+            }
+            None => (None, None),
+        };
         let id = {
             let mut r = shared.routing();
             if let Some(dead) = &r.dead {
@@ -866,8 +957,18 @@ impl Session {
             }
             let id = r.next_id;
             r.next_id += 1;
-            r.pending.insert(id, tx);
+            r.pending.insert(
+                id,
+                Pending {
+                    reply: tx,
+                    progress: progress_tx,
+                },
+            );
             id
+        };
+        let params = match (&watch, params) {
+            (Some(_), params) => Some(with_progress_token(params, id)),
+            (None, params) => params,
         };
         let mut msg = json!({"jsonrpc": "2.0", "id": id, "method": method});
         let params = match self.era {
@@ -889,10 +990,42 @@ impl Session {
             .requests_sent
             .fetch_add(1, Ordering::Relaxed);
         // Waits in slices when there is a stop flag, so a signal is seen soon.
+        let mut progress_seen = 0u64;
         let reply = loop {
-            match rx.recv_deadline(wake_at(deadline, stop)) {
-                Ok(reply) => break reply,
-                Err(RecvTimeoutError::Timeout) => {
+            let wake = wake_at(deadline, stop);
+            let event = match &progress_rx {
+                None => match rx.recv_deadline(wake) {
+                    Ok(reply) => Event::Reply(reply),
+                    Err(e) => Event::Idle(e),
+                },
+                Some(prx) => crossbeam_channel::select! {
+                    recv(rx) -> r => match r {
+                        Ok(reply) => Event::Reply(reply),
+                        Err(_) => Event::Idle(RecvTimeoutError::Disconnected),
+                    },
+                    recv(prx) -> p => match p {
+                        Ok(p) => Event::Progress(p),
+                        // The reader routed the reply and dropped the sender.
+                        Err(_) => Event::ProgressEnded,
+                    },
+                    default(wake.saturating_duration_since(Instant::now())) => {
+                        Event::Idle(RecvTimeoutError::Timeout)
+                    }
+                },
+            };
+            match event {
+                Event::Reply(reply) => break reply,
+                Event::ProgressEnded => progress_rx = None,
+                Event::Progress(p) => {
+                    progress_seen += 1;
+                    if let Some(w) = watch.as_mut() {
+                        (w.on_progress)(&p);
+                        if w.options.progress_resets_timeout {
+                            deadline = cap(Instant::now() + timeout);
+                        }
+                    }
+                }
+                Event::Idle(RecvTimeoutError::Timeout) => {
                     let interrupted = stopped(stop);
                     if !interrupted && Instant::now() < deadline {
                         continue;
@@ -911,22 +1044,38 @@ impl Session {
                             });
                         }
                         _ => {
+                            let waited = deadline.saturating_duration_since(start);
                             if cancel_on_timeout {
                                 self.send_cancel(
                                     id,
-                                    format!("client deadline of {timeout:?} expired"),
+                                    format!("client deadline of {waited:?} expired"),
                                 );
                             }
+                            let mut hints = Vec::new();
+                            if hard_deadline.is_some_and(|h| deadline >= h) {
+                                hints.push(format!(
+                                    "the hard limit on the whole call ({waited:?}, max total) was reached"
+                                ));
+                            } else if progress_seen > 0
+                                && watch
+                                    .as_ref()
+                                    .is_some_and(|w| w.options.progress_resets_timeout)
+                            {
+                                hints.push(format!(
+                                    "{progress_seen} progress notification(s), then none for {timeout:?}"
+                                ));
+                            }
+                            hints.extend(shared.timeout_hint());
                             return Err(McpError::Timeout {
                                 method: method.to_string(),
                                 id,
-                                after: timeout,
-                                hint: shared.timeout_hint(),
+                                after: waited,
+                                hint: (!hints.is_empty()).then(|| hints.join("; ")),
                             });
                         }
                     }
                 }
-                Err(RecvTimeoutError::Disconnected) => {
+                Event::Idle(RecvTimeoutError::Disconnected) => {
                     return Err(shared
                         .routing()
                         .dead
@@ -1079,6 +1228,30 @@ impl Drop for Session {
     }
 }
 
+/// What woke a waiting caller.
+enum Event {
+    Reply(Reply),
+    Progress(Progress),
+    /// The call's progress channel closed (its reply is on the way).
+    ProgressEnded,
+    Idle(RecvTimeoutError),
+}
+
+/// `params` with `_meta.progressToken` set to the request's `id`.
+fn with_progress_token(params: Option<Value>, id: u64) -> Value {
+    let mut params = match params {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    let meta = params
+        .entry("_meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(m) = meta {
+        m.insert("progressToken".into(), Value::from(id));
+    }
+    Value::Object(params)
+}
+
 fn writer_loop(
     shared: &Shared,
     mut writer: Box<dyn std::io::Write + Send>,
@@ -1164,6 +1337,9 @@ fn dispatch(shared: &Shared, msg: Value, allow_batch: bool) -> Result<(), McpErr
                     .counters
                     .notifications_received
                     .fetch_add(1, Ordering::Relaxed);
+                if method == "notifications/progress" {
+                    route_progress(shared, obj.get("params"));
+                }
             }
         }
         return Ok(());
@@ -1193,6 +1369,31 @@ fn dispatch(shared: &Shared, msg: Value, allow_batch: bool) -> Result<(), McpErr
     Ok(())
 }
 
+/// Hands a `notifications/progress` to the caller whose request id is its
+/// token, if that caller watches progress; otherwise it is only counted. A
+/// malformed one is ignored (notifications get no answer).
+fn route_progress(shared: &Shared, params: Option<&Value>) {
+    let Some(params) = params else { return };
+    let (Some(token), Some(progress)) = (
+        params.get("progressToken").and_then(Value::as_u64),
+        params.get("progress").and_then(Value::as_f64),
+    ) else {
+        return;
+    };
+    let r = shared.routing();
+    if let Some(tx) = r.pending.get(&token).and_then(|p| p.progress.as_ref()) {
+        // Never block the reader: a caller that does not keep up misses steps.
+        let _ = tx.try_send(Progress {
+            progress,
+            total: params.get("total").and_then(Value::as_f64),
+            message: params
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        });
+    }
+}
+
 fn route(shared: &Shared, id: Option<Value>, reply: Reply) {
     let mut r = shared.routing();
     let Some(id) = id else {
@@ -1208,9 +1409,9 @@ fn route(shared: &Shared, id: Option<Value>, reply: Reply) {
         return;
     };
     let numeric = id.as_u64();
-    if let Some(tx) = numeric.and_then(|n| r.pending.remove(&n)) {
+    if let Some(p) = numeric.and_then(|n| r.pending.remove(&n)) {
         drop(r);
-        let _ = tx.try_send(reply);
+        let _ = p.reply.try_send(reply);
     } else if numeric.is_some_and(|n| n > 0 && n < r.next_id) {
         shared
             .counters

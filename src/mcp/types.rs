@@ -193,6 +193,117 @@ impl Tool {
     }
 }
 
+/// The value of `execution.taskSupport` that makes a tool callable only as a
+/// task (the tasks extension, which this client does not speak).
+pub const TASK_SUPPORT_REQUIRED: &str = "required";
+
+impl Tool {
+    /// `execution.taskSupport` as declared (`forbidden`, `optional`,
+    /// `required`); `None` when absent (which means `forbidden`).
+    pub fn task_support(&self) -> Option<&str> {
+        self.raw
+            .get("execution")
+            .and_then(|e| e.get("taskSupport"))
+            .and_then(Value::as_str)
+    }
+
+    /// Whether the tool can only be called as a task (`taskSupport:
+    /// "required"`): this client, which has no task support, must not call it.
+    pub fn requires_tasks(&self) -> bool {
+        self.task_support() == Some(TASK_SUPPORT_REQUIRED)
+    }
+
+    /// Checks a result of this tool against its `outputSchema` (clients
+    /// SHOULD): with a schema, a successful result must carry
+    /// `structuredContent` that validates against it. A tool error
+    /// (`isError: true`) and a tool without a schema are not checked.
+    /// `Err` names the JSON path that failed (`$.sum: expected number, got
+    /// string`); the schema's `$ref`s resolve within the schema itself. The
+    /// keywords checked are [`super::schema`]'s subset.
+    pub fn check_output(&self, result: &ToolResult) -> Result<(), String> {
+        let Some(schema) = &self.output_schema else {
+            return Ok(());
+        };
+        if result.is_error {
+            return Ok(());
+        }
+        let what = format!(
+            "the result of tool {} does not match its outputSchema",
+            self.name
+        );
+        match &result.structured {
+            None => Err(format!("{what}: $: no structuredContent")),
+            Some(value) => super::schema::validate(schema, schema, value)
+                .map_err(|path_and_why| format!("{what}: {path_and_why}")),
+        }
+    }
+}
+
+/// Bytes that base64 text `data` decodes to (without decoding it).
+fn base64_len(data: &str) -> usize {
+    let chars: Vec<u8> = data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    let padding = chars.iter().rev().take_while(|&&b| b == b'=').count();
+    (chars.len() * 3 / 4).saturating_sub(padding)
+}
+
+impl Content {
+    /// The item for a person: a text item's text; any other item as one
+    /// line with its type, MIME type and size or URI:
+    /// `[image image/png, 8 bytes]`, `[resource file:///a.txt text/plain, 5 bytes]`,
+    /// `[resource_link file:///r.pdf application/pdf, 2048 bytes]`; an item of
+    /// a type this client does not know as `[TYPE] JSON`.
+    pub fn summary(&self) -> String {
+        let line = |parts: &[Option<String>]| {
+            let (head, size): (Vec<&String>, Option<&String>) = (
+                parts[..parts.len() - 1].iter().flatten().collect(),
+                parts[parts.len() - 1].as_ref(),
+            );
+            let head: Vec<&str> = head.iter().map(|s| s.as_str()).collect();
+            match size {
+                Some(size) => format!("[{}, {size}]", head.join(" ")),
+                None => format!("[{}]", head.join(" ")),
+            }
+        };
+        let bytes = |n: usize| Some(format!("{n} byte{}", if n == 1 { "" } else { "s" }));
+        match self {
+            Content::Text { text } => text.clone(),
+            Content::Image { data, mime_type } => line(&[
+                Some("image".into()),
+                Some(mime_type.clone()),
+                bytes(base64_len(data)),
+            ]),
+            Content::Audio { data, mime_type } => line(&[
+                Some("audio".into()),
+                Some(mime_type.clone()),
+                bytes(base64_len(data)),
+            ]),
+            Content::Other(v) => {
+                let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+                match s(v, "type").as_deref() {
+                    Some("resource") => {
+                        let r = v.get("resource").unwrap_or(&Value::Null);
+                        let size = match (s(r, "text"), s(r, "blob")) {
+                            (Some(t), _) => bytes(t.len()),
+                            (None, Some(b)) => bytes(base64_len(&b)),
+                            (None, None) => None,
+                        };
+                        line(&[Some("resource".into()), s(r, "uri"), s(r, "mimeType"), size])
+                    }
+                    Some("resource_link") => line(&[
+                        Some("resource_link".into()),
+                        s(v, "uri"),
+                        s(v, "mimeType"),
+                        v.get("size")
+                            .and_then(Value::as_u64)
+                            .and_then(|n| bytes(n as usize)),
+                    ]),
+                    other => format!("[{}] {}", other.unwrap_or("content"), preview(v)),
+                }
+            }
+        }
+    }
+}
+
 impl Content {
     fn from_value(v: &Value) -> Content {
         let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
@@ -272,6 +383,68 @@ mod tests {
             }
         );
         assert!(matches!(r.content[3], Content::Other(_)));
+    }
+
+    #[test]
+    fn output_schema_checks_successful_results_only() {
+        let tool = Tool::from_value(&json!({
+            "name": "add", "inputSchema": {"type": "object"},
+            "outputSchema": {"type": "object", "properties": {"sum": {"type": "number"}}, "required": ["sum"]},
+        }))
+        .unwrap();
+        let result = |v: Value| ToolResult::from_value(v).unwrap();
+        assert!(tool
+            .check_output(&result(
+                json!({"content": [], "structuredContent": {"sum": 5}})
+            ))
+            .is_ok());
+        assert_eq!(
+            tool.check_output(&result(json!({"content": [], "structuredContent": {"sum": "5"}})))
+                .unwrap_err(),
+            "the result of tool add does not match its outputSchema: $.sum: expected number, got string"
+        );
+        assert!(tool
+            .check_output(&result(json!({"content": []})))
+            .unwrap_err()
+            .ends_with("$: no structuredContent"));
+        assert!(tool
+            .check_output(&result(json!({"content": [], "isError": true})))
+            .is_ok());
+        assert!(!tool.requires_tasks());
+        let task =
+            Tool::from_value(&json!({"name": "t", "execution": {"taskSupport": "required"}}))
+                .unwrap();
+        assert!(task.requires_tasks());
+        assert_eq!(task.task_support(), Some("required"));
+    }
+
+    #[test]
+    fn every_content_item_has_a_summary() {
+        let r = ToolResult::from_value(json!({"content": [
+            {"type": "text", "text": "a\nb"},
+            {"type": "image", "data": "iVBORw0KGgo=", "mimeType": "image/png"},
+            {"type": "audio", "data": "UklGRg==", "mimeType": "audio/wav"},
+            {"type": "resource", "resource": {"uri": "file:///n.txt", "mimeType": "text/plain", "text": "hello"}},
+            {"type": "resource", "resource": {"uri": "file:///b.bin", "blob": "AAAA"}},
+            {"type": "resource_link", "uri": "file:///r.pdf", "name": "r", "mimeType": "application/pdf", "size": 2048},
+            {"type": "resource_link", "uri": "file:///s", "name": "s"},
+            {"type": "hologram"},
+        ]}))
+        .unwrap();
+        let lines: Vec<String> = r.content.iter().map(Content::summary).collect();
+        assert_eq!(
+            lines,
+            [
+                "a\nb",
+                "[image image/png, 8 bytes]",
+                "[audio audio/wav, 4 bytes]",
+                "[resource file:///n.txt text/plain, 5 bytes]",
+                "[resource file:///b.bin, 3 bytes]",
+                "[resource_link file:///r.pdf application/pdf, 2048 bytes]",
+                "[resource_link file:///s]",
+                "[hologram] {\"type\":\"hologram\"}",
+            ]
+        );
     }
 
     #[test]
