@@ -244,19 +244,29 @@ pub fn examine(launcher: Kind, count: u32) -> Report {
         needed_by: Vec::new(),
     });
     let kvm = Path::new("/dev/kvm").exists();
-    let probe = std::fs::read_to_string(crate::image::cache_dir().join("kvm-probe")).ok();
-    let kvm_state = match (&probe, kvm) {
-        (_, false) => "no /dev/kvm: QEMU uses TCG (software emulation)".to_string(),
-        (Some(t), true) if t.trim().ends_with("=works") => "boots a guest".to_string(),
-        (Some(_), true) => "present but cannot boot a guest here (probed): TCG is used".to_string(),
-        (None, true) => "present, not probed yet (the first qemu run probes it)".to_string(),
+    let qemu_cfg = crate::launcher::qemu::QemuConfig::default();
+    let can_probe = kvm
+        && qemu_cfg.kernel.is_file()
+        && qemu_cfg.initrd.is_file()
+        && crate::supervisor::spawn::resolve_program(qemu_cfg.qemu_bin.as_ref()).is_some();
+    // Whether KVM really boots a guest: the qemu launcher's probe, cached per
+    // host and kernel (it boots one VM once; needs the supervisor to reap it).
+    let boots =
+        can_probe && crate::supervisor::Supervisor::init().is_ok() && qemu_cfg.kvm_really_boots();
+    let kvm_state = match (kvm, can_probe, boots) {
+        (false, _, _) => "no /dev/kvm: QEMU uses TCG (software emulation)".to_string(),
+        (true, false, _) => {
+            "present; not probed (the microVM pieces are missing): the first qemu run probes it"
+                .to_string()
+        }
+        (true, true, true) => "boots a guest".to_string(),
+        (true, true, false) => {
+            "present but cannot boot a guest here (probed): TCG is used".to_string()
+        }
     };
     checks.push(Check {
         what: "KVM".into(),
-        ok: kvm
-            && probe
-                .as_deref()
-                .is_some_and(|t| t.trim().ends_with("=works")),
+        ok: boots,
         detail: kvm_state,
         fix: Some("optional: microVMs run under TCG without it, slower".into()),
         needed_by: Vec::new(),

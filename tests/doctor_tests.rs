@@ -10,7 +10,10 @@ use std::time::Duration;
 fn doctor(args: &[&str], path: Option<&str>) -> (Option<i32>, String) {
     let dir = TempDir::new("doctor");
     let mut cmd = ukload(dir.path());
-    cmd.arg("doctor").args(args);
+    // An empty image cache: no KVM probe (a VM boot of up to 20 s) here.
+    cmd.arg("doctor")
+        .args(args)
+        .env("UKLOAD_CACHE_DIR", dir.path().join("cache"));
     if let Some(p) = path {
         cmd.env("PATH", p);
     }
@@ -56,6 +59,7 @@ fn an_open_file_limit_too_low_for_the_count_is_missing() {
     let mut c = Command::new("bash");
     c.args(["-c", &script])
         .env("UKLOAD_RUNTIME_DIR", dir.path().join("rt"))
+        .env("UKLOAD_CACHE_DIR", dir.path().join("cache"))
         .stdin(std::process::Stdio::null());
     let out = output_within(c, Duration::from_secs(60));
     let text = String::from_utf8_lossy(&out.stdout);

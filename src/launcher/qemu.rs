@@ -288,6 +288,13 @@ impl QemuConfig {
     /// Whether KVM really boots our guest here, asked once per host and
     /// kernel and cached (on nested-virtualization hosts `/dev/kvm` exists
     /// but QEMU aborts or hangs).
+    /// Whether KVM really boots the guest here (probed once and cached, as
+    /// [`QemuConfig::preflight`] does; `ukload doctor` asks the same). Needs
+    /// the supervisor (the probe's QEMU is reaped by it).
+    pub fn kvm_really_boots(&self) -> bool {
+        self.kvm_works(DEFAULT_QEMU_MEMORY_MB)
+    }
+
     fn kvm_works(&self, memory_mb: u64) -> bool {
         let key = format!(
             "{}:{}",
