@@ -17,7 +17,7 @@ pub const DEFAULT_MAX_BOOT_MS: f64 = 500.0;
 /// Default memory target per instance, MB.
 pub const DEFAULT_MAX_MEM_MB: f64 = 80.0;
 /// Default SIGTERM → SIGKILL grace period, ms.
-pub const DEFAULT_GRACE_MS: u64 = 2000;
+pub const DEFAULT_GRACE_MS: u64 = ukload::supervisor::teardown::DEFAULT_GRACE.as_millis() as u64;
 /// Default share of instances that must boot for PARTIAL, percent.
 pub const DEFAULT_MIN_SUCCESS_PCT: f64 = 80.0;
 /// Default tool-call latency target, ms (the seed's).

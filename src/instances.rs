@@ -29,7 +29,7 @@ use crate::paths;
 use crate::proc::{self, Marked};
 
 /// Default time between SIGTERM and SIGKILL.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(3);
+pub const DEFAULT_GRACE: Duration = crate::supervisor::teardown::DEFAULT_GRACE;
 /// After the grace period: how long cleanup keeps re-scanning and sending
 /// SIGKILL to processes that keep appearing (forks) before giving up and
 /// reporting survivors.

@@ -43,6 +43,14 @@ impl Verdict {
     }
 }
 
+/// Nearest-rank percentile `p` (0..=100) of `sorted` (ascending, non-empty):
+/// the one statistics rule of every ukload report.
+pub fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
+    let n = sorted.len();
+    let rank = ((p / 100.0) * n as f64).ceil() as usize;
+    sorted[rank.clamp(1, n) - 1]
+}
+
 /// min / median / p95 / max (nearest rank) of a sample.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
 pub struct Stats {
@@ -61,12 +69,11 @@ impl Stats {
         }
         let mut v = values.to_vec();
         v.sort_by(|a, b| a.total_cmp(b));
-        let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
         Some(Stats {
             count: v.len(),
             min: v[0],
-            median: rank(0.5),
-            p95: rank(0.95),
+            median: nearest_rank(&v, 50.0),
+            p95: nearest_rank(&v, 95.0),
             max: v[v.len() - 1],
             mean: v.iter().sum::<f64>() / v.len() as f64,
         })

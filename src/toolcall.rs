@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Default deadline of one tool call (and of connecting + `initialize`).
-pub const DEFAULT_TOOL_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_TOOL_TIMEOUT: Duration = crate::mcp::DEFAULT_REQUEST_TIMEOUT;
 
 /// What to call.
 #[derive(Clone, Debug)]

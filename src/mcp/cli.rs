@@ -22,6 +22,7 @@
 //! 64 (bad command line; one line naming the flag), [`EXIT_IOERR`] 74 (the
 //! result could not be written to stdout; said on stderr).
 
+use crate::report::nearest_rank;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,7 +61,7 @@ pub const EXIT_USAGE: i32 = 64;
 pub const EXIT_IOERR: i32 = crate::report::EXIT_IOERR;
 
 /// Default deadline of each call, ms.
-pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_TIMEOUT_MS: u64 = crate::mcp::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64;
 /// Default `--max-total-ms` with `--progress-resets-timeout`: the hard bound
 /// of a call that keeps reporting progress (or `--timeout-ms` if longer).
 pub const DEFAULT_MAX_TOTAL_MS: u64 = 600_000;
@@ -1020,13 +1021,6 @@ pub struct LatencyStats {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub mean_ms: f64,
-}
-
-/// Nearest-rank percentile `p` (0..=100) of sorted `v` (non-empty).
-fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
-    let n = sorted.len();
-    let rank = ((p / 100.0) * n as f64).ceil() as usize;
-    sorted[rank.clamp(1, n) - 1]
 }
 
 /// Summarizes latencies (any order); `None` for no samples.

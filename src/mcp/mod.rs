@@ -103,3 +103,8 @@ impl std::fmt::Display for Era {
         f.write_str(self.as_str())
     }
 }
+
+/// Deadline of one MCP request (initialize, tools/list, tools/call) unless
+/// the caller says otherwise: `ukload mcp --timeout-ms`, the tool phase's
+/// `--tool-timeout-ms` and the session defaults all start from it.
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -137,8 +137,8 @@ impl Default for SessionOptions {
             discover_timeout: DEFAULT_DISCOVER_TIMEOUT,
             client_name: "ukload".to_string(),
             client_version: env!("CARGO_PKG_VERSION").to_string(),
-            init_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(10),
+            init_timeout: crate::mcp::DEFAULT_REQUEST_TIMEOUT,
+            request_timeout: crate::mcp::DEFAULT_REQUEST_TIMEOUT,
             max_list_pages: 100,
         }
     }

@@ -18,6 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Default time between SIGTERM and SIGKILL (`--grace-ms`), for runs,
+/// cycles and `ukload cleanup` alike.
+pub const DEFAULT_GRACE: Duration = Duration::from_millis(2000);
+
 /// How often teardown checks whether processes are gone.
 const POLL: Duration = Duration::from_millis(5);
 /// How long to wait for `SIGKILL`ed processes to vanish and be reaped.
