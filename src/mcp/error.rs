@@ -11,18 +11,13 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// JSON-RPC 2.0 error codes used by MCP.
+/// JSON-RPC 2.0 error codes used by MCP: the one table is
+/// [`crate::jsonrpc`]'s (MCP's unknown tool is also INVALID_PARAMS), plus
+/// MCP's own.
 pub mod codes {
-    /// The server could not parse the JSON it received.
-    pub const PARSE_ERROR: i64 = -32700;
-    /// The JSON was not a valid request object.
-    pub const INVALID_REQUEST: i64 = -32600;
-    /// No such method.
-    pub const METHOD_NOT_FOUND: i64 = -32601;
-    /// Bad parameters; MCP also uses it for an unknown tool.
-    pub const INVALID_PARAMS: i64 = -32602;
-    /// The server failed internally.
-    pub const INTERNAL_ERROR: i64 = -32603;
+    pub use crate::jsonrpc::{
+        INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
+    };
     /// Modern revisions: the request's protocol version is not one the server
     /// supports; `data: {requested, supported}`.
     pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
