@@ -9,7 +9,7 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 
 /// Largest message accepted or sent (the seed's limit).
-pub const MAX_FRAME_LEN: usize = 10 * 1024 * 1024;
+pub const MAX_FRAME_LEN: usize = crate::framing::MAX_FRAME_LEN;
 
 /// Read buffer size for the line reader.
 const READ_BUF_LEN: usize = 64 * 1024;
