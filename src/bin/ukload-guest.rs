@@ -28,9 +28,9 @@ use ukload::guest::{self, pid1, AgentConfig, ConnectionMode, ListenAddr};
 use ukload::mcp::server::EraSupport;
 
 /// Exit status for bad command-line input (sysexits.h EX_USAGE).
-const EXIT_USAGE: u8 = 64;
+const EXIT_USAGE: u8 = ukload::report::EXIT_USAGE as u8;
 /// Exit status when the agent fails after starting.
-const EXIT_FAILURE: u8 = 1;
+const EXIT_FAILURE: u8 = ukload::report::EXIT_FAIL as u8;
 
 #[derive(FromArgs)]
 /// ukload guest agent: answers `ukload/status` with its boot timestamps over vsock or

@@ -43,7 +43,7 @@ use crate::framing::Framing;
 use crate::vsock::{self, kernel::cid_is_connectable, Endpoint};
 
 /// Success.
-pub const EXIT_OK: i32 = 0;
+pub const EXIT_OK: i32 = crate::report::EXIT_PASS;
 /// The tool ran and reported a failure (`isError: true`).
 pub const EXIT_TOOL_ERROR: i32 = 1;
 /// The server answered with a JSON-RPC error (unknown tool, bad arguments, ...).
@@ -56,7 +56,7 @@ pub const EXIT_NOT_OFFERED: i32 = 5;
 /// "required"`), which ukload does not support: it was not called.
 pub const EXIT_NEEDS_TASKS: i32 = 6;
 /// Bad command line (sysexits.h EX_USAGE).
-pub const EXIT_USAGE: i32 = 64;
+pub const EXIT_USAGE: i32 = crate::report::EXIT_USAGE;
 /// The output could not be written to stdout (sysexits.h EX_IOERR).
 pub const EXIT_IOERR: i32 = crate::report::EXIT_IOERR;
 
