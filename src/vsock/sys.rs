@@ -130,20 +130,35 @@ impl Step {
     }
 }
 
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for libc::sockaddr_un {}
+    impl Sealed for libc::sockaddr_vm {}
+}
+
+/// A kernel socket address structure the kernel may read from and write
+/// into: only `sockaddr_un` and `sockaddr_vm` (sealed). Why: the generic
+/// `connect`/`accept` helpers hand `size_of::<A>()` bytes of `A` to the
+/// kernel, which is sound only for plain-old-data socket addresses, never
+/// for an arbitrary type a caller might pass.
+pub(crate) trait SockAddr: sealed::Sealed + Copy {}
+impl SockAddr for libc::sockaddr_un {}
+impl SockAddr for libc::sockaddr_vm {}
+
 /// Connects a socket of `domain` to the address `addr` (of `len` bytes)
 /// before `deadline`: non-blocking `connect`, `poll` for writability with the
 /// time left, then `SO_ERROR`; the returned socket is blocking again.
 ///
 /// A deadline that passes is reported as `ETIMEDOUT` from `poll`, a stop
 /// flag that is set as `ECANCELED` from `poll`.
-pub(crate) fn connect_deadline<A>(
+pub(crate) fn connect_deadline<A: SockAddr>(
     domain: libc::c_int,
     addr: &A,
     until: Until<'_>,
 ) -> Result<OwnedFd, (Step, io::Error)> {
     let fd = socket(domain, true).map_err(|e| (Step::Socket, e))?;
-    // SAFETY: `addr` is a valid, initialized socket address structure of
-    // `size_of::<A>()` bytes that lives across the call; `fd` is ours.
+    // SAFETY: `A` is a socket address structure (sealed `SockAddr`), valid
+    // and initialized for `size_of::<A>()` bytes across the call; `fd` is ours.
     let rc = unsafe {
         libc::connect(
             fd.as_raw_fd(),
@@ -302,11 +317,12 @@ pub(crate) fn timeout(fd: RawFd, opt: libc::c_int) -> io::Result<Option<Duration
 
 /// `accept4` with `SOCK_CLOEXEC`, retried on `EINTR`; the peer address is
 /// written into `addr` (whose size must match the socket's family).
-pub(crate) fn accept<A>(fd: RawFd, addr: &mut A) -> io::Result<OwnedFd> {
+pub(crate) fn accept<A: SockAddr>(fd: RawFd, addr: &mut A) -> io::Result<OwnedFd> {
     loop {
         let mut len = mem::size_of::<A>() as libc::socklen_t;
-        // SAFETY: `addr` is valid for writes of `len` bytes and `len` is a
-        // valid in/out length, as accept4 requires.
+        // SAFETY: `addr` is a socket address structure (sealed `SockAddr`:
+        // plain data, any bytes valid) writable for `len` bytes, and `len`
+        // is a valid in/out length, as accept4 requires.
         let rc = unsafe {
             libc::accept4(
                 fd,
