@@ -308,17 +308,16 @@ fn cleanup_cgroups(runs_dir: &Path, opts: &CleanupOptions, report: &mut CleanupR
                 signal: Some("SIGKILL"),
             });
         }
-        let _ = cg.kill();
-        let deadline = Instant::now() + KILL_DEADLINE;
-        if !cg.wait_empty(deadline) {
+        let ended = cgroup::end(&dir, Instant::now() + KILL_DEADLINE);
+        if !ended.emptied {
             report.errors.push(format!(
                 "cgroup {} still populated after cgroup.kill",
                 dir.display()
             ));
         }
-        match cgroup::remove_tree(&dir, deadline) {
-            Ok(()) => report.removed_run_dirs.push(dir),
-            Err(e) => report.errors.push(e.to_string()),
+        match ended.remove_error {
+            None => report.removed_run_dirs.push(dir),
+            Some(e) => report.errors.push(e.to_string()),
         }
     }
 }

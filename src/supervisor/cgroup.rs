@@ -251,6 +251,34 @@ impl Cgroup {
     }
 }
 
+/// What [`end`] did.
+#[derive(Debug)]
+pub struct Ended {
+    /// Nothing was left in it (or below) before the deadline.
+    pub emptied: bool,
+    /// Removing the directories failed (it was still populated, say).
+    pub remove_error: Option<io::Error>,
+}
+
+/// The one way a cgroup ukload created is ended: `cgroup.kill` on it (every
+/// process in it and below), wait for `populated 0` until `deadline`, then
+/// remove it and every cgroup below it. Used by the run's own cleanup, the
+/// watchdog, `ukload cleanup` and the reaping of dead runs' cgroups. A
+/// missing directory is already ended.
+pub fn end(dir: &Path, deadline: Instant) -> Ended {
+    let emptied = match Cgroup::open(dir.to_path_buf()) {
+        Ok(cg) => {
+            let _ = cg.kill();
+            cg.wait_empty(deadline)
+        }
+        Err(_) => !dir.exists(),
+    };
+    Ended {
+        emptied,
+        remove_error: remove_tree(dir, deadline.max(Instant::now() + REMOVE_WAIT)).err(),
+    }
+}
+
 /// Removes `dir` and every cgroup below it, deepest first.
 pub fn remove_tree(dir: &Path, deadline: Instant) -> io::Result<()> {
     if let Ok(rd) = fs::read_dir(dir) {
@@ -332,10 +360,9 @@ impl RunCgroup {
     pub fn instance(&self, index: u32, cid: u32) -> io::Result<InstanceCgroup> {
         let path = self.cg.path.join(format!("i{index}-cid{cid}"));
         if path.exists() {
-            let old = Cgroup::open(path.clone())?;
-            old.kill()?;
-            old.wait_empty(Instant::now() + REMOVE_WAIT);
-            old.remove()?;
+            if let Some(e) = end(&path, Instant::now() + REMOVE_WAIT).remove_error {
+                return Err(e);
+            }
         }
         let cg = Cgroup::create(path)?;
         let procs_path = cg.path.join("cgroup.procs");
@@ -355,10 +382,7 @@ impl RunCgroup {
     /// Kills everything in the run (every instance), waits until it is
     /// empty or `deadline`, and removes the cgroups. True if it was emptied.
     pub fn kill_and_remove(&self, deadline: Instant) -> bool {
-        let _ = self.cg.kill();
-        let empty = self.cg.wait_empty(deadline);
-        let _ = self.cg.remove();
-        empty
+        end(&self.cg.path, deadline).emptied
     }
 }
 
@@ -481,11 +505,10 @@ pub fn reap_stale_runs() -> Vec<String> {
         if run_maybe_alive(&id) {
             continue;
         }
-        if let Ok(cg) = Cgroup::open(path.clone()) {
-            let _ = cg.kill();
-            cg.wait_empty(Instant::now() + REMOVE_WAIT);
-        }
-        if remove_tree(&path, Instant::now() + REMOVE_WAIT).is_ok() {
+        if end(&path, Instant::now() + REMOVE_WAIT)
+            .remove_error
+            .is_none()
+        {
             cleaned.push(id);
         }
     }

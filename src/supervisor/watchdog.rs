@@ -143,11 +143,7 @@ fn watch(rx: OwnedFd, run_id: &str, cgroup: Option<&Path>, harness: i32) -> ! {
         }
     }
     if let Some(dir) = cgroup {
-        if let Ok(cg) = super::cgroup::Cgroup::open(dir.to_path_buf()) {
-            let _ = cg.kill();
-            cg.wait_empty(Instant::now() + CGROUP_KILL_WAIT);
-        }
-        let _ = super::cgroup::remove_tree(dir, Instant::now() + CGROUP_KILL_WAIT);
+        super::cgroup::end(dir, Instant::now() + CGROUP_KILL_WAIT);
     }
     sweep(run_id, SWEEP_DEADLINE);
     let _ = std::fs::remove_dir_all(crate::paths::runs_dir().join(run_id));
