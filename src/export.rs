@@ -50,7 +50,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     })
 }
 
-fn xml_escape(s: &str) -> String {
+/// `s` escaped for XML and HTML text and attribute values.
+pub(crate) fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -156,6 +157,37 @@ fn cases(i: &Instance, cfg: &RunConfig, s: &report::Summary) -> Vec<Case> {
     v
 }
 
+/// Appends one JUnit testcase (with its failure and reason, if it failed).
+pub(crate) fn junit_case(
+    x: &mut String,
+    class: &str,
+    name: &str,
+    secs: f64,
+    failure: Option<&str>,
+) {
+    let (class, name) = (xml_escape(class), xml_escape(name));
+    match failure {
+        None => {
+            let _ = writeln!(
+                x,
+                r#"    <testcase classname="{class}" name="{name}" time="{secs:.6}"/>"#
+            );
+        }
+        Some(f) => {
+            let f = xml_escape(f);
+            let _ = writeln!(
+                x,
+                r#"    <testcase classname="{class}" name="{name}" time="{secs:.6}">"#
+            );
+            let _ = writeln!(
+                x,
+                r#"      <failure message="{f}" type="{name}">{f}</failure>"#
+            );
+            let _ = writeln!(x, "    </testcase>");
+        }
+    }
+}
+
 /// JUnit XML: one testsuite, a testcase per instance per phase (boot,
 /// memory, cid, tool, cleanup), a failure with the reason; plus one run-wide
 /// testcase for anything left behind.
@@ -207,30 +239,7 @@ pub fn junit(r: &RunResult, cfg: &RunConfig) -> String {
     }
     let _ = writeln!(x, "    </properties>");
     for (class, c) in &all {
-        match &c.failure {
-            None => {
-                let _ = writeln!(
-                    x,
-                    r#"    <testcase classname="{class}" name="{}" time="{:.6}"/>"#,
-                    c.name, c.secs
-                );
-            }
-            Some(f) => {
-                let _ = writeln!(
-                    x,
-                    r#"    <testcase classname="{class}" name="{}" time="{:.6}">"#,
-                    c.name, c.secs
-                );
-                let _ = writeln!(
-                    x,
-                    r#"      <failure message="{}" type="{}">{}</failure>"#,
-                    xml_escape(f),
-                    c.name,
-                    xml_escape(f)
-                );
-                let _ = writeln!(x, "    </testcase>");
-            }
-        }
+        junit_case(&mut x, class, c.name, c.secs, c.failure.as_deref());
     }
     let _ = writeln!(x, "  </testsuite>");
     let _ = writeln!(x, "</testsuites>");

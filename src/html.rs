@@ -14,12 +14,7 @@ const HIST_BINS: usize = 20;
 /// Instances drawn one per row; beyond this the timeline shows the first ones.
 const MAX_ROWS: usize = 400;
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+use crate::export::xml_escape as esc;
 
 /// The page.
 pub fn page(r: &RunResult, cfg: &RunConfig) -> String {
@@ -184,11 +179,24 @@ fn histogram(r: &RunResult, cfg: &RunConfig) -> String {
     let mut g = String::from("<h2>Boot times</h2>\n");
     if boots.is_empty() {
         g.push_str("<p>no instance booted</p>\n");
-        return g;
+    } else {
+        g.push_str(&boot_histogram(&boots, Some(cfg.max_boot_ms)));
     }
-    let hi = boots.iter().cloned().fold(cfg.max_boot_ms, f64::max) * 1.05;
+    g
+}
+
+/// An SVG histogram of `boots` (ms, not empty) in [`HIST_BINS`] bins, with
+/// the target as a dashed vertical line when there is one.
+pub(crate) fn boot_histogram(boots: &[f64], target_ms: Option<f64>) -> String {
+    let mut g = String::new();
+    let hi = boots
+        .iter()
+        .cloned()
+        .fold(target_ms.unwrap_or(0.0), f64::max)
+        .max(f64::EPSILON)
+        * 1.05;
     let mut bins = [0usize; HIST_BINS];
-    for b in &boots {
+    for b in boots {
         bins[((b / hi * HIST_BINS as f64) as usize).min(HIST_BINS - 1)] += 1;
     }
     let top = *bins.iter().max().unwrap_or(&1) as f64;
@@ -211,13 +219,14 @@ fn histogram(r: &RunResult, cfg: &RunConfig) -> String {
             hi * (k + 1) as f64 / HIST_BINS as f64
         );
     }
-    let tx = LEFT + cfg.max_boot_ms / hi * (w - LEFT - 10.0);
-    let _ = writeln!(
-        g,
-        "<line id=\"target\" x1=\"{tx:.1}\" y1=\"10\" x2=\"{tx:.1}\" y2=\"{hgt}\" stroke=\"#cf222e\" stroke-dasharray=\"4\"/><text x=\"{:.1}\" y=\"20\" fill=\"#cf222e\" text-anchor=\"end\">target {} ms</text>",
-        tx - 4.0,
-        cfg.max_boot_ms
-    );
+    if let Some(t) = target_ms {
+        let tx = LEFT + t / hi * (w - LEFT - 10.0);
+        let _ = writeln!(
+            g,
+            "<line id=\"target\" x1=\"{tx:.1}\" y1=\"10\" x2=\"{tx:.1}\" y2=\"{hgt}\" stroke=\"#cf222e\" stroke-dasharray=\"4\"/><text x=\"{:.1}\" y=\"20\" fill=\"#cf222e\" text-anchor=\"end\">target {t} ms</text>",
+            tx - 4.0
+        );
+    }
     let _ = writeln!(
         g,
         "<text x=\"{LEFT}\" y=\"{:.1}\">0 ms</text><text x=\"{:.1}\" y=\"{:.1}\">{hi:.0} ms</text>",

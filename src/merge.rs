@@ -5,8 +5,9 @@
 //! per report, never across). Overall: every instance's figures together and
 //! the worst verdict.
 
+use crate::export::xml_escape as esc;
 use crate::report::{Stats, Verdict, EXIT_FAIL, EXIT_PARTIAL, EXIT_PASS};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -66,12 +67,7 @@ pub struct Merged {
 }
 
 fn verdict_of(v: &Value) -> Option<Verdict> {
-    match v.as_str()? {
-        "PASS" => Some(Verdict::Pass),
-        "PARTIAL" => Some(Verdict::Partial),
-        "FAIL" => Some(Verdict::Fail),
-        _ => None,
-    }
+    Verdict::deserialize(v).ok()
 }
 
 fn numbers(instances: &[Value], key: &str, scale: f64) -> Vec<f64> {
@@ -232,12 +228,6 @@ impl Merged {
     /// A self-contained HTML page: the verdict, a row per host, the overall
     /// figures and a histogram of every instance's boot time (inline SVG).
     pub fn html(&self) -> String {
-        let esc = |s: &str| {
-            s.replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;")
-                .replace('"', "&quot;")
-        };
         let word = format!("{:?}", self.verdict).to_uppercase();
         let colour = match self.verdict {
             Verdict::Pass => "#1a7f37",
@@ -280,31 +270,9 @@ impl Merged {
             .iter()
             .filter_map(|(_, i)| i["boot_ms"].as_f64())
             .collect();
-        if let Some(max) = boots.iter().cloned().reduce(f64::max) {
-            const BINS: usize = 20;
-            let hi = max.max(f64::EPSILON) * 1.05;
-            let mut bins = [0usize; BINS];
-            for b in &boots {
-                bins[((b / hi * BINS as f64) as usize).min(BINS - 1)] += 1;
-            }
-            let top = *bins.iter().max().unwrap_or(&1) as f64;
-            let _ = writeln!(
-                h,
-                "<h2>Boot times, every host</h2><svg id=\"histogram\" xmlns=\"http://www.w3.org/2000/svg\" width=\"800\" height=\"220\">"
-            );
-            for (k, n) in bins.iter().enumerate() {
-                let bh = *n as f64 / top * 180.0;
-                let _ = writeln!(
-                    h,
-                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"36\" height=\"{bh:.1}\" fill=\"#2da44e\"><title>{n}</title></rect>",
-                    20.0 + k as f64 * 38.0,
-                    200.0 - bh
-                );
-            }
-            let _ = writeln!(
-                h,
-                "<text x=\"20\" y=\"215\">0 ms</text><text x=\"700\" y=\"215\">{hi:.0} ms</text></svg>"
-            );
+        if !boots.is_empty() {
+            h.push_str("<h2>Boot times, every host</h2>\n");
+            h.push_str(&crate::html::boot_histogram(&boots, None));
         }
         h.push_str("</body></html>\n");
         h
@@ -312,12 +280,6 @@ impl Merged {
 
     /// JUnit XML: a testsuite per host, a testcase per instance per phase.
     pub fn junit(&self) -> String {
-        let esc = |s: &str| {
-            s.replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;")
-                .replace('"', "&quot;")
-        };
         let mut suites = String::new();
         let (mut tests, mut failures) = (0usize, 0usize);
         for (n, h) in self.hosts.iter().enumerate() {
@@ -350,23 +312,9 @@ impl Merged {
                     ),
                 ] {
                     t += 1;
-                    let class = format!("ukload.{}.instance{idx}", esc(&h.host));
-                    match fail {
-                        None => {
-                            let _ = writeln!(
-                                cases,
-                                r#"    <testcase classname="{class}" name="{name}" time="{secs:.6}"/>"#
-                            );
-                        }
-                        Some(m) => {
-                            fl += 1;
-                            let _ = writeln!(
-                                cases,
-                                r#"    <testcase classname="{class}" name="{name}" time="{secs:.6}"><failure message="{m}" type="{name}">{m}</failure></testcase>"#,
-                                m = esc(&m)
-                            );
-                        }
-                    }
+                    let class = format!("ukload.{}.instance{idx}", h.host);
+                    fl += usize::from(fail.is_some());
+                    crate::export::junit_case(&mut cases, &class, name, secs, fail.as_deref());
                 }
             }
             tests += t;

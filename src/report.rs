@@ -25,7 +25,7 @@ pub const EXIT_IOERR: i32 = 74;
 pub const EXIT_SIGINT: i32 = 130;
 
 /// The run's judgement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Verdict {
     Pass,

@@ -430,11 +430,15 @@ impl Guest {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawning ukload-guest");
-        Guest {
+        let guest = Guest {
             child,
             sock,
             _dir: dir,
-        }
+        };
+        // Up once it accepts a connection: callers (the CLI among them)
+        // connect once, without retrying.
+        drop(Raw::connect(&guest.sock));
+        guest
     }
 }
 

@@ -116,6 +116,30 @@ impl InitializeResult {
         let protocol_version = opt_string(m, "protocolVersion", "initialize result")?
             .ok_or("initialize result has no protocolVersion")?;
         let info = m.get("serverInfo").and_then(Value::as_object);
+        Self::from_parts(&v, protocol_version, info, "initialize result")
+    }
+
+    /// A modern `server/discover` result, read as what `initialize` would have
+    /// said: `version` (the revision chosen), identity from
+    /// `_meta["io.modelcontextprotocol/serverInfo"]`, capabilities.
+    pub(crate) fn from_discover(v: Value, version: &str) -> Result<Self, String> {
+        let m = as_object(&v, "server/discover result")?;
+        let info = m
+            .get("_meta")
+            .and_then(|x| x.get(super::meta::SERVER_INFO))
+            .and_then(Value::as_object);
+        Self::from_parts(&v, version.to_string(), info, "server/discover result")
+    }
+
+    /// Both eras' results: the identity object `info`, `capabilities` and
+    /// `instructions` of the result object `v` (`what` names it in errors).
+    fn from_parts(
+        v: &Value,
+        protocol_version: String,
+        info: Option<&Map<String, Value>>,
+        what: &str,
+    ) -> Result<Self, String> {
+        let m = as_object(v, what)?;
         let info_str = |k: &str| {
             info.and_then(|i| i.get(k))
                 .and_then(Value::as_str)
@@ -130,37 +154,7 @@ impl InitializeResult {
                 .get("capabilities")
                 .cloned()
                 .unwrap_or_else(|| Value::Object(Map::new())),
-            instructions: opt_string(m, "instructions", "initialize result")?,
-            raw: v.clone(),
-        })
-    }
-}
-
-impl InitializeResult {
-    /// A modern `server/discover` result, read as what `initialize` would have
-    /// said: `version` (the revision chosen), identity from
-    /// `_meta["io.modelcontextprotocol/serverInfo"]`, capabilities.
-    pub(crate) fn from_discover(v: Value, version: &str) -> Result<Self, String> {
-        let m = as_object(&v, "server/discover result")?;
-        let info = m
-            .get("_meta")
-            .and_then(|x| x.get(super::meta::SERVER_INFO))
-            .and_then(Value::as_object);
-        let info_str = |k: &str| {
-            info.and_then(|i| i.get(k))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string()
-        };
-        Ok(InitializeResult {
-            protocol_version: version.to_string(),
-            server_name: info_str("name"),
-            server_version: info_str("version"),
-            capabilities: m
-                .get("capabilities")
-                .cloned()
-                .unwrap_or_else(|| Value::Object(Map::new())),
-            instructions: opt_string(m, "instructions", "server/discover result")?,
+            instructions: opt_string(m, "instructions", what)?,
             raw: v.clone(),
         })
     }
