@@ -3,6 +3,7 @@
 //! and a cgroup that is created and removed at once.
 
 use crate::launcher::{Kind, LauncherConfig};
+use crate::run::{FDS_BASE, FDS_PER_INSTANCE};
 use std::fmt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -14,9 +15,6 @@ pub const KRAFT_MIN: (u32, u32, u32) = (0, 11, 6);
 pub const NODE_MIN_MAJOR: u32 = 18;
 /// How long a `--version` query may take.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
-/// Open files one instance needs (see `run`), and the harness's own.
-const FDS_PER_INSTANCE: u64 = 6;
-const FDS_BASE: u64 = 64;
 
 /// One finding.
 #[derive(Debug, Clone)]

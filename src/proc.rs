@@ -107,6 +107,8 @@ pub struct ProcStat {
     pub pgid: i32,
     /// Session id.
     pub sid: i32,
+    /// Controlling terminal (`tty_nr`); 0 when there is none.
+    pub tty_nr: i32,
     /// `R`, `S`, `D`, `Z` (zombie), `T` (stopped), `t`, `X`, `I` ...
     pub state: char,
     /// Start time in clock ticks since boot; with `pid` it identifies a
@@ -152,6 +154,7 @@ impl ProcStat {
             ppid: int(1, "ppid")?,
             pgid: int(2, "pgrp")?,
             sid: int(3, "session")?,
+            tty_nr: int(4, "tty_nr")?,
             state,
             start_ticks: rest[STAT_STARTTIME_INDEX]
                 .parse::<u64>()
@@ -654,6 +657,7 @@ mod tests {
             ppid,
             pgid: pid,
             sid: pid,
+            tty_nr: 0,
             state: 'S',
             start_ticks: 0,
             comm: "x".into(),

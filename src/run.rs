@@ -438,7 +438,7 @@ pub fn run(
         let sh = shared.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("ukload-spawner-{w}"))
-            .stack_size(WORKER_STACK)
+            .stack_size(SPAWNER_STACK)
             .spawn(move || {
                 while let Ok((index, cid)) = rx.recv() {
                     if !take_slot(&slots, &sh.stop) {
@@ -1065,13 +1065,13 @@ pub const LOG_HEADER_PREFIX: &str = "# ukload: ";
 
 /// Descriptors an instance holds for its life (CID lock, cgroup files, log
 /// and probe sockets while they are in use), with a margin.
-const FDS_PER_INSTANCE: u64 = 6;
+pub const FDS_PER_INSTANCE: u64 = 6;
 /// Descriptors the harness needs besides its instances.
-const FDS_BASE: u64 = 64;
+pub const FDS_BASE: u64 = 64;
 
-/// Stack of a worker thread: it forks, probes and waits, with its buffers on
-/// the heap; the 2 MiB default would cost 2 GiB of address space at 1000.
-const WORKER_STACK: usize = 256 * 1024;
+/// Stack of a spawner thread: it forks and waits for helpers' sockets, its
+/// buffers on the heap; the 2 MiB default is far more than it uses.
+const SPAWNER_STACK: usize = 256 * 1024;
 
 /// `start + d`, saturating far in the future instead of overflowing.
 fn deadline_after(start: Instant, d: Duration) -> Instant {

@@ -101,13 +101,6 @@ fn detach() {
     }
 }
 
-/// State and terminal of `pid` from `/proc/PID/stat` (fields 3 and 7).
-fn state_and_tty(pid: i32) -> Option<(char, i64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest: Vec<&str> = s[s.rfind(')')? + 1..].split_whitespace().collect();
-    Some((rest.first()?.chars().next()?, rest.get(4)?.parse().ok()?))
-}
-
 fn watch(rx: OwnedFd, run_id: &str, cgroup: Option<&Path>, harness: i32) -> ! {
     detach();
     // SAFETY: ignoring signals and naming the process take no pointers
@@ -136,7 +129,7 @@ fn watch(rx: OwnedFd, run_id: &str, cgroup: Option<&Path>, harness: i32) -> ! {
                 break;
             }
         }
-        if let Some(('T', 0)) = state_and_tty(harness) {
+        if crate::proc::stat(harness).is_ok_and(|st| st.state == 'T' && st.tty_nr == 0) {
             // SAFETY: kill with plain integers; the harness is alive (our
             // pipe to it is open), so its pid cannot have been reused.
             unsafe { libc::kill(harness, libc::SIGCONT) };
