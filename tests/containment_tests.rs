@@ -54,40 +54,6 @@ fn cgroups_usable() -> bool {
     }
 }
 
-/// Live (non-zombie) processes whose cmdline starts with `prefix`.
-fn procs_named(prefix: &str) -> Vec<i32> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if !cmd.starts_with(prefix.as_bytes()) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.trim().chars().next());
-        if state.is_some() && state != Some('Z') {
-            v.push(pid);
-        }
-    }
-    v
-}
-
-/// The fixture's escapees and fork-chain links of CIDs `lo..=hi`.
-fn fixture_leftovers(lo: u32, hi: u32) -> Vec<i32> {
-    (lo..=hi)
-        .flat_map(|c| {
-            let mut v = procs_named(&format!("fixture-escapee-cid{c}\0"));
-            v.extend(procs_named(&format!("fixture-forkchain-cid{c}\0")));
-            v
-        })
-        .collect()
-}
-
 /// Waits up to `d` for the fixture's leftovers of `lo..=hi` to be gone;
 /// kills (by pid) and returns what was left.
 fn leftovers_after(lo: u32, hi: u32, d: Duration) -> Vec<i32> {

@@ -108,9 +108,7 @@ fn cycles_with_escaping_guests_are_not_clean_and_leave_nothing() {
         .arg(dir.path().join("logs"));
     let out = output_within(cmd, LIMIT);
     let doc = json_of(&out);
-    let left: Vec<i32> = (7100..=7109)
-        .flat_map(|c| escapees(&format!("fixture-escapee-cid{c}\0")))
-        .collect();
+    let left = fixture_leftovers(7100, 7109);
     for &p in &left {
         // SAFETY: by pid, this test's own fixture escapees (unique CIDs).
         unsafe { libc::kill(p, libc::SIGKILL) };
@@ -123,17 +121,4 @@ fn cycles_with_escaping_guests_are_not_clean_and_leave_nothing() {
         failures.contains("dropped the run's marker") || failures.contains("escaped"),
         "{doc:#}"
     );
-}
-
-/// Live processes whose cmdline starts with `prefix`.
-fn escapees(prefix: &str) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.starts_with(prefix.as_bytes()))
-        })
-        .collect()
 }

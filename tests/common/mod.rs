@@ -102,12 +102,7 @@ pub fn marked_pids(pred: &dyn Fn(&str) -> bool) -> Vec<(i32, String)> {
         let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.trim().chars().next());
-        if state == Some('Z') || stat.is_empty() {
+        if !is_live(pid) {
             continue;
         }
         for kv in env.split(|&b| b == 0) {
@@ -225,4 +220,44 @@ pub fn run_report(
     let out = output_within(cmd, deadline);
     let doc = json_of(&out);
     (out, doc)
+}
+
+/// Whether `pid` exists and is not a zombie (from `/proc/PID/stat`).
+pub fn is_live(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.trim().chars().next());
+    state.is_some_and(|s| s != 'Z')
+}
+
+/// Live (non-zombie) processes whose cmdline starts with `prefix`.
+pub fn procs_named(prefix: &str) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !cmd.starts_with(prefix.as_bytes()) {
+            continue;
+        }
+        if is_live(pid) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// The fixture guest's escapees and fork-chain links of CIDs `lo..=hi`
+/// (they name themselves `fixture-escapee-cid<CID>`, `fixture-forkchain-cid<CID>`).
+pub fn fixture_leftovers(lo: u32, hi: u32) -> Vec<i32> {
+    (lo..=hi)
+        .flat_map(|c| {
+            let mut v = procs_named(&format!("fixture-escapee-cid{c}\0"));
+            v.extend(procs_named(&format!("fixture-forkchain-cid{c}\0")));
+            v
+        })
+        .collect()
 }
