@@ -77,7 +77,9 @@ pub fn page(r: &RunResult, cfg: &RunConfig) -> String {
 }
 
 /// Every instance on one time axis: spawn → boot (green; red if it failed),
-/// the tool call (blue), teardown (grey).
+/// the tool call (blue), teardown (grey). Spawn, boot and teardown are placed
+/// where they happened; a tool call's start is not recorded, so its bar (of
+/// its measured length) starts where the tool phase did.
 fn timeline(r: &RunResult) -> String {
     let end = r.elapsed_ms.max(1.0);
     let x = |ms: f64| LEFT + ms / end * (WIDTH - LEFT - 10.0);
