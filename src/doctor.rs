@@ -125,43 +125,22 @@ pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
 }
 
 fn dir_check(what: &str, dir: &Path, needed_by: Vec<Kind>) -> Check {
-    use std::os::unix::fs::MetadataExt;
-    let (ok, detail, fix) = match std::fs::symlink_metadata(dir) {
-        Err(_) => (
+    // The same rules ukload applies when it creates or uses the directory.
+    let (ok, detail, fix) = match crate::fsafe::check_existing_dir(dir) {
+        Ok(false) => (
             true,
             format!("{} (created on first use)", dir.display()),
             None,
         ),
-        Ok(m) if m.file_type().is_symlink() => (
+        Ok(true) => (true, dir.display().to_string(), None),
+        Err(e) => (
             false,
-            format!("{} is a symbolic link", dir.display()),
-            Some(format!("remove it: rm {}", dir.display())),
+            e.to_string(),
+            Some(format!(
+                "remove it (ukload recreates it safely) or make it yours and not writable by others: {}",
+                dir.display()
+            )),
         ),
-        Ok(m) => {
-            let mine = m.uid() == crate::fsafe::euid() || m.uid() == 0;
-            let open = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
-            if mine && !open {
-                (
-                    true,
-                    format!("{} (mode {:o})", dir.display(), m.mode() & 0o7777),
-                    None,
-                )
-            } else {
-                (
-                    false,
-                    format!(
-                        "{} owned by uid {} mode {:o}: another user could redirect files",
-                        dir.display(),
-                        m.uid(),
-                        m.mode() & 0o7777
-                    ),
-                    Some(format!(
-                        "remove it (it is recreated safely) or chmod go-w {}",
-                        dir.display()
-                    )),
-                )
-            }
-        }
     };
     Check {
         what: what.into(),

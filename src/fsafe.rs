@@ -194,6 +194,16 @@ fn check_dir(path: &Path, meta: &fs::Metadata, allow_root: bool) -> Result<(), F
     Ok(())
 }
 
+/// Checks the directory at `path` as [`ensure_dir`] would, without
+/// creating it: `Ok(false)` if it does not exist, `Ok(true)` if it passes.
+pub fn check_existing_dir(path: &Path) -> Result<bool, FsafeError> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_err("lstat", path)(e)),
+        Ok(meta) => check_dir(path, &meta, true).map(|()| true),
+    }
+}
+
 /// `path` made absolute (against the current directory) and lexically
 /// normalized (`.` dropped, `..` pops).
 fn absolute_normal(path: &Path) -> Result<PathBuf, FsafeError> {
