@@ -28,9 +28,26 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// A gap this long between two probe attempts means the harness was not
 /// running (stopped by SIGSTOP, or starved): normally it is the backoff.
-pub(crate) const STALL_GAP: Duration = Duration::from_millis(500);
+const STALL_GAP: Duration = Duration::from_millis(500);
 /// How long the one last probe after such a stall may take.
-pub(crate) const FINAL_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const FINAL_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Whether a probe whose deadline passed at `now` gets one last attempt:
+/// only once (`final_chance`), and only if the harness was not running for a
+/// while (no attempt since `last_try` for longer than [`STALL_GAP`]). The new
+/// deadline, if so.
+pub(crate) fn last_chance(
+    now: Instant,
+    last_try: Instant,
+    final_chance: &mut bool,
+) -> Option<Instant> {
+    if *final_chance && now.duration_since(last_try) > STALL_GAP {
+        *final_chance = false;
+        Some(now + FINAL_PROBE_TIMEOUT)
+    } else {
+        None
+    }
+}
+
 /// How often the console log is read.
 pub const CONSOLE_POLL: Duration = Duration::from_millis(2);
 /// Longest console line kept while waiting for its end.
@@ -139,9 +156,8 @@ fn probe(
             // The deadline passed while we were not running (the harness was
             // stopped, or starved): the guest gets one last probe before it
             // is blamed for our stall.
-            if final_chance && now.duration_since(last_try) > STALL_GAP {
-                final_chance = false;
-                deadline = now + FINAL_PROBE_TIMEOUT;
+            if let Some(d) = last_chance(now, last_try, &mut final_chance) {
+                deadline = d;
             } else {
                 return Err(BootFailure::Timeout {
                     after: now - started,

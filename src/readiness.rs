@@ -586,9 +586,8 @@ impl Item {
         if now >= self.deadline {
             // The deadline passed while we were not running (the harness
             // was stopped, or starved): one last probe before blaming the guest.
-            if self.final_chance && now.duration_since(self.last_try) > probe::STALL_GAP {
-                self.final_chance = false;
-                self.deadline = now + probe::FINAL_PROBE_TIMEOUT;
+            if let Some(d) = probe::last_chance(now, self.last_try, &mut self.final_chance) {
+                self.deadline = d;
             } else {
                 return Some(Err(BootFailure::Timeout {
                     after: now - self.p.started,
