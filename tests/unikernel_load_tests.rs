@@ -176,11 +176,21 @@ pub fn test_cleanup_orphaned_unikernels() {
     let mut child = cmd.spawn().unwrap();
     let harness = child.id();
     let ours = move |v: &str| v.ends_with(&format!("-{harness}"));
+    // Steady state: each kraft has exec'd into its console follower (`tail`)
+    // and each VMM runs the guest. The count alone is not enough: kraft's
+    // short-lived helpers (mktemp, setsid, cat) carry the marker too.
+    let guest = fixture_guest().to_string_lossy().into_owned();
+    let steady = |v: &[(i32, String)]| {
+        let tails = v.iter().filter(|(_, c)| c.starts_with("tail ")).count();
+        let vmms = v.iter().filter(|(_, c)| c.starts_with(&guest)).count();
+        tails == 3 && vmms == 3
+    };
     let end = std::time::Instant::now() + Duration::from_secs(30);
-    while marked_pids(&ours).len() < 6 && std::time::Instant::now() < end {
+    let mut before = marked_pids(&ours);
+    while !steady(&before) && std::time::Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
+        before = marked_pids(&ours);
     }
-    let before = marked_pids(&ours);
     // SAFETY: our own child, by pid.
     unsafe { libc::kill(harness as i32, libc::SIGKILL) };
     let _ = child.wait();
@@ -194,7 +204,7 @@ pub fn test_cleanup_orphaned_unikernels() {
         // SAFETY: by pid, processes carrying this test's run marker.
         unsafe { libc::kill(*pid, libc::SIGKILL) };
     }
-    assert!(before.len() >= 6, "kraft and VMMs were up: {before:?}");
+    assert!(steady(&before), "kraft and VMMs were up: {before:?}");
     assert!(left.is_empty(), "orphans after SIGKILL of ukload: {left:?}");
 }
 
