@@ -41,8 +41,12 @@ pub const MAX_DURATION_MS: u64 = MAX_DURATION_S * 1000;
 /// ukload: spawn N unikernels/microVMs, measure true boot time and memory,
 /// run MCP tools over vsock, and leave no process behind.
 pub struct Top {
+    /// print the version and exit
+    #[argh(switch, short = 'V')]
+    pub version: bool,
+
     #[argh(subcommand)]
-    pub cmd: Sub,
+    pub cmd: Option<Sub>,
 }
 
 #[derive(FromArgs, Debug)]

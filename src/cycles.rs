@@ -10,8 +10,9 @@
 //! the last cycle, and growth beyond the tolerances below fails the command
 //! with a message naming the metric.
 
-use crate::report::{Stats, EXIT_FAIL, EXIT_PASS};
+use crate::exit::{EXIT_FAIL, EXIT_PASS};
 use crate::run::{self, RunConfig, RunError};
+use crate::stats::Stats;
 use crate::supervisor::Supervisor;
 use serde::Serialize;
 use std::io::{self, Write};

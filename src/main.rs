@@ -10,7 +10,10 @@ use cli::{Format, Sub};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use ukload::report::{self, EXIT_FAIL, EXIT_IOERR, EXIT_UNAVAILABLE, EXIT_USAGE};
+use ukload::exit::{
+    EXIT_FAIL, EXIT_IOERR, EXIT_SIGINT, EXIT_SIGNAL_BASE, EXIT_UNAVAILABLE, EXIT_USAGE,
+};
+use ukload::report;
 use ukload::run::{self, RunError};
 use ukload::supervisor::{watchdog, Supervisor};
 
@@ -34,7 +37,17 @@ fn main() {
             std::process::exit(EXIT_USAGE);
         }
     };
-    let code = match top.cmd {
+    if top.version {
+        std::process::exit(emit("version", 0, |out| {
+            writeln!(out, "ukload {}", env!("CARGO_PKG_VERSION"))
+        }));
+    }
+    let Some(cmd) = top.cmd else {
+        ukload::status!("ukload: no command given");
+        ukload::status!("Run `ukload help` or `ukload <command> --help` for usage.");
+        std::process::exit(EXIT_USAGE);
+    };
+    let code = match cmd {
         Sub::Run(a) => cmd_run(a),
         Sub::Ps(a) => cmd_ps(a),
         Sub::Cleanup(a) => cmd_cleanup(a),
@@ -98,7 +111,10 @@ struct Harness {
     dog: watchdog::Watchdog,
     sup: &'static Supervisor,
     stop: Arc<AtomicBool>,
+    /// Set by SIGTERM.
     term: Arc<AtomicBool>,
+    /// Set by SIGHUP (the terminal went away).
+    hup: Arc<AtomicBool>,
 }
 
 impl Harness {
@@ -128,14 +144,15 @@ impl Harness {
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let term = Arc::new(AtomicBool::new(false));
-        for (sig, is_term) in [
-            (libc::SIGINT, false),
-            (libc::SIGTERM, true),
-            (libc::SIGHUP, true),
+        let hup = Arc::new(AtomicBool::new(false));
+        for (sig, which) in [
+            (libc::SIGINT, None),
+            (libc::SIGTERM, Some(&term)),
+            (libc::SIGHUP, Some(&hup)),
         ] {
             let _ = signal_hook::flag::register(sig, stop.clone());
-            if is_term {
-                let _ = signal_hook::flag::register(sig, term.clone());
+            if let Some(flag) = which {
+                let _ = signal_hook::flag::register(sig, flag.clone());
             }
         }
         Ok(Harness {
@@ -144,6 +161,7 @@ impl Harness {
             sup,
             stop,
             term,
+            hup,
         })
     }
 
@@ -164,14 +182,17 @@ impl Harness {
         self.dog.finish();
     }
 
-    /// The exit code: 128+signal when interrupted, else `verdict`.
+    /// The exit code: 128+signal when interrupted (SIGHUP 129, SIGINT 130,
+    /// SIGTERM 143), else `verdict`.
     fn exit_code(&self, verdict: i32) -> i32 {
         if !self.stop.load(Ordering::Relaxed) {
             verdict
+        } else if self.hup.load(Ordering::Relaxed) {
+            EXIT_SIGNAL_BASE + libc::SIGHUP
         } else if self.term.load(Ordering::Relaxed) {
-            128 + libc::SIGTERM
+            EXIT_SIGNAL_BASE + libc::SIGTERM
         } else {
-            report::EXIT_SIGINT
+            EXIT_SIGINT
         }
     }
 }
@@ -230,7 +251,7 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
             }
             let code = emit(
                 "report",
-                h.exit_code(run::exit_code(&r, &cfg)),
+                h.exit_code(report::verdict(&r, &cfg).exit_code()),
                 |out| match fmt {
                     Format::Json => report::write_json(out, &r, &cfg),
                     Format::Human => report::write_human_for(out, &r, &cfg, stdout_is_tty()),

@@ -18,6 +18,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// How the launch command lines at the head of an instance's log begin
+/// (written by the run, skipped by console readiness and log tails).
+pub const LOG_HEADER_PREFIX: &str = "# ukload: ";
+
 /// First retry delay after a failed attempt.
 pub const BACKOFF_START: Duration = Duration::from_millis(1);
 /// Largest retry delay: bounds how late a ready guest can be noticed.
@@ -373,7 +377,7 @@ pub fn log_tail(log: &Path, n: usize) -> Vec<String> {
     // ukload's own header lines (the launch commands) are not the guest's.
     let lines: Vec<&str> = text
         .lines()
-        .filter(|l| !l.starts_with(crate::run::LOG_HEADER_PREFIX))
+        .filter(|l| !l.starts_with(LOG_HEADER_PREFIX))
         .collect();
     lines[lines.len().saturating_sub(n)..]
         .iter()

@@ -17,7 +17,7 @@ use crate::probe::{self, BootFailure};
 use crate::supervisor::cgroup::InstanceCgroup;
 use crate::supervisor::teardown::{self, Target, TeardownReport};
 use crate::supervisor::{Command, Redirect, Supervisor};
-use crate::{report, ENV_CID, ENV_INSTANCE, ENV_RUN};
+use crate::{ENV_CID, ENV_INSTANCE, ENV_RUN};
 use serde::Serialize;
 use std::fs::File;
 use std::io::Write as _;
@@ -890,9 +890,9 @@ fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome>
     let command = plan.command.display();
     let mut header = String::new();
     for h in &helper_commands {
-        header.push_str(&format!("{LOG_HEADER_PREFIX}helper: {h}\n"));
+        header.push_str(&format!("{}helper: {h}\n", probe::LOG_HEADER_PREFIX));
     }
-    header.push_str(&format!("{LOG_HEADER_PREFIX}launch: {command}\n"));
+    header.push_str(&format!("{}launch: {command}\n", probe::LOG_HEADER_PREFIX));
     if let Err(e) = log_file.write_all(header.as_bytes()) {
         return Err(fail(format!("cannot write log {}: {e}", log.display())));
     }
@@ -1060,9 +1060,6 @@ fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome>
     })
 }
 
-/// How the launch command lines at the head of an instance's log begin.
-pub const LOG_HEADER_PREFIX: &str = "# ukload: ";
-
 /// Descriptors an instance holds for its life (CID lock, cgroup files, log
 /// and probe sockets while they are in use), with a margin.
 pub const FDS_PER_INSTANCE: u64 = 6;
@@ -1146,9 +1143,4 @@ fn describe_failure(e: BootFailure, log: &std::path::Path) -> String {
     } else {
         format!("{e}; last log lines: {}", tail.join(" | "))
     }
-}
-
-/// Runs, prints the report and returns the exit code.
-pub fn exit_code(result: &RunResult, cfg: &RunConfig) -> i32 {
-    report::verdict(result, cfg).exit_code()
 }

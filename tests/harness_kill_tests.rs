@@ -229,4 +229,6 @@ kill_tests! {
     sigkill_during_cleanup: Phase::Cleanup, libc::SIGKILL, 310;
     sigint_during_boot_with_stubborn_guests: Phase::BootStubborn, libc::SIGINT, 320;
     sigterm_during_boot_with_stubborn_guests: Phase::BootStubborn, libc::SIGTERM, 330;
+    // The terminal closing (an ssh session dropped): exit 129, nothing left.
+    sighup_during_boot: Phase::Boot, libc::SIGHUP, 340;
 }

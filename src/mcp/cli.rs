@@ -22,7 +22,7 @@
 //! 64 (bad command line; one line naming the flag), [`EXIT_IOERR`] 74 (the
 //! result could not be written to stdout; said on stderr).
 
-use crate::report::nearest_rank;
+use crate::stats::Stats;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,23 +42,10 @@ use super::wire::McpFraming;
 use crate::framing::Framing;
 use crate::vsock::{self, kernel::cid_is_connectable, Endpoint};
 
-/// Success.
-pub const EXIT_OK: i32 = crate::report::EXIT_PASS;
-/// The tool ran and reported a failure (`isError: true`).
-pub const EXIT_TOOL_ERROR: i32 = 1;
-/// The server answered with a JSON-RPC error (unknown tool, bad arguments, ...).
-pub const EXIT_RPC_ERROR: i32 = 3;
-/// Transport, protocol or timeout failure: we do not know what the server did.
-pub const EXIT_TRANSPORT: i32 = 4;
-/// The server declared no `tools` capability: nothing was asked of it.
-pub const EXIT_NOT_OFFERED: i32 = 5;
-/// The tool requires task-augmented execution (`execution.taskSupport:
-/// "required"`), which ukload does not support: it was not called.
-pub const EXIT_NEEDS_TASKS: i32 = 6;
-/// Bad command line (sysexits.h EX_USAGE).
-pub const EXIT_USAGE: i32 = crate::report::EXIT_USAGE;
-/// The output could not be written to stdout (sysexits.h EX_IOERR).
-pub const EXIT_IOERR: i32 = crate::report::EXIT_IOERR;
+use crate::exit::{
+    EXIT_FAIL as EXIT_TOOL_ERROR, EXIT_IOERR, EXIT_NEEDS_TASKS, EXIT_NOT_OFFERED,
+    EXIT_PASS as EXIT_OK, EXIT_RPC_ERROR, EXIT_TRANSPORT, EXIT_USAGE,
+};
 
 /// Default deadline of each call, ms.
 pub const DEFAULT_TIMEOUT_MS: u64 = crate::mcp::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64;
@@ -1011,36 +998,6 @@ fn error_groups<'a>(errors: impl Iterator<Item = (&'static str, &'a str)>) -> Er
     groups
 }
 
-/// Latency summary in milliseconds; percentiles are nearest-rank.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LatencyStats {
-    pub count: usize,
-    pub min_ms: f64,
-    pub median_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    pub mean_ms: f64,
-}
-
-/// Summarizes latencies (any order); `None` for no samples.
-pub fn latency_stats(samples: &[Duration]) -> Option<LatencyStats> {
-    if samples.is_empty() {
-        return None;
-    }
-    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    ms.sort_by(f64::total_cmp);
-    Some(LatencyStats {
-        count: ms.len(),
-        min_ms: ms[0],
-        median_ms: nearest_rank(&ms, 50.0),
-        p95_ms: nearest_rank(&ms, 95.0),
-        p99_ms: nearest_rank(&ms, 99.0),
-        max_ms: ms[ms.len() - 1],
-        mean_ms: ms.iter().sum::<f64>() / ms.len() as f64,
-    })
-}
-
 fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
     let conn = connection(TransportFlags {
         stdio: &a.stdio,
@@ -1172,7 +1129,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
             .iter()
             .filter_map(|r| Some((r.0.kind()?, r.2.as_deref()?))),
     );
-    let stats = latency_stats(&answered);
+    let stats = Stats::of_millis(&answered);
     let per_sec = if elapsed.is_zero() {
         0.0
     } else {
@@ -1237,7 +1194,7 @@ struct BenchReport<'a> {
     failures: usize,
     elapsed: Duration,
     calls_per_sec: f64,
-    stats: Option<&'a LatencyStats>,
+    stats: Option<&'a Stats>,
     first_error: Option<&'a str>,
     errors: &'a ErrorGroups,
 }
@@ -1246,8 +1203,8 @@ impl BenchReport<'_> {
     fn json(&self) -> String {
         let latency = self.stats.map_or(Value::Null, |s| {
             json!({
-                "min": s.min_ms, "median": s.median_ms, "p95": s.p95_ms,
-                "p99": s.p99_ms, "max": s.max_ms, "mean": s.mean_ms,
+                "min": s.min, "median": s.median, "p95": s.p95,
+                "p99": s.p99, "max": s.max, "mean": s.mean,
             })
         });
         let doc = json!({
@@ -1294,7 +1251,7 @@ impl BenchReport<'_> {
             Some(l) => s.push_str(&format!(
                 "  latency ms: min {:.3}  median {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}  \
                  (mean {:.3}, {} answered)\n",
-                l.min_ms, l.median_ms, l.p95_ms, l.p99_ms, l.max_ms, l.mean_ms, l.count
+                l.min, l.median, l.p95, l.p99, l.max, l.mean, l.count
             )),
             None => s.push_str("  latency: no call was answered\n"),
         }
@@ -1481,22 +1438,6 @@ mod tests {
         );
         assert_eq!(progress_text(&p(0.5, None, None)), "progress 0.5");
         assert_eq!(progress_text(&p(3.0, Some(0.0), None)), "progress 3/0");
-    }
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
-        let s = latency_stats(&samples).unwrap();
-        assert_eq!(s.count, 100);
-        assert_eq!(s.min_ms, 1.0);
-        assert_eq!(s.median_ms, 50.0);
-        assert_eq!(s.p95_ms, 95.0);
-        assert_eq!(s.p99_ms, 99.0);
-        assert_eq!(s.max_ms, 100.0);
-        assert!((s.mean_ms - 50.5).abs() < 1e-9);
-        let one = latency_stats(&[Duration::from_millis(7)]).unwrap();
-        assert_eq!((one.min_ms, one.median_ms, one.p99_ms), (7.0, 7.0, 7.0));
-        assert!(latency_stats(&[]).is_none());
     }
 
     #[test]
