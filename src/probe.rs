@@ -232,13 +232,12 @@ fn probe(
 /// (−32602: a server that checks params before the method) or MCP's
 /// unsupported protocol version (−32022: a 2026-07-28 server wants `_meta`).
 pub(crate) fn answered_without_status(e: &jsonrpc::CallError) -> bool {
-    const UNSUPPORTED_PROTOCOL_VERSION: i64 = crate::mcp::codes::UNSUPPORTED_PROTOCOL_VERSION;
     matches!(
         e,
         jsonrpc::CallError::Rpc { code, .. }
             if *code == jsonrpc::METHOD_NOT_FOUND
                 || *code == jsonrpc::INVALID_PARAMS
-                || *code == UNSUPPORTED_PROTOCOL_VERSION
+                || *code == jsonrpc::UNSUPPORTED_PROTOCOL_VERSION
     )
 }
 

@@ -38,7 +38,6 @@ use super::session::{CallOptions, Progress, ProtocolChoice, Session, SessionOpti
 use super::stdio::SpawnOptions;
 use super::transport::Transport;
 use super::types::{Tool, ToolResult};
-use super::wire::McpFraming;
 use crate::framing::Framing;
 use crate::vsock::{self, kernel::cid_is_connectable, Endpoint};
 
@@ -300,7 +299,7 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
     pub target: Target,
-    pub framing: McpFraming,
+    pub framing: Framing,
     pub timeout: Duration,
     pub protocol: ProtocolChoice,
 }
@@ -413,10 +412,9 @@ fn connection(f: TransportFlags<'_>) -> Result<Connection, Usage> {
         unreachable!("exactly one transport was checked above")
     };
     let framing = match f.framing.as_deref() {
-        None => McpFraming::Line,
+        None => Framing::Line,
         Some(s) => match s.parse::<Framing>() {
-            Ok(Framing::Line) => McpFraming::Line,
-            Ok(Framing::Length) => McpFraming::Length,
+            Ok(f) => f,
             Err(e) => return Err(Usage(format!("--framing: {e}"))),
         },
     };
@@ -1311,7 +1309,7 @@ mod tests {
         let c = connection(flags(&s, &n, &n, &n)).unwrap();
         assert_eq!(c.target, Target::Stdio(vec!["node".into(), "x.js".into()]));
         assert_eq!(c.timeout, Duration::from_millis(DEFAULT_TIMEOUT_MS));
-        assert_eq!(c.framing, McpFraming::Line);
+        assert_eq!(c.framing, Framing::Line);
         let c = connection(flags(&n, &v, &n, &n)).unwrap();
         assert_eq!(
             c.target,
