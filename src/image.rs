@@ -1,7 +1,6 @@
 //! The microVM guest image: where its pieces are cached, the initramfs
 //! writer (newc cpio, written here in Rust: the one source of truth for the
 //! archive format), and what is present or missing.
-//! OWNER: microVM helper.
 //!
 //! The image is a kernel (`vmlinux`, uncompressed, booted by QEMU through its
 //! PVH entry) plus an initramfs holding the static `ukload-guest` as `/init`

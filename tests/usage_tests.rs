@@ -202,7 +202,7 @@ fn unknown_flags_and_missing_values_name_the_flag_and_exit_64() {
     }
 }
 
-/// Durations beyond a day (issue 8, item 10): `--boot-timeout 1e19` used to
+/// Durations beyond a day: `--boot-timeout 1e19` used to
 /// pass parsing and panic in every worker thread (`Instant + Duration`
 /// overflow), exit 101. Now every duration flag is bounded at parse time,
 /// and the message names the bound.

@@ -1,6 +1,5 @@
 //! `ukload-guest` as PID 1 inside a microVM: mounts, module loading with
 //! `finit_module(2)`, zombie reaping, power-off.
-//! OWNER: microVM helper.
 //!
 //! Why the agent is its own init: the guest image is an initramfs holding one
 //! static binary and a few kernel modules, nothing else (no busybox, no

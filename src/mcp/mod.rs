@@ -9,7 +9,6 @@
 //! - [`coerce_args`]: `--arg key=value` typed by a tool's input schema.
 //! - [`cli`]: `ukload mcp tools|call|bench`.
 //!
-//! OWNER: MCP helper.
 
 mod args;
 pub mod cli;
