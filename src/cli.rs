@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use ukload::framing::Framing;
 use ukload::launcher::{self, Kind, LauncherConfig, ReadyMode};
+use ukload::progress::ProgressMode;
 use ukload::run::{MemMetric, RunConfig};
 
 /// Default instance count (the seed's medium load test).
@@ -44,6 +45,12 @@ pub struct Top {
     /// print the version and exit
     #[argh(switch, short = 'V')]
     pub version: bool,
+
+    /// more diagnostics on stderr, anywhere on the line: -v debug, -vv trace
+    /// (RUST_LOG=debug|trace does the same; -q keeps warnings and errors only)
+    #[argh(switch, short = 'v')]
+    #[allow(dead_code)] // main counts and removes -v before parsing; here for --help
+    pub verbose: bool,
 
     #[argh(subcommand)]
     pub cmd: Option<Sub>,
@@ -300,8 +307,12 @@ pub struct RunArgs {
     /// `flatpak-spawn --host` (without it ukload refuses to run there)
     pub flatpak_host: bool,
     #[argh(switch, short = 'q')]
-    /// no progress lines on stderr
+    /// no progress lines on stderr (warnings and errors still show)
     pub quiet: bool,
+    #[argh(option)]
+    /// progress on stderr: human (default) or json (one event per line:
+    /// spawning, spawned, booted, boot_failed, tool, memory, teardown, ...)
+    pub progress: Option<String>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -385,8 +396,12 @@ pub struct CyclesArgs {
     /// process behind, a leak or an interruption fails whatever it says
     pub min_success: Option<String>,
     #[argh(switch, short = 'q')]
-    /// no progress lines on stderr
+    /// no progress lines on stderr (warnings and errors still show)
     pub quiet: bool,
+    #[argh(option)]
+    /// progress on stderr: human (default) or json (one event per line:
+    /// spawning, spawned, booted, boot_failed, tool, memory, teardown, ...)
+    pub progress: Option<String>,
 }
 
 /// Default number of measured cycles of `ukload cycles`.
@@ -459,11 +474,23 @@ impl CyclesArgs {
             ukload::cycles::CyclesConfig {
                 cycles,
                 run: run_cfg,
-                progress: !self.quiet,
+                progress: progress_mode(self.quiet, &self.progress)?,
                 min_success_pct,
             },
             fmt,
         ))
+    }
+}
+
+/// `-q` and `--progress`: what progress shows.
+fn progress_mode(quiet: bool, progress: &Option<String>) -> Result<ProgressMode, Usage> {
+    match (quiet, progress) {
+        (true, Some(_)) => Err(Usage(
+            "-q and --progress contradict each other: choose one".into(),
+        )),
+        (true, None) => Ok(ProgressMode::Off),
+        (false, None) => Ok(ProgressMode::Human),
+        (false, Some(p)) => p.parse().map_err(|e| Usage(format!("--progress: {e}"))),
     }
 }
 
@@ -760,7 +787,7 @@ impl RunArgs {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_DIR)),
             framing,
             launcher: lc,
-            progress: !self.quiet,
+            progress: progress_mode(self.quiet, &self.progress)?,
         };
         Ok((cfg, fmt))
     }

@@ -17,8 +17,27 @@ use ukload::report;
 use ukload::run::{self, RunError};
 use ukload::supervisor::{watchdog, Supervisor};
 
+/// A line on stderr from the binary itself (usage errors, fatal errors):
+/// never panics, whatever stderr is. The library logs through `log`.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn main() {
-    let args = split_equals(std::env::args().collect());
+    let (args, verbose) = take_verbosity(std::env::args().collect());
+    let quiet = args
+        .iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a == "-q" || a == "--quiet");
+    let rust_log = std::env::var("RUST_LOG").ok();
+    ukload::logging::init(
+        "ukload",
+        ukload::logging::level(verbose, quiet, rust_log.as_deref()),
+    );
+    let args = split_equals(args);
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     let top = match cli::Top::from_args(&["ukload"], strs.get(1..).unwrap_or(&[])) {
         Ok(t) => t,
@@ -31,9 +50,9 @@ fn main() {
             }
             let _ = write!(std::io::stderr(), "ukload: {}", early.output);
             if !early.output.ends_with('\n') {
-                ukload::status!();
+                say!();
             }
-            ukload::status!("Run `ukload help` or `ukload <command> --help` for usage.");
+            say!("Run `ukload help` or `ukload <command> --help` for usage.");
             std::process::exit(EXIT_USAGE);
         }
     };
@@ -43,8 +62,8 @@ fn main() {
         }));
     }
     let Some(cmd) = top.cmd else {
-        ukload::status!("ukload: no command given");
-        ukload::status!("Run `ukload help` or `ukload <command> --help` for usage.");
+        say!("ukload: no command given");
+        say!("Run `ukload help` or `ukload <command> --help` for usage.");
         std::process::exit(EXIT_USAGE);
     };
     let code = match cmd {
@@ -58,6 +77,27 @@ fn main() {
         Sub::Report(a) => cmd_report(a),
     };
     std::process::exit(code);
+}
+
+/// Takes `-v`, `-vv` (and more v's) and `--verbose` out of the arguments
+/// (before any `--`), wherever they stand, and counts them: argh has no
+/// counted flags, and verbosity applies to every command.
+fn take_verbosity(args: Vec<String>) -> (Vec<String>, u8) {
+    let mut verbose = 0u8;
+    let mut out = Vec::with_capacity(args.len());
+    let mut rest = false;
+    for (i, a) in args.into_iter().enumerate() {
+        rest |= a == "--";
+        let vs = a
+            .strip_prefix('-')
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b == b'v'));
+        match (i > 0 && !rest, vs, a.as_str()) {
+            (true, Some(v), _) => verbose = verbose.saturating_add(v.len() as u8),
+            (true, None, "--verbose") => verbose = verbose.saturating_add(1),
+            _ => out.push(a),
+        }
+    }
+    (out, verbose)
 }
 
 /// argh takes `--flag value` only; accept `--flag=value` too (needed to pass
@@ -91,14 +131,14 @@ fn emit(what: &str, code: i32, write: impl FnOnce(&mut dyn Write) -> std::io::Re
     match write(&mut out).and_then(|()| out.flush()) {
         Ok(()) => code,
         Err(e) => {
-            ukload::status!("ukload: cannot write the {what} to stdout: {e}");
+            say!("ukload: cannot write the {what} to stdout: {e}");
             EXIT_IOERR
         }
     }
 }
 
 fn usage(msg: &str) -> i32 {
-    ukload::status!("ukload: {msg}");
+    say!("ukload: {msg}");
     EXIT_USAGE
 }
 
@@ -122,16 +162,16 @@ impl Harness {
         let run_id = run::new_run_id();
         // Runs whose harness and watchdog both died left their cgroups: end them.
         for id in ukload::supervisor::cgroup::reap_stale_runs() {
-            ukload::status!("ukload: ended the leftover cgroup of dead run {id}");
+            log::info!("ended the leftover cgroup of dead run {id}");
         }
         let containment = ukload::supervisor::cgroup::Containment::setup(&run_id).map_err(|e| {
-            ukload::status!("ukload: {e}");
+            say!("ukload: {e}");
             EXIT_UNAVAILABLE
         })?;
         let containment = ukload::supervisor::set_containment(containment);
         let dog =
             watchdog::start(&run_id, containment.run_cgroup().map(|c| c.path())).map_err(|e| {
-                ukload::status!("ukload: cannot start the watchdog process: {e}");
+                say!("ukload: cannot start the watchdog process: {e}");
                 if let Some(c) = containment.run_cgroup() {
                     let _ = c.cgroup().remove();
                 }
@@ -139,7 +179,7 @@ impl Harness {
             })?;
         ukload::supervisor::set_watchdog_pid(dog.pid());
         let sup = Supervisor::init().map_err(|e| {
-            ukload::status!("ukload: cannot become a child subreaper / start the reaper: {e}");
+            say!("ukload: cannot become a child subreaper / start the reaper: {e}");
             EXIT_FAIL
         })?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -171,7 +211,7 @@ impl Harness {
         if let Some(c) = ukload::supervisor::run_cgroup() {
             let left = c.cgroup().procs_recursive();
             if !left.is_empty() {
-                ukload::status!(
+                say!(
                     "ukload: {} process(es) still in the run's cgroup at exit: killing them",
                     left.len()
                 );
@@ -244,7 +284,7 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
             ] {
                 if let (Some(p), Some(t)) = (path, text) {
                     if let Err(e) = ukload::export::write_atomically(p, t.as_bytes()) {
-                        ukload::status!("ukload: cannot write the {what} {}: {e}", p.display());
+                        say!("ukload: cannot write the {what} {}: {e}", p.display());
                         extra_failed = true;
                     }
                 }
@@ -264,7 +304,7 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
             }
         }
         Err(e) => {
-            ukload::status!("ukload: {e}");
+            say!("ukload: {e}");
             run_error_code(&e)
         }
     };
@@ -358,13 +398,14 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
         Err(code) => return code,
     };
     let run_id = &h.run_id;
-    if cfg.progress {
-        ukload::status!(
-            "cycles: {} cycle(s) of {} instance(s) (run {run_id})",
-            cfg.cycles,
-            cfg.run.count
-        );
-    }
+    ukload::progress::emit(
+        cfg.progress,
+        ukload::progress::Event::Cycles {
+            run_id: run_id.to_string(),
+            cycles: cfg.cycles,
+            count: cfg.run.count,
+        },
+    );
     let code = match ukload::cycles::run_cycles(&cfg, run_id, h.sup, h.stop.clone()) {
         Ok(r) => {
             let code = emit("report", h.exit_code(r.exit_code()), |out| match fmt {
@@ -374,12 +415,12 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
                 Format::Human => r.write_human(out),
             });
             for l in &r.leaks {
-                ukload::status!("ukload: cycles: leak: {l}");
+                say!("ukload: cycles: leak: {l}");
             }
             code
         }
         Err(e) => {
-            ukload::status!("ukload: {e}");
+            say!("ukload: {e}");
             run_error_code(&e)
         }
     };
@@ -406,7 +447,7 @@ fn cmd_image(a: cli::ImageArgs) -> i32 {
                     writeln!(o, "slim kernel {}: {stats}", out.display())
                 }),
                 Err(e) => {
-                    ukload::status!("ukload: {e}");
+                    say!("ukload: {e}");
                     EXIT_FAIL
                 }
             }
@@ -415,7 +456,7 @@ fn cmd_image(a: cli::ImageArgs) -> i32 {
             let paths = ImagePaths::cached();
             let guest = b.guest.unwrap_or_else(|| paths.guest_bin.clone());
             if !guest.is_file() {
-                ukload::status!(
+                say!(
                     "ukload: guest binary {} not found: build it with `bash scripts/build-guest-image.sh` \
                      (or name a static ukload-guest with --guest PATH)",
                     guest.display()
@@ -427,7 +468,7 @@ fn cmd_image(a: cli::ImageArgs) -> i32 {
                     writeln!(out, "wrote {}", paths.initramfs.display())
                 }),
                 Err(e) => {
-                    ukload::status!("ukload: {e}");
+                    say!("ukload: {e}");
                     EXIT_FAIL
                 }
             }
