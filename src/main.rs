@@ -3,6 +3,15 @@
 // Every unsafe block says why it is sound (as Firecracker does).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+/// A line on stderr from the binary itself (usage errors, fatal errors):
+/// never panics, whatever stderr is. The library logs through `log`.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cli;
 
 use argh::FromArgs;
@@ -16,15 +25,6 @@ use ukload::exit::{
 use ukload::report;
 use ukload::run::{self, RunError};
 use ukload::supervisor::{watchdog, Supervisor};
-
-/// A line on stderr from the binary itself (usage errors, fatal errors):
-/// never panics, whatever stderr is. The library logs through `log`.
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use ::std::io::Write as _;
-        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
-    }};
-}
 
 fn main() {
     let (args, verbose) = take_verbosity(std::env::args().collect());
@@ -71,7 +71,7 @@ fn main() {
         Sub::Ps(a) => cmd_ps(a),
         Sub::Cleanup(a) => cmd_cleanup(a),
         Sub::Cycles(a) => cmd_cycles(a),
-        Sub::Mcp(a) => ukload::mcp::cli::run(a),
+        Sub::Mcp(a) => cli::mcp::run(a),
         Sub::Image(a) => cmd_image(a),
         Sub::Doctor(a) => cmd_doctor(a),
         Sub::Report(a) => cmd_report(a),

@@ -91,7 +91,7 @@ impl McpError {
         matches!(self, McpError::Interrupted { .. })
     }
 
-    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         McpError::Io {
             context: context.into(),
             source: Arc::new(source),

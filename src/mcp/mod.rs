@@ -11,7 +11,6 @@
 //!
 
 mod args;
-pub mod cli;
 mod error;
 pub mod schema;
 pub mod server;

@@ -22,32 +22,30 @@
 //! 64 (bad command line; one line naming the flag), [`EXIT_IOERR`] 74 (the
 //! result could not be written to stdout; said on stderr).
 
-use crate::stats::Stats;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use ukload::stats::Stats;
 
 use argh::FromArgs;
 use serde_json::{json, Map, Value};
 
-use super::args::{coerce_args, parse_arg_pair, split_command};
-use super::error::McpError;
-use super::session::{CallOptions, Progress, ProtocolChoice, Session, SessionOptions};
-use super::stdio::SpawnOptions;
-use super::transport::Transport;
-use super::types::{Tool, ToolResult};
-use crate::framing::Framing;
-use crate::vsock::{self, kernel::cid_is_connectable, Endpoint};
+use ukload::framing::Framing;
+use ukload::mcp::{
+    coerce_args, parse_arg_pair, split_command, CallOptions, McpError, Progress, ProtocolChoice,
+    Session, SessionOptions, SpawnOptions, Tool, ToolResult, Transport,
+};
+use ukload::vsock::{self, kernel::cid_is_connectable, Endpoint};
 
-use crate::exit::{
+use ukload::exit::{
     EXIT_FAIL as EXIT_TOOL_ERROR, EXIT_IOERR, EXIT_NEEDS_TASKS, EXIT_NOT_OFFERED,
     EXIT_PASS as EXIT_OK, EXIT_RPC_ERROR, EXIT_TRANSPORT, EXIT_USAGE,
 };
 
 /// Default deadline of each call, ms.
-pub const DEFAULT_TIMEOUT_MS: u64 = crate::mcp::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64;
+pub const DEFAULT_TIMEOUT_MS: u64 = ukload::mcp::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64;
 /// Default `--max-total-ms` with `--progress-resets-timeout`: the hard bound
 /// of a call that keeps reporting progress (or `--timeout-ms` if longer).
 pub const DEFAULT_MAX_TOTAL_MS: u64 = 600_000;
@@ -334,7 +332,7 @@ pub fn run(args: McpArgs) -> i32 {
     match result {
         Ok(code) => code,
         Err(Failure::Usage(Usage(msg))) => {
-            crate::status!("ukload mcp: {msg}");
+            say!("ukload mcp: {msg}");
             EXIT_USAGE
         }
         Err(Failure::Mcp(e)) => report_mcp_error(&e),
@@ -363,19 +361,19 @@ impl From<McpError> for Failure {
 fn report_mcp_error(e: &McpError) -> i32 {
     match e {
         McpError::Rpc { code, message, .. } => {
-            crate::status!("error {code}: {message}");
+            say!("error {code}: {message}");
             EXIT_RPC_ERROR
         }
         e @ McpError::NotOffered { .. } => {
-            crate::status!("ukload mcp: {e}");
+            say!("ukload mcp: {e}");
             EXIT_NOT_OFFERED
         }
         e @ McpError::NeedsTasks { .. } => {
-            crate::status!("ukload mcp: {e}");
+            say!("ukload mcp: {e}");
             EXIT_NEEDS_TASKS
         }
         other => {
-            crate::status!("ukload mcp: {other}");
+            say!("ukload mcp: {other}");
             EXIT_TRANSPORT
         }
     }
@@ -711,7 +709,7 @@ pub fn connect(conn: &Connection) -> Result<Session, McpError> {
             let opts = SpawnOptions {
                 die_with_parent: true,
                 env: vec![(
-                    crate::ENV_RUN.into(),
+                    ukload::ENV_RUN.into(),
                     format!("{STDIO_MARKER_PREFIX}{}", std::process::id()).into(),
                 )],
             };
@@ -741,7 +739,7 @@ fn finish(session: Session, code: i32) -> i32 {
     match session.close() {
         Ok(_) => code,
         Err(e) => {
-            crate::status!("ukload mcp: {e}");
+            say!("ukload mcp: {e}");
             if code == EXIT_OK {
                 EXIT_TRANSPORT
             } else {
@@ -763,7 +761,7 @@ fn printed(result: io::Result<()>, code: i32) -> i32 {
     match result {
         Ok(()) => code,
         Err(e) => {
-            crate::status!("ukload mcp: cannot write the result to stdout: {e}");
+            say!("ukload mcp: cannot write the result to stdout: {e}");
             EXIT_IOERR
         }
     }
@@ -782,7 +780,7 @@ fn cmd_tools(a: ToolsArgs) -> Result<i32, Failure> {
     let session = connect(&conn)?;
     // On stderr, so that stdout stays one line per tool (or pure JSON).
     if !a.quiet {
-        crate::status!("{}", describe_session(&session));
+        say!("{}", describe_session(&session));
     }
     let tools = match session.list_tools() {
         Ok(t) => t,
@@ -910,7 +908,7 @@ fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
 fn failure_code(f: Failure) -> i32 {
     match f {
         Failure::Usage(Usage(msg)) => {
-            crate::status!("ukload mcp: {msg}");
+            say!("ukload mcp: {msg}");
             EXIT_USAGE
         }
         Failure::Mcp(e) => report_mcp_error(&e),
@@ -1089,14 +1087,14 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         match w.join() {
             Ok(done) => results.extend(done),
             Err(_) => {
-                crate::status!("ukload mcp: a benchmark thread panicked");
+                say!("ukload mcp: a benchmark thread panicked");
                 return Ok(close_shared(session, EXIT_TRANSPORT));
             }
         }
     }
     let elapsed = start.elapsed();
     if let Some(e) = spawn_error {
-        crate::status!("ukload mcp: cannot start {parallel} benchmark threads: {e}");
+        say!("ukload mcp: cannot start {parallel} benchmark threads: {e}");
         return Ok(close_shared(session, EXIT_TRANSPORT));
     }
 
@@ -1173,7 +1171,7 @@ fn close_shared(session: Arc<Session>, code: i32) -> i32 {
         Err(shared) => match shared.close() {
             Ok(_) => code,
             Err(e) => {
-                crate::status!("ukload mcp: {e}");
+                say!("ukload mcp: {e}");
                 code.max(EXIT_TRANSPORT)
             }
         },

@@ -1,6 +1,8 @@
 //! Command-line definitions of `ukload` and their validation into library
 //! configurations. Every bad value gives one line naming the flag.
 
+pub mod mcp;
+
 use argh::FromArgs;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,7 +67,7 @@ pub enum Sub {
     Ps(PsArgs),
     Cleanup(CleanupArgs),
     Cycles(CyclesArgs),
-    Mcp(ukload::mcp::cli::McpArgs),
+    Mcp(mcp::McpArgs),
     Image(ImageArgs),
     Doctor(DoctorArgs),
     Report(ReportArgs),
