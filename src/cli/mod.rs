@@ -164,7 +164,7 @@ pub struct ImageBuildArgs {
 /// Say what is in the image cache, what is missing and how to make it.
 pub struct ImageInfoArgs {}
 
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, Debug, Default)]
 #[argh(subcommand, name = "run")]
 /// Run a load test: spawn, boot, memory, CIDs, cleanup. Exit 0 PASS, 2 PARTIAL,
 /// 1 FAIL, 64 bad usage, 69 launcher program missing, 74 report not written
@@ -425,39 +425,23 @@ impl CyclesArgs {
         if per == 0 {
             return Err(Usage("--per-cycle 0: give at least 1 instance".into()));
         }
-        let mut args: Vec<String> = vec![per_cycle, "-q".into()];
-        let mut opt = |flag: &str, v: &Option<String>| {
-            if let Some(v) = v {
-                args.push(flag.into());
-                args.push(v.clone());
-            }
+        // The run flags `cycles` shares, checked by `RunArgs` (same checks,
+        // same messages); each cycle's run is quiet.
+        let run = RunArgs {
+            count: Some(per_cycle),
+            quiet: true,
+            launcher: self.launcher.clone(),
+            guest_bin: self.guest_bin.clone(),
+            guest_boot_delay_ms: self.guest_boot_delay_ms.clone(),
+            exec: self.exec.clone(),
+            boot_timeout: self.boot_timeout.clone(),
+            grace_ms: self.grace_ms.clone(),
+            cid_range: self.cid_range.clone(),
+            framing: self.framing.clone(),
+            log_dir: self.log_dir.clone(),
+            guest_arg: self.guest_arg.clone(),
+            ..RunArgs::default()
         };
-        opt("--launcher", &self.launcher);
-        opt(
-            "--guest-bin",
-            &self.guest_bin.as_ref().map(|p| p.to_string_lossy().into()),
-        );
-        opt("--guest-boot-delay-ms", &self.guest_boot_delay_ms);
-        opt("--exec", &self.exec);
-        opt("--boot-timeout", &self.boot_timeout);
-        opt("--grace-ms", &self.grace_ms);
-        opt("--cid-range", &self.cid_range);
-        opt("--framing", &self.framing);
-        opt(
-            "--log-dir",
-            &self.log_dir.as_ref().map(|p| p.to_string_lossy().into()),
-        );
-        for g in &self.guest_arg {
-            args.push("--guest-arg".into());
-            args.push(g.clone());
-        }
-        let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let run = RunArgs::from_args(&["ukload", "run"], &strs).map_err(|e| {
-            Usage(format!(
-                "cycles: {}",
-                e.output.lines().next().unwrap_or("bad run flags")
-            ))
-        })?;
         let (run_cfg, _) = run.to_config()?;
         let fmt = format(&self.format)?;
         let min_success_pct = match &self.min_success {
