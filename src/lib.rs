@@ -49,6 +49,7 @@ pub mod probe;
 pub mod proc;
 pub mod readiness;
 pub mod report;
+pub mod rootfs;
 pub mod run;
 pub mod supervisor;
 pub mod toolcall;
