@@ -466,8 +466,9 @@ pub fn rootfs_dir(cache_dir: &Path) -> PathBuf {
 
 /// Builds the image for `spec` in `cache_dir` (or finds it there).
 pub fn build(spec: &RootfsSpec, cache_dir: &Path) -> Result<RootfsImage, RootfsError> {
-    let mkfs_version = mkfs_version()?;
-    let plan = plan(spec, &mkfs_version)?;
+    // Input errors (a missing program, library or include) come first.
+    let mut plan = plan(spec, "")?;
+    plan.mkfs_version = mkfs_version()?;
     let key = plan.key();
     let dir = rootfs_dir(cache_dir);
     let image = dir.join(format!("{key}.{IMAGE_EXT}"));
