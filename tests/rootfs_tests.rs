@@ -514,3 +514,103 @@ fn image_info_lists_the_root_filesystems_in_the_cache() {
         serde_json::from_value(doc["manifest"].clone()).unwrap()
     );
 }
+
+/// Writes `data` to `path` as an executable.
+fn write_exec(path: &Path, data: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn python_stdlib_is_found_by_convention_and_trimmed() {
+    // A stand-in interpreter named python3.9 in its own prefix: the
+    // convention <prefix>/bin/python3.X → <prefix>/lib/python3.X decides.
+    let t = TempDir::new("rootfs-pyconv");
+    let prefix = t.path().join("prefix");
+    write_exec(
+        &prefix.join("bin/python3.9"),
+        &std::fs::read("/bin/true").unwrap(),
+    );
+    let lib = prefix.join("lib/python3.9");
+    for f in [
+        "os.py",
+        "json/__init__.py",
+        "__pycache__/os.cpython-39.pyc",
+        "test/test_x.py",
+    ] {
+        std::fs::create_dir_all(lib.join(f).parent().unwrap()).unwrap();
+        std::fs::write(lib.join(f), f).unwrap();
+    }
+    for d in [
+        "idlelib",
+        "tkinter",
+        "ensurepip",
+        "config-3.9-x86_64-linux-gnu",
+    ] {
+        std::fs::create_dir_all(lib.join(d)).unwrap();
+        std::fs::write(lib.join(d).join("x"), "x").unwrap();
+    }
+    // An extension module whose library the host lacks: left out, with a note.
+    let mut module = std::fs::read("/bin/true").unwrap();
+    let off = ukload::rootfs::elf::needed_string_offset(Path::new("/bin/true"), "libc.so.6")
+        .unwrap()
+        .unwrap() as usize;
+    module[off..off + 9].copy_from_slice(b"libq.so.6");
+    write_exec(&lib.join("lib-dynload/_bad.so"), &module);
+    write_exec(
+        &lib.join("lib-dynload/_good.so"),
+        &std::fs::read("/bin/true").unwrap(),
+    );
+
+    let py = prefix.join("bin/python3.9");
+    let spec = RootfsSpec::parse(py.to_str().unwrap(), &[]).unwrap();
+    let plan = rootfs::plan(&spec, "test").unwrap();
+    let has = |p: &Path| plan.entries.contains_key(p);
+    assert!(has(&lib.join("os.py")) && has(&lib.join("json/__init__.py")));
+    assert!(
+        has(&lib.join("__pycache__/os.cpython-39.pyc")),
+        "__pycache__ kept"
+    );
+    for gone in [
+        "test",
+        "idlelib",
+        "tkinter",
+        "ensurepip",
+        "config-3.9-x86_64-linux-gnu",
+    ] {
+        assert!(!has(&lib.join(gone)), "{gone} left out");
+    }
+    assert!(has(&lib.join("lib-dynload/_good.so")));
+    assert!(!has(&lib.join("lib-dynload/_bad.so")));
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("_bad.so") && w.contains("libq.so.6")),
+        "{:?}",
+        plan.warnings
+    );
+}
+
+#[test]
+fn an_env_script_brings_env_and_its_interpreter() {
+    if !need("node", common::node_available()) {
+        return;
+    }
+    let t = TempDir::new("rootfs-envscript");
+    let script = t.path().join("server");
+    write_exec(&script, b"#!/usr/bin/env node\nconsole.log(1)\n");
+    let spec = RootfsSpec::parse(script.to_str().unwrap(), &[]).unwrap();
+    let plan = rootfs::plan(&spec, "test").unwrap();
+    let node = std::fs::canonicalize(ukload::image::find_on_path("node").unwrap()).unwrap();
+    let env = std::fs::canonicalize("/usr/bin/env").unwrap();
+    for p in [&script, &node, &env] {
+        assert!(
+            plan.entries.contains_key(p.as_path()),
+            "{} missing",
+            p.display()
+        );
+    }
+    assert_eq!(plan.manifest.command, [script.to_str().unwrap()]);
+}
