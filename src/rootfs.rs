@@ -423,14 +423,14 @@ impl Plan {
             self.mkfs_version,
             MKFS_FLAGS.join(" ")
         );
-        for (path, e) in &self.entries {
-            let p = path.display();
+        // Paths in Debug form: quoted and escaped, so no name can forge a line.
+        for (p, e) in &self.entries {
             match e {
-                Entry::Dir { mode } => d += &format!("D {p} {mode:o}\n"),
+                Entry::Dir { mode } => d += &format!("D {p:?} {mode:o}\n"),
                 Entry::File {
                     mode, size, sha256, ..
-                } => d += &format!("F {p} {mode:o} {size} {sha256}\n"),
-                Entry::Symlink { target } => d += &format!("L {p} {}\n", target.display()),
+                } => d += &format!("F {p:?} {mode:o} {size} {sha256}\n"),
+                Entry::Symlink { target } => d += &format!("L {p:?} {target:?}\n"),
             }
         }
         d
@@ -556,7 +556,7 @@ pub fn plan(spec: &RootfsSpec, mkfs_version: &str) -> Result<Plan, RootfsError> 
     p.add_program(&named, 0)?;
     let mut includes = BTreeSet::new();
     for (_, abs) in spec.argument_files() {
-        p.add_tree(&abs, &abs, &abs, 0, Strictness::Strict)?;
+        p.add_tree(&abs, &abs, &TreeRoot::same(&abs), 0, Strictness::Strict)?;
         includes.insert(abs.to_string_lossy().into_owned());
     }
     for inc in &spec.includes {
@@ -565,7 +565,11 @@ pub fn plan(spec: &RootfsSpec, mkfs_version: &str) -> Result<Plan, RootfsError> 
                 host: inc.host.clone(),
             });
         }
-        p.add_tree(&inc.host, &inc.guest, &inc.host, 0, Strictness::Strict)?;
+        let root = TreeRoot {
+            host: inc.host.clone(),
+            guest: normalize(&inc.guest),
+        };
+        p.add_tree(&inc.host, &inc.guest, &root, 0, Strictness::Strict)?;
         includes.insert(inc.guest.to_string_lossy().into_owned());
     }
     for m in MOUNT_POINTS {
@@ -630,6 +634,21 @@ enum Strictness {
     /// Leave the file out with a warning (Python's extension modules: the
     /// host cannot import one whose library is missing either).
     DropFile,
+}
+
+/// An included tree: where it is on the host and where it goes.
+struct TreeRoot {
+    host: PathBuf,
+    guest: PathBuf,
+}
+
+impl TreeRoot {
+    fn same(p: &Path) -> TreeRoot {
+        TreeRoot {
+            host: p.to_path_buf(),
+            guest: p.to_path_buf(),
+        }
+    }
 }
 
 struct Planner {
@@ -754,7 +773,7 @@ impl Planner {
                 self.exe_rpath = expand_dirs(&info.rpath, &origin);
             }
             let libs = self.closure(&real)?;
-            self.commit_libraries(libs)?;
+            self.commit_libraries(libs, None)?;
             if let Some(stdlib) = python_stdlib(&real)? {
                 self.add_python_stdlib(&stdlib)?;
             }
@@ -853,9 +872,20 @@ impl Planner {
         Ok(found)
     }
 
-    fn commit_libraries(&mut self, libs: Vec<PathBuf>) -> Result<(), RootfsError> {
-        for lib in libs {
-            self.put_file(&lib, &lib)?;
+    /// Puts libraries in the plan where they were found; one inside an
+    /// included tree goes where that tree goes (`$ORIGIN` paths then work in
+    /// the guest as on the host).
+    fn commit_libraries(
+        &mut self,
+        libs: Vec<PathBuf>,
+        tree: Option<&TreeRoot>,
+    ) -> Result<(), RootfsError> {
+        for found in libs {
+            let lib = match tree.map(|t| (t, found.strip_prefix(&t.host))) {
+                Some((t, Ok(rest))) if t.host != t.guest => t.guest.join(rest),
+                _ => found.clone(),
+            };
+            self.put_file(&lib, &found)?;
             let dir = lib.parent().unwrap_or(Path::new("/"));
             let default = LOADER_DEFAULT_DIRS.iter().any(|d| Path::new(d) == dir);
             if !default && self.conf_dirs.iter().any(|d| d == dir) {
@@ -925,7 +955,7 @@ impl Planner {
         &mut self,
         host: &Path,
         guest: &Path,
-        root: &Path,
+        root: &TreeRoot,
         depth: usize,
         strict: Strictness,
     ) -> Result<(), RootfsError> {
@@ -942,8 +972,8 @@ impl Planner {
             let target = fs::read_link(host).map_err(RootfsError::io(host))?;
             let parent = host.parent().unwrap_or(Path::new("/"));
             let inside = target.is_relative()
-                && host != root
-                && normalize(&parent.join(&target)).starts_with(root);
+                && host != root.host
+                && normalize(&parent.join(&target)).starts_with(&root.host);
             if inside {
                 return self.put(
                     guest,
@@ -954,6 +984,15 @@ impl Planner {
             let real = fs::canonicalize(host).map_err(|_| RootfsError::IncludeMissing {
                 host: host.to_path_buf(),
             })?;
+            // A link to a directory the walk is inside would copy forever.
+            let walking = fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+            if real.is_dir() && walking.starts_with(&real) {
+                return Err(RootfsError::Usage(format!(
+                    "{} links to {}, which contains it: a loop (make the link relative or leave it out)",
+                    host.display(),
+                    real.display()
+                )));
+            }
             return self.add_tree(&real, guest, root, depth + 1, strict);
         }
         if meta.is_dir() {
@@ -995,7 +1034,7 @@ impl Planner {
             let loadable = matches!(info.elf_type, elf::ET_DYN | elf::ET_EXEC);
             if loadable && info.machine == self.machine {
                 match self.closure(host) {
-                    Ok(libs) => self.commit_libraries(libs)?,
+                    Ok(libs) => self.commit_libraries(libs, Some(root))?,
                     Err(e @ RootfsError::LibraryNotFound { .. })
                         if strict == Strictness::DropFile =>
                     {
@@ -1039,7 +1078,7 @@ impl Planner {
                 continue;
             }
             let host = dir.join(&n);
-            self.add_tree(&host, &host, dir, 1, Strictness::DropFile)?;
+            self.add_tree(&host, &host, &TreeRoot::same(dir), 1, Strictness::DropFile)?;
         }
         Ok(())
     }

@@ -614,3 +614,55 @@ fn an_env_script_brings_env_and_its_interpreter() {
     }
     assert_eq!(plan.manifest.command, [script.to_str().unwrap()]);
 }
+
+#[test]
+fn an_origin_library_inside_a_moved_tree_goes_where_the_tree_goes() {
+    // DT_NEEDED "$ORIGIN/x" (same length as "libc.so.6"): the loader expands
+    // $ORIGIN to the program's directory, and so must the builder.
+    let t = TempDir::new("rootfs-origin");
+    let app = t.path().join("app");
+    let mut tool = std::fs::read("/bin/true").unwrap();
+    let off = ukload::rootfs::elf::needed_string_offset(Path::new("/bin/true"), "libc.so.6")
+        .unwrap()
+        .unwrap() as usize;
+    tool[off..off + 9].copy_from_slice(b"$ORIGIN/x");
+    write_exec(&app.join("bin/tool"), &tool);
+    let libc = ukload::rootfs::elf::read(Path::new("/bin/true")).unwrap();
+    assert!(libc.needed.contains(&"libc.so.6".to_string()));
+    std::fs::copy("/lib/x86_64-linux-gnu/libc.so.6", app.join("bin/x")).unwrap();
+    let spec = RootfsSpec::parse("/bin/true", &[format!("{}:/opt/app", app.display())]).unwrap();
+    let plan = rootfs::plan(&spec, "test").unwrap();
+    assert!(
+        plan.manifest
+            .libraries
+            .contains(&"/opt/app/bin/x".to_string()),
+        "{:?}",
+        plan.manifest.libraries
+    );
+    assert!(plan.entries.contains_key(Path::new("/opt/app/bin/x")));
+    assert!(
+        !plan.entries.contains_key(&app.join("bin/x")),
+        "not at the host path"
+    );
+
+    // Without the library next to it, the error names $ORIGIN's expansion.
+    std::fs::remove_file(app.join("bin/x")).unwrap();
+    let err = rootfs::plan(&spec, "test").unwrap_err().to_string();
+    assert!(
+        err.contains("$ORIGIN/x needed by")
+            && err.contains(&app.join("bin/x").display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_symlink_to_an_enclosing_directory_is_refused_as_a_loop() {
+    let t = TempDir::new("rootfs-loop");
+    let tree = t.path().join("tree");
+    std::fs::create_dir_all(tree.join("d")).unwrap();
+    std::os::unix::fs::symlink(&tree, tree.join("d/up")).unwrap();
+    let spec = RootfsSpec::parse("/bin/true", &[format!("{}:/srv/t", tree.display())]).unwrap();
+    let err = rootfs::plan(&spec, "test").unwrap_err();
+    assert!(matches!(err, RootfsError::Usage(_)), "{err}");
+    assert!(err.to_string().contains("loop"), "{err}");
+}
