@@ -505,6 +505,26 @@ fn image_info_lists_the_root_filesystems_in_the_cache() {
     assert!(line.contains("command: /bin/true --version"), "{line}");
     let files = doc["manifest"]["files"].as_u64().unwrap();
     assert!(line.contains(&format!("{files} files")), "{line}");
+    // --out: a copy of the same bytes, and its path is what is printed.
+    let copy = t.path().join("out.erofs");
+    let out = rootfs_cmd(
+        &cache,
+        &[
+            "--command",
+            "/bin/true --version",
+            "--out",
+            copy.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        copy.display().to_string()
+    );
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(doc["path"].as_str().unwrap()).unwrap()
+    );
     // The pieces are still listed as before.
     assert!(text.contains("kernel (vmlinux)"), "{text}");
     let listed = rootfs::list(&cache);
