@@ -131,7 +131,8 @@ pub enum ImageCmd {
 /// libraries (read from the ELF files), Python's standard library for
 /// python3, files named by the command's arguments, and every --include.
 /// Cached by content in <cache>/rootfs/; prints the image's path. Exit 64
-/// for a missing program, library or include, 69 without mkfs.erofs.
+/// for a missing program, library or include, 69 without mkfs.erofs, 74 when
+/// a file cannot be read or written, 1 when mkfs.erofs fails.
 pub struct ImageRootfsArgs {
     #[argh(option)]
     /// the server command, e.g. 'node /srv/echo_server.js' (split like a

@@ -382,6 +382,8 @@ fn cmd_image_rootfs(a: cli::ImageRootfsArgs) -> i32 {
             EXIT_USAGE
         } else if matches!(e, rootfs::RootfsError::MkfsMissing) {
             EXIT_UNAVAILABLE
+        } else if matches!(e, rootfs::RootfsError::Io { .. }) {
+            EXIT_IOERR
         } else {
             EXIT_FAIL
         }

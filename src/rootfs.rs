@@ -539,7 +539,8 @@ pub fn copy_image(image: &Path, out: &Path) -> Result<(), RootfsError> {
         .file_name()
         .ok_or_else(|| RootfsError::Usage(format!("--out {}: not a file path", out.display())))?;
     let tmp = TempPath(out.with_file_name(format!(".{}.{}", name.to_string_lossy(), unique_tag())));
-    fs::copy(image, &tmp.0).map_err(RootfsError::io(&tmp.0))?;
+    // The error names `out`, what the user gave, not the temporary name.
+    fs::copy(image, &tmp.0).map_err(RootfsError::io(out))?;
     fs::rename(&tmp.0, out).map_err(RootfsError::io(out))
 }
 
