@@ -1632,6 +1632,59 @@ mod tests {
     }
 
     #[test]
+    fn a_library_found_through_ld_so_conf_is_linked_where_the_guest_loader_looks() {
+        let dir = std::env::temp_dir().join(format!("ukload-confdir-{}", std::process::id()));
+        let libdir = dir.join("opt-lib");
+        fs::create_dir_all(&libdir).unwrap();
+        // A program needing libq.so.6, which only the ld.so.conf directory has.
+        let mut prog = fs::read("/bin/true").unwrap();
+        let off = elf::needed_string_offset(Path::new("/bin/true"), "libc.so.6")
+            .unwrap()
+            .unwrap() as usize;
+        prog[off..off + 9].copy_from_slice(b"libq.so.6");
+        let prog_path = dir.join("prog");
+        fs::write(&prog_path, &prog).unwrap();
+        fs::copy("/lib/x86_64-linux-gnu/libc.so.6", libdir.join("libq.so.6")).unwrap();
+        let mut p = Planner::new();
+        let libs = p.closure(&prog_path).unwrap_err();
+        assert!(
+            matches!(libs, RootfsError::LibraryNotFound { .. }),
+            "{libs}"
+        );
+        p.conf_dirs.push(libdir.clone());
+        let libs = p.closure(&prog_path).unwrap();
+        assert!(libs.contains(&libdir.join("libq.so.6")), "{libs:?}");
+        p.commit_libraries(libs, None).unwrap();
+        assert!(matches!(
+            p.entries.get(&libdir.join("libq.so.6")),
+            Some(Entry::File { .. })
+        ));
+        assert_eq!(
+            p.entries.get(&Path::new(GUEST_LIB_DIR).join("libq.so.6")),
+            Some(&Entry::Symlink {
+                target: libdir.join("libq.so.6")
+            })
+        );
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn two_different_things_at_one_guest_path_are_a_conflict_naming_both() {
+        let spec =
+            RootfsSpec::parse("/usr/bin/true", &["/etc/passwd:/usr/bin/true".to_string()]).unwrap();
+        let err = plan(&spec, "t").unwrap_err();
+        assert!(matches!(err, RootfsError::Conflict { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/usr/bin/true") && msg.contains("/etc/passwd"),
+            "{msg}"
+        );
+        // The same file twice is fine.
+        let spec = RootfsSpec::parse("/usr/bin/true", &["/usr/bin/true".to_string()]).unwrap();
+        assert!(plan(&spec, "t").is_ok());
+    }
+
+    #[test]
     fn plan_of_bin_true_has_loader_libc_and_mount_points() {
         let spec = RootfsSpec::parse("/bin/true --x", &[]).unwrap();
         let plan = plan(&spec, "mkfs.erofs test").unwrap();
