@@ -1305,49 +1305,70 @@ fn python_stdlib(real: &Path) -> Result<Option<PathBuf>, RootfsError> {
     }
 }
 
-/// stdout of `cmd` (stdin null, stderr dropped) if it exits 0 within `limit`;
-/// the child is killed and reaped otherwise.
-fn output_within(cmd: &mut Command, limit: Duration) -> Result<String, String> {
+/// What a child printed and how it ended.
+struct Finished {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Finished {
+    /// stdout if the child exited 0, else an error with its stderr.
+    fn ok(self, cmd: &Command) -> Result<String, String> {
+        if self.status.success() {
+            Ok(self.stdout)
+        } else {
+            Err(format!("{cmd:?} {}: {}", self.status, self.stderr.trim()))
+        }
+    }
+}
+
+/// Runs `cmd` (stdin null, both outputs captured) to its end within `limit`;
+/// past it the child is killed and reaped.
+fn run_within(cmd: &mut Command, limit: Duration) -> Result<Finished, io::Error> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+        .spawn()?;
     // Drain both pipes in threads so a chatty child cannot block on a full pipe.
-    let mut so = child.stdout.take().expect("piped");
-    let mut se = child.stderr.take().expect("piped");
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let t_out = drain(Box::new(child.stdout.take().expect("piped")));
+    let t_err = drain(Box::new(child.stderr.take().expect("piped")));
     let end = Instant::now() + limit;
     const POLL: Duration = Duration::from_millis(10);
     let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < end => std::thread::sleep(POLL),
-            Ok(None) => {
+        match child.try_wait()? {
+            Some(s) => break s,
+            None if Instant::now() < end => std::thread::sleep(POLL),
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("{cmd:?} took longer than {} s", limit.as_secs()));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{cmd:?} took longer than {} s", limit.as_secs()),
+                ));
             }
-            Err(e) => return Err(format!("waiting for {cmd:?}: {e}")),
         }
     };
-    let out = t_out.join().unwrap_or_default();
-    let err = t_err.join().unwrap_or_default();
-    if !status.success() {
-        let err = String::from_utf8_lossy(&err);
-        return Err(format!("{cmd:?} {status}: {}", err.trim()));
-    }
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    Ok(Finished {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    })
+}
+
+/// stdout of `cmd` if it exits 0 within `limit`.
+fn output_within(cmd: &mut Command, limit: Duration) -> Result<String, String> {
+    run_within(cmd, limit)
+        .map_err(|e| format!("running {cmd:?}: {e}"))?
+        .ok(cmd)
 }
 
 /// mkfs.erofs's version line ("mkfs.erofs 1.5"), which goes into the key.
@@ -1357,38 +1378,16 @@ pub fn mkfs_version() -> Result<String, RootfsError> {
     }
     // With no arguments it prints its version on stdout, usage on stderr,
     // and exits non-zero.
-    let mut child = Command::new(MKFS_BIN)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| match e.kind() {
+    let done =
+        run_within(&mut Command::new(MKFS_BIN), QUERY_TIMEOUT).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => RootfsError::MkfsMissing,
             _ => RootfsError::Mkfs(e.to_string()),
         })?;
-    let mut out = String::new();
-    let mut so = child.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        let _ = so.read_to_string(&mut out);
-        out
-    });
-    let end = Instant::now() + QUERY_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(RootfsError::Mkfs("no version answer in time".into()));
-            }
-        }
-    }
-    let out = reader.join().unwrap_or_default();
-    out.lines()
+    done.stdout
+        .lines()
         .find(|l| l.starts_with(MKFS_BIN))
         .map(|l| l.trim().to_string())
-        .ok_or_else(|| RootfsError::Mkfs(format!("no version line in {out:?}")))
+        .ok_or_else(|| RootfsError::Mkfs(format!("no version line in {:?}", done.stdout)))
 }
 
 fn run_mkfs(image: &Path, stage: &Path, uuid: &str) -> Result<(), RootfsError> {

@@ -686,3 +686,32 @@ fn a_symlink_to_an_enclosing_directory_is_refused_as_a_loop() {
     assert!(matches!(err, RootfsError::Usage(_)), "{err}");
     assert!(err.to_string().contains("loop"), "{err}");
 }
+
+#[test]
+fn a_failing_mkfs_is_reported_and_leaves_nothing_behind() {
+    let t = TempDir::new("rootfs-mkfsfail");
+    let bin = t.path().join("bin");
+    write_exec(
+        &bin.join("mkfs.erofs"),
+        b"#!/bin/sh\nif [ $# -eq 0 ]; then echo 'mkfs.erofs 9.9'; exit 1; fi\necho 'no space left' >&2\nexit 3\n",
+    );
+    let cache = t.path().join("cache");
+    let mut c = Command::new(common::ukload_bin());
+    c.env("UKLOAD_CACHE_DIR", &cache)
+        .env("PATH", &bin)
+        .stdin(Stdio::null())
+        .args(["image", "rootfs", "--command", "/bin/true"]);
+    let out = common::output_within(c, CMD_LIMIT);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mkfs.erofs failed") && err.contains("no space left"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    let left: Vec<_> = std::fs::read_dir(cache.join("rootfs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the cache: {left:?}");
+}
