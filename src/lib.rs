@@ -52,6 +52,7 @@ pub mod proc;
 pub mod progress;
 pub mod readiness;
 pub mod report;
+pub mod rootfs;
 pub mod run;
 pub mod stats;
 pub mod supervisor;

@@ -428,9 +428,76 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
     code
 }
 
+/// `ukload image rootfs`: build (or find in the cache) a root filesystem.
+fn cmd_image_rootfs(a: cli::ImageRootfsArgs) -> i32 {
+    use ukload::rootfs::{self, RootfsSpec};
+    let fmt = match cli::format(&a.format) {
+        Ok(f) => f,
+        Err(cli::Usage(m)) => {
+            ukload::status!("ukload: {m}");
+            return EXIT_USAGE;
+        }
+    };
+    let failed = |e: rootfs::RootfsError| {
+        ukload::status!("ukload: {e}");
+        if e.is_input() {
+            EXIT_USAGE
+        } else if matches!(e, rootfs::RootfsError::MkfsMissing) {
+            EXIT_UNAVAILABLE
+        } else if matches!(e, rootfs::RootfsError::Io { .. }) {
+            EXIT_IOERR
+        } else {
+            EXIT_FAIL
+        }
+    };
+    let spec = match RootfsSpec::parse(&a.command, &a.include) {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
+    let started = std::time::Instant::now();
+    let img = match rootfs::build(&spec, &ukload::image::cache_dir()) {
+        Ok(i) => i,
+        Err(e) => return failed(e),
+    };
+    for w in &img.warnings {
+        ukload::status!("ukload: note: {w}");
+    }
+    let mut path = img.path.clone();
+    if let Some(out) = &a.out {
+        if let Err(e) = rootfs::copy_image(&img.path, out) {
+            return failed(e);
+        }
+        path = out.clone();
+    }
+    ukload::status!(
+        "rootfs: {} files, {:.1} MB of files, image {:.1} MB, {} in {:.2} s",
+        img.manifest.files,
+        img.manifest.bytes as f64 / 1e6,
+        img.size as f64 / 1e6,
+        if img.cached { "cached" } else { "built" },
+        started.elapsed().as_secs_f64()
+    );
+    emit("image path", 0, |out| match fmt {
+        Format::Human => writeln!(out, "{}", path.display()),
+        Format::Json => {
+            let doc = serde_json::json!({
+                "path": path,
+                "cache_path": img.path,
+                "key": img.key,
+                "cached": img.cached,
+                "size_bytes": img.size,
+                "manifest": img.manifest,
+                "warnings": img.warnings,
+            });
+            writeln!(out, "{doc:#}")
+        }
+    })
+}
+
 fn cmd_image(a: cli::ImageArgs) -> i32 {
     use ukload::image::{self, ImagePaths};
     match a.cmd {
+        cli::ImageCmd::Rootfs(r) => cmd_image_rootfs(r),
         cli::ImageCmd::Info(_) => {
             let info = image::info();
             let code = if info.is_complete() {

@@ -134,6 +134,33 @@ pub enum ImageCmd {
     Build(ImageBuildArgs),
     Info(ImageInfoArgs),
     SlimKernel(ImageSlimArgs),
+    Rootfs(ImageRootfsArgs),
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "rootfs")]
+/// Build a read-only erofs root filesystem for a stdio MCP server in a
+/// microVM: the program (found on PATH), its #! interpreter, its shared
+/// libraries (read from the ELF files), Python's standard library for
+/// python3, files named by the command's arguments, and every --include.
+/// Cached by content in <cache>/rootfs/; prints the image's path. Exit 64
+/// for a missing program, library or include, 69 without mkfs.erofs, 74 when
+/// a file cannot be read or written, 1 when mkfs.erofs fails.
+pub struct ImageRootfsArgs {
+    #[argh(option)]
+    /// the server command, e.g. 'node /srv/echo_server.js' (split like a
+    /// shell would, without one); the guest runs it by default
+    pub command: String,
+    #[argh(option)]
+    /// HOST[:GUEST]: a file or directory tree to put in the image (GUEST
+    /// defaults to HOST's absolute path; repeatable)
+    pub include: Vec<String>,
+    #[argh(option)]
+    /// also copy the image to this path
+    pub out: Option<PathBuf>,
+    #[argh(option)]
+    /// output: human (default; the image path) or json
+    pub format: Option<String>,
 }
 
 #[derive(FromArgs, Debug)]
