@@ -271,6 +271,29 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state of a new session: no request issued yet (ids start at 1).
+    fn new(
+        peer: String,
+        framing: Framing,
+        out: Sender<WriterCmd>,
+        guard: Option<Arc<dyn TransportGuard>>,
+    ) -> Shared {
+        Shared {
+            peer,
+            framing,
+            out,
+            routing: Mutex::new(Routing {
+                next_id: 1,
+                pending: HashMap::new(),
+                dead: None,
+                last_unknown_id: None,
+                last_idless_error: None,
+            }),
+            counters: Counters::default(),
+            guard,
+        }
+    }
+
     fn routing(&self) -> MutexGuard<'_, Routing> {
         self.routing.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -603,6 +626,8 @@ impl Session {
         }
     }
 
+    /// Starts the writer and reader threads on `transport` (no handshake
+    /// yet); if one cannot start, what did start is closed.
     fn start(transport: Transport, options: SessionOptions) -> Result<Session, McpError> {
         let Transport {
             reader,
@@ -612,20 +637,7 @@ impl Session {
             guard,
         } = transport;
         let (out_tx, out_rx) = bounded(WRITE_QUEUE_DEPTH);
-        let shared = Arc::new(Shared {
-            peer,
-            framing,
-            out: out_tx,
-            routing: Mutex::new(Routing {
-                next_id: 1,
-                pending: HashMap::new(),
-                dead: None,
-                last_unknown_id: None,
-                last_idless_error: None,
-            }),
-            counters: Counters::default(),
-            guard,
-        });
+        let shared = Arc::new(Shared::new(peer, framing, out_tx, guard));
         let mut threads = Threads {
             reader: None,
             writer: None,
@@ -638,60 +650,44 @@ impl Session {
             )
         };
 
-        let (done_tx, done_rx) = bounded::<()>(0);
         let s = Arc::clone(&shared);
-        let writer_thread =
-            std::thread::Builder::new()
-                .name("mcp-writer".into())
-                .spawn(move || {
-                    let _done = done_tx;
-                    writer_loop(&s, writer, out_rx)
-                });
-        match writer_thread {
-            Ok(h) => threads.writer = Some((h, done_rx)),
+        match spawn_io_thread("mcp-writer", move || writer_loop(&s, writer, out_rx)) {
+            Ok(w) => threads.writer = Some(w),
             Err(e) => {
                 let err = spawn_err("writer", e);
-                let session = Session {
-                    shared,
-                    server: InitializeResult::default(),
-                    options,
-                    threads: Mutex::new(threads),
-                    era: Era::Legacy,
-                };
+                let session = Session::before_handshake(shared, options, threads);
                 let _ = session.close();
                 return Err(err);
             }
         }
 
-        let (done_tx, done_rx) = bounded::<()>(0);
         let s = Arc::clone(&shared);
-        let reader_thread =
-            std::thread::Builder::new()
-                .name("mcp-reader".into())
-                .spawn(move || {
-                    let _done = done_tx;
-                    reader_loop(&s, reader)
-                });
-        let reader_err = match reader_thread {
-            Ok(h) => {
-                threads.reader = Some((h, done_rx));
+        let reader_err = match spawn_io_thread("mcp-reader", move || reader_loop(&s, reader)) {
+            Ok(r) => {
+                threads.reader = Some(r);
                 None
             }
             Err(e) => Some(spawn_err("reader", e)),
         };
-        let session = Session {
-            shared,
-            server: InitializeResult::default(),
-            options,
-            threads: Mutex::new(threads),
-            era: Era::Legacy,
-        };
+        let session = Session::before_handshake(shared, options, threads);
         match reader_err {
             None => Ok(session),
             Some(err) => {
                 let _ = session.close();
                 Err(err)
             }
+        }
+    }
+
+    /// A session whose handshake has not happened: no server information,
+    /// legacy until the server shows otherwise.
+    fn before_handshake(shared: Arc<Shared>, options: SessionOptions, threads: Threads) -> Session {
+        Session {
+            shared,
+            server: InitializeResult::default(),
+            options,
+            threads: Mutex::new(threads),
+            era: Era::Legacy,
         }
     }
 
@@ -1339,6 +1335,22 @@ impl Wait<'_, '_, '_> {
             hint: (!hints.is_empty()).then(|| hints.join("; ")),
         }
     }
+}
+
+/// Starts the I/O thread `name` running `body`; the receiver disconnects
+/// when the thread ends, so closing can wait for it with a deadline.
+fn spawn_io_thread(
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<(JoinHandle<()>, Receiver<()>)> {
+    let (done_tx, done_rx) = bounded::<()>(0);
+    let handle = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _done = done_tx;
+            body()
+        })?;
+    Ok((handle, done_rx))
 }
 
 /// What woke a waiting caller.
