@@ -167,7 +167,7 @@ fn wait_connected(fd: BorrowedFd<'_>, until: Until<'_>) -> Result<(), (Step, io:
 
 /// `timeout` as `poll` milliseconds (`None`: no limit), rounded up so that
 /// a sub-millisecond remainder still waits.
-pub(crate) fn poll_timeout(timeout: Option<Duration>) -> PollTimeout {
+fn poll_timeout(timeout: Option<Duration>) -> PollTimeout {
     match timeout {
         None => PollTimeout::NONE,
         Some(d) => PollTimeout::try_from(d.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX),
