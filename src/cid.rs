@@ -30,9 +30,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
+use std::fs::{File, TryLockError};
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -346,33 +345,35 @@ pub(crate) enum TryLock {
     WouldBlock,
 }
 
-/// `flock(fd, op | LOCK_NB)`, retried on `EINTR`; never blocks.
-pub(crate) fn try_flock(file: &File, op: i32) -> io::Result<TryLock> {
+/// Which `flock` to take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockMode {
+    /// `LOCK_SH`: many holders.
+    Shared,
+    /// `LOCK_EX`: one holder.
+    Exclusive,
+}
+
+/// A non-blocking `flock` (std's `File::try_lock*`, which is `flock` with
+/// `LOCK_NB` on Linux), retried on `EINTR`; never blocks.
+pub(crate) fn try_flock(file: &File, mode: LockMode) -> io::Result<TryLock> {
     loop {
-        // SAFETY: flock takes a descriptor we own through `file` (alive for
-        // the call) and an integer operation; no memory is shared.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(TryLock::Locked);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(TryLock::WouldBlock),
-            _ => return Err(e),
+        let r = match mode {
+            LockMode::Shared => file.try_lock_shared(),
+            LockMode::Exclusive => file.try_lock(),
+        };
+        match r {
+            Ok(()) => return Ok(TryLock::Locked),
+            Err(TryLockError::WouldBlock) => return Ok(TryLock::WouldBlock),
+            Err(TryLockError::Error(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(TryLockError::Error(e)) => return Err(e),
         }
     }
 }
 
 /// Releases a lock taken with [`try_flock`] (closing the file would too).
 pub(crate) fn unlock(file: &File) -> io::Result<()> {
-    // SAFETY: as in try_flock; LOCK_UN never blocks.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    file.unlock()
 }
 
 /// A CID held by this process until the lease is dropped (closing the file
@@ -424,7 +425,7 @@ impl CidLease {
             fsafe::ensure_dir(dir, fsafe::runtime_dir_mode())?;
         }
         let file = fsafe::open_lock(&self.path)?;
-        match try_flock(&file, libc::LOCK_EX) {
+        match try_flock(&file, LockMode::Exclusive) {
             Ok(TryLock::Locked) => {}
             Ok(TryLock::WouldBlock) => {
                 return Err(CidError::Io {
@@ -576,7 +577,7 @@ impl CidRegistry {
     fn try_take(&self, cid: u32) -> Result<Option<File>, CidError> {
         let path = self.lock_path(cid);
         let file = fsafe::open_lock(&path)?;
-        match try_flock(&file, libc::LOCK_EX) {
+        match try_flock(&file, LockMode::Exclusive) {
             Ok(TryLock::Locked) => Ok(Some(file)),
             Ok(TryLock::WouldBlock) => Ok(None),
             Err(source) => Err(CidError::Io {
@@ -726,7 +727,7 @@ impl CidRegistry {
                 })
             }
         };
-        match try_flock(&file, libc::LOCK_SH) {
+        match try_flock(&file, LockMode::Shared) {
             Ok(TryLock::WouldBlock) => Ok(true),
             Ok(TryLock::Locked) => {
                 // Closing the file right after releases it too; unlock

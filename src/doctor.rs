@@ -295,19 +295,16 @@ fn kvm_check() -> Check {
 
 /// Whether the hard open-files limit allows `count` instances.
 fn open_files_check(count: u32, needed_by: Vec<Kind>) -> Check {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `rl` is a valid, writable rlimit.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+    let (rlim_cur, rlim_max) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .unwrap_or((0, 0));
     let need = u64::from(count) * FDS_PER_INSTANCE + FDS_BASE;
     Check {
         what: format!("open files for {count} instances"),
-        ok: rl.rlim_max >= need,
+        ok: rlim_max >= need,
         detail: format!(
             "need about {need}; soft {} (raised at start), hard {}",
-            rl.rlim_cur, rl.rlim_max
+            rlim_cur, rlim_max
         ),
         fix: Some(format!(
             "raise the hard limit: ulimit -Hn {need} (as root), or LimitNOFILE={need} for a service"

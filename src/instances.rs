@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::cid::{try_flock, unlock, TryLock};
+use crate::cid::{try_flock, unlock, LockMode, TryLock};
 use crate::memory;
 use crate::paths;
 use crate::proc::{self, Marked};
@@ -192,7 +192,7 @@ fn harness_lock_held(runs_dir: &Path, run_id: &str) -> bool {
         // Cannot tell (permissions): assume alive, so nothing is killed on a guess.
         Err(_) => return true,
     };
-    match try_flock(&file, libc::LOCK_SH) {
+    match try_flock(&file, LockMode::Shared) {
         Ok(TryLock::Locked) => {
             let _ = unlock(&file);
             false
@@ -761,7 +761,7 @@ fn remove_run_dir_if_dead(runs_dir: &Path, name: &str) -> io::Result<bool> {
     }
     match &lock {
         Some(f) => {
-            if try_flock(f, libc::LOCK_EX)? == TryLock::WouldBlock {
+            if try_flock(f, LockMode::Exclusive)? == TryLock::WouldBlock {
                 return Ok(false);
             }
         }
@@ -800,8 +800,7 @@ pub fn cleanup_in(runs_dir: &Path, opts: &CleanupOptions) -> CleanupReport {
         alive: HashMap::new(),
         tracked: HashMap::new(),
         report: CleanupReport::default(),
-        // SAFETY: getpgrp takes no arguments and cannot fail.
-        our_pgid: unsafe { libc::getpgrp() },
+        our_pgid: nix::unistd::getpgrp().as_raw(),
     };
     if let Some(r) = &opts.run {
         if !valid_run_id(r) {

@@ -22,7 +22,7 @@ use crate::{ENV_CID, ENV_INSTANCE, ENV_RUN};
 use serde::Serialize;
 use std::fs::File;
 use std::io::Write as _;
-use std::os::fd::AsRawFd as _;
+use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -169,17 +169,16 @@ pub struct HarnessUsage {
 impl HarnessUsage {
     /// This process's usage so far.
     pub fn now() -> HarnessUsage {
-        // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: `ru` is a valid, writable rusage.
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        use nix::sys::resource::{getrusage, UsageWho};
+        let Ok(ru) = getrusage(UsageWho::RUSAGE_SELF) else {
             return HarnessUsage::default();
-        }
-        let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+        };
+        let ms =
+            |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1000.0 + t.tv_usec() as f64 / 1000.0;
         HarnessUsage {
-            cpu_user_ms: ms(ru.ru_utime),
-            cpu_sys_ms: ms(ru.ru_stime),
-            peak_rss_kb: ru.ru_maxrss.max(0) as u64,
+            cpu_user_ms: ms(ru.user_time()),
+            cpu_sys_ms: ms(ru.system_time()),
+            peak_rss_kb: ru.max_rss().max(0) as u64,
         }
     }
 }
@@ -256,7 +255,6 @@ const RUN_DIR_ATTEMPTS: u32 = 3;
 /// [`crate::fsafe::ensure_dir`] and the lock opened without following links
 /// ([`crate::fsafe::open_lock`]): refused if another user could redirect them.
 pub fn make_run_dir(run_id: &str) -> Result<(PathBuf, File), RunError> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
     let setup = |e: crate::fsafe::FsafeError| RunError::Setup(format!("run directory: {e}"));
     let runs = crate::paths::runs_dir();
@@ -266,12 +264,12 @@ pub fn make_run_dir(run_id: &str) -> Result<(PathBuf, File), RunError> {
     for _ in 0..RUN_DIR_ATTEMPTS {
         crate::paths::ensure_runtime_subdir(&dir).map_err(setup)?;
         let lock = crate::fsafe::open_lock(&lock_path).map_err(setup)?;
-        // SAFETY: flock on a descriptor we own; non-blocking.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // std's try_lock: flock(LOCK_EX | LOCK_NB).
+        if let Err(e) = lock.try_lock() {
             return Err(RunError::Setup(format!(
                 "cannot lock {}: {}",
                 lock_path.display(),
-                std::io::Error::last_os_error()
+                std::io::Error::from(e)
             )));
         }
         let same = match (lock.metadata(), std::fs::symlink_metadata(&lock_path)) {
@@ -503,7 +501,7 @@ pub fn run(
             timeline.booted_ms = ms_since(t0);
             break;
         }
-        for d in watcher.turn(Some(wake_rx.as_raw_fd())) {
+        for d in watcher.turn(Some(wake_rx.as_fd())) {
             let i = d.index as usize;
             if let Some(mut o) = waiting[i].take() {
                 let log = instances[i].log.clone();
