@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{File, TryLockError};
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,7 @@ use crate::exit::{EXIT_IOERR, EXIT_TEMPFAIL, EXIT_USAGE};
 use crate::fsafe::{self, FsafeError};
 use crate::paths;
 use crate::proc;
+use crate::runs::{try_flock, unlock, LockMode, TryLock};
 
 /// Lowest CID a guest may get: 0 (hypervisor), 1 (local) and 2 (host) are
 /// reserved.
@@ -338,44 +339,6 @@ fn summarize_holders(holders: &[(u32, Option<HolderInfo>)]) -> String {
     parts.join(", ")
 }
 
-/// Outcome of a non-blocking `flock`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TryLock {
-    Locked,
-    WouldBlock,
-}
-
-/// Which `flock` to take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LockMode {
-    /// `LOCK_SH`: many holders.
-    Shared,
-    /// `LOCK_EX`: one holder.
-    Exclusive,
-}
-
-/// A non-blocking `flock` (std's `File::try_lock*`, which is `flock` with
-/// `LOCK_NB` on Linux), retried on `EINTR`; never blocks.
-pub(crate) fn try_flock(file: &File, mode: LockMode) -> io::Result<TryLock> {
-    loop {
-        let r = match mode {
-            LockMode::Shared => file.try_lock_shared(),
-            LockMode::Exclusive => file.try_lock(),
-        };
-        match r {
-            Ok(()) => return Ok(TryLock::Locked),
-            Err(TryLockError::WouldBlock) => return Ok(TryLock::WouldBlock),
-            Err(TryLockError::Error(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(TryLockError::Error(e)) => return Err(e),
-        }
-    }
-}
-
-/// Releases a lock taken with [`try_flock`] (closing the file would too).
-pub(crate) fn unlock(file: &File) -> io::Result<()> {
-    file.unlock()
-}
-
 /// A CID held by this process until the lease is dropped (closing the file
 /// releases the lock; the file itself stays).
 #[derive(Debug)]
@@ -475,7 +438,7 @@ pub fn cid_users(range: CidRange) -> Vec<(u32, HolderInfo)> {
     let runs_dir = paths::runs_dir();
     let mut users: Vec<(u32, HolderInfo)> = carriers(range)
         .into_iter()
-        .filter(|m| !crate::instances::marked_run_alive(&runs_dir, m))
+        .filter(|m| !crate::runs::marked_run_alive(&runs_dir, m))
         .filter_map(as_holder)
         .collect();
     users.sort_by_key(|(c, h)| (*c, h.pid));
@@ -689,7 +652,7 @@ impl CidRegistry {
                 Ok(Some(d)) if !d.is_empty() => same_dir(&Path::new(&d).join("cids"), &self.dir),
                 _ => false,
             };
-            if this_registry || !crate::instances::marked_run_alive(&runs_dir, &m) {
+            if this_registry || !crate::runs::marked_run_alive(&runs_dir, &m) {
                 if let Some((cid, h)) = as_holder(m) {
                     out.entry(cid).or_insert(h);
                 }

@@ -233,59 +233,6 @@ struct Outcome {
 /// The guest agent's pid when it is the init of a VM.
 const GUEST_INIT_PID: u32 = 1;
 
-/// A new run id: short (it ends up in socket paths) and unique per host.
-pub fn new_run_id() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    format!("{:x}-{}", ms & 0xff_ffff_ffff, std::process::id())
-}
-
-/// How many times creating the run directory is retried when a concurrent
-/// `ukload cleanup` removed it between creation and locking.
-const RUN_DIR_ATTEMPTS: u32 = 3;
-
-/// The run directory: `runs/<id>/`, with `harness.lock` held for our life.
-///
-/// `ukload cleanup` removes run directories whose lock it can take; between
-/// our `create` and our `flock` it could take it, so after locking we check
-/// that the path still names the file we locked, and start over if not. The
-/// runs directory and ours are created and checked with
-/// [`crate::fsafe::ensure_dir`] and the lock opened without following links
-/// ([`crate::fsafe::open_lock`]): refused if another user could redirect them.
-pub fn make_run_dir(run_id: &str) -> Result<(PathBuf, File), RunError> {
-    use std::os::unix::fs::MetadataExt;
-    let setup = |e: crate::fsafe::FsafeError| RunError::Setup(format!("run directory: {e}"));
-    let runs = crate::paths::runs_dir();
-    crate::paths::ensure_runtime_subdir(&runs).map_err(setup)?;
-    let dir = runs.join(run_id);
-    let lock_path = dir.join(crate::paths::HARNESS_LOCK);
-    for _ in 0..RUN_DIR_ATTEMPTS {
-        crate::paths::ensure_runtime_subdir(&dir).map_err(setup)?;
-        let lock = crate::fsafe::open_lock(&lock_path).map_err(setup)?;
-        // std's try_lock: flock(LOCK_EX | LOCK_NB).
-        if let Err(e) = lock.try_lock() {
-            return Err(RunError::Setup(format!(
-                "cannot lock {}: {}",
-                lock_path.display(),
-                std::io::Error::from(e)
-            )));
-        }
-        let same = match (lock.metadata(), std::fs::symlink_metadata(&lock_path)) {
-            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-            _ => false,
-        };
-        if same {
-            return Ok((dir, lock));
-        }
-    }
-    Err(RunError::Setup(format!(
-        "run directory {} kept disappearing (is a `ukload cleanup` loop running?)",
-        dir.display()
-    )))
-}
-
 /// Runs the five phases. `stop` is set by SIGINT/SIGTERM.
 pub fn run(
     cfg: RunConfig,
@@ -337,7 +284,8 @@ pub fn run(
         .open(&probe_file)
         .map_err(|e| usage(&cfg.log_dir, &format!("not writable: {e}")))?;
     let _ = std::fs::remove_file(&probe_file);
-    let (run_dir, _harness_lock) = make_run_dir(run_id)?;
+    let (run_dir, _harness_lock) =
+        crate::runs::make_run_dir(run_id).map_err(|e| RunError::Setup(e.to_string()))?;
     let registry = CidRegistry::open(&crate::paths::cid_dir()).map_err(RunError::Cid)?;
     let holder = HolderInfo {
         pid: std::process::id(),

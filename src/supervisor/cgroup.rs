@@ -470,16 +470,11 @@ pub fn run_cgroups_in(parent: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
-/// The harness pid in a run id (`<hex ms>-<pid>`, see `run::new_run_id`).
-pub fn run_id_pid(run_id: &str) -> Option<i32> {
-    run_id.rsplit_once('-')?.1.parse().ok()
-}
-
 /// Conservative liveness of a run from its id alone: dead only when no
 /// process has the harness's pid any more (a reused pid counts as alive, so
 /// a live run is never taken for dead).
 pub fn run_maybe_alive(run_id: &str) -> bool {
-    match run_id_pid(run_id) {
+    match crate::runs::harness_pid_of(run_id) {
         Some(pid) if pid > 0 => Path::new(&format!("/proc/{pid}")).exists(),
         _ => true,
     }
