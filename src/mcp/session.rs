@@ -25,7 +25,8 @@ use serde_json::{json, Map, Value};
 
 use super::error::McpError;
 use super::server::modern_request_meta;
-use super::transport::{CloseOutcome, Transport, TransportGuard};
+use super::stdio::CloseOutcome;
+use super::transport::{Transport, TransportGuard};
 use super::types::{preview, InitializeResult, Tool, ToolResult};
 use super::{
     Era, LATEST_LEGACY_PROTOCOL_VERSION, LATEST_PROTOCOL_VERSION, LEGACY_PROTOCOL_VERSIONS,

@@ -23,8 +23,18 @@ use nix::sys::prctl;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{getppid, Pid};
 
-use super::transport::{CloseOutcome, Transport, TransportGuard};
-use crate::framing::Framing;
+/// How the peer ended when the session closed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CloseOutcome {
+    /// The server process's exit status, for transports that own a process.
+    pub exit_status: Option<ExitStatus>,
+    /// The strongest signal that had to be sent to its process group
+    /// (`None`: it exited by itself once its stdin was closed).
+    pub signal_sent: Option<i32>,
+    /// The process was collected by another reaper (ECHILD: a guest's PID-1
+    /// reaper, a supervisor's `waitpid(-1)`): it is gone, `exit_status` unknown.
+    pub reaped_elsewhere: bool,
+}
 
 /// How much of the child's stderr is kept (the most recent bytes).
 pub const STDERR_TAIL_LEN: usize = 64 * 1024;
@@ -335,23 +345,6 @@ impl StdioChild {
         )
     }
 
-    /// Makes a transport of this child's stdin/stdout; the child becomes the
-    /// transport's guard (ended and reaped when the session closes).
-    pub fn into_transport(self, framing: Framing) -> io::Result<Transport> {
-        let (stdin, stdout) = (self.take_stdin(), self.take_stdout());
-        let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: stdin/stdout already taken", self.describe()),
-            ));
-        };
-        let peer = self.describe();
-        Ok(
-            Transport::new(Box::new(stdout), Box::new(stdin), framing, peer)
-                .with_guard(Arc::new(self)),
-        )
-    }
-
     /// The exit status if the child has exited (reaping it), without blocking.
     /// `None` also when another reaper collected it (see [`StdioChild::has_exited`]).
     pub fn try_status(&self) -> io::Result<Option<ExitStatus>> {
@@ -432,45 +425,6 @@ impl StdioChild {
             }
         }
         Ok(outcome)
-    }
-}
-
-impl TransportGuard for StdioChild {
-    fn shutdown(&self) -> io::Result<CloseOutcome> {
-        StdioChild::shutdown(self)
-    }
-
-    fn pid(&self) -> Option<u32> {
-        Some(self.pid)
-    }
-
-    fn stderr_tail(&self) -> Option<String> {
-        Some(self.stderr.contents())
-    }
-
-    fn diagnostics(&self, wait: Duration) -> Option<String> {
-        let deadline = Instant::now() + wait;
-        self.stderr.wait_eof(wait);
-        let exit = {
-            let mut st = self.state();
-            if st.exit.is_running() {
-                st.exit = wait_deadline(&mut st.child, deadline).unwrap_or(Exit::Running);
-            }
-            st.exit
-        };
-        let mut out = match exit {
-            Exit::Reaped(s) => format!("pid {} exited ({s})", self.pid),
-            Exit::ReapedElsewhere => format!("pid {} exited (reaped by another process)", self.pid),
-            Exit::Running => format!("pid {} still running", self.pid),
-        };
-        let tail = self.stderr.last(STDERR_IN_ERRORS);
-        if tail.is_empty() {
-            out.push_str("; its stderr is empty");
-        } else {
-            out.push_str("; last stderr:\n");
-            out.push_str(&tail);
-        }
-        Some(out)
     }
 }
 
@@ -574,6 +528,40 @@ fn poll_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
             let err = io::Error::from(e);
             Err(io::Error::new(err.kind(), format!("poll(pidfd): {err}")))
         }
+    }
+}
+
+impl StdioChild {
+    /// Everything the child wrote on stderr so far (bounded).
+    pub fn stderr_text(&self) -> String {
+        self.stderr.contents()
+    }
+
+    /// Context for an error after the stream ended: exit status and stderr
+    /// tail, waiting up to `wait` for them to be complete.
+    pub fn diagnostics(&self, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        self.stderr.wait_eof(wait);
+        let exit = {
+            let mut st = self.state();
+            if st.exit.is_running() {
+                st.exit = wait_deadline(&mut st.child, deadline).unwrap_or(Exit::Running);
+            }
+            st.exit
+        };
+        let mut out = match exit {
+            Exit::Reaped(s) => format!("pid {} exited ({s})", self.pid),
+            Exit::ReapedElsewhere => format!("pid {} exited (reaped by another process)", self.pid),
+            Exit::Running => format!("pid {} still running", self.pid),
+        };
+        let tail = self.stderr.last(STDERR_IN_ERRORS);
+        if tail.is_empty() {
+            out.push_str("; its stderr is empty");
+        } else {
+            out.push_str("; last stderr:\n");
+            out.push_str(&tail);
+        }
+        Some(out)
     }
 }
 
