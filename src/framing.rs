@@ -10,8 +10,9 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::str::FromStr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Largest frame accepted by default (the seed's limit).
 pub const MAX_FRAME_LEN: usize = 10 * 1024 * 1024;
@@ -538,6 +539,46 @@ pub fn write_frame<W: Write>(
     payload: &[u8],
 ) -> Result<(), FrameError> {
     write_encoded(w, &encode_frame(framing, payload)?)
+}
+
+/// Streams whose blocking reads and writes can be bounded (sockets of every
+/// kind): a caller with a deadline shrinks the timeout to the time left
+/// before each read, so that the deadline holds.
+pub trait Timeouts {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    fn read_timeout(&self) -> io::Result<Option<Duration>>;
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    fn write_timeout(&self) -> io::Result<Option<Duration>>;
+}
+
+impl Timeouts for UnixStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, timeout)
+    }
+    fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        UnixStream::read_timeout(self)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_write_timeout(self, timeout)
+    }
+    fn write_timeout(&self) -> io::Result<Option<Duration>> {
+        UnixStream::write_timeout(self)
+    }
+}
+
+impl<T: Timeouts + ?Sized> Timeouts for &mut T {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        (**self).set_read_timeout(timeout)
+    }
+    fn read_timeout(&self) -> io::Result<Option<Duration>> {
+        (**self).read_timeout()
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        (**self).set_write_timeout(timeout)
+    }
+    fn write_timeout(&self) -> io::Result<Option<Duration>> {
+        (**self).write_timeout()
+    }
 }
 
 #[cfg(test)]

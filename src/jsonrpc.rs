@@ -8,13 +8,12 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::framing::{write_frame, FrameError, FrameReader, Framing};
+use crate::framing::{write_frame, FrameError, FrameReader, Framing, Timeouts};
 
 /// Invalid JSON was received.
 pub const PARSE_ERROR: i64 = -32700;
@@ -285,46 +284,6 @@ pub fn from_value(value: Value) -> Result<Message, ParseError> {
     }
 }
 
-/// Streams whose blocking reads and writes can be bounded. `call` is generic
-/// over the stream, and needs to shrink the read timeout to the time left
-/// before each read so that the deadline holds.
-pub trait Timeouts {
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
-    fn read_timeout(&self) -> io::Result<Option<Duration>>;
-    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
-    fn write_timeout(&self) -> io::Result<Option<Duration>>;
-}
-
-impl Timeouts for UnixStream {
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        UnixStream::set_read_timeout(self, timeout)
-    }
-    fn read_timeout(&self) -> io::Result<Option<Duration>> {
-        UnixStream::read_timeout(self)
-    }
-    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        UnixStream::set_write_timeout(self, timeout)
-    }
-    fn write_timeout(&self) -> io::Result<Option<Duration>> {
-        UnixStream::write_timeout(self)
-    }
-}
-
-impl<T: Timeouts + ?Sized> Timeouts for &mut T {
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        (**self).set_read_timeout(timeout)
-    }
-    fn read_timeout(&self) -> io::Result<Option<Duration>> {
-        (**self).read_timeout()
-    }
-    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        (**self).set_write_timeout(timeout)
-    }
-    fn write_timeout(&self) -> io::Result<Option<Duration>> {
-        (**self).write_timeout()
-    }
-}
-
 /// Why [`call`] got no result.
 #[derive(Debug)]
 pub enum CallError {
@@ -531,6 +490,7 @@ pub fn classify_reply(frame: &[u8], id: u64, want: &Value) -> Option<Result<Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixStream;
 
     #[test]
     fn builders_parse_back() {

@@ -28,7 +28,7 @@ pub use hybrid::{HybridListener, HANDSHAKE_TIMEOUT, MAX_HANDSHAKE_LINE};
 pub use kernel::{local_cid, VsockAddr, VsockListener, VsockStream};
 pub use sys::STOP_POLL;
 
-use crate::jsonrpc::Timeouts;
+use crate::framing::Timeouts;
 use hybrid::LineError;
 use sys::{Step, Until};
 
