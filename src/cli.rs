@@ -264,6 +264,19 @@ pub struct RunArgs {
     /// qemu launcher: extra kernel command-line word (repeatable)
     pub kernel_arg: Vec<String>,
     #[argh(option)]
+    /// a real stdio MCP server each instance runs ('CMD ARGS', split like a
+    /// shell): process launcher: the guest bridges to it; qemu launcher: it
+    /// runs inside every VM from a read-only root filesystem image
+    pub mcp_server: Option<String>,
+    #[argh(option)]
+    /// qemu launcher with --mcp-server: the root filesystem image (erofs)
+    /// holding the server (default: built from --mcp-server and --include)
+    pub rootfs: Option<PathBuf>,
+    #[argh(option)]
+    /// qemu launcher with --mcp-server: a file for the built image,
+    /// HOST[:GUEST] (repeatable)
+    pub include: Vec<String>,
+    #[argh(option)]
     /// after boot, each instance executes this MCP tool: TOOL or TOOL:{JSON args}
     pub tool_call: Option<String>,
     #[argh(option)]
@@ -677,6 +690,62 @@ impl RunArgs {
             }
         }
         qemu.append = self.kernel_arg.clone();
+        let mut guest_args = self.guest_arg.clone();
+        let server = match &self.mcp_server {
+            None => {
+                if self.rootfs.is_some() || !self.include.is_empty() {
+                    return Err(Usage(
+                        "--rootfs and --include need --mcp-server 'CMD ARGS' (the server the image holds)"
+                            .into(),
+                    ));
+                }
+                None
+            }
+            Some(cmd) => Some(
+                ukload::mcp::split_command(cmd)
+                    .ok()
+                    .filter(|argv| !argv.is_empty())
+                    .ok_or_else(|| {
+                        Usage(format!(
+                            "--mcp-server {cmd:?}: expected a command line, e.g. 'node /srv/server.js'"
+                        ))
+                    })?,
+            ),
+        };
+        if let Some(argv) = server {
+            match kind {
+                Kind::Process => {
+                    if self.rootfs.is_some() || !self.include.is_empty() {
+                        return Err(Usage(
+                            "--rootfs and --include are for --launcher qemu (the process launcher runs the server on the host)"
+                                .into(),
+                        ));
+                    }
+                    guest_args.push("--mcp-server".into());
+                    guest_args.push(self.mcp_server.clone().unwrap_or_default());
+                }
+                Kind::Qemu => {
+                    let Some(img) = &self.rootfs else {
+                        return Err(Usage(
+                            "--mcp-server with --launcher qemu needs --rootfs IMAGE (an erofs image holding the server and its libraries; see docs/microvm.md)"
+                                .into(),
+                        ));
+                    };
+                    if !self.include.is_empty() {
+                        return Err(Usage(
+                            "--include builds an image; with --rootfs IMAGE the image is given: leave one out".into(),
+                        ));
+                    }
+                    qemu.rootfs = Some(img.clone());
+                    qemu.server = Some(argv);
+                }
+                other => {
+                    return Err(Usage(format!(
+                        "--mcp-server works with --launcher process or qemu, not {other:?}"
+                    )))
+                }
+            }
+        }
         let lc = LauncherConfig {
             qemu,
             qemu_resolved: None,
@@ -690,7 +759,7 @@ impl RunArgs {
                 .guest_bin
                 .clone()
                 .unwrap_or_else(LauncherConfig::default_guest_bin),
-            guest_args: self.guest_arg.clone(),
+            guest_args,
             guest_boot_delay_ms,
             kraft_bin: self.kraft_bin.clone().unwrap_or_else(|| "kraft".into()),
             image: self
@@ -730,6 +799,15 @@ impl RunArgs {
                 Some(call)
             }
         };
+        // A bridged server that stays silent is reported by the guest before
+        // the client's own deadline would end the session without a reason.
+        let mut lc = lc;
+        if lc.qemu.rootfs.is_some() {
+            let t = tool_call
+                .as_ref()
+                .map_or(ukload::toolcall::DEFAULT_TOOL_TIMEOUT, |c| c.timeout);
+            lc.qemu.server_timeout = Some(t);
+        }
         let max_tool_ms = positive_f64("--max-tool-ms", &self.max_tool_ms, DEFAULT_MAX_TOOL_MS)?;
         let max_connect_ms = match &self.max_connect_ms {
             None => None,

@@ -146,6 +146,8 @@ pub struct Summary {
     pub total_pss_kb: u64,
     /// Tool-call latency (when `--tool-call` was given).
     pub tool_ms: Option<Stats>,
+    /// The MCP server's start (first request to first answer), when tools ran.
+    pub server_start_ms: Option<Stats>,
     pub tool_over_target: Vec<u32>,
     /// Booted instances whose tool call failed or returned a wrong result.
     pub tool_failed: Vec<u32>,
@@ -334,6 +336,12 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
         total_rss_kb: booted.iter().filter_map(|i| i.rss_kb).sum(),
         total_pss_kb: booted.iter().filter_map(|i| i.pss_kb).sum(),
         tool_ms: Stats::of(&tool_times),
+        server_start_ms: Stats::of(
+            &booted
+                .iter()
+                .filter_map(|i| i.server_start_ms)
+                .collect::<Vec<_>>(),
+        ),
         tool_over_target,
         tool_failed,
         cids,
@@ -582,9 +590,10 @@ pub fn write_human_for(
             match (&i.tool_error, i.tool_ms) {
                 (None, Some(ms)) => writeln!(
                     out,
-                    "[{}] {:.2}ms (session {:.1}ms, MCP {}): {}",
+                    "[{}] {:.2}ms (server start {:.1}ms, session {:.1}ms, MCP {}): {}",
                     i.index,
                     ms,
+                    i.server_start_ms.unwrap_or(0.0),
                     i.tool_session_ms.unwrap_or(0.0),
                     i.tool_protocol.as_deref().unwrap_or("?"),
                     i.tool_result.as_deref().unwrap_or("")
@@ -598,6 +607,13 @@ pub fn write_human_for(
                 out,
                 "Tool call latency: min {:.2}ms, median {:.2}ms, p95 {:.2}ms, max {:.2}ms",
                 t.min, t.median, t.p95, t.max
+            )?;
+        }
+        if let Some(t) = &s.server_start_ms {
+            writeln!(
+                out,
+                "Server start (first request to first answer): min {:.1}ms, median {:.1}ms, max {:.1}ms",
+                t.min, t.median, t.max
             )?;
         }
         if s.tool_failed.is_empty() && s.tool_over_target.is_empty() {

@@ -168,7 +168,24 @@ pub struct QemuConfig {
     pub tb_size_mb: u64,
     /// Extra kernel command-line words.
     pub append: Vec<String>,
+    /// A root filesystem image (erofs) holding an MCP server: attached
+    /// read-only to every instance (the same file, never copied) as the
+    /// guest's `/dev/vda`; the guest's init then bridges every connection to
+    /// the server (docs/microvm.md, "MCP servers in the VM").
+    pub rootfs: Option<PathBuf>,
+    /// The server's argv inside the image (`None`: the image's manifest names it).
+    pub server: Option<Vec<String>>,
+    /// How long the guest lets a started server stay silent after its first
+    /// request before it reports it as never answering.
+    pub server_timeout: Option<Duration>,
 }
+
+/// Linux's x86 limit on the kernel command line (`COMMAND_LINE_SIZE`),
+/// including the terminating NUL.
+pub const KERNEL_CMDLINE_MAX: usize = 2048;
+/// The guest's block device for the root filesystem image (the first
+/// virtio-blk device).
+pub const ROOTFS_GUEST_DEVICE: &str = "/dev/vda";
 
 impl Default for QemuConfig {
     fn default() -> Self {
@@ -183,6 +200,9 @@ impl Default for QemuConfig {
             backend: VsockBackend::Auto,
             tb_size_mb: DEFAULT_TB_SIZE_MB,
             append: Vec::new(),
+            rootfs: None,
+            server: None,
+            server_timeout: None,
         }
     }
 }
@@ -272,6 +292,45 @@ impl QemuConfig {
                     .into(),
             });
         }
+        if let Some(img) = &self.rootfs {
+            if !img.is_file() {
+                return Err(LaunchError::Invalid(format!(
+                    "--rootfs {}: no such file (give an erofs image, or leave --rootfs out to \
+                     build one from --mcp-server)",
+                    img.display()
+                )));
+            }
+            if img.to_string_lossy().contains(',') {
+                // QEMU's -drive option syntax would need the comma doubled.
+                return Err(LaunchError::Invalid(format!(
+                    "--rootfs {}: a path with a comma cannot be given to QEMU's -drive; \
+                     move or link the image elsewhere",
+                    img.display()
+                )));
+            }
+        }
+        let cmdline = self.kernel_cmdline(
+            &Resolved {
+                kvm: false,
+                backend: VsockBackend::Auto,
+                tsc_khz: host_tsc_khz(),
+                acpi_off: false,
+            },
+            u32::MAX,
+        );
+        if cmdline.len() + 1 > KERNEL_CMDLINE_MAX {
+            return Err(LaunchError::Invalid(format!(
+                "the guest's kernel command line would be {} bytes, over Linux's limit of {} \
+                 (the MCP server's command is passed on it, hex-encoded: {} bytes); shorten \
+                 the command, or put it in the root filesystem image's manifest and leave \
+                 --mcp-server out",
+                cmdline.len() + 1,
+                KERNEL_CMDLINE_MAX,
+                self.server
+                    .as_ref()
+                    .map_or(0, |a| crate::guest::pid1::encode_server_command(a).len())
+            )));
+        }
         let kvm = match self.accel {
             Accel::Tcg => false,
             Accel::Kvm => true,
@@ -320,9 +379,48 @@ impl QemuConfig {
         works
     }
 
+    /// The guest's kernel command line.
+    fn kernel_cmdline(&self, r: &Resolved, port: u32) -> String {
+        let mut append = vec![
+            "console=ttyS0".to_string(),
+            "panic=-1".into(),
+            "quiet".into(),
+        ];
+        if let Some(k) = r.tsc_khz {
+            append.push(format!("tsc_early_khz={k}"));
+        }
+        if !r.kvm {
+            append.extend(TCG_KERNEL_ARGS.iter().map(|a| a.to_string()));
+        }
+        append.push(format!("ukload.port={port}"));
+        if self.rootfs.is_some() {
+            use crate::guest::pid1;
+            append.push(format!(
+                "{}={ROOTFS_GUEST_DEVICE}",
+                pid1::CMDLINE_ROOTFS_PARAM
+            ));
+            if let Some(argv) = &self.server {
+                append.push(format!(
+                    "{}={}",
+                    pid1::CMDLINE_SERVER_PARAM,
+                    pid1::encode_server_command(argv)
+                ));
+            }
+            if let Some(t) = self.server_timeout {
+                append.push(format!(
+                    "{}={}",
+                    pid1::CMDLINE_SERVER_TIMEOUT_PARAM,
+                    t.as_millis().max(1)
+                ));
+            }
+        }
+        append.extend(self.append.iter().cloned());
+        append.join(" ")
+    }
+
     /// The QEMU command line (without vsock) shared by instances and the probe.
     fn base_args(&self, r: &Resolved, memory_mb: u64, port: u32) -> Vec<String> {
-        let (kvm, tsc_khz) = (r.kvm, r.tsc_khz);
+        let kvm = r.kvm;
         let accel = if kvm {
             "kvm".to_string()
         } else {
@@ -333,19 +431,7 @@ impl QemuConfig {
             Machine::Microvm => "microvm,x-option-roms=off,isa-serial=on",
             Machine::Pc => "pc",
         };
-        let mut append = vec![
-            "console=ttyS0".to_string(),
-            "panic=-1".into(),
-            "quiet".into(),
-        ];
-        if let Some(k) = tsc_khz {
-            append.push(format!("tsc_early_khz={k}"));
-        }
-        if !kvm {
-            append.extend(TCG_KERNEL_ARGS.iter().map(|a| a.to_string()));
-        }
-        append.push(format!("ukload.port={port}"));
-        append.extend(self.append.iter().cloned());
+        let append = self.kernel_cmdline(r, port);
         let mem = format!("{memory_mb}M");
         let mut v: Vec<String> = vec!["-accel".into(), accel, "-M".into(), machine.into()];
         v.extend(
@@ -366,7 +452,7 @@ impl QemuConfig {
                 "-initrd",
                 &self.initrd.to_string_lossy(),
                 "-append",
-                &append.join(" "),
+                &append,
             ]
             .iter()
             .map(|s| s.to_string()),
@@ -422,6 +508,22 @@ impl QemuConfig {
                 }
             }
         };
+        if let Some(img) = &self.rootfs {
+            // One file shared read-only by every instance; QEMU never writes it.
+            args.extend([
+                "-drive".into(),
+                format!(
+                    "file={},if=none,id=rootfs,format=raw,readonly=on",
+                    img.display()
+                ),
+                "-device".into(),
+                if pci {
+                    "virtio-blk-pci,drive=rootfs".into()
+                } else {
+                    "virtio-blk-device,drive=rootfs".into()
+                },
+            ]);
+        }
         let qemu = find_program(&self.qemu_bin).unwrap_or_else(|| PathBuf::from(&self.qemu_bin));
         Plan {
             pre,
