@@ -291,7 +291,8 @@ pub struct RunArgs {
     /// when given
     pub max_connect_ms: Option<String>,
     #[argh(option)]
-    /// deadline of one tool call in ms (default 10000, at most 86400000)
+    /// deadline of one tool call in ms (default 10000; 60000 with --mcp-server
+    /// and --launcher qemu; at most 86400000)
     pub tool_timeout_ms: Option<String>,
     #[argh(option)]
     /// also write a JUnit XML file (a testcase per instance per phase) for CI
@@ -795,6 +796,10 @@ impl RunArgs {
                         ));
                     }
                     call.timeout = Duration::from_millis(ms);
+                } else if lc.qemu.rootfs.is_some() {
+                    // A real server in an emulated VM: Node takes about 10 s
+                    // to start under TCG (docs/microvm.md).
+                    call.timeout = launcher::qemu::DEFAULT_VM_SERVER_TOOL_TIMEOUT;
                 }
                 Some(call)
             }

@@ -169,6 +169,12 @@ fn run_as_pid1() -> ! {
                         Some(t) => b.with_start_timeout(t),
                         None => b,
                     };
+                    // Started now (this thread lives as long as the VM) so
+                    // that its start-up overlaps the boot; a failure here is
+                    // reported again, to the host, when a connection starts one.
+                    if let Err(e) = b.start_spare() {
+                        ukload::status!("ukload-guest: init: starting the MCP server: {e}");
+                    }
                     Arc::new(b)
                 }
                 Err(e) => {

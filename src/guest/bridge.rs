@@ -77,6 +77,18 @@ pub struct BridgeMode {
     root: Option<PathBuf>,
     start_timeout: Duration,
     console: bool,
+    spare: Spare,
+}
+
+/// A server started ahead of its connection ([`BridgeMode::start_spare`]).
+#[derive(Clone, Default)]
+struct Spare(Arc<Mutex<Option<StdioChild>>>);
+
+impl std::fmt::Debug for Spare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pid = lock(&self.0).as_ref().map(StdioChild::pid);
+        f.debug_tuple("Spare").field(&pid).finish()
+    }
 }
 
 impl BridgeMode {
@@ -90,7 +102,45 @@ impl BridgeMode {
             root: None,
             start_timeout: DEFAULT_START_TIMEOUT,
             console: false,
+            spare: Spare::default(),
         })
+    }
+
+    /// Starts one server now, ahead of its connection: the first connection
+    /// that needs a server takes it (later ones start their own). Why: under
+    /// TCG a Node server takes seconds to start (docs/microvm.md, "MCP
+    /// servers in the VM"), and started at boot that time overlaps the rest
+    /// of the boot and the host's probe. The server is as fresh as one
+    /// started on demand (it has seen no message). Call it from a thread that
+    /// lives as long as the agent (the child dies with the thread that
+    /// spawned it).
+    pub fn start_spare(&self) -> Result<(), String> {
+        let child = self.spawn()?;
+        *lock(&self.spare.0) = Some(child);
+        Ok(())
+    }
+
+    fn take_spare(&self) -> Option<StdioChild> {
+        lock(&self.spare.0).take()
+    }
+
+    /// Spawns the server, with stdio pipes, in its root if it has one.
+    fn spawn(&self) -> Result<StdioChild, String> {
+        let opts = SpawnOptions {
+            // The spawning thread (a connection's, or the init's main thread for
+            // the spare) outlives the child, so the signal only fires if the
+            // whole agent dies first.
+            die_with_parent: true,
+            env: if self.root.is_some() {
+                // The VM's init has no PATH of its own.
+                vec![("PATH".into(), ROOTFS_PATH.into())]
+            } else {
+                Vec::new()
+            },
+            root: self.root.clone(),
+            stderr_echo_prefix: self.console.then(|| "mcp-server: ".to_string()),
+        };
+        spawn_stdio_child_with(&self.argv, &opts).map_err(|e| e.to_string())
     }
 
     /// Runs the server in `root` (chroot), with its stderr copied to the
@@ -451,20 +501,12 @@ impl<'a> Bridge<'a> {
     }
 
     fn start_child(&self) -> Result<ChildLink, String> {
-        let opts = SpawnOptions {
-            // This thread reaps the child before it returns, so the signal only
-            // fires if the whole agent dies first.
-            die_with_parent: true,
-            env: if self.mode.root.is_some() {
-                // The VM's init has no PATH of its own.
-                vec![("PATH".into(), ROOTFS_PATH.into())]
-            } else {
-                Vec::new()
-            },
-            root: self.mode.root.clone(),
-            stderr_echo_prefix: self.mode.console.then(|| "mcp-server: ".to_string()),
+        // The server started ahead (if any) is as fresh as a new one: it has
+        // seen no message yet. If it already died, the relay reports how.
+        let child = match self.mode.take_spare() {
+            Some(child) => child,
+            None => self.mode.spawn()?,
         };
-        let child = spawn_stdio_child_with(&self.mode.argv, &opts).map_err(|e| e.to_string())?;
         let (stdin, stdout) = (child.take_stdin(), child.take_stdout());
         let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
             // Dropping `child` ends and reaps it.

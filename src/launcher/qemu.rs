@@ -180,6 +180,11 @@ pub struct QemuConfig {
     pub server_timeout: Option<Duration>,
 }
 
+/// Default deadline of a tool call (and of the session's start) when each VM
+/// runs a real MCP server (`--mcp-server`): Node needs about 10 s to start in
+/// a TCG guest on a shared 2-core host (docs/microvm.md, "MCP servers in the
+/// VM"); the guest ends a server silent for this long after its first request.
+pub const DEFAULT_VM_SERVER_TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Linux's x86 limit on the kernel command line (`COMMAND_LINE_SIZE`),
 /// including the terminating NUL.
 pub const KERNEL_CMDLINE_MAX: usize = 2048;
@@ -274,24 +279,6 @@ impl QemuConfig {
                 how: "Build it with `bash scripts/build-guest-image.sh` (or `ukload image build`), or name one with --initrd PATH.".into(),
             });
         }
-        let backend = match self.backend {
-            VsockBackend::Auto if Path::new(VHOST_VSOCK_DEV).exists() => VsockBackend::Vhost,
-            VsockBackend::Auto => VsockBackend::VhostUser,
-            b => b,
-        };
-        if backend == VsockBackend::VhostUser && find_program(&self.vhost_user_bin).is_none() {
-            return Err(LaunchError::NotInstalled {
-                what: format!("{} (the vhost-user vsock backend)", self.vhost_user_bin),
-                how: format!("{setup}, or `cargo install vhost-device-vsock`."),
-            });
-        }
-        if backend == VsockBackend::Vhost && !Path::new(VHOST_VSOCK_DEV).exists() {
-            return Err(LaunchError::NotInstalled {
-                what: VHOST_VSOCK_DEV.into(),
-                how: "Load it with `modprobe vhost_vsock`, or use --vsock-backend vhost-user."
-                    .into(),
-            });
-        }
         if let Some(img) = &self.rootfs {
             if !img.is_file() {
                 return Err(LaunchError::Invalid(format!(
@@ -330,6 +317,24 @@ impl QemuConfig {
                     .as_ref()
                     .map_or(0, |a| crate::guest::pid1::encode_server_command(a).len())
             )));
+        }
+        let backend = match self.backend {
+            VsockBackend::Auto if Path::new(VHOST_VSOCK_DEV).exists() => VsockBackend::Vhost,
+            VsockBackend::Auto => VsockBackend::VhostUser,
+            b => b,
+        };
+        if backend == VsockBackend::VhostUser && find_program(&self.vhost_user_bin).is_none() {
+            return Err(LaunchError::NotInstalled {
+                what: format!("{} (the vhost-user vsock backend)", self.vhost_user_bin),
+                how: format!("{setup}, or `cargo install vhost-device-vsock`."),
+            });
+        }
+        if backend == VsockBackend::Vhost && !Path::new(VHOST_VSOCK_DEV).exists() {
+            return Err(LaunchError::NotInstalled {
+                what: VHOST_VSOCK_DEV.into(),
+                how: "Load it with `modprobe vhost_vsock`, or use --vsock-backend vhost-user."
+                    .into(),
+            });
         }
         let kvm = match self.accel {
             Accel::Tcg => false,
@@ -700,6 +705,87 @@ mod tests {
         let shown = cfg.plan(&r, &ctx, &ready).command.display();
         assert!(!shown.contains("acpi=off"), "{shown}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_rootfs_image_is_attached_read_only_and_the_server_passed_on_the_cmdline() {
+        let argv = vec!["node".to_string(), "/srv/echo server.js".into()];
+        let mut cfg = QemuConfig {
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initrd".into(),
+            rootfs: Some("/img/node.erofs".into()),
+            server: Some(argv.clone()),
+            server_timeout: Some(Duration::from_secs(7)),
+            ..Default::default()
+        };
+        let r = Resolved {
+            kvm: false,
+            backend: VsockBackend::VhostUser,
+            tsc_khz: None,
+            acpi_off: true,
+        };
+        let ctx = InstanceCtx {
+            index: 0,
+            cid: 3,
+            port: 5252,
+            uds: "/run/x/i0.vsock".into(),
+            memory_mb: 160,
+            log: "/tmp/l".into(),
+        };
+        let ready = regex_lite::Regex::new("ready").unwrap();
+        let shown = cfg.plan(&r, &ctx, &ready).command.display();
+        assert!(
+            shown.contains(
+                "-drive file=/img/node.erofs,if=none,id=rootfs,format=raw,readonly=on \
+                 -device virtio-blk-device,drive=rootfs"
+            ),
+            "{shown}"
+        );
+        let hex = crate::guest::pid1::encode_server_command(&argv);
+        assert!(
+            shown.contains(&format!(
+                "ukload.rootfs=/dev/vda ukload.server={hex} ukload.server_timeout_ms=7000"
+            )),
+            "{shown}"
+        );
+        cfg.machine = Machine::Pc;
+        let shown = cfg.plan(&r, &ctx, &ready).command.display();
+        assert!(
+            shown.contains("-device virtio-blk-pci,drive=rootfs"),
+            "{shown}"
+        );
+        // Without a rootfs: no drive, no server.
+        cfg.rootfs = None;
+        let shown = cfg.plan(&r, &ctx, &ready).command.display();
+        assert!(
+            !shown.contains("-drive") && !shown.contains("ukload.server"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_server_command_too_long_for_the_kernel_cmdline_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("ukload-cmdline-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["vmlinux", "initrd", "img"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        let cfg = QemuConfig {
+            qemu_bin: "sh".into(),
+            kernel: dir.join("vmlinux"),
+            initrd: dir.join("initrd"),
+            accel: Accel::Tcg,
+            backend: VsockBackend::Vhost,
+            rootfs: Some(dir.join("img")),
+            server: Some(vec!["node".into(), "x".repeat(1200)]),
+            ..Default::default()
+        };
+        let err = cfg.preflight(80).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            err.contains("kernel command line") && err.contains("2048"),
+            "{err}"
+        );
     }
 
     #[test]
