@@ -50,7 +50,15 @@ fn missing() -> Option<String> {
     {
         why.push("mkfs.erofs (apt-get install erofs-utils)".into());
     }
-    if let Ok(cfg) = std::fs::read_to_string(ukload::image::cache_dir().join("kernel-config")) {
+    let config = ukload::image::cache_dir().join("kernel-config");
+    if !config.is_file() {
+        why.push(
+            "the minimal guest kernel (UKLOAD_KERNEL_FLAVOR=minimal scripts/setup-microvm.sh): \
+             a Debian flavor does not load virtio_blk and erofs"
+                .into(),
+        );
+    }
+    if let Ok(cfg) = std::fs::read_to_string(&config) {
         for need in ["CONFIG_VIRTIO_BLK=y", "CONFIG_EROFS_FS=y", "CONFIG_TMPFS=y"] {
             if !cfg.lines().any(|l| l == need) {
                 why.push(format!(
