@@ -110,7 +110,7 @@ apt_install() {
     fi
 }
 
-# --- 1. QEMU (and cpio) ------------------------------------------------------
+# --- 1. QEMU (and cpio, erofs-utils) ----------------------------------------
 step_qemu() {
     if command -v "$QEMU_BIN" >/dev/null 2>&1; then
         say "qemu: already installed ($("$QEMU_BIN" --version | head -n1))"
@@ -124,6 +124,12 @@ step_qemu() {
     else
         say "cpio: installing with apt-get (the image tests list archives with it)"
         apt_install cpio
+    fi
+    if command -v mkfs.erofs >/dev/null 2>&1; then
+        say "erofs-utils: already installed"
+    else
+        say "erofs-utils: installing with apt-get (ukload image rootfs builds read-only root filesystems with mkfs.erofs)"
+        apt_install erofs-utils
     fi
 }
 

@@ -39,10 +39,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::exit::{EXIT_IOERR, EXIT_TEMPFAIL, EXIT_USAGE};
 use crate::fsafe::{self, FsafeError};
 use crate::paths;
 use crate::proc;
-use crate::report::{EXIT_IOERR, EXIT_TEMPFAIL, EXIT_USAGE};
 
 /// Lowest CID a guest may get: 0 (hypervisor), 1 (local) and 2 (host) are
 /// reserved.

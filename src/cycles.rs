@@ -10,8 +10,10 @@
 //! the last cycle, and growth beyond the tolerances below fails the command
 //! with a message naming the metric.
 
-use crate::report::{Stats, EXIT_FAIL, EXIT_PASS};
+use crate::exit::{EXIT_FAIL, EXIT_PASS};
+use crate::progress::{self, Event, ProgressMode};
 use crate::run::{self, RunConfig, RunError};
+use crate::stats::Stats;
 use crate::supervisor::Supervisor;
 use serde::Serialize;
 use std::io::{self, Write};
@@ -46,8 +48,9 @@ pub struct CyclesConfig {
     pub cycles: u32,
     /// Configuration of each cycle's run; `count` is the instances per cycle.
     pub run: RunConfig,
-    /// Print a progress line every [`PROGRESS_EVERY`] cycles on stderr.
-    pub progress: bool,
+    /// Progress on stderr (a failed cycle at once, a summary every
+    /// [`PROGRESS_EVERY`] cycles).
+    pub progress: ProgressMode,
     /// Percentage of clean cycles needed for exit 0 (`--min-success`).
     pub min_success_pct: f64,
 }
@@ -332,7 +335,7 @@ pub fn run_cycles(
 ) -> Result<CyclesReport, RunError> {
     let t0 = Instant::now();
     let mut run_cfg = cfg.run.clone();
-    run_cfg.progress = false;
+    run_cfg.progress = ProgressMode::Off;
     let sample_or = |what: &str| {
         sample().map_err(|e| RunError::Setup(format!("sampling {what} resources: {e}")))
     };
@@ -365,20 +368,30 @@ pub fn run_cycles(
         match cycle_failure(&r) {
             None => succeeded += 1,
             Some(why) => {
-                if cfg.progress {
-                    crate::status!("cycle {n}/{}: FAILED: {why}", cfg.cycles);
-                }
+                progress::emit(
+                    cfg.progress,
+                    Event::CycleFailed {
+                        cycle: n,
+                        of: cfg.cycles,
+                        why: why.clone(),
+                    },
+                );
                 if failures.len() < FAILURES_KEPT {
                     failures.push(format!("cycle {n}: {why}"));
                 }
             }
         }
-        if cfg.progress && n % PROGRESS_EVERY == 0 {
-            crate::status!(
-                "cycle {n}/{}: {succeeded} clean so far, {} fds, {} threads",
-                cfg.cycles,
-                sample().map_or(0, |s| s.fds),
-                sample().map_or(0, |s| s.threads)
+        if cfg.progress.on() && n % PROGRESS_EVERY == 0 {
+            let now = sample();
+            progress::emit(
+                cfg.progress,
+                Event::CycleProgress {
+                    cycle: n,
+                    of: cfg.cycles,
+                    clean: succeeded,
+                    fds: now.as_ref().map_or(0, |s| s.fds),
+                    threads: now.as_ref().map_or(0, |s| s.threads),
+                },
             );
         }
     }

@@ -47,9 +47,9 @@ impl Report {
     /// 0 when the chosen launcher has everything it needs, 69 otherwise.
     pub fn exit_code(&self) -> i32 {
         if self.blocking().next().is_none() {
-            crate::report::EXIT_PASS
+            crate::exit::EXIT_PASS
         } else {
-            crate::report::EXIT_UNAVAILABLE
+            crate::exit::EXIT_UNAVAILABLE
         }
     }
 }

@@ -29,9 +29,11 @@ const READ_CHUNK: usize = 64 * 1024;
 const SHRINK_ABOVE: usize = 4 * READ_CHUNK;
 
 /// How messages are delimited on a stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Framing {
-    /// One JSON message per line, `\n`-terminated, no embedded newlines.
+    /// One JSON message per line, `\n`-terminated, no embedded newlines
+    /// (MCP's stdio form; the default).
+    #[default]
     Line,
     /// 4-byte little-endian length, then that many bytes; zero rejected.
     Length,
@@ -488,16 +490,10 @@ fn memchr_newline(haystack: &[u8]) -> Option<usize> {
     haystack.iter().position(|&b| b == b'\n')
 }
 
-/// Writes one frame and flushes.
-///
-/// The frame goes out in a single `write_all` so that concurrent writers on
-/// clones of one socket cannot interleave halves of frames. A timeout or
-/// error mid-write leaves the stream out of step: close it.
-pub fn write_frame<W: Write>(
-    w: &mut W,
-    framing: Framing,
-    payload: &[u8],
-) -> Result<(), FrameError> {
+/// Encodes one frame (payload plus delimiter or prefix), ready to go out in
+/// one write. Refuses an empty payload, one over [`MAX_FRAME_LEN`], and (line
+/// framing) one containing a newline, which would split the message.
+pub fn encode_frame(framing: Framing, payload: &[u8]) -> Result<Vec<u8>, FrameError> {
     if payload.len() > MAX_FRAME_LEN {
         return Err(FrameError::TooLarge {
             len: payload.len() as u64,
@@ -523,8 +519,25 @@ pub fn write_frame<W: Write>(
             frame.extend_from_slice(payload);
         }
     }
-    w.write_all(&frame).map_err(io_error)?;
+    Ok(frame)
+}
+
+/// Writes an encoded frame ([`encode_frame`]) in a single `write_all` and
+/// flushes, so that concurrent writers on clones of one socket cannot
+/// interleave halves of frames. A timeout or error mid-write leaves the
+/// stream out of step: close it.
+pub fn write_encoded<W: Write + ?Sized>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {
+    w.write_all(frame).map_err(io_error)?;
     w.flush().map_err(io_error)
+}
+
+/// Encodes and writes one frame ([`encode_frame`], [`write_encoded`]).
+pub fn write_frame<W: Write>(
+    w: &mut W,
+    framing: Framing,
+    payload: &[u8],
+) -> Result<(), FrameError> {
+    write_encoded(w, &encode_frame(framing, payload)?)
 }
 
 #[cfg(test)]

@@ -284,45 +284,9 @@ fn memory(r: &RunResult, cfg: &RunConfig) -> String {
     g
 }
 
-/// A one-line histogram of boot times for a terminal (`▁▂▃▄▅▆▇█`).
-pub fn sparkline(boots: &[f64], bins: usize) -> Option<String> {
-    if boots.is_empty() || bins == 0 {
-        return None;
-    }
-    let lo = boots.iter().cloned().fold(f64::INFINITY, f64::min);
-    let hi = boots.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let span = (hi - lo).max(f64::EPSILON);
-    let mut counts = vec![0usize; bins];
-    for b in boots {
-        let k = ((((b - lo) / span) * bins as f64) as usize).min(bins - 1);
-        counts[k] += 1;
-    }
-    let top = *counts.iter().max()? as f64;
-    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let line: String = counts
-        .iter()
-        .map(|&c| {
-            if c == 0 {
-                ' '
-            } else {
-                BARS[(((c as f64 / top) * 7.0).round() as usize).min(7)]
-            }
-        })
-        .collect();
-    Some(format!("{lo:.1} ms {line} {hi:.1} ms"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sparkline_spans_min_to_max() {
-        let s = sparkline(&[1.0, 1.0, 2.0, 10.0], 8).unwrap();
-        assert!(s.starts_with("1.0 ms █"), "{s}");
-        assert!(s.ends_with("▃ 10.0 ms"), "{s}");
-        assert_eq!(sparkline(&[], 8), None);
-    }
 
     #[test]
     fn markup_is_escaped() {

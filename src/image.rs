@@ -1,7 +1,6 @@
 //! The microVM guest image: where its pieces are cached, the initramfs
 //! writer (newc cpio, written here in Rust: the one source of truth for the
 //! archive format), and what is present or missing.
-//! OWNER: microVM helper.
 //!
 //! The image is a kernel (`vmlinux`, uncompressed, booted by QEMU through its
 //! PVH entry) plus an initramfs holding the static `ukload-guest` as `/init`
@@ -540,6 +539,9 @@ pub struct ImageInfo {
     pub kernel_version: Option<String>,
     /// Every piece, present or not.
     pub pieces: Vec<Piece>,
+    /// Root filesystems for MCP servers built into the cache
+    /// (`ukload image rootfs`); optional, so not a piece.
+    pub rootfs: Vec<crate::rootfs::RootfsImage>,
 }
 
 impl ImageInfo {
@@ -574,10 +576,28 @@ impl fmt::Display for ImageInfo {
             hows
         };
         if missing.is_empty() {
-            writeln!(f, "everything needed to boot a microVM is present")
+            writeln!(f, "everything needed to boot a microVM is present")?;
         } else {
-            writeln!(f, "to complete it, run: {}", missing.join(" ; "))
+            writeln!(f, "to complete it, run: {}", missing.join(" ; "))?;
         }
+        if self.rootfs.is_empty() {
+            return writeln!(
+                f,
+                "root filesystems: none (build one with: ukload image rootfs --command CMD)"
+            );
+        }
+        writeln!(f, "root filesystems: {}", self.rootfs.len())?;
+        for r in &self.rootfs {
+            writeln!(
+                f,
+                "  {}  {:.1} MB  {} files  command: {}",
+                r.path.display(),
+                r.size as f64 / 1e6,
+                r.manifest.files,
+                r.manifest.command.join(" ")
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -644,6 +664,7 @@ pub fn info_in(dir: &Path) -> ImageInfo {
         cache_dir: dir.to_path_buf(),
         kernel_version,
         pieces,
+        rootfs: crate::rootfs::list(dir),
     }
 }
 

@@ -1,4 +1,5 @@
-//! JSON-RPC 2.0 messages (as used by MCP and by the boot probe's `ping`).
+//! JSON-RPC 2.0 messages (as used by MCP and by the boot probe's `ping`),
+//! and the one table of error codes (JSON-RPC's own and MCP's).
 //!
 //! [`parse`] decodes one frame into a [`Message`], saying precisely what was
 //! wrong when it cannot; the builders make the four message shapes; [`call`]
@@ -25,6 +26,9 @@ pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INVALID_PARAMS: i64 = -32602;
 /// Internal JSON-RPC error.
 pub const INTERNAL_ERROR: i64 = -32603;
+/// MCP 2026-07-28: the request's protocol version is not one the server
+/// supports; `data: {requested, supported}`.
+pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 
 /// The only protocol version accepted in the `jsonrpc` member.
 pub const VERSION: &str = "2.0";

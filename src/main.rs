@@ -3,6 +3,15 @@
 // Every unsafe block says why it is sound (as Firecracker does).
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+/// A line on stderr from the binary itself (usage errors, fatal errors):
+/// never panics, whatever stderr is. The library logs through `log`.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cli;
 
 use argh::FromArgs;
@@ -10,12 +19,25 @@ use cli::{Format, Sub};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use ukload::report::{self, EXIT_FAIL, EXIT_IOERR, EXIT_UNAVAILABLE, EXIT_USAGE};
+use ukload::exit::{
+    EXIT_FAIL, EXIT_IOERR, EXIT_SIGINT, EXIT_SIGNAL_BASE, EXIT_UNAVAILABLE, EXIT_USAGE,
+};
+use ukload::report;
 use ukload::run::{self, RunError};
 use ukload::supervisor::{watchdog, Supervisor};
 
 fn main() {
-    let args = split_equals(std::env::args().collect());
+    let (args, verbose) = take_verbosity(std::env::args().collect());
+    let quiet = args
+        .iter()
+        .take_while(|a| *a != "--")
+        .any(|a| a == "-q" || a == "--quiet");
+    let rust_log = std::env::var("RUST_LOG").ok();
+    ukload::logging::init(
+        "ukload",
+        ukload::logging::level(verbose, quiet, rust_log.as_deref()),
+    );
+    let args = split_equals(args);
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
     let top = match cli::Top::from_args(&["ukload"], strs.get(1..).unwrap_or(&[])) {
         Ok(t) => t,
@@ -28,23 +50,54 @@ fn main() {
             }
             let _ = write!(std::io::stderr(), "ukload: {}", early.output);
             if !early.output.ends_with('\n') {
-                ukload::status!();
+                say!();
             }
-            ukload::status!("Run `ukload help` or `ukload <command> --help` for usage.");
+            say!("Run `ukload help` or `ukload <command> --help` for usage.");
             std::process::exit(EXIT_USAGE);
         }
     };
-    let code = match top.cmd {
+    if top.version {
+        std::process::exit(emit("version", 0, |out| {
+            writeln!(out, "ukload {}", env!("CARGO_PKG_VERSION"))
+        }));
+    }
+    let Some(cmd) = top.cmd else {
+        say!("ukload: no command given");
+        say!("Run `ukload help` or `ukload <command> --help` for usage.");
+        std::process::exit(EXIT_USAGE);
+    };
+    let code = match cmd {
         Sub::Run(a) => cmd_run(a),
         Sub::Ps(a) => cmd_ps(a),
         Sub::Cleanup(a) => cmd_cleanup(a),
         Sub::Cycles(a) => cmd_cycles(a),
-        Sub::Mcp(a) => ukload::mcp::cli::run(a),
+        Sub::Mcp(a) => cli::mcp::run(a),
         Sub::Image(a) => cmd_image(a),
         Sub::Doctor(a) => cmd_doctor(a),
         Sub::Report(a) => cmd_report(a),
     };
     std::process::exit(code);
+}
+
+/// Takes `-v`, `-vv` (and more v's) and `--verbose` out of the arguments
+/// (before any `--`), wherever they stand, and counts them: argh has no
+/// counted flags, and verbosity applies to every command.
+fn take_verbosity(args: Vec<String>) -> (Vec<String>, u8) {
+    let mut verbose = 0u8;
+    let mut out = Vec::with_capacity(args.len());
+    let mut rest = false;
+    for (i, a) in args.into_iter().enumerate() {
+        rest |= a == "--";
+        let vs = a
+            .strip_prefix('-')
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b == b'v'));
+        match (i > 0 && !rest, vs, a.as_str()) {
+            (true, Some(v), _) => verbose = verbose.saturating_add(v.len() as u8),
+            (true, None, "--verbose") => verbose = verbose.saturating_add(1),
+            _ => out.push(a),
+        }
+    }
+    (out, verbose)
 }
 
 /// argh takes `--flag value` only; accept `--flag=value` too (needed to pass
@@ -78,14 +131,14 @@ fn emit(what: &str, code: i32, write: impl FnOnce(&mut dyn Write) -> std::io::Re
     match write(&mut out).and_then(|()| out.flush()) {
         Ok(()) => code,
         Err(e) => {
-            ukload::status!("ukload: cannot write the {what} to stdout: {e}");
+            say!("ukload: cannot write the {what} to stdout: {e}");
             EXIT_IOERR
         }
     }
 }
 
 fn usage(msg: &str) -> i32 {
-    ukload::status!("ukload: {msg}");
+    say!("ukload: {msg}");
     EXIT_USAGE
 }
 
@@ -98,7 +151,10 @@ struct Harness {
     dog: watchdog::Watchdog,
     sup: &'static Supervisor,
     stop: Arc<AtomicBool>,
+    /// Set by SIGTERM.
     term: Arc<AtomicBool>,
+    /// Set by SIGHUP (the terminal went away).
+    hup: Arc<AtomicBool>,
 }
 
 impl Harness {
@@ -106,16 +162,16 @@ impl Harness {
         let run_id = run::new_run_id();
         // Runs whose harness and watchdog both died left their cgroups: end them.
         for id in ukload::supervisor::cgroup::reap_stale_runs() {
-            ukload::status!("ukload: ended the leftover cgroup of dead run {id}");
+            log::info!("ended the leftover cgroup of dead run {id}");
         }
         let containment = ukload::supervisor::cgroup::Containment::setup(&run_id).map_err(|e| {
-            ukload::status!("ukload: {e}");
+            say!("ukload: {e}");
             EXIT_UNAVAILABLE
         })?;
         let containment = ukload::supervisor::set_containment(containment);
         let dog =
             watchdog::start(&run_id, containment.run_cgroup().map(|c| c.path())).map_err(|e| {
-                ukload::status!("ukload: cannot start the watchdog process: {e}");
+                say!("ukload: cannot start the watchdog process: {e}");
                 if let Some(c) = containment.run_cgroup() {
                     let _ = c.cgroup().remove();
                 }
@@ -123,19 +179,20 @@ impl Harness {
             })?;
         ukload::supervisor::set_watchdog_pid(dog.pid());
         let sup = Supervisor::init().map_err(|e| {
-            ukload::status!("ukload: cannot become a child subreaper / start the reaper: {e}");
+            say!("ukload: cannot become a child subreaper / start the reaper: {e}");
             EXIT_FAIL
         })?;
         let stop = Arc::new(AtomicBool::new(false));
         let term = Arc::new(AtomicBool::new(false));
-        for (sig, is_term) in [
-            (libc::SIGINT, false),
-            (libc::SIGTERM, true),
-            (libc::SIGHUP, true),
+        let hup = Arc::new(AtomicBool::new(false));
+        for (sig, which) in [
+            (libc::SIGINT, None),
+            (libc::SIGTERM, Some(&term)),
+            (libc::SIGHUP, Some(&hup)),
         ] {
             let _ = signal_hook::flag::register(sig, stop.clone());
-            if is_term {
-                let _ = signal_hook::flag::register(sig, term.clone());
+            if let Some(flag) = which {
+                let _ = signal_hook::flag::register(sig, flag.clone());
             }
         }
         Ok(Harness {
@@ -144,6 +201,7 @@ impl Harness {
             sup,
             stop,
             term,
+            hup,
         })
     }
 
@@ -153,7 +211,7 @@ impl Harness {
         if let Some(c) = ukload::supervisor::run_cgroup() {
             let left = c.cgroup().procs_recursive();
             if !left.is_empty() {
-                ukload::status!(
+                say!(
                     "ukload: {} process(es) still in the run's cgroup at exit: killing them",
                     left.len()
                 );
@@ -164,14 +222,17 @@ impl Harness {
         self.dog.finish();
     }
 
-    /// The exit code: 128+signal when interrupted, else `verdict`.
+    /// The exit code: 128+signal when interrupted (SIGHUP 129, SIGINT 130,
+    /// SIGTERM 143), else `verdict`.
     fn exit_code(&self, verdict: i32) -> i32 {
         if !self.stop.load(Ordering::Relaxed) {
             verdict
+        } else if self.hup.load(Ordering::Relaxed) {
+            EXIT_SIGNAL_BASE + libc::SIGHUP
         } else if self.term.load(Ordering::Relaxed) {
-            128 + libc::SIGTERM
+            EXIT_SIGNAL_BASE + libc::SIGTERM
         } else {
-            report::EXIT_SIGINT
+            EXIT_SIGINT
         }
     }
 }
@@ -223,14 +284,14 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
             ] {
                 if let (Some(p), Some(t)) = (path, text) {
                     if let Err(e) = ukload::export::write_atomically(p, t.as_bytes()) {
-                        ukload::status!("ukload: cannot write the {what} {}: {e}", p.display());
+                        say!("ukload: cannot write the {what} {}: {e}", p.display());
                         extra_failed = true;
                     }
                 }
             }
             let code = emit(
                 "report",
-                h.exit_code(run::exit_code(&r, &cfg)),
+                h.exit_code(report::verdict(&r, &cfg).exit_code()),
                 |out| match fmt {
                     Format::Json => report::write_json(out, &r, &cfg),
                     Format::Human => report::write_human_for(out, &r, &cfg, stdout_is_tty()),
@@ -243,7 +304,7 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
             }
         }
         Err(e) => {
-            ukload::status!("ukload: {e}");
+            say!("ukload: {e}");
             run_error_code(&e)
         }
     };
@@ -337,13 +398,14 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
         Err(code) => return code,
     };
     let run_id = &h.run_id;
-    if cfg.progress {
-        ukload::status!(
-            "cycles: {} cycle(s) of {} instance(s) (run {run_id})",
-            cfg.cycles,
-            cfg.run.count
-        );
-    }
+    ukload::progress::emit(
+        cfg.progress,
+        ukload::progress::Event::Cycles {
+            run_id: run_id.to_string(),
+            cycles: cfg.cycles,
+            count: cfg.run.count,
+        },
+    );
     let code = match ukload::cycles::run_cycles(&cfg, run_id, h.sup, h.stop.clone()) {
         Ok(r) => {
             let code = emit("report", h.exit_code(r.exit_code()), |out| match fmt {
@@ -353,12 +415,12 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
                 Format::Human => r.write_human(out),
             });
             for l in &r.leaks {
-                ukload::status!("ukload: cycles: leak: {l}");
+                say!("ukload: cycles: leak: {l}");
             }
             code
         }
         Err(e) => {
-            ukload::status!("ukload: {e}");
+            say!("ukload: {e}");
             run_error_code(&e)
         }
     };
@@ -366,9 +428,76 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
     code
 }
 
+/// `ukload image rootfs`: build (or find in the cache) a root filesystem.
+fn cmd_image_rootfs(a: cli::ImageRootfsArgs) -> i32 {
+    use ukload::rootfs::{self, RootfsSpec};
+    let fmt = match cli::format(&a.format) {
+        Ok(f) => f,
+        Err(cli::Usage(m)) => {
+            ukload::status!("ukload: {m}");
+            return EXIT_USAGE;
+        }
+    };
+    let failed = |e: rootfs::RootfsError| {
+        ukload::status!("ukload: {e}");
+        if e.is_input() {
+            EXIT_USAGE
+        } else if matches!(e, rootfs::RootfsError::MkfsMissing) {
+            EXIT_UNAVAILABLE
+        } else if matches!(e, rootfs::RootfsError::Io { .. }) {
+            EXIT_IOERR
+        } else {
+            EXIT_FAIL
+        }
+    };
+    let spec = match RootfsSpec::parse(&a.command, &a.include) {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
+    let started = std::time::Instant::now();
+    let img = match rootfs::build(&spec, &ukload::image::cache_dir()) {
+        Ok(i) => i,
+        Err(e) => return failed(e),
+    };
+    for w in &img.warnings {
+        ukload::status!("ukload: note: {w}");
+    }
+    let mut path = img.path.clone();
+    if let Some(out) = &a.out {
+        if let Err(e) = rootfs::copy_image(&img.path, out) {
+            return failed(e);
+        }
+        path = out.clone();
+    }
+    ukload::status!(
+        "rootfs: {} files, {:.1} MB of files, image {:.1} MB, {} in {:.2} s",
+        img.manifest.files,
+        img.manifest.bytes as f64 / 1e6,
+        img.size as f64 / 1e6,
+        if img.cached { "cached" } else { "built" },
+        started.elapsed().as_secs_f64()
+    );
+    emit("image path", 0, |out| match fmt {
+        Format::Human => writeln!(out, "{}", path.display()),
+        Format::Json => {
+            let doc = serde_json::json!({
+                "path": path,
+                "cache_path": img.path,
+                "key": img.key,
+                "cached": img.cached,
+                "size_bytes": img.size,
+                "manifest": img.manifest,
+                "warnings": img.warnings,
+            });
+            writeln!(out, "{doc:#}")
+        }
+    })
+}
+
 fn cmd_image(a: cli::ImageArgs) -> i32 {
     use ukload::image::{self, ImagePaths};
     match a.cmd {
+        cli::ImageCmd::Rootfs(r) => cmd_image_rootfs(r),
         cli::ImageCmd::Info(_) => {
             let info = image::info();
             let code = if info.is_complete() {
@@ -385,7 +514,7 @@ fn cmd_image(a: cli::ImageArgs) -> i32 {
                     writeln!(o, "slim kernel {}: {stats}", out.display())
                 }),
                 Err(e) => {
-                    ukload::status!("ukload: {e}");
+                    say!("ukload: {e}");
                     EXIT_FAIL
                 }
             }
@@ -394,7 +523,7 @@ fn cmd_image(a: cli::ImageArgs) -> i32 {
             let paths = ImagePaths::cached();
             let guest = b.guest.unwrap_or_else(|| paths.guest_bin.clone());
             if !guest.is_file() {
-                ukload::status!(
+                say!(
                     "ukload: guest binary {} not found: build it with `bash scripts/build-guest-image.sh` \
                      (or name a static ukload-guest with --guest PATH)",
                     guest.display()
@@ -406,7 +535,7 @@ fn cmd_image(a: cli::ImageArgs) -> i32 {
                     writeln!(out, "wrote {}", paths.initramfs.display())
                 }),
                 Err(e) => {
-                    ukload::status!("ukload: {e}");
+                    say!("ukload: {e}");
                     EXIT_FAIL
                 }
             }

@@ -5,8 +5,10 @@
 //! per report, never across). Overall: every instance's figures together and
 //! the worst verdict.
 
+use crate::exit::{EXIT_FAIL, EXIT_PARTIAL, EXIT_PASS};
 use crate::export::xml_escape as esc;
-use crate::report::{Stats, Verdict, EXIT_FAIL, EXIT_PARTIAL, EXIT_PASS};
+use crate::report::Verdict;
+use crate::stats::Stats;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt::Write as _;

@@ -18,6 +18,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// How the launch command lines at the head of an instance's log begin
+/// (written by the run, skipped by console readiness and log tails).
+pub const LOG_HEADER_PREFIX: &str = "# ukload: ";
+
 /// First retry delay after a failed attempt.
 pub const BACKOFF_START: Duration = Duration::from_millis(1);
 /// Largest retry delay: bounds how late a ready guest can be noticed.
@@ -228,13 +232,12 @@ fn probe(
 /// (−32602: a server that checks params before the method) or MCP's
 /// unsupported protocol version (−32022: a 2026-07-28 server wants `_meta`).
 pub(crate) fn answered_without_status(e: &jsonrpc::CallError) -> bool {
-    const UNSUPPORTED_PROTOCOL_VERSION: i64 = crate::mcp::codes::UNSUPPORTED_PROTOCOL_VERSION;
     matches!(
         e,
         jsonrpc::CallError::Rpc { code, .. }
             if *code == jsonrpc::METHOD_NOT_FOUND
                 || *code == jsonrpc::INVALID_PARAMS
-                || *code == UNSUPPORTED_PROTOCOL_VERSION
+                || *code == jsonrpc::UNSUPPORTED_PROTOCOL_VERSION
     )
 }
 
@@ -373,7 +376,7 @@ pub fn log_tail(log: &Path, n: usize) -> Vec<String> {
     // ukload's own header lines (the launch commands) are not the guest's.
     let lines: Vec<&str> = text
         .lines()
-        .filter(|l| !l.starts_with(crate::run::LOG_HEADER_PREFIX))
+        .filter(|l| !l.starts_with(LOG_HEADER_PREFIX))
         .collect();
     lines[lines.len().saturating_sub(n)..]
         .iter()

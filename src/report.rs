@@ -2,27 +2,12 @@
 //! document for scripts. The verdict and the exit code come from here.
 
 use crate::run::{Instance, MemMetric, RunConfig, RunResult};
+use crate::stats::Stats;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
-/// Exit code: every check passed.
-pub const EXIT_PASS: i32 = 0;
-/// Exit code: the run failed.
-pub const EXIT_FAIL: i32 = 1;
-/// Exit code: enough instances booted and nothing was left, but a target was missed.
-pub const EXIT_PARTIAL: i32 = 2;
-/// Exit code: the command line was wrong (sysexits EX_USAGE).
-pub const EXIT_USAGE: i32 = 64;
-/// Exit code: a program the launcher needs is missing (EX_UNAVAILABLE).
-pub const EXIT_UNAVAILABLE: i32 = 69;
-/// Exit code: the CID range has no room right now (EX_TEMPFAIL).
-pub const EXIT_TEMPFAIL: i32 = 75;
-/// Exit code: an I/O error (EX_IOERR): the report could not be written, or
-/// the CID registry could not be used (read-only, out of descriptors).
-pub const EXIT_IOERR: i32 = 74;
-/// Exit code after SIGINT (128 + 2); SIGTERM gives 143.
-pub const EXIT_SIGINT: i32 = 130;
+use crate::exit::*;
 
 /// The run's judgement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -40,43 +25,6 @@ impl Verdict {
             Verdict::Partial => EXIT_PARTIAL,
             Verdict::Fail => EXIT_FAIL,
         }
-    }
-}
-
-/// Nearest-rank percentile `p` (0..=100) of `sorted` (ascending, non-empty):
-/// the one statistics rule of every ukload report.
-pub fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
-    let n = sorted.len();
-    let rank = ((p / 100.0) * n as f64).ceil() as usize;
-    sorted[rank.clamp(1, n) - 1]
-}
-
-/// min / median / p95 / max (nearest rank) of a sample.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
-pub struct Stats {
-    pub count: usize,
-    pub min: f64,
-    pub median: f64,
-    pub p95: f64,
-    pub max: f64,
-    pub mean: f64,
-}
-
-impl Stats {
-    pub fn of(values: &[f64]) -> Option<Stats> {
-        if values.is_empty() {
-            return None;
-        }
-        let mut v = values.to_vec();
-        v.sort_by(|a, b| a.total_cmp(b));
-        Some(Stats {
-            count: v.len(),
-            min: v[0],
-            median: nearest_rank(&v, 50.0),
-            p95: nearest_rank(&v, 95.0),
-            max: v[v.len() - 1],
-            mean: v.iter().sum::<f64>() / v.len() as f64,
-        })
     }
 }
 
@@ -545,7 +493,7 @@ pub fn write_human_for(
             )?;
             if tty {
                 let boots: Vec<f64> = r.instances.iter().filter_map(|i| i.boot_ms).collect();
-                if let Some(line) = crate::html::sparkline(&boots, SPARK_BINS) {
+                if let Some(line) = crate::stats::sparkline(&boots, SPARK_BINS) {
                     writeln!(out, "  {line}")?;
                 }
             }

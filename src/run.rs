@@ -14,10 +14,11 @@ use crate::framing::Framing;
 use crate::launcher::{InstanceCtx, LaunchError, LauncherConfig};
 use crate::memory::TreeMemory;
 use crate::probe::{self, BootFailure};
+use crate::progress::{self, Event, ProgressMode};
 use crate::supervisor::cgroup::InstanceCgroup;
 use crate::supervisor::teardown::{self, Target, TeardownReport};
 use crate::supervisor::{Command, Redirect, Supervisor};
-use crate::{report, ENV_CID, ENV_INSTANCE, ENV_RUN};
+use crate::{ENV_CID, ENV_INSTANCE, ENV_RUN};
 use serde::Serialize;
 use std::fs::File;
 use std::io::Write as _;
@@ -68,8 +69,8 @@ pub struct RunConfig {
     pub max_tool_ms: f64,
     /// vsock connection latency target, ms (`--max-connect-ms`; none: not checked).
     pub max_connect_ms: Option<f64>,
-    /// Print progress lines on stderr.
-    pub progress: bool,
+    /// Progress on stderr: human lines, JSON events, or nothing.
+    pub progress: ProgressMode,
 }
 
 /// One instance's record, filled phase by phase.
@@ -327,8 +328,8 @@ pub fn run(
         }
         crate::fsafe::ensure_dir(&fallback, crate::paths::LOG_DIR_MODE)
             .map_err(|e2| usage(&fallback, &format!("{e2} (the default was refused: {e})")))?;
-        crate::status!(
-            "ukload: not using the default log directory: {e}. Logs go to {} (choose with --log-dir)",
+        log::warn!(
+            "not using the default log directory: {e}. Logs go to {} (choose with --log-dir)",
             fallback.display()
         );
         cfg.log_dir = fallback;
@@ -407,13 +408,14 @@ pub fn run(
     // Phases 1 and 2: a few spawner threads fork the launchers, at most
     // `concurrency` instances in flight (spawned, not yet ready or failed);
     // this thread watches every pending boot in one readiness loop.
-    if progress {
-        crate::status!(
-            "phase 1: spawning {} instance(s), {} at a time (run {run_id})",
-            cfg.count,
-            cfg.concurrency
-        );
-    }
+    progress::emit(
+        progress,
+        Event::Spawning {
+            run_id: run_id.to_string(),
+            count: cfg.count,
+            concurrency: cfg.concurrency,
+        },
+    );
     let (job_tx, job_rx) = crossbeam_channel::unbounded::<(u32, u32)>();
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<Started>();
     // One token per instance in flight: a spawner puts one in before it
@@ -456,10 +458,7 @@ pub fn run(
             Ok(h) => handles.push(h),
             // Out of threads (e.g. `ulimit -u`): the spawners we have do it.
             Err(e) if !handles.is_empty() => {
-                crate::status!(
-                    "ukload: could start only {} spawner thread(s): {e}",
-                    handles.len()
-                );
+                log::warn!("could start only {} spawner thread(s): {e}", handles.len());
                 break;
             }
             Err(e) => {
@@ -524,17 +523,18 @@ pub fn run(
 
     // The tool-call phase: every booted instance executes the tool.
     if let (Some(call), false) = (&cfg.tool_call, stop.load(Ordering::Relaxed)) {
-        if progress {
-            crate::status!("tool calls: {} on every booted instance", call.name);
-        }
+        progress::emit(
+            progress,
+            Event::ToolPhase {
+                tool: call.name.clone(),
+            },
+        );
         tool_phase(&cfg, call, &mut instances, &endpoints, &stop);
     }
 
     // Phase 3: memory of every live instance's whole tree.
     if !stop.load(Ordering::Relaxed) {
-        if progress {
-            crate::status!("phase 3: measuring memory");
-        }
+        progress::emit(progress, Event::Memory);
         test_pause("memory", &stop);
         note_crashes(sup, run_id, &mut instances, &cgroups);
         // Marker path: one snapshot for every instance.
@@ -570,14 +570,23 @@ pub fn run(
             })
         })
         .collect();
-    if progress {
-        crate::status!("phase 5: cleanup of {} instance(s)", targets.len());
-    }
+    progress::emit(
+        progress,
+        Event::Teardown {
+            instances: targets.len(),
+        },
+    );
     timeline.teardown_start_ms = ms_since(t0);
     let td = teardown::teardown_interruptible(sup, run_id, &targets, cfg.grace, &stop);
     timeline.teardown_end_ms = ms_since(t0);
     for t in &td.instances {
         let inst = &mut instances[t.instance as usize];
+        log::debug!(
+            "[{}] teardown: {} after {:.1} ms",
+            t.instance,
+            t.ended.key(),
+            t.ms
+        );
         inst.teardown = Some(t.ended.key().to_string());
         inst.teardown_ms = Some(t.ms);
         if let Some(pid) = inst.pid {
@@ -650,7 +659,7 @@ fn take_slot(slots: &crossbeam_channel::Sender<()>, stop: &AtomicBool) -> bool {
 }
 
 /// Phases 1 and 2 of one instance, into its record.
-fn record_outcome(inst: &mut Instance, o: Outcome, progress: bool, t0_mono_ns: u64) {
+fn record_outcome(inst: &mut Instance, o: Outcome, progress: ProgressMode, t0_mono_ns: u64) {
     inst.may_daemonize = o.may_daemonize;
     if o.started_mono_ns > 0 {
         inst.spawned_at_ms = Some(ns_to_ms(o.started_mono_ns.saturating_sub(t0_mono_ns)));
@@ -688,19 +697,23 @@ fn record_outcome(inst: &mut Instance, o: Outcome, progress: bool, t0_mono_ns: u
             } else if let Some(line) = &r.console_line {
                 inst.reported_cid = probe::cid_in_line(line);
             }
-            if progress {
-                crate::status!(
-                    "[{}] booted in {:.1} ms (CID {})",
-                    inst.index,
-                    inst.boot_ms.unwrap_or(0.0),
-                    inst.cid
-                );
-            }
+            progress::emit(
+                progress,
+                Event::Booted {
+                    instance: inst.index,
+                    boot_ms: inst.boot_ms.unwrap_or(0.0),
+                    cid: inst.cid,
+                },
+            );
         }
         Err(e) => {
-            if progress {
-                crate::status!("[{}] boot failed: {e}", inst.index);
-            }
+            progress::emit(
+                progress,
+                Event::BootFailed {
+                    instance: inst.index,
+                    error: e.clone(),
+                },
+            );
             inst.boot_error = Some(e);
         }
     }
@@ -831,12 +844,15 @@ fn tool_phase(
         inst.tool_error = o.error;
         inst.tool_protocol = o.protocol;
         inst.server_start_ms = o.server_start_ms;
-        if cfg.progress {
-            match (&inst.tool_error, inst.tool_ms) {
-                (None, Some(ms)) => crate::status!("[{i}] tool call in {ms:.2} ms"),
-                (Some(e), _) => crate::status!("[{i}] tool call failed: {e}"),
-                _ => {}
-            }
+        if inst.tool_error.is_some() || inst.tool_ms.is_some() {
+            progress::emit(
+                cfg.progress,
+                Event::Tool {
+                    instance: i as u32,
+                    ms: inst.tool_ms,
+                    error: inst.tool_error.clone(),
+                },
+            );
         }
     }
 }
@@ -894,11 +910,18 @@ fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome>
     // console readiness reads the log after them.
     let helper_commands: Vec<String> = plan.pre.iter().map(|p| p.command.display()).collect();
     let command = plan.command.display();
+    log::debug!(
+        "[{index}] launch (CID {cid}, log {}): {command}",
+        log.display()
+    );
+    for h in &helper_commands {
+        log::debug!("[{index}] helper: {h}");
+    }
     let mut header = String::new();
     for h in &helper_commands {
-        header.push_str(&format!("{LOG_HEADER_PREFIX}helper: {h}\n"));
+        header.push_str(&format!("{}helper: {h}\n", probe::LOG_HEADER_PREFIX));
     }
-    header.push_str(&format!("{LOG_HEADER_PREFIX}launch: {command}\n"));
+    header.push_str(&format!("{}launch: {command}\n", probe::LOG_HEADER_PREFIX));
     if let Err(e) = log_file.write_all(header.as_bytes()) {
         return Err(fail(format!("cannot write log {}: {e}", log.display())));
     }
@@ -992,9 +1015,14 @@ fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome>
         }
     };
     let spawn_ms = t_spawn.elapsed().as_secs_f64() * 1000.0;
-    if cfg.progress {
-        crate::status!("[{index}] spawned pid {} with CID {cid}", child.pid);
-    }
+    progress::emit(
+        cfg.progress,
+        Event::Spawned {
+            instance: index,
+            pid: child.pid,
+            cid,
+        },
+    );
     // Boot time counts from the instance's first process.
     let (started, started_mono_ns) = match &first {
         Some(f) => (f.started, f.started_mono_ns),
@@ -1065,9 +1093,6 @@ fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome>
         pending: Some(pending),
     })
 }
-
-/// How the launch command lines at the head of an instance's log begin.
-pub const LOG_HEADER_PREFIX: &str = "# ukload: ";
 
 /// Descriptors an instance holds for its life (CID lock, cgroup files, log
 /// and probe sockets while they are in use), with a margin.
@@ -1152,9 +1177,4 @@ fn describe_failure(e: BootFailure, log: &std::path::Path) -> String {
     } else {
         format!("{e}; last log lines: {}", tail.join(" | "))
     }
-}
-
-/// Runs, prints the report and returns the exit code.
-pub fn exit_code(result: &RunResult, cfg: &RunConfig) -> i32 {
-    report::verdict(result, cfg).exit_code()
 }

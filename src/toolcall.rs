@@ -12,7 +12,7 @@
 //! [`crate::vsock::STOP_POLL`] of it and the call is reported as
 //! interrupted, so a signal never waits for a silent guest's tool timeout.
 
-use crate::mcp::{McpFraming, Session, SessionOptions, Transport};
+use crate::mcp::{Session, SessionOptions, Transport};
 use crate::vsock::{self, Endpoint};
 use serde::Serialize;
 use serde_json::Value;
@@ -130,11 +130,7 @@ pub fn execute(
             return out;
         }
     };
-    let mcp_framing = match framing {
-        crate::framing::Framing::Line => McpFraming::Line,
-        crate::framing::Framing::Length => McpFraming::Length,
-    };
-    let transport = match Transport::vsock_stream(stream, mcp_framing, ep.to_string()) {
+    let transport = match Transport::vsock_stream(stream, framing, ep.to_string()) {
         Ok(t) => t,
         Err(e) => {
             out.error = Some(format!("socket: {e}"));

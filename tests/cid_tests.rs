@@ -455,8 +455,8 @@ fn registry_errors_are_io_errors_not_a_full_range() {
     std::fs::write(&file, "").unwrap();
     let err = CidRegistry::open(&file.join("cids")).unwrap_err();
     assert!(!err.is_exhausted(), "{err}");
-    assert_eq!(err.exit_code(), ukload::report::EXIT_IOERR, "{err}");
-    assert_eq!(ukload::report::EXIT_IOERR, 74);
+    assert_eq!(err.exit_code(), ukload::exit::EXIT_IOERR, "{err}");
+    assert_eq!(ukload::exit::EXIT_IOERR, 74);
     // A planted symlink at a lock file: refused, also 74, not "no room".
     std::os::unix::fs::symlink("/nonexistent-target", t.dir.join("cid-5032.lock")).unwrap();
     let err = t.reg.allocate(range("5032"), 1, &holder("me")).unwrap_err();
@@ -466,7 +466,7 @@ fn registry_errors_are_io_errors_not_a_full_range() {
     let _held = t.reg.allocate(range("5033"), 1, &holder("a")).unwrap();
     let err = t.reg.allocate(range("5033"), 1, &holder("b")).unwrap_err();
     assert!(err.is_exhausted());
-    assert_eq!(err.exit_code(), ukload::report::EXIT_TEMPFAIL);
+    assert_eq!(err.exit_code(), ukload::exit::EXIT_TEMPFAIL);
 }
 
 #[test]

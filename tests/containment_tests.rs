@@ -1,5 +1,5 @@
 //! Containment: what a hostile guest or a CI runner's timeout does, and that
-//! nothing survives it (issue "containment by the kernel").
+//! nothing survives it.
 //!
 //! - the job's whole process group SIGKILLed (`timeout -s KILL`) → the
 //!   watchdog, in a session of its own, ends the run's cgroup;

@@ -12,7 +12,7 @@ use common::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-/// Instances per run (the "mixed into a 20-instance run").
+/// Instances per run: the faulty guests are mixed into a 20-instance run.
 const COUNT: u32 = 20;
 /// Short boot deadline so that faults which never answer end quickly.
 const BOOT_TIMEOUT_S: u64 = 3;

@@ -1,4 +1,4 @@
-//! Files another user cannot redirect (issue 8, item 4): a symlink or hard
+//! Files another user cannot redirect: a symlink or hard
 //! link planted where ukload writes a log or a CID lock file, or a directory
 //! another user owns, is refused with a message naming the path; the file it
 //! points to is left unchanged, and nothing is left running.

@@ -40,7 +40,7 @@ enum Phase {
     BootStubborn,
 }
 
-/// A running `ukload run` whose stderr lines arrive on a channel.
+/// A running `ukload run --progress json` whose stderr lines arrive on a channel.
 struct Harness {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -48,6 +48,14 @@ struct Harness {
 }
 
 impl Harness {
+    /// Waits for a progress event of kind `event` (returns it).
+    fn wait_event(&mut self, event: &str) -> serde_json::Value {
+        let line = self.wait_line(event, |l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["event"] == event)
+        });
+        serde_json::from_str(&line).unwrap()
+    }
+
     /// Waits until a stderr line satisfies `pred` (returns it).
     fn wait_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let end = Instant::now() + REACH_PHASE;
@@ -78,6 +86,8 @@ fn start(dir: &std::path::Path, range: &str, phase: Phase) -> Harness {
         "run",
         &COUNT.to_string(),
         "--format",
+        "json",
+        "--progress",
         "json",
         "--cid-range",
         range,
@@ -132,27 +142,22 @@ fn kill_during(phase: Phase, sig: i32, range_start: u32) {
     let dir = TempDir::new(&format!("hk{phase:?}{sig}"));
     let range = format!("{range_start}-{}", range_start + COUNT - 1);
     let mut h = start(dir.path(), &range, phase);
-    let first = h.wait_line("the phase 1 line", |l| l.starts_with("phase 1:"));
-    let run_id = first
-        .rsplit("(run ")
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .to_string();
+    let first = h.wait_event("spawning");
+    let run_id = first["run_id"].as_str().unwrap().to_string();
     match phase {
         Phase::Spawn => {
-            h.wait_line("a spawn", |l| l.contains("] spawned pid"));
+            h.wait_event("spawned");
         }
         Phase::Boot | Phase::BootStubborn => {
             for _ in 0..COUNT {
-                h.wait_line("every spawn", |l| l.contains("] spawned pid"));
+                h.wait_event("spawned");
             }
         }
         Phase::Memory => {
-            h.wait_line("phase 3", |l| l.starts_with("phase 3:"));
+            h.wait_event("memory");
         }
         Phase::Cleanup => {
-            h.wait_line("phase 5", |l| l.starts_with("phase 5:"));
+            h.wait_event("teardown");
         }
     }
     let alive = run_processes(&run_id).len();
@@ -229,4 +234,6 @@ kill_tests! {
     sigkill_during_cleanup: Phase::Cleanup, libc::SIGKILL, 310;
     sigint_during_boot_with_stubborn_guests: Phase::BootStubborn, libc::SIGINT, 320;
     sigterm_during_boot_with_stubborn_guests: Phase::BootStubborn, libc::SIGTERM, 330;
+    // The terminal closing (an ssh session dropped): exit 129, nothing left.
+    sighup_during_boot: Phase::Boot, libc::SIGHUP, 340;
 }

@@ -68,6 +68,7 @@ fn every_ukload_flag_is_in_the_manual() {
         &["image", "build"],
         &["image", "info"],
         &["image", "slim-kernel"],
+        &["image", "rootfs"],
     ] {
         let name = cmd.join(" ");
         let described = page.contains(&format!(".SH {}", name.to_uppercase()))

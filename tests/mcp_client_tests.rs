@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use ukload::mcp::{self, McpError, McpFraming, Session, SessionOptions, SessionStats, Transport};
+use ukload::framing::Framing;
+use ukload::mcp::{self, McpError, Session, SessionOptions, SessionStats, Transport};
 
 /// Upper bound for anything that must not hang (generous: shared, noisy machine).
 const NO_HANG_BOUND: Duration = Duration::from_secs(15);
@@ -28,7 +29,7 @@ fn hostile_transport(mode: &str) -> Transport {
         fixture().display().to_string(),
         mode.to_string(),
     ];
-    Transport::stdio(&argv, McpFraming::Line).expect("spawn hostile_server.sh")
+    Transport::stdio(&argv, Framing::Line).expect("spawn hostile_server.sh")
 }
 
 fn hostile(mode: &str) -> Session {
@@ -274,7 +275,7 @@ fn server_that_dies_before_initialize_gives_its_stderr() {
     ]
     .map(String::from)
     .to_vec();
-    let transport = Transport::stdio(&argv, McpFraming::Line).unwrap();
+    let transport = Transport::stdio(&argv, Framing::Line).unwrap();
     let pid = transport.pid().unwrap();
     let start = Instant::now();
     let err = Session::initialize(transport, SessionOptions::default())
@@ -287,7 +288,7 @@ fn server_that_dies_before_initialize_gives_its_stderr() {
 
 #[test]
 fn missing_server_binary_is_an_io_error_naming_it() {
-    let err = Transport::stdio(&["/nonexistent/mcp-server".to_string()], McpFraming::Line)
+    let err = Transport::stdio(&["/nonexistent/mcp-server".to_string()], Framing::Line)
         .err()
         .unwrap();
     assert!(matches!(err, McpError::Io { .. }), "{err}");
@@ -321,7 +322,7 @@ fn length_framed_session_over_a_unix_socket_runs_the_builtin_tools() {
     let (client, server) = UnixStream::pair().unwrap();
     let server_thread = std::thread::spawn(move || builtin_server(server));
     let transport =
-        Transport::unix_stream(client, McpFraming::Length, "in-process builtin server").unwrap();
+        Transport::unix_stream(client, Framing::Length, "in-process builtin server").unwrap();
     let session = Session::initialize(transport, SessionOptions::default()).unwrap();
     assert_eq!(session.server().server_name, mcp::server::SERVER_NAME);
     assert_eq!(session.server_pid(), None);

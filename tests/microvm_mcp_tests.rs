@@ -83,77 +83,60 @@ macro_rules! need_vm_mcp {
     };
 }
 
-/// Copies `host` into the staging tree `root` at the same path.
-fn stage(root: &Path, host: &Path) {
-    let dest = root.join(host.strip_prefix("/").unwrap());
-    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-    std::fs::copy(host, &dest).unwrap_or_else(|e| panic!("copying {}: {e}", host.display()));
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp")
 }
 
-/// A root filesystem image with node, its libraries and loader, the echo
-/// server and the hostile fixtures under /srv, and the manifest naming the
-/// echo server. Built once per test process.
+/// The hostile servers, put in the image at their host paths.
+const HOSTILE: [&str; 3] = [
+    "vm_crash_server.js",
+    "vm_silent_server.js",
+    "vm_flood_server.js",
+];
+
+/// `--include` values for the hostile servers.
+fn hostile_includes() -> Vec<String> {
+    HOSTILE
+        .iter()
+        .map(|f| fixtures().join(f).to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The echo server's command as given to `--mcp-server`.
+fn echo_cmd() -> String {
+    format!("node {}", echo_server().display())
+}
+
+/// A hostile server's command (node from the image, the script at its host path).
+fn node_cmd(script: &str) -> String {
+    format!("node {}", fixtures().join(script).display())
+}
+
+/// The root filesystem image `ukload run --mcp-server ECHO --include HOSTILE...`
+/// builds: node, its libraries and loader, the echo server (the manifest's
+/// command) and the hostile servers. Built once (then cached by content in
+/// the image cache, where the runs below find the same image).
 fn image() -> &'static Path {
     static IMG: OnceLock<PathBuf> = OnceLock::new();
     IMG.get_or_init(|| {
-        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("microvm-mcp");
-        let _ = std::fs::remove_dir_all(&base);
-        let root = base.join("root");
-        for d in ["proc", "sys", "dev", "tmp", "srv", "etc"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        let node = which("node");
-        stage(&root, &node);
-        let ldd = Command::new("ldd").arg(&node).output().expect("ldd");
-        for word in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
-            if word.starts_with('/') {
-                stage(&root, Path::new(word));
-            }
-        }
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp");
-        std::fs::copy(echo_server(), root.join("srv/echo_server.js")).unwrap();
-        for f in [
-            "vm_crash_server.js",
-            "vm_silent_server.js",
-            "vm_flood_server.js",
-        ] {
-            std::fs::copy(fixtures.join(f), root.join("srv").join(f)).unwrap();
-        }
-        let manifest = serde_json::json!({"command": [node, "/srv/echo_server.js"]});
-        std::fs::write(root.join("etc/ukload-rootfs.json"), manifest.to_string()).unwrap();
-        let img = base.join("node.erofs");
-        let out = Command::new("mkfs.erofs")
-            .args(["-T0", "--all-root"])
-            .arg(&img)
-            .arg(&root)
-            .output()
-            .expect("mkfs.erofs");
-        assert!(
-            out.status.success(),
-            "mkfs.erofs: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let _ = std::fs::remove_dir_all(&root);
-        img
+        let spec = ukload::rootfs::RootfsSpec::parse(&echo_cmd(), &hostile_includes())
+            .expect("rootfs spec");
+        ukload::rootfs::build(&spec, &ukload::image::cache_dir())
+            .expect("building the root filesystem image")
+            .path
     })
 }
 
-fn which(program: &str) -> PathBuf {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .unwrap();
-    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(!p.is_empty(), "{program} not on PATH");
-    std::fs::canonicalize(p).unwrap()
-}
-
-fn node_cmd(script: &str) -> String {
-    format!("{} /srv/{script}", which("node").display())
-}
-
-/// `ukload run COUNT --launcher qemu --rootfs IMG --mcp-server CMD --tool-call CALL`.
-fn vm_mcp_run(dir: &Path, count: u32, server: &str, call: &str, extra: &[&str]) -> Command {
+/// `ukload run COUNT --launcher qemu --rootfs IMG --mcp-server CMD --tool-call CALL`
+/// (with `rootfs` false: no --rootfs, the run builds the image itself).
+fn vm_mcp_run(
+    dir: &Path,
+    count: u32,
+    rootfs: bool,
+    server: &str,
+    call: &str,
+    extra: &[&str],
+) -> Command {
     let mut cmd = ukload(dir);
     cmd.args(run_args(dir, count))
         .args([
@@ -169,11 +152,16 @@ fn vm_mcp_run(dir: &Path, count: u32, server: &str, call: &str, extra: &[&str]) 
             "60000",
             "--memory",
             NODE_MEMORY_MB,
-            "--rootfs",
         ])
-        .arg(image())
         .args(["--mcp-server", server, "--tool-call", call])
         .args(extra);
+    if rootfs {
+        cmd.arg("--rootfs").arg(image());
+    } else {
+        for inc in hostile_includes() {
+            cmd.args(["--include", &inc]);
+        }
+    }
     cmd
 }
 
@@ -188,10 +176,12 @@ fn three_microvms_run_the_node_echo_server_and_answer_a_tool_call() {
     need_vm_mcp!();
     let _g = lock();
     let dir = TempDir::new("vmmcp3");
+    // No --rootfs: the run builds the image (or finds it in the cache).
     let cmd = vm_mcp_run(
         dir.path(),
         3,
-        &node_cmd("echo_server.js"),
+        false,
+        &echo_cmd(),
         r#"echo:{"message":"hi"}"#,
         &["--tool-expect", "Echo: hi", "--tool-timeout-ms", "60000"],
     );
@@ -208,9 +198,17 @@ fn three_microvms_run_the_node_echo_server_and_answer_a_tool_call() {
         assert!(i["server_start_ms"].as_f64().unwrap() > 0.0, "{i:#}");
         assert!(i["tool_ms"].as_f64().unwrap() > 0.0, "{i:#}");
         assert!(i["pss_kb"].as_u64().unwrap() > 20 * 1024, "{i:#}");
-        // The console log shows the guest ran the bridged server.
+        // The console log shows the guest ran the bridged server from the image.
         let log = std::fs::read_to_string(i["log"].as_str().unwrap()).unwrap();
-        assert!(log.contains("ukload-guest: init: MCP server:"), "{log}");
+        let want = format!(
+            "ukload-guest: init: MCP server: {}",
+            ukload::rootfs::RootfsSpec::parse(&echo_cmd(), &[])
+                .unwrap()
+                .guest_command()
+                .join(" ")
+        );
+        assert!(log.contains(&want), "{want} in {log}");
+        assert!(log.contains("-drive file="), "{log}");
     }
     assert_nothing_left(doc["run_id"].as_str().unwrap());
 }
@@ -237,6 +235,7 @@ fn a_server_that_crashes_on_start_is_named_with_its_status_and_stderr() {
     let cmd = vm_mcp_run(
         dir.path(),
         1,
+        true,
         &node_cmd("vm_crash_server.js"),
         r#"echo:{"message":"hi"}"#,
         &["--tool-timeout-ms", "30000"],
@@ -260,6 +259,7 @@ fn a_server_that_never_answers_is_ended_by_the_guest_and_named() {
     let cmd = vm_mcp_run(
         dir.path(),
         1,
+        true,
         &node_cmd("vm_silent_server.js"),
         r#"echo:{"message":"hi"}"#,
         // The guest gives the server this long after its first request.
@@ -279,6 +279,7 @@ fn a_server_that_floods_without_a_newline_is_ended_and_named() {
     let cmd = vm_mcp_run(
         dir.path(),
         1,
+        true,
         &node_cmd("vm_flood_server.js"),
         r#"echo:{"message":"hi"}"#,
         &["--tool-timeout-ms", "60000"],
@@ -321,7 +322,7 @@ fn to_std(cmd: &ukload::supervisor::Command, log: &Path) -> Command {
 
 fn boot_vm(dir: &Path, server: Option<Vec<String>>) -> TestVm {
     use ukload::launcher::qemu::{Accel, QemuConfig, VsockBackend};
-    let cfg = QemuConfig {
+    let mut cfg = QemuConfig {
         accel: Accel::Tcg,
         backend: VsockBackend::VhostUser,
         rootfs: Some(image().to_path_buf()),
@@ -381,7 +382,7 @@ fn session(vm: &TestVm) -> ukload::mcp::Session {
     let stream = ukload::vsock::connect(&vm.endpoint, Duration::from_secs(10)).expect("connect");
     let t = ukload::mcp::Transport::vsock_stream(
         stream,
-        ukload::mcp::McpFraming::Line,
+        ukload::framing::Framing::Line,
         vm.endpoint.to_string(),
     )
     .unwrap();

@@ -1,4 +1,4 @@
-//! Output that cannot be written (issue 8, item 9): stdout or stderr on a full
+//! Output that cannot be written: stdout or stderr on a full
 //! device or a pipe whose reader is gone. ukload must never panic, must finish
 //! the run and its teardown as usual (SIGTERM first), and must say with its
 //! exit code when the report was lost: 74 (EX_IOERR), distinct from verdicts.

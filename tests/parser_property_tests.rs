@@ -476,7 +476,7 @@ impl Read for Hostile {
 /// Deadline of the session's `initialize` in these tests.
 const INIT_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn session_over(input: Hostile, framing: ukload::mcp::McpFraming) -> (String, usize) {
+fn session_over(input: Hostile, framing: ukload::framing::Framing) -> (String, usize) {
     let t = ukload::mcp::Transport::new(Box::new(input), Box::new(io::sink()), framing, "hostile");
     let opts = ukload::mcp::SessionOptions {
         init_timeout: INIT_TIMEOUT,
@@ -499,7 +499,7 @@ fn mcp_client_refuses_a_4gib_length_prefix_without_allocating_it() {
             fill_len: 1024,
             fill: b'x',
         },
-        ukload::mcp::McpFraming::Length,
+        ukload::framing::Framing::Length,
     );
     assert!(err.contains("exceeds"), "{err}");
     assert!(peak <= ukload::mcp::MAX_FRAME_LEN, "allocated {peak} bytes");
@@ -515,7 +515,7 @@ fn mcp_line_over_limit(bound: usize) {
             fill_len: 20 * 1024 * 1024,
             fill: b'x',
         },
-        ukload::mcp::McpFraming::Line,
+        ukload::framing::Framing::Line,
     );
     assert!(err.contains("exceeds"), "{err}");
     assert!(
@@ -532,9 +532,8 @@ fn mcp_client_refuses_a_20mib_line_with_bounded_allocation() {
     mcp_line_over_limit(2 * ukload::mcp::MAX_FRAME_LEN);
 }
 
-/// FOUND: src/mcp/wire.rs `read_line` grows its `Vec` with
-/// `extend_from_slice` (doubling), so a line just under the 10 MiB limit
-/// allocates 16 MiB. Fix (MCP owner): reserve exactly, capped at `max`.
+/// A line just under the 10 MiB limit must not make the MCP client's reader
+/// allocate past the limit (plain doubling would allocate 16 MiB).
 #[test]
 fn mcp_client_line_buffer_never_exceeds_the_frame_limit() {
     let _s = serial();

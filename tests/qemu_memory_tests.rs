@@ -1,4 +1,4 @@
-//! `--memory` for the qemu launcher (issue 8, item 10): below the guest's
+//! `--memory` for the qemu launcher: below the guest's
 //! floor QEMU exits 0 with an empty console, which used to read as a
 //! mysterious "exit code 0". Too little memory is now a usage error naming
 //! the minimum, and a VM that exits 0 without booting is a failed boot that

@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use ukload::framing::Framing;
 use ukload::jsonrpc::PingInfo;
 use ukload::mcp::{
-    Content, McpError, McpFraming, Session, SessionOptions, Transport,
-    LATEST_LEGACY_PROTOCOL_VERSION,
+    Content, McpError, Session, SessionOptions, Transport, LATEST_LEGACY_PROTOCOL_VERSION,
 };
 use ukload::vsock::{self, Endpoint};
 
@@ -37,7 +37,7 @@ fn argv(extra: &[&str]) -> Vec<String> {
 }
 
 fn start_with(extra: &[&str], options: SessionOptions) -> Session {
-    let transport = Transport::stdio(&argv(extra), McpFraming::Line).expect("spawn echo_server.js");
+    let transport = Transport::stdio(&argv(extra), Framing::Line).expect("spawn echo_server.js");
     Session::initialize(transport, options).expect("initialize echo_server.js")
 }
 
@@ -444,7 +444,7 @@ impl BridgedGuest {
     }
 
     fn session(&self) -> Session {
-        let transport = Transport::vsock_stream(self.connect(), McpFraming::Line, "bridged guest")
+        let transport = Transport::vsock_stream(self.connect(), Framing::Line, "bridged guest")
             .expect("transport over the guest's stream");
         Session::initialize(transport, SessionOptions::default())
             .expect("initialize through the bridge")
@@ -695,7 +695,7 @@ fn test_bridge_relays_length_framing_and_answers_ping_before_any_server() {
         _dir: dir,
     };
     let transport =
-        Transport::vsock_stream(guest.connect(), McpFraming::Length, "guest (length)").unwrap();
+        Transport::vsock_stream(guest.connect(), Framing::Length, "guest (length)").unwrap();
     let session = Session::initialize(transport, SessionOptions::default()).unwrap();
     let echo = session
         .call_tool("echo", json!({"message": "framed"}), CALL_TIMEOUT)

@@ -202,7 +202,7 @@ fn unknown_flags_and_missing_values_name_the_flag_and_exit_64() {
     }
 }
 
-/// Durations beyond a day (issue 8, item 10): `--boot-timeout 1e19` used to
+/// Durations beyond a day: `--boot-timeout 1e19` used to
 /// pass parsing and panic in every worker thread (`Instant + Duration`
 /// overflow), exit 101. Now every duration flag is bounded at parse time,
 /// and the message names the bound.
@@ -338,4 +338,26 @@ fn too_many_instances_for_the_open_files_limit_are_refused_up_front() {
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("open files") && err.contains("128"), "{err}");
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn both_binaries_print_their_version_and_exit_0() {
+    let want = env!("CARGO_PKG_VERSION");
+    for (bin, args) in [
+        (env!("CARGO_BIN_EXE_ukload"), &["--version"][..]),
+        (env!("CARGO_BIN_EXE_ukload"), &["-V"][..]),
+        (env!("CARGO_BIN_EXE_ukload-guest"), &["--version"][..]),
+    ] {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let name = Path::new(bin).file_name().unwrap().to_string_lossy();
+        assert_eq!(out.status.code(), Some(0), "{bin} {args:?}");
+        assert_eq!(text.trim(), format!("{name} {want}"), "{bin} {args:?}");
+    }
+    // No command at all is a usage error, not a silent success.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ukload"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no command given"));
 }

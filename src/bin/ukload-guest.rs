@@ -28,14 +28,18 @@ use ukload::guest::{self, pid1, AgentConfig, ConnectionMode, ListenAddr};
 use ukload::mcp::server::EraSupport;
 
 /// Exit status for bad command-line input (sysexits.h EX_USAGE).
-const EXIT_USAGE: u8 = ukload::report::EXIT_USAGE as u8;
+const EXIT_USAGE: u8 = ukload::exit::EXIT_USAGE as u8;
 /// Exit status when the agent fails after starting.
-const EXIT_FAILURE: u8 = ukload::report::EXIT_FAIL as u8;
+const EXIT_FAILURE: u8 = ukload::exit::EXIT_FAIL as u8;
 
 #[derive(FromArgs)]
 /// ukload guest agent: answers `ukload/status` with its boot timestamps over vsock or
 /// a hybrid-vsock Unix socket, and exits 0 on `shutdown`.
 struct Args {
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
+
     /// where to listen: vsock:PORT, vsock (port from --port) or uds:PATH
     /// (a hybrid-vsock Unix socket); default vsock (port 5252), as a VM's
     /// init does, so a unikernel started without arguments serves
@@ -211,6 +215,10 @@ fn parse_args() -> Result<(AgentConfig, Arc<dyn ConnectionMode>), ExitCode> {
             });
         }
     };
+    if args.version {
+        println!("ukload-guest {}", env!("CARGO_PKG_VERSION"));
+        return Err(ExitCode::SUCCESS);
+    }
     debug_assert!(!args.init, "--init is handled in main before parsing");
     let listen =
         guest::parse_listen(&args.listen, args.port).map_err(|e| usage_error(&e.to_string()))?;

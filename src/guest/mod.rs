@@ -6,7 +6,7 @@
 //! - `agent`: [`run_agent`], the accept loop and the per-connection server
 //!   ([`ConnectionMode`]: JSON-RPC answered here, or the MCP bridge).
 //! - [`bridge`]: `--mcp-server`: each connection relayed to a fresh stdio MCP server.
-//! - [`pid1`]: running as PID 1 inside a microVM (owned by the microVM helper).
+//! - [`pid1`]: running as PID 1 inside a microVM.
 
 mod agent;
 pub mod bridge;

@@ -1,6 +1,5 @@
 //! `ukload-guest` as PID 1 inside a microVM: mounts, module loading with
 //! `finit_module(2)`, zombie reaping, power-off.
-//! OWNER: microVM helper.
 //!
 //! Why the agent is its own init: the guest image is an initramfs holding one
 //! static binary and a few kernel modules, nothing else (no busybox, no
@@ -296,7 +295,7 @@ pub const CMDLINE_SERVER_TIMEOUT_PARAM: &str = "ukload.server_timeout_ms";
 /// chrooted there.
 pub const ROOTFS_DIR: &str = "/rootfs";
 /// The image's manifest (inside the image): `{"command": [argv...], ...}`.
-pub const ROOTFS_MANIFEST: &str = "/etc/ukload-rootfs.json";
+pub const ROOTFS_MANIFEST: &str = crate::rootfs::MANIFEST_PATH;
 /// File system type of the image.
 pub const ROOTFS_FSTYPE: &str = "erofs";
 /// `f_type` of erofs (`EROFS_SUPER_MAGIC_V1`).

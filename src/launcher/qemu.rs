@@ -178,6 +178,9 @@ pub struct QemuConfig {
     /// How long the guest lets a started server stay silent after its first
     /// request before it reports it as never answering.
     pub server_timeout: Option<Duration>,
+    /// Build (or take from the cache) the root filesystem image for this
+    /// server in [`QemuConfig::preflight`], when `rootfs` is not given.
+    pub build_rootfs: Option<crate::rootfs::RootfsSpec>,
 }
 
 /// Default deadline of a tool call (and of the session's start) when each VM
@@ -208,6 +211,7 @@ impl Default for QemuConfig {
             rootfs: None,
             server: None,
             server_timeout: None,
+            build_rootfs: None,
         }
     }
 }
@@ -258,8 +262,41 @@ pub fn host_tsc_khz() -> Option<u64> {
 }
 
 impl QemuConfig {
+    /// Whether every VM runs a real MCP server (a root filesystem image is
+    /// given or will be built).
+    pub fn runs_server(&self) -> bool {
+        self.rootfs.is_some() || self.build_rootfs.is_some()
+    }
+
+    /// Builds the root filesystem image of [`QemuConfig::build_rootfs`] (or
+    /// takes it from the image cache) and points `rootfs` and `server` at it.
+    /// Does nothing when no image is to be built or it was done already.
+    pub fn prepare_rootfs(&mut self) -> Result<(), LaunchError> {
+        let Some(spec) = self.build_rootfs.take() else {
+            return Ok(());
+        };
+        let img = crate::rootfs::build(&spec, &image::cache_dir()).map_err(|e| match e {
+            crate::rootfs::RootfsError::MkfsMissing => LaunchError::NotInstalled {
+                what: crate::rootfs::MKFS_BIN.into(),
+                how: format!(
+                    "It builds the root filesystem image for --mcp-server: {}.",
+                    crate::rootfs::MKFS_INSTALL
+                ),
+            },
+            e => LaunchError::Invalid(format!(
+                "building the root filesystem image for --mcp-server {:?}: {e}",
+                spec.command.join(" ")
+            )),
+        })?;
+        self.server = Some(spec.guest_command());
+        self.rootfs = Some(img.path);
+        Ok(())
+    }
+
     /// Checks programs and image pieces; decides acceleration and backend.
-    pub fn preflight(&self, memory_mb: u64) -> Result<Resolved, LaunchError> {
+    /// Builds the root filesystem image first if one is to be built
+    /// ([`QemuConfig::prepare_rootfs`]).
+    pub fn preflight(&mut self, memory_mb: u64) -> Result<Resolved, LaunchError> {
         let setup = "Run `bash scripts/setup-microvm.sh` (as root: installs QEMU, the guest kernel and vhost-device-vsock)";
         if find_program(&self.qemu_bin).is_none() {
             return Err(LaunchError::NotInstalled {
@@ -279,6 +316,7 @@ impl QemuConfig {
                 how: "Build it with `bash scripts/build-guest-image.sh` (or `ukload image build`), or name one with --initrd PATH.".into(),
             });
         }
+        self.prepare_rootfs()?;
         if let Some(img) = &self.rootfs {
             if !img.is_file() {
                 return Err(LaunchError::Invalid(format!(
@@ -770,7 +808,7 @@ mod tests {
         for f in ["vmlinux", "initrd", "img"] {
             std::fs::write(dir.join(f), b"x").unwrap();
         }
-        let cfg = QemuConfig {
+        let mut cfg = QemuConfig {
             qemu_bin: "sh".into(),
             kernel: dir.join("vmlinux"),
             initrd: dir.join("initrd"),

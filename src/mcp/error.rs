@@ -11,18 +11,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// JSON-RPC 2.0 error codes used by MCP: the one table is
-/// [`crate::jsonrpc`]'s (MCP's unknown tool is also INVALID_PARAMS), plus
-/// MCP's own.
-pub mod codes {
-    pub use crate::jsonrpc::{
-        INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
-    };
-    /// Modern revisions: the request's protocol version is not one the server
-    /// supports; `data: {requested, supported}`.
-    pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
-}
-
 /// Why an MCP operation failed.
 #[derive(Clone, Debug)]
 pub enum McpError {
@@ -103,7 +91,7 @@ impl McpError {
         matches!(self, McpError::Interrupted { .. })
     }
 
-    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         McpError::Io {
             context: context.into(),
             source: Arc::new(source),

@@ -9,10 +9,8 @@
 //! - [`coerce_args`]: `--arg key=value` typed by a tool's input schema.
 //! - [`cli`]: `ukload mcp tools|call|bench`.
 //!
-//! OWNER: MCP helper.
 
 mod args;
-pub mod cli;
 mod error;
 pub mod schema;
 pub mod server;
@@ -21,10 +19,10 @@ pub mod stdio;
 pub mod tools;
 mod transport;
 mod types;
-mod wire;
 
+pub use crate::framing::MAX_FRAME_LEN;
 pub use args::{coerce_args, parse_arg_pair, split_command};
-pub use error::{codes, McpError};
+pub use error::McpError;
 pub use session::{
     CallOptions, Progress, ProtocolChoice, Session, SessionOptions, SessionStats,
     DEFAULT_DISCOVER_TIMEOUT,
@@ -32,7 +30,6 @@ pub use session::{
 pub use stdio::{spawn_stdio_child, spawn_stdio_child_with, SpawnOptions, StderrTail, StdioChild};
 pub use transport::{CloseOutcome, Transport, TransportGuard};
 pub use types::{Content, InitializeResult, Tool, ToolResult};
-pub use wire::{McpFraming, MAX_FRAME_LEN};
 
 /// The *legacy* MCP revisions this crate speaks (a session set up by
 /// `initialize`), oldest first.

@@ -25,14 +25,14 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::error::codes::{
-    INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
-    UNSUPPORTED_PROTOCOL_VERSION,
-};
 use super::tools::{builtin_tools, call_builtin_timed};
 use super::{
     meta, Era, BATCH_PROTOCOL_VERSION, LATEST_LEGACY_PROTOCOL_VERSION, LEGACY_PROTOCOL_VERSIONS,
     MODERN_PROTOCOL_VERSIONS,
+};
+use crate::jsonrpc::{
+    INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR,
+    UNSUPPORTED_PROTOCOL_VERSION,
 };
 
 /// `serverInfo.name` of the built-in server.

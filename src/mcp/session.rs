@@ -23,15 +23,16 @@ use crossbeam_channel::{
 };
 use serde_json::{json, Map, Value};
 
-use super::error::{codes, McpError};
+use super::error::McpError;
 use super::server::modern_request_meta;
 use super::transport::{CloseOutcome, Transport, TransportGuard};
 use super::types::{preview, InitializeResult, Tool, ToolResult};
-use super::wire::{encode_frame, write_encoded, McpFraming, WireError, WireReader};
 use super::{
     Era, LATEST_LEGACY_PROTOCOL_VERSION, LATEST_PROTOCOL_VERSION, LEGACY_PROTOCOL_VERSIONS,
     MODERN_PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS,
 };
+use crate::framing::{encode_frame, write_encoded, FrameError, FrameReader, Framing};
+use crate::jsonrpc as codes;
 
 /// Default deadline of the `server/discover` probe that tells a modern server
 /// from a legacy one ([`Session::connect`]): long enough for a server that is
@@ -258,7 +259,7 @@ struct Routing {
 
 struct Shared {
     peer: String,
-    framing: McpFraming,
+    framing: Framing,
     out: Sender<WriterCmd>,
     routing: Mutex<Routing>,
     counters: Counters,
@@ -302,8 +303,13 @@ impl Shared {
     fn encode(&self, msg: &Value) -> Result<Vec<u8>, McpError> {
         let payload = serde_json::to_vec(msg)
             .map_err(|e| self.protocol(format!("encoding a message: {e}")))?;
-        encode_frame(self.framing, &payload)
-            .map_err(|e| McpError::io(format!("framing a message for {}", self.peer), e))
+        encode_frame(self.framing, &payload).map_err(|e| match e {
+            FrameError::Io(e) => McpError::io(format!("framing a message for {}", self.peer), e),
+            e => McpError::io(
+                format!("framing a message for {}", self.peer),
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+            ),
+        })
     }
 
     /// Queues a frame for the writer, waiting for room until `deadline` (or
@@ -1273,15 +1279,15 @@ fn writer_loop(
 }
 
 fn reader_loop(shared: &Shared, reader: Box<dyn std::io::Read + Send>) {
-    let mut frames = WireReader::new(reader, shared.framing);
+    let mut frames = FrameReader::new(reader, shared.framing);
     loop {
         let frame = match frames.read_frame() {
             Ok(frame) => frame,
-            Err(WireError::Eof) => {
+            Err(FrameError::Eof) => {
                 shared.fail_all(shared.stream_ended("the server closed its output"));
                 return;
             }
-            Err(e @ WireError::Io(_)) => {
+            Err(e @ (FrameError::Io(_) | FrameError::TimedOut)) => {
                 shared.fail_all(shared.stream_ended(&format!("reading from the server: {e}")));
                 return;
             }

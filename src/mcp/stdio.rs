@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::transport::{CloseOutcome, Transport, TransportGuard};
-use super::wire::McpFraming;
+use crate::framing::Framing;
 
 /// How much of the child's stderr is kept (the most recent bytes).
 pub const STDERR_TAIL_LEN: usize = 64 * 1024;
@@ -451,7 +451,7 @@ impl StdioChild {
 
     /// Makes a transport of this child's stdin/stdout; the child becomes the
     /// transport's guard (ended and reaped when the session closes).
-    pub fn into_transport(self, framing: McpFraming) -> io::Result<Transport> {
+    pub fn into_transport(self, framing: Framing) -> io::Result<Transport> {
         let (stdin, stdout) = (self.take_stdin(), self.take_stdout());
         let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
             return Err(io::Error::new(

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use super::error::codes::INVALID_PARAMS;
+use crate::jsonrpc::INVALID_PARAMS;
 
 /// Upper bound of the `delay_ms` argument, in milliseconds.
 pub const MAX_DELAY_MS: u64 = 60_000;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::error::McpError;
 use super::stdio::{spawn_stdio_child_with, SpawnOptions};
-use super::wire::McpFraming;
+use crate::framing::Framing;
 
 /// How the peer ended when the session closed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub trait TransportGuard: Send + Sync {
 pub struct Transport {
     pub(crate) reader: Box<dyn Read + Send>,
     pub(crate) writer: Box<dyn Write + Send>,
-    pub(crate) framing: McpFraming,
+    pub(crate) framing: Framing,
     pub(crate) peer: String,
     pub(crate) guard: Option<Arc<dyn TransportGuard>>,
 }
@@ -71,7 +71,7 @@ impl Transport {
     pub fn new(
         reader: Box<dyn Read + Send>,
         writer: Box<dyn Write + Send>,
-        framing: McpFraming,
+        framing: Framing,
         peer: impl Into<String>,
     ) -> Self {
         Transport {
@@ -91,14 +91,14 @@ impl Transport {
 
     /// Spawns `argv` as a stdio MCP server (its own process group, stderr kept);
     /// the session kills and reaps it on close.
-    pub fn stdio(argv: &[String], framing: McpFraming) -> Result<Transport, McpError> {
+    pub fn stdio(argv: &[String], framing: Framing) -> Result<Transport, McpError> {
         Transport::stdio_with(argv, framing, &SpawnOptions::default())
     }
 
     /// [`Transport::stdio`] with [`SpawnOptions`] (die with the parent, extra env).
     pub fn stdio_with(
         argv: &[String],
-        framing: McpFraming,
+        framing: Framing,
         opts: &SpawnOptions,
     ) -> Result<Transport, McpError> {
         let child = spawn_stdio_child_with(argv, opts)
@@ -112,7 +112,7 @@ impl Transport {
     /// closing the session shuts the socket down.
     pub fn unix_stream(
         stream: UnixStream,
-        framing: McpFraming,
+        framing: Framing,
         peer: impl Into<String>,
     ) -> Result<Transport, McpError> {
         let peer = peer.into();
@@ -134,7 +134,7 @@ impl Transport {
     /// they are: the session bounds every call with its own deadline.
     pub fn vsock_stream(
         stream: crate::vsock::Stream,
-        framing: McpFraming,
+        framing: Framing,
         peer: impl Into<String>,
     ) -> Result<Transport, McpError> {
         let peer = peer.into();
@@ -151,7 +151,7 @@ impl Transport {
     }
 
     /// The framing in use.
-    pub fn framing(&self) -> McpFraming {
+    pub fn framing(&self) -> Framing {
         self.framing
     }
 

@@ -1,11 +1,14 @@
 //! Command-line definitions of `ukload` and their validation into library
 //! configurations. Every bad value gives one line naming the flag.
 
+pub mod mcp;
+
 use argh::FromArgs;
 use std::path::PathBuf;
 use std::time::Duration;
 use ukload::framing::Framing;
 use ukload::launcher::{self, Kind, LauncherConfig, ReadyMode};
+use ukload::progress::ProgressMode;
 use ukload::run::{MemMetric, RunConfig};
 
 /// Default instance count (the seed's medium load test).
@@ -41,8 +44,18 @@ pub const MAX_DURATION_MS: u64 = MAX_DURATION_S * 1000;
 /// ukload: spawn N unikernels/microVMs, measure true boot time and memory,
 /// run MCP tools over vsock, and leave no process behind.
 pub struct Top {
+    /// print the version and exit
+    #[argh(switch, short = 'V')]
+    pub version: bool,
+
+    /// more diagnostics on stderr, anywhere on the line: -v debug, -vv trace
+    /// (RUST_LOG=debug|trace does the same; -q keeps warnings and errors only)
+    #[argh(switch, short = 'v')]
+    #[allow(dead_code)] // main counts and removes -v before parsing; here for --help
+    pub verbose: bool,
+
     #[argh(subcommand)]
-    pub cmd: Sub,
+    pub cmd: Option<Sub>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -54,7 +67,7 @@ pub enum Sub {
     Ps(PsArgs),
     Cleanup(CleanupArgs),
     Cycles(CyclesArgs),
-    Mcp(ukload::mcp::cli::McpArgs),
+    Mcp(mcp::McpArgs),
     Image(ImageArgs),
     Doctor(DoctorArgs),
     Report(ReportArgs),
@@ -121,6 +134,33 @@ pub enum ImageCmd {
     Build(ImageBuildArgs),
     Info(ImageInfoArgs),
     SlimKernel(ImageSlimArgs),
+    Rootfs(ImageRootfsArgs),
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "rootfs")]
+/// Build a read-only erofs root filesystem for a stdio MCP server in a
+/// microVM: the program (found on PATH), its #! interpreter, its shared
+/// libraries (read from the ELF files), Python's standard library for
+/// python3, files named by the command's arguments, and every --include.
+/// Cached by content in <cache>/rootfs/; prints the image's path. Exit 64
+/// for a missing program, library or include, 69 without mkfs.erofs, 74 when
+/// a file cannot be read or written, 1 when mkfs.erofs fails.
+pub struct ImageRootfsArgs {
+    #[argh(option)]
+    /// the server command, e.g. 'node /srv/echo_server.js' (split like a
+    /// shell would, without one); the guest runs it by default
+    pub command: String,
+    #[argh(option)]
+    /// HOST[:GUEST]: a file or directory tree to put in the image (GUEST
+    /// defaults to HOST's absolute path; repeatable)
+    pub include: Vec<String>,
+    #[argh(option)]
+    /// also copy the image to this path
+    pub out: Option<PathBuf>,
+    #[argh(option)]
+    /// output: human (default; the image path) or json
+    pub format: Option<String>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -151,7 +191,7 @@ pub struct ImageBuildArgs {
 /// Say what is in the image cache, what is missing and how to make it.
 pub struct ImageInfoArgs {}
 
-#[derive(FromArgs, Debug)]
+#[derive(FromArgs, Debug, Default)]
 #[argh(subcommand, name = "run")]
 /// Run a load test: spawn, boot, memory, CIDs, cleanup. Exit 0 PASS, 2 PARTIAL,
 /// 1 FAIL, 64 bad usage, 69 launcher program missing, 74 report not written
@@ -310,8 +350,12 @@ pub struct RunArgs {
     /// `flatpak-spawn --host` (without it ukload refuses to run there)
     pub flatpak_host: bool,
     #[argh(switch, short = 'q')]
-    /// no progress lines on stderr
+    /// no progress lines on stderr (warnings and errors still show)
     pub quiet: bool,
+    #[argh(option)]
+    /// progress on stderr: human (default) or json (one event per line:
+    /// spawning, spawned, booted, boot_failed, tool, memory, teardown, ...)
+    pub progress: Option<String>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -395,8 +439,12 @@ pub struct CyclesArgs {
     /// process behind, a leak or an interruption fails whatever it says
     pub min_success: Option<String>,
     #[argh(switch, short = 'q')]
-    /// no progress lines on stderr
+    /// no progress lines on stderr (warnings and errors still show)
     pub quiet: bool,
+    #[argh(option)]
+    /// progress on stderr: human (default) or json (one event per line:
+    /// spawning, spawned, booted, boot_failed, tool, memory, teardown, ...)
+    pub progress: Option<String>,
 }
 
 /// Default number of measured cycles of `ukload cycles`.
@@ -418,39 +466,23 @@ impl CyclesArgs {
         if per == 0 {
             return Err(Usage("--per-cycle 0: give at least 1 instance".into()));
         }
-        let mut args: Vec<String> = vec![per_cycle, "-q".into()];
-        let mut opt = |flag: &str, v: &Option<String>| {
-            if let Some(v) = v {
-                args.push(flag.into());
-                args.push(v.clone());
-            }
+        // The run flags `cycles` shares, checked by `RunArgs` (same checks,
+        // same messages); each cycle's run is quiet.
+        let run = RunArgs {
+            count: Some(per_cycle),
+            quiet: true,
+            launcher: self.launcher.clone(),
+            guest_bin: self.guest_bin.clone(),
+            guest_boot_delay_ms: self.guest_boot_delay_ms.clone(),
+            exec: self.exec.clone(),
+            boot_timeout: self.boot_timeout.clone(),
+            grace_ms: self.grace_ms.clone(),
+            cid_range: self.cid_range.clone(),
+            framing: self.framing.clone(),
+            log_dir: self.log_dir.clone(),
+            guest_arg: self.guest_arg.clone(),
+            ..RunArgs::default()
         };
-        opt("--launcher", &self.launcher);
-        opt(
-            "--guest-bin",
-            &self.guest_bin.as_ref().map(|p| p.to_string_lossy().into()),
-        );
-        opt("--guest-boot-delay-ms", &self.guest_boot_delay_ms);
-        opt("--exec", &self.exec);
-        opt("--boot-timeout", &self.boot_timeout);
-        opt("--grace-ms", &self.grace_ms);
-        opt("--cid-range", &self.cid_range);
-        opt("--framing", &self.framing);
-        opt(
-            "--log-dir",
-            &self.log_dir.as_ref().map(|p| p.to_string_lossy().into()),
-        );
-        for g in &self.guest_arg {
-            args.push("--guest-arg".into());
-            args.push(g.clone());
-        }
-        let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let run = RunArgs::from_args(&["ukload", "run"], &strs).map_err(|e| {
-            Usage(format!(
-                "cycles: {}",
-                e.output.lines().next().unwrap_or("bad run flags")
-            ))
-        })?;
         let (run_cfg, _) = run.to_config()?;
         let fmt = format(&self.format)?;
         let min_success_pct = match &self.min_success {
@@ -469,11 +501,23 @@ impl CyclesArgs {
             ukload::cycles::CyclesConfig {
                 cycles,
                 run: run_cfg,
-                progress: !self.quiet,
+                progress: progress_mode(self.quiet, &self.progress)?,
                 min_success_pct,
             },
             fmt,
         ))
+    }
+}
+
+/// `-q` and `--progress`: what progress shows.
+fn progress_mode(quiet: bool, progress: &Option<String>) -> Result<ProgressMode, Usage> {
+    match (quiet, progress) {
+        (true, Some(_)) => Err(Usage(
+            "-q and --progress contradict each other: choose one".into(),
+        )),
+        (true, None) => Ok(ProgressMode::Off),
+        (false, None) => Ok(ProgressMode::Human),
+        (false, Some(p)) => p.parse().map_err(|e| Usage(format!("--progress: {e}"))),
     }
 }
 
@@ -692,59 +736,62 @@ impl RunArgs {
         }
         qemu.append = self.kernel_arg.clone();
         let mut guest_args = self.guest_arg.clone();
-        let server = match &self.mcp_server {
-            None => {
-                if self.rootfs.is_some() || !self.include.is_empty() {
-                    return Err(Usage(
-                        "--rootfs and --include need --mcp-server 'CMD ARGS' (the server the image holds)"
-                            .into(),
-                    ));
-                }
-                None
+        let uses_image = self.rootfs.is_some() || !self.include.is_empty();
+        if uses_image && kind != Kind::Qemu {
+            return Err(Usage(format!(
+                "--rootfs and --include are for --launcher qemu, not {kind:?} (the process \
+                 launcher runs --mcp-server on the host)"
+            )));
+        }
+        if self.rootfs.is_some() && !self.include.is_empty() {
+            return Err(Usage(
+                "--include adds files to the image built from --mcp-server; with --rootfs IMAGE \
+                 the image is given: leave one of them out"
+                    .into(),
+            ));
+        }
+        if !self.include.is_empty() && self.mcp_server.is_none() {
+            return Err(Usage(
+                "--include needs --mcp-server 'CMD ARGS' (the server the built image holds)".into(),
+            ));
+        }
+        match (&self.mcp_server, kind) {
+            (None, _) => {
+                // --rootfs alone: the image's manifest names the server.
+                qemu.rootfs = self.rootfs.clone();
             }
-            Some(cmd) => Some(
+            (Some(cmd), Kind::Process) => {
                 ukload::mcp::split_command(cmd)
                     .ok()
                     .filter(|argv| !argv.is_empty())
                     .ok_or_else(|| {
                         Usage(format!(
-                            "--mcp-server {cmd:?}: expected a command line, e.g. 'node /srv/server.js'"
+                            "--mcp-server {cmd:?}: expected a command line, e.g. 'node server.js'"
                         ))
-                    })?,
-            ),
-        };
-        if let Some(argv) = server {
-            match kind {
-                Kind::Process => {
-                    if self.rootfs.is_some() || !self.include.is_empty() {
-                        return Err(Usage(
-                            "--rootfs and --include are for --launcher qemu (the process launcher runs the server on the host)"
-                                .into(),
-                        ));
+                    })?;
+                guest_args.push("--mcp-server".into());
+                guest_args.push(cmd.clone());
+            }
+            (Some(cmd), Kind::Qemu) => {
+                // Parsed (and its --include values checked) here; the image is
+                // built by the launcher's preflight, before any VM starts.
+                let spec = ukload::rootfs::RootfsSpec::parse(cmd, &self.include).map_err(|e| {
+                    Usage(
+                        format!("--mcp-server {cmd:?}: {}", e).replace("--command", "--mcp-server"),
+                    )
+                })?;
+                match &self.rootfs {
+                    Some(img) => {
+                        qemu.rootfs = Some(img.clone());
+                        qemu.server = Some(spec.command);
                     }
-                    guest_args.push("--mcp-server".into());
-                    guest_args.push(self.mcp_server.clone().unwrap_or_default());
+                    None => qemu.build_rootfs = Some(spec),
                 }
-                Kind::Qemu => {
-                    let Some(img) = &self.rootfs else {
-                        return Err(Usage(
-                            "--mcp-server with --launcher qemu needs --rootfs IMAGE (an erofs image holding the server and its libraries; see docs/microvm.md)"
-                                .into(),
-                        ));
-                    };
-                    if !self.include.is_empty() {
-                        return Err(Usage(
-                            "--include builds an image; with --rootfs IMAGE the image is given: leave one out".into(),
-                        ));
-                    }
-                    qemu.rootfs = Some(img.clone());
-                    qemu.server = Some(argv);
-                }
-                other => {
-                    return Err(Usage(format!(
-                        "--mcp-server works with --launcher process or qemu, not {other:?}"
-                    )))
-                }
+            }
+            (Some(_), other) => {
+                return Err(Usage(format!(
+                    "--mcp-server works with --launcher process or qemu, not {other:?}"
+                )))
             }
         }
         let lc = LauncherConfig {
@@ -796,7 +843,7 @@ impl RunArgs {
                         ));
                     }
                     call.timeout = Duration::from_millis(ms);
-                } else if lc.qemu.rootfs.is_some() {
+                } else if lc.qemu.runs_server() {
                     // A real server in an emulated VM: Node takes about 10 s
                     // to start under TCG (docs/microvm.md).
                     call.timeout = launcher::qemu::DEFAULT_VM_SERVER_TOOL_TIMEOUT;
@@ -807,7 +854,7 @@ impl RunArgs {
         // A bridged server that stays silent is reported by the guest before
         // the client's own deadline would end the session without a reason.
         let mut lc = lc;
-        if lc.qemu.rootfs.is_some() {
+        if lc.qemu.runs_server() {
             let t = tool_call
                 .as_ref()
                 .map_or(ukload::toolcall::DEFAULT_TOOL_TIMEOUT, |c| c.timeout);
@@ -839,7 +886,7 @@ impl RunArgs {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_DIR)),
             framing,
             launcher: lc,
-            progress: !self.quiet,
+            progress: progress_mode(self.quiet, &self.progress)?,
         };
         Ok((cfg, fmt))
     }

@@ -22,46 +22,30 @@
 //! 64 (bad command line; one line naming the flag), [`EXIT_IOERR`] 74 (the
 //! result could not be written to stdout; said on stderr).
 
-use crate::report::nearest_rank;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use ukload::stats::Stats;
 
 use argh::FromArgs;
 use serde_json::{json, Map, Value};
 
-use super::args::{coerce_args, parse_arg_pair, split_command};
-use super::error::McpError;
-use super::session::{CallOptions, Progress, ProtocolChoice, Session, SessionOptions};
-use super::stdio::SpawnOptions;
-use super::transport::Transport;
-use super::types::{Tool, ToolResult};
-use super::wire::McpFraming;
-use crate::framing::Framing;
-use crate::vsock::{self, kernel::cid_is_connectable, Endpoint};
+use ukload::framing::Framing;
+use ukload::mcp::{
+    coerce_args, parse_arg_pair, split_command, CallOptions, McpError, Progress, ProtocolChoice,
+    Session, SessionOptions, SpawnOptions, Tool, ToolResult, Transport,
+};
+use ukload::vsock::{self, kernel::cid_is_connectable, Endpoint};
 
-/// Success.
-pub const EXIT_OK: i32 = crate::report::EXIT_PASS;
-/// The tool ran and reported a failure (`isError: true`).
-pub const EXIT_TOOL_ERROR: i32 = 1;
-/// The server answered with a JSON-RPC error (unknown tool, bad arguments, ...).
-pub const EXIT_RPC_ERROR: i32 = 3;
-/// Transport, protocol or timeout failure: we do not know what the server did.
-pub const EXIT_TRANSPORT: i32 = 4;
-/// The server declared no `tools` capability: nothing was asked of it.
-pub const EXIT_NOT_OFFERED: i32 = 5;
-/// The tool requires task-augmented execution (`execution.taskSupport:
-/// "required"`), which ukload does not support: it was not called.
-pub const EXIT_NEEDS_TASKS: i32 = 6;
-/// Bad command line (sysexits.h EX_USAGE).
-pub const EXIT_USAGE: i32 = crate::report::EXIT_USAGE;
-/// The output could not be written to stdout (sysexits.h EX_IOERR).
-pub const EXIT_IOERR: i32 = crate::report::EXIT_IOERR;
+use ukload::exit::{
+    EXIT_FAIL as EXIT_TOOL_ERROR, EXIT_IOERR, EXIT_NEEDS_TASKS, EXIT_NOT_OFFERED,
+    EXIT_PASS as EXIT_OK, EXIT_RPC_ERROR, EXIT_TRANSPORT, EXIT_USAGE,
+};
 
 /// Default deadline of each call, ms.
-pub const DEFAULT_TIMEOUT_MS: u64 = crate::mcp::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64;
+pub const DEFAULT_TIMEOUT_MS: u64 = ukload::mcp::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64;
 /// Default `--max-total-ms` with `--progress-resets-timeout`: the hard bound
 /// of a call that keeps reporting progress (or `--timeout-ms` if longer).
 pub const DEFAULT_MAX_TOTAL_MS: u64 = 600_000;
@@ -313,7 +297,7 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
     pub target: Target,
-    pub framing: McpFraming,
+    pub framing: Framing,
     pub timeout: Duration,
     pub protocol: ProtocolChoice,
 }
@@ -348,7 +332,7 @@ pub fn run(args: McpArgs) -> i32 {
     match result {
         Ok(code) => code,
         Err(Failure::Usage(Usage(msg))) => {
-            crate::status!("ukload mcp: {msg}");
+            say!("ukload mcp: {msg}");
             EXIT_USAGE
         }
         Err(Failure::Mcp(e)) => report_mcp_error(&e),
@@ -377,19 +361,19 @@ impl From<McpError> for Failure {
 fn report_mcp_error(e: &McpError) -> i32 {
     match e {
         McpError::Rpc { code, message, .. } => {
-            crate::status!("error {code}: {message}");
+            say!("error {code}: {message}");
             EXIT_RPC_ERROR
         }
         e @ McpError::NotOffered { .. } => {
-            crate::status!("ukload mcp: {e}");
+            say!("ukload mcp: {e}");
             EXIT_NOT_OFFERED
         }
         e @ McpError::NeedsTasks { .. } => {
-            crate::status!("ukload mcp: {e}");
+            say!("ukload mcp: {e}");
             EXIT_NEEDS_TASKS
         }
         other => {
-            crate::status!("ukload mcp: {other}");
+            say!("ukload mcp: {other}");
             EXIT_TRANSPORT
         }
     }
@@ -426,10 +410,9 @@ fn connection(f: TransportFlags<'_>) -> Result<Connection, Usage> {
         unreachable!("exactly one transport was checked above")
     };
     let framing = match f.framing.as_deref() {
-        None => McpFraming::Line,
+        None => Framing::Line,
         Some(s) => match s.parse::<Framing>() {
-            Ok(Framing::Line) => McpFraming::Line,
-            Ok(Framing::Length) => McpFraming::Length,
+            Ok(f) => f,
             Err(e) => return Err(Usage(format!("--framing: {e}"))),
         },
     };
@@ -726,7 +709,7 @@ pub fn connect(conn: &Connection) -> Result<Session, McpError> {
             let opts = SpawnOptions {
                 die_with_parent: true,
                 env: vec![(
-                    crate::ENV_RUN.into(),
+                    ukload::ENV_RUN.into(),
                     format!("{STDIO_MARKER_PREFIX}{}", std::process::id()).into(),
                 )],
                 ..Default::default()
@@ -757,7 +740,7 @@ fn finish(session: Session, code: i32) -> i32 {
     match session.close() {
         Ok(_) => code,
         Err(e) => {
-            crate::status!("ukload mcp: {e}");
+            say!("ukload mcp: {e}");
             if code == EXIT_OK {
                 EXIT_TRANSPORT
             } else {
@@ -779,7 +762,7 @@ fn printed(result: io::Result<()>, code: i32) -> i32 {
     match result {
         Ok(()) => code,
         Err(e) => {
-            crate::status!("ukload mcp: cannot write the result to stdout: {e}");
+            say!("ukload mcp: cannot write the result to stdout: {e}");
             EXIT_IOERR
         }
     }
@@ -798,7 +781,7 @@ fn cmd_tools(a: ToolsArgs) -> Result<i32, Failure> {
     let session = connect(&conn)?;
     // On stderr, so that stdout stays one line per tool (or pure JSON).
     if !a.quiet {
-        crate::status!("{}", describe_session(&session));
+        say!("{}", describe_session(&session));
     }
     let tools = match session.list_tools() {
         Ok(t) => t,
@@ -926,7 +909,7 @@ fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
 fn failure_code(f: Failure) -> i32 {
     match f {
         Failure::Usage(Usage(msg)) => {
-            crate::status!("ukload mcp: {msg}");
+            say!("ukload mcp: {msg}");
             EXIT_USAGE
         }
         Failure::Mcp(e) => report_mcp_error(&e),
@@ -1010,36 +993,6 @@ fn error_groups<'a>(errors: impl Iterator<Item = (&'static str, &'a str)>) -> Er
         }
     }
     groups
-}
-
-/// Latency summary in milliseconds; percentiles are nearest-rank.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LatencyStats {
-    pub count: usize,
-    pub min_ms: f64,
-    pub median_ms: f64,
-    pub p95_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-    pub mean_ms: f64,
-}
-
-/// Summarizes latencies (any order); `None` for no samples.
-pub fn latency_stats(samples: &[Duration]) -> Option<LatencyStats> {
-    if samples.is_empty() {
-        return None;
-    }
-    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    ms.sort_by(f64::total_cmp);
-    Some(LatencyStats {
-        count: ms.len(),
-        min_ms: ms[0],
-        median_ms: nearest_rank(&ms, 50.0),
-        p95_ms: nearest_rank(&ms, 95.0),
-        p99_ms: nearest_rank(&ms, 99.0),
-        max_ms: ms[ms.len() - 1],
-        mean_ms: ms.iter().sum::<f64>() / ms.len() as f64,
-    })
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
@@ -1135,14 +1088,14 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         match w.join() {
             Ok(done) => results.extend(done),
             Err(_) => {
-                crate::status!("ukload mcp: a benchmark thread panicked");
+                say!("ukload mcp: a benchmark thread panicked");
                 return Ok(close_shared(session, EXIT_TRANSPORT));
             }
         }
     }
     let elapsed = start.elapsed();
     if let Some(e) = spawn_error {
-        crate::status!("ukload mcp: cannot start {parallel} benchmark threads: {e}");
+        say!("ukload mcp: cannot start {parallel} benchmark threads: {e}");
         return Ok(close_shared(session, EXIT_TRANSPORT));
     }
 
@@ -1173,7 +1126,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
             .iter()
             .filter_map(|r| Some((r.0.kind()?, r.2.as_deref()?))),
     );
-    let stats = latency_stats(&answered);
+    let stats = Stats::of_millis(&answered);
     let per_sec = if elapsed.is_zero() {
         0.0
     } else {
@@ -1219,7 +1172,7 @@ fn close_shared(session: Arc<Session>, code: i32) -> i32 {
         Err(shared) => match shared.close() {
             Ok(_) => code,
             Err(e) => {
-                crate::status!("ukload mcp: {e}");
+                say!("ukload mcp: {e}");
                 code.max(EXIT_TRANSPORT)
             }
         },
@@ -1238,7 +1191,7 @@ struct BenchReport<'a> {
     failures: usize,
     elapsed: Duration,
     calls_per_sec: f64,
-    stats: Option<&'a LatencyStats>,
+    stats: Option<&'a Stats>,
     first_error: Option<&'a str>,
     errors: &'a ErrorGroups,
 }
@@ -1247,8 +1200,8 @@ impl BenchReport<'_> {
     fn json(&self) -> String {
         let latency = self.stats.map_or(Value::Null, |s| {
             json!({
-                "min": s.min_ms, "median": s.median_ms, "p95": s.p95_ms,
-                "p99": s.p99_ms, "max": s.max_ms, "mean": s.mean_ms,
+                "min": s.min, "median": s.median, "p95": s.p95,
+                "p99": s.p99, "max": s.max, "mean": s.mean,
             })
         });
         let doc = json!({
@@ -1295,7 +1248,7 @@ impl BenchReport<'_> {
             Some(l) => s.push_str(&format!(
                 "  latency ms: min {:.3}  median {:.3}  p95 {:.3}  p99 {:.3}  max {:.3}  \
                  (mean {:.3}, {} answered)\n",
-                l.min_ms, l.median_ms, l.p95_ms, l.p99_ms, l.max_ms, l.mean_ms, l.count
+                l.min, l.median, l.p95, l.p99, l.max, l.mean, l.count
             )),
             None => s.push_str("  latency: no call was answered\n"),
         }
@@ -1355,7 +1308,7 @@ mod tests {
         let c = connection(flags(&s, &n, &n, &n)).unwrap();
         assert_eq!(c.target, Target::Stdio(vec!["node".into(), "x.js".into()]));
         assert_eq!(c.timeout, Duration::from_millis(DEFAULT_TIMEOUT_MS));
-        assert_eq!(c.framing, McpFraming::Line);
+        assert_eq!(c.framing, Framing::Line);
         let c = connection(flags(&n, &v, &n, &n)).unwrap();
         assert_eq!(
             c.target,
@@ -1482,22 +1435,6 @@ mod tests {
         );
         assert_eq!(progress_text(&p(0.5, None, None)), "progress 0.5");
         assert_eq!(progress_text(&p(3.0, Some(0.0), None)), "progress 3/0");
-    }
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let samples: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
-        let s = latency_stats(&samples).unwrap();
-        assert_eq!(s.count, 100);
-        assert_eq!(s.min_ms, 1.0);
-        assert_eq!(s.median_ms, 50.0);
-        assert_eq!(s.p95_ms, 95.0);
-        assert_eq!(s.p99_ms, 99.0);
-        assert_eq!(s.max_ms, 100.0);
-        assert!((s.mean_ms - 50.5).abs() < 1e-9);
-        let one = latency_stats(&[Duration::from_millis(7)]).unwrap();
-        assert_eq!((one.min_ms, one.median_ms, one.p99_ms), (7.0, 7.0, 7.0));
-        assert!(latency_stats(&[]).is_none());
     }
 
     #[test]

@@ -1,0 +1,365 @@
+//! What the dynamic loader needs to know about an ELF file: its loader
+//! (`PT_INTERP`), the libraries it names (`DT_NEEDED`) and where it says to
+//! look for them (`DT_RUNPATH`, `DT_RPATH`).
+//!
+//! 64-bit little-endian only (x86_64 Linux). Every read is bounded and made
+//! at an offset, so a 100 MB program costs a few KiB of reads, and a
+//! truncated or hostile file gives an error naming it, never a panic or a
+//! huge allocation.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+const EI_CLASS: usize = 4;
+const EI_DATA: usize = 5;
+const ELFCLASS64: u8 = 2;
+const ELFDATA2LSB: u8 = 1;
+const ELF64_EHDR_LEN: usize = 64;
+const ELF64_PHDR_LEN: usize = 56;
+const ELF64_DYN_LEN: usize = 16;
+const E_TYPE: usize = 0x10;
+const E_MACHINE: usize = 0x12;
+const E_PHOFF: usize = 0x20;
+const E_PHENTSIZE: usize = 0x36;
+const E_PHNUM: usize = 0x38;
+
+const PT_LOAD: u32 = 1;
+const PT_DYNAMIC: u32 = 2;
+const PT_INTERP: u32 = 3;
+
+const DT_NULL: u64 = 0;
+const DT_NEEDED: u64 = 1;
+const DT_STRTAB: u64 = 5;
+const DT_STRSZ: u64 = 10;
+const DT_RPATH: u64 = 15;
+const DT_RUNPATH: u64 = 29;
+
+/// `e_type` of an executable and of a shared object (or PIE).
+pub const ET_EXEC: u16 = 2;
+pub const ET_DYN: u16 = 3;
+
+/// Most program headers read (real programs have about 15).
+const MAX_PHNUM: usize = 256;
+/// Largest dynamic section read (real ones are a few hundred bytes).
+const MAX_DYNAMIC_BYTES: u64 = 64 * 1024;
+/// Longest `PT_INTERP` path and longest string read from `.dynstr`
+/// (PATH_MAX).
+const MAX_STRING: usize = 4096;
+
+/// What [`read`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ElfInfo {
+    /// `e_type`: [`ET_EXEC`], [`ET_DYN`], ...
+    pub elf_type: u16,
+    /// `e_machine` (62 for x86_64).
+    pub machine: u16,
+    /// The dynamic loader named by `PT_INTERP` (programs only).
+    pub interp: Option<PathBuf>,
+    /// `DT_NEEDED` names, in order.
+    pub needed: Vec<String>,
+    /// File offset of each `DT_NEEDED` string (same order as `needed`).
+    pub needed_at: Vec<u64>,
+    /// `DT_RUNPATH`, split at ':' (unexpanded: `$ORIGIN` stays).
+    pub runpath: Vec<String>,
+    /// `DT_RPATH`, split at ':' (unexpanded).
+    pub rpath: Vec<String>,
+}
+
+/// Why a file could not be read as ELF.
+#[derive(Debug)]
+pub enum ElfError {
+    /// Open or read failed.
+    Io(PathBuf, io::Error),
+    /// Not an ELF file at all (callers treat these as plain data).
+    NotElf(PathBuf),
+    /// ELF, but not one this reader handles, or malformed.
+    Bad(PathBuf, String),
+}
+
+impl fmt::Display for ElfError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ElfError::Io(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            ElfError::NotElf(p) => write!(f, "{} is not an ELF file", p.display()),
+            ElfError::Bad(p, why) => write!(f, "{}: {why}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for ElfError {}
+
+/// Whether `path` starts with the ELF magic (false when unreadable).
+pub fn is_elf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    File::open(path)
+        .and_then(|f| f.read_exact_at(&mut magic, 0))
+        .is_ok()
+        && &magic == ELF_MAGIC
+}
+
+struct Reader<'a> {
+    file: File,
+    len: u64,
+    path: &'a Path,
+}
+
+impl Reader<'_> {
+    fn bad(&self, why: impl Into<String>) -> ElfError {
+        ElfError::Bad(self.path.to_path_buf(), why.into())
+    }
+
+    /// `n` bytes at `off`, which must lie inside the file.
+    fn bytes(&self, off: u64, n: usize, what: &str) -> Result<Vec<u8>, ElfError> {
+        let end = off.checked_add(n as u64);
+        if end.is_none_or(|e| e > self.len) {
+            return Err(self.bad(format!(
+                "{what} at offset {off} ({n} bytes) lies past the end of the file ({} bytes)",
+                self.len
+            )));
+        }
+        let mut buf = vec![0u8; n];
+        self.file
+            .read_exact_at(&mut buf, off)
+            .map_err(|e| ElfError::Io(self.path.to_path_buf(), e))?;
+        Ok(buf)
+    }
+
+    /// A NUL-terminated string at `off`, at most `max` bytes, not past `limit`.
+    fn string(&self, off: u64, limit: u64, what: &str) -> Result<String, ElfError> {
+        let avail = limit.min(self.len).saturating_sub(off);
+        let n = (avail as usize).min(MAX_STRING);
+        let buf = self.bytes(off, n, what)?;
+        let end = buf
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or_else(|| self.bad(format!("{what} at offset {off} is not NUL-terminated")))?;
+        String::from_utf8(buf[..end].to_vec())
+            .map_err(|_| self.bad(format!("{what} at offset {off} is not UTF-8")))
+    }
+}
+
+fn u16_at(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes([b[o], b[o + 1]])
+}
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Phdr {
+    p_type: u32,
+    offset: u64,
+    vaddr: u64,
+    filesz: u64,
+}
+
+/// Reads what the loader needs from the ELF file at `path`.
+pub fn read(path: &Path) -> Result<ElfInfo, ElfError> {
+    let io_err = |e| ElfError::Io(path.to_path_buf(), e);
+    let file = File::open(path).map_err(io_err)?;
+    let len = file.metadata().map_err(io_err)?.len();
+    let r = Reader { file, len, path };
+    if len < ELF64_EHDR_LEN as u64 {
+        return if is_elf(path) {
+            Err(r.bad("truncated ELF header"))
+        } else {
+            Err(ElfError::NotElf(path.to_path_buf()))
+        };
+    }
+    let eh = r.bytes(0, ELF64_EHDR_LEN, "ELF header")?;
+    if &eh[..4] != ELF_MAGIC {
+        return Err(ElfError::NotElf(path.to_path_buf()));
+    }
+    if eh[EI_CLASS] != ELFCLASS64 || eh[EI_DATA] != ELFDATA2LSB {
+        return Err(r.bad("not a 64-bit little-endian ELF file (only x86_64 guests are supported)"));
+    }
+    let mut info = ElfInfo {
+        elf_type: u16_at(&eh, E_TYPE),
+        machine: u16_at(&eh, E_MACHINE),
+        ..ElfInfo::default()
+    };
+    let phoff = u64_at(&eh, E_PHOFF);
+    let phentsize = u16_at(&eh, E_PHENTSIZE) as usize;
+    let phnum = u16_at(&eh, E_PHNUM) as usize;
+    if phnum == 0 {
+        return Ok(info);
+    }
+    if phentsize != ELF64_PHDR_LEN || phnum > MAX_PHNUM {
+        return Err(r.bad(format!(
+            "unexpected program headers ({phnum} of {phentsize} bytes)"
+        )));
+    }
+    let raw = r.bytes(phoff, phnum * ELF64_PHDR_LEN, "program headers")?;
+    let phdrs: Vec<Phdr> = raw
+        .chunks_exact(ELF64_PHDR_LEN)
+        .map(|b| Phdr {
+            p_type: u32_at(b, 0),
+            offset: u64_at(b, 8),
+            vaddr: u64_at(b, 16),
+            filesz: u64_at(b, 32),
+        })
+        .collect();
+    if let Some(p) = phdrs.iter().find(|p| p.p_type == PT_INTERP) {
+        let limit = p.offset.saturating_add(p.filesz);
+        info.interp = Some(PathBuf::from(r.string(p.offset, limit, "PT_INTERP")?));
+    }
+    let Some(dynamic) = phdrs.iter().find(|p| p.p_type == PT_DYNAMIC) else {
+        return Ok(info);
+    };
+    if dynamic.filesz > MAX_DYNAMIC_BYTES {
+        return Err(r.bad(format!(
+            "dynamic section of {} bytes (at most {MAX_DYNAMIC_BYTES} read)",
+            dynamic.filesz
+        )));
+    }
+    let dynb = r.bytes(dynamic.offset, dynamic.filesz as usize, "dynamic section")?;
+    let mut entries = Vec::new();
+    let (mut strtab, mut strsz) = (None, None);
+    for d in dynb.chunks_exact(ELF64_DYN_LEN) {
+        let (tag, val) = (u64_at(d, 0), u64_at(d, 8));
+        match tag {
+            DT_NULL => break,
+            DT_STRTAB => strtab = Some(val),
+            DT_STRSZ => strsz = Some(val),
+            DT_NEEDED | DT_RPATH | DT_RUNPATH => entries.push((tag, val)),
+            _ => {}
+        }
+    }
+    if entries.is_empty() {
+        return Ok(info);
+    }
+    let (Some(strtab), Some(strsz)) = (strtab, strsz) else {
+        return Err(r.bad("dynamic section names libraries but has no DT_STRTAB/DT_STRSZ"));
+    };
+    // DT_STRTAB is an address: find the file offset through the PT_LOAD that maps it.
+    let str_off = phdrs
+        .iter()
+        .filter(|p| p.p_type == PT_LOAD)
+        .find(|p| strtab >= p.vaddr && strtab < p.vaddr.saturating_add(p.filesz))
+        .map(|p| p.offset + (strtab - p.vaddr))
+        .ok_or_else(|| {
+            r.bad(format!(
+                "DT_STRTAB address {strtab:#x} is in no loaded segment"
+            ))
+        })?;
+    let str_end = str_off.saturating_add(strsz);
+    for (tag, val) in entries {
+        if val >= strsz {
+            return Err(r.bad(format!("dynamic string offset {val} past DT_STRSZ {strsz}")));
+        }
+        let at = str_off + val;
+        let s = r.string(at, str_end, "dynamic string")?;
+        let split = |s: &str| -> Vec<String> {
+            s.split(':')
+                .filter(|p| !p.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        match tag {
+            DT_NEEDED => {
+                info.needed.push(s);
+                info.needed_at.push(at);
+            }
+            DT_RUNPATH => info.runpath.extend(split(&s)),
+            _ => info.rpath.extend(split(&s)),
+        }
+    }
+    Ok(info)
+}
+
+/// Where in the file `path` the `DT_NEEDED` string `name` is stored (for
+/// tests that patch a copy of a real binary).
+pub fn needed_string_offset(path: &Path, name: &str) -> Result<Option<u64>, ElfError> {
+    let info = read(path)?;
+    Ok(info
+        .needed
+        .iter()
+        .position(|n| n == name)
+        .map(|i| info.needed_at[i]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str, data: &[u8]) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("ukload-elf-{}-{name}", std::process::id()));
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    #[test]
+    fn bin_true_names_its_loader_and_libc() {
+        let info = read(Path::new("/bin/true")).unwrap();
+        assert_eq!(
+            info.interp.as_deref(),
+            Some(Path::new("/lib64/ld-linux-x86-64.so.2"))
+        );
+        assert!(info.needed.contains(&"libc.so.6".to_string()), "{info:?}");
+        assert_eq!(info.machine, 62);
+    }
+
+    #[test]
+    fn a_shared_library_has_needed_but_no_loader() {
+        let libc = Path::new("/lib/x86_64-linux-gnu/libm.so.6");
+        let info = read(libc).unwrap();
+        assert_eq!(info.interp, None);
+        assert_eq!(info.elf_type, ET_DYN);
+        assert!(info.needed.contains(&"libc.so.6".to_string()), "{info:?}");
+    }
+
+    #[test]
+    fn text_is_not_elf_and_truncated_elf_is_an_error_naming_the_file() {
+        let t = tmp("text", b"#!/bin/sh\necho hi\n");
+        assert!(matches!(read(&t), Err(ElfError::NotElf(_))));
+        assert!(!is_elf(&t));
+        let whole = std::fs::read("/bin/true").unwrap();
+        let cut = tmp("cut", &whole[..200]);
+        let err = read(&cut).unwrap_err();
+        assert!(matches!(err, ElfError::Bad(..)), "{err}");
+        assert!(
+            err.to_string().contains(&cut.display().to_string()),
+            "{err}"
+        );
+        let tiny = tmp("tiny", &whole[..10]);
+        assert!(matches!(read(&tiny), Err(ElfError::Bad(..))));
+        for p in [t, cut, tiny] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    #[test]
+    fn a_32_bit_elf_is_refused() {
+        let mut whole = std::fs::read("/bin/true").unwrap();
+        whole[EI_CLASS] = 1;
+        let p = tmp("elf32", &whole);
+        let err = read(&p).unwrap_err().to_string();
+        assert!(err.contains("64-bit"), "{err}");
+        let _ = std::fs::remove_file(p);
+    }
+
+    #[test]
+    fn huge_program_header_count_is_refused_without_allocating() {
+        let mut whole = std::fs::read("/bin/true").unwrap();
+        whole[E_PHNUM..E_PHNUM + 2].copy_from_slice(&u16::MAX.to_le_bytes());
+        let p = tmp("phnum", &whole);
+        assert!(matches!(read(&p), Err(ElfError::Bad(..))));
+        let _ = std::fs::remove_file(p);
+    }
+
+    #[test]
+    fn the_needed_string_can_be_found_for_patching() {
+        let off = needed_string_offset(Path::new("/bin/true"), "libc.so.6")
+            .unwrap()
+            .unwrap();
+        let data = std::fs::read("/bin/true").unwrap();
+        assert_eq!(&data[off as usize..off as usize + 10], b"libc.so.6\0");
+    }
+}
