@@ -449,3 +449,81 @@ fn the_node_echo_server_in_a_microvm_lists_and_runs_its_tools_over_vsock() {
     let log = std::fs::read_to_string(&vm.log).unwrap();
     assert!(log.contains("MCP server: /"), "{log}");
 }
+
+/// `ukload run 1 ARGS...` isolated in `dir`; returns exit code and stderr.
+fn run_flags(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = ukload(dir);
+    cmd.args(run_args(dir, 1)).args(args);
+    let out = output_within(cmd, Duration::from_secs(60));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn server_image_flags_that_do_not_fit_together_are_usage_errors_naming_them() {
+    let dir = TempDir::new("vmmcpflags");
+    let echo = echo_cmd();
+    for (args, want) in [
+        (
+            vec!["--rootfs", "/x.erofs"],
+            "--rootfs and --include are for --launcher qemu",
+        ),
+        (
+            vec!["--launcher", "qemu", "--include", "/etc/hostname"],
+            "--include needs --mcp-server",
+        ),
+        (
+            vec![
+                "--launcher",
+                "qemu",
+                "--mcp-server",
+                &echo,
+                "--rootfs",
+                "/x.erofs",
+                "--include",
+                "/etc/hostname",
+            ],
+            "leave one of them out",
+        ),
+        (
+            vec!["--launcher", "kraft", "--mcp-server", &echo],
+            "--mcp-server works with --launcher process or qemu",
+        ),
+    ] {
+        let (code, err) = run_flags(dir.path(), &args);
+        assert_eq!(code, Some(64), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_server_whose_image_cannot_be_built_fails_the_run_before_any_vm_starts() {
+    let dir = TempDir::new("vmmcpnoprog");
+    let started = Instant::now();
+    let (code, err) = run_flags(
+        dir.path(),
+        &[
+            "--launcher",
+            "qemu",
+            "--mcp-server",
+            "ukload-no-such-server-program --stdio",
+        ],
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("building the root filesystem image")
+            && err.contains("ukload-no-such-server-program"),
+        "{err}"
+    );
+    // Nothing was started: no run directory holds an instance log.
+    assert!(
+        !dir.path().join("logs").exists()
+            || std::fs::read_dir(dir.path().join("logs"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}

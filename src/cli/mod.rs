@@ -331,8 +331,8 @@ pub struct RunArgs {
     /// when given
     pub max_connect_ms: Option<String>,
     #[argh(option)]
-    /// deadline of one tool call in ms (default 10000; 60000 with --mcp-server
-    /// and --launcher qemu; at most 86400000)
+    /// deadline of one tool call in ms (default 10000; 180000 with
+    /// --mcp-server and --launcher qemu; at most 86400000)
     pub tool_timeout_ms: Option<String>,
     #[argh(option)]
     /// also write a JUnit XML file (a testcase per instance per phase) for CI
@@ -844,8 +844,8 @@ impl RunArgs {
                     }
                     call.timeout = Duration::from_millis(ms);
                 } else if lc.qemu.runs_server() {
-                    // A real server in an emulated VM: Node takes about 10 s
-                    // to start under TCG (docs/microvm.md).
+                    // A real server in an emulated VM: Node takes 10 s (one
+                    // VM) to 70 s (ten) to start under TCG (docs/microvm.md).
                     call.timeout = launcher::qemu::DEFAULT_VM_SERVER_TOOL_TIMEOUT;
                 }
                 Some(call)

@@ -184,10 +184,11 @@ pub struct QemuConfig {
 }
 
 /// Default deadline of a tool call (and of the session's start) when each VM
-/// runs a real MCP server (`--mcp-server`): Node needs about 10 s to start in
-/// a TCG guest on a shared 2-core host (docs/microvm.md, "MCP servers in the
-/// VM"); the guest ends a server silent for this long after its first request.
-pub const DEFAULT_VM_SERVER_TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+/// runs a real MCP server (`--mcp-server`): under TCG on a shared 2-core host
+/// Node needs about 10 s to start in one VM and about 70 s when 10 VMs start
+/// it at once (docs/microvm.md, "MCP servers in the VM"); the guest ends a
+/// server silent for this long after its first request.
+pub const DEFAULT_VM_SERVER_TOOL_TIMEOUT: Duration = Duration::from_secs(180);
 /// Linux's x86 limit on the kernel command line (`COMMAND_LINE_SIZE`),
 /// including the terminating NUL.
 pub const KERNEL_CMDLINE_MAX: usize = 2048;
