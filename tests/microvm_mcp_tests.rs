@@ -290,6 +290,31 @@ fn a_server_that_floods_without_a_newline_is_ended_and_named() {
     assert_nothing_left(doc["run_id"].as_str().unwrap());
 }
 
+#[test]
+fn a_server_program_missing_from_the_image_is_named_and_the_guest_keeps_running() {
+    need_vm_mcp!();
+    let _g = lock();
+    let dir = TempDir::new("vmmcpnoprog");
+    let cmd = vm_mcp_run(
+        dir.path(),
+        1,
+        true,
+        "/usr/bin/ukload-no-such-server /srv/x.js",
+        r#"echo:{"message":"hi"}"#,
+        &["--tool-timeout-ms", "30000"],
+    );
+    let out = output_within(cmd, RUN_DEADLINE);
+    // It booted (PID 1 did not die starting the server ahead) and the call
+    // says why nothing answers.
+    let (err, doc) = failed_tool_error(&out);
+    assert!(
+        err.contains("no such program in the root filesystem image")
+            && err.contains("/usr/bin/ukload-no-such-server"),
+        "{err}"
+    );
+    assert_nothing_left(doc["run_id"].as_str().unwrap());
+}
+
 /// A VM started by the test itself from the launcher's own plan: its
 /// processes are in process groups the test created and ends on drop.
 struct TestVm {

@@ -34,7 +34,7 @@ use std::collections::HashSet;
 use std::io::{self, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -140,7 +140,22 @@ impl BridgeMode {
             root: self.root.clone(),
             stderr_echo_prefix: self.console.then(|| "mcp-server: ".to_string()),
         };
-        spawn_stdio_child_with(&self.argv, &opts).map_err(|e| e.to_string())
+        if let Some(root) = &self.root {
+            program_in_root(root, &self.argv[0])?;
+        }
+        let argv = &self.argv;
+        // Inside a VM, PID 1's reaper can collect a child whose exec failed
+        // (a loader or library missing in the image) before std's spawn waits
+        // for it, and std then panics; that must not take PID 1 down.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            spawn_stdio_child_with(argv, &opts)
+        })) {
+            Ok(spawned) => spawned.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "spawning {argv:?}: exec failed in the root filesystem image (is its \
+                 loader or a library missing from the image?)"
+            )),
+        }
     }
 
     /// Runs the server in `root` (chroot), with its stderr copied to the
@@ -555,6 +570,37 @@ impl<'a> Bridge<'a> {
     }
 }
 
+/// Whether `program` (as exec would find it with [`ROOTFS_PATH`] after
+/// `chroot(root)`) exists in `root`. Symlinks count without being followed
+/// (an absolute target means a path inside the image, not on this root).
+fn program_in_root(root: &Path, program: &str) -> Result<(), String> {
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![PathBuf::from(program)]
+    } else {
+        ROOTFS_PATH
+            .split(':')
+            .map(|d| Path::new(d).join(program))
+            .collect()
+    };
+    let found = candidates.iter().any(|c| {
+        root.join(c.strip_prefix("/").unwrap_or(c))
+            .symlink_metadata()
+            .is_ok()
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program}: no such program in the root filesystem image (looked for {})",
+            candidates
+                .iter()
+                .map(|c| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+}
+
 /// `PATH` of a server run in a root filesystem image (the VM's init has none).
 pub const ROOTFS_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -753,5 +799,17 @@ mod tests {
         assert_eq!(describe_wait_status(1 << 8), "exit status: 1");
         assert_eq!(describe_wait_status(9), "signal: 9");
         assert!(BridgeMode::new(Vec::new()).is_err());
+        let root = std::env::temp_dir().join(format!("ukload-bridge-root-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::write(root.join("usr/bin/node"), b"").unwrap();
+        assert!(program_in_root(&root, "node").is_ok());
+        assert!(program_in_root(&root, "/usr/bin/node").is_ok());
+        let err = program_in_root(&root, "python3").unwrap_err();
+        assert!(
+            err.contains("no such program") && err.contains("/usr/bin/python3"),
+            "{err}"
+        );
+        assert!(program_in_root(&root, "/opt/x").is_err());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
