@@ -327,6 +327,13 @@ struct ConfigView<'a> {
     tool_call: Option<String>,
     max_tool_ms: f64,
     max_connect_ms: Option<f64>,
+    /// qemu launcher: the MCP server every VM runs (argv in the guest;
+    /// `None` with a root filesystem image: its manifest's command).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcp_server: Option<&'a [String]>,
+    /// qemu launcher: the root filesystem image every VM attaches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rootfs: Option<&'a std::path::Path>,
 }
 
 fn config_view(cfg: &RunConfig) -> ConfigView<'_> {
@@ -347,6 +354,8 @@ fn config_view(cfg: &RunConfig) -> ConfigView<'_> {
         tool_call: cfg.tool_call.as_ref().map(|c| c.name.clone()),
         max_tool_ms: cfg.max_tool_ms,
         max_connect_ms: cfg.max_connect_ms,
+        mcp_server: cfg.launcher.qemu.server.as_deref(),
+        rootfs: cfg.launcher.qemu.rootfs.as_deref(),
     }
 }
 
@@ -418,6 +427,19 @@ pub fn write_human_for(
     )?;
     writeln!(out, "  Test timeout: {}s", cfg.boot_timeout.as_secs_f64())?;
     writeln!(out, "  Logs: {}", cfg.log_dir.display())?;
+    if let Some(img) = &cfg.launcher.qemu.rootfs {
+        let server = cfg
+            .launcher
+            .qemu
+            .server
+            .as_ref()
+            .map_or("the image's manifest command".to_string(), |a| a.join(" "));
+        writeln!(
+            out,
+            "  MCP server in every VM: {server} (root filesystem {})",
+            img.display()
+        )?;
+    }
 
     writeln!(out, "\nPhase 1: Concurrent Spawning")?;
     for i in &r.instances {

@@ -193,6 +193,21 @@ fn three_microvms_run_the_node_echo_server_and_answer_a_tool_call() {
         "{}\n{doc:#}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The report names the image every VM attached and the server it ran.
+    assert!(
+        doc["config"]["rootfs"]
+            .as_str()
+            .is_some_and(|p| p.ends_with(".erofs")),
+        "{:#}",
+        doc["config"]
+    );
+    assert!(
+        doc["config"]["mcp_server"][1]
+            .as_str()
+            .is_some_and(|a| a.ends_with("echo_server.js")),
+        "{:#}",
+        doc["config"]
+    );
     for i in instances(&doc) {
         assert_eq!(i["tool_result"], "Echo: hi", "{i:#}");
         assert!(i["server_start_ms"].as_f64().unwrap() > 0.0, "{i:#}");
