@@ -525,6 +525,10 @@ fn mount_rootfs_steps(spec: &ServerSpec) -> Result<Vec<String>, String> {
             }
             Err(e) => return Err(format!("checking {target}: {e}")),
         }
+        if dir == "tmp" {
+            mount_tmp_keeping_contents(&target, flags, data)?;
+            continue;
+        }
         do_mount(source, &target, fstype, flags, data)
             .map_err(|e| format!("mounting {fstype} on {target}: {e}"))?;
     }
@@ -539,6 +543,87 @@ fn mount_rootfs_steps(spec: &ServerSpec) -> Result<Vec<String>, String> {
         )
     })?;
     manifest_command(&text).map_err(|e| format!("the image's manifest {ROOTFS_MANIFEST}: {e}"))
+}
+
+/// Where the server's `/tmp` tmpfs is mounted first (in the initramfs), to be
+/// filled with the image's `/tmp` and then moved onto it.
+const TMP_STAGE_DIR: &str = "/.rootfs-tmp";
+/// How deep the image's `/tmp` tree is copied.
+const TMP_COPY_DEPTH: usize = 32;
+
+/// Mounts the writable tmpfs on `target` (the image's `/tmp`) without hiding
+/// what the image holds there (a server script built from a host path under
+/// `/tmp` lands there): the tmpfs is mounted on [`TMP_STAGE_DIR`] first, the
+/// image's `/tmp` tree is copied into it (it then costs guest RAM), and it
+/// is moved onto `target`.
+fn mount_tmp_keeping_contents(
+    target: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), String> {
+    match std::fs::create_dir(TMP_STAGE_DIR) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("creating {TMP_STAGE_DIR}: {e}")),
+    }
+    match mount_state(TMP_STAGE_DIR) {
+        Ok(MountState::NotMounted) => {}
+        other => {
+            return Err(format!(
+                "{TMP_STAGE_DIR} is not a free directory ({other:?}); refusing to mount there"
+            ))
+        }
+    }
+    do_mount("tmpfs", TMP_STAGE_DIR, "tmpfs", flags, data)
+        .map_err(|e| format!("mounting tmpfs on {TMP_STAGE_DIR}: {e}"))?;
+    copy_tree(
+        std::path::Path::new(target),
+        std::path::Path::new(TMP_STAGE_DIR),
+        TMP_COPY_DEPTH,
+    )
+    .map_err(|e| format!("copying the image's /tmp into its tmpfs: {e}"))?;
+    do_mount(TMP_STAGE_DIR, target, "", libc::MS_MOVE, None)
+        .map_err(|e| format!("moving the tmpfs from {TMP_STAGE_DIR} onto {target}: {e}"))
+}
+
+/// Copies the tree under `from` into the existing directory `to`: files
+/// (with their modes), directories and symlinks (as links), at most `depth`
+/// levels deep.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path, depth: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if depth == 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is nested more than {TMP_COPY_DEPTH} levels deep",
+            from.display()
+        )));
+    }
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let meta = std::fs::symlink_metadata(&src)?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if ft.is_dir() {
+            std::fs::create_dir(&dst)?;
+            copy_tree(&src, &dst, depth - 1)?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode_bits()))?;
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+trait ModeBits {
+    fn mode_bits(&self) -> u32;
+}
+
+impl ModeBits for std::fs::Metadata {
+    fn mode_bits(&self) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        self.permissions().mode() & 0o7777
+    }
 }
 
 /// A file system mounted inside the server's root (its source is its type's name).
@@ -1259,6 +1344,41 @@ mod tests {
         for bad in ["{}", r#"{"command":[]}"#, r#"{"command":"node"}"#, "nope"] {
             assert!(manifest_command(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_tree_is_copied_with_files_modes_dirs_and_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("ukload-copy-tree-{}", std::process::id()));
+        let (from, to) = (base.join("from"), base.join("to"));
+        std::fs::create_dir_all(from.join("a/b")).unwrap();
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::write(from.join("a/b/s.js"), b"x").unwrap();
+        std::fs::set_permissions(
+            from.join("a/b/s.js"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("b/s.js", from.join("a/l")).unwrap();
+        copy_tree(&from, &to, TMP_COPY_DEPTH).unwrap();
+        assert_eq!(std::fs::read(to.join("a/b/s.js")).unwrap(), b"x");
+        assert_eq!(
+            std::fs::metadata(to.join("a/b/s.js"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o750
+        );
+        assert_eq!(
+            std::fs::read_link(to.join("a/l")).unwrap(),
+            std::path::Path::new("b/s.js")
+        );
+        assert!(copy_tree(&from, &base.join("to2-missing"), TMP_COPY_DEPTH).is_err());
+        let deep = base.join("deep");
+        std::fs::create_dir_all(&deep).unwrap();
+        assert!(copy_tree(&from, &deep, 2).is_err(), "a/b is 3 levels");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
