@@ -295,7 +295,10 @@ pub const CMDLINE_SERVER_TIMEOUT_PARAM: &str = "ukload.server_timeout_ms";
 /// chrooted there.
 pub const ROOTFS_DIR: &str = "/rootfs";
 /// The image's manifest (inside the image): `{"command": [argv...], ...}`.
-pub const ROOTFS_MANIFEST: &str = crate::rootfs::MANIFEST_PATH;
+/// The same path as `rootfs::MANIFEST_PATH` (the image builder's; not
+/// imported, so that the guest does not depend on the builder: a test checks
+/// they agree).
+pub const ROOTFS_MANIFEST: &str = "/etc/ukload-rootfs.json";
 /// File system type of the image.
 pub const ROOTFS_FSTYPE: &str = "erofs";
 /// `f_type` of erofs (`EROFS_SUPER_MAGIC_V1`).
