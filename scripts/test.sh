@@ -44,6 +44,8 @@ fi
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 
 
+echo "== module dependencies (no cycles)"
+python3 scripts/module-cycles.py
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

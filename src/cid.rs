@@ -32,7 +32,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -43,6 +42,7 @@ use crate::exit::{EXIT_IOERR, EXIT_TEMPFAIL, EXIT_USAGE};
 use crate::fsafe::{self, FsafeError};
 use crate::paths;
 use crate::proc;
+use crate::runs::{try_flock, unlock, LockMode, TryLock};
 
 /// Lowest CID a guest may get: 0 (hypervisor), 1 (local) and 2 (host) are
 /// reserved.
@@ -339,42 +339,6 @@ fn summarize_holders(holders: &[(u32, Option<HolderInfo>)]) -> String {
     parts.join(", ")
 }
 
-/// Outcome of a non-blocking `flock`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum TryLock {
-    Locked,
-    WouldBlock,
-}
-
-/// `flock(fd, op | LOCK_NB)`, retried on `EINTR`; never blocks.
-pub(crate) fn try_flock(file: &File, op: i32) -> io::Result<TryLock> {
-    loop {
-        // SAFETY: flock takes a descriptor we own through `file` (alive for
-        // the call) and an integer operation; no memory is shared.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(TryLock::Locked);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(TryLock::WouldBlock),
-            _ => return Err(e),
-        }
-    }
-}
-
-/// Releases a lock taken with [`try_flock`] (closing the file would too).
-pub(crate) fn unlock(file: &File) -> io::Result<()> {
-    // SAFETY: as in try_flock; LOCK_UN never blocks.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 /// A CID held by this process until the lease is dropped (closing the file
 /// releases the lock; the file itself stays).
 #[derive(Debug)]
@@ -424,7 +388,7 @@ impl CidLease {
             fsafe::ensure_dir(dir, fsafe::runtime_dir_mode())?;
         }
         let file = fsafe::open_lock(&self.path)?;
-        match try_flock(&file, libc::LOCK_EX) {
+        match try_flock(&file, LockMode::Exclusive) {
             Ok(TryLock::Locked) => {}
             Ok(TryLock::WouldBlock) => {
                 return Err(CidError::Io {
@@ -474,7 +438,7 @@ pub fn cid_users(range: CidRange) -> Vec<(u32, HolderInfo)> {
     let runs_dir = paths::runs_dir();
     let mut users: Vec<(u32, HolderInfo)> = carriers(range)
         .into_iter()
-        .filter(|m| !crate::instances::marked_run_alive(&runs_dir, m))
+        .filter(|m| !crate::runs::marked_run_alive(&runs_dir, m))
         .filter_map(as_holder)
         .collect();
     users.sort_by_key(|(c, h)| (*c, h.pid));
@@ -576,7 +540,7 @@ impl CidRegistry {
     fn try_take(&self, cid: u32) -> Result<Option<File>, CidError> {
         let path = self.lock_path(cid);
         let file = fsafe::open_lock(&path)?;
-        match try_flock(&file, libc::LOCK_EX) {
+        match try_flock(&file, LockMode::Exclusive) {
             Ok(TryLock::Locked) => Ok(Some(file)),
             Ok(TryLock::WouldBlock) => Ok(None),
             Err(source) => Err(CidError::Io {
@@ -688,7 +652,7 @@ impl CidRegistry {
                 Ok(Some(d)) if !d.is_empty() => same_dir(&Path::new(&d).join("cids"), &self.dir),
                 _ => false,
             };
-            if this_registry || !crate::instances::marked_run_alive(&runs_dir, &m) {
+            if this_registry || !crate::runs::marked_run_alive(&runs_dir, &m) {
                 if let Some((cid, h)) = as_holder(m) {
                     out.entry(cid).or_insert(h);
                 }
@@ -726,7 +690,7 @@ impl CidRegistry {
                 })
             }
         };
-        match try_flock(&file, libc::LOCK_SH) {
+        match try_flock(&file, LockMode::Shared) {
             Ok(TryLock::WouldBlock) => Ok(true),
             Ok(TryLock::Locked) => {
                 // Closing the file right after releases it too; unlock

@@ -344,10 +344,10 @@ pub fn run_cycles(
         run::run(run_cfg.clone(), run_id, sup, stop.clone())?;
     }
     let start = sample_or("start")?;
-    let mut boots: Vec<f64> = Vec::with_capacity(cfg.cycles as usize * run_cfg.count as usize);
-    let mut failures = Vec::new();
-    let (mut completed, mut succeeded, mut left_behind) = (0u32, 0u32, 0u32);
-    let (mut host_first, mut host_last) = (HostSample::default(), HostSample::default());
+    let mut tally = CycleTally {
+        boots: Vec::with_capacity(cfg.cycles as usize * run_cfg.count as usize),
+        ..CycleTally::default()
+    };
     for n in 1..=cfg.cycles {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -356,17 +356,64 @@ pub fn run_cycles(
         if r.interrupted.is_some() {
             break;
         }
-        completed += 1;
-        host_last = host_sample(&r);
-        if completed == 1 {
-            host_first = host_last;
+        tally.record(cfg, n, &r);
+        if cfg.progress.on() && n % PROGRESS_EVERY == 0 {
+            emit_cycle_progress(cfg, n, tally.succeeded);
+        }
+    }
+    let end = sample_or("end")?;
+    Ok(CyclesReport {
+        run_id: run_id.to_string(),
+        cycles: cfg.cycles,
+        completed: tally.completed,
+        per_cycle: run_cfg.count,
+        succeeded: tally.succeeded,
+        success_pct: tally.success_pct(),
+        boot_ms: Stats::of(&tally.boots),
+        start,
+        end,
+        leaks: check_growth(&start, &end),
+        min_success_pct: cfg.min_success_pct,
+        left_behind: tally.left_behind,
+        host_first: tally.host_first,
+        host_last: tally.host_last,
+        failures: tally.failures,
+        interrupted: stop.load(Ordering::Relaxed),
+        elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
+/// What the measured cycles add up to so far.
+#[derive(Default)]
+struct CycleTally {
+    /// Boot times of every instance of every cycle.
+    boots: Vec<f64>,
+    /// The first [`FAILURES_KEPT`] failed cycles and why.
+    failures: Vec<String>,
+    completed: u32,
+    succeeded: u32,
+    /// Cycles that left processes behind.
+    left_behind: u32,
+    host_first: HostSample,
+    host_last: HostSample,
+}
+
+impl CycleTally {
+    /// Counts cycle `n`'s run: its boots, the host figures, processes left
+    /// behind, and whether it was clean (a failure is announced and kept).
+    fn record(&mut self, cfg: &CyclesConfig, n: u32, r: &run::RunResult) {
+        self.completed += 1;
+        self.host_last = host_sample(r);
+        if self.completed == 1 {
+            self.host_first = self.host_last;
         }
         if r.teardown.as_ref().is_some_and(|t| !t.survivors.is_empty()) {
-            left_behind += 1;
+            self.left_behind += 1;
         }
-        boots.extend(r.instances.iter().filter_map(|i| i.boot_ms));
-        match cycle_failure(&r) {
-            None => succeeded += 1,
+        self.boots
+            .extend(r.instances.iter().filter_map(|i| i.boot_ms));
+        match cycle_failure(r) {
+            None => self.succeeded += 1,
             Some(why) => {
                 progress::emit(
                     cfg.progress,
@@ -376,49 +423,37 @@ pub fn run_cycles(
                         why: why.clone(),
                     },
                 );
-                if failures.len() < FAILURES_KEPT {
-                    failures.push(format!("cycle {n}: {why}"));
+                if self.failures.len() < FAILURES_KEPT {
+                    self.failures.push(format!("cycle {n}: {why}"));
                 }
             }
         }
-        if cfg.progress.on() && n % PROGRESS_EVERY == 0 {
-            let now = sample();
-            progress::emit(
-                cfg.progress,
-                Event::CycleProgress {
-                    cycle: n,
-                    of: cfg.cycles,
-                    clean: succeeded,
-                    fds: now.as_ref().map_or(0, |s| s.fds),
-                    threads: now.as_ref().map_or(0, |s| s.threads),
-                },
-            );
-        }
     }
-    let end = sample_or("end")?;
-    Ok(CyclesReport {
-        run_id: run_id.to_string(),
-        cycles: cfg.cycles,
-        completed,
-        per_cycle: run_cfg.count,
-        succeeded,
-        success_pct: if completed == 0 {
+
+    /// Clean cycles as a percentage of the completed ones (0 for none).
+    fn success_pct(&self) -> f64 {
+        if self.completed == 0 {
             0.0
         } else {
-            f64::from(succeeded) * 100.0 / f64::from(completed)
+            f64::from(self.succeeded) * 100.0 / f64::from(self.completed)
+        }
+    }
+}
+
+/// Announces progress after cycle `n`: the clean cycles so far and this
+/// process's file descriptors and threads.
+fn emit_cycle_progress(cfg: &CyclesConfig, n: u32, clean: u32) {
+    let now = sample();
+    progress::emit(
+        cfg.progress,
+        Event::CycleProgress {
+            cycle: n,
+            of: cfg.cycles,
+            clean,
+            fds: now.as_ref().map_or(0, |s| s.fds),
+            threads: now.as_ref().map_or(0, |s| s.threads),
         },
-        boot_ms: Stats::of(&boots),
-        start,
-        end,
-        leaks: check_growth(&start, &end),
-        min_success_pct: cfg.min_success_pct,
-        left_behind,
-        host_first,
-        host_last,
-        failures,
-        interrupted: stop.load(Ordering::Relaxed),
-        elapsed_ms: t0.elapsed().as_secs_f64() * 1000.0,
-    })
+    );
 }
 
 #[cfg(test)]

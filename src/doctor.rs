@@ -155,18 +155,44 @@ fn dir_check(what: &str, dir: &Path, needed_by: Vec<Kind>) -> Check {
 pub fn examine(launcher: Kind, count: u32) -> Report {
     use Kind::*;
     let all = vec![Process, Kraft, Exec, Qemu];
-    let mut checks = Vec::new();
+    let mut checks = vec![guest_check(), node_check()];
+    checks.extend(kraft_checks());
+    checks.extend(microvm_checks());
+    checks.push(kvm_check());
+    checks.push(dir_check(
+        "runtime directory (CID registry)",
+        &crate::paths::runtime_dir(),
+        all.clone(),
+    ));
+    checks.push(dir_check(
+        "default log directory",
+        Path::new(crate::paths::DEFAULT_LOG_DIR),
+        Vec::new(),
+    ));
+    checks.push(open_files_check(count, all));
+    checks.push(cgroup_check());
+    Report {
+        launcher,
+        count,
+        checks,
+    }
+}
 
+/// The guest agent binary the process launcher runs.
+fn guest_check() -> Check {
     let guest = LauncherConfig::default_guest_bin();
     let found = crate::supervisor::spawn::resolve_program(guest.as_os_str());
-    checks.push(Check {
+    Check {
         what: "ukload-guest".into(),
         ok: found.is_some(),
         detail: guest.display().to_string(),
         fix: Some("cargo build --release --bins (it is installed beside ukload)".into()),
-        needed_by: vec![Process],
-    });
+        needed_by: vec![Kind::Process],
+    }
+}
 
+/// Node.js, recent enough for the echo MCP server (informational).
+fn node_check() -> Check {
     let node = version_of("node");
     let node_major = node.as_deref().and_then(|v| {
         v.trim_start_matches('v')
@@ -175,44 +201,55 @@ pub fn examine(launcher: Kind, count: u32) -> Report {
             .parse::<u32>()
             .ok()
     });
-    checks.push(Check {
+    Check {
         what: format!("node >= {NODE_MIN_MAJOR} (echo MCP server)"),
         ok: node_major.is_some_and(|m| m >= NODE_MIN_MAJOR),
         detail: node.unwrap_or_else(|| "not on PATH".into()),
         fix: Some("apt-get install nodejs (Debian 12 has 18)".into()),
         needed_by: Vec::new(),
-    });
+    }
+}
 
+/// A recent enough `kraft` and the default unikernel image.
+fn kraft_checks() -> [Check; 2] {
     let kraft = version_of("kraft");
     let kv = kraft.as_deref().and_then(parse_version);
-    checks.push(Check {
-        what: format!("kraft >= {}.{}.{}", KRAFT_MIN.0, KRAFT_MIN.1, KRAFT_MIN.2),
-        ok: kv.is_some_and(|v| v >= KRAFT_MIN),
-        detail: kraft.unwrap_or_else(|| "not on PATH".into()),
-        fix: Some(
-            "curl -sSf https://get.kraftkit.sh | sh; export PATH=\"$HOME/.kraftkit/bin:$PATH\""
-                .into(),
-        ),
-        needed_by: vec![Kraft],
-    });
     let image = LauncherConfig::default_kraft_image();
-    checks.push(Check {
-        what: "kraft image (default --image)".into(),
-        ok: image.exists(),
-        detail: image.display().to_string(),
-        fix: Some("bash scripts/build-unikraft-tool-executor.sh".into()),
-        needed_by: vec![Kraft],
-    });
+    [
+        Check {
+            what: format!("kraft >= {}.{}.{}", KRAFT_MIN.0, KRAFT_MIN.1, KRAFT_MIN.2),
+            ok: kv.is_some_and(|v| v >= KRAFT_MIN),
+            detail: kraft.unwrap_or_else(|| "not on PATH".into()),
+            fix: Some(
+                "curl -sSf https://get.kraftkit.sh | sh; export PATH=\"$HOME/.kraftkit/bin:$PATH\""
+                    .into(),
+            ),
+            needed_by: vec![Kind::Kraft],
+        },
+        Check {
+            what: "kraft image (default --image)".into(),
+            ok: image.exists(),
+            detail: image.display().to_string(),
+            fix: Some("bash scripts/build-unikraft-tool-executor.sh".into()),
+            needed_by: vec![Kind::Kraft],
+        },
+    ]
+}
 
-    for p in crate::image::info().pieces {
-        checks.push(Check {
+/// Each piece of the microVM guest image, then the (optional) kernel vsock
+/// backend.
+fn microvm_checks() -> Vec<Check> {
+    let mut checks: Vec<Check> = crate::image::info()
+        .pieces
+        .into_iter()
+        .map(|p| Check {
             what: format!("microVM: {}", p.name),
             ok: p.present,
             detail: p.path.display().to_string(),
             fix: Some(p.how.to_string()),
-            needed_by: vec![Qemu],
-        });
-    }
+            needed_by: vec![Kind::Qemu],
+        })
+        .collect();
     checks.push(Check {
         what: "/dev/vhost-vsock (kernel vsock backend)".into(),
         ok: Path::new("/dev/vhost-vsock").exists(),
@@ -220,6 +257,12 @@ pub fn examine(launcher: Kind, count: u32) -> Report {
         fix: Some("modprobe vhost_vsock (on a host that allows it)".into()),
         needed_by: Vec::new(),
     });
+    checks
+}
+
+/// Whether KVM is there and really boots a guest (informational: QEMU falls
+/// back to TCG).
+fn kvm_check() -> Check {
     let kvm = Path::new("/dev/kvm").exists();
     let qemu_cfg = crate::launcher::qemu::QemuConfig::default();
     let can_probe = kvm
@@ -241,45 +284,38 @@ pub fn examine(launcher: Kind, count: u32) -> Report {
             "present but cannot boot a guest here (probed): TCG is used".to_string()
         }
     };
-    checks.push(Check {
+    Check {
         what: "KVM".into(),
         ok: boots,
         detail: kvm_state,
         fix: Some("optional: microVMs run under TCG without it, slower".into()),
         needed_by: Vec::new(),
-    });
+    }
+}
 
-    checks.push(dir_check(
-        "runtime directory (CID registry)",
-        &crate::paths::runtime_dir(),
-        all.clone(),
-    ));
-    checks.push(dir_check(
-        "default log directory",
-        Path::new(crate::paths::DEFAULT_LOG_DIR),
-        Vec::new(),
-    ));
-
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `rl` is a valid, writable rlimit.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+/// Whether the hard open-files limit allows `count` instances.
+fn open_files_check(count: u32, needed_by: Vec<Kind>) -> Check {
+    let (rlim_cur, rlim_max) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .unwrap_or((0, 0));
     let need = u64::from(count) * FDS_PER_INSTANCE + FDS_BASE;
-    checks.push(Check {
+    Check {
         what: format!("open files for {count} instances"),
-        ok: rl.rlim_max >= need,
+        ok: rlim_max >= need,
         detail: format!(
             "need about {need}; soft {} (raised at start), hard {}",
-            rl.rlim_cur, rl.rlim_max
+            rlim_cur, rlim_max
         ),
         fix: Some(format!(
             "raise the hard limit: ulimit -Hn {need} (as root), or LimitNOFILE={need} for a service"
         )),
-        needed_by: all,
-    });
+        needed_by,
+    }
+}
 
+/// Whether a run can contain its processes in a cgroup v2 here: creates one
+/// and removes it at once.
+fn cgroup_check() -> Check {
     let probe_id = format!("doctor-{}", std::process::id());
     let (ok, detail) = match crate::supervisor::cgroup::RunCgroup::create(&probe_id) {
         Ok(c) => {
@@ -292,7 +328,7 @@ pub fn examine(launcher: Kind, count: u32) -> Report {
             format!("falls back to process groups and markers: {e}"),
         ),
     };
-    checks.push(Check {
+    Check {
         what: "containment by cgroup v2".into(),
         ok,
         detail,
@@ -301,11 +337,6 @@ pub fn examine(launcher: Kind, count: u32) -> Report {
                 .into(),
         ),
         needed_by: Vec::new(),
-    });
-    Report {
-        launcher,
-        count,
-        checks,
     }
 }
 

@@ -75,10 +75,31 @@ struct Case {
     failure: Option<String>,
 }
 
+/// The testcases of instance `i`: boot, memory (if it booted), CID, tool
+/// call (if one was asked for and it booted), cleanup (if it was started).
 fn cases(i: &Instance, cfg: &RunConfig, s: &report::Summary) -> Vec<Case> {
-    let ms = |v: Option<f64>| v.unwrap_or(0.0) / 1000.0;
-    let mut v = Vec::new();
-    let boot_failure = match (&i.boot_error, i.boot_ms) {
+    let mut v = vec![boot_case(i, cfg)];
+    if i.boot_ms.is_some() {
+        v.push(memory_case(i, cfg));
+    }
+    v.push(cid_case(i, cfg, s));
+    if cfg.tool_call.is_some() && i.boot_ms.is_some() {
+        v.push(tool_case(i, cfg));
+    }
+    if i.pid.is_some() {
+        v.push(cleanup_case(i));
+    }
+    v
+}
+
+/// Milliseconds (none: 0) as seconds.
+fn ms_to_secs(v: Option<f64>) -> f64 {
+    v.unwrap_or(0.0) / 1000.0
+}
+
+/// Boot: fails if it did not boot, booted over the target or died after.
+fn boot_case(i: &Instance, cfg: &RunConfig) -> Case {
+    let failure = match (&i.boot_error, i.boot_ms) {
         (Some(e), _) => Some(e.clone()),
         (None, None) => Some("not started".into()),
         (None, Some(b)) if b > cfg.max_boot_ms => Some(format!(
@@ -90,35 +111,41 @@ fn cases(i: &Instance, cfg: &RunConfig, s: &report::Summary) -> Vec<Case> {
             .as_ref()
             .map(|c| format!("died after booting: {c}")),
     };
-    v.push(Case {
+    Case {
         name: "boot",
-        secs: ms(i.boot_ms),
-        failure: boot_failure,
-    });
-    if i.boot_ms.is_some() {
-        let metric = match cfg.mem_metric {
-            MemMetric::Pss => i.pss_kb,
-            MemMetric::Rss => i.rss_kb,
-        };
-        v.push(Case {
-            name: "memory",
-            secs: 0.0,
-            failure: match metric {
-                None => Some("not measured".into()),
-                Some(kb) if kb as f64 / 1024.0 > cfg.max_mem_mb => Some(format!(
-                    "{:.1} MB over the {} MB target ({:?})",
-                    kb as f64 / 1024.0,
-                    cfg.max_mem_mb,
-                    cfg.mem_metric
-                )),
-                Some(_) => None,
-            },
-        });
+        secs: ms_to_secs(i.boot_ms),
+        failure,
     }
+}
+
+/// Memory (the configured metric): fails if not measured or over the target.
+fn memory_case(i: &Instance, cfg: &RunConfig) -> Case {
+    let metric = match cfg.mem_metric {
+        MemMetric::Pss => i.pss_kb,
+        MemMetric::Rss => i.rss_kb,
+    };
+    Case {
+        name: "memory",
+        secs: 0.0,
+        failure: match metric {
+            None => Some("not measured".into()),
+            Some(kb) if kb as f64 / 1024.0 > cfg.max_mem_mb => Some(format!(
+                "{:.1} MB over the {} MB target ({:?})",
+                kb as f64 / 1024.0,
+                cfg.max_mem_mb,
+                cfg.mem_metric
+            )),
+            Some(_) => None,
+        },
+    }
+}
+
+/// CID: fails if the instance's CID clashed, mismatched or was out of range.
+fn cid_case(i: &Instance, cfg: &RunConfig, s: &report::Summary) -> Case {
     let cid_bad = s.cids.collisions.values().any(|w| w.contains(&i.index))
         || s.cids.mismatched.contains(&i.index)
         || s.cids.out_of_range.contains(&i.index);
-    v.push(Case {
+    Case {
         name: "cid",
         secs: 0.0,
         failure: cid_bad.then(|| {
@@ -127,34 +154,38 @@ fn cases(i: &Instance, cfg: &RunConfig, s: &report::Summary) -> Vec<Case> {
                 i.cid, i.reported_cid, cfg.cid_range
             )
         }),
-    });
-    if cfg.tool_call.is_some() && i.boot_ms.is_some() {
-        v.push(Case {
-            name: "tool",
-            secs: ms(i.tool_ms),
-            failure: match (&i.tool_error, i.tool_ms) {
-                (Some(e), _) => Some(e.clone()),
-                (None, None) => Some("not run".into()),
-                (None, Some(t)) if t > cfg.max_tool_ms => {
-                    Some(format!("{t:.2} ms, over the {} ms target", cfg.max_tool_ms))
-                }
-                _ => None,
-            },
-        });
     }
-    if i.pid.is_some() {
-        v.push(Case {
-            name: "cleanup",
-            secs: ms(i.teardown_ms),
-            failure: match i.teardown.as_deref() {
-                Some("survived") => Some("processes still running after SIGKILL".into()),
-                Some("killed") => Some("did not stop on SIGTERM within the grace period".into()),
-                None => Some("not torn down".into()),
-                _ => None,
-            },
-        });
+}
+
+/// Tool call: fails if it failed, did not run or took over the target.
+fn tool_case(i: &Instance, cfg: &RunConfig) -> Case {
+    Case {
+        name: "tool",
+        secs: ms_to_secs(i.tool_ms),
+        failure: match (&i.tool_error, i.tool_ms) {
+            (Some(e), _) => Some(e.clone()),
+            (None, None) => Some("not run".into()),
+            (None, Some(t)) if t > cfg.max_tool_ms => {
+                Some(format!("{t:.2} ms, over the {} ms target", cfg.max_tool_ms))
+            }
+            _ => None,
+        },
     }
-    v
+}
+
+/// Cleanup: fails if processes survived SIGKILL, needed SIGKILL, or the
+/// instance was not torn down.
+fn cleanup_case(i: &Instance) -> Case {
+    Case {
+        name: "cleanup",
+        secs: ms_to_secs(i.teardown_ms),
+        failure: match i.teardown.as_deref() {
+            Some("survived") => Some("processes still running after SIGKILL".into()),
+            Some("killed") => Some("did not stop on SIGTERM within the grace period".into()),
+            None => Some("not torn down".into()),
+            _ => None,
+        },
+    }
 }
 
 /// Appends one JUnit testcase (with its failure and reason, if it failed).
@@ -300,6 +331,28 @@ pub fn prometheus(r: &RunResult, cfg: &RunConfig) -> String {
         BOOT_BUCKETS_S,
         &boots,
     );
+    pss_gauges(&mut out, &labels, r);
+    if cfg.tool_call.is_some() {
+        let tools: Vec<f64> = r
+            .instances
+            .iter()
+            .filter_map(|i| i.tool_ms.map(|t| t / 1000.0))
+            .collect();
+        histogram(
+            &mut out,
+            "ukload_tool_call_seconds",
+            "Latency of tools/call inside each instance.",
+            &labels,
+            TOOL_BUCKETS_S,
+            &tools,
+        );
+    }
+    summary_gauges(&mut out, &labels, &s);
+    out
+}
+
+/// `ukload_instance_pss_bytes`: one gauge per measured instance.
+fn pss_gauges(out: &mut String, labels: &str, r: &RunResult) {
     let _ = writeln!(
         out,
         "# HELP ukload_instance_pss_bytes PSS of each instance's whole process tree."
@@ -316,21 +369,11 @@ pub fn prometheus(r: &RunResult, cfg: &RunConfig) -> String {
             );
         }
     }
-    if cfg.tool_call.is_some() {
-        let tools: Vec<f64> = r
-            .instances
-            .iter()
-            .filter_map(|i| i.tool_ms.map(|t| t / 1000.0))
-            .collect();
-        histogram(
-            &mut out,
-            "ukload_tool_call_seconds",
-            "Latency of tools/call inside each instance.",
-            &labels,
-            TOOL_BUCKETS_S,
-            &tools,
-        );
-    }
+}
+
+/// The run's gauges: instances asked for and booted, the verdict, and the
+/// processes left behind.
+fn summary_gauges(out: &mut String, labels: &str, s: &report::Summary) {
     let _ = writeln!(
         out,
         "# HELP ukload_instances Instances asked for and booted."
@@ -365,7 +408,6 @@ pub fn prometheus(r: &RunResult, cfg: &RunConfig) -> String {
     );
     let _ = writeln!(out, "# TYPE ukload_leftover_processes gauge");
     let _ = writeln!(out, "ukload_leftover_processes{{{labels}}} {}", s.survivors);
-    out
 }
 
 #[cfg(test)]

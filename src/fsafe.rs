@@ -152,8 +152,7 @@ impl std::error::Error for FsafeError {
 
 /// Our effective uid.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid takes no arguments, cannot fail and touches no memory.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FsafeError {

@@ -4,7 +4,7 @@
 //! histogram with the target line, and memory per instance, all inline SVG.
 
 use crate::report::{self, Verdict};
-use crate::run::{RunConfig, RunResult};
+use crate::run::{Instance, RunConfig, RunResult, Timeline};
 use std::fmt::Write as _;
 
 const WIDTH: f64 = 960.0;
@@ -81,8 +81,9 @@ pub fn page(r: &RunResult, cfg: &RunConfig) -> String {
 /// where they happened; a tool call's start is not recorded, so its bar (of
 /// its measured length) starts where the tool phase did.
 fn timeline(r: &RunResult) -> String {
-    let end = r.elapsed_ms.max(1.0);
-    let x = |ms: f64| LEFT + ms / end * (WIDTH - LEFT - 10.0);
+    let axis = Axis {
+        end: r.elapsed_ms.max(1.0),
+    };
     let rows = r.instances.len().min(MAX_ROWS);
     let height = 40.0 + rows as f64 * ROW;
     let mut g = String::new();
@@ -90,79 +91,9 @@ fn timeline(r: &RunResult) -> String {
         g,
         "<h2>Timeline</h2>\n<svg id=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\">"
     );
-    for k in 0..=4 {
-        let ms = end * k as f64 / 4.0;
-        let _ = writeln!(
-            g,
-            "<line x1=\"{0:.1}\" y1=\"20\" x2=\"{0:.1}\" y2=\"{1}\" stroke=\"#d0d7de\"/><text x=\"{0:.1}\" y=\"14\" text-anchor=\"{3}\">{2:.0} ms</text>",
-            x(ms),
-            height - 10.0,
-            ms,
-            if k == 4 { "end" } else { "start" }
-        );
-    }
-    let t = &r.timeline;
+    timeline_ticks(&mut g, axis, height);
     for (row, i) in r.instances.iter().take(rows).enumerate() {
-        let y = 24.0 + row as f64 * ROW;
-        let _ = writeln!(g, "<text x=\"4\" y=\"{:.1}\">#{}</text>", y + 10.0, i.index);
-        // From the instance's spawn on the run's clock, as long as its boot.
-        let start = i.spawned_at_ms.unwrap_or(0.0);
-        match (i.boot_ms, &i.boot_error) {
-            (Some(b), _) => {
-                let _ = writeln!(
-                    g,
-                    "<rect class=\"boot\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"10\" fill=\"#2da44e\"><title>#{} booted in {b:.1} ms</title></rect>",
-                    x(start),
-                    (x(start + b) - x(start)).max(1.0),
-                    i.index
-                );
-            }
-            (None, Some(e)) => {
-                let _ = writeln!(
-                    g,
-                    "<rect class=\"failed\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"10\" fill=\"#cf222e\"><title>#{}: {}</title></rect>",
-                    x(start),
-                    (x(t.booted_ms) - x(start)).max(2.0),
-                    i.index,
-                    esc(e)
-                );
-            }
-            _ => {}
-        }
-        if let Some(tm) = i.tool_ms {
-            let from = t.booted_ms.max(start + i.boot_ms.unwrap_or(0.0));
-            let _ = writeln!(
-                g,
-                "<rect class=\"tool\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"10\" fill=\"#0969da\"><title>#{} tool call {tm:.2} ms</title></rect>",
-                x(from),
-                (x(from + tm) - x(from)).max(1.0),
-                i.index
-            );
-        }
-        if let Some(td) = i.teardown_ms {
-            let from = t.teardown_start_ms;
-            let fill = if i.teardown.as_deref() == Some("terminated") {
-                "#8c959f"
-            } else {
-                "#cf222e"
-            };
-            let _ = writeln!(
-                g,
-                "<rect class=\"teardown\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"10\" fill=\"{fill}\"><title>#{} {} in {td:.1} ms</title></rect>",
-                x(from),
-                (x(from + td) - x(from)).max(1.0),
-                i.index,
-                esc(i.teardown.as_deref().unwrap_or(""))
-            );
-        }
-        if i.crashed.is_some() {
-            let _ = writeln!(
-                g,
-                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#cf222e\">crashed</text>",
-                x(t.booted_ms) + 4.0,
-                y + 10.0
-            );
-        }
+        timeline_row(&mut g, axis, &r.timeline, i, 24.0 + row as f64 * ROW);
     }
     let _ = writeln!(g, "</svg>");
     if r.instances.len() > rows {
@@ -173,6 +104,115 @@ fn timeline(r: &RunResult) -> String {
         );
     }
     g
+}
+
+/// The timeline's time axis: milliseconds of the run to x coordinates.
+#[derive(Clone, Copy)]
+struct Axis {
+    /// The run's length in ms (at least 1).
+    end: f64,
+}
+
+impl Axis {
+    /// The x coordinate of `ms` after the run's start.
+    fn x(self, ms: f64) -> f64 {
+        LEFT + ms / self.end * (WIDTH - LEFT - 10.0)
+    }
+}
+
+/// Five time marks, start to end: vertical lines labelled in ms.
+fn timeline_ticks(g: &mut String, axis: Axis, height: f64) {
+    for k in 0..=4 {
+        let ms = axis.end * k as f64 / 4.0;
+        let _ = writeln!(
+            g,
+            "<line x1=\"{0:.1}\" y1=\"20\" x2=\"{0:.1}\" y2=\"{1}\" stroke=\"#d0d7de\"/><text x=\"{0:.1}\" y=\"14\" text-anchor=\"{3}\">{2:.0} ms</text>",
+            axis.x(ms),
+            height - 10.0,
+            ms,
+            if k == 4 { "end" } else { "start" }
+        );
+    }
+}
+
+/// One instance's row at `y`: its number, boot bar, tool call bar, teardown
+/// bar and a crash mark.
+fn timeline_row(g: &mut String, axis: Axis, t: &Timeline, i: &Instance, y: f64) {
+    let x = |ms: f64| axis.x(ms);
+    let _ = writeln!(g, "<text x=\"4\" y=\"{:.1}\">#{}</text>", y + 10.0, i.index);
+    // From the instance's spawn on the run's clock, as long as its boot.
+    let start = i.spawned_at_ms.unwrap_or(0.0);
+    boot_bar(g, axis, t, i, start, y);
+    if let Some(tm) = i.tool_ms {
+        let from = t.booted_ms.max(start + i.boot_ms.unwrap_or(0.0));
+        let _ = writeln!(
+            g,
+            "<rect class=\"tool\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"10\" fill=\"#0969da\"><title>#{} tool call {tm:.2} ms</title></rect>",
+            x(from),
+            (x(from + tm) - x(from)).max(1.0),
+            i.index
+        );
+    }
+    teardown_bar(g, axis, t, i, y);
+    if i.crashed.is_some() {
+        let _ = writeln!(
+            g,
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#cf222e\">crashed</text>",
+            x(t.booted_ms) + 4.0,
+            y + 10.0
+        );
+    }
+}
+
+/// The boot bar from `start` (the spawn): green as long as the boot, or red
+/// up to the end of the boot phase when it failed.
+fn boot_bar(g: &mut String, axis: Axis, t: &Timeline, i: &Instance, start: f64, y: f64) {
+    let x = |ms: f64| axis.x(ms);
+    match (i.boot_ms, &i.boot_error) {
+        (Some(b), _) => {
+            let _ = writeln!(
+                g,
+                "<rect class=\"boot\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"10\" fill=\"#2da44e\"><title>#{} booted in {b:.1} ms</title></rect>",
+                x(start),
+                (x(start + b) - x(start)).max(1.0),
+                i.index
+            );
+        }
+        (None, Some(e)) => {
+            let _ = writeln!(
+                g,
+                "<rect class=\"failed\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"10\" fill=\"#cf222e\"><title>#{}: {}</title></rect>",
+                x(start),
+                (x(t.booted_ms) - x(start)).max(2.0),
+                i.index,
+                esc(e)
+            );
+        }
+        _ => {}
+    }
+}
+
+/// The teardown bar from the start of the teardown phase: grey when the
+/// instance was terminated, red otherwise.
+fn teardown_bar(g: &mut String, axis: Axis, t: &Timeline, i: &Instance, y: f64) {
+    let x = |ms: f64| axis.x(ms);
+    let Some(td) = i.teardown_ms else {
+        return;
+    };
+    let from = t.teardown_start_ms;
+    let fill = if i.teardown.as_deref() == Some("terminated") {
+        "#8c959f"
+    } else {
+        "#cf222e"
+    };
+    let _ = writeln!(
+        g,
+        "<rect class=\"teardown\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"10\" fill=\"{fill}\"><title>#{} {} in {td:.1} ms</title></rect>",
+        x(from),
+        (x(from + td) - x(from)).max(1.0),
+        i.index,
+        esc(i.teardown.as_deref().unwrap_or(""))
+    );
 }
 
 /// Boot times in `HIST_BINS` bins, with the target as a vertical line.

@@ -616,7 +616,7 @@ pub fn info_in(dir: &Path) -> ImageInfo {
         how,
     };
     let tool = |name: &str, how| {
-        let found = find_on_path(name);
+        let found = crate::paths::find_on_path(name);
         Piece {
             name: name.to_string(),
             present: found.is_some(),
@@ -666,20 +666,6 @@ pub fn info_in(dir: &Path) -> ImageInfo {
         pieces,
         rootfs: crate::rootfs::list(dir),
     }
-}
-
-/// The first executable file `name` in `$PATH`.
-pub fn find_on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    const ANY_EXEC_BIT: u32 = 0o111;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| {
-            fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & ANY_EXEC_BIT != 0)
-                .unwrap_or(false)
-        })
 }
 
 // --- slim kernel -------------------------------------------------------------

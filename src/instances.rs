@@ -5,7 +5,7 @@
 //! A run is alive while its harness holds the `flock` on
 //! `<runs_dir>/<run id>/harness.lock` (the kernel drops it when the harness
 //! dies, however it dies), OR while the process its run id names is alive:
-//! run ids are `<hex ms>-<harness pid>` ([`crate::run::new_run_id`]), so a
+//! run ids are `<hex ms>-<harness pid>` ([`crate::runs::new_run_id`]), so a
 //! live `ukload` with that pid which started no later than the id's time is
 //! the harness, even if someone deleted `runs/<id>`. Only processes of ours
 //! (same uid) are looked at at all. Processes of a run whose harness is dead are
@@ -16,17 +16,20 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::cid::{try_flock, unlock, TryLock};
 use crate::memory;
 use crate::paths;
 use crate::proc::{self, Marked};
+use crate::runs::{
+    harness_alive_in, harness_pid_alive, marked_run_alive, open_harness_lock, try_flock,
+    valid_run_id, LockMode, TryLock,
+};
 
 /// Default time between SIGTERM and SIGKILL.
 pub const DEFAULT_GRACE: Duration = crate::supervisor::teardown::DEFAULT_GRACE;
@@ -44,163 +47,6 @@ const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// taken its lock.
 const UNLOCKED_RUN_DIR_MIN_AGE: Duration = Duration::from_secs(10);
 const KIB_PER_MIB: f64 = 1024.0;
-
-/// Name of the runs directory inside a runtime directory (the layout of
-/// [`paths::runs_dir`]).
-const RUNS_SUBDIR: &str = "runs";
-
-/// True if `run_id` can name a directory under the runs directory: one path
-/// component, not hidden (a harness may prepare its directory under a dot
-/// name and rename it into place).
-fn valid_run_id(run_id: &str) -> bool {
-    !run_id.is_empty() && !run_id.starts_with('.') && !run_id.contains('/')
-}
-
-/// Liveness of the harness of `m`'s run. If the process carries
-/// `UKLOAD_RUNTIME_DIR` (its harness used another runtime directory, e.g.
-/// another user's `XDG_RUNTIME_DIR`), the lock is looked up there, so that a
-/// run we cannot see in `runs_dir` is never taken for dead by mistake.
-pub fn marked_run_alive(runs_dir: &Path, m: &Marked) -> bool {
-    match proc::environ_var(m.pid, paths::ENV_RUNTIME_DIR) {
-        Ok(Some(dir)) if !dir.is_empty() => {
-            harness_alive_in(&Path::new(&dir).join(RUNS_SUBDIR), &m.run)
-        }
-        _ => harness_alive_in(runs_dir, &m.run),
-    }
-}
-
-/// Opens `<runs_dir>/<run_id>/harness.lock` without creating it or
-/// following a symlink.
-fn open_harness_lock(runs_dir: &Path, run_id: &str) -> io::Result<File> {
-    crate::fsafe::open_existing_nofollow(&runs_dir.join(run_id).join(paths::HARNESS_LOCK))
-}
-
-/// Name of ukload's executable, which a live harness runs.
-const HARNESS_EXE_NAME: &str = "ukload";
-/// Suffix the kernel adds to `/proc/PID/exe` when the binary was replaced
-/// (rebuilt) while running.
-const DELETED_SUFFIX: &str = " (deleted)";
-/// How much later than its run id's time a harness may appear to have
-/// started: `btime` has whole-second resolution and clocks get adjusted.
-pub const HARNESS_START_TOLERANCE: Duration = Duration::from_secs(5);
-/// Run ids keep the low 40 bits of the epoch milliseconds (see
-/// [`crate::run::new_run_id`]).
-const RUN_ID_MS_BITS: u32 = 40;
-
-/// The (milliseconds since the epoch, harness pid) a run id of the form
-/// `<hex ms>-<pid>` encodes; `None` for other ids. The id keeps only the low
-/// [`RUN_ID_MS_BITS`] bits of the time: the full value is the latest time
-/// with those bits not after `now_ms` (plus the tolerance).
-pub fn parse_run_id(run_id: &str, now_ms: u64) -> Option<(u64, i32)> {
-    let (hex, pid) = run_id.split_once('-')?;
-    if hex.is_empty() || hex.len() > 10 || !pid.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let low = u64::from_str_radix(hex, 16).ok()?;
-    let pid: i32 = pid.parse().ok().filter(|p| *p > 0)?;
-    let modulus = 1u64 << RUN_ID_MS_BITS;
-    if low >= modulus {
-        return None;
-    }
-    let horizon = now_ms + HARNESS_START_TOLERANCE.as_millis() as u64;
-    let base = horizon - horizon % modulus;
-    let full = if base + low <= horizon {
-        base + low
-    } else {
-        base.checked_sub(modulus)? + low
-    };
-    Some((full, pid))
-}
-
-/// Boot time, milliseconds since the epoch (`btime` of `/proc/stat`).
-fn boot_time_ms() -> Option<u64> {
-    let text = fs::read_to_string("/proc/stat").ok()?;
-    let secs: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(secs * 1000)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Is the harness that run id `run_id` names still running? True if the pid
-/// it names exists, runs the `ukload` executable, and started no later than
-/// the id's time (plus [`HARNESS_START_TOLERANCE`]): a process that took the
-/// pid over after the harness died started later. False for ids not of the
-/// `<hex ms>-<pid>` form.
-pub fn harness_pid_alive(run_id: &str) -> bool {
-    let Some((id_ms, pid)) = parse_run_id(run_id, now_ms()) else {
-        return false;
-    };
-    let Ok(st) = proc::stat(pid) else {
-        return false;
-    };
-    if st.is_zombie() {
-        return false;
-    }
-    let runs_ukload = match fs::read_link(format!("/proc/{pid}/exe")) {
-        Ok(exe) => {
-            let name = exe
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            name.strip_suffix(DELETED_SUFFIX).unwrap_or(&name) == HARNESS_EXE_NAME
-        }
-        // Not ours to inspect (another user's process): its command name.
-        Err(_) => st.comm == HARNESS_EXE_NAME,
-    };
-    if !runs_ukload {
-        return false;
-    }
-    let Some(boot_ms) = boot_time_ms() else {
-        // Cannot place its start in time: the pid and the executable match.
-        return true;
-    };
-    let started_ms = boot_ms + st.start_ticks * 1000 / proc::clock_ticks_per_sec();
-    started_ms <= id_ms + HARNESS_START_TOLERANCE.as_millis() as u64
-}
-
-/// Is the harness of `run_id` alive: holding its `harness.lock`, or (if the
-/// lock says dead or is missing, e.g. deleted) still running as the pid its
-/// id names ([`harness_pid_alive`])? Probing takes a shared lock (so probes
-/// do not conflict with each other) and releases it at once.
-pub fn harness_alive(run_id: &str) -> bool {
-    harness_alive_in(&paths::runs_dir(), run_id)
-}
-
-/// [`harness_alive`] for a given runs directory.
-pub fn harness_alive_in(runs_dir: &Path, run_id: &str) -> bool {
-    if !valid_run_id(run_id) {
-        return false;
-    }
-    harness_lock_held(runs_dir, run_id) || harness_pid_alive(run_id)
-}
-
-/// Is `<runs_dir>/<run_id>/harness.lock` held? Missing or lockable: no.
-fn harness_lock_held(runs_dir: &Path, run_id: &str) -> bool {
-    let file = match open_harness_lock(runs_dir, run_id) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
-        // Cannot tell (permissions): assume alive, so nothing is killed on a guess.
-        Err(_) => return true,
-    };
-    match try_flock(&file, libc::LOCK_SH) {
-        Ok(TryLock::Locked) => {
-            let _ = unlock(&file);
-            false
-        }
-        Ok(TryLock::WouldBlock) => true,
-        Err(_) => true,
-    }
-}
 
 /// One instance (or the instance-less processes of a run) as `ukload ps`
 /// shows it.
@@ -761,7 +607,7 @@ fn remove_run_dir_if_dead(runs_dir: &Path, name: &str) -> io::Result<bool> {
     }
     match &lock {
         Some(f) => {
-            if try_flock(f, libc::LOCK_EX)? == TryLock::WouldBlock {
+            if try_flock(f, LockMode::Exclusive)? == TryLock::WouldBlock {
                 return Ok(false);
             }
         }
@@ -800,8 +646,7 @@ pub fn cleanup_in(runs_dir: &Path, opts: &CleanupOptions) -> CleanupReport {
         alive: HashMap::new(),
         tracked: HashMap::new(),
         report: CleanupReport::default(),
-        // SAFETY: getpgrp takes no arguments and cannot fail.
-        our_pgid: unsafe { libc::getpgrp() },
+        our_pgid: nix::unistd::getpgrp().as_raw(),
     };
     if let Some(r) = &opts.run {
         if !valid_run_id(r) {
@@ -863,42 +708,6 @@ mod tests {
             format_age(Duration::from_secs(3 * 86400 + 4 * 3600)),
             "3d04h"
         );
-    }
-
-    #[test]
-    fn run_ids_give_back_their_time_and_pid() {
-        let now: u64 = 1_750_000_000_000;
-        let id = format!("{:x}-{}", (now - 3000) & 0xff_ffff_ffff, 4242);
-        assert_eq!(parse_run_id(&id, now), Some((now - 3000, 4242)));
-        // Within the tolerance after now: still this epoch window.
-        let id = format!("{:x}-7", (now + 1000) & 0xff_ffff_ffff);
-        assert_eq!(parse_run_id(&id, now), Some((now + 1000, 7)));
-        for bad in [
-            "deadrun12",
-            "test-a-1-2",
-            "zz-12",
-            "1a-",
-            "-12",
-            "1a-0",
-            "1a-x",
-        ] {
-            assert_eq!(parse_run_id(bad, now), None, "{bad}");
-        }
-    }
-
-    #[test]
-    fn our_own_pid_is_a_live_harness_only_under_the_ukload_name() {
-        // The test binary is not `ukload`: never taken for a harness.
-        let id = format!("{:x}-{}", now_ms() & 0xff_ffff_ffff, std::process::id());
-        assert!(!harness_pid_alive(&id));
-    }
-
-    #[test]
-    fn run_ids_are_single_path_components() {
-        assert!(valid_run_id("r-20240101-1"));
-        for bad in ["", ".", "..", "a/b", "../x", ".r1.tmp"] {
-            assert!(!valid_run_id(bad));
-        }
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub mod readiness;
 pub mod report;
 pub mod rootfs;
 pub mod run;
+pub mod runs;
 pub mod stats;
 pub mod supervisor;
 pub mod toolcall;

@@ -159,7 +159,7 @@ struct Harness {
 
 impl Harness {
     fn start() -> Result<Harness, i32> {
-        let run_id = run::new_run_id();
+        let run_id = ukload::runs::new_run_id();
         // Runs whose harness and watchdog both died left their cgroups: end them.
         for id in ukload::supervisor::cgroup::reap_stale_runs() {
             log::info!("ended the leftover cgroup of dead run {id}");

@@ -85,59 +85,8 @@ pub fn merge(files: &[PathBuf]) -> Result<Merged, MergeError> {
     let mut hosts = Vec::new();
     let mut all: Vec<(usize, Value)> = Vec::new();
     for (n, f) in files.iter().enumerate() {
-        let err = |why: String| MergeError {
-            file: f.clone(),
-            why,
-        };
-        let text = std::fs::read_to_string(f).map_err(|e| err(format!("cannot read: {e}")))?;
-        let doc: Value = serde_json::from_str(&text).map_err(|e| err(format!("not JSON: {e}")))?;
-        let run_id = doc["run_id"]
-            .as_str()
-            .ok_or_else(|| err("no run_id".into()))?
-            .to_string();
-        let instances = doc["instances"]
-            .as_array()
-            .ok_or_else(|| err("no instances".into()))?
-            .clone();
-        let verdict = verdict_of(&doc["verdict"]).ok_or_else(|| err("no verdict".into()))?;
-        let host = doc["host"].as_str().map(str::to_string).unwrap_or_else(|| {
-            Path::new(f)
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        });
-        let s = &doc["summary"];
-        let booted = instances
-            .iter()
-            .filter(|i| i["boot_ms"].is_number())
-            .count();
-        hosts.push(HostRun {
-            host: host.clone(),
-            run_id,
-            file: f.clone(),
-            launcher: doc["config"]["launcher"]
-                .as_str()
-                .unwrap_or("?")
-                .to_string(),
-            total: instances.len(),
-            booted,
-            verdict,
-            exit_code: doc["exit_code"].as_i64().unwrap_or(1) as i32,
-            reasons: s["reasons"]
-                .as_array()
-                .map(|r| {
-                    r.iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            boot_ms: Stats::of(&numbers(&instances, "boot_ms", 1.0)),
-            pss_mb: Stats::of(&numbers(&instances, "pss_kb", 1.0 / 1024.0)),
-            cid_collisions: s["cids"]["collisions"].as_object().map_or(0, |c| c.len()),
-            survivors: doc["teardown"]["survivors"]
-                .as_array()
-                .map_or(0, |a| a.len()),
-        });
+        let (host, instances) = read_report(f)?;
+        hosts.push(host);
         all.extend(instances.into_iter().map(|i| (n, i)));
     }
     if hosts.is_empty() {
@@ -147,13 +96,7 @@ pub fn merge(files: &[PathBuf]) -> Result<Merged, MergeError> {
         });
     }
     let only: Vec<Value> = all.iter().map(|(_, i)| i.clone()).collect();
-    let verdict = if hosts.iter().any(|h| h.verdict == Verdict::Fail) {
-        Verdict::Fail
-    } else if hosts.iter().all(|h| h.verdict == Verdict::Pass) {
-        Verdict::Pass
-    } else {
-        Verdict::Partial
-    };
+    let verdict = worst_verdict(&hosts);
     Ok(Merged {
         total: only.len(),
         booted: hosts.iter().map(|h| h.booted).sum(),
@@ -170,6 +113,87 @@ pub fn merge(files: &[PathBuf]) -> Result<Merged, MergeError> {
         hosts,
         instances: all,
     })
+}
+
+/// Reads one JSON report: its per-host summary and its instances. A missing
+/// `run_id`, `instances` or `verdict` is an error naming the file.
+fn read_report(f: &Path) -> Result<(HostRun, Vec<Value>), MergeError> {
+    let err = |why: String| MergeError {
+        file: f.to_path_buf(),
+        why,
+    };
+    let text = std::fs::read_to_string(f).map_err(|e| err(format!("cannot read: {e}")))?;
+    let doc: Value = serde_json::from_str(&text).map_err(|e| err(format!("not JSON: {e}")))?;
+    let run_id = doc["run_id"]
+        .as_str()
+        .ok_or_else(|| err("no run_id".into()))?
+        .to_string();
+    let instances = doc["instances"]
+        .as_array()
+        .ok_or_else(|| err("no instances".into()))?
+        .clone();
+    let verdict = verdict_of(&doc["verdict"]).ok_or_else(|| err("no verdict".into()))?;
+    let host = host_run(f, &doc, run_id, verdict, &instances);
+    Ok((host, instances))
+}
+
+/// The summary of one report (`doc`, read from `f`) from its optional fields.
+fn host_run(
+    f: &Path,
+    doc: &Value,
+    run_id: String,
+    verdict: Verdict,
+    instances: &[Value],
+) -> HostRun {
+    let host = doc["host"].as_str().map(str::to_string).unwrap_or_else(|| {
+        f.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let s = &doc["summary"];
+    let booted = instances
+        .iter()
+        .filter(|i| i["boot_ms"].is_number())
+        .count();
+    HostRun {
+        host,
+        run_id,
+        file: f.to_path_buf(),
+        launcher: doc["config"]["launcher"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string(),
+        total: instances.len(),
+        booted,
+        verdict,
+        exit_code: doc["exit_code"].as_i64().unwrap_or(1) as i32,
+        reasons: s["reasons"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        boot_ms: Stats::of(&numbers(instances, "boot_ms", 1.0)),
+        pss_mb: Stats::of(&numbers(instances, "pss_kb", 1.0 / 1024.0)),
+        cid_collisions: s["cids"]["collisions"].as_object().map_or(0, |c| c.len()),
+        survivors: doc["teardown"]["survivors"]
+            .as_array()
+            .map_or(0, |a| a.len()),
+    }
+}
+
+/// The overall verdict: FAIL if any host failed, PASS if all passed,
+/// PARTIAL otherwise.
+fn worst_verdict(hosts: &[HostRun]) -> Verdict {
+    if hosts.iter().any(|h| h.verdict == Verdict::Fail) {
+        Verdict::Fail
+    } else if hosts.iter().all(|h| h.verdict == Verdict::Pass) {
+        Verdict::Pass
+    } else {
+        Verdict::Partial
+    }
 }
 
 fn stats_line(s: &Option<Stats>, unit: &str) -> String {

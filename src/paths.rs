@@ -76,3 +76,24 @@ pub const LOG_DIR_MODE: u32 = fsafe::SHARED_DIR_MODE;
 
 /// Name of the lock file the harness holds for its whole life.
 pub const HARNESS_LOCK: &str = "harness.lock";
+
+/// `PATH` when the environment has none (what `execvp` assumes).
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The first executable regular file `name` in `$PATH` (a bare name, as
+/// `execvp` looks it up), so that a missing program is our error to word.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+/// A regular file with an execute bit.
+pub fn is_executable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    const ANY_EXEC_BIT: u32 = 0o111;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & ANY_EXEC_BIT != 0)
+        .unwrap_or(false)
+}

@@ -20,8 +20,11 @@ use crate::jsonrpc::{self, CallError, PingInfo};
 use crate::launcher::Readiness;
 use crate::probe::{self, BootFailure, Ready};
 use crate::vsock::{self, Endpoint};
+use nix::poll::{ppoll, PollFd, PollFlags};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use nix::sys::time::TimeSpec;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,7 +115,7 @@ struct Item {
     /// Watch descriptor of the console log while the console is being read
     /// (writes to it are notified, so the ready line is read when it lands
     /// instead of at the next poll).
-    console_wd: Option<i32>,
+    console_wd: Option<WatchDescriptor>,
 }
 
 /// The loop's state: every instance still waiting.
@@ -127,42 +130,30 @@ pub struct Watcher {
 /// An inotify descriptor watching directories for new entries, and console
 /// logs for writes.
 struct Creations {
-    fd: std::os::fd::OwnedFd,
+    inotify: Inotify,
     /// Watch descriptor → directory.
-    dirs: std::collections::HashMap<i32, PathBuf>,
+    dirs: std::collections::HashMap<WatchDescriptor, PathBuf>,
 }
 
 impl Creations {
     fn new() -> Option<Creations> {
-        // SAFETY: inotify_init1 takes flags only and returns a new descriptor or -1.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            return None;
-        }
-        // SAFETY: inotify_init1 succeeded: we own this descriptor.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
         Some(Creations {
-            fd,
+            inotify,
             dirs: std::collections::HashMap::new(),
         })
     }
 
     /// Watches the file `path` for writes; its watch descriptor, or None if
     /// it cannot be watched (then it is polled).
-    fn watch_writes(&mut self, path: &std::path::Path) -> Option<i32> {
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-        // SAFETY: a valid inotify descriptor and a NUL-terminated path that
-        // outlives the call.
-        let wd =
-            unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), libc::IN_MODIFY) };
-        (wd >= 0).then_some(wd)
+    fn watch_writes(&mut self, path: &std::path::Path) -> Option<WatchDescriptor> {
+        self.inotify.add_watch(path, AddWatchFlags::IN_MODIFY).ok()
     }
 
-    /// Stops a watch made by [`Creations::watch_writes`].
-    fn unwatch(&self, wd: i32) {
-        // SAFETY: removing a watch descriptor of our own inotify descriptor;
-        // a stale one only makes the call fail with EINVAL.
-        unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), wd) };
+    /// Stops a watch made by [`Creations::watch_writes`] (a stale one only
+    /// makes the call fail with EINVAL).
+    fn unwatch(&self, wd: WatchDescriptor) {
+        let _ = self.inotify.rm_watch(wd);
     }
 
     /// Watches `dir` for new entries (once per directory).
@@ -170,21 +161,12 @@ impl Creations {
         if self.dirs.values().any(|d| d == dir) {
             return true;
         }
-        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        let Ok(wd) = self
+            .inotify
+            .add_watch(dir, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
+        else {
             return false;
         };
-        // SAFETY: a valid inotify descriptor and a NUL-terminated path that
-        // outlives the call.
-        let wd = unsafe {
-            libc::inotify_add_watch(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                libc::IN_CREATE | libc::IN_MOVED_TO,
-            )
-        };
-        if wd < 0 {
-            return false;
-        }
         self.dirs.insert(wd, dir.to_path_buf());
         true
     }
@@ -192,31 +174,18 @@ impl Creations {
     /// Paths created since the last call.
     fn read(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            // SAFETY: reading into a stack buffer of the given length from
-            // our own non-blocking descriptor.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                return out;
+        // Non-blocking: EAGAIN once everything was read.
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
             }
-            let mut off = 0usize;
-            let head = std::mem::size_of::<libc::inotify_event>();
-            while off + head <= n as usize {
-                // SAFETY: the kernel wrote whole events; `off` is at the start
-                // of one, and read_unaligned copes with the byte buffer's alignment.
-                let ev: libc::inotify_event =
-                    unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
-                let name_end = (off + head + ev.len as usize).min(n as usize);
-                let name = &buf[off + head..name_end];
-                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-                if let Some(dir) = self.dirs.get(&ev.wd) {
-                    use std::os::unix::ffi::OsStrExt;
-                    out.push(dir.join(std::ffi::OsStr::from_bytes(name)));
+            for ev in events {
+                if let (Some(dir), Some(name)) = (self.dirs.get(&ev.wd), &ev.name) {
+                    out.push(dir.join(name));
                 }
-                off = name_end;
             }
         }
+        out
     }
 }
 
@@ -315,7 +284,7 @@ impl Watcher {
     /// Waits until something may have happened (a socket became readable,
     /// a timer is due, `wake` became readable, or [`MAX_WAIT`] passed), then
     /// moves every instance on. Returns the instances that finished.
-    pub fn turn(&mut self, wake: Option<RawFd>) -> Vec<Done> {
+    pub fn turn(&mut self, wake: Option<BorrowedFd<'_>>) -> Vec<Done> {
         self.wait(wake);
         let stopping = self.stop.load(Ordering::Relaxed);
         let mut done = Vec::new();
@@ -350,15 +319,15 @@ impl Watcher {
     /// One `ppoll` over every socket being read (and the socket-creation
     /// notifications), bounded by the earliest timer; then wakes the
     /// instances whose socket just appeared.
-    fn wait(&mut self, wake: Option<RawFd>) {
+    fn wait(&mut self, wake: Option<BorrowedFd<'_>>) {
         let now = Instant::now();
         let mut timeout = MAX_WAIT;
-        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(self.items.len() + 2);
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.items.len() + 2);
         if let Some(w) = wake {
             fds.push(pollin(w));
         }
         if let Some(c) = &self.created {
-            fds.push(pollin(c.fd.as_raw_fd()));
+            fds.push(pollin(c.inotify.as_fd()));
         }
         for it in &self.items {
             let due = match &it.stage {
@@ -366,11 +335,11 @@ impl Watcher {
                 Stage::Console(_) => Some(now + probe::CONSOLE_POLL),
                 Stage::Backoff { next } => Some(*next),
                 Stage::Handshake { stream, until, .. } => {
-                    fds.push(pollin(stream.as_raw_fd()));
+                    fds.push(pollin(stream.as_fd()));
                     Some(*until)
                 }
                 Stage::Ping { reader, until } => {
-                    fds.push(pollin(reader.get_ref().as_raw_fd()));
+                    fds.push(pollin(reader.get_ref().as_fd()));
                     Some(*until)
                 }
                 Stage::Thread(_) => None,
@@ -381,21 +350,10 @@ impl Watcher {
             timeout = timeout.min(it.deadline.saturating_duration_since(now));
         }
         if !timeout.is_zero() {
-            let ts = libc::timespec {
-                tv_sec: timeout.as_secs() as libc::time_t,
-                tv_nsec: timeout.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: `fds` is a valid array of pollfd of the given length and
-            // `ts` a valid timespec, both alive for the call; no signal mask.
-            unsafe {
-                libc::ppoll(
-                    fds.as_mut_ptr(),
-                    fds.len() as libc::nfds_t,
-                    &ts,
-                    std::ptr::null(),
-                )
-            };
+            // ppoll: nanosecond timeout; no signal mask.
+            let _ = ppoll(&mut fds, Some(TimeSpec::from_duration(timeout)), None);
         }
+        drop(fds);
         if let Some(w) = wake {
             drain(w);
         }
@@ -420,25 +378,14 @@ impl Watcher {
     }
 }
 
-fn pollin(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
+fn pollin(fd: BorrowedFd<'_>) -> PollFd<'_> {
+    PollFd::new(fd, PollFlags::POLLIN)
 }
 
 /// Empties a non-blocking wake descriptor.
-fn drain(fd: RawFd) {
+fn drain(fd: BorrowedFd<'_>) {
     let mut buf = [0u8; 64];
-    loop {
-        // SAFETY: reading into a stack buffer of the given length from a
-        // descriptor the caller owns.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            break;
-        }
-    }
+    while matches!(nix::unistd::read(fd, &mut buf), Ok(n) if n > 0) {}
 }
 
 fn ready(

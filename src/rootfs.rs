@@ -1248,7 +1248,7 @@ pub fn resolve_program(name: &str) -> Result<PathBuf, RootfsError> {
             })
         };
     }
-    crate::image::find_on_path(name).ok_or_else(|| RootfsError::ProgramNotFound {
+    crate::paths::find_on_path(name).ok_or_else(|| RootfsError::ProgramNotFound {
         program: name.to_string(),
         searched: format!("PATH={}", std::env::var("PATH").unwrap_or_default()),
     })
@@ -1373,7 +1373,7 @@ fn output_within(cmd: &mut Command, limit: Duration) -> Result<String, String> {
 
 /// mkfs.erofs's version line ("mkfs.erofs 1.5"), which goes into the key.
 pub fn mkfs_version() -> Result<String, RootfsError> {
-    if crate::image::find_on_path(MKFS_BIN).is_none() {
+    if crate::paths::find_on_path(MKFS_BIN).is_none() {
         return Err(RootfsError::MkfsMissing);
     }
     // With no arguments it prints its version on stdout, usage on stderr,

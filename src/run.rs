@@ -22,7 +22,7 @@ use crate::{ENV_CID, ENV_INSTANCE, ENV_RUN};
 use serde::Serialize;
 use std::fs::File;
 use std::io::Write as _;
-use std::os::fd::AsRawFd as _;
+use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -172,17 +172,16 @@ pub struct HarnessUsage {
 impl HarnessUsage {
     /// This process's usage so far.
     pub fn now() -> HarnessUsage {
-        // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: `ru` is a valid, writable rusage.
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        use nix::sys::resource::{getrusage, UsageWho};
+        let Ok(ru) = getrusage(UsageWho::RUSAGE_SELF) else {
             return HarnessUsage::default();
-        }
-        let ms = |t: libc::timeval| t.tv_sec as f64 * 1000.0 + t.tv_usec as f64 / 1000.0;
+        };
+        let ms =
+            |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1000.0 + t.tv_usec() as f64 / 1000.0;
         HarnessUsage {
-            cpu_user_ms: ms(ru.ru_utime),
-            cpu_sys_ms: ms(ru.ru_stime),
-            peak_rss_kb: ru.ru_maxrss.max(0) as u64,
+            cpu_user_ms: ms(ru.user_time()),
+            cpu_sys_ms: ms(ru.system_time()),
+            peak_rss_kb: ru.max_rss().max(0) as u64,
         }
     }
 }
@@ -237,60 +236,6 @@ struct Outcome {
 /// The guest agent's pid when it is the init of a VM.
 const GUEST_INIT_PID: u32 = 1;
 
-/// A new run id: short (it ends up in socket paths) and unique per host.
-pub fn new_run_id() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    format!("{:x}-{}", ms & 0xff_ffff_ffff, std::process::id())
-}
-
-/// How many times creating the run directory is retried when a concurrent
-/// `ukload cleanup` removed it between creation and locking.
-const RUN_DIR_ATTEMPTS: u32 = 3;
-
-/// The run directory: `runs/<id>/`, with `harness.lock` held for our life.
-///
-/// `ukload cleanup` removes run directories whose lock it can take; between
-/// our `create` and our `flock` it could take it, so after locking we check
-/// that the path still names the file we locked, and start over if not. The
-/// runs directory and ours are created and checked with
-/// [`crate::fsafe::ensure_dir`] and the lock opened without following links
-/// ([`crate::fsafe::open_lock`]): refused if another user could redirect them.
-pub fn make_run_dir(run_id: &str) -> Result<(PathBuf, File), RunError> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::MetadataExt;
-    let setup = |e: crate::fsafe::FsafeError| RunError::Setup(format!("run directory: {e}"));
-    let runs = crate::paths::runs_dir();
-    crate::paths::ensure_runtime_subdir(&runs).map_err(setup)?;
-    let dir = runs.join(run_id);
-    let lock_path = dir.join(crate::paths::HARNESS_LOCK);
-    for _ in 0..RUN_DIR_ATTEMPTS {
-        crate::paths::ensure_runtime_subdir(&dir).map_err(setup)?;
-        let lock = crate::fsafe::open_lock(&lock_path).map_err(setup)?;
-        // SAFETY: flock on a descriptor we own; non-blocking.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(RunError::Setup(format!(
-                "cannot lock {}: {}",
-                lock_path.display(),
-                std::io::Error::last_os_error()
-            )));
-        }
-        let same = match (lock.metadata(), std::fs::symlink_metadata(&lock_path)) {
-            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-            _ => false,
-        };
-        if same {
-            return Ok((dir, lock));
-        }
-    }
-    Err(RunError::Setup(format!(
-        "run directory {} kept disappearing (is a `ukload cleanup` loop running?)",
-        dir.display()
-    )))
-}
-
 /// Runs the five phases. `stop` is set by SIGINT/SIGTERM.
 pub fn run(
     cfg: RunConfig,
@@ -342,7 +287,8 @@ pub fn run(
         .open(&probe_file)
         .map_err(|e| usage(&cfg.log_dir, &format!("not writable: {e}")))?;
     let _ = std::fs::remove_file(&probe_file);
-    let (run_dir, _harness_lock) = make_run_dir(run_id)?;
+    let (run_dir, _harness_lock) =
+        crate::runs::make_run_dir(run_id).map_err(|e| RunError::Setup(e.to_string()))?;
     let registry = CidRegistry::open(&crate::paths::cid_dir()).map_err(RunError::Cid)?;
     let holder = HolderInfo {
         pid: std::process::id(),
@@ -507,7 +453,7 @@ pub fn run(
             timeline.booted_ms = ms_since(t0);
             break;
         }
-        for d in watcher.turn(Some(wake_rx.as_raw_fd())) {
+        for d in watcher.turn(Some(wake_rx.as_fd())) {
             let i = d.index as usize;
             if let Some(mut o) = waiting[i].take() {
                 let log = instances[i].log.clone();

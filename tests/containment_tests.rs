@@ -114,6 +114,7 @@ fn reasons(doc: &serde_json::Value) -> String {
 
 #[test]
 fn runs_are_contained_by_cgroups_that_are_removed_afterwards() {
+    let _slot = shared_slot();
     if !cgroups_usable() {
         return;
     }
@@ -135,6 +136,7 @@ fn runs_are_contained_by_cgroups_that_are_removed_afterwards() {
 
 #[test]
 fn escapees_without_marker_or_group_are_ended_named_and_not_pass() {
+    let _slot = shared_slot();
     if !cgroups_usable() {
         return;
     }
@@ -163,6 +165,7 @@ fn escapees_without_marker_or_group_are_ended_named_and_not_pass() {
 
 #[test]
 fn a_fork_chain_is_ended_by_the_cgroup() {
+    let _slot = shared_slot();
     if !cgroups_usable() {
         return;
     }
@@ -185,6 +188,7 @@ fn a_fork_chain_is_ended_by_the_cgroup() {
 
 #[test]
 fn escapees_are_ended_without_cgroups_too() {
+    let _slot = shared_slot();
     let dir = TempDir::new("mk-escape");
     let (out, doc) = fixture_run(
         dir.path(),
@@ -213,6 +217,7 @@ fn escapees_are_ended_without_cgroups_too() {
 
 #[test]
 fn a_guest_that_crashes_after_booting_is_not_pass() {
+    let _slot = shared_slot();
     let dir = TempDir::new("crash-after");
     // Instance 0 aborts 300 ms after it started; the memory phase waits 1.5 s.
     let (out, doc) = fixture_run(
@@ -238,51 +243,9 @@ fn a_guest_that_crashes_after_booting_is_not_pass() {
     assert!(run_processes(doc["run_id"].as_str().unwrap()).is_empty());
 }
 
-/// Starts `ukload run` in the background (its own process group, like a CI
-/// job under `timeout`) with stderr to a file; returns the child and the
-/// run id once the run announced it.
-fn start_background(
-    dir: &Path,
-    args: &[String],
-    env: &[(&str, &str)],
-) -> (std::process::Child, String) {
-    let err = std::fs::File::create(dir.join("stderr")).unwrap();
-    let mut cmd = ukload(dir);
-    cmd.args(args).stdout(Stdio::null()).stderr(err);
-    // SAFETY: setsid is async-signal-safe and touches no memory; it only
-    // detaches the child from any controlling terminal (as under CI or cron).
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::setsid();
-            Ok(())
-        })
-    };
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
-        let id = text
-            .split("(run ")
-            .nth(1)
-            .and_then(|r| r.split(')').next())
-            .map(str::to_string);
-        match id {
-            Some(id) => return (child, id),
-            None if Instant::now() >= end => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no run id announced: {text}");
-            }
-            None => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
-}
-
 #[test]
 fn sigkill_of_the_jobs_process_group_leaves_nothing() {
+    let _slot = shared_slot();
     if !cgroups_usable() {
         return;
     }
@@ -332,6 +295,7 @@ fn sigkill_of_the_jobs_process_group_leaves_nothing() {
 
 #[test]
 fn a_stopped_harness_without_terminal_is_resumed() {
+    let _slot = shared_slot();
     let dir = TempDir::new("stopped");
     let mut args = run_args(dir.path(), 2);
     args.retain(|a| a != "-q");
@@ -347,30 +311,22 @@ fn a_stopped_harness_without_terminal_is_resumed() {
         .map(String::from),
     );
     // setsid: no controlling terminal, as under CI or cron.
-    let (mut child, id) = start_background(dir.path(), &args, &[]);
-    let pid = child.id() as i32;
-    // SAFETY: stopping our own child by pid.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let end = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() >= end {
-            // SAFETY: our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = child.wait();
-            kill_run(&id);
-            panic!("a stopped harness was never resumed");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0));
-    assert!(wait_no_processes(&id, Duration::from_secs(1)).is_empty());
+    let mut h = BackgroundRun::start_detached(dir.path(), &args, &[]);
+    h.signal(libc::SIGSTOP);
+    let status = h.wait_exit(Duration::from_secs(30));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "resumed and finished: {:#?}",
+        h.seen
+    );
+    h.assert_nothing_left(Duration::from_secs(1));
 }
 
 #[test]
 fn a_dead_runs_cgroup_is_reaped_by_the_next_ukload() {
+    // Exclusive: any ukload started meanwhile reaps a dead run's cgroup.
+    let _slot = exclusive_slot();
     if !cgroups_usable() {
         return;
     }
@@ -412,6 +368,8 @@ fn a_dead_runs_cgroup_is_reaped_by_the_next_ukload() {
 
 #[test]
 fn ps_and_cleanup_find_a_dead_runs_unmarked_processes_by_its_cgroup() {
+    // Exclusive: any ukload started meanwhile reaps a dead run's cgroup.
+    let _slot = exclusive_slot();
     if !cgroups_usable() {
         return;
     }
@@ -430,12 +388,13 @@ fn ps_and_cleanup_find_a_dead_runs_unmarked_processes_by_its_cgroup() {
     );
     args.push("--guest-bin".into());
     args.push(fixture_guest().to_string_lossy().into_owned());
-    let (mut child, id) = start_background(
+    let mut h = BackgroundRun::start_detached(
         dir.path(),
         &args,
         &[("UKLOAD_TEST_PAUSE_PHASE", "memory:30000")],
     );
-    let harness = child.id();
+    let id = h.run_id.clone();
+    let harness = h.child.id();
     // Wait for both escapees, then kill the watchdog and the harness: the
     // run is dead and nothing of ours will end its processes.
     let end = Instant::now() + Duration::from_secs(20);
@@ -454,8 +413,8 @@ fn ps_and_cleanup_find_a_dead_runs_unmarked_processes_by_its_cgroup() {
         }
     }
     std::thread::sleep(Duration::from_millis(100));
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = h.child.kill();
+    let _ = h.child.wait();
     assert_eq!(escapees.len(), 2, "both escapees ran");
 
     let mut ps = ukload(dir.path());
@@ -496,6 +455,7 @@ fn ps_and_cleanup_find_a_dead_runs_unmarked_processes_by_its_cgroup() {
 
 #[test]
 fn a_stopped_guest_is_continued_and_ends_on_sigterm() {
+    let _slot = shared_slot();
     let dir = TempDir::new("stopped-guest");
     // Instance 0 stops itself 300 ms in; the memory phase waits 1 s.
     let (out, doc) = fixture_run(

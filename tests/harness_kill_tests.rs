@@ -3,7 +3,7 @@
 //! the run remains, and its CIDs are free again (a new `ukload run` over
 //! exactly that CID range succeeds).
 //!
-//! Tests sync on the progress lines ukload prints on stderr. The memory
+//! Tests sync on ukload's `--progress json` events (common::BackgroundRun). The memory
 //! phase lasts milliseconds, so it is stretched with the test-only hook
 //! `UKLOAD_TEST_PAUSE_PHASE=memory:MS`; cleanup is stretched by guests that
 //! ignore SIGTERM and a long `--grace-ms`.
@@ -11,9 +11,6 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The promise: everything of the run is gone this soon after the signal.
@@ -40,100 +37,46 @@ enum Phase {
     BootStubborn,
 }
 
-/// A running `ukload run --progress json` whose stderr lines arrive on a channel.
-struct Harness {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Harness {
-    /// Waits for a progress event of kind `event` (returns it).
-    fn wait_event(&mut self, event: &str) -> serde_json::Value {
-        let line = self.wait_line(event, |l| {
-            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["event"] == event)
-        });
-        serde_json::from_str(&line).unwrap()
-    }
-
-    /// Waits until a stderr line satisfies `pred` (returns it).
-    fn wait_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let end = Instant::now() + REACH_PHASE;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if pred(&l) {
-                        return l;
-                    }
-                }
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "ukload never printed {what}; stderr so far: {:#?}",
-                        self.seen
-                    )
-                }
-            }
-        }
-    }
-}
-
-fn start(dir: &std::path::Path, range: &str, phase: Phase) -> Harness {
-    let mut cmd = ukload(dir);
-    cmd.args([
-        "run",
-        &COUNT.to_string(),
-        "--format",
-        "json",
-        "--progress",
-        "json",
-        "--cid-range",
-        range,
-        "--max-boot-ms",
-        "60000",
-        "--log-dir",
-    ])
-    .arg(dir.join("logs"))
-    .arg("--guest-bin")
-    .arg(fixture_guest());
+/// The run's flags for `phase`.
+fn args_for(
+    dir: &std::path::Path,
+    range: &str,
+    phase: Phase,
+) -> (Vec<String>, Vec<(&'static str, String)>) {
+    let mut args: Vec<String> = run_args(dir, COUNT);
+    args.extend(
+        [
+            "--cid-range",
+            range,
+            "--max-boot-ms",
+            "60000",
+            "--guest-bin",
+        ]
+        .map(String::from),
+    );
+    args.push(fixture_guest().to_string_lossy().into_owned());
+    let mut env = Vec::new();
+    let mut more = |a: &[&str]| args.extend(a.iter().map(|s| s.to_string()));
+    let grace = LONG_GRACE_MS.to_string();
     match phase {
         // One spawn at a time, each waiting for a slow boot: spawning lasts.
-        Phase::Spawn => cmd.args(["--concurrency", "1", "--guest-boot-delay-ms", "3000"]),
+        Phase::Spawn => more(&["--concurrency", "1", "--guest-boot-delay-ms", "3000"]),
         // Everything spawned, nothing booted yet.
-        Phase::Boot => cmd.args(["--guest-boot-delay-ms", "30000"]),
-        Phase::BootStubborn => cmd
-            .args(["--guest-boot-delay-ms", "30000"])
-            .arg("--guest-arg=--ignore-sigterm")
-            .args(["--grace-ms", &LONG_GRACE_MS.to_string()]),
-        Phase::Memory => cmd.env(
+        Phase::Boot => more(&["--guest-boot-delay-ms", "30000"]),
+        Phase::BootStubborn => more(&[
+            "--guest-boot-delay-ms",
+            "30000",
+            "--guest-arg=--ignore-sigterm",
+            "--grace-ms",
+            &grace,
+        ]),
+        Phase::Memory => env.push((
             "UKLOAD_TEST_PAUSE_PHASE",
             format!("memory:{MEMORY_PAUSE_MS}"),
-        ),
-        Phase::Cleanup => cmd
-            .arg("--guest-arg=--ignore-sigterm")
-            .args(["--grace-ms", &LONG_GRACE_MS.to_string()]),
-    };
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    Harness {
-        child,
-        lines,
-        seen: Vec::new(),
+        )),
+        Phase::Cleanup => more(&["--guest-arg=--ignore-sigterm", "--grace-ms", &grace]),
     }
+    (args, env)
 }
 
 /// Interrupts `ukload` during `phase` with `sig`, checks that nothing of the
@@ -141,48 +84,33 @@ fn start(dir: &std::path::Path, range: &str, phase: Phase) -> Harness {
 fn kill_during(phase: Phase, sig: i32, range_start: u32) {
     let dir = TempDir::new(&format!("hk{phase:?}{sig}"));
     let range = format!("{range_start}-{}", range_start + COUNT - 1);
-    let mut h = start(dir.path(), &range, phase);
-    let first = h.wait_event("spawning");
-    let run_id = first["run_id"].as_str().unwrap().to_string();
+    let (args, env) = args_for(dir.path(), &range, phase);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut h = BackgroundRun::start(dir.path(), &args, &env);
     match phase {
         Phase::Spawn => {
-            h.wait_event("spawned");
+            h.wait_event("spawned", REACH_PHASE);
         }
         Phase::Boot | Phase::BootStubborn => {
             for _ in 0..COUNT {
-                h.wait_event("spawned");
+                h.wait_event("spawned", REACH_PHASE);
             }
         }
         Phase::Memory => {
-            h.wait_event("memory");
+            h.wait_event("memory", REACH_PHASE);
         }
         Phase::Cleanup => {
-            h.wait_event("teardown");
+            h.wait_event("teardown", REACH_PHASE);
         }
     }
-    let alive = run_processes(&run_id).len();
-    assert!(alive > 0, "{phase:?}: no instance alive when interrupting");
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(h.child.id() as i32, sig) };
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = h.child.try_wait().unwrap() {
-            break s;
-        }
-        if t.elapsed() > GONE_WITHIN {
-            let _ = h.child.kill();
-            kill_run(&run_id);
-            panic!("{phase:?}/signal {sig}: ukload still running {GONE_WITHIN:?} after the signal");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let left = wait_no_processes(&run_id, GONE_WITHIN.saturating_sub(t.elapsed()));
-    let took = t.elapsed();
-    kill_run(&run_id);
     assert!(
-        left.is_empty(),
-        "{phase:?}/signal {sig}: left after {took:?}: {left:?}"
+        !h.processes().is_empty(),
+        "{phase:?}: no instance alive when interrupting"
     );
+    h.signal(sig);
+    let t = Instant::now();
+    let status = h.wait_exit(GONE_WITHIN);
+    h.assert_nothing_left(GONE_WITHIN.saturating_sub(t.elapsed()));
     use std::os::unix::process::ExitStatusExt;
     match sig {
         libc::SIGKILL => assert_eq!(status.signal(), Some(libc::SIGKILL)),

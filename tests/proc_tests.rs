@@ -358,7 +358,7 @@ fn cleanup_ends_orphans_of_a_dead_run_with_term_then_kill() {
     let mut g = RunGuard::new("cleanup-dead");
     // Present but unlocked: the harness is dead.
     drop(harness_lock(&runs.0, &g.run));
-    assert!(!instances::harness_alive_in(&runs.0, &g.run));
+    assert!(!ukload::runs::harness_alive_in(&runs.0, &g.run));
 
     // Instance 0 ignores SIGTERM (needs SIGKILL); instance 1 obeys it. Both
     // launchers exit, leaving orphans that are not our children.
@@ -427,7 +427,7 @@ fn cleanup_leaves_live_runs_alone_unless_asked() {
         )
     };
     assert_eq!(rc, 0);
-    assert!(instances::harness_alive_in(&runs.0, &g.run));
+    assert!(ukload::runs::harness_alive_in(&runs.0, &g.run));
     let l = g.spawn_sh("sleep 30 & exit 0", Some(0), None);
     g.wait_child_exit(l);
     let orphan = g.wait_marked(1)[0].pid;
@@ -459,7 +459,7 @@ fn cleanup_leaves_live_runs_alone_unless_asked() {
     );
 
     drop(lock);
-    assert!(!instances::harness_alive_in(&runs.0, &g.run));
+    assert!(!ukload::runs::harness_alive_in(&runs.0, &g.run));
     let report = instances::cleanup_in(&runs.0, &opts);
     assert_eq!(report.removed_run_dirs, vec![runs.0.join(&g.run)]);
 }

@@ -32,8 +32,8 @@ fn need(what: &str, present: bool) -> bool {
 fn have_erofs_utils() -> bool {
     need(
         "erofs-utils (mkfs.erofs, fsck.erofs)",
-        ukload::image::find_on_path("mkfs.erofs").is_some()
-            && ukload::image::find_on_path("fsck.erofs").is_some(),
+        ukload::paths::find_on_path("mkfs.erofs").is_some()
+            && ukload::paths::find_on_path("fsck.erofs").is_some(),
     )
 }
 
@@ -81,7 +81,7 @@ fn extract(image: &Path, dir: &Path) {
 
 /// Runs `argv` chrooted into `root` with an empty environment and `stdin`.
 fn run_in(root: &Path, argv: &[&str], stdin: Option<&Path>) -> Output {
-    let chroot = ukload::image::find_on_path("chroot").expect("chroot (coreutils)");
+    let chroot = ukload::paths::find_on_path("chroot").expect("chroot (coreutils)");
     let mut c = Command::new(chroot);
     c.arg(root)
         .args(argv)
@@ -140,7 +140,7 @@ fn node_image_runs_node_and_the_echo_server_inside_a_chroot() {
         serde_json::from_slice(&std::fs::read(in_image(&root, Path::new(MANIFEST_PATH))).unwrap())
             .unwrap();
     assert_eq!(manifest, doc["manifest"]);
-    let node = ukload::image::find_on_path("node").unwrap();
+    let node = ukload::paths::find_on_path("node").unwrap();
     assert_eq!(
         manifest["command"],
         serde_json::json!([node.to_str().unwrap(), server_s])
@@ -623,7 +623,7 @@ fn an_env_script_brings_env_and_its_interpreter() {
     write_exec(&script, b"#!/usr/bin/env node\nconsole.log(1)\n");
     let spec = RootfsSpec::parse(script.to_str().unwrap(), &[]).unwrap();
     let plan = rootfs::plan(&spec, "test").unwrap();
-    let node = std::fs::canonicalize(ukload::image::find_on_path("node").unwrap()).unwrap();
+    let node = std::fs::canonicalize(ukload::paths::find_on_path("node").unwrap()).unwrap();
     let env = std::fs::canonicalize("/usr/bin/env").unwrap();
     for p in [&script, &node, &env] {
         assert!(

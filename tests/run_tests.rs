@@ -337,77 +337,40 @@ fn exhausted_cid_range_fails_fast_naming_range_and_holder() {
     assert_clean(&da);
 }
 
-fn interrupt_mid_boot(sig: i32) -> (Option<i32>, Vec<(i32, String)>, Duration) {
+/// Signals ukload while its 6 instances boot; returns its exit code.
+/// Panics if anything of the run is left 2.5 s after the signal.
+fn interrupt_mid_boot(sig: i32) -> Option<i32> {
     let dir = TempDir::new("intr");
-    let mut cmd = ukload(dir.path());
-    cmd.args(run_args(dir.path(), 6))
-        .args(["--guest-boot-delay-ms", "20000"]);
-    let mut child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let harness = child.id();
-    let ours = move |v: &str| v.ends_with(&format!("-{harness}"));
-    // Wait until its instances are running.
-    let end = Instant::now() + Duration::from_secs(20);
-    while marked_pids(&ours).len() < 6 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(10));
+    let mut args = run_args(dir.path(), 6);
+    args.extend(["--guest-boot-delay-ms", "20000", "--cid-range"].map(String::from));
+    args.push(cid_block(6));
+    let mut h = BackgroundRun::start(dir.path(), &args, &[]);
+    for _ in 0..6 {
+        h.wait_event("spawned", Duration::from_secs(20));
     }
-    assert_eq!(marked_pids(&ours).len(), 6, "instances did not start");
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(harness as i32, sig) };
+    h.signal(sig);
     let t = Instant::now();
-    let end = t + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s.code();
-        }
-        assert!(
-            Instant::now() < end,
-            "ukload did not exit after signal {sig}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let left_at = Instant::now() + Duration::from_millis(2500);
-    let mut left = marked_pids(&ours);
-    while !left.is_empty() && Instant::now() < left_at {
-        std::thread::sleep(Duration::from_millis(20));
-        left = marked_pids(&ours);
-    }
-    let gone_after = t.elapsed();
-    for (pid, _) in &left {
-        // SAFETY: by pid, processes carrying this test's run marker.
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
-    }
-    (status, left, gone_after)
+    let status = h.wait_exit(Duration::from_secs(10));
+    h.assert_nothing_left(Duration::from_millis(2500).saturating_sub(t.elapsed()));
+    status.code()
 }
 
 #[test]
 fn sigint_mid_boot_tears_everything_down() {
     let _slot = shared_slot();
-    let (status, left, _) = interrupt_mid_boot(libc::SIGINT);
-    assert_eq!(status, Some(130));
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(interrupt_mid_boot(libc::SIGINT), Some(130));
 }
 
 #[test]
 fn sigterm_mid_boot_tears_everything_down() {
     let _slot = shared_slot();
-    let (status, left, _) = interrupt_mid_boot(libc::SIGTERM);
-    assert_eq!(status, Some(143));
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(interrupt_mid_boot(libc::SIGTERM), Some(143));
 }
 
 #[test]
 fn sigkill_of_ukload_leaves_nothing_after_two_seconds() {
     let _slot = shared_slot();
-    let (status, left, after) = interrupt_mid_boot(libc::SIGKILL);
-    assert_eq!(status, None, "killed by signal");
-    assert!(
-        left.is_empty(),
-        "left behind {after:?} after SIGKILL: {left:?}"
-    );
+    assert_eq!(interrupt_mid_boot(libc::SIGKILL), None, "killed by signal");
 }
 
 #[test]

@@ -6,8 +6,6 @@
 mod common;
 
 use common::*;
-use std::io::Read;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const COUNT: u32 = 300;
@@ -60,63 +58,36 @@ fn three_hundred_guests_boot_and_are_torn_down_well_inside_the_grace() {
 fn sigint_to_three_hundred_booted_guests_ends_everything_within_two_seconds() {
     let _slot = exclusive_slot();
     let dir = TempDir::new("scale300int");
-    // Progress lines are wanted here (the run id, the phase): no -q.
     let mut args = run_args(dir.path(), COUNT);
-    args.retain(|a| a != "-q");
-    let mut cmd = ukload(dir.path());
-    cmd.args(&args)
-        .args(["--cid-range", "8000-8399", "--max-boot-ms", "60000"])
-        .args(["--grace-ms", &GRACE_MS.to_string()])
-        // Hold the run with everything booted.
-        .env("UKLOAD_TEST_PAUSE_PHASE", "memory:60000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let pid = child.id() as i32;
-    let mut err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        let mut all = String::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = err.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            all.push_str(&String::from_utf8_lossy(&buf[..n]));
-            let _ = tx.send(all.clone());
-        }
-    });
-    let end = Instant::now() + Duration::from_secs(60);
-    let mut text = String::new();
-    while !text.contains("phase 3") {
-        if let Ok(t) = rx.recv_timeout(Duration::from_millis(100)) {
-            text = t;
-        }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("never reached the memory phase: {text}");
-        }
-    }
-    let id = text
-        .split("(run ")
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        marked_pids(&|v| v == id).len(),
-        COUNT as usize,
-        "all guests running"
+    args.extend(
+        [
+            "--cid-range",
+            "8000-8399",
+            "--max-boot-ms",
+            "60000",
+            "--grace-ms",
+        ]
+        .map(String::from),
     );
+    args.push(GRACE_MS.to_string());
+    // Hold the run with everything booted.
+    let mut h = BackgroundRun::start(
+        dir.path(),
+        &args,
+        &[("UKLOAD_TEST_PAUSE_PHASE", "memory:60000")],
+    );
+    h.wait_event("memory", Duration::from_secs(60));
+    assert_eq!(h.processes().len(), COUNT as usize, "all guests running");
     let t = Instant::now();
-    // SAFETY: signalling our own child by pid.
-    unsafe { libc::kill(pid, libc::SIGINT) };
-    let st = child.wait().unwrap();
+    h.signal(libc::SIGINT);
+    let st = h.wait_exit(Duration::from_secs(10));
     let exited = t.elapsed();
-    let left = wait_no_processes(&id, Duration::from_secs(2).saturating_sub(t.elapsed()));
+    let left = wait_no_processes(
+        &h.run_id,
+        Duration::from_secs(2).saturating_sub(t.elapsed()),
+    );
     let gone = t.elapsed();
-    kill_run(&id);
+    kill_run(&h.run_id);
     eprintln!(
         "SIGINT to {COUNT} booted guests: ukload exited after {exited:?}, all gone after {gone:?}"
     );

@@ -145,19 +145,16 @@ pub fn test_rapid_spawn_terminate_cycles() {
 /// at cleanup, and when ukload itself is SIGKILLed its watchdog does.
 pub fn test_cleanup_orphaned_unikernels() {
     let dir = TempDir::new("seed-orphans");
-    let kraft = |extra: &[&str]| {
-        let mut cmd = ukload(dir.path());
-        cmd.args(run_args(dir.path(), 3))
-            .args(["--launcher", "kraft", "--kraft-bin"])
-            .arg(kraft_standin())
-            .arg("--image")
-            .arg(fixture_guest())
-            .args(["--cid-range", "9400-9409", "--max-boot-ms", "60000"])
-            .args(extra);
-        cmd
-    };
+    let mut args = run_args(dir.path(), 3);
+    args.extend(["--launcher", "kraft", "--kraft-bin"].map(String::from));
+    args.push(kraft_standin().to_string_lossy().into_owned());
+    args.push("--image".into());
+    args.push(fixture_guest().to_string_lossy().into_owned());
+    args.extend(["--cid-range", "9400-9409", "--max-boot-ms", "60000"].map(String::from));
     // A whole run: every daemonized VMM is found and ended.
-    let out = output_within(kraft(&[]), RUN_DEADLINE);
+    let mut cmd = ukload(dir.path());
+    cmd.args(&args);
+    let out = output_within(cmd, RUN_DEADLINE);
     let doc = json_of(&out);
     assert_eq!(out.status.code(), Some(0), "{}", doc["summary"]);
     for i in instances(&doc) {
@@ -169,43 +166,31 @@ pub fn test_cleanup_orphaned_unikernels() {
     assert_nothing_left(&doc);
 
     // ukload SIGKILLed with the VMMs up: the watchdog ends them.
-    let mut cmd = kraft(&[]);
-    cmd.env("UKLOAD_TEST_PAUSE_PHASE", "memory:30000")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let harness = child.id();
-    let ours = move |v: &str| v.ends_with(&format!("-{harness}"));
-    // Steady state: each kraft has exec'd into its console follower (`tail`)
-    // and each VMM runs the guest. The count alone is not enough: kraft's
-    // short-lived helpers (mktemp, setsid, cat) carry the marker too.
+    let mut h = BackgroundRun::start(
+        dir.path(),
+        &args,
+        &[("UKLOAD_TEST_PAUSE_PHASE", "memory:30000")],
+    );
+    h.wait_event("memory", Duration::from_secs(60));
+    // Every kraft has exec'd into its console follower (`tail`) and each
+    // VMM runs the guest.
     let guest = fixture_guest().to_string_lossy().into_owned();
-    let steady = |v: &[(i32, String)]| {
-        let tails = v.iter().filter(|(_, c)| c.starts_with("tail ")).count();
-        let vmms = v.iter().filter(|(_, c)| c.starts_with(&guest)).count();
-        tails == 3 && vmms == 3
+    // (A VMM can answer before its kraft has seen the pidfile and exec'd.)
+    let steady = |up: &[(i32, String)]| {
+        let tails = up.iter().filter(|(_, c)| c.starts_with("tail ")).count();
+        let vmms = up.iter().filter(|(_, c)| c.starts_with(&guest)).count();
+        (tails, vmms) == (3, 3)
     };
-    let end = std::time::Instant::now() + Duration::from_secs(30);
-    let mut before = marked_pids(&ours);
-    while !steady(&before) && std::time::Instant::now() < end {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let mut up = h.processes();
+    while !steady(&up) && std::time::Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
-        before = marked_pids(&ours);
+        up = h.processes();
     }
-    // SAFETY: our own child, by pid.
-    unsafe { libc::kill(harness as i32, libc::SIGKILL) };
-    let _ = child.wait();
-    let t = std::time::Instant::now();
-    let mut left = marked_pids(&ours);
-    while !left.is_empty() && t.elapsed() < Duration::from_millis(2500) {
-        std::thread::sleep(Duration::from_millis(20));
-        left = marked_pids(&ours);
-    }
-    for (pid, _) in &left {
-        // SAFETY: by pid, processes carrying this test's run marker.
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
-    }
-    assert!(steady(&before), "kraft and VMMs were up: {before:?}");
-    assert!(left.is_empty(), "orphans after SIGKILL of ukload: {left:?}");
+    assert!(steady(&up), "kraft and VMMs were up: {up:?}");
+    h.signal(libc::SIGKILL);
+    h.wait_exit(Duration::from_secs(5));
+    h.assert_nothing_left(Duration::from_millis(2500));
 }
 
 macro_rules! seed_tests {

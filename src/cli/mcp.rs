@@ -1005,15 +1005,7 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
         protocol: &a.protocol,
     })?;
     let format = parse_format(&a.format, "human")?;
-    let calls = match &a.calls {
-        None => DEFAULT_BENCH_CALLS,
-        Some(s) => parse_count(s, "--calls", 1, MAX_BENCH_CALLS)?,
-    };
-    let parallel = match &a.parallel {
-        None => DEFAULT_BENCH_PARALLEL,
-        Some(s) => parse_count(s, "--parallel", 1, MAX_BENCH_PARALLEL)?,
-    }
-    .min(calls);
+    let (calls, parallel) = bench_counts(&a)?;
     let options = call_options(&conn, a.progress_resets_timeout, &a.max_total_ms)?;
     let spec = arg_spec(&a.arg, &a.args)?;
     let session = Arc::new(connect(&conn)?);
@@ -1027,49 +1019,116 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
             return Ok(close_shared(session, code));
         }
     };
-    let entry = Arc::new(entry);
+    let job = BenchJob {
+        session: Arc::clone(&session),
+        tool: a.tool.clone(),
+        arguments,
+        entry: Arc::new(entry),
+        options,
+        timeout: conn.timeout,
+    };
+    let run = run_bench_workers(&job, calls, parallel);
+    drop(job);
+    let (results, elapsed) = match run {
+        Ok(run) => run,
+        Err(msg) => {
+            say!("ukload mcp: {msg}");
+            return Ok(close_shared(session, EXIT_TRANSPORT));
+        }
+    };
+    let (text, code) = bench_output(
+        &a.tool,
+        session.peer(),
+        calls,
+        parallel,
+        &results,
+        elapsed,
+        format,
+    );
+    let written = print_out(&text);
+    Ok(printed(written, close_shared(session, code)))
+}
 
+/// `--calls` and `--parallel` (never more workers than calls).
+fn bench_counts(a: &BenchArgs) -> Result<(usize, usize), Usage> {
+    let calls = match &a.calls {
+        None => DEFAULT_BENCH_CALLS,
+        Some(s) => parse_count(s, "--calls", 1, MAX_BENCH_CALLS)?,
+    };
+    let parallel = match &a.parallel {
+        None => DEFAULT_BENCH_PARALLEL,
+        Some(s) => parse_count(s, "--parallel", 1, MAX_BENCH_PARALLEL)?,
+    }
+    .min(calls);
+    Ok((calls, parallel))
+}
+
+/// One benchmark call: how it ended, how long it took, and its error text.
+type CallRecord = (CallOutcome, Duration, Option<String>);
+
+/// What every benchmark worker needs to make its calls.
+#[derive(Clone)]
+struct BenchJob {
+    session: Arc<Session>,
+    tool: String,
+    arguments: Value,
+    /// The tool's list entry, to check results against its `outputSchema`.
+    entry: Arc<Option<Tool>>,
+    options: CallOptions<'static>,
+    timeout: Duration,
+}
+
+impl BenchJob {
+    /// Makes one call and records how it ended.
+    fn call(&self) -> CallRecord {
+        let t0 = Instant::now();
+        let r = self.session.call_tool_with_progress(
+            &self.tool,
+            self.arguments.clone(),
+            &self.options,
+            &mut |_| {},
+        );
+        let took = t0.elapsed();
+        match checked(&self.session, self.entry.as_ref().as_ref(), r) {
+            Ok(res) if res.is_error => (CallOutcome::ToolError, took, Some(res.text())),
+            Ok(_) => (CallOutcome::Ok, took, None),
+            Err(McpError::Rpc { code, message, .. }) => (
+                CallOutcome::Rpc,
+                took,
+                Some(format!("error {code}: {message}")),
+            ),
+            // Without the request id, so that timeouts count as one text.
+            Err(e) if e.is_timeout() => (
+                CallOutcome::Timeout,
+                took,
+                Some(format!("no answer within {:?}", self.timeout)),
+            ),
+            Err(e) => (CallOutcome::Failed, took, Some(e.to_string())),
+        }
+    }
+}
+
+/// Runs `calls` calls of `job` on `parallel` threads that claim them one at
+/// a time; returns every call's record and the wall time, or why the
+/// benchmark could not run as asked.
+fn run_bench_workers(
+    job: &BenchJob,
+    calls: usize,
+    parallel: usize,
+) -> Result<(Vec<CallRecord>, Duration), String> {
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut workers = Vec::with_capacity(parallel);
     let mut spawn_error = None;
     for i in 0..parallel {
-        let session = Arc::clone(&session);
         let claimed = Arc::clone(&next);
-        let arguments = arguments.clone();
-        let tool = a.tool.clone();
-        let entry = Arc::clone(&entry);
-        let timeout = conn.timeout;
+        let job = job.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("mcp-bench-{i}"))
             .spawn(move || {
                 let mut done = Vec::new();
                 while claimed.fetch_add(1, Ordering::Relaxed) < calls {
-                    let t0 = Instant::now();
-                    let r = session.call_tool_with_progress(
-                        &tool,
-                        arguments.clone(),
-                        &options,
-                        &mut |_| {},
-                    );
-                    let took = t0.elapsed();
-                    let r = checked(&session, entry.as_ref().as_ref(), r);
-                    done.push(match r {
-                        Ok(res) if res.is_error => (CallOutcome::ToolError, took, Some(res.text())),
-                        Ok(_) => (CallOutcome::Ok, took, None),
-                        Err(McpError::Rpc { code, message, .. }) => (
-                            CallOutcome::Rpc,
-                            took,
-                            Some(format!("error {code}: {message}")),
-                        ),
-                        // Without the request id, so that timeouts count as one text.
-                        Err(e) if e.is_timeout() => (
-                            CallOutcome::Timeout,
-                            took,
-                            Some(format!("no answer within {timeout:?}")),
-                        ),
-                        Err(e) => (CallOutcome::Failed, took, Some(e.to_string())),
-                    });
+                    done.push(job.call());
                 }
                 done
             });
@@ -1087,36 +1146,29 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
     for w in workers {
         match w.join() {
             Ok(done) => results.extend(done),
-            Err(_) => {
-                say!("ukload mcp: a benchmark thread panicked");
-                return Ok(close_shared(session, EXIT_TRANSPORT));
-            }
+            Err(_) => return Err("a benchmark thread panicked".to_string()),
         }
     }
     let elapsed = start.elapsed();
     if let Some(e) = spawn_error {
-        say!("ukload mcp: cannot start {parallel} benchmark threads: {e}");
-        return Ok(close_shared(session, EXIT_TRANSPORT));
+        return Err(format!("cannot start {parallel} benchmark threads: {e}"));
     }
+    Ok((results, elapsed))
+}
 
-    let count_of = |o: CallOutcome| results.iter().filter(|r| r.0 == o).count();
-    let (ok, tool_errors, rpc_errors, timeouts, failed) = (
-        count_of(CallOutcome::Ok),
-        count_of(CallOutcome::ToolError),
-        count_of(CallOutcome::Rpc),
-        count_of(CallOutcome::Timeout),
-        count_of(CallOutcome::Failed),
-    );
-    let answered: Vec<Duration> = results
-        .iter()
-        .filter(|r| {
-            matches!(
-                r.0,
-                CallOutcome::Ok | CallOutcome::ToolError | CallOutcome::Rpc
-            )
-        })
-        .map(|r| r.1)
-        .collect();
+/// The benchmark's report in `format` and its exit code (the worst outcome
+/// of any call).
+fn bench_output(
+    tool: &str,
+    peer: &str,
+    calls: usize,
+    parallel: usize,
+    results: &[CallRecord],
+    elapsed: Duration,
+    format: Format,
+) -> (String, i32) {
+    let tally = Tally::of(results);
+    let answered = answered_latencies(results);
     let first_error = results
         .iter()
         .filter(|r| r.0 != CallOutcome::ToolError)
@@ -1132,36 +1184,79 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
     } else {
         answered.len() as f64 / elapsed.as_secs_f64()
     };
-    let code = if timeouts + failed > 0 {
-        EXIT_TRANSPORT
-    } else if rpc_errors > 0 {
-        EXIT_RPC_ERROR
-    } else if tool_errors > 0 {
-        EXIT_TOOL_ERROR
-    } else {
-        EXIT_OK
-    };
     let report = BenchReport {
-        tool: &a.tool,
-        peer: session.peer(),
+        tool,
+        peer,
         calls,
         parallel,
-        ok,
-        tool_errors,
-        rpc_errors,
-        timeouts,
-        failures: timeouts + failed,
+        ok: tally.ok,
+        tool_errors: tally.tool_errors,
+        rpc_errors: tally.rpc_errors,
+        timeouts: tally.timeouts,
+        failures: tally.timeouts + tally.failed,
         elapsed,
         calls_per_sec: per_sec,
         stats: stats.as_ref(),
         first_error: first_error.as_deref(),
         errors: &errors,
     };
-    let written = print_out(&match format {
+    let text = match format {
         Format::Json => report.json(),
         Format::Human => report.human(),
-    });
-    Ok(printed(written, close_shared(session, code)))
+    };
+    (text, tally.exit_code())
+}
+
+/// How many benchmark calls ended each way.
+struct Tally {
+    ok: usize,
+    tool_errors: usize,
+    rpc_errors: usize,
+    timeouts: usize,
+    failed: usize,
+}
+
+impl Tally {
+    /// Counts `results` by outcome.
+    fn of(results: &[CallRecord]) -> Tally {
+        let count_of = |o: CallOutcome| results.iter().filter(|r| r.0 == o).count();
+        Tally {
+            ok: count_of(CallOutcome::Ok),
+            tool_errors: count_of(CallOutcome::ToolError),
+            rpc_errors: count_of(CallOutcome::Rpc),
+            timeouts: count_of(CallOutcome::Timeout),
+            failed: count_of(CallOutcome::Failed),
+        }
+    }
+
+    /// The exit code of the worst outcome: transport, then JSON-RPC, then
+    /// tool errors.
+    fn exit_code(&self) -> i32 {
+        if self.timeouts + self.failed > 0 {
+            EXIT_TRANSPORT
+        } else if self.rpc_errors > 0 {
+            EXIT_RPC_ERROR
+        } else if self.tool_errors > 0 {
+            EXIT_TOOL_ERROR
+        } else {
+            EXIT_OK
+        }
+    }
+}
+
+/// Latencies of the calls the server answered (results, tool errors and
+/// JSON-RPC errors; not timeouts or failures).
+fn answered_latencies(results: &[CallRecord]) -> Vec<Duration> {
+    results
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.0,
+                CallOutcome::Ok | CallOutcome::ToolError | CallOutcome::Rpc
+            )
+        })
+        .map(|r| r.1)
+        .collect()
 }
 
 /// Closes a session shared with (finished) worker threads.

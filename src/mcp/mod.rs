@@ -27,8 +27,10 @@ pub use session::{
     CallOptions, Progress, ProtocolChoice, Session, SessionOptions, SessionStats,
     DEFAULT_DISCOVER_TIMEOUT,
 };
-pub use stdio::{spawn_stdio_child, spawn_stdio_child_with, SpawnOptions, StderrTail, StdioChild};
-pub use transport::{CloseOutcome, Transport, TransportGuard};
+pub use stdio::{
+    spawn_stdio_child, spawn_stdio_child_with, CloseOutcome, SpawnOptions, StderrTail, StdioChild,
+};
+pub use transport::{Transport, TransportGuard};
 pub use types::{Content, InitializeResult, Tool, ToolResult};
 
 /// The *legacy* MCP revisions this crate speaks (a session set up by

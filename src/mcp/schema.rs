@@ -11,7 +11,7 @@
 //! No dependency: a full validator crate (`jsonschema`) pulls in a regex
 //! engine, an HTTP client and dozens of crates for features MCP does not use.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Most nested `$ref`s followed before giving up (a self-referencing schema).
 const MAX_DEPTH: usize = 64;
@@ -54,6 +54,8 @@ fn has_type(v: &Value, ty: &str) -> bool {
     actual == ty || (ty == "number" && actual == "integer")
 }
 
+/// Validates `v` (at `path`) against `schema`, keyword by keyword; `depth`
+/// counts the nesting so far.
 fn check(root: &Value, schema: &Value, v: &Value, path: &str, depth: usize) -> Result<(), String> {
     if depth > MAX_DEPTH {
         return Err(format!("{path}: schema nesting deeper than {MAX_DEPTH}"));
@@ -64,29 +66,57 @@ fn check(root: &Value, schema: &Value, v: &Value, path: &str, depth: usize) -> R
         Value::Object(s) => s,
         _ => return Ok(()),
     };
-    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
-        let name = r
-            .strip_prefix("#/$defs/")
-            .or_else(|| r.strip_prefix("#/definitions/"));
-        match name.and_then(|n| definition(root, n)) {
-            Some(def) => check(root, def, v, path, depth + 1)?,
-            None if r == "#" => check(root, root, v, path, depth + 1)?,
-            None => return Err(format!("{path}: unresolvable $ref {r:?}")),
-        }
+    check_ref(root, s, v, path, depth)?;
+    check_type(s, v, path)?;
+    check_const_enum_range(s, v, path)?;
+    check_combinators(root, s, v, path, depth)?;
+    match v {
+        Value::Object(obj) => check_object(root, s, obj, path, depth),
+        Value::Array(items) => check_array(root, s, items, path, depth),
+        _ => Ok(()),
     }
+}
+
+/// `$ref`: the referenced definition (or the root, for `#`) must match too.
+fn check_ref(
+    root: &Value,
+    s: &Map<String, Value>,
+    v: &Value,
+    path: &str,
+    depth: usize,
+) -> Result<(), String> {
+    let Some(r) = s.get("$ref").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let name = r
+        .strip_prefix("#/$defs/")
+        .or_else(|| r.strip_prefix("#/definitions/"));
+    match name.and_then(|n| definition(root, n)) {
+        Some(def) => check(root, def, v, path, depth + 1),
+        None if r == "#" => check(root, root, v, path, depth + 1),
+        None => Err(format!("{path}: unresolvable $ref {r:?}")),
+    }
+}
+
+/// `type`: one type name or a list of them (an integer is a number too).
+fn check_type(s: &Map<String, Value>, v: &Value, path: &str) -> Result<(), String> {
     match s.get("type") {
         Some(Value::String(t)) if !has_type(v, t) => {
-            return Err(format!("{path}: expected {t}, got {}", type_name(v)))
+            Err(format!("{path}: expected {t}, got {}", type_name(v)))
         }
         Some(Value::Array(ts)) if !ts.iter().filter_map(Value::as_str).any(|t| has_type(v, t)) => {
-            return Err(format!(
+            Err(format!(
                 "{path}: expected one of {}, got {}",
                 Value::Array(ts.clone()),
                 type_name(v)
             ))
         }
-        _ => {}
+        _ => Ok(()),
     }
+}
+
+/// `const`, `enum`, `minimum` and `maximum`.
+fn check_const_enum_range(s: &Map<String, Value>, v: &Value, path: &str) -> Result<(), String> {
     if let Some(c) = s.get("const") {
         if c != v {
             return Err(format!("{path}: expected {c}, got {v}"));
@@ -110,6 +140,17 @@ fn check(root: &Value, schema: &Value, v: &Value, path: &str, depth: usize) -> R
             return Err(format!("{path}: {x} is above the maximum {max}"));
         }
     }
+    Ok(())
+}
+
+/// `allOf`, `anyOf`, `oneOf` and `not`.
+fn check_combinators(
+    root: &Value,
+    s: &Map<String, Value>,
+    v: &Value,
+    path: &str,
+    depth: usize,
+) -> Result<(), String> {
     if let Some(Value::Array(all)) = s.get("allOf") {
         for sub in all {
             check(root, sub, v, path, depth + 1)?;
@@ -149,48 +190,65 @@ fn check(root: &Value, schema: &Value, v: &Value, path: &str, depth: usize) -> R
             return Err(format!("{path}: matches a schema it must not"));
         }
     }
-    if let Value::Object(obj) = v {
-        let props = s.get("properties").and_then(Value::as_object);
-        for key in s
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-        {
-            if !obj.contains_key(key) {
-                return Err(format!("{path}: missing required property {key:?}"));
-            }
-        }
-        for (key, value) in obj {
-            let sub_path = format!("{path}.{key}");
-            match props.and_then(|p| p.get(key)) {
-                Some(sub) => check(root, sub, value, &sub_path, depth + 1)?,
-                None => match s.get("additionalProperties") {
-                    Some(Value::Bool(false)) => {
-                        return Err(format!("{path}: property {key:?} is not allowed"))
-                    }
-                    Some(extra @ Value::Object(_)) => {
-                        check(root, extra, value, &sub_path, depth + 1)?
-                    }
-                    _ => {}
-                },
-            }
+    Ok(())
+}
+
+/// An object's `required` keys, then each property against `properties`
+/// or `additionalProperties`.
+fn check_object(
+    root: &Value,
+    s: &Map<String, Value>,
+    obj: &Map<String, Value>,
+    path: &str,
+    depth: usize,
+) -> Result<(), String> {
+    let props = s.get("properties").and_then(Value::as_object);
+    for key in s
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        if !obj.contains_key(key) {
+            return Err(format!("{path}: missing required property {key:?}"));
         }
     }
-    if let Value::Array(items) = v {
-        if let Some(max) = s.get("maxItems").and_then(Value::as_u64) {
-            if items.len() as u64 > max {
-                return Err(format!(
-                    "{path}: {} items, at most {max} allowed",
-                    items.len()
-                ));
-            }
+    for (key, value) in obj {
+        let sub_path = format!("{path}.{key}");
+        match props.and_then(|p| p.get(key)) {
+            Some(sub) => check(root, sub, value, &sub_path, depth + 1)?,
+            None => match s.get("additionalProperties") {
+                Some(Value::Bool(false)) => {
+                    return Err(format!("{path}: property {key:?} is not allowed"))
+                }
+                Some(extra @ Value::Object(_)) => check(root, extra, value, &sub_path, depth + 1)?,
+                _ => {}
+            },
         }
-        if let Some(item_schema) = s.get("items") {
-            for (i, item) in items.iter().enumerate() {
-                check(root, item_schema, item, &format!("{path}[{i}]"), depth + 1)?;
-            }
+    }
+    Ok(())
+}
+
+/// An array's `maxItems`, then each item against `items`.
+fn check_array(
+    root: &Value,
+    s: &Map<String, Value>,
+    items: &[Value],
+    path: &str,
+    depth: usize,
+) -> Result<(), String> {
+    if let Some(max) = s.get("maxItems").and_then(Value::as_u64) {
+        if items.len() as u64 > max {
+            return Err(format!(
+                "{path}: {} items, at most {max} allowed",
+                items.len()
+            ));
+        }
+    }
+    if let Some(item_schema) = s.get("items") {
+        for (i, item) in items.iter().enumerate() {
+            check(root, item_schema, item, &format!("{path}[{i}]"), depth + 1)?;
         }
     }
     Ok(())

@@ -25,7 +25,8 @@ use serde_json::{json, Map, Value};
 
 use super::error::McpError;
 use super::server::modern_request_meta;
-use super::transport::{CloseOutcome, Transport, TransportGuard};
+use super::stdio::CloseOutcome;
+use super::transport::{Transport, TransportGuard};
 use super::types::{preview, InitializeResult, Tool, ToolResult};
 use super::{
     Era, LATEST_LEGACY_PROTOCOL_VERSION, LATEST_PROTOCOL_VERSION, LEGACY_PROTOCOL_VERSIONS,
@@ -183,6 +184,10 @@ enum Reply {
     Failed(McpError),
 }
 
+/// A registered request: its id, where its reply comes, and where its
+/// progress comes when the caller watches it.
+type Registered = (u64, Receiver<Reply>, Option<Receiver<Progress>>);
+
 /// A request waiting for its answer.
 struct Pending {
     reply: Sender<Reply>,
@@ -267,6 +272,29 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state of a new session: no request issued yet (ids start at 1).
+    fn new(
+        peer: String,
+        framing: Framing,
+        out: Sender<WriterCmd>,
+        guard: Option<Arc<dyn TransportGuard>>,
+    ) -> Shared {
+        Shared {
+            peer,
+            framing,
+            out,
+            routing: Mutex::new(Routing {
+                next_id: 1,
+                pending: HashMap::new(),
+                dead: None,
+                last_unknown_id: None,
+                last_idless_error: None,
+            }),
+            counters: Counters::default(),
+            guard,
+        }
+    }
+
     fn routing(&self) -> MutexGuard<'_, Routing> {
         self.routing.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -599,6 +627,8 @@ impl Session {
         }
     }
 
+    /// Starts the writer and reader threads on `transport` (no handshake
+    /// yet); if one cannot start, what did start is closed.
     fn start(transport: Transport, options: SessionOptions) -> Result<Session, McpError> {
         let Transport {
             reader,
@@ -608,20 +638,7 @@ impl Session {
             guard,
         } = transport;
         let (out_tx, out_rx) = bounded(WRITE_QUEUE_DEPTH);
-        let shared = Arc::new(Shared {
-            peer,
-            framing,
-            out: out_tx,
-            routing: Mutex::new(Routing {
-                next_id: 1,
-                pending: HashMap::new(),
-                dead: None,
-                last_unknown_id: None,
-                last_idless_error: None,
-            }),
-            counters: Counters::default(),
-            guard,
-        });
+        let shared = Arc::new(Shared::new(peer, framing, out_tx, guard));
         let mut threads = Threads {
             reader: None,
             writer: None,
@@ -634,60 +651,44 @@ impl Session {
             )
         };
 
-        let (done_tx, done_rx) = bounded::<()>(0);
         let s = Arc::clone(&shared);
-        let writer_thread =
-            std::thread::Builder::new()
-                .name("mcp-writer".into())
-                .spawn(move || {
-                    let _done = done_tx;
-                    writer_loop(&s, writer, out_rx)
-                });
-        match writer_thread {
-            Ok(h) => threads.writer = Some((h, done_rx)),
+        match spawn_io_thread("mcp-writer", move || writer_loop(&s, writer, out_rx)) {
+            Ok(w) => threads.writer = Some(w),
             Err(e) => {
                 let err = spawn_err("writer", e);
-                let session = Session {
-                    shared,
-                    server: InitializeResult::default(),
-                    options,
-                    threads: Mutex::new(threads),
-                    era: Era::Legacy,
-                };
+                let session = Session::before_handshake(shared, options, threads);
                 let _ = session.close();
                 return Err(err);
             }
         }
 
-        let (done_tx, done_rx) = bounded::<()>(0);
         let s = Arc::clone(&shared);
-        let reader_thread =
-            std::thread::Builder::new()
-                .name("mcp-reader".into())
-                .spawn(move || {
-                    let _done = done_tx;
-                    reader_loop(&s, reader)
-                });
-        let reader_err = match reader_thread {
-            Ok(h) => {
-                threads.reader = Some((h, done_rx));
+        let reader_err = match spawn_io_thread("mcp-reader", move || reader_loop(&s, reader)) {
+            Ok(r) => {
+                threads.reader = Some(r);
                 None
             }
             Err(e) => Some(spawn_err("reader", e)),
         };
-        let session = Session {
-            shared,
-            server: InitializeResult::default(),
-            options,
-            threads: Mutex::new(threads),
-            era: Era::Legacy,
-        };
+        let session = Session::before_handshake(shared, options, threads);
         match reader_err {
             None => Ok(session),
             Some(err) => {
                 let _ = session.close();
                 Err(err)
             }
+        }
+    }
+
+    /// A session whose handshake has not happened: no server information,
+    /// legacy until the server shows otherwise.
+    fn before_handshake(shared: Arc<Shared>, options: SessionOptions, threads: Threads) -> Session {
+        Session {
+            shared,
+            server: InitializeResult::default(),
+            options,
+            threads: Mutex::new(threads),
+            era: Era::Legacy,
         }
     }
 
@@ -925,6 +926,8 @@ impl Session {
         self.request_inner(method, params, timeout, true, None, None)
     }
 
+    /// Registers a request, sends it and waits for its answer: the body of
+    /// every request this session makes.
     fn request_inner(
         &self,
         method: &str,
@@ -932,49 +935,83 @@ impl Session {
         timeout: Duration,
         cancel_on_timeout: bool,
         stop: Stop<'_>,
-        mut watch: Option<&mut ProgressWatch<'_, '_>>,
+        watch: Option<&mut ProgressWatch<'_, '_>>,
     ) -> Result<Value, McpError> {
         let start = Instant::now();
         let hard_deadline = watch
             .as_ref()
             .and_then(|w| w.options.max_total)
             .map(|m| start + m);
-        let cap = |d: Instant| hard_deadline.map_or(d, |h| d.min(h));
-        let mut deadline = cap(start + timeout);
-        let shared = &self.shared;
         if stopped(stop) {
             return Err(McpError::Interrupted {
                 method: method.to_string(),
                 after: Duration::ZERO,
             });
         }
+        let (id, rx, progress_rx) = self.register_pending(watch.is_some())?;
+        let deadline = capped(hard_deadline, start + timeout);
+        self.send_request(id, method, params, watch.is_some(), deadline, stop)?;
+        let mut wait = Wait {
+            session: self,
+            method,
+            id,
+            start,
+            timeout,
+            hard_deadline,
+            deadline,
+            cancel_on_timeout,
+            stop,
+            watch,
+            rx,
+            progress_rx,
+            progress_seen: 0,
+        };
+        let reply = wait.for_reply()?;
+        self.reply_value(method, reply)
+    }
+
+    /// Issues the next request id and records it as pending, with a progress
+    /// channel when the caller watches progress; fails if the session is dead.
+    fn register_pending(&self, watched: bool) -> Result<Registered, McpError> {
         let (tx, rx) = bounded(1);
-        let (progress_tx, mut progress_rx) = match watch {
-            Some(_) => {
+        let (progress_tx, progress_rx) = match watched {
+            true => {
                 let (ptx, prx) = bounded(PROGRESS_QUEUE_DEPTH);
                 (Some(ptx), Some(prx))
             }
-            None => (None, None),
+            false => (None, None),
         };
-        let id = {
-            let mut r = shared.routing();
-            if let Some(dead) = &r.dead {
-                return Err(dead.clone());
-            }
-            let id = r.next_id;
-            r.next_id += 1;
-            r.pending.insert(
-                id,
-                Pending {
-                    reply: tx,
-                    progress: progress_tx,
-                },
-            );
-            id
-        };
-        let params = match (&watch, params) {
-            (Some(_), params) => Some(with_progress_token(params, id)),
-            (None, params) => params,
+        let mut r = self.shared.routing();
+        if let Some(dead) = &r.dead {
+            return Err(dead.clone());
+        }
+        let id = r.next_id;
+        r.next_id += 1;
+        r.pending.insert(
+            id,
+            Pending {
+                reply: tx,
+                progress: progress_tx,
+            },
+        );
+        Ok((id, rx, progress_rx))
+    }
+
+    /// Writes request `id` (with its progress token when `watched`, and the
+    /// modern `_meta`); on failure it is no longer pending.
+    fn send_request(
+        &self,
+        id: u64,
+        method: &str,
+        params: Option<Value>,
+        watched: bool,
+        deadline: Instant,
+        stop: Stop<'_>,
+    ) -> Result<(), McpError> {
+        let shared = &self.shared;
+        let params = match watched {
+            true => Some(with_progress_token(params, id)),
+            false => params,
         };
         let mut msg = json!({"jsonrpc": "2.0", "id": id, "method": method});
         let params = match self.era {
@@ -995,105 +1032,15 @@ impl Session {
             .counters
             .requests_sent
             .fetch_add(1, Ordering::Relaxed);
-        // Waits in slices when there is a stop flag, so a signal is seen soon.
-        let mut progress_seen = 0u64;
-        let reply = loop {
-            let wake = wake_at(deadline, stop);
-            let event = match &progress_rx {
-                None => match rx.recv_deadline(wake) {
-                    Ok(reply) => Event::Reply(reply),
-                    Err(e) => Event::Idle(e),
-                },
-                Some(prx) => crossbeam_channel::select! {
-                    recv(rx) -> r => match r {
-                        Ok(reply) => Event::Reply(reply),
-                        Err(_) => Event::Idle(RecvTimeoutError::Disconnected),
-                    },
-                    recv(prx) -> p => match p {
-                        Ok(p) => Event::Progress(p),
-                        // The reader routed the reply and dropped the sender.
-                        Err(_) => Event::ProgressEnded,
-                    },
-                    default(wake.saturating_duration_since(Instant::now())) => {
-                        Event::Idle(RecvTimeoutError::Timeout)
-                    }
-                },
-            };
-            match event {
-                Event::Reply(reply) => break reply,
-                Event::ProgressEnded => progress_rx = None,
-                Event::Progress(p) => {
-                    progress_seen += 1;
-                    if let Some(w) = watch.as_mut() {
-                        (w.on_progress)(&p);
-                        if w.options.progress_resets_timeout {
-                            deadline = cap(Instant::now() + timeout);
-                        }
-                    }
-                }
-                Event::Idle(RecvTimeoutError::Timeout) => {
-                    let interrupted = stopped(stop);
-                    if !interrupted && Instant::now() < deadline {
-                        continue;
-                    }
-                    let still_pending = shared.routing().pending.remove(&id).is_some();
-                    match rx.try_recv() {
-                        // The answer raced the deadline (or the signal) and won: use it.
-                        Ok(reply) if !still_pending => break reply,
-                        _ if interrupted => {
-                            if cancel_on_timeout {
-                                self.send_cancel(id, "client interrupted by signal".into());
-                            }
-                            return Err(McpError::Interrupted {
-                                method: method.to_string(),
-                                after: start.elapsed(),
-                            });
-                        }
-                        _ => {
-                            let waited = deadline.saturating_duration_since(start);
-                            if cancel_on_timeout {
-                                self.send_cancel(
-                                    id,
-                                    format!("client deadline of {waited:?} expired"),
-                                );
-                            }
-                            let mut hints = Vec::new();
-                            if hard_deadline.is_some_and(|h| deadline >= h) {
-                                hints.push(format!(
-                                    "the hard limit on the whole call ({waited:?}, max total) was reached"
-                                ));
-                            } else if progress_seen > 0
-                                && watch
-                                    .as_ref()
-                                    .is_some_and(|w| w.options.progress_resets_timeout)
-                            {
-                                hints.push(format!(
-                                    "{progress_seen} progress notification(s), then none for {timeout:?}"
-                                ));
-                            }
-                            hints.extend(shared.timeout_hint());
-                            return Err(McpError::Timeout {
-                                method: method.to_string(),
-                                id,
-                                after: waited,
-                                hint: (!hints.is_empty()).then(|| hints.join("; ")),
-                            });
-                        }
-                    }
-                }
-                Event::Idle(RecvTimeoutError::Disconnected) => {
-                    return Err(shared
-                        .routing()
-                        .dead
-                        .clone()
-                        .unwrap_or_else(|| shared.closed("the reader has stopped")))
-                }
-            }
-        };
+        Ok(())
+    }
+
+    /// The value of a reply: its checked `result`, or the error it carries.
+    fn reply_value(&self, method: &str, reply: Reply) -> Result<Value, McpError> {
         match reply {
             Reply::Result(v) if self.era == Era::Modern => match check_result_type(&v) {
                 Ok(()) => Ok(v),
-                Err(e) => Err(shared.protocol(format!("{method}: {e}"))),
+                Err(e) => Err(self.shared.protocol(format!("{method}: {e}"))),
             },
             Reply::Result(v) => Ok(v),
             Reply::Error {
@@ -1232,6 +1179,179 @@ impl Drop for Session {
     fn drop(&mut self) {
         let _ = self.close();
     }
+}
+
+/// `deadline`, never past the hard limit of the whole call.
+fn capped(hard_deadline: Option<Instant>, deadline: Instant) -> Instant {
+    hard_deadline.map_or(deadline, |h| deadline.min(h))
+}
+
+/// A sent request waiting for its answer: what the wait threads through
+/// ([`Session::request_inner`]).
+struct Wait<'r, 'a, 'b> {
+    session: &'r Session,
+    method: &'r str,
+    id: u64,
+    start: Instant,
+    /// Deadline of the call (or of the silence between progress notifications).
+    timeout: Duration,
+    /// Bound of the whole call, whatever the progress.
+    hard_deadline: Option<Instant>,
+    deadline: Instant,
+    cancel_on_timeout: bool,
+    stop: Stop<'r>,
+    watch: Option<&'r mut ProgressWatch<'a, 'b>>,
+    rx: Receiver<Reply>,
+    progress_rx: Option<Receiver<Progress>>,
+    progress_seen: u64,
+}
+
+impl Wait<'_, '_, '_> {
+    /// Waits for the reply, handing progress to the caller, until the
+    /// deadline, a stop or the end of the session.
+    fn for_reply(&mut self) -> Result<Reply, McpError> {
+        loop {
+            match self.next_event() {
+                Event::Reply(reply) => return Ok(reply),
+                Event::ProgressEnded => self.progress_rx = None,
+                Event::Progress(p) => self.on_progress(&p),
+                Event::Idle(RecvTimeoutError::Timeout) => {
+                    if let Some(reply) = self.on_wake()? {
+                        return Ok(reply);
+                    }
+                }
+                Event::Idle(RecvTimeoutError::Disconnected) => {
+                    let shared = &self.session.shared;
+                    return Err(shared
+                        .routing()
+                        .dead
+                        .clone()
+                        .unwrap_or_else(|| shared.closed("the reader has stopped")));
+                }
+            }
+        }
+    }
+
+    /// Blocks until the reply, a progress notification or the next wake-up.
+    /// Waits in slices when there is a stop flag, so a signal is seen soon.
+    fn next_event(&self) -> Event {
+        let wake = wake_at(self.deadline, self.stop);
+        match &self.progress_rx {
+            None => match self.rx.recv_deadline(wake) {
+                Ok(reply) => Event::Reply(reply),
+                Err(e) => Event::Idle(e),
+            },
+            Some(prx) => crossbeam_channel::select! {
+                recv(self.rx) -> r => match r {
+                    Ok(reply) => Event::Reply(reply),
+                    Err(_) => Event::Idle(RecvTimeoutError::Disconnected),
+                },
+                recv(prx) -> p => match p {
+                    Ok(p) => Event::Progress(p),
+                    // The reader routed the reply and dropped the sender.
+                    Err(_) => Event::ProgressEnded,
+                },
+                default(wake.saturating_duration_since(Instant::now())) => {
+                    Event::Idle(RecvTimeoutError::Timeout)
+                }
+            },
+        }
+    }
+
+    /// Hands a progress notification to the caller and, if it asked for
+    /// that, restarts the deadline (never past the hard limit).
+    fn on_progress(&mut self, p: &Progress) {
+        self.progress_seen += 1;
+        let Some(w) = self.watch.as_mut() else {
+            return;
+        };
+        (w.on_progress)(p);
+        if w.options.progress_resets_timeout {
+            self.deadline = capped(self.hard_deadline, Instant::now() + self.timeout);
+        }
+    }
+
+    /// After a wait slice: keeps waiting (`None`), takes an answer that
+    /// raced the deadline, or gives up (stopped or timed out).
+    fn on_wake(&mut self) -> Result<Option<Reply>, McpError> {
+        let interrupted = stopped(self.stop);
+        if !interrupted && Instant::now() < self.deadline {
+            return Ok(None);
+        }
+        let still_pending = self
+            .session
+            .shared
+            .routing()
+            .pending
+            .remove(&self.id)
+            .is_some();
+        match self.rx.try_recv() {
+            // The answer raced the deadline (or the signal) and won: use it.
+            Ok(reply) if !still_pending => Ok(Some(reply)),
+            _ if interrupted => Err(self.interrupted()),
+            _ => Err(self.timed_out()),
+        }
+    }
+
+    /// Gives up on a stop: cancels the request (if asked to) and says so.
+    fn interrupted(&self) -> McpError {
+        if self.cancel_on_timeout {
+            self.session
+                .send_cancel(self.id, "client interrupted by signal".into());
+        }
+        McpError::Interrupted {
+            method: self.method.to_string(),
+            after: self.start.elapsed(),
+        }
+    }
+
+    /// Gives up at the deadline: cancels the request (if asked to) and names
+    /// the limit that was reached, with what may explain the silence.
+    fn timed_out(&self) -> McpError {
+        let waited = self.deadline.saturating_duration_since(self.start);
+        if self.cancel_on_timeout {
+            self.session
+                .send_cancel(self.id, format!("client deadline of {waited:?} expired"));
+        }
+        let mut hints = Vec::new();
+        let progress_resets = self
+            .watch
+            .as_ref()
+            .is_some_and(|w| w.options.progress_resets_timeout);
+        if self.hard_deadline.is_some_and(|h| self.deadline >= h) {
+            hints.push(format!(
+                "the hard limit on the whole call ({waited:?}, max total) was reached"
+            ));
+        } else if self.progress_seen > 0 && progress_resets {
+            hints.push(format!(
+                "{} progress notification(s), then none for {:?}",
+                self.progress_seen, self.timeout
+            ));
+        }
+        hints.extend(self.session.shared.timeout_hint());
+        McpError::Timeout {
+            method: self.method.to_string(),
+            id: self.id,
+            after: waited,
+            hint: (!hints.is_empty()).then(|| hints.join("; ")),
+        }
+    }
+}
+
+/// Starts the I/O thread `name` running `body`; the receiver disconnects
+/// when the thread ends, so closing can wait for it with a deadline.
+fn spawn_io_thread(
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<(JoinHandle<()>, Receiver<()>)> {
+    let (done_tx, done_rx) = bounded::<()>(0);
+    let handle = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _done = done_tx;
+            body()
+        })?;
+    Ok((handle, done_rx))
 }
 
 /// What woke a waiting caller.

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::ffi::{CString, OsString};
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -19,8 +19,24 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::transport::{CloseOutcome, Transport, TransportGuard};
-use crate::framing::Framing;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::prctl;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::{getppid, Pid};
+
+/// How the peer ended when the session closed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CloseOutcome {
+    /// The server process's exit status, for transports that own a process.
+    pub exit_status: Option<ExitStatus>,
+    /// The strongest signal that had to be sent to its process group
+    /// (`None`: it exited by itself once its stdin was closed).
+    pub signal_sent: Option<i32>,
+    /// The process was collected by another reaper (ECHILD: a guest's PID-1
+    /// reaper, a supervisor's `waitpid(-1)`): it is gone, `exit_status` unknown.
+    pub reaped_elsewhere: bool,
+}
 
 /// How much of the child's stderr is kept (the most recent bytes).
 pub const STDERR_TAIL_LEN: usize = 64 * 1024;
@@ -246,8 +262,8 @@ pub fn spawn_stdio_child_with(argv: &[String], opts: &SpawnOptions) -> io::Resul
         // Captured before the fork: in the child, getppid() must still be this.
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs in the forked child before exec and only makes
-        // async-signal-safe calls (prctl, getppid); it allocates nothing and touches
-        // no lock.
+        // async-signal-safe calls (prctl, getppid, through nix's thin wrappers); it
+        // allocates nothing and touches no lock.
         unsafe {
             cmd.pre_exec(move || die_with_parent(parent));
         }
@@ -300,14 +316,8 @@ pub fn spawn_stdio_child_with(argv: &[String], opts: &SpawnOptions) -> io::Resul
 ///
 /// Only async-signal-safe calls: it runs between `fork` and `exec`.
 fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and affects only the
-    // calling (child) process.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: getppid has no preconditions and cannot fail.
-    if unsafe { libc::getppid() } != parent {
+    prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if getppid().as_raw() != parent {
         // The parent died before the prctl took effect: no signal will come.
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
@@ -449,23 +459,6 @@ impl StdioChild {
         )
     }
 
-    /// Makes a transport of this child's stdin/stdout; the child becomes the
-    /// transport's guard (ended and reaped when the session closes).
-    pub fn into_transport(self, framing: Framing) -> io::Result<Transport> {
-        let (stdin, stdout) = (self.take_stdin(), self.take_stdout());
-        let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: stdin/stdout already taken", self.describe()),
-            ));
-        };
-        let peer = self.describe();
-        Ok(
-            Transport::new(Box::new(stdout), Box::new(stdin), framing, peer)
-                .with_guard(Arc::new(self)),
-        )
-    }
-
     /// The exit status if the child has exited (reaping it), without blocking.
     /// `None` also when another reaper collected it (see [`StdioChild::has_exited`]).
     pub fn try_status(&self) -> io::Result<Option<ExitStatus>> {
@@ -549,45 +542,6 @@ impl StdioChild {
     }
 }
 
-impl TransportGuard for StdioChild {
-    fn shutdown(&self) -> io::Result<CloseOutcome> {
-        StdioChild::shutdown(self)
-    }
-
-    fn pid(&self) -> Option<u32> {
-        Some(self.pid)
-    }
-
-    fn stderr_tail(&self) -> Option<String> {
-        Some(self.stderr.contents())
-    }
-
-    fn diagnostics(&self, wait: Duration) -> Option<String> {
-        let deadline = Instant::now() + wait;
-        self.stderr.wait_eof(wait);
-        let exit = {
-            let mut st = self.state();
-            if st.exit.is_running() {
-                st.exit = wait_deadline(&mut st.child, deadline).unwrap_or(Exit::Running);
-            }
-            st.exit
-        };
-        let mut out = match exit {
-            Exit::Reaped(s) => format!("pid {} exited ({s})", self.pid),
-            Exit::ReapedElsewhere => format!("pid {} exited (reaped by another process)", self.pid),
-            Exit::Running => format!("pid {} still running", self.pid),
-        };
-        let tail = self.stderr.last(STDERR_IN_ERRORS);
-        if tail.is_empty() {
-            out.push_str("; its stderr is empty");
-        } else {
-            out.push_str("; last stderr:\n");
-            out.push_str(&tail);
-        }
-        Some(out)
-    }
-}
-
 impl Drop for StdioChild {
     fn drop(&mut self) {
         // Errors cannot be reported from drop; shutdown already escalated to SIGKILL.
@@ -603,29 +557,30 @@ fn signal_group(pgid: libc::pid_t, sig: libc::c_int) -> io::Result<bool> {
             format!("refusing to signal process group {pgid}"),
         ));
     }
-    // SAFETY: kill(2) with a negative pid only sends a signal; pgid > 1 is the group
-    // this module created for its own child (process_group(0) makes pgid == pid), and
-    // the child is not yet reaped or the group still has members, so the id is ours.
-    let rc = unsafe { libc::kill(-pgid, sig) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) {
-        Ok(false)
-    } else {
-        Err(io::Error::new(
-            err.kind(),
-            format!("kill(-{pgid}, {sig}): {err}"),
-        ))
+    // pgid > 1 is the group this module created for its own child
+    // (process_group(0) makes pgid == pid), and the child is not yet reaped or the
+    // group still has members, so the id is ours.
+    let signal = crate::supervisor::signal(sig)?;
+    match killpg(Pid::from_raw(pgid), signal) {
+        Ok(()) => Ok(true),
+        Err(Errno::ESRCH) => Ok(false),
+        Err(e) => {
+            let err = io::Error::from(e);
+            Err(io::Error::new(
+                err.kind(),
+                format!("kill(-{pgid}, {sig}): {err}"),
+            ))
+        }
     }
 }
 
 /// Whether any process (zombies included) is left in group `pgid`.
 fn group_alive(pgid: libc::pid_t) -> bool {
-    // SAFETY: signal 0 performs only the existence/permission check, sends nothing.
-    let rc = unsafe { libc::kill(-pgid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    // No signal: only the existence/permission check, nothing is sent.
+    matches!(
+        killpg(Pid::from_raw(pgid), None),
+        Ok(()) | Err(Errno::EPERM)
+    )
 }
 
 /// Reaps `child` if it has exited, without blocking. ECHILD means another reaper
@@ -670,35 +625,58 @@ fn wait_deadline(child: &mut Child, deadline: Instant) -> io::Result<Exit> {
     }
 }
 
+/// A pidfd for our unreaped child `pid` (so the pid cannot have been reused);
+/// `None` where the kernel has no `pidfd_open`.
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; the pid is
-    // our unreaped child, so it cannot have been reused.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: the syscall returned a fresh fd that nothing else owns.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    crate::proc::pidfd_open(pid as i32).ok()
 }
 
 /// Waits until `fd` is readable (a pidfd is readable once the process exits) or `timeout`.
 fn poll_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
     // Round up so a sub-millisecond remainder does not become a busy loop.
-    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: pfd is a valid pollfd for the duration of the call and nfds is 1.
-    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(io::Error::new(err.kind(), format!("poll(pidfd): {err}")));
+    let ms = PollTimeout::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX);
+    match poll(&mut pfd, ms) {
+        Ok(_) | Err(Errno::EINTR) => Ok(()),
+        Err(e) => {
+            let err = io::Error::from(e);
+            Err(io::Error::new(err.kind(), format!("poll(pidfd): {err}")))
         }
     }
-    Ok(())
+}
+
+impl StdioChild {
+    /// Everything the child wrote on stderr so far (bounded).
+    pub fn stderr_text(&self) -> String {
+        self.stderr.contents()
+    }
+
+    /// Context for an error after the stream ended: exit status and stderr
+    /// tail, waiting up to `wait` for them to be complete.
+    pub fn diagnostics(&self, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        self.stderr.wait_eof(wait);
+        let exit = {
+            let mut st = self.state();
+            if st.exit.is_running() {
+                st.exit = wait_deadline(&mut st.child, deadline).unwrap_or(Exit::Running);
+            }
+            st.exit
+        };
+        let mut out = match exit {
+            Exit::Reaped(s) => format!("pid {} exited ({s})", self.pid),
+            Exit::ReapedElsewhere => format!("pid {} exited (reaped by another process)", self.pid),
+            Exit::Running => format!("pid {} still running", self.pid),
+        };
+        let tail = self.stderr.last(STDERR_IN_ERRORS);
+        if tail.is_empty() {
+            out.push_str("; its stderr is empty");
+        } else {
+            out.push_str("; last stderr:\n");
+            out.push_str(&tail);
+        }
+        Some(out)
+    }
 }
 
 #[cfg(test)]
@@ -750,11 +728,10 @@ mod tests {
     #[test]
     fn child_reaped_by_another_reaper_counts_as_gone() {
         let child = spawn_stdio_child(&sh("exit 3")).unwrap();
-        let pid = child.pid() as libc::pid_t;
-        let mut status = 0;
-        // SAFETY: waitpid on our own child, standing in for a PID-1 reaper.
-        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert_eq!(rc, pid);
+        let pid = Pid::from_raw(child.pid() as libc::pid_t);
+        // waitpid on our own child, standing in for a PID-1 reaper.
+        let st = nix::sys::wait::waitpid(pid, None).unwrap();
+        assert_eq!(st.pid(), Some(pid));
         assert!(child.has_exited().unwrap());
         let start = Instant::now();
         let outcome = child.shutdown().unwrap();

@@ -9,26 +9,12 @@
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
-use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::McpError;
-use super::stdio::{spawn_stdio_child_with, SpawnOptions};
+use super::stdio::{spawn_stdio_child_with, CloseOutcome, SpawnOptions, StdioChild};
 use crate::framing::Framing;
-
-/// How the peer ended when the session closed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CloseOutcome {
-    /// The server process's exit status, for transports that own a process.
-    pub exit_status: Option<ExitStatus>,
-    /// The strongest signal that had to be sent to its process group
-    /// (`None`: it exited by itself once its stdin was closed).
-    pub signal_sent: Option<i32>,
-    /// The process was collected by another reaper (ECHILD: a guest's PID-1
-    /// reaper, a supervisor's `waitpid(-1)`): it is gone, `exit_status` unknown.
-    pub reaped_elsewhere: bool,
-}
 
 /// Ends the peer of a transport and releases what it holds.
 ///
@@ -103,9 +89,25 @@ impl Transport {
     ) -> Result<Transport, McpError> {
         let child = spawn_stdio_child_with(argv, opts)
             .map_err(|e| McpError::io("starting the stdio MCP server", e))?;
-        child
-            .into_transport(framing)
+        Transport::from_stdio_child(child, framing)
             .map_err(|e| McpError::io("connecting to the stdio MCP server", e))
+    }
+
+    /// A transport over a stdio child's stdin/stdout; the child becomes the
+    /// transport's guard (ended and reaped when the session closes).
+    pub fn from_stdio_child(child: StdioChild, framing: Framing) -> io::Result<Transport> {
+        let (stdin, stdout) = (child.take_stdin(), child.take_stdout());
+        let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: stdin/stdout already taken", child.describe()),
+            ));
+        };
+        let peer = child.describe();
+        Ok(
+            Transport::new(Box::new(stdout), Box::new(stdin), framing, peer)
+                .with_guard(Arc::new(child)),
+        )
     }
 
     /// A transport over a connected Unix stream (e.g. hybrid vsock after `CONNECT`);
@@ -197,5 +199,24 @@ impl TransportGuard for VsockStreamGuard {
                 format!("shutdown of the MCP vsock stream: {e}"),
             )),
         }
+    }
+}
+
+/// A stdio child is ended by the session through its own shutdown.
+impl TransportGuard for StdioChild {
+    fn shutdown(&self) -> io::Result<CloseOutcome> {
+        StdioChild::shutdown(self)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(StdioChild::pid(self))
+    }
+
+    fn stderr_tail(&self) -> Option<String> {
+        Some(self.stderr_text())
+    }
+
+    fn diagnostics(&self, wait: Duration) -> Option<String> {
+        StdioChild::diagnostics(self, wait)
     }
 }

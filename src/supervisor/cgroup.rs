@@ -22,10 +22,14 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
 /// Selects containment: `auto` (cgroup where possible, the default),
 /// `cgroup` (fail if impossible) or `marker` (process groups and markers only).
@@ -217,10 +221,9 @@ impl Cgroup {
             return write_ctl(&ctl, "1");
         }
         for pid in self.procs_recursive() {
-            // SAFETY: kill takes plain integers; the pid was a member of our
-            // cgroup just now (no process can be moved in by others without
-            // write access to it).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // The pid was a member of our cgroup just now (no process can be
+            // moved in by others without write access to it).
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         Ok(())
     }
@@ -246,8 +249,8 @@ impl Cgroup {
     }
 
     /// The descriptor of `cgroup.events`, for polling.
-    pub fn events_fd(&self) -> i32 {
-        self.events.as_raw_fd()
+    pub fn events_fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
     }
 }
 
@@ -303,26 +306,16 @@ pub fn remove_tree(dir: &Path, deadline: Instant) -> io::Result<()> {
 
 /// Waits until one of `groups`' `cgroup.events` changes, or `timeout`.
 pub fn wait_events(groups: &[&Cgroup], timeout: Duration) {
-    let mut fds: Vec<libc::pollfd> = groups
+    let mut fds: Vec<PollFd<'_>> = groups
         .iter()
-        .map(|g| libc::pollfd {
-            fd: g.events_fd(),
-            events: libc::POLLPRI,
-            revents: 0,
-        })
+        .map(|g| PollFd::new(g.events_fd(), PollFlags::POLLPRI))
         .collect();
     if fds.is_empty() {
         std::thread::sleep(timeout);
         return;
     }
-    // SAFETY: `fds` is a valid array of pollfd of the given length; bounded timeout.
-    unsafe {
-        libc::poll(
-            fds.as_mut_ptr(),
-            fds.len() as libc::nfds_t,
-            timeout.as_millis().min(i32::MAX as u128) as i32,
-        )
-    };
+    let ms = PollTimeout::try_from(timeout.as_millis()).unwrap_or(PollTimeout::MAX);
+    let _ = poll(&mut fds, ms);
 }
 
 /// A run's cgroup: `<parent>/ukload-<run id>`.
@@ -477,16 +470,11 @@ pub fn run_cgroups_in(parent: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
-/// The harness pid in a run id (`<hex ms>-<pid>`, see `run::new_run_id`).
-pub fn run_id_pid(run_id: &str) -> Option<i32> {
-    run_id.rsplit_once('-')?.1.parse().ok()
-}
-
 /// Conservative liveness of a run from its id alone: dead only when no
 /// process has the harness's pid any more (a reused pid counts as alive, so
 /// a live run is never taken for dead).
 pub fn run_maybe_alive(run_id: &str) -> bool {
-    match run_id_pid(run_id) {
+    match crate::runs::harness_pid_of(run_id) {
         Some(pid) if pid > 0 => Path::new(&format!("/proc/{pid}")).exists(),
         _ => true,
     }

@@ -17,14 +17,21 @@ pub use spawn::{Child, Command, Redirect, SpawnError};
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags};
+use nix::sys::prctl;
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
 /// How often the reaper looks for exited children even without a `SIGCHLD`
 /// (a safety net: signals can coalesce, and the poll needs a timeout anyway).
-const REAPER_TICK: Duration = Duration::from_millis(50);
+const REAPER_TICK_MS: u16 = 50;
 
 /// How a child ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,11 +41,13 @@ pub enum Exit {
 }
 
 impl Exit {
-    fn from_wait_status(st: i32) -> Exit {
-        if libc::WIFSIGNALED(st) {
-            Exit::Signal(libc::WTERMSIG(st))
-        } else {
-            Exit::Code(libc::WEXITSTATUS(st))
+    /// How a reaped child ended; `None` for a status that is not an end
+    /// (stopped, continued: not asked for, so not expected).
+    fn from_wait_status(st: WaitStatus) -> Option<(i32, Exit)> {
+        match st {
+            WaitStatus::Exited(pid, code) => Some((pid.as_raw(), Exit::Code(code))),
+            WaitStatus::Signaled(pid, sig, _) => Some((pid.as_raw(), Exit::Signal(sig as i32))),
+            _ => None,
         }
     }
     pub fn success(&self) -> bool {
@@ -120,10 +129,7 @@ impl Supervisor {
         if let Some(s) = SUPERVISOR.get() {
             return Ok(s);
         }
-        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag; no pointers.
-        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        prctl::set_child_subreaper(true)?;
         let (mut rx, tx) = UnixStream::pair()?;
         rx.set_nonblocking(true)?;
         signal_hook::low_level::pipe::register(libc::SIGCHLD, tx)?;
@@ -136,13 +142,8 @@ impl Supervisor {
             .spawn(move || {
                 let mut buf = [0u8; 64];
                 loop {
-                    let mut pfd = libc::pollfd {
-                        fd: rx.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd, bounded timeout.
-                    unsafe { libc::poll(&mut pfd, 1, REAPER_TICK.as_millis() as i32) };
+                    let mut pfd = [PollFd::new(rx.as_fd(), PollFlags::POLLIN)];
+                    let _ = poll(&mut pfd, REAPER_TICK_MS);
                     while rx.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
                     sup.reap_all();
                 }
@@ -157,14 +158,13 @@ impl Supervisor {
 
     fn reap_all(&self) {
         let mut reaped = Vec::new();
-        loop {
-            let mut st = 0;
-            // SAFETY: `st` is a valid out-pointer; WNOHANG never blocks.
-            let pid = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
-            if pid <= 0 {
+        // WNOHANG never blocks; StillAlive (none has exited) or ECHILD (no
+        // child at all) ends the drain.
+        while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if st == WaitStatus::StillAlive {
                 break;
             }
-            reaped.push((pid, Exit::from_wait_status(st)));
+            reaped.extend(Exit::from_wait_status(st));
         }
         if !reaped.is_empty() {
             let mut map = self.exited.lock().unwrap_or_else(|e| e.into_inner());
@@ -229,26 +229,23 @@ impl Supervisor {
 /// instance holds a few descriptors for its whole life: its CID lock, its
 /// cgroup's files, its probe). Returns the soft limit now in force.
 pub fn raise_fd_limit() -> u64 {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `rl` is a valid, writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return 0;
+    };
+    // Raising the soft limit up to the hard one needs no privilege.
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
     }
-    if rl.rlim_cur < rl.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: rl.rlim_max,
-            rlim_max: rl.rlim_max,
-        };
-        // SAFETY: a valid rlimit; raising the soft limit up to the hard one
-        // needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            return raised.rlim_cur;
-        }
+    soft
+}
+
+/// A signal number as nix's [`Signal`]; 0 (existence check only) is `None`.
+/// `EINVAL` for a number that is not a signal.
+pub fn signal(sig: i32) -> io::Result<Option<Signal>> {
+    if sig == 0 {
+        return Ok(None);
     }
-    rl.rlim_cur
+    Ok(Some(Signal::try_from(sig)?))
 }
 
 /// Sends `sig` to process group `pgid`. `Ok(false)` if the group is gone.
@@ -259,14 +256,9 @@ pub fn kill_group(pgid: i32, sig: i32) -> io::Result<bool> {
             format!("refusing to signal process group {pgid}"),
         ));
     }
-    // SAFETY: kill with a negative pid signals a process group; no pointers.
-    if unsafe { libc::kill(-pgid, sig) } == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::ESRCH) {
-        Ok(false)
-    } else {
-        Err(e)
+    match killpg(Pid::from_raw(pgid), signal(sig)?) {
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::ESRCH) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }

@@ -6,14 +6,24 @@
 //! race with our reaper. So we fork ourselves, doing only async-signal-safe
 //! calls between `fork` and `exec`, and report `exec` failure through a
 //! close-on-exec pipe.
+//!
+//! The parent side uses nix. The child side, between `fork`/`clone3` and
+//! `execve`, stays raw libc in one `unsafe` block: it must not allocate
+//! (another thread may hold the allocator's lock at fork time), and nix's
+//! `execve` builds a `Vec` of pointers. `clone3` with `CLONE_INTO_CGROUP`
+//! has no nix wrapper either.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::SigSet;
+use nix::unistd::{getpgrp, pipe2, setpgid, Pid};
 
 /// Exit code a forked child uses when `exec` fails (like the shell's 127).
 pub const EXEC_FAILED_CODE: i32 = 127;
@@ -228,17 +238,7 @@ pub fn resolve_program(program: &OsStr) -> Option<PathBuf> {
     if program.as_bytes().contains(&b'/') {
         return p.exists().then(|| p.to_path_buf());
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|c| is_executable(c))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    crate::paths::find_on_path(&program.to_string_lossy())
 }
 
 fn cstring(bytes: &[u8], what: &str) -> Result<CString, SpawnError> {
@@ -255,13 +255,10 @@ fn sys(call: &'static str) -> SpawnError {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(sys("pipe2"));
-    }
-    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    pipe2(OFlag::O_CLOEXEC).map_err(|e| SpawnError::Sys {
+        call: "pipe2",
+        err: e.into(),
+    })
 }
 
 /// The fd the child gets for one stream, and our end if it is a pipe.
@@ -360,10 +357,8 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
         Group::Inherit => -1,
     };
 
-    // SAFETY: an empty sigset is a valid value to initialise with sigemptyset.
-    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `empty` is a valid, writable sigset_t.
-    unsafe { libc::sigemptyset(&mut empty) };
+    let empty = SigSet::empty();
+    let empty: &libc::sigset_t = empty.as_ref();
 
     let started = Instant::now();
     let started_mono_ns = crate::clock::monotonic_ns();
@@ -371,14 +366,15 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
     // the child needs already built; the child only calls async-signal-safe
     // functions (setpgid, write, sigprocmask, signal, dup2, chdir, execve,
     // _exit) and touches no allocator.
-    let pid = match (cgroup_dir >= 0).then(|| unsafe { fork_into_cgroup(cgroup_dir) }) {
-        Some(Some(pid)) => {
-            // Born inside: no write to cgroup.procs needed.
-            cgroup_fd = -1;
-            pid
+    let pid = unsafe {
+        match (cgroup_dir >= 0).then(|| fork_into_cgroup(cgroup_dir)) {
+            Some(Some(pid)) => {
+                // Born inside: no write to cgroup.procs needed.
+                cgroup_fd = -1;
+                pid
+            }
+            _ => libc::fork(),
         }
-        // SAFETY: as above.
-        _ => unsafe { libc::fork() },
     };
     if pid < 0 {
         return Err(sys("fork"));
@@ -395,7 +391,7 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
             if cgroup_fd >= 0 && libc::write(cgroup_fd, b"0".as_ptr().cast(), 1) != 1 {
                 child_fail(err_w.as_raw_fd());
             }
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            libc::sigprocmask(libc::SIG_SETMASK, empty, std::ptr::null_mut());
             // Rust ignores SIGPIPE; an ignored disposition survives exec.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             for (fd, target) in [
@@ -419,8 +415,8 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
     // Parent. Set the group here too so it exists before we ever signal it.
     if target_pgid >= 0 {
         let g = if target_pgid == 0 { pid } else { target_pgid };
-        // SAFETY: plain syscall on our own child's pid; EACCES after exec is harmless.
-        unsafe { libc::setpgid(pid, g) };
+        // EACCES (the child has already exec'd and set it) is harmless.
+        let _ = setpgid(Pid::from_raw(pid), Pid::from_raw(g));
     }
     drop(err_w);
     drop(stdin.child_fd);
@@ -489,14 +485,24 @@ unsafe fn fork_into_cgroup(dir_fd: RawFd) -> Option<i32> {
     if CLONE3_REFUSED.load(Ordering::Relaxed) {
         return None;
     }
-    // SAFETY: an all-zero clone_args is valid (no pidfd, no tids, no stack:
-    // the child runs on a copy of this stack, as after fork).
-    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
-    args.flags = CLONE_INTO_CGROUP;
-    args.exit_signal = libc::SIGCHLD as u64;
-    args.cgroup = dir_fd as u64;
-    // SAFETY: `args` is a valid clone_args of the size given; the kernel
-    // reads it during the call only.
+    // No pidfd, no tids, no stack: the child runs on a copy of this stack,
+    // as after fork.
+    let mut args = libc::clone_args {
+        flags: CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: dir_fd as u64,
+    };
+    // SAFETY: `args` is a valid clone_args of the size given, read by the
+    // kernel during the call only; the child side is the caller's duty (as
+    // for fork, see # Safety).
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -518,8 +524,7 @@ unsafe fn fork_into_cgroup(dir_fd: RawFd) -> Option<i32> {
 }
 
 fn current_pgid() -> i32 {
-    // SAFETY: getpgrp has no failure modes.
-    unsafe { libc::getpgrp() }
+    getpgrp().as_raw()
 }
 
 /// In the child after fork: report errno through the pipe and exit.
@@ -527,10 +532,11 @@ fn current_pgid() -> i32 {
 /// # Safety
 /// Only to be called in a forked child; uses async-signal-safe calls only.
 unsafe fn child_fail(fd: RawFd) -> ! {
-    // SAFETY: __errno_location is async-signal-safe and returns a valid pointer.
-    let e = unsafe { *libc::__errno_location() }.to_ne_bytes();
-    // SAFETY: writing 4 bytes from a stack buffer to an fd we own; then _exit.
+    // SAFETY: __errno_location is async-signal-safe and returns a valid
+    // pointer; writing 4 bytes from a stack buffer to an fd we own, then
+    // _exit, are async-signal-safe too.
     unsafe {
+        let e = (*libc::__errno_location()).to_ne_bytes();
         libc::write(fd, e.as_ptr().cast(), e.len());
         libc::_exit(EXEC_FAILED_CODE)
     }

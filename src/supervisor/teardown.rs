@@ -13,6 +13,7 @@
 use super::cgroup::{self, InstanceCgroup};
 use super::{kill_group, Supervisor};
 use crate::proc;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -437,27 +438,19 @@ fn wait_a_little(
     grace_end: Instant,
     kill_deadline: Option<Instant>,
 ) {
-    use std::os::fd::AsRawFd;
-    let mut fds: Vec<libc::pollfd> = Vec::new();
+    use std::os::fd::AsFd;
+    let mut fds: Vec<PollFd<'_>> = Vec::new();
     let mut owners: Vec<(usize, usize)> = Vec::new();
     for (i, (t, st)) in targets.iter().zip(state).enumerate() {
         if st.is_some() {
             continue;
         }
         match &t.cgroup {
-            Some(c) => fds.push(libc::pollfd {
-                fd: c.cg.events_fd(),
-                events: libc::POLLPRI,
-                revents: 0,
-            }),
+            Some(c) => fds.push(PollFd::new(c.cg.events_fd(), PollFlags::POLLPRI)),
             None => {
                 for (k, (_, fd)) in exits[i].iter().enumerate() {
                     owners.push((fds.len(), i * 1_000_000 + k));
-                    fds.push(libc::pollfd {
-                        fd: fd.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    });
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
                 }
             }
         }
@@ -471,18 +464,15 @@ fn wait_a_little(
         std::thread::sleep(timeout.min(POLL));
         return;
     }
-    // SAFETY: `fds` is a valid array of pollfd of the given length, alive
-    // for the call; the timeout is bounded.
-    unsafe {
-        libc::poll(
-            fds.as_mut_ptr(),
-            fds.len() as libc::nfds_t,
-            timeout.as_millis().clamp(1, i32::MAX as u128) as i32,
-        )
-    };
+    let ms = PollTimeout::try_from(timeout.as_millis().max(1)).unwrap_or(PollTimeout::MAX);
+    let _ = poll(&mut fds, ms);
     let mut done: Vec<(usize, usize)> = owners
         .iter()
-        .filter(|(slot, _)| fds[*slot].revents & libc::POLLIN != 0)
+        .filter(|(slot, _)| {
+            fds[*slot]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        })
         .map(|(_, key)| (key / 1_000_000, key % 1_000_000))
         .collect();
     // Remove from the back so indices stay valid.

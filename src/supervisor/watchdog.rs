@@ -15,8 +15,13 @@
 //! stopped harness misses every deadline it promised. With a terminal, a
 //! stop is the user's `^Z` and is left alone.
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, PipeReader, PipeWriter, Read};
+use std::os::fd::AsFd;
+
+use nix::poll::{poll, PollFd, PollFlags};
+use nix::sys::prctl;
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, setsid, ForkResult, Pid};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,14 +32,14 @@ const SWEEP_DEADLINE: Duration = Duration::from_millis(1500);
 const SWEEP_INTERVAL: Duration = Duration::from_millis(20);
 /// Poll timeout while waiting for the harness to go away (also how often a
 /// stopped harness is looked for).
-const IDLE_POLL_MS: i32 = 250;
+const IDLE_POLL_MS: u16 = 250;
 /// How long the watchdog waits for a killed run cgroup to empty.
 const CGROUP_KILL_WAIT: Duration = Duration::from_millis(1500);
 
 /// The harness's end of the watchdog pipe.
 pub struct Watchdog {
     pid: i32,
-    _tx: OwnedFd,
+    _tx: PipeWriter,
 }
 
 impl Watchdog {
@@ -62,77 +67,70 @@ pub fn start(run_id: &str, cgroup: Option<&Path>) -> io::Result<Watchdog> {
             "watchdog must be started before any thread ({threads} threads running)"
         )));
     }
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded; we own both descriptors.
-    let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let harness = std::process::id() as i32;
+    // Close-on-exec, as std's pipes are.
+    let (rx, tx) = io::pipe()?;
+    let harness = Pid::this();
     // SAFETY: the process is single-threaded (checked above), so the child
     // may run arbitrary code after fork.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            drop(tx);
+            watch(rx, run_id, cgroup, harness);
+        }
+        ForkResult::Parent { child } => {
+            drop(rx);
+            Ok(Watchdog {
+                pid: child.as_raw(),
+                _tx: tx,
+            })
+        }
     }
-    if pid == 0 {
-        drop(tx);
-        watch(rx, run_id, cgroup, harness);
-    }
-    drop(rx);
-    Ok(Watchdog { pid, _tx: tx })
 }
 
 /// Leaves the harness's session and process group and its standard streams.
 fn detach() {
-    // SAFETY: setsid takes no arguments; in a freshly forked child that is
-    // not a group leader it cannot fail in a way we could act on.
-    unsafe { libc::setsid() };
+    // A freshly forked child is not a group leader: setsid cannot fail in
+    // a way we could act on.
+    let _ = setsid();
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")
     {
-        for fd in 0..=2 {
-            // SAFETY: dup2 onto the standard descriptors from a descriptor we own.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
+        let _ = dup2_stdin(&null);
+        let _ = dup2_stdout(&null);
+        let _ = dup2_stderr(&null);
     }
 }
 
-fn watch(rx: OwnedFd, run_id: &str, cgroup: Option<&Path>, harness: i32) -> ! {
+fn watch(mut rx: PipeReader, run_id: &str, cgroup: Option<&Path>, harness: Pid) -> ! {
     detach();
-    // SAFETY: ignoring signals and naming the process take no pointers
-    // except a static NUL-terminated name.
-    unsafe {
-        // Terminal ^C reaches our group too: the harness handles it; the
-        // watchdog must outlive the harness's teardown.
-        libc::signal(libc::SIGINT, libc::SIG_IGN);
-        libc::signal(libc::SIGTERM, libc::SIG_IGN);
-        libc::signal(libc::SIGHUP, libc::SIG_IGN);
-        libc::prctl(libc::PR_SET_NAME, c"ukload-watchdog".as_ptr(), 0, 0, 0);
+    // Terminal ^C reaches our group too: the harness handles it; the
+    // watchdog must outlive the harness's teardown. Blocked rather than
+    // ignored (the same effect for a process that never execs, and no
+    // `unsafe` disposition change): they stay pending until `_exit`.
+    let mut ignored = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        ignored.add(sig);
     }
+    let _ = ignored.thread_block();
+    let _ = prctl::set_name(c"ukload-watchdog");
     loop {
-        let mut pfd = libc::pollfd {
-            fd: rx.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd; bounded timeout.
-        let n = unsafe { libc::poll(&mut pfd, 1, IDLE_POLL_MS) };
-        if n > 0 && pfd.revents != 0 {
+        let mut pfd = [PollFd::new(rx.as_fd(), PollFlags::POLLIN)];
+        let n = poll(&mut pfd, IDLE_POLL_MS).unwrap_or(0);
+        if n > 0 && pfd[0].any().unwrap_or(true) {
             let mut b = [0u8; 16];
-            // SAFETY: reading into a stack buffer of the given length.
-            let r = unsafe { libc::read(rx.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
-            if r <= 0 {
-                break;
+            match rx.read(&mut b) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
             }
         }
-        if crate::proc::stat(harness).is_ok_and(|st| st.state == 'T' && st.tty_nr == 0) {
-            // SAFETY: kill with plain integers; the harness is alive (our
-            // pipe to it is open), so its pid cannot have been reused.
-            unsafe { libc::kill(harness, libc::SIGCONT) };
+        if crate::proc::stat(harness.as_raw()).is_ok_and(|st| st.state == 'T' && st.tty_nr == 0) {
+            // The harness is alive (our pipe to it is open), so its pid
+            // cannot have been reused.
+            let _ = kill(harness, Signal::SIGCONT);
         }
     }
     if let Some(dir) = cgroup {
@@ -140,7 +138,8 @@ fn watch(rx: OwnedFd, run_id: &str, cgroup: Option<&Path>, harness: i32) -> ! {
     }
     sweep(run_id, SWEEP_DEADLINE);
     let _ = std::fs::remove_dir_all(crate::paths::runs_dir().join(run_id));
-    // SAFETY: _exit skips atexit handlers and stdio buffers copied from the harness.
+    // SAFETY: _exit ends the process at once; it skips atexit handlers and
+    // stdio buffers copied from the harness (nix has no wrapper for it).
     unsafe { libc::_exit(0) }
 }
 

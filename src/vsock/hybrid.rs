@@ -16,6 +16,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::poll::PollFlags;
+use nix::sys::socket::{AddressFamily, UnixAddr};
+
 use super::sys::{self, Expired, Step, Until};
 
 /// Longest handshake line accepted either way (`CONNECT 4294967295\n` is 19
@@ -84,21 +87,14 @@ pub(crate) fn read_line_deadline(
     }
 }
 
-/// Builds a `sockaddr_un` for `path`, or `None` if the path is too long or
-/// contains a NUL byte.
-fn sockaddr_un(path: &Path) -> Option<libc::sockaddr_un> {
+/// The Unix socket address of `path`, or `None` if the path is empty, too
+/// long (it must leave room for a terminating NUL) or contains a NUL byte.
+fn sockaddr_un(path: &Path) -> Option<UnixAddr> {
     let bytes = path.as_os_str().as_bytes();
     if bytes.len() > MAX_UNIX_PATH || bytes.contains(&0) || bytes.is_empty() {
         return None;
     }
-    // SAFETY: sockaddr_un is plain old data; all-zero is valid and leaves
-    // the path NUL-terminated after the copy below.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    Some(addr)
+    UnixAddr::new(path).ok()
 }
 
 /// Whether `path` fits in a Unix socket address.
@@ -125,7 +121,7 @@ pub(crate) fn unix_connect_deadline(
             ),
         )
     })?;
-    let fd = sys::connect_deadline(libc::AF_UNIX, &addr, until)?;
+    let fd = sys::connect_deadline(AddressFamily::Unix, &addr, until)?;
     Ok(UnixStream::from(fd))
 }
 
@@ -233,7 +229,7 @@ impl HybridListener {
     /// handshake, bounded by [`HANDSHAKE_TIMEOUT`]. `None` if no client came
     /// or it failed the handshake.
     pub fn accept_timeout(&self, timeout: Duration) -> io::Result<Option<UnixStream>> {
-        if !sys::poll_one(self.listener.as_fd(), libc::POLLIN, Some(timeout))? {
+        if !sys::poll_one(self.listener.as_fd(), PollFlags::POLLIN, Some(timeout))? {
             return Ok(None);
         }
         let (stream, _) = self.listener.accept()?;

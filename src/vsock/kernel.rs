@@ -1,5 +1,5 @@
 //! Kernel vsock (`AF_VSOCK`): a stream and a listener shaped like
-//! `std::net::TcpStream` / `TcpListener`, over raw libc sockets.
+//! `std::net::TcpStream` / `TcpListener`, over nix's socket calls.
 //!
 //! Connecting to CID 0 (hypervisor), 1 (local loopback) or 2 (the host) is
 //! refused before any socket is created: on the development machines CID 2
@@ -9,12 +9,13 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::mem;
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use super::sys::{self, Step};
+use nix::sys::socket::{self as nixsock, AddressFamily, Backlog, MsgFlags};
+
+use super::sys::{self, Step, Timeout};
 
 /// CIDs at or below this are never connected to (0 hypervisor, 1 loopback,
 /// 2 host).
@@ -45,14 +46,8 @@ pub(crate) fn forbidden_cid_error(cid: u32) -> io::Error {
     )
 }
 
-fn sockaddr(cid: u32, port: u32) -> libc::sockaddr_vm {
-    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value and
-    // also what the kernel expects in the reserved/zero fields.
-    let mut addr: libc::sockaddr_vm = unsafe { mem::zeroed() };
-    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-    addr.svm_cid = cid;
-    addr.svm_port = port;
-    addr
+fn sockaddr(cid: u32, port: u32) -> nixsock::VsockAddr {
+    nixsock::VsockAddr::new(cid, port)
 }
 
 /// A vsock peer address.
@@ -93,24 +88,24 @@ impl VsockStream {
             return Err((Step::Socket, forbidden_cid_error(cid)));
         }
         let addr = sockaddr(cid, port);
-        let fd = sys::connect_deadline(libc::AF_VSOCK, &addr, until)?;
+        let fd = sys::connect_deadline(AddressFamily::Vsock, &addr, until)?;
         Ok(VsockStream { fd })
     }
 
     pub fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
-        sys::set_timeout(self.fd.as_raw_fd(), libc::SO_RCVTIMEO, d)
+        sys::set_timeout(self.fd.as_fd(), Timeout::Read, d)
     }
 
     pub fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
-        sys::set_timeout(self.fd.as_raw_fd(), libc::SO_SNDTIMEO, d)
+        sys::set_timeout(self.fd.as_fd(), Timeout::Write, d)
     }
 
     pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
-        sys::timeout(self.fd.as_raw_fd(), libc::SO_RCVTIMEO)
+        sys::timeout(self.fd.as_fd(), Timeout::Read)
     }
 
     pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
-        sys::timeout(self.fd.as_raw_fd(), libc::SO_SNDTIMEO)
+        sys::timeout(self.fd.as_fd(), Timeout::Write)
     }
 
     /// A second handle on the same socket (for a reader and a writer thread).
@@ -121,7 +116,7 @@ impl VsockStream {
     }
 
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        sys::shutdown(self.fd.as_raw_fd(), how)
+        sys::shutdown(self.fd.as_fd(), how)
     }
 }
 
@@ -133,13 +128,7 @@ impl Read for VsockStream {
 
 impl Read for &VsockStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes and the fd
-        // is open for as long as `self` lives.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        Ok(nixsock::recv(self.fd.as_raw_fd(), buf, MsgFlags::empty())?)
     }
 }
 
@@ -154,20 +143,13 @@ impl Write for VsockStream {
 
 impl Write for &VsockStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for reads of `buf.len()` bytes. MSG_NOSIGNAL:
-        // a peer that went away is an EPIPE error, not a process-killing SIGPIPE.
-        let n = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        // MSG_NOSIGNAL: a peer that went away is an EPIPE error, not a
+        // process-killing SIGPIPE.
+        Ok(nixsock::send(
+            self.fd.as_raw_fd(),
+            buf,
+            MsgFlags::MSG_NOSIGNAL,
+        )?)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -196,23 +178,10 @@ pub struct VsockListener {
 impl VsockListener {
     /// Binds `VMADDR_CID_ANY:port` and listens.
     pub fn bind(port: u32) -> io::Result<VsockListener> {
-        let fd = sys::socket(libc::AF_VSOCK, false)?;
-        let addr = sockaddr(libc::VMADDR_CID_ANY, port);
-        // SAFETY: `addr` is a valid sockaddr_vm and the length is its size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_vm).cast(),
-                mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: plain syscall on a bound socket we own.
-        if unsafe { libc::listen(fd.as_raw_fd(), sys::LISTEN_BACKLOG) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = sys::socket(AddressFamily::Vsock, false)?;
+        nixsock::bind(fd.as_raw_fd(), &sockaddr(libc::VMADDR_CID_ANY, port))?;
+        let backlog = Backlog::new(sys::LISTEN_BACKLOG).map_err(io::Error::from)?;
+        nixsock::listen(&fd, backlog)?;
         Ok(VsockListener { fd, port })
     }
 
@@ -223,13 +192,12 @@ impl VsockListener {
 
     /// Waits for a connection (blocking).
     pub fn accept(&self) -> io::Result<(VsockStream, VsockAddr)> {
-        let mut addr = sockaddr(0, 0);
-        let fd = sys::accept(self.fd.as_raw_fd(), &mut addr)?;
+        let (fd, addr) = sys::accept_vsock(self.fd.as_fd())?;
         Ok((
             VsockStream { fd },
             VsockAddr {
-                cid: addr.svm_cid,
-                port: addr.svm_port,
+                cid: addr.cid(),
+                port: addr.port(),
             },
         ))
     }
@@ -239,7 +207,7 @@ impl VsockListener {
         &self,
         timeout: Duration,
     ) -> io::Result<Option<(VsockStream, VsockAddr)>> {
-        if !sys::poll_one(self.fd.as_fd(), libc::POLLIN, Some(timeout))? {
+        if !sys::poll_one(self.fd.as_fd(), nix::poll::PollFlags::POLLIN, Some(timeout))? {
             return Ok(None);
         }
         self.accept().map(Some)

@@ -1,10 +1,11 @@
-//! vsock transport: `AF_VSOCK` through libc (host and guest) and the hybrid
+//! vsock transport: `AF_VSOCK` through nix (host and guest) and the hybrid
 //! Unix-socket form (Firecracker / vhost-device-vsock: `CONNECT <port>\n` ->
 //! `OK <host_port>\n`). Mirrors `std::net` names.
 //!
 //! - [`kernel`]: `VsockStream` / `VsockListener` over raw `AF_VSOCK` sockets.
 //! - [`hybrid`]: the Unix-socket handshake, both client and server side.
-//! - `sys`: the syscall boundary (the only `unsafe` code of the transport).
+//! - `sys`: the syscall boundary (nix calls, and the transport's one `unsafe`
+//!   block besides `kernel::local_cid`'s ioctl: `accept4` with the peer address).
 //!
 //! [`connect`] is what the host uses to reach a guest port; every step of it
 //! is bounded by one deadline, and [`ConnectError::is_retryable`] tells a

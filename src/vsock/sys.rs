@@ -1,12 +1,19 @@
-//! The syscall boundary of the transport: thin wrappers over libc socket
-//! calls, each `unsafe` block with the reason it is sound. Everything above
-//! this file is safe Rust.
+//! The syscall boundary of the transport: socket calls through nix, plus
+//! the one call nix does not shape as we need (`accept4` that returns the
+//! peer's address), whose `unsafe` block says why it is sound. The rest of
+//! the transport is safe Rust.
 
 use std::io;
 use std::mem;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrLike, VsockAddr};
+use nix::sys::time::TimeVal;
 
 /// Longest single wait while a stop flag is watched: how late a set flag
 /// can be noticed (well inside the ~100 ms a signal must take to end a run).
@@ -71,40 +78,28 @@ impl Expired {
 
 /// Backlog of listening sockets: guests are probed by one host at a time, a
 /// handful of pending connections is plenty.
-pub(crate) const LISTEN_BACKLOG: libc::c_int = 16;
+pub(crate) const LISTEN_BACKLOG: i32 = 16;
 
-/// Creates a socket with `SOCK_CLOEXEC` (and `SOCK_NONBLOCK` if asked), so
-/// that no fd leaks into children the supervisor spawns.
-pub(crate) fn socket(domain: libc::c_int, nonblocking: bool) -> io::Result<OwnedFd> {
-    let mut ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+/// Creates a stream socket of `family` with `SOCK_CLOEXEC` (and
+/// `SOCK_NONBLOCK` if asked), so that no fd leaks into children the
+/// supervisor spawns.
+pub(crate) fn socket(family: AddressFamily, nonblocking: bool) -> io::Result<OwnedFd> {
+    let mut flags = SockFlag::SOCK_CLOEXEC;
     if nonblocking {
-        ty |= libc::SOCK_NONBLOCK;
+        flags |= SockFlag::SOCK_NONBLOCK;
     }
-    // SAFETY: plain syscall with integer arguments; the result is checked.
-    let fd = unsafe { libc::socket(domain, ty, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor we own and nothing else refers to.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(socket::socket(family, SockType::Stream, flags, None)?)
 }
 
 /// Turns `O_NONBLOCK` on or off.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    // SAFETY: F_GETFL on a valid, borrowed descriptor.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
     let flags = if on {
-        flags | libc::O_NONBLOCK
+        flags | OFlag::O_NONBLOCK
     } else {
-        flags & !libc::O_NONBLOCK
+        flags & !OFlag::O_NONBLOCK
     };
-    // SAFETY: F_SETFL with an int flag set on a valid, borrowed descriptor.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    fcntl(fd, FcntlArg::F_SETFL(flags))?;
     Ok(())
 }
 
@@ -130,50 +125,24 @@ impl Step {
     }
 }
 
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for libc::sockaddr_un {}
-    impl Sealed for libc::sockaddr_vm {}
-}
-
-/// A kernel socket address structure the kernel may read from and write
-/// into: only `sockaddr_un` and `sockaddr_vm` (sealed). Why: the generic
-/// `connect`/`accept` helpers hand `size_of::<A>()` bytes of `A` to the
-/// kernel, which is sound only for plain-old-data socket addresses, never
-/// for an arbitrary type a caller might pass.
-pub(crate) trait SockAddr: sealed::Sealed + Copy {}
-impl SockAddr for libc::sockaddr_un {}
-impl SockAddr for libc::sockaddr_vm {}
-
-/// Connects a socket of `domain` to the address `addr` (of `len` bytes)
-/// before `deadline`: non-blocking `connect`, `poll` for writability with the
-/// time left, then `SO_ERROR`; the returned socket is blocking again.
+/// Connects a socket of `family` to `addr` before `deadline`: non-blocking
+/// `connect`, `poll` for writability with the time left, then `SO_ERROR`;
+/// the returned socket is blocking again.
 ///
 /// A deadline that passes is reported as `ETIMEDOUT` from `poll`, a stop
 /// flag that is set as `ECANCELED` from `poll`.
-pub(crate) fn connect_deadline<A: SockAddr>(
-    domain: libc::c_int,
-    addr: &A,
+pub(crate) fn connect_deadline(
+    family: AddressFamily,
+    addr: &dyn SockaddrLike,
     until: Until<'_>,
 ) -> Result<OwnedFd, (Step, io::Error)> {
-    let fd = socket(domain, true).map_err(|e| (Step::Socket, e))?;
-    // SAFETY: `A` is a socket address structure (sealed `SockAddr`), valid
-    // and initialized for `size_of::<A>()` bytes across the call; `fd` is ours.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (addr as *const A).cast::<libc::sockaddr>(),
-            mem::size_of::<A>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINPROGRESS) | Some(libc::EALREADY) | Some(libc::EINTR) => {
-                wait_connected(fd.as_fd(), until)?;
-            }
-            _ => return Err((Step::Connect, err)),
+    let fd = socket(family, true).map_err(|e| (Step::Socket, e))?;
+    match socket::connect(fd.as_raw_fd(), addr) {
+        Ok(()) => {}
+        Err(Errno::EINPROGRESS | Errno::EALREADY | Errno::EINTR) => {
+            wait_connected(fd.as_fd(), until)?;
         }
+        Err(e) => return Err((Step::Connect, e.into())),
     }
     set_nonblocking(fd.as_fd(), false).map_err(|e| (Step::Fcntl, e))?;
     Ok(fd)
@@ -182,39 +151,27 @@ pub(crate) fn connect_deadline<A: SockAddr>(
 fn wait_connected(fd: BorrowedFd<'_>, until: Until<'_>) -> Result<(), (Step, io::Error)> {
     loop {
         let wait = until.next_wait().map_err(Expired::as_step_error)?;
-        match poll_one(fd, libc::POLLOUT, Some(wait)) {
+        match poll_one(fd, PollFlags::POLLOUT, Some(wait)) {
             Ok(true) => break,
             Ok(false) => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err((Step::Poll, e)),
         }
     }
-    match so_error(fd) {
+    match socket::getsockopt(&fd, sockopt::SocketError) {
         Ok(0) => Ok(()),
         Ok(errno) => Err((Step::Connect, io::Error::from_raw_os_error(errno))),
-        Err(e) => Err((Step::SoError, e)),
+        Err(e) => Err((Step::SoError, e.into())),
     }
 }
 
-/// The pending error of a socket (`SO_ERROR`), 0 if none.
-fn so_error(fd: BorrowedFd<'_>) -> io::Result<i32> {
-    let mut err: libc::c_int = 0;
-    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `err` and `len` are valid for writes and `len` holds the size
-    // of `err`, as getsockopt(SO_ERROR) requires.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
+/// `timeout` as `poll` milliseconds (`None`: no limit), rounded up so that
+/// a sub-millisecond remainder still waits.
+fn poll_timeout(timeout: Option<Duration>) -> PollTimeout {
+    match timeout {
+        None => PollTimeout::NONE,
+        Some(d) => PollTimeout::try_from(d.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX),
     }
-    Ok(err)
 }
 
 /// Waits until `fd` has one of `events` or `timeout` passes (`None`: no
@@ -222,33 +179,16 @@ fn so_error(fd: BorrowedFd<'_>) -> io::Result<i32> {
 /// the following syscall reports them.
 pub(crate) fn poll_one(
     fd: BorrowedFd<'_>,
-    events: libc::c_short,
+    events: PollFlags,
     timeout: Option<Duration>,
 ) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events,
-        revents: 0,
-    };
-    let ms = match timeout {
-        None => -1,
-        // Round up so that a sub-millisecond remainder still waits.
-        Some(d) => d.as_micros().div_ceil(1000).min(libc::c_int::MAX as u128) as libc::c_int,
-    };
-    // SAFETY: `pfd` is one valid pollfd and we pass a count of 1.
-    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(rc > 0)
+    let mut fds = [PollFd::new(fd, events)];
+    Ok(poll(&mut fds, poll_timeout(timeout))? > 0)
 }
 
-fn timeval_from(d: Option<Duration>) -> io::Result<libc::timeval> {
+fn timeval_from(d: Option<Duration>) -> io::Result<TimeVal> {
     match d {
-        None => Ok(libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        }),
+        None => Ok(TimeVal::new(0, 0)),
         Some(d) if d.is_zero() => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "cannot set a zero timeout (use None for no timeout)",
@@ -260,98 +200,87 @@ fn timeval_from(d: Option<Duration>) -> io::Result<libc::timeval> {
                 // Below one microsecond: the kernel would read 0 as "never".
                 usec = 1;
             }
-            Ok(libc::timeval {
-                tv_sec: secs,
-                tv_usec: usec,
-            })
+            Ok(TimeVal::new(secs, usec))
         }
     }
 }
 
+/// Which socket timeout: `SO_RCVTIMEO` or `SO_SNDTIMEO`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Timeout {
+    Read,
+    Write,
+}
+
 /// Sets `SO_RCVTIMEO` or `SO_SNDTIMEO` (`None` clears it), as std does.
-pub(crate) fn set_timeout(fd: RawFd, opt: libc::c_int, d: Option<Duration>) -> io::Result<()> {
+pub(crate) fn set_timeout(
+    fd: BorrowedFd<'_>,
+    which: Timeout,
+    d: Option<Duration>,
+) -> io::Result<()> {
     let tv = timeval_from(d)?;
-    // SAFETY: `tv` is a valid timeval and the length passed is its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&tv as *const libc::timeval).cast(),
-            mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
+    match which {
+        Timeout::Read => socket::setsockopt(&fd, sockopt::ReceiveTimeout, &tv)?,
+        Timeout::Write => socket::setsockopt(&fd, sockopt::SendTimeout, &tv)?,
     }
     Ok(())
 }
 
 /// Reads `SO_RCVTIMEO` or `SO_SNDTIMEO` (`None` when unset).
-pub(crate) fn timeout(fd: RawFd, opt: libc::c_int) -> io::Result<Option<Duration>> {
-    let mut tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 0,
+pub(crate) fn timeout(fd: BorrowedFd<'_>, which: Timeout) -> io::Result<Option<Duration>> {
+    let tv = match which {
+        Timeout::Read => socket::getsockopt(&fd, sockopt::ReceiveTimeout)?,
+        Timeout::Write => socket::getsockopt(&fd, sockopt::SendTimeout)?,
     };
-    let mut len = mem::size_of::<libc::timeval>() as libc::socklen_t;
-    // SAFETY: `tv` and `len` are valid for writes; `len` holds `tv`'s size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&mut tv as *mut libc::timeval).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if tv.tv_sec == 0 && tv.tv_usec == 0 {
+    if tv.tv_sec() == 0 && tv.tv_usec() == 0 {
         return Ok(None);
     }
     Ok(Some(
-        Duration::from_secs(tv.tv_sec as u64) + Duration::from_micros(tv.tv_usec as u64),
+        Duration::from_secs(tv.tv_sec() as u64) + Duration::from_micros(tv.tv_usec() as u64),
     ))
 }
 
-/// `accept4` with `SOCK_CLOEXEC`, retried on `EINTR`; the peer address is
-/// written into `addr` (whose size must match the socket's family).
-pub(crate) fn accept<A: SockAddr>(fd: RawFd, addr: &mut A) -> io::Result<OwnedFd> {
+/// `accept4` with `SOCK_CLOEXEC` on a vsock listener, retried on `EINTR`,
+/// with the peer's address.
+///
+/// Why not nix's `accept4`: it passes no address buffer, so the peer's CID
+/// would need a later `getpeername`, which fails with `ENOTCONN` once a
+/// quick peer has already gone. The address buffer is a `sockaddr_vm`
+/// only (no generic address type): the kernel writes at most its size.
+pub(crate) fn accept_vsock(fd: BorrowedFd<'_>) -> io::Result<(OwnedFd, VsockAddr)> {
     loop {
-        let mut len = mem::size_of::<A>() as libc::socklen_t;
-        // SAFETY: `addr` is a socket address structure (sealed `SockAddr`:
-        // plain data, any bytes valid) writable for `len` bytes, and `len`
-        // is a valid in/out length, as accept4 requires.
-        let rc = unsafe {
-            libc::accept4(
-                fd,
-                (addr as *mut A).cast::<libc::sockaddr>(),
+        let mut addr: libc::sockaddr_vm = *VsockAddr::new(0, 0).as_ref();
+        let mut len = mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        // SAFETY: `addr` is a sockaddr_vm (plain data, any bytes valid)
+        // writable for `len` bytes and `len` a valid in/out length, as
+        // accept4 requires; a descriptor it returns is fresh and ours alone.
+        let fd = unsafe {
+            let rc = libc::accept4(
+                fd.as_raw_fd(),
+                (&mut addr as *mut libc::sockaddr_vm).cast::<libc::sockaddr>(),
                 &mut len,
                 libc::SOCK_CLOEXEC,
-            )
+            );
+            (rc >= 0).then(|| OwnedFd::from_raw_fd(rc))
         };
-        if rc >= 0 {
-            // SAFETY: accept4 returned a fresh descriptor that we now own.
-            return Ok(unsafe { OwnedFd::from_raw_fd(rc) });
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match fd {
+            Some(fd) => return Ok((fd, VsockAddr::new(addr.svm_cid, addr.svm_port))),
+            None => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
         }
     }
 }
 
 /// `shutdown(2)`.
-pub(crate) fn shutdown(fd: RawFd, how: std::net::Shutdown) -> io::Result<()> {
+pub(crate) fn shutdown(fd: BorrowedFd<'_>, how: std::net::Shutdown) -> io::Result<()> {
     let how = match how {
-        std::net::Shutdown::Read => libc::SHUT_RD,
-        std::net::Shutdown::Write => libc::SHUT_WR,
-        std::net::Shutdown::Both => libc::SHUT_RDWR,
+        std::net::Shutdown::Read => socket::Shutdown::Read,
+        std::net::Shutdown::Write => socket::Shutdown::Write,
+        std::net::Shutdown::Both => socket::Shutdown::Both,
     };
-    // SAFETY: plain syscall on a descriptor the caller owns.
-    if unsafe { libc::shutdown(fd, how) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(socket::shutdown(fd.as_raw_fd(), how)?)
 }

@@ -2,6 +2,10 @@
 //! independent `/proc` scan for processes carrying a run's marker.
 #![allow(dead_code)]
 
+mod background;
+#[allow(unused_imports)]
+pub use background::{cid_block, BackgroundRun};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
