@@ -27,7 +27,8 @@ command -v setsid >/dev/null 2>&1 || apt_install util-linux
 command -v make >/dev/null 2>&1 || apt_install make
 command -v script >/dev/null 2>&1 || apt_install bsdutils
 command -v python3 >/dev/null 2>&1 || apt_install python3
-# ukload image rootfs builds erofs images; its tests check them with fsck.erofs.
+# ukload image rootfs builds erofs images (MCP servers inside microVMs); its
+# tests check them with fsck.erofs.
 command -v mkfs.erofs >/dev/null 2>&1 || apt_install erofs-utils
 # The HTML report is looked at in a real headless browser.
 command -v chromium >/dev/null 2>&1 || apt_install chromium

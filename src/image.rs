@@ -478,6 +478,11 @@ pub fn build_initramfs(guest_bin: &Path, modules_dir: &Path, out: &Path) -> Resu
         w.dir("proc", MODE_DIR)?;
         w.dir("sys", MODE_DIR)?;
         w.dir("tmp", MODE_TMP)?;
+        // Mount point of an MCP server's root filesystem image (pid1::ROOTFS_DIR).
+        w.dir(
+            crate::guest::pid1::ROOTFS_DIR.trim_start_matches('/'),
+            MODE_DIR,
+        )?;
         // Every ancestor of the modules directory, parents first.
         let mut prefix = String::new();
         for part in MODULES_DIR.trim_start_matches('/').split('/') {

@@ -250,10 +250,17 @@ fn run_error_code(e: &RunError) -> i32 {
 }
 
 fn cmd_run(a: cli::RunArgs) -> i32 {
-    let (cfg, fmt) = match a.to_config() {
+    let (mut cfg, fmt) = match a.to_config() {
         Ok(c) => c,
         Err(cli::Usage(m)) => return usage(&m),
     };
+    // Before the harness: mkfs.erofs is waited for with waitpid, which the
+    // run's reaper would race; and no VM may start before the image exists.
+    if let Err(e) = cfg.launcher.qemu.prepare_rootfs() {
+        let e = run::RunError::Launch(e);
+        say!("ukload: {e}");
+        return run_error_code(&e);
+    }
     let h = match Harness::start() {
         Ok(h) => h,
         Err(code) => return code,

@@ -94,6 +94,8 @@ pub struct Summary {
     pub total_pss_kb: u64,
     /// Tool-call latency (when `--tool-call` was given).
     pub tool_ms: Option<Stats>,
+    /// The MCP server's start (first request to first answer), when tools ran.
+    pub server_start_ms: Option<Stats>,
     pub tool_over_target: Vec<u32>,
     /// Booted instances whose tool call failed or returned a wrong result.
     pub tool_failed: Vec<u32>,
@@ -282,6 +284,12 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
         total_rss_kb: booted.iter().filter_map(|i| i.rss_kb).sum(),
         total_pss_kb: booted.iter().filter_map(|i| i.pss_kb).sum(),
         tool_ms: Stats::of(&tool_times),
+        server_start_ms: Stats::of(
+            &booted
+                .iter()
+                .filter_map(|i| i.server_start_ms)
+                .collect::<Vec<_>>(),
+        ),
         tool_over_target,
         tool_failed,
         cids,
@@ -319,6 +327,13 @@ struct ConfigView<'a> {
     tool_call: Option<String>,
     max_tool_ms: f64,
     max_connect_ms: Option<f64>,
+    /// qemu launcher: the MCP server every VM runs (argv in the guest;
+    /// `None` with a root filesystem image: its manifest's command).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mcp_server: Option<&'a [String]>,
+    /// qemu launcher: the root filesystem image every VM attaches.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rootfs: Option<&'a std::path::Path>,
 }
 
 fn config_view(cfg: &RunConfig) -> ConfigView<'_> {
@@ -339,6 +354,8 @@ fn config_view(cfg: &RunConfig) -> ConfigView<'_> {
         tool_call: cfg.tool_call.as_ref().map(|c| c.name.clone()),
         max_tool_ms: cfg.max_tool_ms,
         max_connect_ms: cfg.max_connect_ms,
+        mcp_server: cfg.launcher.qemu.server.as_deref(),
+        rootfs: cfg.launcher.qemu.rootfs.as_deref(),
     }
 }
 
@@ -410,6 +427,19 @@ pub fn write_human_for(
     )?;
     writeln!(out, "  Test timeout: {}s", cfg.boot_timeout.as_secs_f64())?;
     writeln!(out, "  Logs: {}", cfg.log_dir.display())?;
+    if let Some(img) = &cfg.launcher.qemu.rootfs {
+        let server = cfg
+            .launcher
+            .qemu
+            .server
+            .as_ref()
+            .map_or("the image's manifest command".to_string(), |a| a.join(" "));
+        writeln!(
+            out,
+            "  MCP server in every VM: {server} (root filesystem {})",
+            img.display()
+        )?;
+    }
 
     writeln!(out, "\nPhase 1: Concurrent Spawning")?;
     for i in &r.instances {
@@ -530,9 +560,10 @@ pub fn write_human_for(
             match (&i.tool_error, i.tool_ms) {
                 (None, Some(ms)) => writeln!(
                     out,
-                    "[{}] {:.2}ms (session {:.1}ms, MCP {}): {}",
+                    "[{}] {:.2}ms (server start {:.1}ms, session {:.1}ms, MCP {}): {}",
                     i.index,
                     ms,
+                    i.server_start_ms.unwrap_or(0.0),
                     i.tool_session_ms.unwrap_or(0.0),
                     i.tool_protocol.as_deref().unwrap_or("?"),
                     i.tool_result.as_deref().unwrap_or("")
@@ -546,6 +577,13 @@ pub fn write_human_for(
                 out,
                 "Tool call latency: min {:.2}ms, median {:.2}ms, p95 {:.2}ms, max {:.2}ms",
                 t.min, t.median, t.p95, t.max
+            )?;
+        }
+        if let Some(t) = &s.server_start_ms {
+            writeln!(
+                out,
+                "Server start (first request to first answer): min {:.1}ms, median {:.1}ms, max {:.1}ms",
+                t.min, t.median, t.max
             )?;
         }
         if s.tool_failed.is_empty() && s.tool_over_target.is_empty() {

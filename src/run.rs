@@ -114,6 +114,9 @@ pub struct Instance {
     pub tool_error: Option<String>,
     /// The MCP revision and era the tool call spoke, e.g. `2026-07-28 (modern)`.
     pub tool_protocol: Option<String>,
+    /// The MCP server's start as the tool phase saw it: its first request
+    /// to the first answer, ms ([`crate::toolcall::ToolOutcome::server_start_ms`]).
+    pub server_start_ms: Option<f64>,
     pub rss_kb: Option<u64>,
     pub pss_kb: Option<u64>,
     /// How its launcher ended, when it did.
@@ -325,6 +328,7 @@ pub fn run(
             tool_result: None,
             tool_error: None,
             tool_protocol: None,
+            server_start_ms: None,
             rss_kb: None,
             pss_kb: None,
             exit_status: None,
@@ -762,6 +766,7 @@ fn tool_phase(
                     None => crate::toolcall::ToolOutcome {
                         session_ms: None,
                         protocol: None,
+                        server_start_ms: None,
                         call_ms: None,
                         text: None,
                         error: Some(
@@ -784,6 +789,7 @@ fn tool_phase(
         inst.tool_result = o.text;
         inst.tool_error = o.error;
         inst.tool_protocol = o.protocol;
+        inst.server_start_ms = o.server_start_ms;
         if inst.tool_error.is_some() || inst.tool_ms.is_some() {
             progress::emit(
                 cfg.progress,

@@ -69,6 +69,12 @@ pub struct ToolOutcome {
     pub session_ms: Option<f64>,
     /// The MCP revision and era spoken, e.g. `2026-07-28 (modern)`.
     pub protocol: Option<String>,
+    /// The server's start, as the client sees it: from the first request on
+    /// the open connection (`server/discover`) to the server's first answer
+    /// (the era negotiation, ms). With a bridged server (`--mcp-server`) the
+    /// guest starts the server on that request, so this is the server's
+    /// start-up; with the built-in tools it is one round trip.
+    pub server_start_ms: Option<f64>,
     /// The `tools/call` round trip, ms.
     pub call_ms: Option<f64>,
     /// The result's text.
@@ -97,6 +103,7 @@ pub fn execute(
     let mut out = ToolOutcome {
         session_ms: None,
         protocol: None,
+        server_start_ms: None,
         call_ms: None,
         text: None,
         error: None,
@@ -135,6 +142,7 @@ pub fn execute(
         request_timeout: call.timeout,
         ..Default::default()
     };
+    let negotiation = Instant::now();
     let session = match Session::connect_interruptible(transport, options, stop) {
         Ok(s) => s,
         Err(e) if e.is_interrupted() => {
@@ -146,6 +154,7 @@ pub fn execute(
             return out;
         }
     };
+    out.server_start_ms = Some(ms(negotiation.elapsed()));
     out.protocol = Some(format!(
         "{} ({})",
         session.protocol_version(),

@@ -162,6 +162,7 @@ fn initramfs_entries_have_the_right_names_types_and_modes_in_parent_first_order(
     assert_eq!(modes["proc"], 0o040755);
     assert_eq!(modes["sys"], 0o040755);
     assert_eq!(modes["tmp"], 0o041777);
+    assert_eq!(modes["rootfs"], 0o040755);
     assert_eq!(modes["lib/modules"], 0o040755);
     for m in MODULES {
         assert_eq!(
@@ -235,6 +236,7 @@ fn gnu_cpio_lists_the_initramfs_with_the_right_names_and_modes() {
         ("proc", "drwxr-xr-x"),
         ("sys", "drwxr-xr-x"),
         ("tmp", "drwxrwxrwt"),
+        ("rootfs", "drwxr-xr-x"),
         ("lib", "drwxr-xr-x"),
         ("lib/modules", "drwxr-xr-x"),
         ("init", "-rwxr-xr-x"),

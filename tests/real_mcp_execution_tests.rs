@@ -734,7 +734,7 @@ fn test_bridge_relays_length_framing_and_answers_ping_before_any_server() {
 }
 
 #[test]
-fn test_bridged_server_exit_closes_the_connection_and_is_reaped() {
+fn test_bridged_server_exit_is_named_to_the_host_and_is_reaped() {
     // hostile_server.sh exit-mid-call: answers initialize, exits 3 on tools/call.
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp/hostile_server.sh");
     let marker = unique_marker("exit");
@@ -745,10 +745,17 @@ fn test_bridged_server_exit_closes_the_connection_and_is_reaped() {
     let session = guest.session();
     let start = Instant::now();
     let err = session.call_tool("anything", json!({}), SOON).unwrap_err();
-    assert!(
-        matches!(err, McpError::Closed { .. }),
-        "expected Closed, got: {err}"
-    );
+    // The bridge answers the call the server left unanswered, naming why.
+    match &err {
+        McpError::Rpc { code, message, .. } => {
+            assert_eq!(*code, ukload::jsonrpc::INTERNAL_ERROR, "{err}");
+            assert!(
+                message.contains("exited") && message.contains("exit status: 3"),
+                "{message}"
+            );
+        }
+        other => panic!("expected the bridge's error naming the exit, got: {other}"),
+    }
     assert!(start.elapsed() < SOON, "the host waited for its deadline");
     let left = guest.wait_servers(0);
     assert!(left.is_empty(), "exited server not reaped: {left:?}");

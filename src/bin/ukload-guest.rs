@@ -158,7 +158,37 @@ fn run_as_pid1() -> ! {
         listen: ListenAddr::Vsock { port: p.port },
         ..AgentConfig::default()
     };
-    if let Err(e) = guest::run_agent_mode(cfg, builtin_mode(EraSupport::Dual)) {
+    let mode: Arc<dyn ConnectionMode> = match &p.server {
+        None => builtin_mode(EraSupport::Dual),
+        // A root filesystem image with an MCP server: every connection is
+        // bridged to the server, run chrooted in the mounted image.
+        Some(spec) => {
+            let bridge = pid1::mount_rootfs(spec)
+                .and_then(BridgeMode::new)
+                .map(|b| b.in_root(pid1::ROOTFS_DIR.into()));
+            match bridge {
+                Ok(b) => {
+                    ukload::status!("ukload-guest: init: MCP server: {}", b.argv().join(" "));
+                    let b = match spec.start_timeout {
+                        Some(t) => b.with_start_timeout(t),
+                        None => b,
+                    };
+                    // Started now (this thread lives as long as the VM) so
+                    // that its start-up overlaps the boot; a failure here is
+                    // reported again, to the host, when a connection starts one.
+                    if let Err(e) = b.start_spare() {
+                        ukload::status!("ukload-guest: init: starting the MCP server: {e}");
+                    }
+                    Arc::new(b)
+                }
+                Err(e) => {
+                    ukload::status!("ukload-guest: PID 1 setup failed: {e}");
+                    pid1::poweroff();
+                }
+            }
+        }
+    };
+    if let Err(e) = guest::run_agent_mode(cfg, mode) {
         ukload::status!("ukload-guest: {e}");
     }
     pid1::poweroff();

@@ -712,6 +712,7 @@ pub fn connect(conn: &Connection) -> Result<Session, McpError> {
                     ukload::ENV_RUN.into(),
                     format!("{STDIO_MARKER_PREFIX}{}", std::process::id()).into(),
                 )],
+                ..Default::default()
             };
             Transport::stdio_with(argv, conn.framing, &opts)?
         }

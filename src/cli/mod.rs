@@ -304,6 +304,19 @@ pub struct RunArgs {
     /// qemu launcher: extra kernel command-line word (repeatable)
     pub kernel_arg: Vec<String>,
     #[argh(option)]
+    /// a real stdio MCP server each instance runs ('CMD ARGS', split like a
+    /// shell): process launcher: the guest bridges to it; qemu launcher: it
+    /// runs inside every VM from a read-only root filesystem image
+    pub mcp_server: Option<String>,
+    #[argh(option)]
+    /// qemu launcher with --mcp-server: the root filesystem image (erofs)
+    /// holding the server (default: built from --mcp-server and --include)
+    pub rootfs: Option<PathBuf>,
+    #[argh(option)]
+    /// qemu launcher with --mcp-server: a file for the built image,
+    /// HOST[:GUEST] (repeatable)
+    pub include: Vec<String>,
+    #[argh(option)]
     /// after boot, each instance executes this MCP tool: TOOL or TOOL:{JSON args}
     pub tool_call: Option<String>,
     #[argh(option)]
@@ -318,7 +331,8 @@ pub struct RunArgs {
     /// when given
     pub max_connect_ms: Option<String>,
     #[argh(option)]
-    /// deadline of one tool call in ms (default 10000, at most 86400000)
+    /// deadline of one tool call in ms (default 10000; 180000 with
+    /// --mcp-server and --launcher qemu; at most 86400000)
     pub tool_timeout_ms: Option<String>,
     #[argh(option)]
     /// also write a JUnit XML file (a testcase per instance per phase) for CI
@@ -721,6 +735,65 @@ impl RunArgs {
             }
         }
         qemu.append = self.kernel_arg.clone();
+        let mut guest_args = self.guest_arg.clone();
+        let uses_image = self.rootfs.is_some() || !self.include.is_empty();
+        if uses_image && kind != Kind::Qemu {
+            return Err(Usage(format!(
+                "--rootfs and --include are for --launcher qemu, not {kind:?} (the process \
+                 launcher runs --mcp-server on the host)"
+            )));
+        }
+        if self.rootfs.is_some() && !self.include.is_empty() {
+            return Err(Usage(
+                "--include adds files to the image built from --mcp-server; with --rootfs IMAGE \
+                 the image is given: leave one of them out"
+                    .into(),
+            ));
+        }
+        if !self.include.is_empty() && self.mcp_server.is_none() {
+            return Err(Usage(
+                "--include needs --mcp-server 'CMD ARGS' (the server the built image holds)".into(),
+            ));
+        }
+        match (&self.mcp_server, kind) {
+            (None, _) => {
+                // --rootfs alone: the image's manifest names the server.
+                qemu.rootfs = self.rootfs.clone();
+            }
+            (Some(cmd), Kind::Process) => {
+                ukload::mcp::split_command(cmd)
+                    .ok()
+                    .filter(|argv| !argv.is_empty())
+                    .ok_or_else(|| {
+                        Usage(format!(
+                            "--mcp-server {cmd:?}: expected a command line, e.g. 'node server.js'"
+                        ))
+                    })?;
+                guest_args.push("--mcp-server".into());
+                guest_args.push(cmd.clone());
+            }
+            (Some(cmd), Kind::Qemu) => {
+                // Parsed (and its --include values checked) here; the image is
+                // built by the launcher's preflight, before any VM starts.
+                let spec = ukload::rootfs::RootfsSpec::parse(cmd, &self.include).map_err(|e| {
+                    Usage(
+                        format!("--mcp-server {cmd:?}: {}", e).replace("--command", "--mcp-server"),
+                    )
+                })?;
+                match &self.rootfs {
+                    Some(img) => {
+                        qemu.rootfs = Some(img.clone());
+                        qemu.server = Some(spec.command);
+                    }
+                    None => qemu.build_rootfs = Some(spec),
+                }
+            }
+            (Some(_), other) => {
+                return Err(Usage(format!(
+                    "--mcp-server works with --launcher process or qemu, not {other:?}"
+                )))
+            }
+        }
         let lc = LauncherConfig {
             qemu,
             qemu_resolved: None,
@@ -734,7 +807,7 @@ impl RunArgs {
                 .guest_bin
                 .clone()
                 .unwrap_or_else(LauncherConfig::default_guest_bin),
-            guest_args: self.guest_arg.clone(),
+            guest_args,
             guest_boot_delay_ms,
             kraft_bin: self.kraft_bin.clone().unwrap_or_else(|| "kraft".into()),
             image: self
@@ -770,10 +843,23 @@ impl RunArgs {
                         ));
                     }
                     call.timeout = Duration::from_millis(ms);
+                } else if lc.qemu.runs_server() {
+                    // A real server in an emulated VM: Node takes 10 s (one
+                    // VM) to 70 s (ten) to start under TCG (docs/microvm.md).
+                    call.timeout = launcher::qemu::DEFAULT_VM_SERVER_TOOL_TIMEOUT;
                 }
                 Some(call)
             }
         };
+        // A bridged server that stays silent is reported by the guest before
+        // the client's own deadline would end the session without a reason.
+        let mut lc = lc;
+        if lc.qemu.runs_server() {
+            let t = tool_call
+                .as_ref()
+                .map_or(ukload::toolcall::DEFAULT_TOOL_TIMEOUT, |c| c.timeout);
+            lc.qemu.server_timeout = Some(t);
+        }
         let max_tool_ms = positive_f64("--max-tool-ms", &self.max_tool_ms, DEFAULT_MAX_TOOL_MS)?;
         let max_connect_ms = match &self.max_connect_ms {
             None => None,

@@ -16,15 +16,25 @@
 //! [`StdioChild::shutdown`]); when the child exits first, the connection is
 //! closed so that the host sees end of file instead of silence.
 //!
+//! A server that dies is reported, not just dropped: every request it had not
+//! answered gets a JSON-RPC error (−32603) naming what happened (exited with
+//! status N, wrote more than [`MAX_FRAME_LEN`] bytes without a newline, or
+//! wrote nothing within the start deadline after its first request) with the
+//! end of its stderr, and so does every later request on the connection (the
+//! connection stays open until the host closes it, so a client that falls
+//! back from `server/discover` to `initialize` still reads why).
+//!
 //! Deadlines: reading the connection is bounded by the agent's
 //! [`IDLE_TIMEOUT`] (counting the child's output as activity), writing to it by
 //! [`WRITE_TIMEOUT`], writing to the child's stdin by [`CHILD_WRITE_TIMEOUT`];
 //! the relay thread blocks on the child's stdout, which ends when the child's
 //! process group is killed, and is waited for at most [`RELAY_EXIT_GRACE`].
 
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -48,11 +58,37 @@ pub const CHILD_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RELAY_EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How much of the child's stderr is logged when it ends badly.
 const STDERR_IN_LOG: usize = 1024;
+/// How much of the child's stderr goes into the error sent to the host.
+const STDERR_IN_REPLY: usize = 512;
+/// Default of [`BridgeMode::start_timeout`]: how long a started server may
+/// stay silent after its first request before it counts as never answering.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often the connection's thread wakes to look at the child (its end,
+/// the start deadline) while the host is silent.
+const TICK: Duration = Duration::from_millis(200);
+/// After the child is reaped elsewhere (a VM's PID-1 reaper), how long to
+/// wait for the reaper to record its status.
+const STATUS_WAIT: Duration = Duration::from_secs(1);
 
 /// Bridges every connection to a fresh stdio MCP server (`argv`).
 #[derive(Clone, Debug)]
 pub struct BridgeMode {
     argv: Vec<String>,
+    root: Option<PathBuf>,
+    start_timeout: Duration,
+    console: bool,
+    spare: Spare,
+}
+
+/// A server started ahead of its connection ([`BridgeMode::start_spare`]).
+#[derive(Clone, Default)]
+struct Spare(Arc<Mutex<Option<StdioChild>>>);
+
+impl std::fmt::Debug for Spare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pid = lock(&self.0).as_ref().map(StdioChild::pid);
+        f.debug_tuple("Spare").field(&pid).finish()
+    }
 }
 
 impl BridgeMode {
@@ -61,7 +97,81 @@ impl BridgeMode {
         if argv.is_empty() {
             return Err("--mcp-server: empty command".to_string());
         }
-        Ok(BridgeMode { argv })
+        Ok(BridgeMode {
+            argv,
+            root: None,
+            start_timeout: DEFAULT_START_TIMEOUT,
+            console: false,
+            spare: Spare::default(),
+        })
+    }
+
+    /// Starts one server now, ahead of its connection: the first connection
+    /// that needs a server takes it (later ones start their own). Why: under
+    /// TCG a Node server takes seconds to start (docs/microvm.md, "MCP
+    /// servers in the VM"), and started at boot that time overlaps the rest
+    /// of the boot and the host's probe. The server is as fresh as one
+    /// started on demand (it has seen no message). Call it from a thread that
+    /// lives as long as the agent (the child dies with the thread that
+    /// spawned it).
+    pub fn start_spare(&self) -> Result<(), String> {
+        let child = self.spawn()?;
+        *lock(&self.spare.0) = Some(child);
+        Ok(())
+    }
+
+    fn take_spare(&self) -> Option<StdioChild> {
+        lock(&self.spare.0).take()
+    }
+
+    /// Spawns the server, with stdio pipes, in its root if it has one.
+    fn spawn(&self) -> Result<StdioChild, String> {
+        let opts = SpawnOptions {
+            // The spawning thread (a connection's, or the init's main thread for
+            // the spare) outlives the child, so the signal only fires if the
+            // whole agent dies first.
+            die_with_parent: true,
+            env: if self.root.is_some() {
+                // The VM's init has no PATH of its own.
+                vec![("PATH".into(), ROOTFS_PATH.into())]
+            } else {
+                Vec::new()
+            },
+            root: self.root.clone(),
+            stderr_echo_prefix: self.console.then(|| "mcp-server: ".to_string()),
+        };
+        if let Some(root) = &self.root {
+            program_in_root(root, &self.argv[0])?;
+        }
+        let argv = &self.argv;
+        // Inside a VM, PID 1's reaper can collect a child whose exec failed
+        // (a loader or library missing in the image) before std's spawn waits
+        // for it, and std then panics; that must not take PID 1 down.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            spawn_stdio_child_with(argv, &opts)
+        })) {
+            Ok(spawned) => spawned.map_err(|e| e.to_string()),
+            Err(_) => Err(format!(
+                "spawning {argv:?}: exec failed in the root filesystem image (is its \
+                 loader or a library missing from the image?)"
+            )),
+        }
+    }
+
+    /// Runs the server in `root` (chroot), with its stderr copied to the
+    /// agent's (the VM's console) prefixed by `mcp-server[PID]: `. For a
+    /// microVM's init only: the root is the mounted root filesystem image.
+    pub fn in_root(mut self, root: PathBuf) -> Self {
+        self.root = Some(root);
+        self.console = true;
+        self
+    }
+
+    /// How long a started server may write nothing after its first request
+    /// before it is ended as never answering ([`DEFAULT_START_TIMEOUT`]).
+    pub fn with_start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
     }
 
     /// The server's command line.
@@ -92,6 +202,30 @@ struct ChildLink {
     child: StdioChild,
     stdin: Option<ChildStdin>,
     relay: Option<(JoinHandle<()>, Receiver<()>)>,
+    /// When the first message was written to it (the start deadline counts from there).
+    first_request: Option<Instant>,
+}
+
+/// Why the relay of the child's output stopped.
+#[derive(Clone, Debug)]
+enum RelayEnd {
+    /// End of file: the child closed its stdout (it exited, or was killed).
+    Eof,
+    /// The child wrote something the relay could not frame (too long a line).
+    Output(String),
+    /// Writing to the host failed: the connection is gone.
+    Host,
+}
+
+/// What the child thread shares with the connection's thread.
+#[derive(Default)]
+struct RelayState {
+    /// When the child last wrote a message (`None`: never).
+    last_output: Option<Instant>,
+    /// Ids (as JSON text) of requests forwarded and not answered yet.
+    pending: HashSet<String>,
+    /// Set when the relay stops.
+    ended: Option<RelayEnd>,
 }
 
 /// One bridged connection.
@@ -101,9 +235,13 @@ struct Bridge<'a> {
     framing: Framing,
     /// Write half of the connection, shared with the relay thread.
     writer: Arc<Mutex<Stream>>,
-    /// When the child last wrote a message (counts as activity for the idle deadline).
-    last_child_output: Arc<Mutex<Instant>>,
+    /// Shared with the relay thread.
+    relay: Arc<Mutex<RelayState>>,
+    /// When the host last sent a frame.
+    last_host_input: Instant,
     child: Option<ChildLink>,
+    /// Set once the child is gone: why (every later request is answered with it).
+    dead: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,15 +258,17 @@ enum Route {
 
 impl<'a> Bridge<'a> {
     fn new(conn: &'a AgentConn<'a>, mode: &'a BridgeMode, stream: &Stream) -> io::Result<Self> {
-        stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
+        stream.set_read_timeout(Some(TICK))?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
         Ok(Bridge {
             conn,
             mode,
             framing: conn.framing(),
             writer: Arc::new(Mutex::new(stream.try_clone()?)),
-            last_child_output: Arc::new(Mutex::new(Instant::now())),
+            relay: Arc::new(Mutex::new(RelayState::default())),
+            last_host_input: Instant::now(),
             child: None,
+            dead: None,
         })
     }
 
@@ -152,12 +292,21 @@ impl<'a> Bridge<'a> {
             if self.conn.is_stopping() {
                 return;
             }
+            if !self.watch_child() {
+                return;
+            }
             let frame = match reader.read_frame() {
-                Ok(f) => f,
+                Ok(f) => {
+                    self.last_host_input = Instant::now();
+                    f
+                }
                 Err(FrameError::Eof) => return,
                 Err(FrameError::TimedOut) => {
-                    let since_child = lock(&self.last_child_output).elapsed();
-                    if since_child < IDLE_TIMEOUT {
+                    let since_child = lock(&self.relay).last_output.map(|t| t.elapsed());
+                    let idle = since_child.map_or(self.last_host_input.elapsed(), |c| {
+                        c.min(self.last_host_input.elapsed())
+                    });
+                    if idle < IDLE_TIMEOUT {
                         continue;
                     }
                     if !self.conn.is_stopping() {
@@ -195,6 +344,103 @@ impl<'a> Bridge<'a> {
         }
     }
 
+    /// Looks at the child between frames: if its output ended or it missed
+    /// its start deadline, it is ended and reaped and its unanswered requests
+    /// get an error saying why. `false`: the connection must close.
+    fn watch_child(&mut self) -> bool {
+        let Some(link) = self.child.as_ref() else {
+            return true;
+        };
+        let (ended, silent) = {
+            let st = lock(&self.relay);
+            (st.ended.clone(), st.last_output.is_none())
+        };
+        let cause = match ended {
+            Some(RelayEnd::Host) => return false,
+            Some(RelayEnd::Eof) => "exited".to_string(),
+            Some(RelayEnd::Output(e)) => format!("{e}; it was ended"),
+            None => match link.first_request {
+                Some(t) if silent && t.elapsed() >= self.mode.start_timeout => format!(
+                    "never answered: it wrote nothing within {:?} of its first request; it was ended",
+                    self.mode.start_timeout
+                ),
+                _ => return true,
+            },
+        };
+        self.bury(&cause);
+        true
+    }
+
+    /// Ends and reaps the child, then answers every request it left
+    /// unanswered with a JSON-RPC error naming `cause`, its exit status and
+    /// the end of its stderr; later requests get the same answer.
+    fn bury(&mut self, cause: &str) {
+        let Some(link) = self.child.take() else {
+            return;
+        };
+        let pid = link.child.pid();
+        let what = format!("MCP server pid {pid} ({})", self.mode.argv.join(" "));
+        let status = self.end_child(link);
+        let tail = status.1;
+        let mut reason = format!("{what} {cause}");
+        if let Some(st) = status.0 {
+            reason.push_str(&format!(" ({st})"));
+        }
+        if tail.is_empty() {
+            reason.push_str("; its stderr is empty");
+        } else {
+            reason.push_str("; last stderr: ");
+            reason.push_str(&tail);
+        }
+        self.log(&reason);
+        let pending: Vec<String> = lock(&self.relay).pending.drain().collect();
+        for id in pending {
+            let id: Value = serde_json::from_str(&id).unwrap_or(Value::Null);
+            let reply = jsonrpc::error_response(id, jsonrpc::INTERNAL_ERROR, &reason);
+            if self.send_host(&reply).is_err() {
+                break;
+            }
+        }
+        self.dead = Some(reason);
+    }
+
+    /// Ends and reaps the child of `link` and waits (bounded) for its relay.
+    /// Returns how it ended (`None` when it exited cleanly by itself at the
+    /// end) and the end of its stderr on one line.
+    fn end_child(&self, mut link: ChildLink) -> (Option<String>, String) {
+        // Closing stdin first lets a well-behaved server exit by itself.
+        drop(link.stdin.take());
+        let pid = link.child.pid();
+        let how = match link.child.shutdown() {
+            Ok(outcome) => match (outcome.exit_status, outcome.signal_sent) {
+                (_, Some(sig)) => Some(format!("had to be ended with signal {sig}")),
+                (Some(status), None) if status.success() => None,
+                (Some(status), None) => Some(status.to_string()),
+                (None, None) => Some(
+                    match super::pid1::wait_child(pid as i32, Instant::now() + STATUS_WAIT) {
+                        Some(raw) => describe_wait_status(raw),
+                        None => "exit status unknown".to_string(),
+                    },
+                ),
+            },
+            Err(e) => Some(format!("could not be ended: {e}")),
+        };
+        if let Some((handle, done)) = link.relay.take() {
+            if !matches!(
+                done.recv_timeout(RELAY_EXIT_GRACE),
+                Err(RecvTimeoutError::Timeout)
+            ) {
+                let _ = handle.join();
+            } else {
+                self.log(&format!(
+                    "relay of pid {pid} still blocked {RELAY_EXIT_GRACE:?} after it was reaped; leaving it"
+                ));
+            }
+        }
+        let tail = link.child.stderr_tail().last(STDERR_IN_REPLY);
+        (how, tail.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+
     /// Answers the agent's own requests and malformed frames the child could not
     /// take; everything else is forwarded.
     fn route(&self, frame: &[u8]) -> Result<Route, FrameError> {
@@ -230,23 +476,35 @@ impl<'a> Bridge<'a> {
     /// Writes one message to the child, starting it first if needed. `Err` says
     /// why the connection must close.
     fn forward(&mut self, frame: &[u8], payload: Vec<u8>) -> Result<(), String> {
+        if let Some(reason) = &self.dead {
+            for id in request_ids(frame) {
+                let reply = jsonrpc::error_response(id, jsonrpc::INTERNAL_ERROR, reason);
+                self.send_host(&reply)
+                    .map_err(|e| format!("writing to the host: {e}; closing it"))?;
+            }
+            return Ok(());
+        }
         if self.child.is_none() {
             match self.start_child() {
                 Ok(link) => self.child = Some(link),
                 Err(e) => {
-                    // A request deserves an answer saying why nothing will come.
-                    if let Some(id) = request_id(frame) {
-                        let _ = self.send_host(&jsonrpc::error_response(
-                            id,
-                            jsonrpc::INTERNAL_ERROR,
-                            &format!("ukload-guest cannot start the MCP server: {e}"),
-                        ));
-                    }
-                    return Err(format!("{e}; closing it"));
+                    // A request deserves an answer saying why nothing will come;
+                    // so do later ones (the connection stays open for them).
+                    let reason = format!("ukload-guest cannot start the MCP server: {e}");
+                    self.log(&reason);
+                    self.dead = Some(reason);
+                    return self.forward(frame, payload);
                 }
             }
         }
+        {
+            let mut st = lock(&self.relay);
+            for id in request_ids(frame) {
+                st.pending.insert(id.to_string());
+            }
+        }
         let link = self.child.as_mut().expect("started above");
+        link.first_request.get_or_insert_with(Instant::now);
         let pid = link.child.pid();
         let Some(stdin) = link.stdin.as_mut() else {
             return Err(format!("MCP server pid {pid} has no stdin; closing it"));
@@ -258,13 +516,12 @@ impl<'a> Bridge<'a> {
     }
 
     fn start_child(&self) -> Result<ChildLink, String> {
-        let opts = SpawnOptions {
-            // This thread reaps the child before it returns, so the signal only
-            // fires if the whole agent dies first.
-            die_with_parent: true,
-            env: Vec::new(),
+        // The server started ahead (if any) is as fresh as a new one: it has
+        // seen no message yet. If it already died, the relay reports how.
+        let child = match self.mode.take_spare() {
+            Some(child) => child,
+            None => self.mode.spawn()?,
         };
-        let child = spawn_stdio_child_with(&self.mode.argv, &opts).map_err(|e| e.to_string())?;
         let (stdin, stdout) = (child.take_stdin(), child.take_stdout());
         let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
             // Dropping `child` ends and reaps it.
@@ -274,7 +531,7 @@ impl<'a> Bridge<'a> {
             .map_err(|e| format!("{}: O_NONBLOCK on its stdin: {e}", child.describe()))?;
         let (done_tx, done_rx) = bounded::<()>(0);
         let writer = Arc::clone(&self.writer);
-        let activity = Arc::clone(&self.last_child_output);
+        let state = Arc::clone(&self.relay);
         let framing = self.framing;
         let id = self.conn.id();
         let pid = child.pid();
@@ -282,105 +539,156 @@ impl<'a> Bridge<'a> {
             .name(format!("bridge-{id}-{pid}"))
             .spawn(move || {
                 let _done = done_tx;
-                relay_child_output(stdout, &writer, framing, &activity, id, pid);
+                relay_child_output(stdout, &writer, framing, &state, id, pid);
             })
             .map_err(|e| format!("starting the relay thread for pid {pid}: {e}"))?;
         Ok(ChildLink {
             child,
             stdin: Some(stdin),
             relay: Some((relay, done_rx)),
+            first_request: None,
         })
     }
 
     /// Ends and reaps the child, waits (bounded) for the relay thread, and
     /// shuts the connection down.
     fn teardown(&mut self) {
-        if let Some(mut link) = self.child.take() {
-            // Closing stdin first lets a well-behaved server exit by itself.
-            drop(link.stdin.take());
+        if let Some(link) = self.child.take() {
             let pid = link.child.pid();
-            match link.child.shutdown() {
-                Ok(outcome) => {
-                    let clean = outcome.signal_sent.is_none()
-                        && outcome.exit_status.is_none_or(|s| s.success());
-                    if !clean && !self.conn.is_stopping() {
-                        let how = match (outcome.exit_status, outcome.signal_sent) {
-                            (_, Some(sig)) => format!("had to be ended with signal {sig}"),
-                            (Some(status), None) => format!("ended: {status}"),
-                            (None, None) => "ended (reaped by another process)".to_string(),
-                        };
-                        let tail = link.child.stderr_tail().last(STDERR_IN_LOG);
-                        let tail = if tail.is_empty() {
-                            "(empty)".to_string()
-                        } else {
-                            tail.replace('\n', "\n    ")
-                        };
-                        self.log(&format!(
-                            "MCP server pid {pid} {how}; last stderr:\n    {tail}"
-                        ));
-                    }
-                }
-                Err(e) => self.log(&format!("ending MCP server pid {pid}: {e}")),
-            }
-            if let Some((handle, done)) = link.relay.take() {
-                if !matches!(
-                    done.recv_timeout(RELAY_EXIT_GRACE),
-                    Err(RecvTimeoutError::Timeout)
-                ) {
-                    let _ = handle.join();
+            let (how, tail) = self.end_child(link);
+            if let Some(how) = how.filter(|_| !self.conn.is_stopping()) {
+                let tail = if tail.is_empty() {
+                    "(empty)".to_string()
                 } else {
-                    self.log(&format!(
-                        "relay of pid {pid} still blocked {RELAY_EXIT_GRACE:?} after it was reaped; leaving it"
-                    ));
-                }
+                    tail
+                };
+                let tail: String = tail.chars().take(STDERR_IN_LOG).collect();
+                self.log(&format!("MCP server pid {pid} {how}; last stderr: {tail}"));
             }
         }
         let _ = lock(&self.writer).shutdown(Shutdown::Both);
     }
 }
 
-/// The id of a request (a message with a method and a non-null id), if `frame` is one.
-fn request_id(frame: &[u8]) -> Option<Value> {
-    let v: Value = serde_json::from_slice(frame).ok()?;
+/// Whether `program` (as exec would find it with [`ROOTFS_PATH`] after
+/// `chroot(root)`) exists in `root`. Symlinks count without being followed
+/// (an absolute target means a path inside the image, not on this root).
+fn program_in_root(root: &Path, program: &str) -> Result<(), String> {
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![PathBuf::from(program)]
+    } else {
+        ROOTFS_PATH
+            .split(':')
+            .map(|d| Path::new(d).join(program))
+            .collect()
+    };
+    let found = candidates.iter().any(|c| {
+        root.join(c.strip_prefix("/").unwrap_or(c))
+            .symlink_metadata()
+            .is_ok()
+    });
+    if found {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program}: no such program in the root filesystem image (looked for {})",
+            candidates
+                .iter()
+                .map(|c| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+}
+
+/// `PATH` of a server run in a root filesystem image (the VM's init has none).
+pub const ROOTFS_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn message_request_id(v: &Value) -> Option<Value> {
     v.get("method")?;
     v.get("id").filter(|id| !id.is_null()).cloned()
 }
 
+/// The ids of the requests in `frame`: one message, or each member of a batch.
+fn request_ids(frame: &[u8]) -> Vec<Value> {
+    match serde_json::from_slice::<Value>(frame) {
+        Ok(Value::Array(batch)) => batch.iter().filter_map(message_request_id).collect(),
+        Ok(v) => message_request_id(&v).into_iter().collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The ids of the responses in a message from the server (one, or a batch).
+fn response_ids(frame: &[u8]) -> Vec<String> {
+    let one = |v: &Value| -> Option<String> {
+        if v.get("method").is_some() {
+            return None;
+        }
+        v.get("id").filter(|id| !id.is_null()).map(Value::to_string)
+    };
+    match serde_json::from_slice::<Value>(frame) {
+        Ok(Value::Array(batch)) => batch.iter().filter_map(one).collect(),
+        Ok(v) => one(&v).into_iter().collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A raw wait status as a sentence: `exit status 1`, `killed by signal 9`.
+fn describe_wait_status(raw: i32) -> String {
+    if libc::WIFEXITED(raw) {
+        format!("exit status: {}", libc::WEXITSTATUS(raw))
+    } else if libc::WIFSIGNALED(raw) {
+        format!("signal: {}", libc::WTERMSIG(raw))
+    } else {
+        format!("wait status {raw:#x}")
+    }
+}
+
 /// Child -> host: every line the child writes goes to the connection in its
-/// framing. When the child's output ends (it exited or was killed) or the host
-/// cannot be written, the connection is shut down so both sides end.
+/// framing. When the child's output ends (it exited or was killed), it writes
+/// a line too long to frame, or the host cannot be written, the relay records
+/// why in `state` and stops; the connection's thread notices within [`TICK`].
 fn relay_child_output(
     stdout: ChildStdout,
     writer: &Mutex<Stream>,
     framing: Framing,
-    activity: &Mutex<Instant>,
+    state: &Mutex<RelayState>,
     conn_id: u64,
     pid: u32,
 ) {
     let mut lines = FrameReader::with_max(stdout, Framing::Line, MAX_FRAME_LEN);
-    loop {
+    let end = loop {
         let frame = match lines.read_frame() {
             Ok(f) => f,
-            Err(FrameError::Eof) => break,
-            Err(e) => {
-                crate::status!(
-                    "ukload-guest: connection {conn_id}: output of MCP server pid {pid}: {e}; closing it"
-                );
-                break;
+            Err(FrameError::Eof) => break RelayEnd::Eof,
+            Err(FrameError::TooLarge { .. }) => {
+                break RelayEnd::Output(format!(
+                    "wrote more than {} MiB without a newline (MCP over stdio is one \
+                     JSON-RPC message a line)",
+                    MAX_FRAME_LEN >> 20
+                ))
             }
+            Err(e) => break RelayEnd::Output(format!("its output could not be read: {e}")),
         };
         if frame.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        *lock(activity) = Instant::now();
+        {
+            let mut st = lock(state);
+            st.last_output = Some(Instant::now());
+            for id in response_ids(&frame) {
+                st.pending.remove(&id);
+            }
+        }
         if let Err(e) = write_frame(&mut *lock(writer), framing, &frame) {
             crate::status!(
                 "ukload-guest: connection {conn_id}: relaying MCP server pid {pid} to the host: {e}; closing it"
             );
-            break;
+            let _ = lock(writer).shutdown(Shutdown::Both);
+            break RelayEnd::Host;
         }
-    }
-    let _ = lock(writer).shutdown(Shutdown::Both);
+    };
+    lock(state).ended = Some(end);
 }
 
 /// Sets `O_NONBLOCK` on `fd` (our write end of the child's stdin pipe: nobody
@@ -471,14 +779,37 @@ mod tests {
     }
 
     #[test]
-    fn request_ids_are_found_only_on_requests() {
+    fn request_and_response_ids_are_found_in_messages_and_batches() {
         assert_eq!(
-            request_id(br#"{"jsonrpc":"2.0","id":3,"method":"x"}"#),
-            Some(Value::from(3))
+            request_ids(br#"{"jsonrpc":"2.0","id":3,"method":"x"}"#),
+            vec![Value::from(3)]
         );
-        assert_eq!(request_id(br#"{"jsonrpc":"2.0","method":"x"}"#), None);
-        assert_eq!(request_id(br#"{"jsonrpc":"2.0","id":3,"result":{}}"#), None);
-        assert_eq!(request_id(b"garbage"), None);
+        assert!(request_ids(br#"{"jsonrpc":"2.0","method":"x"}"#).is_empty());
+        assert!(request_ids(br#"{"jsonrpc":"2.0","id":3,"result":{}}"#).is_empty());
+        assert!(request_ids(b"garbage").is_empty());
+        assert_eq!(
+            request_ids(br#"[{"id":"a","method":"x"},{"method":"n"},{"id":2,"method":"y"}]"#),
+            vec![Value::from("a"), Value::from(2)]
+        );
+        assert_eq!(
+            response_ids(br#"[{"id":"a","result":{}},{"id":2,"error":{}}]"#),
+            vec!["\"a\"".to_string(), "2".to_string()]
+        );
+        assert!(response_ids(br#"{"id":1,"method":"sampling"}"#).is_empty());
+        assert_eq!(describe_wait_status(1 << 8), "exit status: 1");
+        assert_eq!(describe_wait_status(9), "signal: 9");
         assert!(BridgeMode::new(Vec::new()).is_err());
+        let root = std::env::temp_dir().join(format!("ukload-bridge-root-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::write(root.join("usr/bin/node"), b"").unwrap();
+        assert!(program_in_root(&root, "node").is_ok());
+        assert!(program_in_root(&root, "/usr/bin/node").is_ok());
+        let err = program_in_root(&root, "python3").unwrap_err();
+        assert!(
+            err.contains("no such program") && err.contains("/usr/bin/python3"),
+            "{err}"
+        );
+        assert!(program_in_root(&root, "/opt/x").is_err());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

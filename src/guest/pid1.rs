@@ -85,6 +85,9 @@ pub struct Pid1Config {
     /// vsock port to listen on: `ukload.port=N` from the kernel command line,
     /// else [`crate::DEFAULT_PORT`].
     pub port: u32,
+    /// The MCP server to bridge to, from `ukload.rootfs=` (and
+    /// `ukload.server=`, `ukload.server_timeout_ms=`); `None`: the built-in tools.
+    pub server: Option<ServerSpec>,
 }
 
 /// A failed PID 1 step, with the path / module / syscall it concerns.
@@ -137,6 +140,8 @@ pub enum Pid1Error {
     Cmdline { err: std::io::Error },
     /// `ukload.port=` holds something that is not a usable vsock port.
     BadPort { value: String },
+    /// `ukload.server=` or `ukload.server_timeout_ms=` could not be decoded.
+    BadServer { param: &'static str, why: String },
     /// Blocking SIGCHLD or starting the reaper thread failed.
     Reaper {
         what: &'static str,
@@ -207,6 +212,9 @@ impl fmt::Display for Pid1Error {
                 "bad {CMDLINE_PORT_PARAM}={value} on the kernel command line: \
                  expected a vsock port 0..{VSOCK_PORT_ANY} (exclusive)"
             ),
+            Pid1Error::BadServer { param, why } => {
+                write!(f, "bad {param}= on the kernel command line: {why}")
+            }
             Pid1Error::Reaper { what, err } => {
                 write!(f, "starting the zombie reaper failed: {what}: {err}")
             }
@@ -262,8 +270,404 @@ fn init_steps() -> Result<Pid1Config, Pid1Error> {
     let cmdline =
         std::fs::read_to_string(PROC_CMDLINE).map_err(|err| Pid1Error::Cmdline { err })?;
     let port = port_from_cmdline(&cmdline)?;
+    let server = server_from_cmdline(&cmdline)?;
     start_reaper()?;
-    Ok(Pid1Config { port })
+    INIT_DONE.store(true, std::sync::atomic::Ordering::SeqCst);
+    Ok(Pid1Config { port, server })
+}
+
+/// Set once [`init_as_pid1`] succeeded: [`mount_rootfs`] refuses to run before.
+static INIT_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+// --- the MCP server's root filesystem ------------------------------------------
+
+/// Kernel command-line parameter naming the block device holding the
+/// server's root filesystem (an erofs image; the launcher passes `/dev/vda`).
+pub const CMDLINE_ROOTFS_PARAM: &str = "ukload.rootfs";
+/// Kernel command-line parameter with the server's argv: the hex digits of
+/// its JSON array (no quoting problems, no spaces). Absent: the image's
+/// manifest names the command.
+pub const CMDLINE_SERVER_PARAM: &str = "ukload.server";
+/// Kernel command-line parameter: how long, in ms, a started server may
+/// stay silent after its first request before it counts as never answering.
+pub const CMDLINE_SERVER_TIMEOUT_PARAM: &str = "ukload.server_timeout_ms";
+/// Where PID 1 mounts the root filesystem image (read-only); the server runs
+/// chrooted there.
+pub const ROOTFS_DIR: &str = "/rootfs";
+/// The image's manifest (inside the image): `{"command": [argv...], ...}`.
+/// The same path as `rootfs::MANIFEST_PATH` (the image builder's; not
+/// imported, so that the guest does not depend on the builder: a test checks
+/// they agree).
+pub const ROOTFS_MANIFEST: &str = "/etc/ukload-rootfs.json";
+/// File system type of the image.
+pub const ROOTFS_FSTYPE: &str = "erofs";
+/// `f_type` of erofs (`EROFS_SUPER_MAGIC_V1`).
+const EROFS_MAGIC: u64 = 0xe0f5_e1e2;
+/// How long PID 1 waits for the block device node to appear.
+const DEVICE_WAIT: Duration = Duration::from_secs(5);
+/// Size limit of the server's writable `/tmp` (tmpfs: pages are only used
+/// when written).
+const ROOTFS_TMP_OPTIONS: &str = "mode=1777,size=16m";
+
+/// Which server to run, from the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// Block device of the root filesystem image (`/dev/vda`).
+    pub device: String,
+    /// The server's argv; `None`: the manifest's `command`.
+    pub command: Option<Vec<String>>,
+    /// `ukload.server_timeout_ms`, if given.
+    pub start_timeout: Option<Duration>,
+}
+
+/// `argv` as the value of [`CMDLINE_SERVER_PARAM`]: lower-case hex of its JSON array.
+pub fn encode_server_command(argv: &[String]) -> String {
+    let json = serde_json::to_vec(argv).expect("a list of strings serializes");
+    json.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The inverse of [`encode_server_command`].
+pub fn decode_server_command(hex: &str) -> Result<Vec<String>, String> {
+    if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("expected an even number of hex digits".into());
+    }
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("checked hex digits"))
+        .collect();
+    let argv: Vec<String> =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not a JSON array of strings: {e}"))?;
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err("the command is empty".into());
+    }
+    Ok(argv)
+}
+
+/// The server to run, from a kernel command line (the last occurrence of
+/// each parameter wins); `None` without [`CMDLINE_ROOTFS_PARAM`].
+pub fn server_from_cmdline(cmdline: &str) -> Result<Option<ServerSpec>, Pid1Error> {
+    let last = |param: &str| {
+        let prefix = format!("{param}=");
+        cmdline
+            .split_whitespace()
+            .rev()
+            .find_map(|w| w.strip_prefix(prefix.as_str()).map(str::to_string))
+    };
+    let Some(device) = last(CMDLINE_ROOTFS_PARAM) else {
+        return Ok(None);
+    };
+    if !device.starts_with("/dev/") {
+        return Err(Pid1Error::BadServer {
+            param: CMDLINE_ROOTFS_PARAM,
+            why: format!("{device:?} is not a device under /dev"),
+        });
+    }
+    let command = last(CMDLINE_SERVER_PARAM)
+        .map(|hex| decode_server_command(&hex))
+        .transpose()
+        .map_err(|why| Pid1Error::BadServer {
+            param: CMDLINE_SERVER_PARAM,
+            why,
+        })?;
+    let start_timeout = match last(CMDLINE_SERVER_TIMEOUT_PARAM) {
+        None => None,
+        Some(v) => match v.parse::<u64>() {
+            Ok(ms) if ms > 0 => Some(Duration::from_millis(ms)),
+            _ => {
+                return Err(Pid1Error::BadServer {
+                    param: CMDLINE_SERVER_TIMEOUT_PARAM,
+                    why: format!("{v:?} is not a positive number of milliseconds"),
+                })
+            }
+        },
+    };
+    Ok(Some(ServerSpec {
+        device,
+        command,
+        start_timeout,
+    }))
+}
+
+/// The `command` of a root filesystem manifest.
+pub fn manifest_command(text: &str) -> Result<Vec<String>, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let argv: Vec<String> = v
+        .get("command")
+        .cloned()
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| format!("\"command\" is not a list of strings: {e}"))?
+        .ok_or("it has no \"command\"")?;
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err("its \"command\" is empty".into());
+    }
+    Ok(argv)
+}
+
+/// Mounts the server's root filesystem for a VM's init: the erofs image on
+/// `spec.device` read-only at [`ROOTFS_DIR`], then proc, devtmpfs and a
+/// writable tmpfs on its `/proc`, `/dev` and `/tmp` (and sysfs on `/sys` if
+/// the image has that directory). Returns the server's argv (`spec.command`,
+/// else the manifest's) for running chrooted in [`ROOTFS_DIR`].
+///
+/// Refuses unless [`init_as_pid1`] succeeded in this process (PID 1 of a VM):
+/// it must never mount anything on a host. Every mount point is checked
+/// right before its mount: nothing is ever mounted over an existing mount.
+pub fn mount_rootfs(spec: &ServerSpec) -> Result<Vec<String>, String> {
+    mount_rootfs_steps(spec).map_err(|e| {
+        let e = format!("root filesystem: {e}");
+        console_line(&e);
+        e
+    })
+}
+
+fn mount_rootfs_steps(spec: &ServerSpec) -> Result<Vec<String>, String> {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    if pid != 1 || !INIT_DONE.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(format!(
+            "refusing to mount: this process (pid {pid}) is not a VM's init that finished its setup"
+        ));
+    }
+    let deadline = Instant::now() + DEVICE_WAIT;
+    while !std::path::Path::new(&spec.device).exists() {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} did not appear within {DEVICE_WAIT:?}: does the VM have the image attached \
+                 (virtio-blk) and does its kernel have CONFIG_VIRTIO_BLK?",
+                spec.device
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match std::fs::create_dir(ROOTFS_DIR) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("creating {ROOTFS_DIR}: {e}")),
+    }
+    match mount_state(ROOTFS_DIR) {
+        Ok(MountState::NotMounted) => {}
+        Ok(MountState::Mounted { magic }) => {
+            return Err(format!(
+                "{} is already mounted on {ROOTFS_DIR}; refusing to mount over it",
+                fs_name(magic)
+            ))
+        }
+        Ok(other) => return Err(format!("{ROOTFS_DIR}: unexpected state {other:?}")),
+        Err(e) => return Err(format!("checking {ROOTFS_DIR}: {e}")),
+    }
+    do_mount(
+        &spec.device,
+        ROOTFS_DIR,
+        ROOTFS_FSTYPE,
+        libc::MS_RDONLY | libc::MS_NODEV,
+        None,
+    )
+    .map_err(|e| {
+        format!(
+            "mounting {} ({ROOTFS_FSTYPE}, read-only) on {ROOTFS_DIR}: {e} \
+             (is it an erofs image without compression, and does the kernel have CONFIG_EROFS_FS?)",
+            spec.device
+        )
+    })?;
+    let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let inner = [
+        InnerMount {
+            dir: "proc",
+            fstype: "proc",
+            flags: nosuid_nodev_noexec,
+            data: None,
+            required: true,
+        },
+        InnerMount {
+            dir: "dev",
+            fstype: "devtmpfs",
+            flags: libc::MS_NOSUID,
+            data: None,
+            required: true,
+        },
+        InnerMount {
+            dir: "tmp",
+            fstype: "tmpfs",
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            data: Some(ROOTFS_TMP_OPTIONS),
+            required: true,
+        },
+        InnerMount {
+            dir: "sys",
+            fstype: "sysfs",
+            flags: nosuid_nodev_noexec,
+            data: None,
+            required: false,
+        },
+    ];
+    for InnerMount {
+        dir,
+        fstype,
+        flags,
+        data,
+        required,
+    } in inner
+    {
+        let source = fstype;
+        let target = format!("{ROOTFS_DIR}/{dir}");
+        match fs_magic(&target) {
+            Ok(EROFS_MAGIC) => {}
+            Ok(magic) => {
+                return Err(format!(
+                    "{} is already mounted on {target}; refusing to mount over it",
+                    fs_name(magic)
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(format!(
+                    "the image has no /{dir} directory (the mount point of its {fstype}); \
+                     rebuild it with an empty /{dir}"
+                ))
+            }
+            Err(e) => return Err(format!("checking {target}: {e}")),
+        }
+        if dir == "tmp" {
+            mount_tmp_keeping_contents(&target, flags, data)?;
+            continue;
+        }
+        do_mount(source, &target, fstype, flags, data)
+            .map_err(|e| format!("mounting {fstype} on {target}: {e}"))?;
+    }
+    if let Some(argv) = &spec.command {
+        return Ok(argv.clone());
+    }
+    let manifest = format!("{ROOTFS_DIR}{ROOTFS_MANIFEST}");
+    let text = std::fs::read_to_string(&manifest).map_err(|e| {
+        format!(
+            "no server command on the kernel command line ({CMDLINE_SERVER_PARAM}=) and \
+             reading the image's manifest {ROOTFS_MANIFEST} failed: {e}"
+        )
+    })?;
+    manifest_command(&text).map_err(|e| format!("the image's manifest {ROOTFS_MANIFEST}: {e}"))
+}
+
+/// Where the server's `/tmp` tmpfs is mounted first (in the initramfs), to be
+/// filled with the image's `/tmp` and then moved onto it.
+const TMP_STAGE_DIR: &str = "/.rootfs-tmp";
+/// How deep the image's `/tmp` tree is copied.
+const TMP_COPY_DEPTH: usize = 32;
+
+/// Mounts the writable tmpfs on `target` (the image's `/tmp`) without hiding
+/// what the image holds there (a server script built from a host path under
+/// `/tmp` lands there): the tmpfs is mounted on [`TMP_STAGE_DIR`] first, the
+/// image's `/tmp` tree is copied into it (it then costs guest RAM), and it
+/// is moved onto `target`.
+fn mount_tmp_keeping_contents(
+    target: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), String> {
+    match std::fs::create_dir(TMP_STAGE_DIR) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("creating {TMP_STAGE_DIR}: {e}")),
+    }
+    match mount_state(TMP_STAGE_DIR) {
+        Ok(MountState::NotMounted) => {}
+        other => {
+            return Err(format!(
+                "{TMP_STAGE_DIR} is not a free directory ({other:?}); refusing to mount there"
+            ))
+        }
+    }
+    do_mount("tmpfs", TMP_STAGE_DIR, "tmpfs", flags, data)
+        .map_err(|e| format!("mounting tmpfs on {TMP_STAGE_DIR}: {e}"))?;
+    copy_tree(
+        std::path::Path::new(target),
+        std::path::Path::new(TMP_STAGE_DIR),
+        TMP_COPY_DEPTH,
+    )
+    .map_err(|e| format!("copying the image's /tmp into its tmpfs: {e}"))?;
+    do_mount(TMP_STAGE_DIR, target, "", libc::MS_MOVE, None)
+        .map_err(|e| format!("moving the tmpfs from {TMP_STAGE_DIR} onto {target}: {e}"))
+}
+
+/// Copies the tree under `from` into the existing directory `to`: files
+/// (with their modes), directories and symlinks (as links), at most `depth`
+/// levels deep.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path, depth: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if depth == 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is nested more than {TMP_COPY_DEPTH} levels deep",
+            from.display()
+        )));
+    }
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let meta = std::fs::symlink_metadata(&src)?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if ft.is_dir() {
+            std::fs::create_dir(&dst)?;
+            copy_tree(&src, &dst, depth - 1)?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode_bits()))?;
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+trait ModeBits {
+    fn mode_bits(&self) -> u32;
+}
+
+impl ModeBits for std::fs::Metadata {
+    fn mode_bits(&self) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        self.permissions().mode() & 0o7777
+    }
+}
+
+/// A file system mounted inside the server's root (its source is its type's name).
+struct InnerMount {
+    dir: &'static str,
+    fstype: &'static str,
+    flags: libc::c_ulong,
+    data: Option<&'static str>,
+    /// Whether the image must have the directory (else it is skipped).
+    required: bool,
+}
+
+/// `mount(2)` with string arguments.
+fn do_mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> std::io::Result<()> {
+    let c = |s: &str| {
+        CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (source, target, fstype) = (c(source)?, c(target)?, c(fstype)?);
+    let data = data.map(c).transpose()?;
+    // SAFETY: all pointers are valid NUL-terminated strings living across the
+    // call, or null for `data`, which these file systems accept.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ref()
+                .map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Prints one console line with the init prefix. The kernel gives PID 1
@@ -900,6 +1304,95 @@ mod tests {
             assert!(matches!(err, Pid1Error::BadPort { .. }), "{bad}: {err}");
             assert!(err.to_string().contains(CMDLINE_PORT_PARAM), "{err}");
         }
+    }
+
+    #[test]
+    fn the_server_is_read_from_the_cmdline() {
+        assert_eq!(
+            server_from_cmdline("console=ttyS0 ukload.port=5").unwrap(),
+            None
+        );
+        let argv = vec!["node".to_string(), "/srv/a b.js".into(), "--x='y'".into()];
+        let hex = encode_server_command(&argv);
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{hex}");
+        let line = format!(
+            "quiet ukload.rootfs=/dev/vda ukload.server={hex} ukload.server_timeout_ms=1500"
+        );
+        let spec = server_from_cmdline(&line).unwrap().unwrap();
+        assert_eq!(spec.device, "/dev/vda");
+        assert_eq!(spec.command, Some(argv));
+        assert_eq!(spec.start_timeout, Some(Duration::from_millis(1500)));
+        let spec = server_from_cmdline("ukload.rootfs=/dev/vdb")
+            .unwrap()
+            .unwrap();
+        assert_eq!(spec.command, None, "the manifest names it");
+        for bad in [
+            "ukload.rootfs=vda",
+            "ukload.rootfs=/dev/vda ukload.server=abc",
+            "ukload.rootfs=/dev/vda ukload.server=zz",
+            "ukload.rootfs=/dev/vda ukload.server=5b5d",
+            "ukload.rootfs=/dev/vda ukload.server_timeout_ms=0",
+        ] {
+            let err = server_from_cmdline(bad).unwrap_err().to_string();
+            assert!(err.starts_with("bad ukload."), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_manifest_names_the_command() {
+        assert_eq!(
+            manifest_command(r#"{"command":["/usr/bin/node","/srv/e.js"],"x":1}"#).unwrap(),
+            vec!["/usr/bin/node", "/srv/e.js"]
+        );
+        for bad in ["{}", r#"{"command":[]}"#, r#"{"command":"node"}"#, "nope"] {
+            assert!(manifest_command(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_tree_is_copied_with_files_modes_dirs_and_links() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("ukload-copy-tree-{}", std::process::id()));
+        let (from, to) = (base.join("from"), base.join("to"));
+        std::fs::create_dir_all(from.join("a/b")).unwrap();
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::write(from.join("a/b/s.js"), b"x").unwrap();
+        std::fs::set_permissions(
+            from.join("a/b/s.js"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("b/s.js", from.join("a/l")).unwrap();
+        copy_tree(&from, &to, TMP_COPY_DEPTH).unwrap();
+        assert_eq!(std::fs::read(to.join("a/b/s.js")).unwrap(), b"x");
+        assert_eq!(
+            std::fs::metadata(to.join("a/b/s.js"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o750
+        );
+        assert_eq!(
+            std::fs::read_link(to.join("a/l")).unwrap(),
+            std::path::Path::new("b/s.js")
+        );
+        assert!(copy_tree(&from, &base.join("to2-missing"), TMP_COPY_DEPTH).is_err());
+        let deep = base.join("deep");
+        std::fs::create_dir_all(&deep).unwrap();
+        assert!(copy_tree(&from, &deep, 2).is_err(), "a/b is 3 levels");
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn mounting_the_rootfs_is_refused_outside_a_vms_init() {
+        let spec = ServerSpec {
+            device: "/dev/null".into(),
+            command: None,
+            start_timeout: None,
+        };
+        let err = mount_rootfs(&spec).unwrap_err();
+        assert!(err.contains("refusing to mount"), "{err}");
     }
 
     #[test]

@@ -168,7 +168,33 @@ pub struct QemuConfig {
     pub tb_size_mb: u64,
     /// Extra kernel command-line words.
     pub append: Vec<String>,
+    /// A root filesystem image (erofs) holding an MCP server: attached
+    /// read-only to every instance (the same file, never copied) as the
+    /// guest's `/dev/vda`; the guest's init then bridges every connection to
+    /// the server (docs/microvm.md, "MCP servers in the VM").
+    pub rootfs: Option<PathBuf>,
+    /// The server's argv inside the image (`None`: the image's manifest names it).
+    pub server: Option<Vec<String>>,
+    /// How long the guest lets a started server stay silent after its first
+    /// request before it reports it as never answering.
+    pub server_timeout: Option<Duration>,
+    /// Build (or take from the cache) the root filesystem image for this
+    /// server in [`QemuConfig::preflight`], when `rootfs` is not given.
+    pub build_rootfs: Option<crate::rootfs::RootfsSpec>,
 }
+
+/// Default deadline of a tool call (and of the session's start) when each VM
+/// runs a real MCP server (`--mcp-server`): under TCG on a shared 2-core host
+/// Node needs about 10 s to start in one VM and about 70 s when 10 VMs start
+/// it at once (docs/microvm.md, "MCP servers in the VM"); the guest ends a
+/// server silent for this long after its first request.
+pub const DEFAULT_VM_SERVER_TOOL_TIMEOUT: Duration = Duration::from_secs(180);
+/// Linux's x86 limit on the kernel command line (`COMMAND_LINE_SIZE`),
+/// including the terminating NUL.
+pub const KERNEL_CMDLINE_MAX: usize = 2048;
+/// The guest's block device for the root filesystem image (the first
+/// virtio-blk device).
+pub const ROOTFS_GUEST_DEVICE: &str = "/dev/vda";
 
 impl Default for QemuConfig {
     fn default() -> Self {
@@ -183,6 +209,10 @@ impl Default for QemuConfig {
             backend: VsockBackend::Auto,
             tb_size_mb: DEFAULT_TB_SIZE_MB,
             append: Vec::new(),
+            rootfs: None,
+            server: None,
+            server_timeout: None,
+            build_rootfs: None,
         }
     }
 }
@@ -233,8 +263,41 @@ pub fn host_tsc_khz() -> Option<u64> {
 }
 
 impl QemuConfig {
+    /// Whether every VM runs a real MCP server (a root filesystem image is
+    /// given or will be built).
+    pub fn runs_server(&self) -> bool {
+        self.rootfs.is_some() || self.build_rootfs.is_some()
+    }
+
+    /// Builds the root filesystem image of [`QemuConfig::build_rootfs`] (or
+    /// takes it from the image cache) and points `rootfs` and `server` at it.
+    /// Does nothing when no image is to be built or it was done already.
+    pub fn prepare_rootfs(&mut self) -> Result<(), LaunchError> {
+        let Some(spec) = self.build_rootfs.take() else {
+            return Ok(());
+        };
+        let img = crate::rootfs::build(&spec, &image::cache_dir()).map_err(|e| match e {
+            crate::rootfs::RootfsError::MkfsMissing => LaunchError::NotInstalled {
+                what: crate::rootfs::MKFS_BIN.into(),
+                how: format!(
+                    "It builds the root filesystem image for --mcp-server: {}.",
+                    crate::rootfs::MKFS_INSTALL
+                ),
+            },
+            e => LaunchError::Invalid(format!(
+                "building the root filesystem image for --mcp-server {:?}: {e}",
+                spec.command.join(" ")
+            )),
+        })?;
+        self.server = Some(spec.guest_command());
+        self.rootfs = Some(img.path);
+        Ok(())
+    }
+
     /// Checks programs and image pieces; decides acceleration and backend.
-    pub fn preflight(&self, memory_mb: u64) -> Result<Resolved, LaunchError> {
+    /// Builds the root filesystem image first if one is to be built
+    /// ([`QemuConfig::prepare_rootfs`]).
+    pub fn preflight(&mut self, memory_mb: u64) -> Result<Resolved, LaunchError> {
         let setup = "Run `bash scripts/setup-microvm.sh` (as root: installs QEMU, the guest kernel and vhost-device-vsock)";
         if find_program(&self.qemu_bin).is_none() {
             return Err(LaunchError::NotInstalled {
@@ -253,6 +316,46 @@ impl QemuConfig {
                 what: format!("guest initramfs {}", self.initrd.display()),
                 how: "Build it with `bash scripts/build-guest-image.sh` (or `ukload image build`), or name one with --initrd PATH.".into(),
             });
+        }
+        self.prepare_rootfs()?;
+        if let Some(img) = &self.rootfs {
+            if !img.is_file() {
+                return Err(LaunchError::Invalid(format!(
+                    "--rootfs {}: no such file (give an erofs image, or leave --rootfs out to \
+                     build one from --mcp-server)",
+                    img.display()
+                )));
+            }
+            if img.to_string_lossy().contains(',') {
+                // QEMU's -drive option syntax would need the comma doubled.
+                return Err(LaunchError::Invalid(format!(
+                    "--rootfs {}: a path with a comma cannot be given to QEMU's -drive; \
+                     move or link the image elsewhere",
+                    img.display()
+                )));
+            }
+        }
+        let cmdline = self.kernel_cmdline(
+            &Resolved {
+                kvm: false,
+                backend: VsockBackend::Auto,
+                tsc_khz: host_tsc_khz(),
+                acpi_off: false,
+            },
+            u32::MAX,
+        );
+        if cmdline.len() + 1 > KERNEL_CMDLINE_MAX {
+            return Err(LaunchError::Invalid(format!(
+                "the guest's kernel command line would be {} bytes, over Linux's limit of {} \
+                 (the MCP server's command is passed on it, hex-encoded: {} bytes); shorten \
+                 the command, or put it in the root filesystem image's manifest and leave \
+                 --mcp-server out",
+                cmdline.len() + 1,
+                KERNEL_CMDLINE_MAX,
+                self.server
+                    .as_ref()
+                    .map_or(0, |a| crate::guest::pid1::encode_server_command(a).len())
+            )));
         }
         let backend = match self.backend {
             VsockBackend::Auto if Path::new(VHOST_VSOCK_DEV).exists() => VsockBackend::Vhost,
@@ -320,9 +423,48 @@ impl QemuConfig {
         works
     }
 
+    /// The guest's kernel command line.
+    fn kernel_cmdline(&self, r: &Resolved, port: u32) -> String {
+        let mut append = vec![
+            "console=ttyS0".to_string(),
+            "panic=-1".into(),
+            "quiet".into(),
+        ];
+        if let Some(k) = r.tsc_khz {
+            append.push(format!("tsc_early_khz={k}"));
+        }
+        if !r.kvm {
+            append.extend(TCG_KERNEL_ARGS.iter().map(|a| a.to_string()));
+        }
+        append.push(format!("ukload.port={port}"));
+        if self.rootfs.is_some() {
+            use crate::guest::pid1;
+            append.push(format!(
+                "{}={ROOTFS_GUEST_DEVICE}",
+                pid1::CMDLINE_ROOTFS_PARAM
+            ));
+            if let Some(argv) = &self.server {
+                append.push(format!(
+                    "{}={}",
+                    pid1::CMDLINE_SERVER_PARAM,
+                    pid1::encode_server_command(argv)
+                ));
+            }
+            if let Some(t) = self.server_timeout {
+                append.push(format!(
+                    "{}={}",
+                    pid1::CMDLINE_SERVER_TIMEOUT_PARAM,
+                    t.as_millis().max(1)
+                ));
+            }
+        }
+        append.extend(self.append.iter().cloned());
+        append.join(" ")
+    }
+
     /// The QEMU command line (without vsock) shared by instances and the probe.
     fn base_args(&self, r: &Resolved, memory_mb: u64, port: u32) -> Vec<String> {
-        let (kvm, tsc_khz) = (r.kvm, r.tsc_khz);
+        let kvm = r.kvm;
         let accel = if kvm {
             "kvm".to_string()
         } else {
@@ -333,19 +475,7 @@ impl QemuConfig {
             Machine::Microvm => "microvm,x-option-roms=off,isa-serial=on",
             Machine::Pc => "pc",
         };
-        let mut append = vec![
-            "console=ttyS0".to_string(),
-            "panic=-1".into(),
-            "quiet".into(),
-        ];
-        if let Some(k) = tsc_khz {
-            append.push(format!("tsc_early_khz={k}"));
-        }
-        if !kvm {
-            append.extend(TCG_KERNEL_ARGS.iter().map(|a| a.to_string()));
-        }
-        append.push(format!("ukload.port={port}"));
-        append.extend(self.append.iter().cloned());
+        let append = self.kernel_cmdline(r, port);
         let mem = format!("{memory_mb}M");
         let mut v: Vec<String> = vec!["-accel".into(), accel, "-M".into(), machine.into()];
         v.extend(
@@ -366,7 +496,7 @@ impl QemuConfig {
                 "-initrd",
                 &self.initrd.to_string_lossy(),
                 "-append",
-                &append.join(" "),
+                &append,
             ]
             .iter()
             .map(|s| s.to_string()),
@@ -422,6 +552,22 @@ impl QemuConfig {
                 }
             }
         };
+        if let Some(img) = &self.rootfs {
+            // One file shared read-only by every instance; QEMU never writes it.
+            args.extend([
+                "-drive".into(),
+                format!(
+                    "file={},if=none,id=rootfs,format=raw,readonly=on",
+                    img.display()
+                ),
+                "-device".into(),
+                if pci {
+                    "virtio-blk-pci,drive=rootfs".into()
+                } else {
+                    "virtio-blk-device,drive=rootfs".into()
+                },
+            ]);
+        }
         let qemu = find_program(&self.qemu_bin).unwrap_or_else(|| PathBuf::from(&self.qemu_bin));
         Plan {
             pre,
@@ -598,6 +744,87 @@ mod tests {
         let shown = cfg.plan(&r, &ctx, &ready).command.display();
         assert!(!shown.contains("acpi=off"), "{shown}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_rootfs_image_is_attached_read_only_and_the_server_passed_on_the_cmdline() {
+        let argv = vec!["node".to_string(), "/srv/echo server.js".into()];
+        let mut cfg = QemuConfig {
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initrd".into(),
+            rootfs: Some("/img/node.erofs".into()),
+            server: Some(argv.clone()),
+            server_timeout: Some(Duration::from_secs(7)),
+            ..Default::default()
+        };
+        let r = Resolved {
+            kvm: false,
+            backend: VsockBackend::VhostUser,
+            tsc_khz: None,
+            acpi_off: true,
+        };
+        let ctx = InstanceCtx {
+            index: 0,
+            cid: 3,
+            port: 5252,
+            uds: "/run/x/i0.vsock".into(),
+            memory_mb: 160,
+            log: "/tmp/l".into(),
+        };
+        let ready = regex_lite::Regex::new("ready").unwrap();
+        let shown = cfg.plan(&r, &ctx, &ready).command.display();
+        assert!(
+            shown.contains(
+                "-drive file=/img/node.erofs,if=none,id=rootfs,format=raw,readonly=on \
+                 -device virtio-blk-device,drive=rootfs"
+            ),
+            "{shown}"
+        );
+        let hex = crate::guest::pid1::encode_server_command(&argv);
+        assert!(
+            shown.contains(&format!(
+                "ukload.rootfs=/dev/vda ukload.server={hex} ukload.server_timeout_ms=7000"
+            )),
+            "{shown}"
+        );
+        cfg.machine = Machine::Pc;
+        let shown = cfg.plan(&r, &ctx, &ready).command.display();
+        assert!(
+            shown.contains("-device virtio-blk-pci,drive=rootfs"),
+            "{shown}"
+        );
+        // Without a rootfs: no drive, no server.
+        cfg.rootfs = None;
+        let shown = cfg.plan(&r, &ctx, &ready).command.display();
+        assert!(
+            !shown.contains("-drive") && !shown.contains("ukload.server"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_server_command_too_long_for_the_kernel_cmdline_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("ukload-cmdline-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["vmlinux", "initrd", "img"] {
+            std::fs::write(dir.join(f), b"x").unwrap();
+        }
+        let mut cfg = QemuConfig {
+            qemu_bin: "sh".into(),
+            kernel: dir.join("vmlinux"),
+            initrd: dir.join("initrd"),
+            accel: Accel::Tcg,
+            backend: VsockBackend::Vhost,
+            rootfs: Some(dir.join("img")),
+            server: Some(vec!["node".into(), "x".repeat(1200)]),
+            ..Default::default()
+        };
+        let err = cfg.preflight(80).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            err.contains("kernel command line") && err.contains("2048"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -8,10 +8,12 @@
 //! supervisor's spawn can replace it later.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -203,7 +205,21 @@ pub struct SpawnOptions {
     pub die_with_parent: bool,
     /// Extra environment variables for the child (e.g. the `UKLOAD_RUN` marker).
     pub env: Vec<(OsString, OsString)>,
+    /// Run the child in this root directory: `chroot` + `chdir("/")` between
+    /// fork and exec (the program is then looked up inside it). Only for a
+    /// microVM's init serving a server from its root filesystem image
+    /// (needs CAP_SYS_CHROOT).
+    pub root: Option<PathBuf>,
+    /// Also copy the child's stderr to ours, each line prefixed with this
+    /// (a microVM's console log), at most [`STDERR_ECHO_LIMIT`] bytes.
+    pub stderr_echo_prefix: Option<String>,
 }
+
+/// Most stderr bytes of one child copied to ours with
+/// [`SpawnOptions::stderr_echo_prefix`]; the rest is only kept in the tail.
+/// A serial console is slow (every byte is emulated I/O under TCG): a server
+/// flooding stderr must not stall the guest.
+pub const STDERR_ECHO_LIMIT: u64 = 64 * 1024;
 
 /// Spawns `argv` with piped stdin/stdout, stderr kept in a [`StderrTail`], in a
 /// new process group whose id is the child's pid.
@@ -228,6 +244,20 @@ pub fn spawn_stdio_child_with(argv: &[String], opts: &SpawnOptions) -> io::Resul
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    if let Some(root) = &opts.root {
+        let root = CString::new(root.as_os_str().as_bytes()).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("root directory {} contains a NUL byte", root.display()),
+            )
+        })?;
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe calls (chroot, chdir) on strings prepared before the
+        // fork; it allocates nothing and touches no lock.
+        unsafe {
+            cmd.pre_exec(move || enter_root(&root));
+        }
+    }
     if opts.die_with_parent {
         // Captured before the fork: in the child, getppid() must still be this.
         let parent = std::process::id() as libc::pid_t;
@@ -247,10 +277,11 @@ pub fn spawn_stdio_child_with(argv: &[String], opts: &SpawnOptions) -> io::Resul
     let stderr_pipe = child.stderr.take();
     let stderr = StderrTail::default();
     let tail = stderr.clone();
+    let echo = opts.stderr_echo_prefix.clone();
     let thread = match stderr_pipe {
         Some(pipe) => std::thread::Builder::new()
             .name(format!("mcp-stderr-{pid}"))
-            .spawn(move || drain_stderr(pipe, tail))
+            .spawn(move || drain_stderr(pipe, tail, echo.as_deref()))
             .map(Some),
         None => Ok(None),
     };
@@ -293,17 +324,100 @@ fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
     Ok(())
 }
 
-fn drain_stderr(mut pipe: impl Read, tail: StderrTail) {
+/// In the forked child: `chroot(root)` then `chdir("/")`.
+///
+/// Only async-signal-safe calls: it runs between `fork` and `exec`.
+fn enter_root(root: &CString) -> io::Result<()> {
+    // SAFETY: chroot takes a valid NUL-terminated path that outlives the call and
+    // affects only the calling (child) process.
+    if unsafe { libc::chroot(root.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: chdir takes a valid NUL-terminated static path.
+    if unsafe { libc::chdir(c"/".as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn drain_stderr(mut pipe: impl Read, tail: StderrTail, echo_prefix: Option<&str>) {
     let mut buf = [0u8; STDERR_CHUNK];
+    let mut echo = echo_prefix.map(StderrEcho::new);
     loop {
         match pipe.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => tail.push(&buf[..n]),
+            Ok(n) => {
+                tail.push(&buf[..n]);
+                if let Some(e) = echo.as_mut() {
+                    e.push(&buf[..n]);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         }
     }
+    if let Some(e) = echo.as_mut() {
+        e.finish();
+    }
     tail.set_eof();
+}
+
+/// Copies a child's stderr to ours line by line with a prefix, up to
+/// [`STDERR_ECHO_LIMIT`] bytes.
+struct StderrEcho<'a> {
+    prefix: &'a str,
+    line: Vec<u8>,
+    shown: u64,
+    cut: bool,
+}
+
+impl<'a> StderrEcho<'a> {
+    fn new(prefix: &'a str) -> Self {
+        StderrEcho {
+            prefix,
+            line: Vec::new(),
+            shown: 0,
+            cut: false,
+        }
+    }
+
+    fn push(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            if self.cut {
+                return;
+            }
+            if b == b'\n' {
+                self.flush_line();
+            } else {
+                self.line.push(b);
+                if self.line.len() >= STDERR_CHUNK {
+                    self.flush_line();
+                }
+            }
+        }
+    }
+
+    fn flush_line(&mut self) {
+        if self.cut {
+            return;
+        }
+        self.shown += self.line.len() as u64 + 1;
+        crate::status!("{}{}", self.prefix, String::from_utf8_lossy(&self.line));
+        self.line.clear();
+        if self.shown >= STDERR_ECHO_LIMIT {
+            self.cut = true;
+            crate::status!(
+                "{}(more than {STDERR_ECHO_LIMIT} bytes of stderr: the rest is not shown)",
+                self.prefix
+            );
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.line.is_empty() {
+            self.flush_line();
+        }
+    }
 }
 
 impl StdioChild {
@@ -632,6 +746,7 @@ mod tests {
         let opts = SpawnOptions {
             die_with_parent: true,
             env: vec![("UKLOAD_TEST_MARK".into(), "m-1".into())],
+            ..Default::default()
         };
         let child = std::thread::spawn(move || {
             let child =

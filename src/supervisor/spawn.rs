@@ -158,6 +158,10 @@ impl Command {
     pub fn program(&self) -> &OsStr {
         &self.program
     }
+    /// The arguments as given (after the program).
+    pub fn arg_list(&self) -> &[OsString] {
+        &self.args
+    }
     /// Program and arguments as a shell would take them back (arguments
     /// with spaces or shell characters single-quoted), for messages and logs.
     pub fn display(&self) -> String {
