@@ -326,7 +326,6 @@ const ELF64_PHOFF_OFFSET: usize = 0x20;
 const ELF64_PHENTSIZE_OFFSET: usize = 0x36;
 const ELF64_PHNUM_OFFSET: usize = 0x38;
 const ELF64_HEADER_LEN: usize = 0x40;
-const PT_INTERP: u32 = 3;
 
 fn read_input(path: &Path) -> Result<Vec<u8>, ImageError> {
     let mut data = Vec::new();
@@ -355,38 +354,23 @@ fn check_module(path: &Path, data: &[u8]) -> Result<(), ImageError> {
 
 /// The guest must be a static ELF64 executable: the initramfs has no dynamic
 /// loader or libc, and a dynamic `/init` fails with a bare ENOENT panic.
-fn check_static_guest(path: &Path, data: &[u8]) -> Result<(), ImageError> {
-    let bad = |why: &str| ImageError::BadInput {
+fn check_static_guest(path: &Path) -> Result<(), ImageError> {
+    let bad = |why: String| ImageError::BadInput {
         path: path.to_path_buf(),
-        why: why.to_string(),
+        why,
     };
-    if !data.starts_with(ELF_MAGIC)
-        || data.len() < ELF64_HEADER_LEN
-        || data[ELF_CLASS_OFFSET] != ELFCLASS64
-    {
-        return Err(bad("the guest binary is not an ELF64 executable"));
+    match crate::elf::read(path) {
+        Ok(info) if info.interp.is_none() => Ok(()),
+        Ok(_) => Err(bad(
+            "the guest binary is dynamically linked (has PT_INTERP); build it with \
+             RUSTFLAGS='-C target-feature=+crt-static' --target x86_64-unknown-linux-gnu \
+             (scripts/build-guest-image.sh does)"
+                .into(),
+        )),
+        Err(e) => Err(bad(format!(
+            "the guest binary is not an ELF64 executable: {e}"
+        ))),
     }
-    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(
-        data[ELF64_PHOFF_OFFSET..ELF64_PHOFF_OFFSET + 8]
-            .try_into()
-            .expect("8 bytes"),
-    ) as usize;
-    let (phentsize, phnum) = (u16_at(ELF64_PHENTSIZE_OFFSET), u16_at(ELF64_PHNUM_OFFSET));
-    for i in 0..phnum {
-        let at = phoff.saturating_add(i.saturating_mul(phentsize));
-        let Some(p_type) = data.get(at..at + 4) else {
-            return Err(bad("truncated ELF program headers"));
-        };
-        if u32::from_le_bytes(p_type.try_into().expect("4 bytes")) == PT_INTERP {
-            return Err(bad(
-                "the guest binary is dynamically linked (has PT_INTERP); build it with \
-                 RUSTFLAGS='-C target-feature=+crt-static' --target x86_64-unknown-linux-gnu \
-                 (scripts/build-guest-image.sh does)",
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Path of the archive entry for a module: `lib/modules/<name>.ko`, i.e.
@@ -453,7 +437,7 @@ fn module_inputs(modules_dir: &Path) -> Result<Vec<ModuleInput>, ImageError> {
 /// only, which PID 1 reads. Any other missing driver is an error.
 pub fn build_initramfs(guest_bin: &Path, modules_dir: &Path, out: &Path) -> Result<(), ImageError> {
     let guest = read_input(guest_bin)?;
-    check_static_guest(guest_bin, &guest)?;
+    check_static_guest(guest_bin)?;
     let inputs = module_inputs(modules_dir)?;
     let mut modules = Vec::with_capacity(inputs.len());
     let mut builtin_lines = String::new();

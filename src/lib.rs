@@ -32,6 +32,7 @@ pub mod cid;
 pub mod clock;
 pub mod cycles;
 pub mod doctor;
+pub mod elf;
 pub mod exit;
 pub mod export;
 pub mod framing;

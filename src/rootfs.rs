@@ -21,8 +21,7 @@
 //! and UUID, without xattrs, so the same inputs give the same bytes; both
 //! files are written to temporary names and renamed into place.
 
-pub mod elf;
-
+use crate::elf;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

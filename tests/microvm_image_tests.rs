@@ -53,6 +53,10 @@ fn fake_elf(p_type: u32, payload: &[u8]) -> Vec<u8> {
     e[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
     let mut ph = vec![0u8; ELF64_PHDR_LEN as usize];
     ph[..4].copy_from_slice(&p_type.to_le_bytes());
+    // p_offset and p_filesz: the segment is the payload after this header.
+    let at = 64 + u64::from(ELF64_PHDR_LEN);
+    ph[8..16].copy_from_slice(&at.to_le_bytes());
+    ph[32..40].copy_from_slice(&(payload.len() as u64).to_le_bytes());
     e.extend_from_slice(&ph);
     e.extend_from_slice(payload);
     e
@@ -304,7 +308,7 @@ fn a_dynamically_linked_guest_is_refused_with_the_static_build_hint() {
     let inputs = make_inputs(&s.0);
     fs::write(
         &inputs.guest,
-        fake_elf(PT_INTERP, b"/lib64/ld-linux-x86-64.so.2"),
+        fake_elf(PT_INTERP, b"/lib64/ld-linux-x86-64.so.2\0"),
     )
     .unwrap();
     let out = s.0.join("initramfs.cpio");

@@ -362,7 +362,7 @@ fn a_missing_library_is_refused_naming_it_and_its_user() {
     // A real binary whose DT_NEEDED names a library that exists nowhere.
     let prog = t.path().join("needs-libq");
     let mut data = std::fs::read("/bin/true").unwrap();
-    let off = ukload::rootfs::elf::needed_string_offset(Path::new("/bin/true"), "libc.so.6")
+    let off = ukload::elf::needed_string_offset(Path::new("/bin/true"), "libc.so.6")
         .unwrap()
         .expect("/bin/true needs libc.so.6") as usize;
     data[off..off + 9].copy_from_slice(b"libq.so.6");
@@ -574,7 +574,7 @@ fn python_stdlib_is_found_by_convention_and_trimmed() {
     }
     // An extension module whose library the host lacks: left out, with a note.
     let mut module = std::fs::read("/bin/true").unwrap();
-    let off = ukload::rootfs::elf::needed_string_offset(Path::new("/bin/true"), "libc.so.6")
+    let off = ukload::elf::needed_string_offset(Path::new("/bin/true"), "libc.so.6")
         .unwrap()
         .unwrap() as usize;
     module[off..off + 9].copy_from_slice(b"libq.so.6");
@@ -642,12 +642,12 @@ fn an_origin_library_inside_a_moved_tree_goes_where_the_tree_goes() {
     let t = TempDir::new("rootfs-origin");
     let app = t.path().join("app");
     let mut tool = std::fs::read("/bin/true").unwrap();
-    let off = ukload::rootfs::elf::needed_string_offset(Path::new("/bin/true"), "libc.so.6")
+    let off = ukload::elf::needed_string_offset(Path::new("/bin/true"), "libc.so.6")
         .unwrap()
         .unwrap() as usize;
     tool[off..off + 9].copy_from_slice(b"$ORIGIN/x");
     write_exec(&app.join("bin/tool"), &tool);
-    let libc = ukload::rootfs::elf::read(Path::new("/bin/true")).unwrap();
+    let libc = ukload::elf::read(Path::new("/bin/true")).unwrap();
     assert!(libc.needed.contains(&"libc.so.6".to_string()));
     std::fs::copy("/lib/x86_64-linux-gnu/libc.so.6", app.join("bin/x")).unwrap();
     let spec = RootfsSpec::parse("/bin/true", &[format!("{}:/opt/app", app.display())]).unwrap();
