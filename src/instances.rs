@@ -30,6 +30,8 @@ use crate::runs::{
     harness_alive_in, harness_pid_alive, marked_run_alive, open_harness_lock, try_flock,
     valid_run_id, LockMode, TryLock,
 };
+use crate::supervisor::terminate::{terminate, Group, Phase, Pidfds, Policy};
+use nix::poll::PollFd;
 
 /// Default time between SIGTERM and SIGKILL.
 pub const DEFAULT_GRACE: Duration = crate::supervisor::teardown::DEFAULT_GRACE;
@@ -37,8 +39,6 @@ pub const DEFAULT_GRACE: Duration = crate::supervisor::teardown::DEFAULT_GRACE;
 /// SIGKILL to processes that keep appearing (forks) before giving up and
 /// reporting survivors.
 pub const KILL_DEADLINE: Duration = Duration::from_secs(5);
-/// How often tracked processes are checked for exit.
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// How often the whole process table is re-scanned for new marked processes
 /// (reading every environment costs more than a poll).
 const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
@@ -382,17 +382,6 @@ struct Tracked {
     killed: bool,
 }
 
-/// True once `pid` (started at `start_ticks`) no longer runs. A zombie whose
-/// parent is not us counts as gone: we cannot reap it and it holds nothing
-/// but a PID.
-fn is_gone(pid: i32, start_ticks: u64) -> bool {
-    match proc::stat(pid) {
-        Err(_) => true,
-        Ok(st) if st.start_ticks != start_ticks => true,
-        Ok(st) => st.is_zombie() && st.ppid != std::process::id() as i32,
-    }
-}
-
 /// Our own PID and our ancestors: never targets, even if marked (a cleanup
 /// started from inside a marked shell must not end that shell).
 fn self_and_ancestors(table: &[proc::ProcStat]) -> HashSet<i32> {
@@ -412,14 +401,20 @@ struct Cleaner<'a> {
     /// Harness liveness per run, decided at first sight.
     alive: HashMap<String, bool>,
     tracked: HashMap<i32, Tracked>,
+    /// A pidfd per tracked process, readable once it has exited.
+    exits: Pidfds,
     report: CleanupReport,
     our_pgid: i32,
+    /// The phase under way: processes found later get its signal.
+    phase: Phase,
+    last_scan: Instant,
 }
 
 impl Cleaner<'_> {
     /// Scans for targets; signals the new ones with `sig`. Returns how many
     /// targets the scan saw.
     fn scan_and_signal(&mut self, sig: i32) -> usize {
+        self.last_scan = Instant::now();
         let table = proc::table();
         let protected = self_and_ancestors(&table);
         let marked = proc::scan_marked_in(&table, self.opts.run.as_deref());
@@ -447,7 +442,9 @@ impl Cleaner<'_> {
                 if let Some(old) = self.tracked.remove(&m.pid) {
                     // The PID was reused by another marked process: the old one is gone.
                     self.report.ended.push(old.record);
+                    self.exits.forget(m.pid);
                 }
+                self.watch(&m);
                 let record = ProcessRecord {
                     pid: m.pid,
                     run: m.run.clone(),
@@ -505,19 +502,30 @@ impl Cleaner<'_> {
                 ));
             }
         }
-        if sig == libc::SIGTERM && matches!(m.stat.state, 'T' | 't') {
+        if sig == libc::SIGTERM {
             let _ = proc::signal_if_marked(m.pid, &m.run, libc::SIGCONT);
         }
     }
 
-    /// Moves tracked processes that exited to `ended`; returns how many are
-    /// still running.
+    /// Watches `m`'s exit through a pidfd, if the pidfd is of the process
+    /// the scan saw (same start time): else it is gone already.
+    fn watch(&mut self, m: &Marked) {
+        if self.exits.watch(m.pid)
+            && !proc::stat(m.pid).is_ok_and(|st| st.start_ticks == m.stat.start_ticks)
+        {
+            self.exits.forget(m.pid);
+        }
+    }
+
+    /// Moves tracked processes that exited (their pidfd is readable, or
+    /// none could be opened) to `ended`; returns how many are still running.
     fn reap_gone(&mut self) -> usize {
+        self.exits.prune();
         let gone: Vec<i32> = self
             .tracked
-            .iter()
-            .filter(|(pid, t)| is_gone(**pid, t.start_ticks))
-            .map(|(pid, _)| *pid)
+            .keys()
+            .copied()
+            .filter(|pid| self.exits.get(*pid).is_none())
             .collect();
         for pid in gone {
             if let Some(t) = self.tracked.remove(&pid) {
@@ -527,31 +535,28 @@ impl Cleaner<'_> {
         self.tracked.len()
     }
 
-    /// Polls until no target is left or `deadline`, re-scanning for new
-    /// ones (signalled with `sig`) every [`RESCAN_INTERVAL`].
-    fn wait_until_gone(&mut self, sig: i32, deadline: Instant) {
-        let mut last_scan = Instant::now();
-        loop {
-            let running = self.reap_gone();
-            let now = Instant::now();
-            if running == 0 {
-                // Confirm nothing new appeared (a fork just before its parent died).
-                if self.scan_and_signal(sig) == 0 {
-                    return;
-                }
-                last_scan = now;
-            } else if now.duration_since(last_scan) >= RESCAN_INTERVAL {
-                self.scan_and_signal(sig);
-                last_scan = now;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            std::thread::sleep(POLL_INTERVAL.min(deadline - now));
+    /// `SIGKILL` to every tracked process, and to marked ones found now.
+    fn kill_all(&mut self) {
+        let pids: Vec<(i32, String)> = self
+            .tracked
+            .iter()
+            .map(|(pid, t)| (*pid, t.record.run.clone()))
+            .collect();
+        for (pid, run) in pids {
+            let Ok(stat) = proc::stat(pid) else {
+                continue;
+            };
+            let m = Marked {
+                pid,
+                run,
+                instance: None,
+                cid: None,
+                stat,
+            };
+            self.signal(&m, libc::SIGKILL);
         }
+        self.scan_and_signal(libc::SIGKILL);
     }
-
     /// Removes run directories of dead runs (the named run only, if any)
     /// that have no surviving process.
     fn remove_dead_run_dirs(&mut self) {
@@ -589,6 +594,34 @@ impl Cleaner<'_> {
             }
         }
         self.report.removed_run_dirs = removed;
+    }
+}
+
+/// The marked processes of the targeted runs, as one [`Group`] for
+/// [`terminate`]: re-scanned every [`RESCAN_INTERVAL`] (they may fork), their
+/// exits waited for on pidfds.
+impl Group for Cleaner<'_> {
+    fn gone(&mut self) -> bool {
+        // None left: confirm nothing new appeared (a fork just before its
+        // parent died).
+        self.reap_gone() == 0 && self.scan_and_signal(self.phase.signal()) == 0
+    }
+    fn signal(&mut self, phase: Phase) {
+        self.phase = phase;
+        match phase {
+            Phase::Term => {
+                self.scan_and_signal(libc::SIGTERM);
+            }
+            Phase::Kill => self.kill_all(),
+        }
+    }
+    fn refresh(&mut self, phase: Phase) {
+        if self.last_scan.elapsed() >= RESCAN_INTERVAL {
+            self.scan_and_signal(phase.signal());
+        }
+    }
+    fn wake_fds(&self) -> Vec<PollFd<'_>> {
+        self.exits.wake_fds()
     }
 }
 
@@ -645,8 +678,11 @@ pub fn cleanup_in(runs_dir: &Path, opts: &CleanupOptions) -> CleanupReport {
         opts,
         alive: HashMap::new(),
         tracked: HashMap::new(),
+        exits: Pidfds::default(),
         report: CleanupReport::default(),
         our_pgid: nix::unistd::getpgrp().as_raw(),
+        phase: Phase::Term,
+        last_scan: Instant::now(),
     };
     if let Some(r) = &opts.run {
         if !valid_run_id(r) {
@@ -656,31 +692,10 @@ pub fn cleanup_in(runs_dir: &Path, opts: &CleanupOptions) -> CleanupReport {
             return c.report;
         }
     }
-    let start = Instant::now();
-    c.scan_and_signal(libc::SIGTERM);
-    c.wait_until_gone(libc::SIGTERM, start + opts.grace);
-    if !c.tracked.is_empty() {
-        let pids: Vec<(i32, String)> = c
-            .tracked
-            .iter()
-            .map(|(pid, t)| (*pid, t.record.run.clone()))
-            .collect();
-        for (pid, run) in pids {
-            let m = match proc::stat(pid) {
-                Ok(stat) => Marked {
-                    pid,
-                    run,
-                    instance: None,
-                    cid: None,
-                    stat,
-                },
-                Err(_) => continue,
-            };
-            c.signal(&m, libc::SIGKILL);
-        }
-        c.scan_and_signal(libc::SIGKILL);
-        c.wait_until_gone(libc::SIGKILL, Instant::now() + KILL_DEADLINE);
-    }
+    terminate(
+        &mut [&mut c],
+        &Policy::term_then_kill(opts.grace, KILL_DEADLINE),
+    );
     c.reap_gone();
     // After the gentle marker pass: whatever is still in a targeted run's
     // cgroup (unmarked processes included) goes with one cgroup.kill.

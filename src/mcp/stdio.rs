@@ -3,8 +3,9 @@
 //! MCP stdio servers are orphaned often in the wild (clients close the pipe and
 //! never kill or reap the child). Here the child runs in its own process group,
 //! and [`StdioChild::shutdown`] (also run on drop) always ends in a reaped child:
-//! close stdin, wait a grace period, SIGTERM the group, wait, SIGKILL the group,
-//! reap. The spawn itself is one small function, [`spawn_stdio_child`], so the
+//! close stdin, wait a grace period, then the supervisor's one escalation
+//! ([`crate::supervisor::terminate`]): SIGTERM (and SIGCONT) to the group, wait,
+//! SIGKILL the group, reap. The spawn itself is one small function, [`spawn_stdio_child`], so the
 //! supervisor's spawn can replace it later.
 
 use std::collections::VecDeque;
@@ -24,6 +25,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::prctl;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{getppid, Pid};
+
+use crate::supervisor::terminate::{terminate, Group, Phase, Policy};
 
 /// How the peer ended when the session closed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -491,22 +494,19 @@ impl StdioChild {
         }
         drop(st.stdin.take());
         let pgid = self.pid as libc::pid_t;
-        let mut signal_sent = None;
         if st.exit.is_running() {
             st.exit = wait_deadline(&mut st.child, Instant::now() + STDIN_CLOSE_GRACE)?;
         }
+        let mut signal_sent = None;
         if st.exit.is_running() || group_alive(pgid) {
-            signal_sent = Some(libc::SIGTERM);
-            signal_group(pgid, libc::SIGTERM)?;
-            if st.exit.is_running() {
-                st.exit = wait_deadline(&mut st.child, Instant::now() + TERM_GRACE)?;
-            }
-            if st.exit.is_running() || group_alive(pgid) {
-                signal_sent = Some(libc::SIGKILL);
-                signal_group(pgid, libc::SIGKILL)?;
-                if st.exit.is_running() {
-                    st.exit = wait_deadline(&mut st.child, Instant::now() + KILL_REAP_DEADLINE)?;
-                }
+            let mut group = ChildGroup::new(&mut st, pgid);
+            terminate(
+                &mut [&mut group],
+                &Policy::term_then_kill(TERM_GRACE, KILL_REAP_DEADLINE),
+            );
+            signal_sent = group.sent.map(Phase::signal);
+            if let Some(e) = group.error {
+                return Err(e);
             }
         }
         if st.exit.is_running() {
@@ -546,6 +546,71 @@ impl Drop for StdioChild {
     fn drop(&mut self) {
         // Errors cannot be reported from drop; shutdown already escalated to SIGKILL.
         let _ = StdioChild::shutdown(self);
+    }
+}
+
+/// A stdio server's process group as a [`Group`] for [`terminate`]: the
+/// child (reaped here, or by another reaper) and whatever else is in its
+/// group. It is gone once the child is reaped and (before `SIGKILL`) the
+/// group is empty; after `SIGKILL` only the child's reaping is waited for.
+struct ChildGroup<'a> {
+    st: &'a mut ChildState,
+    pgid: libc::pid_t,
+    /// Readable once the child has exited (`None` where there is no `pidfd_open`).
+    pidfd: Option<OwnedFd>,
+    /// The strongest phase whose signal went to the group.
+    sent: Option<Phase>,
+    /// The first error (a failed signal or `waitpid`).
+    error: Option<io::Error>,
+}
+
+impl<'a> ChildGroup<'a> {
+    fn new(st: &'a mut ChildState, pgid: libc::pid_t) -> Self {
+        let pidfd = st
+            .exit
+            .is_running()
+            .then(|| pidfd_open(pgid as u32))
+            .flatten();
+        ChildGroup {
+            st,
+            pgid,
+            pidfd,
+            sent: None,
+            error: None,
+        }
+    }
+}
+
+impl Group for ChildGroup<'_> {
+    fn gone(&mut self) -> bool {
+        if self.st.exit.is_running() {
+            match poll_exit(&mut self.st.child) {
+                Ok(exit) => self.st.exit = exit,
+                Err(e) => {
+                    self.error.get_or_insert(e);
+                    return true;
+                }
+            }
+        }
+        !self.st.exit.is_running() && (self.sent == Some(Phase::Kill) || !group_alive(self.pgid))
+    }
+    fn signal(&mut self, phase: Phase) {
+        self.sent = Some(phase);
+        // A stopped server acts on SIGTERM only once continued.
+        let cont = (phase == Phase::Term).then_some(libc::SIGCONT);
+        for sig in std::iter::once(phase.signal()).chain(cont) {
+            if let Err(e) = signal_group(self.pgid, sig) {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+    fn wake_fds(&self) -> Vec<PollFd<'_>> {
+        match &self.pidfd {
+            Some(fd) if self.st.exit.is_running() => {
+                vec![PollFd::new(fd.as_fd(), PollFlags::POLLIN)]
+            }
+            _ => Vec::new(),
+        }
     }
 }
 

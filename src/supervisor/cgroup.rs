@@ -27,18 +27,16 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+
+use super::terminate::{terminate, Policy};
 
 /// Selects containment: `auto` (cgroup where possible, the default),
 /// `cgroup` (fail if impossible) or `marker` (process groups and markers only).
 pub const ENV_CONTAINMENT: &str = "UKLOAD_CONTAINMENT";
 /// Prefix of a run's cgroup directory name.
 pub const RUN_PREFIX: &str = "ukload-";
-/// How long a poll for `cgroup.events` changes may sleep before the state is
-/// read again anyway (a safety net; notifications are the normal path).
-const EVENTS_TICK: Duration = Duration::from_millis(50);
 /// How long removal of a cgroup waits for its last processes to be gone.
 const REMOVE_WAIT: Duration = Duration::from_millis(500);
 
@@ -228,20 +226,6 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Waits until nothing is left in it, or `deadline`. True if empty.
-    pub fn wait_empty(&self, deadline: Instant) -> bool {
-        loop {
-            if !self.populated() {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            wait_events(&[self], (deadline - now).min(EVENTS_TICK));
-        }
-    }
-
     /// Removes the directory (and any child cgroups), waiting briefly for
     /// the last processes to leave. Missing is fine.
     pub fn remove(&self) -> io::Result<()> {
@@ -263,16 +247,18 @@ pub struct Ended {
     pub remove_error: Option<io::Error>,
 }
 
-/// The one way a cgroup ukload created is ended: `cgroup.kill` on it (every
-/// process in it and below), wait for `populated 0` until `deadline`, then
-/// remove it and every cgroup below it. Used by the run's own cleanup, the
-/// watchdog, `ukload cleanup` and the reaping of dead runs' cgroups. A
-/// missing directory is already ended.
+/// The one way a cgroup ukload created is ended: [`terminate`] with an
+/// immediate kill (`cgroup.kill` on it: every process in it and below), the
+/// wait for `populated 0` until `deadline`, then removal of it and every
+/// cgroup below it. Used by the run's own cleanup, the watchdog, `ukload
+/// cleanup` and the reaping of dead runs' cgroups. A missing directory is
+/// already ended.
 pub fn end(dir: &Path, deadline: Instant) -> Ended {
     let emptied = match Cgroup::open(dir.to_path_buf()) {
-        Ok(cg) => {
-            let _ = cg.kill();
-            cg.wait_empty(deadline)
+        Ok(mut cg) => {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let out = terminate(&mut [&mut cg], &Policy::kill(wait));
+            out[0].ended != super::terminate::Ended::Survived
         }
         Err(_) => !dir.exists(),
     };
@@ -302,20 +288,6 @@ pub fn remove_tree(dir: &Path, deadline: Instant) -> io::Result<()> {
             Err(e) => return Err(io_ctx(e, "remove cgroup", dir)),
         }
     }
-}
-
-/// Waits until one of `groups`' `cgroup.events` changes, or `timeout`.
-pub fn wait_events(groups: &[&Cgroup], timeout: Duration) {
-    let mut fds: Vec<PollFd<'_>> = groups
-        .iter()
-        .map(|g| PollFd::new(g.events_fd(), PollFlags::POLLPRI))
-        .collect();
-    if fds.is_empty() {
-        std::thread::sleep(timeout);
-        return;
-    }
-    let ms = PollTimeout::try_from(timeout.as_millis()).unwrap_or(PollTimeout::MAX);
-    let _ = poll(&mut fds, ms);
 }
 
 /// A run's cgroup: `<parent>/ukload-<run id>`.

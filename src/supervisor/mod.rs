@@ -11,6 +11,7 @@
 pub mod cgroup;
 pub mod spawn;
 pub mod teardown;
+pub mod terminate;
 pub mod watchdog;
 
 pub use spawn::{Child, Command, Redirect, SpawnError};

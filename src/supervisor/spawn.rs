@@ -263,7 +263,8 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
 
 /// The fd the child gets for one stream, and our end if it is a pipe.
 struct Stdio {
-    child_fd: Option<OwnedFd>,
+    /// Held until the child has its copy (dropped with the struct after the fork).
+    _child_fd: Option<OwnedFd>,
     /// -1: leave the stream as it is (inherit).
     child_raw: RawFd,
     ours: Option<File>,
@@ -272,12 +273,12 @@ struct Stdio {
 fn prepare(r: Redirect, is_input: bool, devnull: &OwnedFd) -> Result<Stdio, SpawnError> {
     Ok(match r {
         Redirect::Inherit => Stdio {
-            child_fd: None,
+            _child_fd: None,
             child_raw: -1,
             ours: None,
         },
         Redirect::Null => Stdio {
-            child_fd: None,
+            _child_fd: None,
             child_raw: devnull.as_raw_fd(),
             ours: None,
         },
@@ -285,7 +286,7 @@ fn prepare(r: Redirect, is_input: bool, devnull: &OwnedFd) -> Result<Stdio, Spaw
             let fd = OwnedFd::from(f);
             let raw = fd.as_raw_fd();
             Stdio {
-                child_fd: Some(fd),
+                _child_fd: Some(fd),
                 child_raw: raw,
                 ours: None,
             }
@@ -295,7 +296,7 @@ fn prepare(r: Redirect, is_input: bool, devnull: &OwnedFd) -> Result<Stdio, Spaw
             let (child, ours) = if is_input { (r, w) } else { (w, r) };
             let raw = child.as_raw_fd();
             Stdio {
-                child_fd: Some(child),
+                _child_fd: Some(child),
                 child_raw: raw,
                 ours: Some(File::from(ours)),
             }
@@ -306,35 +307,7 @@ fn prepare(r: Redirect, is_input: bool, devnull: &OwnedFd) -> Result<Stdio, Spaw
 /// Starts `cmd`. Only async-signal-safe calls run in the child before `exec`.
 pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
     let shown = cmd.program.to_string_lossy().into_owned();
-    let path = resolve_program(&cmd.program).ok_or_else(|| SpawnError::NotFound {
-        program: shown.clone(),
-    })?;
-    let c_path = cstring(path.as_os_str().as_bytes(), "program path")?;
-    let mut c_args = vec![cstring(cmd.program.as_bytes(), "program")?];
-    for a in &cmd.args {
-        c_args.push(cstring(a.as_bytes(), &format!("argument {:?}", a))?);
-    }
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    for (k, v) in &cmd.env {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
-    let mut c_env = Vec::with_capacity(env.len());
-    for (k, v) in &env {
-        let mut kv = k.as_bytes().to_vec();
-        kv.push(b'=');
-        kv.extend_from_slice(v.as_bytes());
-        c_env.push(cstring(&kv, &format!("environment variable {:?}", k))?);
-    }
-    let c_cwd = match &cmd.cwd {
-        Some(d) => Some(cstring(d.as_os_str().as_bytes(), "working directory")?),
-        None => None,
-    };
-    let mut argv: Vec<*const libc::c_char> = c_args.iter().map(|c| c.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = c_env.iter().map(|c| c.as_ptr()).collect();
-    envp.push(std::ptr::null());
-
+    let exec = Exec::new(&cmd)?;
     let devnull = File::options()
         .read(true)
         .write(true)
@@ -344,24 +317,116 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
             err,
         })?;
     let devnull = OwnedFd::from(devnull);
-    let stdin = prepare(cmd.stdin, true, &devnull)?;
-    let stdout = prepare(cmd.stdout, false, &devnull)?;
-    let stderr = prepare(cmd.stderr, false, &devnull)?;
+    let streams = [
+        prepare(cmd.stdin, true, &devnull)?,
+        prepare(cmd.stdout, false, &devnull)?,
+        prepare(cmd.stderr, false, &devnull)?,
+    ];
     let (err_r, err_w) = pipe()?;
     let group = cmd.group;
-    let (cgroup_dir, mut cgroup_fd): (RawFd, RawFd) = cmd.cgroup.unwrap_or((-1, -1));
     // setpgid's second argument: 0 makes the child lead a new group.
     let target_pgid = match group {
         Group::New => 0,
         Group::Join(g) => g,
         Group::Inherit => -1,
     };
-
-    let empty = SigSet::empty();
-    let empty: &libc::sigset_t = empty.as_ref();
-
     let started = Instant::now();
     let started_mono_ns = crate::clock::monotonic_ns();
+    let raw = [0, 1, 2].map(|i| streams[i].child_raw);
+    let pid = fork_exec(&exec, target_pgid, cmd.cgroup, raw, err_w.as_raw_fd())?;
+    // Parent. Set the group here too so it exists before we ever signal it.
+    if target_pgid >= 0 {
+        let g = if target_pgid == 0 { pid } else { target_pgid };
+        // EACCES (the child has already exec'd and set it) is harmless.
+        let _ = setpgid(Pid::from_raw(pid), Pid::from_raw(g));
+    }
+    drop(err_w);
+    let [stdin, stdout, stderr] = streams.map(|s| s.ours);
+    wait_exec(err_r, shown)?;
+    Ok(Child {
+        pid,
+        pgid: match group {
+            Group::New => pid,
+            Group::Join(g) => g,
+            Group::Inherit => current_pgid(),
+        },
+        started,
+        started_mono_ns,
+        stdin,
+        stdout,
+        stderr,
+    })
+}
+
+/// Everything `execve` needs, built before `fork` (the child must not
+/// allocate): the resolved program path, `argv`, `envp` (ours with the
+/// command's variables replacing or added) and the working directory.
+struct Exec {
+    path: CString,
+    _args: Vec<CString>,
+    _env: Vec<CString>,
+    cwd: Option<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl Exec {
+    fn new(cmd: &Command) -> Result<Exec, SpawnError> {
+        let path = resolve_program(&cmd.program).ok_or_else(|| SpawnError::NotFound {
+            program: cmd.program.to_string_lossy().into_owned(),
+        })?;
+        let mut args = vec![cstring(cmd.program.as_bytes(), "program")?];
+        for a in &cmd.args {
+            args.push(cstring(a.as_bytes(), &format!("argument {:?}", a))?);
+        }
+        let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        for (k, v) in &cmd.env {
+            vars.retain(|(ek, _)| ek != k);
+            vars.push((k.clone(), v.clone()));
+        }
+        let mut env = Vec::with_capacity(vars.len());
+        for (k, v) in &vars {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            env.push(cstring(&kv, &format!("environment variable {:?}", k))?);
+        }
+        let cwd = match &cmd.cwd {
+            Some(d) => Some(cstring(d.as_os_str().as_bytes(), "working directory")?),
+            None => None,
+        };
+        let nul_terminated = |v: &[CString]| -> Vec<*const libc::c_char> {
+            v.iter()
+                .map(|c| c.as_ptr())
+                .chain([std::ptr::null()])
+                .collect()
+        };
+        Ok(Exec {
+            path: cstring(path.as_os_str().as_bytes(), "program path")?,
+            argv: nul_terminated(&args),
+            envp: nul_terminated(&env),
+            _args: args,
+            _env: env,
+            cwd,
+        })
+    }
+}
+
+/// Forks (into `cgroup`'s directory with `clone3` where possible) and, in
+/// the child, sets its group, joins the cgroup by `cgroup.procs` if it was
+/// not born inside, resets its signal state, redirects `stdio` (-1: keep)
+/// and execs. Returns the child's pid. A failure in the child is reported
+/// on `err_w` as an errno.
+fn fork_exec(
+    exec: &Exec,
+    target_pgid: i32,
+    cgroup: Option<(RawFd, RawFd)>,
+    stdio: [RawFd; 3],
+    err_w: RawFd,
+) -> Result<i32, SpawnError> {
+    let (cgroup_dir, mut cgroup_fd): (RawFd, RawFd) = cgroup.unwrap_or((-1, -1));
+    let empty = SigSet::empty();
+    let empty: &libc::sigset_t = empty.as_ref();
     // SAFETY: fork (or clone3 used as a fork) is called with every buffer
     // the child needs already built; the child only calls async-signal-safe
     // functions (setpgid, write, sigprocmask, signal, dup2, chdir, execve,
@@ -379,50 +444,41 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
     if pid < 0 {
         return Err(sys("fork"));
     }
-    if pid == 0 {
-        // Child.
-        // SAFETY: all pointers were built before fork and stay valid; every
-        // call below is async-signal-safe; the child never returns.
-        unsafe {
-            if target_pgid >= 0 && libc::setpgid(0, target_pgid) != 0 {
-                child_fail(err_w.as_raw_fd());
-            }
-            // "0" moves the writing process into the cgroup.
-            if cgroup_fd >= 0 && libc::write(cgroup_fd, b"0".as_ptr().cast(), 1) != 1 {
-                child_fail(err_w.as_raw_fd());
-            }
-            libc::sigprocmask(libc::SIG_SETMASK, empty, std::ptr::null_mut());
-            // Rust ignores SIGPIPE; an ignored disposition survives exec.
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            for (fd, target) in [
-                (stdin.child_raw, 0),
-                (stdout.child_raw, 1),
-                (stderr.child_raw, 2),
-            ] {
-                if fd >= 0 && libc::dup2(fd, target) < 0 {
-                    child_fail(err_w.as_raw_fd());
-                }
-            }
-            if let Some(d) = &c_cwd {
-                if libc::chdir(d.as_ptr()) != 0 {
-                    child_fail(err_w.as_raw_fd());
-                }
-            }
-            libc::execve(c_path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            child_fail(err_w.as_raw_fd());
+    if pid > 0 {
+        return Ok(pid);
+    }
+    // Child.
+    // SAFETY: all pointers were built before fork and stay valid; every
+    // call below is async-signal-safe; the child never returns.
+    unsafe {
+        if target_pgid >= 0 && libc::setpgid(0, target_pgid) != 0 {
+            child_fail(err_w);
         }
+        // "0" moves the writing process into the cgroup.
+        if cgroup_fd >= 0 && libc::write(cgroup_fd, b"0".as_ptr().cast(), 1) != 1 {
+            child_fail(err_w);
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, empty, std::ptr::null_mut());
+        // Rust ignores SIGPIPE; an ignored disposition survives exec.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        for (target, fd) in stdio.into_iter().enumerate() {
+            if fd >= 0 && libc::dup2(fd, target as RawFd) < 0 {
+                child_fail(err_w);
+            }
+        }
+        if let Some(d) = &exec.cwd {
+            if libc::chdir(d.as_ptr()) != 0 {
+                child_fail(err_w);
+            }
+        }
+        libc::execve(exec.path.as_ptr(), exec.argv.as_ptr(), exec.envp.as_ptr());
+        child_fail(err_w);
     }
-    // Parent. Set the group here too so it exists before we ever signal it.
-    if target_pgid >= 0 {
-        let g = if target_pgid == 0 { pid } else { target_pgid };
-        // EACCES (the child has already exec'd and set it) is harmless.
-        let _ = setpgid(Pid::from_raw(pid), Pid::from_raw(g));
-    }
-    drop(err_w);
-    drop(stdin.child_fd);
-    drop(stdout.child_fd);
-    drop(stderr.child_fd);
-    // EOF means exec succeeded (the pipe is close-on-exec); 4 bytes are an errno.
+}
+
+/// Waits for the child's `exec`: end of file on the close-on-exec pipe
+/// means it succeeded; 4 bytes are the errno of what failed.
+fn wait_exec(err_r: OwnedFd, program: String) -> Result<(), SpawnError> {
     let mut buf = [0u8; 4];
     let mut errf = File::from(err_r);
     let mut got = 0;
@@ -442,23 +498,11 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
     if got == buf.len() {
         // The child has _exit(127)ed; the reaper collects it.
         return Err(SpawnError::Exec {
-            program: shown,
+            program,
             err: io::Error::from_raw_os_error(i32::from_ne_bytes(buf)),
         });
     }
-    Ok(Child {
-        pid,
-        pgid: match group {
-            Group::New => pid,
-            Group::Join(g) => g,
-            Group::Inherit => current_pgid(),
-        },
-        started,
-        started_mono_ns,
-        stdin: stdin.ours,
-        stdout: stdout.ours,
-        stderr: stderr.ours,
-    })
+    Ok(())
 }
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7+): the child starts in the cgroup whose

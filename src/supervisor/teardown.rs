@@ -9,11 +9,17 @@
 //! without the run's marker are reported (`unmarked`): they tried to hide.
 //! Without cgroups, processes are found by process group, parentage and
 //! marker, as before.
+//!
+//! The escalation (signals, grace, waits, deadline) is
+//! [`super::terminate`]'s; each instance is a [`Group`] there.
 
 use super::cgroup::{self, InstanceCgroup};
+use super::terminate::{send, send_group, terminate, Group, Outcome, Phase, Pidfds, Pids, Policy};
 use super::{kill_group, Supervisor};
+use crate::memory::InstanceIndex;
 use crate::proc;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
+use std::cell::OnceCell;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,12 +29,8 @@ use std::time::{Duration, Instant};
 /// cycles and `ukload cleanup` alike.
 pub const DEFAULT_GRACE: Duration = Duration::from_millis(2000);
 
-/// How often teardown checks whether processes are gone.
-const POLL: Duration = Duration::from_millis(5);
 /// How long to wait for `SIGKILL`ed processes to vanish and be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(3);
-/// Longest wait between two looks at cgroup states (notifications wake earlier).
-const CGROUP_TICK: Duration = Duration::from_millis(50);
 /// How long to wait for a launcher's exit status once its cgroup is empty
 /// (the reaper collects it within a tick).
 const REAP_WAIT: Duration = Duration::from_millis(200);
@@ -50,18 +52,7 @@ pub struct Target {
 }
 
 /// How an instance's processes ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Ended {
-    /// Nothing of it was running any more.
-    AlreadyGone,
-    /// All gone after `SIGTERM`.
-    Terminated,
-    /// Some needed `SIGKILL` after the grace period.
-    Killed,
-    /// Still there after `SIGKILL` (reported as survivors).
-    Survived,
-}
+pub use super::terminate::Ended;
 
 /// Outcome for one instance.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -116,6 +107,10 @@ pub fn teardown(
 /// the `SIGKILL`s go out at once. Why: teardown was the one phase a signal
 /// could not shorten, so ukload interrupted while guests ignored `SIGTERM`
 /// stayed for the whole `--grace-ms`.
+///
+/// The escalation itself is [`terminate`]'s; here are the run's groups
+/// (one per instance, and the adopted orphans), the report, and the final
+/// by-marker sweep.
 pub fn teardown_interruptible(
     sup: &Supervisor,
     run_id: &str,
@@ -124,262 +119,160 @@ pub fn teardown_interruptible(
     interrupted: &AtomicBool,
 ) -> TeardownReport {
     let start = Instant::now();
-    let interrupted_before = interrupted.load(Ordering::Relaxed);
-    let grace = if interrupted_before {
-        grace.min(INTERRUPTED_GRACE_MAX)
-    } else {
-        grace
-    };
-    // Marker path: one process-table snapshot for every instance.
-    let table = if targets.iter().any(|t| t.cgroup.is_none()) {
-        proc::table()
-    } else {
-        Vec::new()
-    };
-    let index = (!table.is_empty()).then(|| crate::memory::InstanceIndex::new(run_id, &table));
-    let mut members: Vec<Vec<i32>> = targets
-        .iter()
-        .map(|t| members_of(t, index.as_ref()))
-        .collect();
-    // Marker path: a process that cleared its environment and left its
-    // group (`env -i setsid ...`) after its parent exited was re-parented to
-    // us (we are a subreaper): every child of ours that is neither a known
-    // process of an instance nor the watchdog is such an orphan.
-    let orphans: Vec<i32> = if table.is_empty() {
-        Vec::new()
-    } else {
-        adopted_orphans(&table, &members)
-    };
-    for &p in &orphans {
-        signal_pid(p, libc::SIGTERM);
-    }
-    // Marker path: a pidfd per process, polled for its exit (no stat loop).
-    let mut exits: Vec<Vec<(i32, std::os::fd::OwnedFd)>> = targets
-        .iter()
-        .zip(&members)
-        .map(|(t, m)| {
-            let mut v = Vec::new();
-            if t.cgroup.is_none() {
-                open_exits(m, &mut v);
-            }
-            v
-        })
-        .collect();
-    let mut signalled: Vec<HashSet<i32>> = vec![HashSet::new(); targets.len()];
-    let mut unmarked: Vec<Vec<Survivor>> = vec![Vec::new(); targets.len()];
-    let mut state: Vec<Option<(Ended, f64)>> = vec![None; targets.len()];
-    for (i, t) in targets.iter().enumerate() {
-        if gone(sup, t, &members[i]) {
-            state[i] = Some((Ended::AlreadyGone, 0.0));
-        } else {
-            let pids = members[i].clone();
-            signal_members(
-                sup,
-                run_id,
-                t,
-                &pids,
-                libc::SIGTERM,
-                &mut signalled[i],
-                &mut unmarked[i],
-            );
-        }
-    }
-    // The grace period counts from the SIGTERMs, not from the start of the
-    // bookkeeping before them.
-    let grace_end = Instant::now() + grace;
-    let mut killed = false;
-    let mut kill_deadline = None;
-    loop {
-        let now = Instant::now();
-        for (i, t) in targets.iter().enumerate() {
-            if state[i].is_none() && gone(sup, t, &members[i]) {
-                let how = if killed {
-                    Ended::Killed
-                } else {
-                    Ended::Terminated
-                };
-                state[i] = Some((how, ms(start.elapsed())));
-            }
-        }
-        if state.iter().all(Option::is_some) {
-            break;
-        }
-        let hurry = !interrupted_before && interrupted.load(Ordering::Relaxed);
-        if !killed && (now >= grace_end || hurry) {
-            killed = true;
-            let mut fresh_index: Option<crate::memory::InstanceIndex> = None;
-            kill_deadline = Some(now + KILL_WAIT);
-            for (i, t) in targets.iter().enumerate() {
-                if state[i].is_some() {
-                    continue;
-                }
-                if let Some(c) = &t.cgroup {
-                    // Whatever it forked meanwhile is in the cgroup: note the
-                    // hidden ones, then one write ends them all.
-                    let now_members = c.cg.procs_recursive();
-                    note_unmarked(run_id, t.pid, &now_members, &mut unmarked[i]);
-                    merge(&mut members[i], &now_members);
-                    let _ = c.cg.kill();
-                    if sup.try_status(t.pid).is_none() {
-                        let _ = kill_group(t.pgid, libc::SIGKILL);
-                    }
-                } else {
-                    // Re-read: processes may have forked during the grace
-                    // period (one snapshot for all instances).
-                    let ix = fresh_index.get_or_insert_with(|| {
-                        crate::memory::InstanceIndex::new(run_id, &proc::table())
-                    });
-                    let pids = members_of(t, Some(ix));
-                    open_exits(&pids, &mut exits[i]);
-                    merge(&mut members[i], &pids);
-                    let all = members[i].clone();
-                    signal_members(
-                        sup,
-                        run_id,
-                        t,
-                        &all,
-                        libc::SIGKILL,
-                        &mut signalled[i],
-                        &mut unmarked[i],
-                    );
-                }
-            }
-        } else if !killed {
-            // During the grace period: new members of a cgroup (a fork chain)
-            // get their SIGTERM too.
-            for (i, t) in targets.iter().enumerate() {
-                if let (None, Some(c)) = (&state[i], &t.cgroup) {
-                    let now_members = c.cg.procs_recursive();
-                    let fresh: Vec<i32> = now_members
-                        .iter()
-                        .copied()
-                        .filter(|p| !signalled[i].contains(p))
-                        .collect();
-                    if !fresh.is_empty() {
-                        merge(&mut members[i], &fresh);
-                        signal_members(
-                            sup,
-                            run_id,
-                            t,
-                            &fresh,
-                            libc::SIGTERM,
-                            &mut signalled[i],
-                            &mut unmarked[i],
-                        );
-                    }
-                }
-            }
-        }
-        if kill_deadline.is_some_and(|d| now >= d) {
-            break;
-        }
-        wait_a_little(targets, &state, &mut exits, now, grace_end, kill_deadline);
-    }
-    let mut survivors: Vec<Survivor> = Vec::new();
-    let mut orphan_records: Vec<Survivor> = Vec::new();
-    if !orphans.is_empty() {
-        orphan_records = orphans
-            .iter()
-            .map(|&pid| Survivor {
-                pid,
-                instance: None,
-                cmdline: proc::cmdline(pid).unwrap_or_default(),
-            })
-            .collect();
-        let end = Instant::now() + KILL_WAIT;
-        let mut left: Vec<i32> = orphans.clone();
-        while !left.is_empty() && Instant::now() < end {
-            for &p in &left {
-                signal_pid(p, libc::SIGKILL);
-            }
-            std::thread::sleep(POLL);
-            left.retain(|&p| alive(p) && sup.try_status(p).is_none());
-        }
-    }
-    let instances = targets
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let (ended, ms) = state[i].unwrap_or((Ended::Survived, ms(start.elapsed())));
-            if ended == Ended::Survived && t.cgroup.is_none() {
-                survivors.extend(members[i].iter().copied().filter(|&p| alive(p)).map(|pid| {
-                    Survivor {
-                        pid,
-                        instance: Some(t.instance),
-                        cmdline: proc::cmdline(pid).unwrap_or_default(),
-                    }
-                }));
-            }
-            if let Some(c) = &t.cgroup {
-                if ended == Ended::Survived {
-                    survivors.extend(c.cg.procs_recursive().into_iter().map(|pid| Survivor {
-                        pid,
-                        instance: Some(t.instance),
-                        cmdline: proc::cmdline(pid).unwrap_or_default(),
-                    }));
-                } else {
-                    let _ = c.cg.remove();
-                }
-            }
-            InstanceTeardown {
-                instance: t.instance,
-                pids: members[i].clone(),
-                unmarked: std::mem::take(&mut unmarked[i]),
-                ended,
-                ms,
-            }
-        })
-        .collect();
-    // Anything else with our marker (forked after we looked, escaped its
-    // group, or moved itself out of its cgroup) gets the same treatment;
-    // what still lives is a survivor.
-    let known: BTreeSet<i32> = members.iter().flatten().copied().collect();
-    let mut stragglers: Vec<Survivor> = proc::scan_marked(Some(run_id))
-        .into_iter()
-        .filter(|m| m.stat.state != 'Z' && !known.contains(&m.pid))
-        .map(|m| Survivor {
-            pid: m.pid,
-            instance: m.instance,
-            cmdline: proc::cmdline(m.pid).unwrap_or_default(),
-        })
-        .collect();
-    stragglers.extend(orphan_records);
-    super::watchdog::sweep(run_id, STRAGGLER_SWEEP);
-    let seen: BTreeSet<i32> = survivors.iter().map(|s| s.pid).collect();
-    survivors.extend(
-        proc::scan_marked(Some(run_id))
-            .into_iter()
-            .filter(|m| m.stat.state != 'Z' && !seen.contains(&m.pid))
-            .map(|m| Survivor {
-                pid: m.pid,
-                instance: m.instance,
-                cmdline: proc::cmdline(m.pid).unwrap_or_default(),
-            }),
-    );
+    let kill_index = OnceCell::new();
+    let (mut instances, mut orphans) = find_groups(sup, run_id, targets, &kill_index);
+    // Marker path: orphans get their SIGTERM with the instances; they are
+    // killed once the instances are done.
+    orphans.signal(Phase::Term);
+    let outcomes = end_instances(&mut instances, grace, interrupted);
+    let orphan_records = end_orphans(orphans);
+    let (reports, survivors) = report_instances(&mut instances, &outcomes, start);
+    let known: BTreeSet<i32> = instances.iter().flat_map(|g| g.members.clone()).collect();
+    let (stragglers, survivors) = final_sweep(run_id, &known, survivors, orphan_records);
     TeardownReport {
-        instances,
+        instances: reports,
         stragglers,
         survivors,
         ms: ms(start.elapsed()),
     }
 }
 
-/// Signals one process through a pidfd (the pid was read from the process
-/// table just now; the pidfd pins it, so the signal cannot reach a newcomer
-/// that reused the pid after it was opened).
-fn signal_pid(pid: i32, sig: i32) {
-    if let Ok(fd) = proc::pidfd_open(pid) {
-        let _ = proc::pidfd_send_signal(&fd, sig);
+/// The groups to end: one per instance, with its processes as they are now,
+/// and (marker path) the harness's adopted orphans.
+fn find_groups<'a>(
+    sup: &'a Supervisor,
+    run_id: &'a str,
+    targets: &'a [Target],
+    kill_index: &'a OnceCell<InstanceIndex>,
+) -> (Vec<Instance<'a>>, Pids) {
+    // Marker path: one process-table snapshot for every instance.
+    let table = if targets.iter().any(|t| t.cgroup.is_none()) {
+        proc::table()
+    } else {
+        Vec::new()
+    };
+    let index = (!table.is_empty()).then(|| InstanceIndex::new(run_id, &table));
+    let instances: Vec<Instance<'a>> = targets
+        .iter()
+        .map(|t| Instance::new(sup, run_id, t, index.as_ref(), kill_index))
+        .collect();
+    // Marker path: a process that cleared its environment and left its
+    // group (`env -i setsid ...`) after its parent exited was re-parented to
+    // us (we are a subreaper): every child of ours that is neither a known
+    // process of an instance nor the watchdog is such an orphan.
+    let orphans = if table.is_empty() {
+        Vec::new()
+    } else {
+        let members: Vec<&[i32]> = instances.iter().map(|g| g.members.as_slice()).collect();
+        adopted_orphans(&table, &members)
+    };
+    (instances, Pids::new(&orphans))
+}
+
+/// Runs the escalation over every instance at once.
+fn end_instances(
+    instances: &mut [Instance<'_>],
+    grace: Duration,
+    interrupted: &AtomicBool,
+) -> Vec<Outcome> {
+    let interrupted_before = interrupted.load(Ordering::Relaxed);
+    let mut policy = Policy::term_then_kill(grace, KILL_WAIT);
+    if interrupted_before {
+        policy.grace = Some(grace.min(INTERRUPTED_GRACE_MAX));
+    } else {
+        policy = policy.hurried_by(interrupted);
     }
+    let mut groups: Vec<&mut dyn Group> =
+        instances.iter_mut().map(|g| g as &mut dyn Group).collect();
+    terminate(&mut groups, &policy)
+}
+
+/// Kills the adopted orphans (they had their `SIGTERM` at the start) and
+/// returns them as stragglers.
+fn end_orphans(mut orphans: Pids) -> Vec<Survivor> {
+    let records: Vec<Survivor> = orphans
+        .pids()
+        .into_iter()
+        .map(|pid| Survivor {
+            pid,
+            instance: None,
+            cmdline: proc::cmdline(pid).unwrap_or_default(),
+        })
+        .collect();
+    if !records.is_empty() {
+        terminate(&mut [&mut orphans], &Policy::kill(KILL_WAIT));
+    }
+    records
+}
+
+/// Each instance's outcome, and the survivors of those that survived (their
+/// cgroups are removed otherwise).
+fn report_instances(
+    instances: &mut [Instance<'_>],
+    outcomes: &[Outcome],
+    start: Instant,
+) -> (Vec<InstanceTeardown>, Vec<Survivor>) {
+    let mut survivors = Vec::new();
+    let reports = instances
+        .iter_mut()
+        .zip(outcomes)
+        .map(|(g, o)| {
+            if o.ended == Ended::Survived {
+                survivors.extend(g.survivors());
+            } else if let Some(c) = &g.t.cgroup {
+                let _ = c.cg.remove();
+            }
+            let at = match o.ended {
+                Ended::AlreadyGone => 0.0,
+                _ => ms(o.at.saturating_duration_since(start)),
+            };
+            InstanceTeardown {
+                instance: g.t.instance,
+                pids: g.members.clone(),
+                unmarked: std::mem::take(&mut g.unmarked),
+                ended: o.ended,
+                ms: at,
+            }
+        })
+        .collect();
+    (reports, survivors)
+}
+
+/// Anything else with our marker (forked after we looked, escaped its
+/// group, or moved itself out of its cgroup) gets the same treatment; what
+/// still lives is a survivor. Returns the stragglers and every survivor.
+fn final_sweep(
+    run_id: &str,
+    known: &BTreeSet<i32>,
+    mut survivors: Vec<Survivor>,
+    orphans: Vec<Survivor>,
+) -> (Vec<Survivor>, Vec<Survivor>) {
+    let marked = |skip: &dyn Fn(i32) -> bool| -> Vec<Survivor> {
+        proc::scan_marked(Some(run_id))
+            .into_iter()
+            .filter(|m| m.stat.state != 'Z' && !skip(m.pid))
+            .map(|m| Survivor {
+                pid: m.pid,
+                instance: m.instance,
+                cmdline: proc::cmdline(m.pid).unwrap_or_default(),
+            })
+            .collect()
+    };
+    let mut stragglers = marked(&|p| known.contains(&p));
+    stragglers.extend(orphans);
+    super::watchdog::sweep(run_id, STRAGGLER_SWEEP);
+    let seen: BTreeSet<i32> = survivors.iter().map(|s| s.pid).collect();
+    survivors.extend(marked(&|p| seen.contains(&p)));
+    (stragglers, survivors)
 }
 
 /// Children of the harness (adopted orphans, since we are a subreaper) that
 /// belong to no instance's known processes and are not the watchdog, and
 /// their descendants.
-fn adopted_orphans(table: &[proc::ProcStat], members: &[Vec<i32>]) -> Vec<i32> {
+fn adopted_orphans(table: &[proc::ProcStat], members: &[&[i32]]) -> Vec<i32> {
     let me = std::process::id() as i32;
     let dog = super::watchdog_pid();
-    let known: HashSet<i32> = members.iter().flatten().copied().collect();
+    let known: HashSet<i32> = members.iter().copied().flatten().copied().collect();
     let mut out = Vec::new();
     for st in table {
         if st.ppid == me && st.pid != dog && !known.contains(&st.pid) && !st.is_zombie() {
@@ -392,106 +285,229 @@ fn adopted_orphans(table: &[proc::ProcStat], members: &[Vec<i32>]) -> Vec<i32> {
     out
 }
 
-/// An instance's processes: its cgroup's members, or (marker path) its
-/// launcher's tree and every process marked with it.
-fn members_of(t: &Target, index: Option<&crate::memory::InstanceIndex>) -> Vec<i32> {
-    match (&t.cgroup, index) {
-        (Some(c), _) => c.cg.procs_recursive(),
-        (None, Some(ix)) => ix.pids(t.pid, t.instance),
-        (None, None) => vec![t.pid],
+/// One instance as a [`Group`]: its cgroup's members (cgroup containment),
+/// or its launcher's tree and every process marked with it (marker path).
+struct Instance<'a> {
+    sup: &'a Supervisor,
+    run_id: &'a str,
+    t: &'a Target,
+    /// Every pid that belonged to it since teardown started.
+    members: Vec<i32>,
+    /// Marker path: a pidfd per member, polled for its exit (no stat loop).
+    exits: Pidfds,
+    signalled: HashSet<i32>,
+    unmarked: Vec<Survivor>,
+    /// Marker path: the process table re-read once for every instance when
+    /// the `SIGKILL`s go out (processes may have forked during the grace).
+    kill_index: &'a OnceCell<InstanceIndex>,
+}
+
+impl<'a> Instance<'a> {
+    fn new(
+        sup: &'a Supervisor,
+        run_id: &'a str,
+        t: &'a Target,
+        index: Option<&InstanceIndex>,
+        kill_index: &'a OnceCell<InstanceIndex>,
+    ) -> Self {
+        let mut g = Instance {
+            sup,
+            run_id,
+            t,
+            members: Vec::new(),
+            exits: Pidfds::default(),
+            signalled: HashSet::new(),
+            unmarked: Vec::new(),
+            kill_index,
+        };
+        let pids = g.find(index);
+        g.add(&pids);
+        g
     }
-}
 
-fn merge(into: &mut Vec<i32>, more: &[i32]) {
-    let have: BTreeSet<i32> = into.iter().copied().collect();
-    into.extend(more.iter().copied().filter(|p| !have.contains(p)));
-}
+    /// Its processes now: its cgroup's members, or (marker path) its
+    /// launcher's tree and every process marked with it.
+    fn find(&self, index: Option<&InstanceIndex>) -> Vec<i32> {
+        match (&self.t.cgroup, index) {
+            (Some(c), _) => c.cg.procs_recursive(),
+            (None, Some(ix)) => ix.pids(self.t.pid, self.t.instance),
+            (None, None) => vec![self.t.pid],
+        }
+    }
 
-/// Is everything of `t` gone (and its launcher reaped)?
-fn gone(sup: &Supervisor, t: &Target, members: &[i32]) -> bool {
-    match &t.cgroup {
-        Some(c) => {
-            if c.cg.populated() {
-                return false;
+    /// Adds members (marker path: watching their exits).
+    fn add(&mut self, pids: &[i32]) {
+        let have: BTreeSet<i32> = self.members.iter().copied().collect();
+        for &p in pids {
+            if self.t.cgroup.is_none() {
+                self.exits.watch(p);
             }
-            // Empty: its processes have exited; give the reaper a moment so
-            // the launcher's exit status is known.
-            sup.try_status(t.pid).is_some() || sup.wait_timeout(t.pid, REAP_WAIT).is_some()
-        }
-        None => {
-            members.iter().all(|&p| !alive(p))
-                && (sup.try_status(t.pid).is_some() || sup.wait_timeout(t.pid, REAP_WAIT).is_some())
+            if !have.contains(&p) {
+                self.members.push(p);
+            }
         }
     }
-}
 
-/// Sleeps until something may have changed: a pending instance's
-/// `cgroup.events` (cgroup containment) or one of its processes' pidfds
-/// (marker fallback: readable once the process has exited), never past the
-/// grace's or the kill wait's end. Pidfds found readable are dropped, so a
-/// process that exited does not wake the loop again.
-fn wait_a_little(
-    targets: &[Target],
-    state: &[Option<(Ended, f64)>],
-    exits: &mut [Vec<(i32, std::os::fd::OwnedFd)>],
-    now: Instant,
-    grace_end: Instant,
-    kill_deadline: Option<Instant>,
-) {
-    use std::os::fd::AsFd;
-    let mut fds: Vec<PollFd<'_>> = Vec::new();
-    let mut owners: Vec<(usize, usize)> = Vec::new();
-    for (i, (t, st)) in targets.iter().zip(state).enumerate() {
-        if st.is_some() {
-            continue;
+    /// Whether the launcher's exit status is known: its processes have
+    /// exited; give the reaper a moment to collect it.
+    fn launcher_reaped(&self) -> bool {
+        let pid = self.t.pid;
+        self.sup.try_status(pid).is_some() || self.sup.wait_timeout(pid, REAP_WAIT).is_some()
+    }
+
+    /// What is still alive of it after `SIGKILL`.
+    fn survivors(&self) -> Vec<Survivor> {
+        let pids: Vec<i32> = match &self.t.cgroup {
+            Some(c) => c.cg.procs_recursive(),
+            None => self.members.iter().copied().filter(|&p| alive(p)).collect(),
+        };
+        pids.into_iter()
+            .map(|pid| Survivor {
+                pid,
+                instance: Some(self.t.instance),
+                cmdline: proc::cmdline(pid).unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Signals the instance: its launcher's group (while the leader is not
+    /// reaped, so the group id cannot have been reused), then each of
+    /// `pids`. Cgroup members are signalled through a pidfd after checking,
+    /// on that pidfd's process, that it is still in the instance's cgroup;
+    /// marker-path members only if they carry the run's marker.
+    fn signal_members(&mut self, pids: &[i32], phase: Phase) {
+        if self.sup.try_status(self.t.pid).is_none() {
+            let _ = send_group(self.t.pgid, phase);
         }
-        match &t.cgroup {
-            Some(c) => fds.push(PollFd::new(c.cg.events_fd(), PollFlags::POLLPRI)),
+        match &self.t.cgroup {
+            Some(c) => {
+                note_unmarked(self.run_id, self.t.pid, pids, &mut self.unmarked);
+                let name =
+                    c.cg.path()
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                for &p in pids {
+                    self.signalled.insert(p);
+                    let Ok(fd) = proc::pidfd_open(p) else {
+                        continue;
+                    };
+                    if in_instance_cgroup(p, &name, self.run_id) {
+                        send(&fd, phase);
+                    }
+                }
+            }
             None => {
-                for (k, (_, fd)) in exits[i].iter().enumerate() {
-                    owners.push((fds.len(), i * 1_000_000 + k));
-                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                for &p in pids {
+                    self.signalled.insert(p);
+                    self.signal_marked(p, phase);
                 }
             }
         }
     }
-    let until = kill_deadline.unwrap_or(grace_end);
-    let timeout = until.saturating_duration_since(now).min(CGROUP_TICK);
-    if timeout.is_zero() {
-        return;
+
+    /// Marker path: signals `p` if it carries the run's marker, and the
+    /// group it leads (a marked daemon that made its own session/group).
+    fn signal_marked(&self, p: i32, phase: Phase) {
+        if let Ok(true) = proc::signal_if_marked(p, self.run_id, phase.signal()) {
+            if phase == Phase::Term {
+                let _ = proc::signal_if_marked(p, self.run_id, libc::SIGCONT);
+            }
+            if let Ok(st) = proc::stat(p) {
+                if st.pgid == p && p != self.t.pgid {
+                    let _ = kill_group(p, phase.signal());
+                }
+            }
+        }
     }
-    if fds.is_empty() {
-        std::thread::sleep(timeout.min(POLL));
-        return;
-    }
-    let ms = PollTimeout::try_from(timeout.as_millis().max(1)).unwrap_or(PollTimeout::MAX);
-    let _ = poll(&mut fds, ms);
-    let mut done: Vec<(usize, usize)> = owners
-        .iter()
-        .filter(|(slot, _)| {
-            fds[*slot]
-                .revents()
-                .is_some_and(|r| r.contains(PollFlags::POLLIN))
-        })
-        .map(|(_, key)| (key / 1_000_000, key % 1_000_000))
-        .collect();
-    // Remove from the back so indices stay valid.
-    done.sort_unstable_by(|a, b| b.cmp(a));
-    for (i, k) in done {
-        exits[i].swap_remove(k);
+
+    /// `SIGKILL`: with a cgroup, note the hidden members, then one
+    /// `cgroup.kill` ends them all, forks included; on the marker path,
+    /// re-read the process table (one snapshot for all instances) and kill
+    /// every member.
+    fn kill(&mut self) {
+        match &self.t.cgroup {
+            Some(c) => {
+                let now_members = c.cg.procs_recursive();
+                note_unmarked(self.run_id, self.t.pid, &now_members, &mut self.unmarked);
+                self.add(&now_members);
+                let _ = c.cg.kill();
+                if self.sup.try_status(self.t.pid).is_none() {
+                    let _ = send_group(self.t.pgid, Phase::Kill);
+                }
+            }
+            None => {
+                let ix = self
+                    .kill_index
+                    .get_or_init(|| InstanceIndex::new(self.run_id, &proc::table()));
+                let pids = self.find(Some(ix));
+                self.add(&pids);
+                let all = self.members.clone();
+                self.signal_members(&all, Phase::Kill);
+            }
+        }
     }
 }
 
-/// Pidfds of `pids` (processes already gone are skipped).
-fn open_exits(pids: &[i32], into: &mut Vec<(i32, std::os::fd::OwnedFd)>) {
-    for &p in pids {
-        if into.iter().any(|(q, _)| *q == p) {
-            continue;
-        }
-        if let Ok(fd) = proc::pidfd_open(p) {
-            into.push((p, fd));
+impl Group for Instance<'_> {
+    fn gone(&mut self) -> bool {
+        let empty = match &self.t.cgroup {
+            Some(c) => !c.cg.populated(),
+            None => {
+                self.exits.prune();
+                self.exits.is_empty()
+            }
+        };
+        empty && self.launcher_reaped()
+    }
+
+    fn signal(&mut self, phase: Phase) {
+        match phase {
+            Phase::Term => {
+                let pids = self.members.clone();
+                self.signal_members(&pids, Phase::Term);
+            }
+            Phase::Kill => self.kill(),
         }
     }
+
+    /// During the grace period: new members of a cgroup (a fork chain) get
+    /// their `SIGTERM` too.
+    fn refresh(&mut self, phase: Phase) {
+        let Some(c) = &self.t.cgroup else {
+            return;
+        };
+        if phase != Phase::Term {
+            return;
+        }
+        let fresh: Vec<i32> =
+            c.cg.procs_recursive()
+                .into_iter()
+                .filter(|p| !self.signalled.contains(p))
+                .collect();
+        if !fresh.is_empty() {
+            self.add(&fresh);
+            self.signal_members(&fresh, Phase::Term);
+        }
+    }
+
+    fn wake_fds(&self) -> Vec<PollFd<'_>> {
+        match &self.t.cgroup {
+            Some(c) => vec![PollFd::new(c.cg.events_fd(), PollFlags::POLLPRI)],
+            None => self.exits.wake_fds(),
+        }
+    }
+}
+
+/// Whether `pid` is (now) in the instance cgroup `name` of run `run_id`.
+fn in_instance_cgroup(pid: i32, name: &str, run_id: &str) -> bool {
+    cgroup::cgroup_of(pid).is_some_and(|cg| {
+        cg.split('/').any(|c| c == name) && cg.contains(&format!("{}{run_id}", cgroup::RUN_PREFIX))
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// Records members that do not carry the run's marker. The environment of
@@ -531,88 +547,6 @@ fn has_memory(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map(|s| s.lines().any(|l| l.starts_with("VmRSS:")))
         .unwrap_or(false)
-}
-
-/// Signals an instance: its launcher's group (while the leader is not
-/// reaped, so the group id cannot have been reused), then each member.
-/// Cgroup members are signalled through a pidfd after checking, on that
-/// pidfd's process, that it is still in the instance's cgroup; marker-path
-/// members only if they carry the run's marker.
-fn signal_members(
-    sup: &Supervisor,
-    run_id: &str,
-    t: &Target,
-    pids: &[i32],
-    sig: i32,
-    signalled: &mut HashSet<i32>,
-    unmarked: &mut Vec<Survivor>,
-) {
-    // A stopped process acts on SIGTERM only once continued: SIGCONT follows.
-    let cont = sig == libc::SIGTERM;
-    if sup.try_status(t.pid).is_none() {
-        let _ = kill_group(t.pgid, sig);
-        if cont {
-            let _ = kill_group(t.pgid, libc::SIGCONT);
-        }
-    }
-    match &t.cgroup {
-        Some(c) => {
-            note_unmarked(run_id, t.pid, pids, unmarked);
-            let name =
-                c.cg.path()
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-            for &p in pids {
-                signalled.insert(p);
-                let Ok(fd) = proc::pidfd_open(p) else {
-                    continue;
-                };
-                let inside = cgroup::cgroup_of(p).is_some_and(|cg| {
-                    cg.split('/').any(|c| c == name)
-                        && cg.contains(&format!("{}{run_id}", cgroup::RUN_PREFIX))
-                });
-                if inside {
-                    let _ = proc::pidfd_send_signal(&fd, sig);
-                    if cont {
-                        let _ = proc::pidfd_send_signal(&fd, libc::SIGCONT);
-                    }
-                }
-            }
-        }
-        None => {
-            for &p in pids {
-                signalled.insert(p);
-                if let Ok(true) = proc::signal_if_marked(p, run_id, sig) {
-                    if cont {
-                        let _ = proc::signal_if_marked(p, run_id, libc::SIGCONT);
-                    }
-                    // A marked daemon that made its own session/group (setsid): its group too.
-                    if let Ok(st) = proc::stat(p) {
-                        if st.pgid == p && p != t.pgid {
-                            let _ = kill_group(p, sig);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-impl Ended {
-    /// Its name in JSON (`already_gone`, `terminated`, `killed`, `survived`).
-    pub fn key(self) -> &'static str {
-        match self {
-            Ended::AlreadyGone => "already_gone",
-            Ended::Terminated => "terminated",
-            Ended::Killed => "killed",
-            Ended::Survived => "survived",
-        }
-    }
 }
 
 impl InstanceTeardown {

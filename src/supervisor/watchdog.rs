@@ -19,6 +19,8 @@ use std::io::{self, PipeReader, PipeWriter, Read};
 use std::os::fd::AsFd;
 
 use nix::poll::{poll, PollFd, PollFlags};
+
+use super::terminate::{terminate, Ended, Group, Phase, Pidfds, Policy};
 use nix::sys::prctl;
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, setsid, ForkResult, Pid};
@@ -28,8 +30,6 @@ use std::time::{Duration, Instant};
 /// How long the watchdog keeps sweeping after the harness is gone (processes
 /// may still be forking when it starts).
 const SWEEP_DEADLINE: Duration = Duration::from_millis(1500);
-/// Pause between sweeps.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(20);
 /// Poll timeout while waiting for the harness to go away (also how often a
 /// stopped harness is looked for).
 const IDLE_POLL_MS: u16 = 250;
@@ -143,24 +143,64 @@ fn watch(mut rx: PipeReader, run_id: &str, cgroup: Option<&Path>, harness: Pid) 
     unsafe { libc::_exit(0) }
 }
 
-/// Kills (SIGKILL) every live process marked with `run_id`, repeatedly, until
-/// none is left or `deadline` passes. Returns how many are still alive.
+/// Kills (SIGKILL) every live process marked with `run_id`, again for
+/// those that appear meanwhile, until none is left or `deadline` passes
+/// ([`terminate`] with an immediate kill). Returns how many are still alive.
 pub fn sweep(run_id: &str, deadline: Duration) -> usize {
-    let end = Instant::now() + deadline;
-    loop {
-        let live: Vec<_> = crate::proc::scan_marked(Some(run_id))
+    let mut marked = MarkedRun {
+        run_id,
+        live: Vec::new(),
+        exits: Pidfds::default(),
+    };
+    let out = terminate(&mut [&mut marked], &Policy::kill(deadline));
+    match out[0].ended {
+        Ended::Survived => marked.scan(),
+        _ => 0,
+    }
+}
+
+/// The live processes marked with a run, as a [`Group`]: found by a scan of
+/// the process table, killed through pidfds (only if they still carry the
+/// marker), with the groups they lead.
+struct MarkedRun<'a> {
+    run_id: &'a str,
+    /// The last scan's live processes (pid, leads its own group).
+    live: Vec<(i32, bool)>,
+    exits: Pidfds,
+}
+
+impl MarkedRun<'_> {
+    /// Re-reads the live marked processes; returns how many there are.
+    fn scan(&mut self) -> usize {
+        self.live = crate::proc::scan_marked(Some(self.run_id))
             .into_iter()
-            .filter(|m| m.stat.state != 'Z')
+            .filter(|m| !m.stat.is_zombie())
+            .map(|m| (m.pid, m.stat.pgid == m.pid))
             .collect();
-        if live.is_empty() || Instant::now() >= end {
-            return live.len();
-        }
-        for m in &live {
-            let _ = crate::proc::signal_if_marked(m.pid, run_id, libc::SIGKILL);
-            if m.stat.pgid == m.pid {
-                let _ = super::kill_group(m.pid, libc::SIGKILL);
+        self.live.len()
+    }
+}
+
+impl Group for MarkedRun<'_> {
+    fn gone(&mut self) -> bool {
+        self.exits.prune();
+        self.scan() == 0
+    }
+    fn signal(&mut self, _phase: Phase) {
+        // Only SIGKILL is sent here (the run's harness is gone or done).
+        for &(pid, leader) in &self.live {
+            self.exits.watch(pid);
+            let _ = crate::proc::signal_if_marked(pid, self.run_id, libc::SIGKILL);
+            if leader {
+                let _ = super::kill_group(pid, libc::SIGKILL);
             }
         }
-        std::thread::sleep(SWEEP_INTERVAL);
+    }
+    fn refresh(&mut self, phase: Phase) {
+        // `gone` has just re-read the live ones: kill what appeared.
+        self.signal(phase);
+    }
+    fn wake_fds(&self) -> Vec<PollFd<'_>> {
+        self.exits.wake_fds()
     }
 }
