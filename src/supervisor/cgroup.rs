@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::terminate::{terminate, Policy};
+use nix::poll::{PollFd, PollFlags};
+
+use super::terminate::{send, terminate, Group, Phase, Policy};
 
 /// Selects containment: `auto` (cgroup where possible, the default),
 /// `cgroup` (fail if impossible) or `marker` (process groups and markers only).
@@ -486,6 +488,37 @@ pub fn cgroup_of(pid: i32) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+/// A cgroup and everything below it: `SIGTERM` through pidfds to its
+/// members (and to members that appear during the grace), `cgroup.kill`
+/// for `SIGKILL`, gone at `populated 0`.
+impl Group for Cgroup {
+    fn gone(&mut self) -> bool {
+        !self.populated()
+    }
+    fn signal(&mut self, phase: Phase) {
+        match phase {
+            Phase::Term => {
+                for p in self.procs_recursive() {
+                    if let Ok(fd) = crate::proc::pidfd_open(p) {
+                        send(&fd, phase);
+                    }
+                }
+            }
+            Phase::Kill => {
+                let _ = self.kill();
+            }
+        }
+    }
+    fn refresh(&mut self, phase: Phase) {
+        if phase == Phase::Term {
+            self.signal(phase);
+        }
+    }
+    fn wake_fds(&self) -> Vec<PollFd<'_>> {
+        vec![PollFd::new(self.events_fd(), PollFlags::POLLPRI)]
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 //!    [`Ended::Survived`].
 //!
 //! What a set of processes is differs between the users, so it is a trait,
-//! [`Group`]: a cgroup ([`Cgroup`]), a process group found by its id
+//! [`Group`]: a cgroup ([`super::cgroup::Cgroup`]), a process group found by its id
 //! ([`ProcessGroup`]), a fixed set of pids (a single child included,
 //! [`Pids`]), and the users' own richer groups (a run instance, the marked
 //! processes of dead runs, a stdio MCP server's group) built on the helpers
@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::cgroup::Cgroup;
 use crate::proc;
 
 /// Longest wait between two looks at the groups' states (the kernel's
@@ -468,37 +467,6 @@ impl Group for ProcessGroup {
     }
     fn wake_fds(&self) -> Vec<PollFd<'_>> {
         self.fds.wake_fds()
-    }
-}
-
-/// A cgroup and everything below it: `SIGTERM` through pidfds to its
-/// members (and to members that appear during the grace), `cgroup.kill`
-/// for `SIGKILL`, gone at `populated 0`.
-impl Group for Cgroup {
-    fn gone(&mut self) -> bool {
-        !self.populated()
-    }
-    fn signal(&mut self, phase: Phase) {
-        match phase {
-            Phase::Term => {
-                for p in self.procs_recursive() {
-                    if let Ok(fd) = proc::pidfd_open(p) {
-                        send(&fd, phase);
-                    }
-                }
-            }
-            Phase::Kill => {
-                let _ = self.kill();
-            }
-        }
-    }
-    fn refresh(&mut self, phase: Phase) {
-        if phase == Phase::Term {
-            self.signal(phase);
-        }
-    }
-    fn wake_fds(&self) -> Vec<PollFd<'_>> {
-        vec![PollFd::new(self.events_fd(), PollFlags::POLLPRI)]
     }
 }
 
