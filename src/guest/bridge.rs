@@ -185,8 +185,8 @@ impl ConnectionMode for BridgeMode {
         let mut bridge = match Bridge::new(conn, self, &stream) {
             Ok(b) => b,
             Err(e) => {
-                crate::status!(
-                    "ukload-guest: connection {}: setting up the bridge: {e}; closing it",
+                log::warn!(
+                    "connection {}: setting up the bridge: {e}; closing it",
                     conn.id()
                 );
                 return;
@@ -273,7 +273,7 @@ impl<'a> Bridge<'a> {
     }
 
     fn log(&self, msg: &str) {
-        crate::status!("ukload-guest: connection {}: {msg}", self.conn.id());
+        log::warn!("connection {}: {msg}", self.conn.id());
     }
 
     fn send_host(&self, msg: &Value) -> Result<(), FrameError> {
@@ -681,8 +681,8 @@ fn relay_child_output(
             }
         }
         if let Err(e) = write_frame(&mut *lock(writer), framing, &frame) {
-            crate::status!(
-                "ukload-guest: connection {conn_id}: relaying MCP server pid {pid} to the host: {e}; closing it"
+            log::warn!(
+                "connection {conn_id}: relaying MCP server pid {pid} to the host: {e}; closing it"
             );
             let _ = lock(writer).shutdown(Shutdown::Both);
             break RelayEnd::Host;

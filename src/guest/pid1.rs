@@ -77,8 +77,10 @@ const REAP_INTERVAL: Duration = Duration::from_millis(500);
 /// How many exit statuses the reaper keeps for [`wait_child`]; oldest dropped.
 const REAPED_STATUS_CAPACITY: usize = 1024;
 
-/// Prefix of every console line PID 1 prints.
-const LOG_PREFIX: &str = "ukload-guest: init:";
+/// Prefix of every console line PID 1 prints, after the logger's
+/// `ukload-guest: ` (the kernel gives PID 1 `/dev/console` as
+/// stdin/stdout/stderr, and the logger writes to stderr: the serial console).
+const LOG_PREFIX: &str = "init:";
 
 /// What PID 1 learnt while setting up the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,7 +238,7 @@ impl std::error::Error for Pid1Error {}
 /// for the agent's own children).
 pub fn init_as_pid1() -> Result<Pid1Config, String> {
     init_steps().map_err(|e| {
-        console_line(&e.to_string());
+        log::error!("{LOG_PREFIX} {e}");
         e.to_string()
     })
 }
@@ -416,7 +418,7 @@ pub fn manifest_command(text: &str) -> Result<Vec<String>, String> {
 pub fn mount_rootfs(spec: &ServerSpec) -> Result<Vec<String>, String> {
     mount_rootfs_steps(spec).map_err(|e| {
         let e = format!("root filesystem: {e}");
-        console_line(&e);
+        log::error!("{LOG_PREFIX} {e}");
         e
     })
 }
@@ -650,12 +652,6 @@ fn do_mount(
     nix::mount::mount(Some(source), target, Some(fstype), flags, data).map_err(Into::into)
 }
 
-/// Prints one console line with the init prefix. The kernel gives PID 1
-/// `/dev/console` as stdin/stdout/stderr, so stderr is the serial console.
-fn console_line(msg: &str) {
-    crate::status!("{LOG_PREFIX} {msg}");
-}
-
 /// One pseudo file system PID 1 mounts.
 struct PseudoMount {
     source: &'static str,
@@ -731,10 +727,11 @@ fn mount_pseudo_filesystems() -> Result<(), Pid1Error> {
         match mount_action(state, m.magics, m.kernel_may_mount) {
             MountAction::Mount => {}
             MountAction::AlreadyThere => {
-                console_line(&format!(
-                    "{} is already mounted on {}; leaving it",
-                    m.fstype, m.target
-                ));
+                log::info!(
+                    "{LOG_PREFIX} {} is already mounted on {}; leaving it",
+                    m.fstype,
+                    m.target
+                );
                 continue;
             }
             MountAction::Refuse { found } => {
@@ -1216,9 +1213,7 @@ pub fn poweroff() -> ! {
     let err = match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
         Err(errno) => std::io::Error::from(errno),
     };
-    console_line(&format!(
-        "power-off failed: reboot(RB_AUTOBOOT): {err}; exiting"
-    ));
+    log::error!("{LOG_PREFIX} power-off failed: reboot(RB_AUTOBOOT): {err}; exiting");
     std::process::exit(1);
 }
 
