@@ -92,6 +92,15 @@ fn builtin_mode(support: EraSupport) -> Arc<dyn ConnectionMode> {
 
 fn main() -> ExitCode {
     guest::mark_process_start();
+    // First, so that every diagnostic below goes through it: lines on stderr
+    // prefixed `ukload-guest: ` (as a VM's init, stderr is /dev/console, or
+    // becomes it once PID 1 has mounted /dev; the logger writes to fd 2 each
+    // time). The `ready` line is not a diagnostic: it stays on stdout.
+    let rust_log = std::env::var("RUST_LOG").ok();
+    ukload::logging::init(
+        "ukload-guest",
+        ukload::logging::level(0, false, rust_log.as_deref()),
+    );
     // Decided before parsing: a VM's init gets no `--listen` (its argv is
     // whatever the kernel passes on), and the reaper must start before any thread.
     let init_flag = std::env::args().skip(1).any(|a| a == pid1::INIT_FLAG);
@@ -103,21 +112,21 @@ fn main() -> ExitCode {
                 ..evidence.clone()
             };
             if let pid1::Role::NamespacePid1 { why } = pid1::decide_role(&unforced) {
-                ukload::status!(
-                    "ukload-guest: init: {} given: acting as the VM's init although {why}",
+                log::warn!(
+                    "init: {} given: acting as the VM's init although {why}",
                     pid1::INIT_FLAG
                 );
             }
             run_as_pid1()
         }
         pid1::Role::NamespacePid1 { why } => {
-            ukload::status!(
-                "ukload-guest: pid 1 but not a VM's init ({why}): mounting nothing, \
+            log::info!(
+                "pid 1 but not a VM's init ({why}): mounting nothing, \
                  serving as an ordinary agent and reaping orphans (use {} to force the init role)",
                 pid1::INIT_FLAG
             );
             if let Err(e) = pid1::start_namespace_reaper() {
-                ukload::status!("ukload-guest: {e}");
+                log::error!("{e}");
                 return ExitCode::from(EXIT_FAILURE);
             }
         }
@@ -138,7 +147,7 @@ fn main() -> ExitCode {
     match guest::run_agent_mode(cfg, mode) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            ukload::status!("ukload-guest: {e}");
+            log::error!("{e}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
@@ -150,7 +159,7 @@ fn run_as_pid1() -> ! {
     let p = match pid1::init_as_pid1() {
         Ok(p) => p,
         Err(e) => {
-            ukload::status!("ukload-guest: PID 1 setup failed: {e}");
+            log::error!("PID 1 setup failed: {e}");
             pid1::poweroff();
         }
     };
@@ -168,7 +177,7 @@ fn run_as_pid1() -> ! {
                 .map(|b| b.in_root(pid1::ROOTFS_DIR.into()));
             match bridge {
                 Ok(b) => {
-                    ukload::status!("ukload-guest: init: MCP server: {}", b.argv().join(" "));
+                    log::info!("init: MCP server: {}", b.argv().join(" "));
                     let b = match spec.start_timeout {
                         Some(t) => b.with_start_timeout(t),
                         None => b,
@@ -177,19 +186,19 @@ fn run_as_pid1() -> ! {
                     // that its start-up overlaps the boot; a failure here is
                     // reported again, to the host, when a connection starts one.
                     if let Err(e) = b.start_spare() {
-                        ukload::status!("ukload-guest: init: starting the MCP server: {e}");
+                        log::error!("init: starting the MCP server: {e}");
                     }
                     Arc::new(b)
                 }
                 Err(e) => {
-                    ukload::status!("ukload-guest: PID 1 setup failed: {e}");
+                    log::error!("PID 1 setup failed: {e}");
                     pid1::poweroff();
                 }
             }
         }
     };
     if let Err(e) = guest::run_agent_mode(cfg, mode) {
-        ukload::status!("ukload-guest: {e}");
+        log::error!("{e}");
     }
     pid1::poweroff();
 }
@@ -247,6 +256,6 @@ fn usage_error(msg: &str) -> ExitCode {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    ukload::status!("ukload-guest: {}", one_line.join(" "));
+    log::error!("{}", one_line.join(" "));
     ExitCode::from(EXIT_USAGE)
 }

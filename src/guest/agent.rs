@@ -295,7 +295,7 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
             Ok(Some(s)) => s,
             Ok(None) => continue,
             Err(e) if is_transient_accept_error(&e) => {
-                crate::status!("ukload-guest: accept on {}: {e} (retrying)", cfg.listen);
+                log::warn!("accept on {}: {e} (retrying)", cfg.listen);
                 // Bounded pause: the condition (fd or memory exhaustion)
                 // needs time to clear, and poll would report ready at once.
                 std::thread::sleep(ACCEPT_ERROR_BACKOFF);
@@ -309,9 +309,7 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
             }
         };
         if running >= MAX_CONNECTIONS {
-            crate::status!(
-                "ukload-guest: {MAX_CONNECTIONS} connections already open; closing a new one"
-            );
+            log::warn!("{MAX_CONNECTIONS} connections already open; closing a new one");
             continue;
         }
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -324,7 +322,7 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
                     .insert(id, clone);
             }
             Err(e) => {
-                crate::status!("ukload-guest: cannot track a new connection ({e}); closing it");
+                log::warn!("cannot track a new connection ({e}); closing it");
                 continue;
             }
         }
@@ -347,7 +345,7 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
         match spawned {
             Ok(_) => running += 1,
             Err(e) => {
-                crate::status!("ukload-guest: cannot start a connection thread ({e}); closing it");
+                log::warn!("cannot start a connection thread ({e}); closing it");
                 shared
                     .live
                     .lock()
@@ -372,7 +370,7 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while running > 0 {
         if done_rx.recv_deadline(deadline).is_err() {
-            crate::status!("ukload-guest: {running} connection(s) still busy at exit");
+            log::warn!("{running} connection(s) still busy at exit");
             break;
         }
         running -= 1;
@@ -423,7 +421,7 @@ fn resolve_cid(cfg: &AgentConfig) -> Result<Option<u32>, AgentError> {
         ListenAddr::Vsock { .. } => match VsockListener::local_cid() {
             Ok(cid) => Ok(Some(cid)),
             Err(e) => {
-                crate::status!("ukload-guest: cannot learn this guest's CID ({e}); reporting none");
+                log::warn!("cannot learn this guest's CID ({e}); reporting none");
                 Ok(None)
             }
         },
@@ -456,7 +454,7 @@ fn serve_connection(conn: &AgentConn<'_>, handler: &dyn Handler, stream: Stream)
         .set_read_timeout(Some(IDLE_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(WRITE_TIMEOUT)))
     {
-        crate::status!("ukload-guest: setting connection timeouts: {e}; closing it");
+        log::warn!("setting connection timeouts: {e}; closing it");
         return;
     }
     let mut reader = FrameReader::new(stream, shared.framing);
@@ -469,9 +467,7 @@ fn serve_connection(conn: &AgentConn<'_>, handler: &dyn Handler, stream: Stream)
             Err(FrameError::Eof) => return,
             Err(FrameError::TimedOut) => {
                 if !shared.stop.load(Ordering::SeqCst) {
-                    crate::status!(
-                        "ukload-guest: connection idle for {IDLE_TIMEOUT:?}; closing it"
-                    );
+                    log::info!("connection idle for {IDLE_TIMEOUT:?}; closing it");
                 }
                 return;
             }
@@ -493,7 +489,7 @@ fn serve_connection(conn: &AgentConn<'_>, handler: &dyn Handler, stream: Stream)
             Ok(Next::Close) => return,
             Err(e) => {
                 if !shared.stop.load(Ordering::SeqCst) {
-                    crate::status!("ukload-guest: writing a reply: {e}; closing the connection");
+                    log::warn!("writing a reply: {e}; closing the connection");
                 }
                 return;
             }

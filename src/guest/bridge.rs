@@ -33,7 +33,7 @@
 use std::collections::HashSet;
 use std::io::{self, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, ChildStdout};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -185,8 +185,8 @@ impl ConnectionMode for BridgeMode {
         let mut bridge = match Bridge::new(conn, self, &stream) {
             Ok(b) => b,
             Err(e) => {
-                crate::status!(
-                    "ukload-guest: connection {}: setting up the bridge: {e}; closing it",
+                log::warn!(
+                    "connection {}: setting up the bridge: {e}; closing it",
                     conn.id()
                 );
                 return;
@@ -273,7 +273,7 @@ impl<'a> Bridge<'a> {
     }
 
     fn log(&self, msg: &str) {
-        crate::status!("ukload-guest: connection {}: {msg}", self.conn.id());
+        log::warn!("connection {}: {msg}", self.conn.id());
     }
 
     fn send_host(&self, msg: &Value) -> Result<(), FrameError> {
@@ -681,8 +681,8 @@ fn relay_child_output(
             }
         }
         if let Err(e) = write_frame(&mut *lock(writer), framing, &frame) {
-            crate::status!(
-                "ukload-guest: connection {conn_id}: relaying MCP server pid {pid} to the host: {e}; closing it"
+            log::warn!(
+                "connection {conn_id}: relaying MCP server pid {pid} to the host: {e}; closing it"
             );
             let _ = lock(writer).shutdown(Shutdown::Both);
             break RelayEnd::Host;
@@ -694,16 +694,9 @@ fn relay_child_output(
 /// Sets `O_NONBLOCK` on `fd` (our write end of the child's stdin pipe: nobody
 /// else shares its open file description).
 fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let raw = fd.as_raw_fd();
-    // SAFETY: fcntl(F_GETFL) on a valid, borrowed fd only reads its flags.
-    let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fcntl(F_SETFL) on a valid, borrowed fd only changes its status flags.
-    if unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
@@ -737,22 +730,14 @@ fn write_all_deadline<W: Write + AsFd>(
 
 /// Waits until `fd` is writable (or in error, which the next write reports) or `timeout`.
 fn poll_writable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     // Round up so a sub-millisecond remainder does not become a busy loop.
-    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: pfd is a valid pollfd for the duration of the call and nfds is 1.
-    let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
+    let ms = timeout.as_micros().div_ceil(1000);
+    let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+    match poll(&mut [PollFd::new(fd, PollFlags::POLLOUT)], timeout) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+        Err(errno) => Err(errno.into()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

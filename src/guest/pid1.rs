@@ -18,12 +18,13 @@
 //! mount is checked right before it is made ([`mount_action`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::ffi::CString;
 use std::fmt;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use nix::mount::MsFlags;
+use nix::sys::signal::{SigSet, Signal};
 
 /// Kernel modules the guest loads, in dependency order (FIELD-NOTES section 2):
 /// the virtio core and transports (PCI for `-M pc`, MMIO for `-M microvm`),
@@ -76,8 +77,10 @@ const REAP_INTERVAL: Duration = Duration::from_millis(500);
 /// How many exit statuses the reaper keeps for [`wait_child`]; oldest dropped.
 const REAPED_STATUS_CAPACITY: usize = 1024;
 
-/// Prefix of every console line PID 1 prints.
-const LOG_PREFIX: &str = "ukload-guest: init:";
+/// Prefix of every console line PID 1 prints, after the logger's
+/// `ukload-guest: ` (the kernel gives PID 1 `/dev/console` as
+/// stdin/stdout/stderr, and the logger writes to stderr: the serial console).
+const LOG_PREFIX: &str = "init:";
 
 /// What PID 1 learnt while setting up the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,14 +238,13 @@ impl std::error::Error for Pid1Error {}
 /// for the agent's own children).
 pub fn init_as_pid1() -> Result<Pid1Config, String> {
     init_steps().map_err(|e| {
-        console_line(&e.to_string());
+        log::error!("{LOG_PREFIX} {e}");
         e.to_string()
     })
 }
 
 fn init_steps() -> Result<Pid1Config, Pid1Error> {
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    let pid = nix::unistd::getpid().as_raw();
     if pid != 1 {
         return Err(Pid1Error::NotPid1 { pid });
     }
@@ -416,14 +418,13 @@ pub fn manifest_command(text: &str) -> Result<Vec<String>, String> {
 pub fn mount_rootfs(spec: &ServerSpec) -> Result<Vec<String>, String> {
     mount_rootfs_steps(spec).map_err(|e| {
         let e = format!("root filesystem: {e}");
-        console_line(&e);
+        log::error!("{LOG_PREFIX} {e}");
         e
     })
 }
 
 fn mount_rootfs_steps(spec: &ServerSpec) -> Result<Vec<String>, String> {
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    let pid = nix::unistd::getpid().as_raw();
     if pid != 1 || !INIT_DONE.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(format!(
             "refusing to mount: this process (pid {pid}) is not a VM's init that finished its setup"
@@ -460,7 +461,7 @@ fn mount_rootfs_steps(spec: &ServerSpec) -> Result<Vec<String>, String> {
         &spec.device,
         ROOTFS_DIR,
         ROOTFS_FSTYPE,
-        libc::MS_RDONLY | libc::MS_NODEV,
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
         None,
     )
     .map_err(|e| {
@@ -470,7 +471,7 @@ fn mount_rootfs_steps(spec: &ServerSpec) -> Result<Vec<String>, String> {
             spec.device
         )
     })?;
-    let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let inner = [
         InnerMount {
             dir: "proc",
@@ -482,14 +483,14 @@ fn mount_rootfs_steps(spec: &ServerSpec) -> Result<Vec<String>, String> {
         InnerMount {
             dir: "dev",
             fstype: "devtmpfs",
-            flags: libc::MS_NOSUID,
+            flags: MsFlags::MS_NOSUID,
             data: None,
             required: true,
         },
         InnerMount {
             dir: "tmp",
             fstype: "tmpfs",
-            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
             data: Some(ROOTFS_TMP_OPTIONS),
             required: true,
         },
@@ -561,7 +562,7 @@ const TMP_COPY_DEPTH: usize = 32;
 /// is moved onto `target`.
 fn mount_tmp_keeping_contents(
     target: &str,
-    flags: libc::c_ulong,
+    flags: MsFlags,
     data: Option<&str>,
 ) -> Result<(), String> {
     match std::fs::create_dir(TMP_STAGE_DIR) {
@@ -585,7 +586,7 @@ fn mount_tmp_keeping_contents(
         TMP_COPY_DEPTH,
     )
     .map_err(|e| format!("copying the image's /tmp into its tmpfs: {e}"))?;
-    do_mount(TMP_STAGE_DIR, target, "", libc::MS_MOVE, None)
+    do_mount(TMP_STAGE_DIR, target, "", MsFlags::MS_MOVE, None)
         .map_err(|e| format!("moving the tmpfs from {TMP_STAGE_DIR} onto {target}: {e}"))
 }
 
@@ -633,47 +634,22 @@ impl ModeBits for std::fs::Metadata {
 struct InnerMount {
     dir: &'static str,
     fstype: &'static str,
-    flags: libc::c_ulong,
+    flags: MsFlags,
     data: Option<&'static str>,
     /// Whether the image must have the directory (else it is skipped).
     required: bool,
 }
 
-/// `mount(2)` with string arguments.
+/// `mount(2)` with string arguments (`data`: `None` passes a null pointer,
+/// which these file systems accept).
 fn do_mount(
     source: &str,
     target: &str,
     fstype: &str,
-    flags: libc::c_ulong,
+    flags: MsFlags,
     data: Option<&str>,
 ) -> std::io::Result<()> {
-    let c = |s: &str| {
-        CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
-    };
-    let (source, target, fstype) = (c(source)?, c(target)?, c(fstype)?);
-    let data = data.map(c).transpose()?;
-    // SAFETY: all pointers are valid NUL-terminated strings living across the
-    // call, or null for `data`, which these file systems accept.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            data.as_ref()
-                .map_or(std::ptr::null(), |d| d.as_ptr().cast()),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Prints one console line with the init prefix. The kernel gives PID 1
-/// `/dev/console` as stdin/stdout/stderr, so stderr is the serial console.
-fn console_line(msg: &str) {
-    crate::status!("{LOG_PREFIX} {msg}");
+    nix::mount::mount(Some(source), target, Some(fstype), flags, data).map_err(Into::into)
 }
 
 /// One pseudo file system PID 1 mounts.
@@ -681,7 +657,7 @@ struct PseudoMount {
     source: &'static str,
     target: &'static str,
     fstype: &'static str,
-    flags: libc::c_ulong,
+    flags: MsFlags,
     /// `f_type` values of this file system once mounted.
     magics: &'static [u64],
     /// The kernel itself may have mounted it before init ran (devtmpfs with
@@ -690,6 +666,11 @@ struct PseudoMount {
     kernel_may_mount: bool,
 }
 
+/// Mount flags of `/proc` and `/sys`.
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
 /// `/proc` and `/sys` without devices, setuid or exec; `/dev` as devtmpfs so
 /// the kernel creates `/dev/vsock` and friends itself (no udev in the guest).
 const PSEUDO_MOUNTS: &[PseudoMount] = &[
@@ -697,7 +678,7 @@ const PSEUDO_MOUNTS: &[PseudoMount] = &[
         source: "proc",
         target: "/proc",
         fstype: "proc",
-        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        flags: NOSUID_NODEV_NOEXEC,
         magics: &[PROC_SUPER_MAGIC],
         kernel_may_mount: false,
     },
@@ -705,7 +686,7 @@ const PSEUDO_MOUNTS: &[PseudoMount] = &[
         source: "sysfs",
         target: "/sys",
         fstype: "sysfs",
-        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        flags: NOSUID_NODEV_NOEXEC,
         magics: &[SYSFS_MAGIC],
         kernel_may_mount: false,
     },
@@ -713,7 +694,7 @@ const PSEUDO_MOUNTS: &[PseudoMount] = &[
         source: "devtmpfs",
         target: "/dev",
         fstype: "devtmpfs",
-        flags: libc::MS_NOSUID,
+        flags: MsFlags::MS_NOSUID,
         magics: DEVTMPFS_MAGICS,
         kernel_may_mount: true,
     },
@@ -746,10 +727,11 @@ fn mount_pseudo_filesystems() -> Result<(), Pid1Error> {
         match mount_action(state, m.magics, m.kernel_may_mount) {
             MountAction::Mount => {}
             MountAction::AlreadyThere => {
-                console_line(&format!(
-                    "{} is already mounted on {}; leaving it",
-                    m.fstype, m.target
-                ));
+                log::info!(
+                    "{LOG_PREFIX} {} is already mounted on {}; leaving it",
+                    m.fstype,
+                    m.target
+                );
                 continue;
             }
             MountAction::Refuse { found } => {
@@ -760,28 +742,16 @@ fn mount_pseudo_filesystems() -> Result<(), Pid1Error> {
                 })
             }
         }
-        let c = |s: &str| CString::new(s).expect("static mount strings have no NUL");
-        let (source, target, fstype) = (c(m.source), c(m.target), c(m.fstype));
-        // SAFETY: all three pointers are valid NUL-terminated strings that live
-        // across the call; a null `data` is allowed for these file systems.
-        let rc = unsafe {
-            libc::mount(
-                source.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                m.flags,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
+        match do_mount(m.source, m.target, m.fstype, m.flags, None) {
+            Ok(()) => {}
             // EBUSY: already mounted (the kernel may automount devtmpfs).
-            if err.raw_os_error() != Some(libc::EBUSY) {
+            Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(err) => {
                 return Err(Pid1Error::Mount {
                     fstype: m.fstype,
                     target: m.target,
                     err,
-                });
+                })
             }
         }
     }
@@ -854,8 +824,7 @@ pub enum Role {
 impl InitEvidence {
     /// Looks at this process: its pid, `statfs("/")` and what is at `/proc`.
     pub fn gather(init_flag: bool) -> InitEvidence {
-        // SAFETY: getpid has no preconditions.
-        let pid = unsafe { libc::getpid() };
+        let pid = nix::unistd::getpid().as_raw();
         InitEvidence {
             pid,
             root_fs_magic: fs_magic("/").ok(),
@@ -951,16 +920,8 @@ fn fs_name(magic: u64) -> String {
 
 /// `statfs(path).f_type`, as the 32-bit magic the kernel defines.
 fn fs_magic(path: &str) -> std::io::Result<u64> {
-    let c = CString::new(path).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-    // SAFETY: statfs is plain data, all-zero is a valid value to overwrite.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer, both
-    // living across the call.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((st.f_type as u64) & 0xffff_ffff)
+    let st = nix::sys::statfs::statfs(path)?;
+    Ok((st.filesystem_type().0 as u64) & 0xffff_ffff)
 }
 
 /// Whether something is mounted at `path` (a directory of `/`): it is a mount
@@ -987,8 +948,9 @@ pub fn mount_state(path: &str) -> std::io::Result<MountState> {
 /// stdio; now that devtmpfs is mounted, open the console onto fds 0-2 so the
 /// console lines this module promises actually reach the serial port.
 fn ensure_console() {
-    // SAFETY: F_GETFD on a possibly closed fd only reports EBADF.
-    let stderr_open = unsafe { libc::fcntl(libc::STDERR_FILENO, libc::F_GETFD) } != -1;
+    use std::os::fd::AsFd;
+    // F_GETFD on a closed fd only reports EBADF.
+    let stderr_open = nix::fcntl::fcntl(std::io::stderr().as_fd(), nix::fcntl::F_GETFD).is_ok();
     if stderr_open {
         return;
     }
@@ -999,11 +961,9 @@ fn ensure_console() {
     else {
         return; // Nothing to print to; later steps still report through Err.
     };
-    for fd in [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-        // SAFETY: `console` is an open fd for the duration of the call and
-        // `fd` is one of the standard descriptors, which we mean to replace.
-        unsafe { libc::dup2(console.as_raw_fd(), fd) };
-    }
+    let _ = nix::unistd::dup2_stdin(&console);
+    let _ = nix::unistd::dup2_stdout(&console);
+    let _ = nix::unistd::dup2_stderr(&console);
 }
 
 /// Path of a module inside the guest: `/lib/modules/<name>.ko`.
@@ -1070,23 +1030,13 @@ fn load_module(module: &'static str) -> Result<(), Pid1Error> {
         err,
     })?;
     let no_params = c"";
-    // SAFETY: `file` is an open fd for the whole call, `no_params` is a valid
-    // NUL-terminated string and flags 0 asks for no special behaviour.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_finit_module,
-            file.as_raw_fd(),
-            no_params.as_ptr(),
-            0 as libc::c_int,
-        )
-    };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EEXIST) {
-            return Err(Pid1Error::ModuleLoad { module, err });
-        }
+    match nix::kmod::finit_module(&file, no_params, nix::kmod::ModuleInitFlags::empty()) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(errno) => Err(Pid1Error::ModuleLoad {
+            module,
+            err: errno.into(),
+        }),
     }
-    Ok(())
 }
 
 /// The vsock port from a kernel command line: the last `ukload.port=N`
@@ -1149,7 +1099,7 @@ fn reaped() -> &'static Reaped {
 /// `waitpid(-1, WNOHANG)` — tini's loop. The timeout makes it sweep even if a
 /// thread with SIGCHLD unblocked swallowed the signal.
 fn start_reaper() -> Result<(), Pid1Error> {
-    start_reaper_for(&[libc::SIGCHLD], false)
+    start_reaper_for(&[Signal::SIGCHLD], false)
 }
 
 /// The reaper for pid 1 of a PID namespace or container ([`Role::NamespacePid1`]):
@@ -1159,33 +1109,23 @@ fn start_reaper() -> Result<(), Pid1Error> {
 /// so without this `kill -TERM` (ukload's teardown) would be ignored.
 /// Call it before starting other threads, like [`init_as_pid1`].
 pub fn start_namespace_reaper() -> Result<(), String> {
-    start_reaper_for(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT], true).map_err(|e| e.to_string())
+    start_reaper_for(&[Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT], true)
+        .map_err(|e| e.to_string())
 }
 
-fn start_reaper_for(signals: &[libc::c_int], exit_on_term: bool) -> Result<(), Pid1Error> {
-    let set = signal_set(signals);
-    // SAFETY: `set` is an initialised sigset; a null old-set pointer is allowed.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(Pid1Error::Reaper {
-            what: "pthread_sigmask(SIG_BLOCK)",
-            err: std::io::Error::from_raw_os_error(rc),
-        });
-    }
+fn start_reaper_for(signals: &[Signal], exit_on_term: bool) -> Result<(), Pid1Error> {
+    let set: SigSet = signals.iter().copied().collect();
+    set.thread_block().map_err(|errno| Pid1Error::Reaper {
+        what: "pthread_sigmask(SIG_BLOCK)",
+        err: errno.into(),
+    })?;
     std::thread::Builder::new()
         .name("pid1-reaper".into())
         .spawn(move || loop {
-            let timeout = libc::timespec {
-                tv_sec: REAP_INTERVAL.as_secs() as libc::time_t,
-                tv_nsec: REAP_INTERVAL.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: `set` and `timeout` are valid for the call; a null
-            // siginfo pointer is allowed. EAGAIN (timeout) and EINTR are the
-            // expected non-signal returns; either way we sweep below.
-            let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+            let sig = wait_signal(&set, REAP_INTERVAL);
             reap_all();
             if exit_on_term && (sig == libc::SIGTERM || sig == libc::SIGINT) {
-                crate::status!("ukload-guest: signal {sig}: exiting");
+                log::info!("signal {sig}: exiting");
                 std::process::exit(SIGNAL_EXIT_BASE + sig);
             }
         })
@@ -1199,22 +1139,30 @@ fn start_reaper_for(signals: &[libc::c_int], exit_on_term: bool) -> Result<(), P
 /// Exit status of a process ended by signal N, as a shell reports it: 128 + N.
 const SIGNAL_EXIT_BASE: i32 = 128;
 
-fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for &sig in signals {
-            libc::sigaddset(&mut set, sig);
-        }
-        set
-    }
+/// Takes one pending signal of `set` (blocked in this thread), waiting at most
+/// `timeout`: its number, or -1 on timeout (EAGAIN) or EINTR.
+///
+/// Raw libc because nix 0.32 has `SigSet::wait` (sigwait, no timeout) but no
+/// `sigtimedwait`, and the timeout is what makes the reaper sweep even when
+/// another thread took the SIGCHLD.
+fn wait_signal(set: &SigSet, timeout: Duration) -> libc::c_int {
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` (an initialised sigset borrowed from a live SigSet) and
+    // `timeout` are valid for the call; a null siginfo pointer is allowed.
+    unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout) }
 }
 
 /// Reaps every child that has exited, recording its status.
 fn reap_all() {
     loop {
         let mut status: libc::c_int = 0;
+        // Raw libc, not nix's `waitpid`: nix decodes the status into a
+        // `WaitStatus` and fails with EINVAL when the signal that killed the
+        // child is not in its `Signal` enum (real-time signals) — after the
+        // kernel already reaped it, so PID 1 would lose that pid's status.
         // SAFETY: `status` is a valid out-pointer; WNOHANG never blocks.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
         if pid <= 0 {
@@ -1261,15 +1209,11 @@ pub fn wait_child(pid: i32, deadline: Instant) -> Option<i32> {
 /// CAP_SYS_BOOT) the process exits with status 1; as PID 1 that panics the
 /// kernel, which with `panic=-1` also ends the VM.
 pub fn poweroff() -> ! {
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
-    // SAFETY: reboot with RB_AUTOBOOT has no memory arguments; it either
-    // does not return or fails with an errno.
-    unsafe { libc::reboot(libc::RB_AUTOBOOT) };
-    let err = std::io::Error::last_os_error();
-    console_line(&format!(
-        "power-off failed: reboot(RB_AUTOBOOT): {err}; exiting"
-    ));
+    nix::unistd::sync();
+    let err = match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
+        Err(errno) => std::io::Error::from(errno),
+    };
+    log::error!("{LOG_PREFIX} power-off failed: reboot(RB_AUTOBOOT): {err}; exiting");
     std::process::exit(1);
 }
 

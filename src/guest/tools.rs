@@ -71,7 +71,7 @@ impl ConnectionMode for McpMode {
     fn serve(&self, conn: &AgentConn<'_>, stream: Stream) {
         if let Err(e) = serve(self.support, conn, stream) {
             if !conn.is_stopping() {
-                crate::status!("ukload-guest: connection {}: {e}; closing it", conn.id());
+                log::warn!("connection {}: {e}; closing it", conn.id());
             }
         }
     }
