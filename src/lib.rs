@@ -69,15 +69,3 @@ pub const ENV_INSTANCE: &str = "UKLOAD_INSTANCE";
 pub const ENV_CID: &str = "UKLOAD_CID";
 /// Default vsock port of the guest agent (the seed's port).
 pub const DEFAULT_PORT: u32 = 5252;
-
-/// `eprintln!` that never panics: a progress or diagnostic line on stderr.
-/// Why: `eprintln!` panics when stderr cannot be written (`2>/dev/full`, a
-/// closed pipe such as `2>&1 | head -1`), and a panic in the harness would
-/// skip the orderly teardown. A lost diagnostic is better than a lost guest.
-#[macro_export]
-macro_rules! status {
-    ($($arg:tt)*) => {{
-        use ::std::io::Write as _;
-        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
-    }};
-}

@@ -48,6 +48,10 @@ pub fn parse_rust_log(v: &str) -> Option<LevelFilter> {
         .max()
 }
 
+/// Log target of lines passed on as they are, without the program's prefix
+/// (a server's stderr echoed to the console carries its own prefix).
+pub const RAW_TARGET: &str = "ukload::raw";
+
 struct Logger {
     program: &'static str,
 }
@@ -62,6 +66,7 @@ impl Log for Logger {
             return;
         }
         let line = match r.level() {
+            _ if r.target() == RAW_TARGET => format!("{}\n", r.args()),
             Level::Error | Level::Warn | Level::Info => format!("{}: {}\n", self.program, r.args()),
             Level::Debug => format!("{}: debug: {}\n", self.program, r.args()),
             Level::Trace => format!("{}: trace: {}\n", self.program, r.args()),

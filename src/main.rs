@@ -441,12 +441,12 @@ fn cmd_image_rootfs(a: cli::ImageRootfsArgs) -> i32 {
     let fmt = match cli::format(&a.format) {
         Ok(f) => f,
         Err(cli::Usage(m)) => {
-            ukload::status!("ukload: {m}");
+            say!("ukload: {m}");
             return EXIT_USAGE;
         }
     };
     let failed = |e: rootfs::RootfsError| {
-        ukload::status!("ukload: {e}");
+        say!("ukload: {e}");
         if e.is_input() {
             EXIT_USAGE
         } else if matches!(e, rootfs::RootfsError::MkfsMissing) {
@@ -467,7 +467,7 @@ fn cmd_image_rootfs(a: cli::ImageRootfsArgs) -> i32 {
         Err(e) => return failed(e),
     };
     for w in &img.warnings {
-        ukload::status!("ukload: note: {w}");
+        say!("ukload: note: {w}");
     }
     let mut path = img.path.clone();
     if let Some(out) = &a.out {
@@ -476,7 +476,7 @@ fn cmd_image_rootfs(a: cli::ImageRootfsArgs) -> i32 {
         }
         path = out.clone();
     }
-    ukload::status!(
+    say!(
         "rootfs: {} files, {:.1} MB of files, image {:.1} MB, {} in {:.2} s",
         img.manifest.files,
         img.manifest.bytes as f64 / 1e6,

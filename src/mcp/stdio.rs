@@ -405,11 +405,17 @@ impl<'a> StderrEcho<'a> {
             return;
         }
         self.shown += self.line.len() as u64 + 1;
-        crate::status!("{}{}", self.prefix, String::from_utf8_lossy(&self.line));
+        log::info!(
+            target: crate::logging::RAW_TARGET,
+            "{}{}",
+            self.prefix,
+            String::from_utf8_lossy(&self.line)
+        );
         self.line.clear();
         if self.shown >= STDERR_ECHO_LIMIT {
             self.cut = true;
-            crate::status!(
+            log::info!(
+                target: crate::logging::RAW_TARGET,
                 "{}(more than {STDERR_ECHO_LIMIT} bytes of stderr: the rest is not shown)",
                 self.prefix
             );
