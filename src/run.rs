@@ -37,12 +37,16 @@ pub enum MemMetric {
 }
 
 impl std::str::FromStr for MemMetric {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::launcher::UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "pss" => Ok(MemMetric::Pss),
             "rss" => Ok(MemMetric::Rss),
-            _ => Err(format!("unknown memory metric {s:?}: expected pss or rss")),
+            _ => Err(crate::launcher::UnknownChoice::new(
+                "memory metric",
+                s,
+                "pss or rss",
+            )),
         }
     }
 }

@@ -34,23 +34,57 @@ pub struct ToolCall {
     pub timeout: Duration,
 }
 
+/// Why a `--tool-call` value is not `TOOL` or `TOOL:{JSON arguments}`.
+#[derive(Debug)]
+pub enum ToolCallParseError {
+    /// The arguments are not JSON.
+    NotJson {
+        args: String,
+        error: serde_json::Error,
+    },
+    /// The arguments are JSON, but not an object.
+    NotObject { args: String },
+    /// No tool name.
+    NoName,
+}
+
+impl std::fmt::Display for ToolCallParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToolCallParseError::NotJson { args, error } => {
+                write!(f, "arguments {args:?} are not JSON: {error}")
+            }
+            ToolCallParseError::NotObject { args } => {
+                write!(f, "arguments {args:?} must be a JSON object")
+            }
+            ToolCallParseError::NoName => f.write_str("expected TOOL or TOOL:{JSON arguments}"),
+        }
+    }
+}
+
+impl std::error::Error for ToolCallParseError {}
+
 impl std::str::FromStr for ToolCall {
-    type Err = String;
+    type Err = ToolCallParseError;
     /// `TOOL` or `TOOL:{"json":"args"}`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ToolCallParseError> {
         let (name, args) = match s.split_once(':') {
             Some((n, a)) => {
-                let v: Value = serde_json::from_str(a)
-                    .map_err(|e| format!("arguments {a:?} are not JSON: {e}"))?;
+                let v: Value =
+                    serde_json::from_str(a).map_err(|error| ToolCallParseError::NotJson {
+                        args: a.to_string(),
+                        error,
+                    })?;
                 if !v.is_object() {
-                    return Err(format!("arguments {a:?} must be a JSON object"));
+                    let args = a.to_string();
+                    return Err(ToolCallParseError::NotObject { args });
                 }
                 (n, Some(v))
             }
             None => (s, None),
         };
         if name.is_empty() {
-            return Err("expected TOOL or TOOL:{JSON arguments}".into());
+            return Err(ToolCallParseError::NoName);
         }
         Ok(ToolCall {
             name: name.to_string(),
@@ -352,10 +386,12 @@ mod tests {
         assert!("add:[1,2]"
             .parse::<ToolCall>()
             .unwrap_err()
+            .to_string()
             .contains("JSON object"));
         assert!("add:{"
             .parse::<ToolCall>()
             .unwrap_err()
+            .to_string()
             .contains("not JSON"));
         assert!(":{}".parse::<ToolCall>().is_err());
     }

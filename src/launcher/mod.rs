@@ -31,16 +31,51 @@ pub enum Kind {
     Qemu,
 }
 
+/// A flag value that is none of the choices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownChoice {
+    /// What the value names (`"launcher"`, `"machine"`, ...).
+    pub what: &'static str,
+    pub value: String,
+    /// The choices, as the message lists them.
+    pub expected: &'static str,
+}
+
+impl UnknownChoice {
+    pub fn new(what: &'static str, value: &str, expected: &'static str) -> UnknownChoice {
+        UnknownChoice {
+            what,
+            value: value.to_string(),
+            expected,
+        }
+    }
+}
+
+impl fmt::Display for UnknownChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let UnknownChoice {
+            what,
+            value,
+            expected,
+        } = self;
+        write!(f, "unknown {what} {value:?}: expected {expected}")
+    }
+}
+
+impl std::error::Error for UnknownChoice {}
+
 impl std::str::FromStr for Kind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "process" => Ok(Kind::Process),
             "kraft" => Ok(Kind::Kraft),
             "exec" => Ok(Kind::Exec),
             "qemu" => Ok(Kind::Qemu),
-            _ => Err(format!(
-                "unknown launcher {s:?}: expected process, qemu, kraft or exec"
+            _ => Err(UnknownChoice::new(
+                "launcher",
+                s,
+                "process, qemu, kraft or exec",
             )),
         }
     }
@@ -70,15 +105,13 @@ pub enum ReadyMode {
 }
 
 impl std::str::FromStr for ReadyMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "auto" => Ok(ReadyMode::Auto),
             "probe" | "vsock" => Ok(ReadyMode::Probe),
             "console" => Ok(ReadyMode::Console),
-            _ => Err(format!(
-                "unknown readiness {s:?}: expected auto, probe or console"
-            )),
+            _ => Err(UnknownChoice::new("readiness", s, "auto, probe or console")),
         }
     }
 }

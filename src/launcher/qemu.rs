@@ -19,7 +19,7 @@
 //!   about 1 boot in 10 with 3 concurrent VMs (docs/microvm.md); after the
 //!   marker it never did.
 
-use super::{InstanceCtx, LaunchError, Plan, PreStep, Readiness};
+use super::{InstanceCtx, LaunchError, Plan, PreStep, Readiness, UnknownChoice};
 use crate::image::{self, ImagePaths};
 use crate::supervisor::Command;
 use crate::vsock::Endpoint;
@@ -117,39 +117,39 @@ pub enum VsockBackend {
 }
 
 impl std::str::FromStr for Machine {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "microvm" => Ok(Machine::Microvm),
             "pc" => Ok(Machine::Pc),
-            _ => Err(format!("unknown machine {s:?}: expected microvm or pc")),
+            _ => Err(UnknownChoice::new("machine", s, "microvm or pc")),
         }
     }
 }
 
 impl std::str::FromStr for Accel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "auto" => Ok(Accel::Auto),
             "kvm" => Ok(Accel::Kvm),
             "tcg" => Ok(Accel::Tcg),
-            _ => Err(format!(
-                "unknown accelerator {s:?}: expected auto, kvm or tcg"
-            )),
+            _ => Err(UnknownChoice::new("accelerator", s, "auto, kvm or tcg")),
         }
     }
 }
 
 impl std::str::FromStr for VsockBackend {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "auto" => Ok(VsockBackend::Auto),
             "vhost-user" => Ok(VsockBackend::VhostUser),
             "vhost" => Ok(VsockBackend::Vhost),
-            _ => Err(format!(
-                "unknown vsock backend {s:?}: expected auto, vhost-user or vhost"
+            _ => Err(UnknownChoice::new(
+                "vsock backend",
+                s,
+                "auto, vhost-user or vhost",
             )),
         }
     }
