@@ -240,12 +240,16 @@ impl Harness {
 /// Exit code of an error that stopped a run before it started.
 fn run_error_code(e: &RunError) -> i32 {
     match e {
-        RunError::Usage(_) | RunError::Launch(ukload::launcher::LaunchError::Invalid(_)) => {
-            EXIT_USAGE
-        }
+        RunError::Usage(_)
+        | RunError::TooFewFiles { .. }
+        | RunError::LogDir { .. }
+        | RunError::Launch(ukload::launcher::LaunchError::Invalid(_)) => EXIT_USAGE,
         RunError::Launch(ukload::launcher::LaunchError::NotInstalled { .. }) => EXIT_UNAVAILABLE,
         RunError::Cid(e) => e.exit_code(),
-        RunError::Setup(_) => EXIT_FAIL,
+        RunError::RunDir(_)
+        | RunError::WakePair(_)
+        | RunError::SpawnerThread(_)
+        | RunError::Setup(_) => EXIT_FAIL,
     }
 }
 

@@ -125,118 +125,145 @@ fn mem_mb(i: &Instance, m: MemMetric) -> Option<f64> {
 
 /// Judges a run by the rules in the README.
 pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
-    let total = r.instances.len();
-    let booted: Vec<&Instance> = r.instances.iter().filter(|i| i.boot_ms.is_some()).collect();
-    let boots: Vec<f64> = booted.iter().filter_map(|i| i.boot_ms).collect();
-    let boot_over_target: Vec<u32> = booted
-        .iter()
-        .filter(|i| i.boot_ms.unwrap_or(0.0) > cfg.max_boot_ms)
-        .map(|i| i.index)
-        .collect();
-    let mems: Vec<f64> = booted
-        .iter()
-        .filter_map(|i| mem_mb(i, cfg.mem_metric))
-        .collect();
-    let mem_over_target: Vec<u32> = booted
-        .iter()
-        .filter(|i| mem_mb(i, cfg.mem_metric).is_some_and(|m| m > cfg.max_mem_mb))
-        .map(|i| i.index)
-        .collect();
-    let cids = check_cids(&r.instances, cfg);
-    let tools = cfg.tool_call.is_some();
-    let tool_times: Vec<f64> = booted.iter().filter_map(|i| i.tool_ms).collect();
-    let tool_failed: Vec<u32> = if tools {
-        booted
-            .iter()
-            .filter(|i| i.tool_error.is_some() || i.tool_ms.is_none())
-            .map(|i| i.index)
-            .collect()
+    let mut s = measure(r, cfg);
+    s.reasons = instance_reasons(&s, cfg);
+    s.reasons.extend(cleanup_reasons(&s, r, cfg));
+    let healthy = s.booted - s.crashed.len();
+    let min_ok = s.total > 0 && (healthy as f64) * 100.0 >= cfg.min_success_pct * s.total as f64;
+    s.verdict = if s.reasons.is_empty() {
+        Verdict::Pass
+    } else if min_ok && s.survivors == 0 && r.interrupted.is_none() {
+        Verdict::Partial
     } else {
-        Vec::new()
+        Verdict::Fail
     };
-    let tool_over_target: Vec<u32> = booted
+    s.exit_code = s.verdict.exit_code();
+    s
+}
+
+/// The indices of the instances for which `pick` holds.
+fn indices(instances: &[&Instance], pick: impl Fn(&Instance) -> bool) -> Vec<u32> {
+    instances
         .iter()
-        .filter(|i| i.tool_error.is_none() && i.tool_ms.is_some_and(|t| t > cfg.max_tool_ms))
+        .filter(|i| pick(i))
         .map(|i| i.index)
-        .collect();
-    let survivors = r.teardown.as_ref().map(|t| t.survivors.len()).unwrap_or(0);
-    let crashed: Vec<u32> = booted
-        .iter()
-        .filter(|i| i.crashed.is_some())
-        .map(|i| i.index)
-        .collect();
-    let healthy = booted.len() - crashed.len();
-    let killed: Vec<u32> = r
-        .teardown
-        .iter()
-        .flat_map(|t| &t.instances)
-        .filter(|t| t.ended == crate::supervisor::teardown::Ended::Killed)
-        .map(|t| t.instance)
-        .collect();
-    let unmarked: usize = r
-        .teardown
-        .iter()
-        .flat_map(|t| &t.instances)
-        .map(|t| t.unmarked.len())
-        .sum();
-    let connects: Vec<f64> = booted.iter().filter_map(|i| i.connect_ms).collect();
-    let connect_over_target: Vec<u32> = match cfg.max_connect_ms {
-        None => Vec::new(),
-        Some(max) => booted
+        .collect()
+}
+
+/// The statistics of `figure` over the instances that have it.
+fn stats_of(instances: &[&Instance], figure: impl Fn(&Instance) -> Option<f64>) -> Option<Stats> {
+    Stats::of(
+        &instances
             .iter()
-            .filter(|i| i.connect_ms.is_some_and(|c| c > max))
-            .map(|i| i.index)
-            .collect(),
+            .filter_map(|i| figure(i))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The run's figures and findings, before judging (no reasons, a PASS).
+fn measure(r: &RunResult, cfg: &RunConfig) -> Summary {
+    let booted: Vec<&Instance> = r.instances.iter().filter(|i| i.boot_ms.is_some()).collect();
+    let metric = cfg.mem_metric;
+    let tool_failed = match cfg.tool_call {
+        Some(_) => indices(&booted, |i| i.tool_error.is_some() || i.tool_ms.is_none()),
+        None => Vec::new(),
     };
+    let connect_over_target = match cfg.max_connect_ms {
+        None => Vec::new(),
+        Some(max) => indices(&booted, |i| i.connect_ms.is_some_and(|c| c > max)),
+    };
+    let ended = || r.teardown.iter().flat_map(|t| &t.instances);
+    Summary {
+        verdict: Verdict::Pass,
+        exit_code: Verdict::Pass.exit_code(),
+        reasons: Vec::new(),
+        booted: booted.len(),
+        total: r.instances.len(),
+        boot_ms: stats_of(&booted, |i| i.boot_ms),
+        boot_over_target: indices(&booted, |i| i.boot_ms.unwrap_or(0.0) > cfg.max_boot_ms),
+        mem_mb: stats_of(&booted, |i| mem_mb(i, metric)),
+        mem_over_target: indices(&booted, |i| {
+            mem_mb(i, metric).is_some_and(|m| m > cfg.max_mem_mb)
+        }),
+        total_rss_kb: booted.iter().filter_map(|i| i.rss_kb).sum(),
+        total_pss_kb: booted.iter().filter_map(|i| i.pss_kb).sum(),
+        tool_ms: stats_of(&booted, |i| i.tool_ms),
+        server_start_ms: stats_of(&booted, |i| i.server_start_ms),
+        tool_over_target: indices(&booted, |i| {
+            i.tool_error.is_none() && i.tool_ms.is_some_and(|t| t > cfg.max_tool_ms)
+        }),
+        tool_failed,
+        cids: check_cids(&r.instances, cfg),
+        survivors: r.teardown.as_ref().map(|t| t.survivors.len()).unwrap_or(0),
+        connect_ms: stats_of(&booted, |i| i.connect_ms),
+        connect_over_target,
+        crashed: indices(&booted, |i| i.crashed.is_some()),
+        killed: ended()
+            .filter(|t| t.ended == crate::supervisor::teardown::Ended::Killed)
+            .map(|t| t.instance)
+            .collect(),
+        unmarked: ended().map(|t| t.unmarked.len()).sum(),
+        containment: r.containment.clone(),
+    }
+}
+
+/// What failed in the instances themselves: boots, crashes, targets, tool calls.
+fn instance_reasons(s: &Summary, cfg: &RunConfig) -> Vec<String> {
     let mut reasons = Vec::new();
-    if booted.len() < total {
+    if s.booted < s.total {
         reasons.push(format!(
             "{} of {} instances did not boot",
-            total - booted.len(),
-            total
+            s.total - s.booted,
+            s.total
         ));
     }
-    if !crashed.is_empty() {
+    if !s.crashed.is_empty() {
         reasons.push(format!(
             "{} instance(s) died after booting, before cleanup",
-            crashed.len()
+            s.crashed.len()
         ));
     }
-    if !boot_over_target.is_empty() {
+    if !s.boot_over_target.is_empty() {
         reasons.push(format!(
             "{} instance(s) booted slower than {} ms",
-            boot_over_target.len(),
+            s.boot_over_target.len(),
             cfg.max_boot_ms
         ));
     }
-    if !mem_over_target.is_empty() {
+    if !s.mem_over_target.is_empty() {
         reasons.push(format!(
             "{} instance(s) used more than {} MB ({:?})",
-            mem_over_target.len(),
+            s.mem_over_target.len(),
             cfg.max_mem_mb,
             cfg.mem_metric
         ));
     }
-    if let (false, Some(max)) = (connect_over_target.is_empty(), cfg.max_connect_ms) {
+    if let (false, Some(max)) = (s.connect_over_target.is_empty(), cfg.max_connect_ms) {
         reasons.push(format!(
             "{} vsock connection(s) slower than {max} ms",
-            connect_over_target.len()
+            s.connect_over_target.len()
         ));
     }
-    if !tool_failed.is_empty() {
+    if !s.tool_failed.is_empty() {
         reasons.push(format!(
             "{} tool call(s) failed or returned a wrong result",
-            tool_failed.len()
+            s.tool_failed.len()
         ));
     }
-    if !tool_over_target.is_empty() {
+    if !s.tool_over_target.is_empty() {
         reasons.push(format!(
             "{} tool call(s) slower than {} ms",
-            tool_over_target.len(),
+            s.tool_over_target.len(),
             cfg.max_tool_ms
         ));
     }
-    if !cids.ok() {
+    reasons
+}
+
+/// What failed around the instances: CIDs, containment, cleanup, a signal.
+fn cleanup_reasons(s: &Summary, r: &RunResult, cfg: &RunConfig) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if !s.cids.ok() {
         reasons.push("CID check failed (collision, mismatch or out of range)".into());
     }
     let escaped = r.teardown.as_ref().map_or(0, |t| t.stragglers.len());
@@ -245,62 +272,29 @@ pub fn summarize(r: &RunResult, cfg: &RunConfig) -> Summary {
             "{escaped} process(es) escaped their instance (found by marker or as adopted orphans, and ended)"
         ));
     }
-    if unmarked > 0 {
+    if s.unmarked > 0 {
         reasons.push(format!(
-            "{unmarked} process(es) dropped the run's marker (found in their instance's cgroup and ended)"
+            "{} process(es) dropped the run's marker (found in their instance's cgroup and ended)",
+            s.unmarked
         ));
     }
-    if !killed.is_empty() && r.interrupted.is_none() {
+    if !s.killed.is_empty() && r.interrupted.is_none() {
         reasons.push(format!(
             "{} instance(s) did not stop on SIGTERM within the {} ms grace period (SIGKILLed)",
-            killed.len(),
+            s.killed.len(),
             cfg.grace.as_millis()
         ));
     }
-    if survivors > 0 {
-        reasons.push(format!("{survivors} process(es) left behind after cleanup"));
+    if s.survivors > 0 {
+        reasons.push(format!(
+            "{} process(es) left behind after cleanup",
+            s.survivors
+        ));
     }
     if let Some(why) = &r.interrupted {
         reasons.push(why.clone());
     }
-    let min_ok = total > 0 && (healthy as f64) * 100.0 >= cfg.min_success_pct * total as f64;
-    let verdict = if reasons.is_empty() {
-        Verdict::Pass
-    } else if min_ok && survivors == 0 && r.interrupted.is_none() {
-        Verdict::Partial
-    } else {
-        Verdict::Fail
-    };
-    Summary {
-        verdict,
-        exit_code: verdict.exit_code(),
-        reasons,
-        booted: booted.len(),
-        total,
-        boot_ms: Stats::of(&boots),
-        boot_over_target,
-        mem_mb: Stats::of(&mems),
-        mem_over_target,
-        total_rss_kb: booted.iter().filter_map(|i| i.rss_kb).sum(),
-        total_pss_kb: booted.iter().filter_map(|i| i.pss_kb).sum(),
-        tool_ms: Stats::of(&tool_times),
-        server_start_ms: Stats::of(
-            &booted
-                .iter()
-                .filter_map(|i| i.server_start_ms)
-                .collect::<Vec<_>>(),
-        ),
-        tool_over_target,
-        tool_failed,
-        cids,
-        survivors,
-        connect_ms: Stats::of(&connects),
-        connect_over_target,
-        crashed,
-        killed,
-        unmarked,
-        containment: r.containment.clone(),
-    }
+    reasons
 }
 
 /// The verdict alone.
@@ -408,356 +402,435 @@ pub fn write_human_for(
     cfg: &RunConfig,
     tty: bool,
 ) -> io::Result<()> {
-    let s = summarize(r, cfg);
-    writeln!(out, "{RULE}\nUnikernel Load Testing\n{RULE}\n")?;
-    writeln!(out, "Configuration:")?;
-    writeln!(out, "  Run id: {}", r.run_id)?;
-    writeln!(out, "  Launcher: {}", cfg.launcher.kind)?;
-    writeln!(out, "  Containment: {}", r.containment)?;
-    writeln!(out, "  Number of unikernels: {}", cfg.count)?;
-    writeln!(out, "  Concurrency: {}", cfg.concurrency)?;
-    writeln!(out, "  Vsock port: {}", cfg.port)?;
-    writeln!(out, "  CID range: {}", cfg.cid_range)?;
-    writeln!(out, "  Max boot time: {}ms", cfg.max_boot_ms)?;
-    writeln!(
-        out,
-        "  Max memory per instance: {}MB ({})",
-        cfg.max_mem_mb,
-        format!("{:?}", cfg.mem_metric).to_uppercase()
-    )?;
-    writeln!(out, "  Test timeout: {}s", cfg.boot_timeout.as_secs_f64())?;
-    writeln!(out, "  Logs: {}", cfg.log_dir.display())?;
-    if let Some(img) = &cfg.launcher.qemu.rootfs {
-        let server = cfg
-            .launcher
-            .qemu
-            .server
-            .as_ref()
-            .map_or("the image's manifest command".to_string(), |a| a.join(" "));
+    let h = Human {
+        r,
+        cfg,
+        s: summarize(r, cfg),
+        tty,
+    };
+    h.config(out)?;
+    h.spawning(out)?;
+    h.boots(out)?;
+    h.boot_stats(out)?;
+    h.tools(out)?;
+    h.memory(out)?;
+    h.cids(out)?;
+    h.cleanup(out)?;
+    h.timeline(out)?;
+    h.assessment(out)
+}
+
+/// The human report's sections, written from a run and its summary.
+struct Human<'a> {
+    r: &'a RunResult,
+    cfg: &'a RunConfig,
+    s: Summary,
+    /// On a terminal: the boot times also get a histogram.
+    tty: bool,
+}
+
+impl Human<'_> {
+    /// The title and the configuration.
+    fn config(&self, out: &mut dyn Write) -> io::Result<()> {
+        let (r, cfg) = (self.r, self.cfg);
+        writeln!(out, "{RULE}\nUnikernel Load Testing\n{RULE}\n")?;
+        writeln!(out, "Configuration:")?;
+        writeln!(out, "  Run id: {}", r.run_id)?;
+        writeln!(out, "  Launcher: {}", cfg.launcher.kind)?;
+        writeln!(out, "  Containment: {}", r.containment)?;
+        writeln!(out, "  Number of unikernels: {}", cfg.count)?;
+        writeln!(out, "  Concurrency: {}", cfg.concurrency)?;
+        writeln!(out, "  Vsock port: {}", cfg.port)?;
+        writeln!(out, "  CID range: {}", cfg.cid_range)?;
+        writeln!(out, "  Max boot time: {}ms", cfg.max_boot_ms)?;
         writeln!(
             out,
-            "  MCP server in every VM: {server} (root filesystem {})",
-            img.display()
+            "  Max memory per instance: {}MB ({})",
+            cfg.max_mem_mb,
+            format!("{:?}", cfg.mem_metric).to_uppercase()
         )?;
-    }
-
-    writeln!(out, "\nPhase 1: Concurrent Spawning")?;
-    for i in &r.instances {
-        match (i.pid, i.spawn_ms) {
-            (Some(pid), Some(ms)) => writeln!(
-                out,
-                "[{}] Spawning unikernel with CID {}... pid {} (process group {}), spawned in {:.1}ms",
-                i.index,
-                i.cid,
-                pid,
-                i.pgid.unwrap_or(pid),
-                ms
-            )?,
-            _ => writeln!(
-                out,
-                "[{}] Spawning unikernel with CID {}... FAILED: {}",
-                i.index,
-                i.cid,
-                i.boot_error.as_deref().unwrap_or("not started")
-            )?,
-        }
-        for h in &i.helper_commands {
-            writeln!(out, "    helper: {h}")?;
-        }
-        if let Some(c) = &i.command {
-            writeln!(out, "    $ {c}")?;
-        }
-    }
-
-    writeln!(out, "\nPhase 2: Boot Time Analysis")?;
-    for i in &r.instances {
-        match (i.boot_ms, &i.boot_error) {
-            (Some(ms), _) => {
-                let detail = match (
-                    i.guest_ready_ms,
-                    i.vmm_ms,
-                    i.guest_kernel_ms,
-                    i.probe_overhead_ms,
-                ) {
-                    (Some(g), _, _, Some(p)) => {
-                        format!(" [guest ready at {g:.1}ms, probe +{p:.1}ms]")
-                    }
-                    (_, Some(v), Some(k), Some(p)) => {
-                        format!(
-                            " [VMM+firmware {v:.1}ms, guest kernel+init {k:.1}ms, probe {p:.1}ms]"
-                        )
-                    }
-                    _ => String::new(),
-                };
-                writeln!(
-                    out,
-                    "[{}] Boot successful: {:.1}ms (CID {}){}",
-                    i.index, ms, i.cid, detail
-                )?
-            }
-            (None, Some(e)) if i.pid.is_some() => writeln!(
-                out,
-                "[{}] Boot FAILED (CID {}): {}; log: {}",
-                i.index,
-                i.cid,
-                e,
-                i.log.display()
-            )?,
-            _ => {}
-        }
-    }
-    match &s.boot_ms {
-        Some(b) => {
+        writeln!(out, "  Test timeout: {}s", cfg.boot_timeout.as_secs_f64())?;
+        writeln!(out, "  Logs: {}", cfg.log_dir.display())?;
+        if let Some(img) = &cfg.launcher.qemu.rootfs {
+            let server = cfg
+                .launcher
+                .qemu
+                .server
+                .as_ref()
+                .map_or("the image's manifest command".to_string(), |a| a.join(" "));
             writeln!(
                 out,
-                "Boot times ({} of {} booted): min {:.1}ms, median {:.1}ms, p95 {:.1}ms, max {:.1}ms",
-                s.booted, s.total, b.min, b.median, b.p95, b.max
+                "  MCP server in every VM: {server} (root filesystem {})",
+                img.display()
             )?;
-            if tty {
-                let boots: Vec<f64> = r.instances.iter().filter_map(|i| i.boot_ms).collect();
-                if let Some(line) = crate::stats::sparkline(&boots, SPARK_BINS) {
-                    writeln!(out, "  {line}")?;
-                }
+        }
+        Ok(())
+    }
+
+    /// Phase 1: each instance's start, and its launch commands.
+    fn spawning(&self, out: &mut dyn Write) -> io::Result<()> {
+        let r = self.r;
+        writeln!(out, "\nPhase 1: Concurrent Spawning")?;
+        for i in &r.instances {
+            match (i.pid, i.spawn_ms) {
+                (Some(pid), Some(ms)) => writeln!(
+                    out,
+                    "[{}] Spawning unikernel with CID {}... pid {} (process group {}), spawned in {:.1}ms",
+                    i.index,
+                    i.cid,
+                    pid,
+                    i.pgid.unwrap_or(pid),
+                    ms
+                )?,
+                _ => writeln!(
+                    out,
+                    "[{}] Spawning unikernel with CID {}... FAILED: {}",
+                    i.index,
+                    i.cid,
+                    i.boot_error.as_deref().unwrap_or("not started")
+                )?,
             }
-            if let Some(c) = &s.connect_ms {
-                let verdict = match cfg.max_connect_ms {
-                    None => String::new(),
-                    Some(max) if s.connect_over_target.is_empty() => format!(" ✓ within {max}ms"),
-                    Some(max) => format!(
-                        " ✗ {} over {max}ms: {:?}",
-                        s.connect_over_target.len(),
-                        s.connect_over_target
-                    ),
-                };
+            for h in &i.helper_commands {
+                writeln!(out, "    helper: {h}")?;
+            }
+            if let Some(c) = &i.command {
+                writeln!(out, "    $ {c}")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Phase 2: each instance's boot, or why it failed.
+    fn boots(&self, out: &mut dyn Write) -> io::Result<()> {
+        let r = self.r;
+        writeln!(out, "\nPhase 2: Boot Time Analysis")?;
+        for i in &r.instances {
+            match (i.boot_ms, &i.boot_error) {
+                (Some(ms), _) => {
+                    let detail = match (
+                        i.guest_ready_ms,
+                        i.vmm_ms,
+                        i.guest_kernel_ms,
+                        i.probe_overhead_ms,
+                    ) {
+                        (Some(g), _, _, Some(p)) => {
+                            format!(" [guest ready at {g:.1}ms, probe +{p:.1}ms]")
+                        }
+                        (_, Some(v), Some(k), Some(p)) => {
+                            format!(
+                                " [VMM+firmware {v:.1}ms, guest kernel+init {k:.1}ms, probe {p:.1}ms]"
+                            )
+                        }
+                        _ => String::new(),
+                    };
+                    writeln!(
+                        out,
+                        "[{}] Boot successful: {:.1}ms (CID {}){}",
+                        i.index, ms, i.cid, detail
+                    )?
+                }
+                (None, Some(e)) if i.pid.is_some() => writeln!(
+                    out,
+                    "[{}] Boot FAILED (CID {}): {}; log: {}",
+                    i.index,
+                    i.cid,
+                    e,
+                    i.log.display()
+                )?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Phase 2's figures: boot times and vsock connection latency against their targets.
+    fn boot_stats(&self, out: &mut dyn Write) -> io::Result<()> {
+        let (r, cfg, s, tty) = (self.r, self.cfg, &self.s, self.tty);
+        match &s.boot_ms {
+            Some(b) => {
                 writeln!(
                     out,
-                    "vsock connection (connect + handshake): min {:.2}ms, median {:.2}ms, p95 {:.2}ms, max {:.2}ms{verdict}",
-                    c.min, c.median, c.p95, c.max
+                    "Boot times ({} of {} booted): min {:.1}ms, median {:.1}ms, p95 {:.1}ms, max {:.1}ms",
+                    s.booted, s.total, b.min, b.median, b.p95, b.max
+                )?;
+                if tty {
+                    let boots: Vec<f64> = r.instances.iter().filter_map(|i| i.boot_ms).collect();
+                    if let Some(line) = crate::stats::sparkline(&boots, SPARK_BINS) {
+                        writeln!(out, "  {line}")?;
+                    }
+                }
+                if let Some(c) = &s.connect_ms {
+                    let verdict = match cfg.max_connect_ms {
+                        None => String::new(),
+                        Some(max) if s.connect_over_target.is_empty() => {
+                            format!(" ✓ within {max}ms")
+                        }
+                        Some(max) => format!(
+                            " ✗ {} over {max}ms: {:?}",
+                            s.connect_over_target.len(),
+                            s.connect_over_target
+                        ),
+                    };
+                    writeln!(
+                        out,
+                        "vsock connection (connect + handshake): min {:.2}ms, median {:.2}ms, p95 {:.2}ms, max {:.2}ms{verdict}",
+                        c.min, c.median, c.p95, c.max
+                    )?;
+                }
+                if s.boot_over_target.is_empty() {
+                    writeln!(out, "✓ Boot times within target (<{}ms)", cfg.max_boot_ms)?;
+                } else {
+                    writeln!(
+                        out,
+                        "✗ {} instance(s) over the {}ms target: {:?}",
+                        s.boot_over_target.len(),
+                        cfg.max_boot_ms,
+                        s.boot_over_target
+                    )?;
+                }
+            }
+            None => writeln!(out, "✗ No instance booted")?,
+        }
+        Ok(())
+    }
+
+    /// The tool-call phase, when there was one.
+    fn tools(&self, out: &mut dyn Write) -> io::Result<()> {
+        let (r, cfg, s) = (self.r, self.cfg, &self.s);
+        if let Some(call) = &cfg.tool_call {
+            writeln!(
+                out,
+                "\nTool Execution: {} (target <{}ms)",
+                call.name, cfg.max_tool_ms
+            )?;
+            for i in r.instances.iter().filter(|i| i.boot_ms.is_some()) {
+                match (&i.tool_error, i.tool_ms) {
+                    (None, Some(ms)) => writeln!(
+                        out,
+                        "[{}] {:.2}ms (server start {:.1}ms, session {:.1}ms, MCP {}): {}",
+                        i.index,
+                        ms,
+                        i.server_start_ms.unwrap_or(0.0),
+                        i.tool_session_ms.unwrap_or(0.0),
+                        i.tool_protocol.as_deref().unwrap_or("?"),
+                        i.tool_result.as_deref().unwrap_or("")
+                    )?,
+                    (Some(e), _) => writeln!(out, "[{}] FAILED: {e}", i.index)?,
+                    _ => writeln!(out, "[{}] not run", i.index)?,
+                }
+            }
+            if let Some(t) = &s.tool_ms {
+                writeln!(
+                    out,
+                    "Tool call latency: min {:.2}ms, median {:.2}ms, p95 {:.2}ms, max {:.2}ms",
+                    t.min, t.median, t.p95, t.max
                 )?;
             }
-            if s.boot_over_target.is_empty() {
-                writeln!(out, "✓ Boot times within target (<{}ms)", cfg.max_boot_ms)?;
+            if let Some(t) = &s.server_start_ms {
+                writeln!(
+                    out,
+                    "Server start (first request to first answer): min {:.1}ms, median {:.1}ms, max {:.1}ms",
+                    t.min, t.median, t.max
+                )?;
+            }
+            if s.tool_failed.is_empty() && s.tool_over_target.is_empty() {
+                writeln!(out, "✓ Tool calls succeeded within target")?;
+            } else {
+                if !s.tool_failed.is_empty() {
+                    writeln!(out, "✗ Tool calls failed: instances {:?}", s.tool_failed)?;
+                }
+                if !s.tool_over_target.is_empty() {
+                    writeln!(
+                        out,
+                        "✗ Tool calls over {}ms: instances {:?}",
+                        cfg.max_tool_ms, s.tool_over_target
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Phase 3: each instance's memory, totals and the target.
+    fn memory(&self, out: &mut dyn Write) -> io::Result<()> {
+        let (r, cfg, s) = (self.r, self.cfg, &self.s);
+        writeln!(out, "\nPhase 3: Memory Usage Analysis")?;
+        for i in &r.instances {
+            if let Some(why) = &i.crashed {
+                writeln!(out, "[{}] ✗ CRASHED after booting: {why}", i.index)?;
+            }
+            if let (Some(rss), Some(pss)) = (i.rss_kb, i.pss_kb) {
+                writeln!(
+                    out,
+                    "[{}] PSS {}, RSS {} ({} processes)",
+                    i.index,
+                    mb(pss),
+                    mb(rss),
+                    i.pids.len()
+                )?;
+            }
+        }
+        if s.booted > 0 {
+            writeln!(
+                out,
+                "Total memory usage: PSS {}, RSS {}",
+                mb(s.total_pss_kb),
+                mb(s.total_rss_kb)
+            )?;
+            // Over the instances measured (a crashed one has no figure).
+            let measured = r
+                .instances
+                .iter()
+                .filter(|i| i.boot_ms.is_some() && i.pss_kb.is_some())
+                .count()
+                .max(1) as u64;
+            writeln!(
+                out,
+                "Average memory per unikernel: PSS {}, RSS {}",
+                mb(s.total_pss_kb / measured),
+                mb(s.total_rss_kb / measured)
+            )?;
+            if s.mem_over_target.is_empty() {
+                writeln!(
+                    out,
+                    "✓ Memory usage within target (<{}MB {})",
+                    cfg.max_mem_mb,
+                    format!("{:?}", cfg.mem_metric).to_uppercase()
+                )?;
             } else {
                 writeln!(
                     out,
-                    "✗ {} instance(s) over the {}ms target: {:?}",
-                    s.boot_over_target.len(),
-                    cfg.max_boot_ms,
-                    s.boot_over_target
+                    "✗ {} instance(s) over {}MB: {:?}",
+                    s.mem_over_target.len(),
+                    cfg.max_mem_mb,
+                    s.mem_over_target
                 )?;
             }
+        } else {
+            writeln!(out, "(no booted instance to measure)")?;
         }
-        None => writeln!(out, "✗ No instance booted")?,
+        Ok(())
     }
 
-    if let Some(call) = &cfg.tool_call {
-        writeln!(
-            out,
-            "\nTool Execution: {} (target <{}ms)",
-            call.name, cfg.max_tool_ms
-        )?;
-        for i in r.instances.iter().filter(|i| i.boot_ms.is_some()) {
-            match (&i.tool_error, i.tool_ms) {
-                (None, Some(ms)) => writeln!(
-                    out,
-                    "[{}] {:.2}ms (server start {:.1}ms, session {:.1}ms, MCP {}): {}",
-                    i.index,
-                    ms,
-                    i.server_start_ms.unwrap_or(0.0),
-                    i.tool_session_ms.unwrap_or(0.0),
-                    i.tool_protocol.as_deref().unwrap_or("?"),
-                    i.tool_result.as_deref().unwrap_or("")
-                )?,
-                (Some(e), _) => writeln!(out, "[{}] FAILED: {e}", i.index)?,
-                _ => writeln!(out, "[{}] not run", i.index)?,
-            }
-        }
-        if let Some(t) = &s.tool_ms {
+    /// Phase 4: CID uniqueness and range.
+    fn cids(&self, out: &mut dyn Write) -> io::Result<()> {
+        let (cfg, s) = (self.cfg, &self.s);
+        writeln!(out, "\nPhase 4: CID Allocation Analysis")?;
+        let c = &s.cids;
+        if c.collisions.is_empty() {
             writeln!(
                 out,
-                "Tool call latency: min {:.2}ms, median {:.2}ms, p95 {:.2}ms, max {:.2}ms",
-                t.min, t.median, t.p95, t.max
+                "✓ No CID collisions detected ({} unique CIDs, {} confirmed by the guests)",
+                c.unique, c.verified
             )?;
-        }
-        if let Some(t) = &s.server_start_ms {
-            writeln!(
-                out,
-                "Server start (first request to first answer): min {:.1}ms, median {:.1}ms, max {:.1}ms",
-                t.min, t.median, t.max
-            )?;
-        }
-        if s.tool_failed.is_empty() && s.tool_over_target.is_empty() {
-            writeln!(out, "✓ Tool calls succeeded within target")?;
         } else {
-            if !s.tool_failed.is_empty() {
-                writeln!(out, "✗ Tool calls failed: instances {:?}", s.tool_failed)?;
+            for (cid, who) in &c.collisions {
+                writeln!(out, "✗ CID {cid} used by instances {who:?}")?;
             }
-            if !s.tool_over_target.is_empty() {
+        }
+        if !c.mismatched.is_empty() {
+            writeln!(
+                out,
+                "✗ Guests report a CID other than the one allocated: instances {:?}",
+                c.mismatched
+            )?;
+        }
+        if c.out_of_range.is_empty() {
+            writeln!(out, "✓ All CIDs within {}", cfg.cid_range)?;
+        } else {
+            writeln!(
+                out,
+                "✗ CIDs outside {}: instances {:?}",
+                cfg.cid_range, c.out_of_range
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Phase 5: how each instance ended, and what was found left over.
+    fn cleanup(&self, out: &mut dyn Write) -> io::Result<()> {
+        let r = self.r;
+        writeln!(out, "\nPhase 5: Cleanup")?;
+        if let Some(td) = &r.teardown {
+            for t in &td.instances {
+                let i = &r.instances[t.instance as usize];
                 writeln!(
                     out,
-                    "✗ Tool calls over {}ms: instances {:?}",
-                    cfg.max_tool_ms, s.tool_over_target
+                    "[{}] Terminating PID {} ({} process(es))... {} in {:.1}ms{}",
+                    t.instance,
+                    i.pid.unwrap_or(0),
+                    t.pids.len(),
+                    t.ended_word(),
+                    t.ms,
+                    i.exit_status
+                        .as_ref()
+                        .map(|e| format!("; launcher {e}"))
+                        .unwrap_or_default()
                 )?;
             }
-        }
-    }
-
-    writeln!(out, "\nPhase 3: Memory Usage Analysis")?;
-    for i in &r.instances {
-        if let Some(why) = &i.crashed {
-            writeln!(out, "[{}] ✗ CRASHED after booting: {why}", i.index)?;
-        }
-        if let (Some(rss), Some(pss)) = (i.rss_kb, i.pss_kb) {
-            writeln!(
-                out,
-                "[{}] PSS {}, RSS {} ({} processes)",
-                i.index,
-                mb(pss),
-                mb(rss),
-                i.pids.len()
-            )?;
-        }
-    }
-    if s.booted > 0 {
-        writeln!(
-            out,
-            "Total memory usage: PSS {}, RSS {}",
-            mb(s.total_pss_kb),
-            mb(s.total_rss_kb)
-        )?;
-        // Over the instances measured (a crashed one has no figure).
-        let measured = r
-            .instances
-            .iter()
-            .filter(|i| i.boot_ms.is_some() && i.pss_kb.is_some())
-            .count()
-            .max(1) as u64;
-        writeln!(
-            out,
-            "Average memory per unikernel: PSS {}, RSS {}",
-            mb(s.total_pss_kb / measured),
-            mb(s.total_rss_kb / measured)
-        )?;
-        if s.mem_over_target.is_empty() {
-            writeln!(
-                out,
-                "✓ Memory usage within target (<{}MB {})",
-                cfg.max_mem_mb,
-                format!("{:?}", cfg.mem_metric).to_uppercase()
-            )?;
-        } else {
-            writeln!(
-                out,
-                "✗ {} instance(s) over {}MB: {:?}",
-                s.mem_over_target.len(),
-                cfg.max_mem_mb,
-                s.mem_over_target
-            )?;
-        }
-    } else {
-        writeln!(out, "(no booted instance to measure)")?;
-    }
-
-    writeln!(out, "\nPhase 4: CID Allocation Analysis")?;
-    let c = &s.cids;
-    if c.collisions.is_empty() {
-        writeln!(
-            out,
-            "✓ No CID collisions detected ({} unique CIDs, {} confirmed by the guests)",
-            c.unique, c.verified
-        )?;
-    } else {
-        for (cid, who) in &c.collisions {
-            writeln!(out, "✗ CID {cid} used by instances {who:?}")?;
-        }
-    }
-    if !c.mismatched.is_empty() {
-        writeln!(
-            out,
-            "✗ Guests report a CID other than the one allocated: instances {:?}",
-            c.mismatched
-        )?;
-    }
-    if c.out_of_range.is_empty() {
-        writeln!(out, "✓ All CIDs within {}", cfg.cid_range)?;
-    } else {
-        writeln!(
-            out,
-            "✗ CIDs outside {}: instances {:?}",
-            cfg.cid_range, c.out_of_range
-        )?;
-    }
-
-    writeln!(out, "\nPhase 5: Cleanup")?;
-    if let Some(td) = &r.teardown {
-        for t in &td.instances {
-            let i = &r.instances[t.instance as usize];
-            writeln!(
-                out,
-                "[{}] Terminating PID {} ({} process(es))... {} in {:.1}ms{}",
-                t.instance,
-                i.pid.unwrap_or(0),
-                t.pids.len(),
-                t.ended_word(),
-                t.ms,
-                i.exit_status
-                    .as_ref()
-                    .map(|e| format!("; launcher {e}"))
-                    .unwrap_or_default()
-            )?;
-        }
-        for t in &td.instances {
-            for u in &t.unmarked {
+            for t in &td.instances {
+                for u in &t.unmarked {
+                    writeln!(
+                        out,
+                        "! [{}] process without the run's marker, found in the instance's cgroup: pid {} ({})",
+                        t.instance, u.pid, u.cmdline
+                    )?;
+                }
+            }
+            for st in &td.stragglers {
                 writeln!(
                     out,
-                    "! [{}] process without the run's marker, found in the instance's cgroup: pid {} ({})",
-                    t.instance, u.pid, u.cmdline
+                    "! Straggler found by marker and killed: pid {} ({})",
+                    st.pid, st.cmdline
                 )?;
             }
-        }
-        for st in &td.stragglers {
-            writeln!(
-                out,
-                "! Straggler found by marker and killed: pid {} ({})",
-                st.pid, st.cmdline
-            )?;
-        }
-        if td.survivors.is_empty() {
-            writeln!(
-                out,
-                "✓ No process left behind (containment: {}; checked every process for UKLOAD_RUN={})",
-                r.containment, r.run_id
-            )?;
-        } else {
-            for sv in &td.survivors {
-                writeln!(out, "✗ Survivor: pid {} ({})", sv.pid, sv.cmdline)?;
+            if td.survivors.is_empty() {
+                writeln!(
+                    out,
+                    "✓ No process left behind (containment: {}; checked every process for UKLOAD_RUN={})",
+                    r.containment, r.run_id
+                )?;
+            } else {
+                for sv in &td.survivors {
+                    writeln!(out, "✗ Survivor: pid {} ({})", sv.pid, sv.cmdline)?;
+                }
             }
         }
+        Ok(())
     }
 
-    writeln!(
-        out,
-        "\nTimeline: all spawned at {:.0} ms, all booted or failed at {:.0} ms, cleanup {:.0} ms, total {:.0} ms",
-        r.timeline.spawned_ms,
-        r.timeline.booted_ms,
-        r.timeline.teardown_end_ms - r.timeline.teardown_start_ms,
-        r.elapsed_ms
-    )?;
-    writeln!(
-        out,
-        "ukload itself: CPU {:.0} ms user + {:.0} ms system, peak RSS {}",
-        r.harness.cpu_user_ms,
-        r.harness.cpu_sys_ms,
-        mb(r.harness.peak_rss_kb)
-    )?;
-
-    writeln!(out, "\nOverall Assessment:")?;
-    match s.verdict {
-        Verdict::Pass => writeln!(out, "✓ PASS - All tests successful")?,
-        Verdict::Partial => writeln!(out, "⚠ PARTIAL - {}", s.reasons.join("; "))?,
-        Verdict::Fail => writeln!(out, "✗ FAIL - {}", s.reasons.join("; "))?,
+    /// When each phase ended, and what ukload itself used.
+    fn timeline(&self, out: &mut dyn Write) -> io::Result<()> {
+        let r = self.r;
+        writeln!(
+            out,
+            "\nTimeline: all spawned at {:.0} ms, all booted or failed at {:.0} ms, cleanup {:.0} ms, total {:.0} ms",
+            r.timeline.spawned_ms,
+            r.timeline.booted_ms,
+            r.timeline.teardown_end_ms - r.timeline.teardown_start_ms,
+            r.elapsed_ms
+        )?;
+        writeln!(
+            out,
+            "ukload itself: CPU {:.0} ms user + {:.0} ms system, peak RSS {}",
+            r.harness.cpu_user_ms,
+            r.harness.cpu_sys_ms,
+            mb(r.harness.peak_rss_kb)
+        )?;
+        Ok(())
     }
-    Ok(())
+
+    /// The verdict and its reasons.
+    fn assessment(&self, out: &mut dyn Write) -> io::Result<()> {
+        let s = &self.s;
+        writeln!(out, "\nOverall Assessment:")?;
+        match s.verdict {
+            Verdict::Pass => writeln!(out, "✓ PASS - All tests successful")?,
+            Verdict::Partial => writeln!(out, "⚠ PARTIAL - {}", s.reasons.join("; "))?,
+            Verdict::Fail => writeln!(out, "✗ FAIL - {}", s.reasons.join("; "))?,
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

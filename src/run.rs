@@ -37,12 +37,16 @@ pub enum MemMetric {
 }
 
 impl std::str::FromStr for MemMetric {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::launcher::UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "pss" => Ok(MemMetric::Pss),
             "rss" => Ok(MemMetric::Rss),
-            _ => Err(format!("unknown memory metric {s:?}: expected pss or rss")),
+            _ => Err(crate::launcher::UnknownChoice::new(
+                "memory metric",
+                s,
+                "pss or rss",
+            )),
         }
     }
 }
@@ -74,7 +78,7 @@ pub struct RunConfig {
 }
 
 /// One instance's record, filled phase by phase.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Instance {
     pub index: u32,
     /// The CID the registry gave it.
@@ -193,7 +197,54 @@ pub enum RunError {
     Cid(crate::cid::CidError),
     /// A flag's value cannot work (exit 64).
     Usage(String),
+    /// More instances than this process may open files for (exit 64).
+    TooFewFiles {
+        count: u32,
+        /// Descriptors the run would need.
+        needed: u64,
+        /// The hard `RLIMIT_NOFILE`.
+        limit: u64,
+    },
+    /// The log directory cannot be used (exit 64).
+    LogDir {
+        dir: PathBuf,
+        problem: LogDirProblem,
+    },
+    /// The run directory could not be made or locked.
+    RunDir(crate::runs::RunDirError),
+    /// The socket pair that wakes the readiness loop could not be made.
+    WakePair(std::io::Error),
+    /// Not one spawner thread could be started.
+    SpawnerThread(std::io::Error),
+    /// Another setup step failed; the message says which.
     Setup(String),
+}
+
+/// Why a log directory cannot be used.
+#[derive(Debug)]
+pub enum LogDirProblem {
+    /// Creating or checking it was refused or failed.
+    Unsafe(crate::fsafe::FsafeError),
+    /// The per-user fallback failed too, after the default was refused.
+    Fallback {
+        error: crate::fsafe::FsafeError,
+        default_refused: crate::fsafe::FsafeError,
+    },
+    /// A file cannot be created in it.
+    NotWritable(std::io::Error),
+}
+
+impl std::fmt::Display for LogDirProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogDirProblem::Unsafe(e) => e.fmt(f),
+            LogDirProblem::Fallback {
+                error,
+                default_refused,
+            } => write!(f, "{error} (the default was refused: {default_refused})"),
+            LogDirProblem::NotWritable(e) => write!(f, "not writable: {e}"),
+        }
+    }
 }
 
 impl std::fmt::Display for RunError {
@@ -201,10 +252,30 @@ impl std::fmt::Display for RunError {
         match self {
             RunError::Launch(e) => e.fmt(f),
             RunError::Cid(e) => e.fmt(f),
+            RunError::TooFewFiles {
+                count,
+                needed,
+                limit,
+            } => write!(
+                f,
+                "{count} instances need about {needed} open files, but this process may open \
+                 only {limit} (its hard RLIMIT_NOFILE): raise it (`ulimit -Hn`, or LimitNOFILE= \
+                 for a service) or run fewer instances"
+            ),
+            RunError::LogDir { dir, problem } => write!(
+                f,
+                "--log-dir {}: {problem}; choose a directory of your own with --log-dir",
+                dir.display()
+            ),
+            RunError::RunDir(e) => e.fmt(f),
+            RunError::WakePair(e) => write!(f, "cannot create the readiness wake-up pair: {e}"),
+            RunError::SpawnerThread(e) => write!(f, "cannot start a spawner thread: {e}"),
             RunError::Usage(m) | RunError::Setup(m) => f.write_str(m),
         }
     }
 }
+
+impl std::error::Error for RunError {}
 
 /// Shared by the workers.
 struct Shared {
@@ -224,7 +295,7 @@ struct Outcome {
     started_mono_ns: u64,
     /// Where the guest is reached over vsock (None: console readiness).
     endpoint: Option<crate::vsock::Endpoint>,
-    ready: Result<probe::Ready, String>,
+    ready: Result<probe::Ready, InstanceError>,
     /// The launch command line, and its helpers'.
     command: Option<String>,
     helper_commands: Vec<String>,
@@ -243,290 +314,267 @@ pub fn run(
     sup: &'static Supervisor,
     stop: Arc<AtomicBool>,
 ) -> Result<RunResult, RunError> {
-    let t0 = Instant::now();
-    let t0_mono_ns = crate::clock::monotonic_ns();
-    let mut cfg = cfg;
-    cfg.launcher.preflight().map_err(RunError::Launch)?;
-    let fd_limit = crate::supervisor::raise_fd_limit();
-    let fds_needed = u64::from(cfg.count) * FDS_PER_INSTANCE + FDS_BASE;
-    if fd_limit > 0 && fds_needed > fd_limit {
-        return Err(RunError::Usage(format!(
-            "{} instances need about {fds_needed} open files, but this process may open only \
-             {fd_limit} (its hard RLIMIT_NOFILE): raise it (`ulimit -Hn`, or LimitNOFILE= for a \
-             service) or run fewer instances",
-            cfg.count
-        )));
-    }
-    // The log directory: created or checked so that nobody else can plant
-    // links in it (crate::fsafe). The default, a fixed path under /tmp, may
-    // belong to someone else: then logs go to a per-user directory, said so.
-    let usage = |dir: &std::path::Path, e: &dyn std::fmt::Display| {
-        RunError::Usage(format!(
-            "--log-dir {}: {e}; choose a directory of your own with --log-dir",
-            dir.display()
-        ))
-    };
-    if let Err(e) = crate::fsafe::ensure_dir(&cfg.log_dir, crate::paths::LOG_DIR_MODE) {
-        let fallback = crate::paths::fallback_log_dir();
-        if !(e.is_refusal() && cfg.log_dir == std::path::Path::new(crate::paths::DEFAULT_LOG_DIR)) {
-            return Err(usage(&cfg.log_dir, &e));
-        }
-        crate::fsafe::ensure_dir(&fallback, crate::paths::LOG_DIR_MODE)
-            .map_err(|e2| usage(&fallback, &format!("{e2} (the default was refused: {e})")))?;
-        log::warn!(
-            "not using the default log directory: {e}. Logs go to {} (choose with --log-dir)",
-            fallback.display()
-        );
-        cfg.log_dir = fallback;
-    }
-    // Writable? O_EXCL never follows a symlink and never opens an existing file.
-    let probe_file = cfg.log_dir.join(format!(".ukload-write-test-{run_id}"));
-    File::options()
-        .write(true)
-        .create_new(true)
-        .open(&probe_file)
-        .map_err(|e| usage(&cfg.log_dir, &format!("not writable: {e}")))?;
-    let _ = std::fs::remove_file(&probe_file);
-    let (run_dir, _harness_lock) =
-        crate::runs::make_run_dir(run_id).map_err(|e| RunError::Setup(e.to_string()))?;
-    let registry = CidRegistry::open(&crate::paths::cid_dir()).map_err(RunError::Cid)?;
-    let holder = HolderInfo {
-        pid: std::process::id(),
-        run_id: run_id.to_string(),
-        instance: None,
-    };
-    let mut leases: Vec<CidLease> = registry
-        .allocate(cfg.cid_range, cfg.count as usize, &holder)
-        .map_err(RunError::Cid)?;
-    for (i, l) in leases.iter_mut().enumerate() {
-        let _ = l.set_instance(i as u32);
-    }
-    let cids: Vec<u32> = leases.iter().map(|l| l.cid).collect();
+    let mut state = RunState::prepare(cfg, run_id, sup, stop)?;
+    state.spawn_and_boot()?;
+    state.tool_calls();
+    state.measure_memory();
+    let td = state.teardown();
+    Ok(state.finish(td))
+}
 
-    let mut instances: Vec<Instance> = cids
-        .iter()
-        .enumerate()
-        .map(|(i, &cid)| Instance {
-            index: i as u32,
-            cid,
-            reported_cid: None,
-            log: crate::launcher::log_path(&cfg.log_dir, i as u32, cid),
-            pid: None,
-            pgid: None,
-            pids: Vec::new(),
-            spawn_ms: None,
-            spawned_at_ms: None,
-            boot_ms: None,
-            connect_ms: None,
-            guest_ready_ms: None,
-            probe_overhead_ms: None,
-            vmm_ms: None,
-            guest_kernel_ms: None,
-            boot_error: None,
-            tool_ms: None,
-            tool_session_ms: None,
-            tool_result: None,
-            tool_error: None,
-            tool_protocol: None,
-            server_start_ms: None,
-            rss_kb: None,
-            pss_kb: None,
-            exit_status: None,
-            teardown: None,
-            teardown_ms: None,
-            crashed: None,
-            may_daemonize: false,
-            command: None,
-            helper_commands: Vec::new(),
-        })
-        .collect();
-    let mut cgroups: Vec<Option<Arc<InstanceCgroup>>> = vec![None; instances.len()];
+/// A run's state carried through its phases.
+struct RunState {
+    t0: Instant,
+    t0_mono_ns: u64,
+    cfg: RunConfig,
+    run_id: String,
+    sup: &'static Supervisor,
+    stop: Arc<AtomicBool>,
+    run_dir: PathBuf,
+    /// Held for the run's life: `ukload cleanup` leaves a locked run alone.
+    _harness_lock: File,
+    /// The CIDs, locked for the run's life.
+    leases: Vec<CidLease>,
+    instances: Vec<Instance>,
+    cgroups: Vec<Option<Arc<InstanceCgroup>>>,
+    endpoints: Vec<Option<crate::vsock::Endpoint>>,
+    timeline: Timeline,
+}
 
-    let progress = cfg.progress;
-    let shared = Arc::new(Shared {
-        cfg: cfg.clone(),
-        run_id: run_id.to_string(),
-        run_dir: run_dir.clone(),
-        stop: stop.clone(),
-        sup,
-    });
-
-    // Phases 1 and 2: a few spawner threads fork the launchers, at most
-    // `concurrency` instances in flight (spawned, not yet ready or failed);
-    // this thread watches every pending boot in one readiness loop.
-    progress::emit(
-        progress,
-        Event::Spawning {
+impl RunState {
+    /// Checks the launcher, limits and log directory, makes the run
+    /// directory and leases the CIDs: nothing is started yet.
+    fn prepare(
+        mut cfg: RunConfig,
+        run_id: &str,
+        sup: &'static Supervisor,
+        stop: Arc<AtomicBool>,
+    ) -> Result<RunState, RunError> {
+        let t0 = Instant::now();
+        let t0_mono_ns = crate::clock::monotonic_ns();
+        cfg.launcher.preflight().map_err(RunError::Launch)?;
+        check_fd_limit(cfg.count)?;
+        cfg.log_dir = usable_log_dir(&cfg.log_dir, run_id)?;
+        let (run_dir, harness_lock) =
+            crate::runs::make_run_dir(run_id).map_err(RunError::RunDir)?;
+        let leases = lease_cids(&cfg, run_id)?;
+        let instances: Vec<Instance> = leases
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Instance::new(i as u32, l.cid, &cfg.log_dir))
+            .collect();
+        let n = instances.len();
+        Ok(RunState {
+            t0,
+            t0_mono_ns,
+            cfg,
             run_id: run_id.to_string(),
-            count: cfg.count,
-            concurrency: cfg.concurrency,
-        },
-    );
-    let (job_tx, job_rx) = crossbeam_channel::unbounded::<(u32, u32)>();
-    let (out_tx, out_rx) = crossbeam_channel::unbounded::<Started>();
-    // One token per instance in flight: a spawner puts one in before it
-    // forks, the loop takes one out when that instance is done.
-    let in_flight = cfg.concurrency.clamp(1, cfg.count.max(1)) as usize;
-    let (slot_tx, slot_rx) = crossbeam_channel::bounded::<()>(in_flight);
-    let (wake_rx, wake_tx) = std::os::unix::net::UnixStream::pair()
-        .and_then(|(a, b)| {
-            a.set_nonblocking(true)?;
-            b.set_nonblocking(true)?;
-            Ok((a, b))
+            sup,
+            stop,
+            run_dir,
+            _harness_lock: harness_lock,
+            leases,
+            instances,
+            cgroups: vec![None; n],
+            endpoints: vec![None; n],
+            timeline: Timeline::default(),
         })
-        .map_err(|e| RunError::Setup(format!("cannot create the readiness wake-up pair: {e}")))?;
-    let wake_tx = Arc::new(wake_tx);
-    for inst in &instances {
-        let _ = job_tx.send((inst.index, inst.cid));
-    }
-    drop(job_tx);
-    let spawners = (in_flight as u32).min(SPAWNERS);
-    let mut handles = Vec::new();
-    for w in 0..spawners {
-        let rx = job_rx.clone();
-        let tx = out_tx.clone();
-        let slots = slot_tx.clone();
-        let wake = wake_tx.clone();
-        let sh = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("ukload-spawner-{w}"))
-            .stack_size(SPAWNER_STACK)
-            .spawn(move || {
-                while let Ok((index, cid)) = rx.recv() {
-                    if !take_slot(&slots, &sh.stop) {
-                        break;
-                    }
-                    let _ = tx.send(start_instance(&sh, index, cid));
-                    let _ = (&*wake).write(&[1]);
-                }
-            });
-        match spawned {
-            Ok(h) => handles.push(h),
-            // Out of threads (e.g. `ulimit -u`): the spawners we have do it.
-            Err(e) if !handles.is_empty() => {
-                log::warn!("could start only {} spawner thread(s): {e}", handles.len());
-                break;
-            }
-            Err(e) => {
-                return Err(RunError::Setup(format!(
-                    "cannot start a spawner thread: {e}"
-                )))
-            }
-        }
-    }
-    drop(out_tx);
-    drop(slot_tx);
-    let mut endpoints: Vec<Option<crate::vsock::Endpoint>> = vec![None; instances.len()];
-    let mut waiting: Vec<Option<Outcome>> = (0..instances.len()).map(|_| None).collect();
-    let mut watcher = crate::readiness::Watcher::new(stop.clone());
-    let mut spawners_done = false;
-    let mut timeline = Timeline::default();
-    loop {
-        loop {
-            match out_rx.try_recv() {
-                Ok(st) => {
-                    let i = st.outcome.index as usize;
-                    endpoints[i] = st.outcome.endpoint.clone();
-                    cgroups[i] = st.outcome.cgroup.clone();
-                    match st.pending {
-                        Some(p) => {
-                            waiting[i] = Some(st.outcome);
-                            watcher.add(p);
-                        }
-                        None => {
-                            record_outcome(&mut instances[i], st.outcome, progress, t0_mono_ns);
-                            let _ = slot_rx.try_recv();
-                        }
-                    }
-                }
-                Err(crossbeam_channel::TryRecvError::Empty) => break,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                    if !spawners_done {
-                        timeline.spawned_ms = ms_since(t0);
-                    }
-                    spawners_done = true;
-                    break;
-                }
-            }
-        }
-        if spawners_done && watcher.is_empty() {
-            timeline.booted_ms = ms_since(t0);
-            break;
-        }
-        for d in watcher.turn(Some(wake_rx.as_fd())) {
-            let i = d.index as usize;
-            if let Some(mut o) = waiting[i].take() {
-                let log = instances[i].log.clone();
-                o.ready = d.result.map_err(|e| describe_failure(e, &log));
-                record_outcome(&mut instances[i], o, progress, t0_mono_ns);
-            }
-            let _ = slot_rx.try_recv();
-        }
-    }
-    for h in handles {
-        let _ = h.join();
     }
 
-    // The tool-call phase: every booted instance executes the tool.
-    if let (Some(call), false) = (&cfg.tool_call, stop.load(Ordering::Relaxed)) {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Phases 1 and 2: a few spawner threads fork the launchers, at most
+    /// `concurrency` instances in flight (spawned, not yet ready or failed);
+    /// this thread watches every pending boot in one readiness loop.
+    fn spawn_and_boot(&mut self) -> Result<(), RunError> {
         progress::emit(
-            progress,
+            self.cfg.progress,
+            Event::Spawning {
+                run_id: self.run_id.clone(),
+                count: self.cfg.count,
+                concurrency: self.cfg.concurrency,
+            },
+        );
+        let shared = Arc::new(Shared {
+            cfg: self.cfg.clone(),
+            run_id: self.run_id.clone(),
+            run_dir: self.run_dir.clone(),
+            stop: self.stop.clone(),
+            sup: self.sup,
+        });
+        let jobs: Vec<(u32, u32)> = self.instances.iter().map(|i| (i.index, i.cid)).collect();
+        let pool = SpawnPool::start(shared, &jobs)?;
+        self.await_boots(&pool);
+        for h in pool.handles {
+            let _ = h.join();
+        }
+        Ok(())
+    }
+
+    /// The readiness loop: takes what the spawners started, watches every
+    /// pending boot, records each instance when it is ready or has failed.
+    fn await_boots(&mut self, pool: &SpawnPool) {
+        let mut waiting: Vec<Option<Outcome>> = (0..self.instances.len()).map(|_| None).collect();
+        let mut watcher = crate::readiness::Watcher::new(self.stop.clone());
+        let mut spawners_done = false;
+        loop {
+            if !spawners_done && self.take_started(pool, &mut waiting, &mut watcher) {
+                spawners_done = true;
+                self.timeline.spawned_ms = ms_since(self.t0);
+            }
+            if spawners_done && watcher.is_empty() {
+                self.timeline.booted_ms = ms_since(self.t0);
+                return;
+            }
+            for d in watcher.turn(Some(pool.wake_rx.as_fd())) {
+                let i = d.index as usize;
+                if let Some(mut o) = waiting[i].take() {
+                    let log = &self.instances[i].log;
+                    o.ready = d.result.map_err(|e| InstanceError::boot(e, log));
+                    self.record(i, o);
+                }
+                let _ = pool.slot_rx.try_recv();
+            }
+        }
+    }
+
+    /// Takes every instance the spawners have sent so far: a started one
+    /// joins the watcher, a failed one is recorded. True once all spawners
+    /// are done.
+    fn take_started(
+        &mut self,
+        pool: &SpawnPool,
+        waiting: &mut [Option<Outcome>],
+        watcher: &mut crate::readiness::Watcher,
+    ) -> bool {
+        loop {
+            let st = match pool.out_rx.try_recv() {
+                Ok(st) => st,
+                Err(crossbeam_channel::TryRecvError::Empty) => return false,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return true,
+            };
+            let i = st.outcome.index as usize;
+            self.endpoints[i] = st.outcome.endpoint.clone();
+            self.cgroups[i] = st.outcome.cgroup.clone();
+            match st.pending {
+                Some(p) => {
+                    waiting[i] = Some(st.outcome);
+                    watcher.add(p);
+                }
+                None => {
+                    self.record(i, st.outcome);
+                    let _ = pool.slot_rx.try_recv();
+                }
+            }
+        }
+    }
+
+    /// Phases 1 and 2 of instance `i`, into its record.
+    fn record(&mut self, i: usize, o: Outcome) {
+        record_outcome(
+            &mut self.instances[i],
+            o,
+            self.cfg.progress,
+            self.t0_mono_ns,
+        );
+    }
+
+    /// The tool-call phase: every booted instance executes the tool.
+    fn tool_calls(&mut self) {
+        let Some(call) = &self.cfg.tool_call else {
+            return;
+        };
+        if self.stopping() {
+            return;
+        }
+        progress::emit(
+            self.cfg.progress,
             Event::ToolPhase {
                 tool: call.name.clone(),
             },
         );
-        tool_phase(&cfg, call, &mut instances, &endpoints, &stop);
+        tool_phase(
+            &self.cfg,
+            call,
+            &mut self.instances,
+            &self.endpoints,
+            &self.stop,
+        );
     }
 
-    // Phase 3: memory of every live instance's whole tree.
-    if !stop.load(Ordering::Relaxed) {
-        progress::emit(progress, Event::Memory);
-        test_pause("memory", &stop);
-        note_crashes(sup, run_id, &mut instances, &cgroups);
+    /// Phase 3: memory of every live instance's whole tree.
+    fn measure_memory(&mut self) {
+        if self.stopping() {
+            return;
+        }
+        progress::emit(self.cfg.progress, Event::Memory);
+        test_pause("memory", &self.stop);
+        note_crashes(self.sup, &self.run_id, &mut self.instances, &self.cgroups);
         // Marker path: one snapshot for every instance.
-        let index = (!cgroups.iter().all(Option::is_some))
-            .then(|| crate::memory::InstanceIndex::new(run_id, &crate::proc::table()));
-        for inst in instances.iter_mut() {
-            if let (Some(pid), None, None) = (inst.pid, &inst.boot_error, &inst.crashed) {
-                let pids = match (&cgroups[inst.index as usize], &index) {
-                    (Some(c), _) => c.cg.procs_recursive(),
-                    (None, Some(ix)) => ix.pids(pid, inst.index),
-                    (None, None) => Vec::new(),
-                };
-                let m: TreeMemory = crate::memory::tree_usage(&pids);
-                inst.pids = m.pids.iter().map(|(p, _)| *p).collect();
-                inst.rss_kb = Some(m.rss_kb);
-                inst.pss_kb = Some(m.pss_kb);
-            }
+        let index = (!self.cgroups.iter().all(Option::is_some))
+            .then(|| crate::memory::InstanceIndex::new(&self.run_id, &crate::proc::table()));
+        for inst in self.instances.iter_mut() {
+            let (Some(pid), None, None) = (inst.pid, &inst.boot_error, &inst.crashed) else {
+                continue;
+            };
+            let pids = match (&self.cgroups[inst.index as usize], &index) {
+                (Some(c), _) => c.cg.procs_recursive(),
+                (None, Some(ix)) => ix.pids(pid, inst.index),
+                (None, None) => Vec::new(),
+            };
+            let m: TreeMemory = crate::memory::tree_usage(&pids);
+            inst.pids = m.pids.iter().map(|(p, _)| *p).collect();
+            inst.rss_kb = Some(m.rss_kb);
+            inst.pss_kb = Some(m.pss_kb);
         }
     }
 
-    // Phase 5: cleanup (phase 4 is computed from the records by the report).
-    if !stop.load(Ordering::Relaxed) {
-        note_crashes(sup, run_id, &mut instances, &cgroups);
-    }
-    let targets: Vec<Target> = instances
-        .iter()
-        .filter_map(|i| {
-            Some(Target {
-                instance: i.index,
-                pid: i.pid?,
-                pgid: i.pgid?,
-                cgroup: cgroups[i.index as usize].clone(),
+    /// Phase 5: cleanup (phase 4 is computed from the records by the
+    /// report). Every started instance is ended and its end recorded.
+    fn teardown(&mut self) -> TeardownReport {
+        if !self.stopping() {
+            note_crashes(self.sup, &self.run_id, &mut self.instances, &self.cgroups);
+        }
+        let targets: Vec<Target> = self
+            .instances
+            .iter()
+            .filter_map(|i| {
+                Some(Target {
+                    instance: i.index,
+                    pid: i.pid?,
+                    pgid: i.pgid?,
+                    cgroup: self.cgroups[i.index as usize].clone(),
+                })
             })
-        })
-        .collect();
-    progress::emit(
-        progress,
-        Event::Teardown {
-            instances: targets.len(),
-        },
-    );
-    timeline.teardown_start_ms = ms_since(t0);
-    let td = teardown::teardown_interruptible(sup, run_id, &targets, cfg.grace, &stop);
-    timeline.teardown_end_ms = ms_since(t0);
-    for t in &td.instances {
-        let inst = &mut instances[t.instance as usize];
+            .collect();
+        progress::emit(
+            self.cfg.progress,
+            Event::Teardown {
+                instances: targets.len(),
+            },
+        );
+        self.timeline.teardown_start_ms = ms_since(self.t0);
+        let td = teardown::teardown_interruptible(
+            self.sup,
+            &self.run_id,
+            &targets,
+            self.cfg.grace,
+            &self.stop,
+        );
+        self.timeline.teardown_end_ms = ms_since(self.t0);
+        for t in &td.instances {
+            self.record_teardown(t);
+        }
+        td
+    }
+
+    /// How one instance ended at cleanup, into its record; a booted one
+    /// that was already gone had crashed.
+    fn record_teardown(&mut self, t: &teardown::InstanceTeardown) {
+        let stopping = self.stopping();
+        let inst = &mut self.instances[t.instance as usize];
         log::debug!(
             "[{}] teardown: {} after {:.1} ms",
             t.instance,
@@ -536,12 +584,12 @@ pub fn run(
         inst.teardown = Some(t.ended.key().to_string());
         inst.teardown_ms = Some(t.ms);
         if let Some(pid) = inst.pid {
-            inst.exit_status = sup.try_status(pid).map(|e| e.to_string());
+            inst.exit_status = self.sup.try_status(pid).map(|e| e.to_string());
         }
         if t.ended == teardown::Ended::AlreadyGone
             && inst.boot_ms.is_some()
             && inst.crashed.is_none()
-            && !stop.load(Ordering::Relaxed)
+            && !stopping
         {
             inst.crashed = Some(match &inst.exit_status {
                 Some(e) => format!("gone before cleanup ({e})"),
@@ -549,27 +597,195 @@ pub fn run(
             });
         }
     }
-    // Instance cgroups are removed by the teardown; drop our handles.
-    drop(cgroups);
-    // Launcher statuses are read; forget them and any adopted orphans'.
-    sup.forget_all();
-    drop(leases);
-    let _ = std::fs::remove_dir_all(&run_dir);
-    let interrupted = stop
-        .load(Ordering::Relaxed)
-        .then(|| "interrupted by signal".to_string());
-    Ok(RunResult {
+
+    /// Releases what the run held (cgroup handles, launcher statuses, CID
+    /// leases, the run directory) and assembles the result.
+    fn finish(self, td: TeardownReport) -> RunResult {
+        let interrupted = self.stopping().then(|| "interrupted by signal".to_string());
+        // Instance cgroups are removed by the teardown; drop our handles.
+        drop(self.cgroups);
+        // Launcher statuses are read; forget them and any adopted orphans'.
+        self.sup.forget_all();
+        drop(self.leases);
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+        RunResult {
+            run_id: self.run_id,
+            instances: self.instances,
+            teardown: Some(td),
+            interrupted,
+            elapsed_ms: ns_to_ms(self.t0.elapsed().as_nanos() as u64),
+            containment: crate::supervisor::containment()
+                .map(|c| c.describe())
+                .unwrap_or_else(|| "process groups and markers".into()),
+            timeline: self.timeline,
+            harness: HarnessUsage::now(),
+        }
+    }
+}
+
+/// Refuses a count this process cannot open files for (the hard limit is
+/// raised to the soft first).
+fn check_fd_limit(count: u32) -> Result<(), RunError> {
+    let limit = crate::supervisor::raise_fd_limit();
+    let needed = u64::from(count) * FDS_PER_INSTANCE + FDS_BASE;
+    if limit > 0 && needed > limit {
+        return Err(RunError::TooFewFiles {
+            count,
+            needed,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// The log directory to use: `asked`, created or checked so that nobody
+/// else can plant links in it (crate::fsafe), and writable. The default, a
+/// fixed path under /tmp, may belong to someone else: then logs go to a
+/// per-user directory, said so.
+fn usable_log_dir(asked: &std::path::Path, run_id: &str) -> Result<PathBuf, RunError> {
+    let refused = |dir: &std::path::Path, problem| RunError::LogDir {
+        dir: dir.to_path_buf(),
+        problem,
+    };
+    let mut dir = asked.to_path_buf();
+    if let Err(e) = crate::fsafe::ensure_dir(asked, crate::paths::LOG_DIR_MODE) {
+        let fallback = crate::paths::fallback_log_dir();
+        if !(e.is_refusal() && asked == std::path::Path::new(crate::paths::DEFAULT_LOG_DIR)) {
+            return Err(refused(asked, LogDirProblem::Unsafe(e)));
+        }
+        if let Err(e2) = crate::fsafe::ensure_dir(&fallback, crate::paths::LOG_DIR_MODE) {
+            let problem = LogDirProblem::Fallback {
+                error: e2,
+                default_refused: e,
+            };
+            return Err(refused(&fallback, problem));
+        }
+        log::warn!(
+            "not using the default log directory: {e}. Logs go to {} (choose with --log-dir)",
+            fallback.display()
+        );
+        dir = fallback;
+    }
+    // Writable? O_EXCL never follows a symlink and never opens an existing file.
+    let probe_file = dir.join(format!(".ukload-write-test-{run_id}"));
+    File::options()
+        .write(true)
+        .create_new(true)
+        .open(&probe_file)
+        .map_err(|e| refused(&dir, LogDirProblem::NotWritable(e)))?;
+    let _ = std::fs::remove_file(&probe_file);
+    Ok(dir)
+}
+
+/// One CID lease per instance from the host-wide registry, each naming
+/// the instance that holds it.
+fn lease_cids(cfg: &RunConfig, run_id: &str) -> Result<Vec<CidLease>, RunError> {
+    let registry = CidRegistry::open(&crate::paths::cid_dir()).map_err(RunError::Cid)?;
+    let holder = HolderInfo {
+        pid: std::process::id(),
         run_id: run_id.to_string(),
-        instances,
-        teardown: Some(td),
-        interrupted,
-        elapsed_ms: ns_to_ms(t0.elapsed().as_nanos() as u64),
-        containment: crate::supervisor::containment()
-            .map(|c| c.describe())
-            .unwrap_or_else(|| "process groups and markers".into()),
-        timeline,
-        harness: HarnessUsage::now(),
-    })
+        instance: None,
+    };
+    let mut leases = registry
+        .allocate(cfg.cid_range, cfg.count as usize, &holder)
+        .map_err(RunError::Cid)?;
+    for (i, l) in leases.iter_mut().enumerate() {
+        let _ = l.set_instance(i as u32);
+    }
+    Ok(leases)
+}
+
+impl Instance {
+    /// A fresh record: instance `index` on `cid`, logging under `log_dir`.
+    fn new(index: u32, cid: u32, log_dir: &std::path::Path) -> Instance {
+        Instance {
+            index,
+            cid,
+            log: crate::launcher::log_path(log_dir, index, cid),
+            ..Instance::default()
+        }
+    }
+}
+
+/// The spawner threads and the channels the readiness loop reads.
+struct SpawnPool {
+    handles: Vec<std::thread::JoinHandle<()>>,
+    /// What the spawners started (or failed to).
+    out_rx: crossbeam_channel::Receiver<Started>,
+    /// In-flight tokens: one taken out when an instance is done.
+    slot_rx: crossbeam_channel::Receiver<()>,
+    /// Readable when a spawner has sent something.
+    wake_rx: std::os::unix::net::UnixStream,
+}
+
+impl SpawnPool {
+    /// Queues `jobs` (index, CID) and starts the spawner threads; fewer
+    /// than asked is fine, none is an error.
+    fn start(sh: Arc<Shared>, jobs: &[(u32, u32)]) -> Result<SpawnPool, RunError> {
+        let cfg = &sh.cfg;
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<(u32, u32)>();
+        let (out_tx, out_rx) = crossbeam_channel::unbounded::<Started>();
+        // One token per instance in flight: a spawner puts one in before it
+        // forks, the loop takes one out when that instance is done.
+        let in_flight = cfg.concurrency.clamp(1, cfg.count.max(1)) as usize;
+        let (slot_tx, slot_rx) = crossbeam_channel::bounded::<()>(in_flight);
+        let (wake_rx, wake_tx) = std::os::unix::net::UnixStream::pair()
+            .and_then(|(a, b)| {
+                a.set_nonblocking(true)?;
+                b.set_nonblocking(true)?;
+                Ok((a, b))
+            })
+            .map_err(RunError::WakePair)?;
+        let wake_tx = Arc::new(wake_tx);
+        for &job in jobs {
+            let _ = job_tx.send(job);
+        }
+        drop(job_tx);
+        let spawners = (in_flight as u32).min(SPAWNERS);
+        let mut handles = Vec::new();
+        for w in 0..spawners {
+            let (rx, tx, slots) = (job_rx.clone(), out_tx.clone(), slot_tx.clone());
+            let (wake, sh) = (wake_tx.clone(), sh.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("ukload-spawner-{w}"))
+                .stack_size(SPAWNER_STACK)
+                .spawn(move || spawner(&sh, &rx, &tx, &slots, &wake));
+            match spawned {
+                Ok(h) => handles.push(h),
+                // Out of threads (e.g. `ulimit -u`): the spawners we have do it.
+                Err(e) if !handles.is_empty() => {
+                    log::warn!("could start only {} spawner thread(s): {e}", handles.len());
+                    break;
+                }
+                Err(e) => return Err(RunError::SpawnerThread(e)),
+            }
+        }
+        Ok(SpawnPool {
+            handles,
+            out_rx,
+            slot_rx,
+            wake_rx,
+        })
+    }
+}
+
+/// A spawner thread: takes an in-flight slot, starts the next instance,
+/// sends it and wakes the readiness loop, until the jobs run out or the
+/// run stops.
+fn spawner(
+    sh: &Shared,
+    jobs: &crossbeam_channel::Receiver<(u32, u32)>,
+    out: &crossbeam_channel::Sender<Started>,
+    slots: &crossbeam_channel::Sender<()>,
+    wake: &std::os::unix::net::UnixStream,
+) {
+    while let Ok((index, cid)) = jobs.recv() {
+        if !take_slot(slots, &sh.stop) {
+            break;
+        }
+        let _ = out.send(start_instance(sh, index, cid));
+        let _ = (&*wake).write(&[1]);
+    }
 }
 
 fn ms_since(t0: Instant) -> f64 {
@@ -653,6 +869,7 @@ fn record_outcome(inst: &mut Instance, o: Outcome, progress: ProgressMode, t0_mo
             );
         }
         Err(e) => {
+            let e = e.to_string();
             progress::emit(
                 progress,
                 Event::BootFailed {
@@ -818,148 +1035,134 @@ fn start_instance(sh: &Shared, index: u32, cid: u32) -> Started {
     }
 }
 
+/// Why an instance did not start or boot (its record's `boot_error`).
+#[derive(Debug)]
+enum InstanceError {
+    /// Its cgroup could not be created.
+    Cgroup(std::io::Error),
+    /// Its log could not be opened safely.
+    OpenLog(crate::fsafe::FsafeError),
+    /// The launch commands could not be written to its log.
+    WriteLog {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// Its log could not be duplicated for a child's stdout or stderr.
+    CloneLog {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// A helper or the launcher could not be started.
+    Spawn {
+        command: String,
+        error: crate::supervisor::SpawnError,
+    },
+    /// A helper did not create its socket.
+    Helper {
+        command: String,
+        log: PathBuf,
+        error: HelperWaitError,
+    },
+    /// Started, but did not become ready; the last lines of its log.
+    Boot {
+        failure: BootFailure,
+        log_tail: Vec<String>,
+    },
+    /// Started; the readiness loop has not said yet (never recorded).
+    Watching,
+}
+
+impl InstanceError {
+    /// A failed boot, with the last lines of `log` unless it was interrupted.
+    fn boot(failure: BootFailure, log: &std::path::Path) -> InstanceError {
+        let log_tail = match failure {
+            BootFailure::Interrupted => Vec::new(),
+            _ => probe::log_tail(log, BOOT_LOG_TAIL_LINES),
+        };
+        InstanceError::Boot { failure, log_tail }
+    }
+}
+
+/// Log lines quoted after a failed boot.
+const BOOT_LOG_TAIL_LINES: usize = 3;
+
+impl std::fmt::Display for InstanceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InstanceError::Cgroup(e) => write!(f, "cannot create the instance's cgroup: {e}"),
+            InstanceError::OpenLog(e) => write!(f, "cannot open log: {e}"),
+            InstanceError::WriteLog { path, error } => {
+                write!(f, "cannot write log {}: {error}", path.display())
+            }
+            InstanceError::CloneLog { path, error } => {
+                write!(f, "cannot open log {}: {error}", path.display())
+            }
+            InstanceError::Spawn { command, error } => {
+                write!(f, "spawn failed: {error} (command: {command})")
+            }
+            InstanceError::Helper {
+                command,
+                log,
+                error,
+            } => write!(f, "{error} (command: {command}); log: {}", log.display()),
+            InstanceError::Boot { failure, log_tail } if log_tail.is_empty() => failure.fmt(f),
+            InstanceError::Boot { failure, log_tail } => {
+                write!(f, "{failure}; last log lines: {}", log_tail.join(" | "))
+            }
+            InstanceError::Watching => f.write_str("boot still being watched"),
+        }
+    }
+}
+
+/// Why a helper's socket did not appear.
+#[derive(Debug)]
+enum HelperWaitError {
+    /// The helper exited first.
+    Exited {
+        exit: crate::supervisor::Exit,
+        path: PathBuf,
+    },
+    /// The run was interrupted.
+    Interrupted,
+    /// The boot deadline passed.
+    Deadline { path: PathBuf },
+}
+
+impl std::fmt::Display for HelperWaitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HelperWaitError::Exited { exit, path } => {
+                write!(
+                    f,
+                    "helper exited ({exit}) before creating {}",
+                    path.display()
+                )
+            }
+            HelperWaitError::Interrupted => f.write_str("interrupted"),
+            HelperWaitError::Deadline { path } => write!(
+                f,
+                "helper did not create {} before the boot deadline",
+                path.display()
+            ),
+        }
+    }
+}
+
 /// Phase 1 for one instance: its launcher (and helpers) started, and what
 /// the readiness loop must watch; `Err` is a failed start.
 // Built once per instance and moved once: boxing the error buys nothing.
 #[allow(clippy::result_large_err)]
 fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome> {
     let cfg = &sh.cfg;
-    let log = crate::launcher::log_path(&cfg.log_dir, index, cid);
-    let ctx = InstanceCtx {
-        index,
-        cid,
-        port: cfg.port,
-        uds: sh.run_dir.join(format!("i{index}.vsock")),
-        memory_mb: cfg.launcher.memory_mb,
-        log: log.clone(),
-    };
-    let cgroup = match crate::supervisor::run_cgroup().map(|r| r.instance(index, cid)) {
-        None => None,
-        Some(Ok(c)) => Some(Arc::new(c)),
-        Some(Err(e)) => {
-            return Err(started_fail(
-                index,
-                None,
-                None,
-                format!("cannot create the instance's cgroup: {e}"),
-            ))
-        }
-    };
-    let fail = |msg: String| started_fail(index, None, cgroup.clone(), msg);
-    let plan = cfg.launcher.plan(&ctx);
-    // No symlink or hard link followed, nobody else's file truncated.
-    let mut log_file = match crate::fsafe::open_log(&log) {
-        Ok(f) => f,
-        Err(e) => return Err(fail(format!("cannot open log: {e}"))),
-    };
-    // The launch commands head the log (the guide's "tracks spawn commands");
-    // console readiness reads the log after them.
-    let helper_commands: Vec<String> = plan.pre.iter().map(|p| p.command.display()).collect();
-    let command = plan.command.display();
-    log::debug!(
-        "[{index}] launch (CID {cid}, log {}): {command}",
-        log.display()
-    );
-    for h in &helper_commands {
-        log::debug!("[{index}] helper: {h}");
-    }
-    let mut header = String::new();
-    for h in &helper_commands {
-        header.push_str(&format!("{}helper: {h}\n", probe::LOG_HEADER_PREFIX));
-    }
-    header.push_str(&format!("{}launch: {command}\n", probe::LOG_HEADER_PREFIX));
-    if let Err(e) = log_file.write_all(header.as_bytes()) {
-        return Err(fail(format!("cannot write log {}: {e}", log.display())));
-    }
-    let log_skip = header.len() as u64;
-    let mark = |cmd: Command| -> Result<Command, String> {
-        let out = log_file
-            .try_clone()
-            .map_err(|e| format!("cannot open log {}: {e}", log.display()))?;
-        let err = log_file
-            .try_clone()
-            .map_err(|e| format!("cannot open log {}: {e}", log.display()))?;
-        let cmd = match &cgroup {
-            Some(c) => cmd.into_cgroup(c.dir_fd(), c.procs_fd()),
-            None => cmd,
-        };
-        let cmd = cmd
-            .env(ENV_RUN, &sh.run_id)
-            .env(ENV_INSTANCE, index.to_string())
-            .env(ENV_CID, cid.to_string())
-            // So `ukload cleanup` from another runtime directory finds our harness lock.
-            .env(crate::paths::ENV_RUNTIME_DIR, crate::paths::runtime_dir())
-            .stdin(Redirect::Null)
-            .stdout(Redirect::File(out))
-            .stderr(Redirect::File(err));
-        Ok(if cfg.launcher.flatpak_host {
-            // `--watch-bus`: the host process ends when we do.
-            cmd.wrapped_in("flatpak-spawn", &["--host", "--watch-bus"])
-        } else {
-            cmd
-        })
-    };
+    let mut launch = Launch::new(sh, index, cid)?;
+    let plan = cfg.launcher.plan(&launch.ctx());
+    let (log_file, header) = launch.open_log(&plan)?;
     let t_spawn = Instant::now();
-    // Helpers first (e.g. a vhost-user backend), the first leading the
-    // instance's process group; each must create its socket before the next.
-    let mut first: Option<crate::supervisor::Child> = None;
     let boot_deadline = deadline_after(t_spawn, cfg.boot_timeout);
-    let mut helpers: Vec<(i32, String)> = Vec::new();
     for pre in plan.pre {
-        let mut cmd = match mark(pre.command) {
-            Ok(c) => c,
-            Err(e) => return Err(fail(e)),
-        };
-        if let Some(f) = &first {
-            cmd = cmd.join_process_group(f.pgid);
-        }
-        let shown = cmd.display();
-        let c = match sh.sup.spawn(cmd) {
-            Ok(c) => c,
-            Err(e) => {
-                return Err(started_fail(
-                    index,
-                    first.as_ref(),
-                    cgroup.clone(),
-                    format!("spawn failed: {e} (command: {shown})"),
-                ))
-            }
-        };
-        let pre_pid = c.pid;
-        helpers.push((pre_pid, shown.clone()));
-        if first.is_none() {
-            first = Some(c);
-        }
-        if let Err(e) = wait_for_path(&pre.ready_path, boot_deadline, &sh.stop, &|| {
-            sh.sup.try_status(pre_pid)
-        }) {
-            return Err(started_fail(
-                index,
-                first.as_ref(),
-                cgroup.clone(),
-                format!("{e} (command: {shown}); log: {}", log.display()),
-            ));
-        }
+        launch.start_helper(&log_file, pre, boot_deadline)?;
     }
-    let mut cmd = match mark(plan.command) {
-        Ok(c) => c,
-        Err(e) => return Err(started_fail(index, first.as_ref(), cgroup.clone(), e)),
-    };
-    if let Some(f) = &first {
-        cmd = cmd.join_process_group(f.pgid);
-    }
-    let shown = cmd.display();
-    let child = match sh.sup.spawn(cmd) {
-        Ok(c) => c,
-        Err(e) => {
-            return Err(started_fail(
-                index,
-                first.as_ref(),
-                cgroup.clone(),
-                format!("spawn failed: {e} (command: {shown})"),
-            ))
-        }
-    };
+    let (child, _) = launch.spawn(&log_file, plan.command)?;
     let spawn_ms = t_spawn.elapsed().as_secs_f64() * 1000.0;
     progress::emit(
         cfg.progress,
@@ -970,74 +1173,252 @@ fn spawn_instance(sh: &Shared, index: u32, cid: u32) -> Result<Started, Outcome>
         },
     );
     // Boot time counts from the instance's first process.
-    let (started, started_mono_ns) = match &first {
-        Some(f) => (f.started, f.started_mono_ns),
-        None => (child.started, child.started_mono_ns),
-    };
-    let deadline = deadline_after(started, cfg.boot_timeout);
-    let pid = child.pid;
-    let run_id = sh.run_id.clone();
-    let log_for_dead = log.clone();
-    let may_daemonize = plan.may_daemonize;
-    let cg_for_dead = cgroup.clone();
-    let sup = sh.sup;
-    let dead = move || -> Option<String> {
-        // A helper (e.g. the vhost-user vsock backend) that died dooms the
-        // boot: say so now, not at the boot deadline.
-        for (hp, shown) in &helpers {
-            if let Some(e) = sup.try_status(*hp) {
-                return Some(format!(
-                    "helper {shown} {e}; log: {}",
-                    log_for_dead.display()
-                ));
-            }
-        }
-        let exit = sup.try_status(pid)?;
-        if exit.success() && may_daemonize {
-            // A launcher may daemonize its VMM and exit 0: only dead if nothing is left.
-            let left = match &cg_for_dead {
-                Some(c) => c.cg.populated(),
-                None => !crate::memory::instance_pids(pid, &run_id, index, &crate::proc::table())
-                    .is_empty(),
-            };
-            if left {
-                return None;
-            }
-            return Some(format!(
-                "{exit}, and no process of the instance is left; log: {}",
-                log_for_dead.display()
-            ));
-        }
-        Some(format!("{exit}; log: {}", log_for_dead.display()))
-    };
-    let endpoint = plan.readiness.endpoint().cloned();
+    let first = launch.first.as_ref().unwrap_or(&child);
+    let (started, started_mono_ns) = (first.started, first.started_mono_ns);
     let pending = crate::readiness::Pending {
         index,
         readiness: plan.readiness,
         framing: cfg.framing,
-        log,
-        log_skip,
+        log: launch.log.clone(),
+        log_skip: header.len,
         started,
-        deadline,
-        dead: Box::new(dead),
+        deadline: deadline_after(started, cfg.boot_timeout),
+        dead: launch.dead_check(child.pid, plan.may_daemonize),
     };
     Ok(Started {
         outcome: Outcome {
             index,
-            pid: Some(pid),
+            pid: Some(child.pid),
             pgid: Some(child.pgid),
             spawn_ms: Some(spawn_ms),
             started_mono_ns,
-            endpoint,
+            endpoint: pending.readiness.endpoint().cloned(),
             // Filled in by the readiness loop.
-            ready: Err(String::new()),
-            command: Some(command),
-            helper_commands,
-            may_daemonize,
-            cgroup,
+            ready: Err(InstanceError::Watching),
+            command: Some(header.command),
+            helper_commands: header.helpers,
+            may_daemonize: plan.may_daemonize,
+            cgroup: launch.cgroup,
         },
         pending: Some(pending),
     })
+}
+
+/// One instance's start in progress. What it has started so far is what a
+/// failure reports, so that cleanup ends it.
+struct Launch<'a> {
+    sh: &'a Shared,
+    index: u32,
+    cid: u32,
+    log: PathBuf,
+    cgroup: Option<Arc<InstanceCgroup>>,
+    /// The first process started: it leads the instance's process group.
+    first: Option<crate::supervisor::Child>,
+    /// The helpers started: pid and command line.
+    helpers: Vec<(i32, String)>,
+}
+
+/// The launch commands written at the head of an instance's log.
+struct LogHeader {
+    command: String,
+    helpers: Vec<String>,
+    /// Its length: console readiness reads the log after it.
+    len: u64,
+}
+
+impl<'a> Launch<'a> {
+    /// A start with nothing started yet; the instance's cgroup is created
+    /// (cgroup containment).
+    #[allow(clippy::result_large_err)]
+    fn new(sh: &'a Shared, index: u32, cid: u32) -> Result<Launch<'a>, Outcome> {
+        let cgroup = match crate::supervisor::run_cgroup().map(|r| r.instance(index, cid)) {
+            None => None,
+            Some(Ok(c)) => Some(Arc::new(c)),
+            Some(Err(e)) => return Err(started_fail(index, None, None, InstanceError::Cgroup(e))),
+        };
+        Ok(Launch {
+            sh,
+            index,
+            cid,
+            log: crate::launcher::log_path(&sh.cfg.log_dir, index, cid),
+            cgroup,
+            first: None,
+            helpers: Vec::new(),
+        })
+    }
+
+    /// What the launcher plans the instance's start from.
+    fn ctx(&self) -> InstanceCtx {
+        InstanceCtx {
+            index: self.index,
+            cid: self.cid,
+            port: self.sh.cfg.port,
+            uds: self.sh.run_dir.join(format!("i{}.vsock", self.index)),
+            memory_mb: self.sh.cfg.launcher.memory_mb,
+            log: self.log.clone(),
+        }
+    }
+
+    /// A failed start, reporting what was started so far.
+    fn fail(&self, e: InstanceError) -> Outcome {
+        started_fail(self.index, self.first.as_ref(), self.cgroup.clone(), e)
+    }
+
+    /// Opens the log (no symlink or hard link followed, nobody else's file
+    /// truncated) and writes the launch commands at its head (the guide's
+    /// "tracks spawn commands").
+    #[allow(clippy::result_large_err)]
+    fn open_log(&self, plan: &crate::launcher::Plan) -> Result<(File, LogHeader), Outcome> {
+        let (index, cid) = (self.index, self.cid);
+        let mut log_file =
+            crate::fsafe::open_log(&self.log).map_err(|e| self.fail(InstanceError::OpenLog(e)))?;
+        let helpers: Vec<String> = plan.pre.iter().map(|p| p.command.display()).collect();
+        let command = plan.command.display();
+        let log = self.log.display();
+        log::debug!("[{index}] launch (CID {cid}, log {log}): {command}");
+        for h in &helpers {
+            log::debug!("[{index}] helper: {h}");
+        }
+        let mut text = String::new();
+        for h in &helpers {
+            text.push_str(&format!("{}helper: {h}\n", probe::LOG_HEADER_PREFIX));
+        }
+        text.push_str(&format!("{}launch: {command}\n", probe::LOG_HEADER_PREFIX));
+        if let Err(error) = log_file.write_all(text.as_bytes()) {
+            let path = self.log.clone();
+            return Err(self.fail(InstanceError::WriteLog { path, error }));
+        }
+        let len = text.len() as u64;
+        Ok((
+            log_file,
+            LogHeader {
+                command,
+                helpers,
+                len,
+            },
+        ))
+    }
+
+    /// `cmd` as this instance runs it: output to its log, its markers in
+    /// the environment, in its cgroup and process group (and on the host,
+    /// from a Flatpak sandbox).
+    fn command(&self, log_file: &File, cmd: Command) -> Result<Command, InstanceError> {
+        let clone = || {
+            log_file
+                .try_clone()
+                .map_err(|error| InstanceError::CloneLog {
+                    path: self.log.clone(),
+                    error,
+                })
+        };
+        let (out, err) = (clone()?, clone()?);
+        let cmd = match &self.cgroup {
+            Some(c) => cmd.into_cgroup(c.dir_fd(), c.procs_fd()),
+            None => cmd,
+        };
+        let cmd = cmd
+            .env(ENV_RUN, &self.sh.run_id)
+            .env(ENV_INSTANCE, self.index.to_string())
+            .env(ENV_CID, self.cid.to_string())
+            // So `ukload cleanup` from another runtime directory finds our harness lock.
+            .env(crate::paths::ENV_RUNTIME_DIR, crate::paths::runtime_dir())
+            .stdin(Redirect::Null)
+            .stdout(Redirect::File(out))
+            .stderr(Redirect::File(err));
+        let cmd = match &self.first {
+            Some(f) => cmd.join_process_group(f.pgid),
+            None => cmd,
+        };
+        Ok(if self.sh.cfg.launcher.flatpak_host {
+            // `--watch-bus`: the host process ends when we do.
+            cmd.wrapped_in("flatpak-spawn", &["--host", "--watch-bus"])
+        } else {
+            cmd
+        })
+    }
+
+    /// Starts one of the instance's processes (the first leads its group),
+    /// and says with what command line.
+    #[allow(clippy::result_large_err)]
+    fn spawn(
+        &mut self,
+        log_file: &File,
+        cmd: Command,
+    ) -> Result<(crate::supervisor::Child, String), Outcome> {
+        let cmd = self.command(log_file, cmd).map_err(|e| self.fail(e))?;
+        let command = cmd.display();
+        match self.sh.sup.spawn(cmd) {
+            Ok(c) => Ok((c, command)),
+            Err(error) => Err(self.fail(InstanceError::Spawn { command, error })),
+        }
+    }
+
+    /// Starts a helper (e.g. a vhost-user backend) and waits until it has
+    /// created its socket: each must before the next process starts.
+    #[allow(clippy::result_large_err)]
+    fn start_helper(
+        &mut self,
+        log_file: &File,
+        pre: crate::launcher::PreStep,
+        deadline: Instant,
+    ) -> Result<(), Outcome> {
+        let (c, shown) = self.spawn(log_file, pre.command)?;
+        let pid = c.pid;
+        self.helpers.push((pid, shown.clone()));
+        if self.first.is_none() {
+            self.first = Some(c);
+        }
+        let sup = self.sh.sup;
+        wait_for_path(&pre.ready_path, deadline, &self.sh.stop, &|| {
+            sup.try_status(pid)
+        })
+        .map_err(|error| {
+            self.fail(InstanceError::Helper {
+                command: shown,
+                log: self.log.clone(),
+                error,
+            })
+        })
+    }
+
+    /// What the readiness loop asks to learn that the instance died before
+    /// it was ready: a helper exited, or the launcher did (unless it may
+    /// daemonize and some process of the instance is left).
+    fn dead_check(&self, pid: i32, may_daemonize: bool) -> crate::readiness::DeadCheck {
+        let helpers = self.helpers.clone();
+        let (run_id, index) = (self.sh.run_id.clone(), self.index);
+        let log = self.log.clone();
+        let cgroup = self.cgroup.clone();
+        let sup = self.sh.sup;
+        Box::new(move || -> Option<String> {
+            // A helper (e.g. the vhost-user vsock backend) that died dooms the
+            // boot: say so now, not at the boot deadline.
+            for (hp, shown) in &helpers {
+                if let Some(e) = sup.try_status(*hp) {
+                    return Some(format!("helper {shown} {e}; log: {}", log.display()));
+                }
+            }
+            let exit = sup.try_status(pid)?;
+            if exit.success() && may_daemonize {
+                // A launcher may daemonize its VMM and exit 0: only dead if nothing is left.
+                let left = match &cgroup {
+                    Some(c) => c.cg.populated(),
+                    None => {
+                        let table = crate::proc::table();
+                        !crate::memory::instance_pids(pid, &run_id, index, &table).is_empty()
+                    }
+                };
+                if left {
+                    return None;
+                }
+                return Some(format!(
+                    "{exit}, and no process of the instance is left; log: {}",
+                    log.display()
+                ));
+            }
+            Some(format!("{exit}; log: {}", log.display()))
+        })
+    }
 }
 
 /// Descriptors an instance holds for its life (CID lock, cgroup files, log
@@ -1069,25 +1450,21 @@ fn wait_for_path(
     deadline: Instant,
     stop: &AtomicBool,
     exited: &dyn Fn() -> Option<crate::supervisor::Exit>,
-) -> Result<(), String> {
+) -> Result<(), HelperWaitError> {
     loop {
         if path.exists() {
             return Ok(());
         }
-        if let Some(e) = exited() {
-            return Err(format!(
-                "helper exited ({e}) before creating {}",
-                path.display()
-            ));
+        if let Some(exit) = exited() {
+            let path = path.to_path_buf();
+            return Err(HelperWaitError::Exited { exit, path });
         }
         if stop.load(Ordering::Relaxed) {
-            return Err("interrupted".into());
+            return Err(HelperWaitError::Interrupted);
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "helper did not create {} before the boot deadline",
-                path.display()
-            ));
+            let path = path.to_path_buf();
+            return Err(HelperWaitError::Deadline { path });
         }
         std::thread::sleep(PRE_POLL);
     }
@@ -1099,7 +1476,7 @@ fn started_fail(
     index: u32,
     first: Option<&crate::supervisor::Child>,
     cgroup: Option<Arc<InstanceCgroup>>,
-    msg: String,
+    error: InstanceError,
 ) -> Outcome {
     Outcome {
         cgroup,
@@ -1109,18 +1486,9 @@ fn started_fail(
         spawn_ms: None,
         started_mono_ns: first.map(|c| c.started_mono_ns).unwrap_or(0),
         endpoint: None,
-        ready: Err(msg),
+        ready: Err(error),
         command: None,
         helper_commands: Vec::new(),
         may_daemonize: false,
-    }
-}
-
-fn describe_failure(e: BootFailure, log: &std::path::Path) -> String {
-    let tail = probe::log_tail(log, 3);
-    if tail.is_empty() || matches!(e, BootFailure::Interrupted) {
-        e.to_string()
-    } else {
-        format!("{e}; last log lines: {}", tail.join(" | "))
     }
 }

@@ -12,7 +12,7 @@
 //! [`crate::vsock::STOP_POLL`] of it and the call is reported as
 //! interrupted, so a signal never waits for a silent guest's tool timeout.
 
-use crate::mcp::{Session, SessionOptions, Transport};
+use crate::mcp::{McpError, Session, SessionOptions, Tool, Transport};
 use crate::vsock::{self, Endpoint};
 use serde::Serialize;
 use serde_json::Value;
@@ -34,23 +34,57 @@ pub struct ToolCall {
     pub timeout: Duration,
 }
 
+/// Why a `--tool-call` value is not `TOOL` or `TOOL:{JSON arguments}`.
+#[derive(Debug)]
+pub enum ToolCallParseError {
+    /// The arguments are not JSON.
+    NotJson {
+        args: String,
+        error: serde_json::Error,
+    },
+    /// The arguments are JSON, but not an object.
+    NotObject { args: String },
+    /// No tool name.
+    NoName,
+}
+
+impl std::fmt::Display for ToolCallParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToolCallParseError::NotJson { args, error } => {
+                write!(f, "arguments {args:?} are not JSON: {error}")
+            }
+            ToolCallParseError::NotObject { args } => {
+                write!(f, "arguments {args:?} must be a JSON object")
+            }
+            ToolCallParseError::NoName => f.write_str("expected TOOL or TOOL:{JSON arguments}"),
+        }
+    }
+}
+
+impl std::error::Error for ToolCallParseError {}
+
 impl std::str::FromStr for ToolCall {
-    type Err = String;
+    type Err = ToolCallParseError;
     /// `TOOL` or `TOOL:{"json":"args"}`.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ToolCallParseError> {
         let (name, args) = match s.split_once(':') {
             Some((n, a)) => {
-                let v: Value = serde_json::from_str(a)
-                    .map_err(|e| format!("arguments {a:?} are not JSON: {e}"))?;
+                let v: Value =
+                    serde_json::from_str(a).map_err(|error| ToolCallParseError::NotJson {
+                        args: a.to_string(),
+                        error,
+                    })?;
                 if !v.is_object() {
-                    return Err(format!("arguments {a:?} must be a JSON object"));
+                    let args = a.to_string();
+                    return Err(ToolCallParseError::NotObject { args });
                 }
                 (n, Some(v))
             }
             None => (s, None),
         };
         if name.is_empty() {
-            return Err("expected TOOL or TOOL:{JSON arguments}".into());
+            return Err(ToolCallParseError::NoName);
         }
         Ok(ToolCall {
             name: name.to_string(),
@@ -62,7 +96,7 @@ impl std::str::FromStr for ToolCall {
 }
 
 /// One instance's tool call.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct ToolOutcome {
     /// Connect + era negotiation (`server/discover` or `initialize`) +
     /// `tools/list`, ms.
@@ -91,6 +125,62 @@ fn ms(d: Duration) -> f64 {
 /// stop flag was set.
 pub const INTERRUPTED: &str = "interrupted by signal";
 
+/// Why a tool call failed: its Display is [`ToolOutcome::error`].
+#[derive(Debug)]
+pub enum ToolError {
+    /// The run's stop flag was set during `step`, `after_ms` into the call.
+    Interrupted { step: &'static str, after_ms: f64 },
+    /// The vsock connection failed.
+    Connect(vsock::ConnectError),
+    /// The connected socket could not be set up.
+    Socket(McpError),
+    /// The era negotiation (`server/discover` or `initialize`) failed.
+    Initialize(McpError),
+    /// `tools/list` failed.
+    ListTools(McpError),
+    /// The tool needs tasks, which ukload does not run.
+    NeedsTasks(McpError),
+    /// The guest does not list the tool (and no arguments were given).
+    NoSuchTool { tool: String, listed: Vec<String> },
+    /// The result does not match the tool's `outputSchema`.
+    Protocol { endpoint: String, detail: String },
+    /// The tool answered with `isError`.
+    ToolReported(String),
+    /// The result lacks the `--tool-expect` text.
+    WrongResult { text: String, want: String },
+    /// `tools/call` failed.
+    Call(McpError),
+}
+
+impl std::fmt::Display for ToolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ToolError::Interrupted { step, after_ms } => {
+                write!(f, "{INTERRUPTED} during {step} after {after_ms:.0} ms")
+            }
+            ToolError::Connect(e) => write!(f, "connect: {e}"),
+            ToolError::Socket(e) => write!(f, "socket: {e}"),
+            ToolError::Initialize(e) => write!(f, "initialize: {e}"),
+            ToolError::ListTools(e) => write!(f, "tools/list: {e}"),
+            ToolError::NeedsTasks(e) | ToolError::Call(e) => e.fmt(f),
+            ToolError::NoSuchTool { tool, listed } => write!(
+                f,
+                "the guest has no tool {tool:?} (it has: {})",
+                listed.join(", ")
+            ),
+            ToolError::Protocol { endpoint, detail } => {
+                write!(f, "protocol error from {endpoint}: {detail}")
+            }
+            ToolError::ToolReported(text) => write!(f, "tool reported an error: {text}"),
+            ToolError::WrongResult { text, want } => {
+                write!(f, "wrong result: {text:?} does not contain {want:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ToolError {}
+
 /// Runs `call` against the guest at `ep`. Gives up within
 /// [`crate::vsock::STOP_POLL`] of `stop` being set (the run's SIGINT/SIGTERM
 /// flag), at whatever step it is, with an error starting with [`INTERRUPTED`].
@@ -100,139 +190,154 @@ pub fn execute(
     call: &ToolCall,
     stop: &AtomicBool,
 ) -> ToolOutcome {
-    let mut out = ToolOutcome {
-        session_ms: None,
-        protocol: None,
-        server_start_ms: None,
-        call_ms: None,
-        text: None,
-        error: None,
+    let mut exec = Execution {
+        ep,
+        call,
+        stop,
+        t0: Instant::now(),
+        out: ToolOutcome::default(),
     };
-    let t0 = Instant::now();
-    let interrupted = |step: &str| {
-        Some(format!(
-            "{INTERRUPTED} during {step} after {:.0} ms",
-            ms(t0.elapsed())
-        ))
-    };
-    if stop.load(Ordering::Relaxed) {
-        out.error = interrupted("connect");
-        return out;
+    if let Err(e) = exec.run(framing) {
+        exec.out.error = Some(e.to_string());
     }
-    let stream = match vsock::connect_interruptible(ep, call.timeout, stop) {
-        Ok(s) => s,
-        Err(vsock::ConnectError::Interrupted { .. }) => {
-            out.error = interrupted("connect");
-            return out;
-        }
-        Err(e) => {
-            out.error = Some(format!("connect: {e}"));
-            return out;
-        }
-    };
-    let transport = match Transport::vsock_stream(stream, framing, ep.to_string()) {
-        Ok(t) => t,
-        Err(e) => {
-            out.error = Some(format!("socket: {e}"));
-            return out;
-        }
-    };
-    let options = SessionOptions {
-        init_timeout: call.timeout,
-        request_timeout: call.timeout,
-        ..Default::default()
-    };
-    let negotiation = Instant::now();
-    let session = match Session::connect_interruptible(transport, options, stop) {
-        Ok(s) => s,
-        Err(e) if e.is_interrupted() => {
-            out.error = interrupted("initialize");
-            return out;
-        }
-        Err(e) => {
-            out.error = Some(format!("initialize: {e}"));
-            return out;
-        }
-    };
-    out.server_start_ms = Some(ms(negotiation.elapsed()));
-    out.protocol = Some(format!(
-        "{} ({})",
-        session.protocol_version(),
-        session.era()
-    ));
-    // The tool list is fetched even when the arguments are given: the
-    // result is checked against the tool's outputSchema (one `tools/list`
-    // round trip, counted in `session_ms`).
-    let tools = match session.list_tools_interruptible(stop) {
-        Ok(tools) => tools,
-        Err(e) if e.is_interrupted() => {
-            out.error = interrupted("tools/list");
-            let _ = session.abort();
-            return out;
-        }
-        Err(e) => {
-            out.error = Some(format!("tools/list: {e}"));
-            let _ = session.close();
-            return out;
-        }
-    };
-    let tool = tools.iter().find(|t| t.name == call.name).cloned();
-    if tool.as_ref().is_some_and(crate::mcp::Tool::requires_tasks) {
-        out.error = Some(
-            crate::mcp::McpError::NeedsTasks {
-                tool: call.name.clone(),
-            }
-            .to_string(),
-        );
-        let _ = session.close();
-        return out;
-    }
-    let args = match (&call.args, &tool) {
-        (Some(a), _) => a.clone(),
-        (None, Some(t)) => sample_arguments(&t.input_schema),
-        // Given arguments, an unlisted tool is still called: the guest's
-        // answer (−32602 "Unknown tool") is the error reported.
-        (None, None) => {
-            let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
-            out.error = Some(format!(
-                "the guest has no tool {:?} (it has: {})",
-                call.name,
-                names.join(", ")
-            ));
-            let _ = session.close();
-            return out;
-        }
-    };
-    out.session_ms = Some(ms(t0.elapsed()));
-    let t1 = Instant::now();
-    let result = session.call_tool_interruptible(&call.name, args, call.timeout, stop);
-    out.call_ms = Some(ms(t1.elapsed()));
-    match result {
-        Err(e) if e.is_interrupted() => {
-            out.call_ms = None;
-            out.error = interrupted("tools/call");
+    exec.out
+}
+
+/// One tool call in progress: what it has measured so far.
+struct Execution<'a> {
+    ep: &'a Endpoint,
+    call: &'a ToolCall,
+    stop: &'a AtomicBool,
+    t0: Instant,
+    out: ToolOutcome,
+}
+
+impl Execution<'_> {
+    /// Connects, finds the tool and calls it; the session is closed (or,
+    /// once interrupted, aborted) whatever happens after it opened.
+    fn run(&mut self, framing: crate::framing::Framing) -> Result<(), ToolError> {
+        let session = self.open(framing)?;
+        let result = self
+            .find_tool(&session)
+            .and_then(|(tool, args)| self.call_tool(&session, tool.as_ref(), args));
+        match &result {
             // Cancelled already; end the connection without the flush grace.
-            let _ = session.abort();
-            return out;
-        }
-        Ok(r) => {
-            let text = r.text();
-            if let Some(Err(detail)) = tool.as_ref().map(|t| t.check_output(&r)) {
-                out.error = Some(format!("protocol error from {ep}: {detail}"));
-            } else if r.is_error {
-                out.error = Some(format!("tool reported an error: {text}"));
-            } else if let Some(want) = call.expect.as_deref().filter(|w| !text.contains(w)) {
-                out.error = Some(format!("wrong result: {text:?} does not contain {want:?}"));
+            Err(ToolError::Interrupted { .. }) => {
+                let _ = session.abort();
             }
-            out.text = Some(text);
+            _ => {
+                let _ = session.close();
+            }
         }
-        Err(e) => {
-            out.call_ms = None;
-            out.error = Some(e.to_string());
+        result
+    }
+
+    /// Interrupted during `step`.
+    fn interrupted(&self, step: &'static str) -> ToolError {
+        ToolError::Interrupted {
+            step,
+            after_ms: ms(self.t0.elapsed()),
         }
     }
-    let _ = session.close();
-    out
+
+    /// Connects and negotiates the era; notes the server's start and the
+    /// protocol spoken.
+    fn open(&mut self, framing: crate::framing::Framing) -> Result<Session, ToolError> {
+        let (ep, call, stop) = (self.ep, self.call, self.stop);
+        if stop.load(Ordering::Relaxed) {
+            return Err(self.interrupted("connect"));
+        }
+        let stream = match vsock::connect_interruptible(ep, call.timeout, stop) {
+            Ok(s) => s,
+            Err(vsock::ConnectError::Interrupted { .. }) => return Err(self.interrupted("connect")),
+            Err(e) => return Err(ToolError::Connect(e)),
+        };
+        let transport =
+            Transport::vsock_stream(stream, framing, ep.to_string()).map_err(ToolError::Socket)?;
+        let options = SessionOptions {
+            init_timeout: call.timeout,
+            request_timeout: call.timeout,
+            ..Default::default()
+        };
+        let negotiation = Instant::now();
+        let session = match Session::connect_interruptible(transport, options, stop) {
+            Ok(s) => s,
+            Err(e) if e.is_interrupted() => return Err(self.interrupted("initialize")),
+            Err(e) => return Err(ToolError::Initialize(e)),
+        };
+        self.out.server_start_ms = Some(ms(negotiation.elapsed()));
+        self.out.protocol = Some(format!(
+            "{} ({})",
+            session.protocol_version(),
+            session.era()
+        ));
+        Ok(session)
+    }
+
+    /// The tool as listed (None: not listed, but arguments were given) and
+    /// the arguments to call it with. The tool list is fetched even when
+    /// the arguments are given: the result is checked against the tool's
+    /// outputSchema (one `tools/list` round trip, counted in `session_ms`).
+    fn find_tool(&mut self, session: &Session) -> Result<(Option<Tool>, Value), ToolError> {
+        let call = self.call;
+        let tools = match session.list_tools_interruptible(self.stop) {
+            Ok(tools) => tools,
+            Err(e) if e.is_interrupted() => return Err(self.interrupted("tools/list")),
+            Err(e) => return Err(ToolError::ListTools(e)),
+        };
+        let tool = tools.iter().find(|t| t.name == call.name).cloned();
+        if tool.as_ref().is_some_and(Tool::requires_tasks) {
+            let tool = call.name.clone();
+            return Err(ToolError::NeedsTasks(McpError::NeedsTasks { tool }));
+        }
+        let args = match (&call.args, &tool) {
+            (Some(a), _) => a.clone(),
+            (None, Some(t)) => sample_arguments(&t.input_schema),
+            // Given arguments, an unlisted tool is still called: the guest's
+            // answer (−32602 "Unknown tool") is the error reported.
+            (None, None) => {
+                return Err(ToolError::NoSuchTool {
+                    tool: call.name.clone(),
+                    listed: tools.into_iter().map(|t| t.name).collect(),
+                })
+            }
+        };
+        self.out.session_ms = Some(ms(self.t0.elapsed()));
+        Ok((tool, args))
+    }
+
+    /// The `tools/call` round trip, timed, and its result checked against
+    /// the tool's outputSchema and `--tool-expect`.
+    fn call_tool(
+        &mut self,
+        session: &Session,
+        tool: Option<&Tool>,
+        args: Value,
+    ) -> Result<(), ToolError> {
+        let call = self.call;
+        let t1 = Instant::now();
+        let result = session.call_tool_interruptible(&call.name, args, call.timeout, self.stop);
+        let r = match result {
+            Err(e) if e.is_interrupted() => return Err(self.interrupted("tools/call")),
+            Err(e) => return Err(ToolError::Call(e)),
+            Ok(r) => r,
+        };
+        self.out.call_ms = Some(ms(t1.elapsed()));
+        let text = r.text();
+        self.out.text = Some(text.clone());
+        if let Some(Err(detail)) = tool.map(|t| t.check_output(&r)) {
+            let endpoint = self.ep.to_string();
+            return Err(ToolError::Protocol { endpoint, detail });
+        }
+        if r.is_error {
+            return Err(ToolError::ToolReported(text));
+        }
+        if let Some(want) = call.expect.as_deref().filter(|w| !text.contains(w)) {
+            let want = want.to_string();
+            return Err(ToolError::WrongResult { text, want });
+        }
+        Ok(())
+    }
 }
 
 /// Sample value for a string property in made-up arguments.
@@ -281,10 +386,12 @@ mod tests {
         assert!("add:[1,2]"
             .parse::<ToolCall>()
             .unwrap_err()
+            .to_string()
             .contains("JSON object"));
         assert!("add:{"
             .parse::<ToolCall>()
             .unwrap_err()
+            .to_string()
             .contains("not JSON"));
         assert!(":{}".parse::<ToolCall>().is_err());
     }

@@ -10,6 +10,7 @@ use ukload::framing::Framing;
 use ukload::launcher::{self, Kind, LauncherConfig, ReadyMode};
 use ukload::progress::ProgressMode;
 use ukload::run::{MemMetric, RunConfig};
+use ukload::toolcall::ToolCall;
 
 /// Default instance count (the seed's medium load test).
 pub const DEFAULT_COUNT: u32 = 15;
@@ -582,6 +583,66 @@ pub fn grace(v: &Option<String>) -> Result<Duration, Usage> {
 impl RunArgs {
     /// Validates every flag; nothing has started yet.
     pub fn to_config(&self) -> Result<(RunConfig, Format), Usage> {
+        let (count, concurrency) = self.count_and_concurrency()?;
+        let kind: Kind = match &self.launcher {
+            None => Kind::Process,
+            Some(s) => s.parse().map_err(|e| Usage(format!("--launcher: {e}")))?,
+        };
+        let boot_timeout = self.boot_timeout()?;
+        let max_boot_ms = positive_f64("--max-boot-ms", &self.max_boot_ms, DEFAULT_MAX_BOOT_MS)?;
+        let max_mem_mb = positive_f64("--max-mem-mb", &self.max_mem_mb, DEFAULT_MAX_MEM_MB)?;
+        let mem_metric: MemMetric = match &self.mem_metric {
+            None => MemMetric::Pss,
+            Some(s) => s.parse().map_err(|e| Usage(format!("--mem-metric: {e}")))?,
+        };
+        let cid_range = self.cid_range(count)?;
+        let port = self.port()?;
+        let grace = grace(&self.grace_ms)?;
+        let min_success_pct = self.min_success()?;
+        let fmt = format(&self.format)?;
+        let mut lc = self.launcher_config(kind)?;
+        let tool_call = self.tool_call(&lc)?;
+        // A bridged server that stays silent is reported by the guest before
+        // the client's own deadline would end the session without a reason.
+        if lc.qemu.runs_server() {
+            let t = tool_call
+                .as_ref()
+                .map_or(ukload::toolcall::DEFAULT_TOOL_TIMEOUT, |c| c.timeout);
+            lc.qemu.server_timeout = Some(t);
+        }
+        let max_tool_ms = positive_f64("--max-tool-ms", &self.max_tool_ms, DEFAULT_MAX_TOOL_MS)?;
+        let max_connect_ms = match &self.max_connect_ms {
+            None => None,
+            Some(_) => Some(positive_f64("--max-connect-ms", &self.max_connect_ms, 0.0)?),
+        };
+        let cfg = RunConfig {
+            tool_call,
+            max_tool_ms,
+            max_connect_ms,
+            count,
+            concurrency,
+            // Positive, finite and at most a day: checked by boot_timeout().
+            boot_timeout: Duration::from_secs_f64(boot_timeout),
+            max_boot_ms,
+            max_mem_mb,
+            mem_metric,
+            cid_range,
+            port,
+            grace,
+            min_success_pct,
+            log_dir: self
+                .log_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_DIR)),
+            framing: lc.framing,
+            launcher: lc,
+            progress: progress_mode(self.quiet, &self.progress)?,
+        };
+        Ok((cfg, fmt))
+    }
+
+    /// COUNT and `--concurrency` (default: all at once), both at least 1.
+    fn count_and_concurrency(&self) -> Result<(u32, u32), Usage> {
         let count = match &self.count {
             None => DEFAULT_COUNT,
             Some(s) => num::<u32>("COUNT", s, "a whole number of instances")?,
@@ -600,10 +661,11 @@ impl RunArgs {
                 "--concurrency 0: at least one spawn must be allowed in flight".into(),
             ));
         }
-        let kind: Kind = match &self.launcher {
-            None => Kind::Process,
-            Some(s) => s.parse().map_err(|e| Usage(format!("--launcher: {e}")))?,
-        };
+        Ok((count, concurrency))
+    }
+
+    /// `--boot-timeout`, seconds: positive and at most a day.
+    fn boot_timeout(&self) -> Result<f64, Usage> {
         let boot_timeout =
             positive_f64("--boot-timeout", &self.boot_timeout, DEFAULT_BOOT_TIMEOUT_S)?;
         if boot_timeout > MAX_DURATION_S as f64 {
@@ -612,12 +674,11 @@ impl RunArgs {
                 self.boot_timeout.as_deref().unwrap_or_default()
             )));
         }
-        let max_boot_ms = positive_f64("--max-boot-ms", &self.max_boot_ms, DEFAULT_MAX_BOOT_MS)?;
-        let max_mem_mb = positive_f64("--max-mem-mb", &self.max_mem_mb, DEFAULT_MAX_MEM_MB)?;
-        let mem_metric: MemMetric = match &self.mem_metric {
-            None => MemMetric::Pss,
-            Some(s) => s.parse().map_err(|e| Usage(format!("--mem-metric: {e}")))?,
-        };
+        Ok(boot_timeout)
+    }
+
+    /// `--cid-range`, wide enough for `count` instances.
+    fn cid_range(&self, count: u32) -> Result<ukload::cid::CidRange, Usage> {
         let range_s = self.cid_range.as_deref().unwrap_or(DEFAULT_CID_RANGE);
         let cid_range: ukload::cid::CidRange = range_s
             .parse()
@@ -629,6 +690,11 @@ impl RunArgs {
                 cid_range.len()
             )));
         }
+        Ok(cid_range)
+    }
+
+    /// `--port`: a vsock port other than 0 and the wildcard.
+    fn port(&self) -> Result<u32, Usage> {
         let port = match &self.port {
             None => ukload::DEFAULT_PORT,
             Some(s) => num::<u32>("--port", s, "a port number 1..4294967294")?,
@@ -638,24 +704,29 @@ impl RunArgs {
                 "--port {port}: expected a port number 1..4294967294"
             )));
         }
-        let grace = grace(&self.grace_ms)?;
-        let min_success_pct = match &self.min_success {
-            None => DEFAULT_MIN_SUCCESS_PCT,
-            Some(s) => {
-                let v: f64 = num(
-                    "--min-success",
-                    s.trim_end_matches('%'),
-                    "a percentage 0..100",
-                )?;
-                if !(0.0..=100.0).contains(&v) {
-                    return Err(Usage(format!(
-                        "--min-success {s}: expected a percentage 0..100"
-                    )));
-                }
-                v
-            }
+        Ok(port)
+    }
+
+    /// `--min-success`: a percentage 0..100, `%` optional.
+    fn min_success(&self) -> Result<f64, Usage> {
+        let Some(s) = &self.min_success else {
+            return Ok(DEFAULT_MIN_SUCCESS_PCT);
         };
-        let fmt = format(&self.format)?;
+        let v: f64 = num(
+            "--min-success",
+            s.trim_end_matches('%'),
+            "a percentage 0..100",
+        )?;
+        if !(0.0..=100.0).contains(&v) {
+            return Err(Usage(format!(
+                "--min-success {s}: expected a percentage 0..100"
+            )));
+        }
+        Ok(v)
+    }
+
+    /// `--framing`, `--ready` and `--ready-console`: how readiness is seen.
+    fn readiness(&self) -> Result<(Framing, ReadyMode, regex_lite::Regex), Usage> {
         let framing: Framing = match self.framing.as_deref() {
             None | Some("line") => Framing::Line,
             Some("length") => Framing::Length,
@@ -674,10 +745,54 @@ impl RunArgs {
                 "--ready-console {pattern:?}: not a valid regex: {e}"
             ))
         })?;
+        Ok((framing, ready, ready_console))
+    }
+
+    /// Everything the launcher of `kind` is given.
+    fn launcher_config(&self, kind: Kind) -> Result<LauncherConfig, Usage> {
+        let (framing, ready, ready_console) = self.readiness()?;
         let guest_boot_delay_ms = match &self.guest_boot_delay_ms {
             None => 0,
             Some(s) => millis("--guest-boot-delay-ms", s)?,
         };
+        let memory_mb = self.memory_mb(kind)?;
+        if let Some(d) = &self.log_dir {
+            if d.as_os_str().is_empty() {
+                return Err(Usage("--log-dir \"\": give a directory".into()));
+            }
+        }
+        let mut qemu = self.qemu_config()?;
+        let guest_args = self.mcp_server(kind, &mut qemu)?;
+        Ok(LauncherConfig {
+            qemu,
+            qemu_resolved: None,
+            flatpak_host: self.flatpak_host,
+            app_args: self.app_arg.clone(),
+            kind,
+            ready,
+            ready_console,
+            framing,
+            guest_bin: self
+                .guest_bin
+                .clone()
+                .unwrap_or_else(LauncherConfig::default_guest_bin),
+            guest_args,
+            guest_boot_delay_ms,
+            kraft_bin: self.kraft_bin.clone().unwrap_or_else(|| "kraft".into()),
+            image: self
+                .image
+                .clone()
+                .unwrap_or_else(LauncherConfig::default_kraft_image),
+            plat: self.plat.clone(),
+            kraft_args: self.kraft_arg.clone(),
+            exec_template: self.exec.clone(),
+            memory_mb,
+        })
+    }
+
+    /// `--memory`, MiB: the launcher's default, enough for a qemu guest,
+    /// at most [`MAX_MEMORY_MB`].
+    fn memory_mb(&self, kind: Kind) -> Result<u64, Usage> {
         let memory_mb = match &self.memory {
             None if kind == Kind::Qemu => launcher::qemu::DEFAULT_QEMU_MEMORY_MB,
             None => launcher::DEFAULT_MEMORY_MB,
@@ -702,11 +817,11 @@ impl RunArgs {
                 "--memory {memory_mb}: more than {MAX_MEMORY_MB} MiB (1 TiB) per guest"
             )));
         }
-        if let Some(d) = &self.log_dir {
-            if d.as_os_str().is_empty() {
-                return Err(Usage("--log-dir \"\": give a directory".into()));
-            }
-        }
+        Ok(memory_mb)
+    }
+
+    /// The qemu launcher's own flags (binary, kernel, machine, vsock backend, ...).
+    fn qemu_config(&self) -> Result<launcher::qemu::QemuConfig, Usage> {
         let mut qemu = launcher::qemu::QemuConfig::default();
         if let Some(b) = &self.qemu_bin {
             qemu.qemu_bin = b.clone();
@@ -735,26 +850,19 @@ impl RunArgs {
             }
         }
         qemu.append = self.kernel_arg.clone();
+        Ok(qemu)
+    }
+
+    /// `--mcp-server`, `--rootfs` and `--include`: the process launcher's
+    /// guest gets the server in its arguments (returned with the
+    /// `--guest-arg`s), the qemu launcher an image given or to build.
+    fn mcp_server(
+        &self,
+        kind: Kind,
+        qemu: &mut launcher::qemu::QemuConfig,
+    ) -> Result<Vec<String>, Usage> {
+        self.check_image_flags(kind)?;
         let mut guest_args = self.guest_arg.clone();
-        let uses_image = self.rootfs.is_some() || !self.include.is_empty();
-        if uses_image && kind != Kind::Qemu {
-            return Err(Usage(format!(
-                "--rootfs and --include are for --launcher qemu, not {kind:?} (the process \
-                 launcher runs --mcp-server on the host)"
-            )));
-        }
-        if self.rootfs.is_some() && !self.include.is_empty() {
-            return Err(Usage(
-                "--include adds files to the image built from --mcp-server; with --rootfs IMAGE \
-                 the image is given: leave one of them out"
-                    .into(),
-            ));
-        }
-        if !self.include.is_empty() && self.mcp_server.is_none() {
-            return Err(Usage(
-                "--include needs --mcp-server 'CMD ARGS' (the server the built image holds)".into(),
-            ));
-        }
         match (&self.mcp_server, kind) {
             (None, _) => {
                 // --rootfs alone: the image's manifest names the server.
@@ -794,100 +902,64 @@ impl RunArgs {
                 )))
             }
         }
-        let lc = LauncherConfig {
-            qemu,
-            qemu_resolved: None,
-            flatpak_host: self.flatpak_host,
-            app_args: self.app_arg.clone(),
-            kind,
-            ready,
-            ready_console,
-            framing,
-            guest_bin: self
-                .guest_bin
-                .clone()
-                .unwrap_or_else(LauncherConfig::default_guest_bin),
-            guest_args,
-            guest_boot_delay_ms,
-            kraft_bin: self.kraft_bin.clone().unwrap_or_else(|| "kraft".into()),
-            image: self
-                .image
-                .clone()
-                .unwrap_or_else(LauncherConfig::default_kraft_image),
-            plat: self.plat.clone(),
-            kraft_args: self.kraft_arg.clone(),
-            exec_template: self.exec.clone(),
-            memory_mb,
-        };
+        Ok(guest_args)
+    }
+
+    /// `--rootfs` and `--include`: qemu only, not together, `--include`
+    /// only with `--mcp-server`.
+    fn check_image_flags(&self, kind: Kind) -> Result<(), Usage> {
+        let uses_image = self.rootfs.is_some() || !self.include.is_empty();
+        if uses_image && kind != Kind::Qemu {
+            return Err(Usage(format!(
+                "--rootfs and --include are for --launcher qemu, not {kind:?} (the process \
+                 launcher runs --mcp-server on the host)"
+            )));
+        }
+        if self.rootfs.is_some() && !self.include.is_empty() {
+            return Err(Usage(
+                "--include adds files to the image built from --mcp-server; with --rootfs IMAGE \
+                 the image is given: leave one of them out"
+                    .into(),
+            ));
+        }
+        if !self.include.is_empty() && self.mcp_server.is_none() {
+            return Err(Usage(
+                "--include needs --mcp-server 'CMD ARGS' (the server the built image holds)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `--tool-call`, `--tool-expect` and `--tool-timeout-ms`; a server in
+    /// an emulated VM gets a longer default deadline.
+    fn tool_call(&self, lc: &LauncherConfig) -> Result<Option<ToolCall>, Usage> {
         // Checked even without --tool-call, so a bad value is never ignored.
         let tool_timeout_ms = match &self.tool_timeout_ms {
             None => None,
             Some(ms) => Some(millis("--tool-timeout-ms", ms)?),
         };
-        let tool_call = match &self.tool_call {
-            None => {
-                if self.tool_expect.is_some() {
-                    return Err(Usage("--tool-expect needs --tool-call TOOL".into()));
-                }
-                None
+        let Some(t) = &self.tool_call else {
+            if self.tool_expect.is_some() {
+                return Err(Usage("--tool-expect needs --tool-call TOOL".into()));
             }
-            Some(t) => {
-                let mut call: ukload::toolcall::ToolCall = t
-                    .parse()
-                    .map_err(|e| Usage(format!("--tool-call {t}: {e}")))?;
-                call.expect = self.tool_expect.clone();
-                if let Some(ms) = tool_timeout_ms {
-                    if ms == 0 {
-                        return Err(Usage(
-                            "--tool-timeout-ms 0: give a deadline of at least 1 ms".into(),
-                        ));
-                    }
-                    call.timeout = Duration::from_millis(ms);
-                } else if lc.qemu.runs_server() {
-                    // A real server in an emulated VM: Node takes 10 s (one
-                    // VM) to 70 s (ten) to start under TCG (docs/microvm.md).
-                    call.timeout = launcher::qemu::DEFAULT_VM_SERVER_TOOL_TIMEOUT;
-                }
-                Some(call)
-            }
+            return Ok(None);
         };
-        // A bridged server that stays silent is reported by the guest before
-        // the client's own deadline would end the session without a reason.
-        let mut lc = lc;
-        if lc.qemu.runs_server() {
-            let t = tool_call
-                .as_ref()
-                .map_or(ukload::toolcall::DEFAULT_TOOL_TIMEOUT, |c| c.timeout);
-            lc.qemu.server_timeout = Some(t);
+        let mut call: ToolCall = t
+            .parse()
+            .map_err(|e| Usage(format!("--tool-call {t}: {e}")))?;
+        call.expect = self.tool_expect.clone();
+        if let Some(ms) = tool_timeout_ms {
+            if ms == 0 {
+                return Err(Usage(
+                    "--tool-timeout-ms 0: give a deadline of at least 1 ms".into(),
+                ));
+            }
+            call.timeout = Duration::from_millis(ms);
+        } else if lc.qemu.runs_server() {
+            // A real server in an emulated VM: Node takes 10 s (one
+            // VM) to 70 s (ten) to start under TCG (docs/microvm.md).
+            call.timeout = launcher::qemu::DEFAULT_VM_SERVER_TOOL_TIMEOUT;
         }
-        let max_tool_ms = positive_f64("--max-tool-ms", &self.max_tool_ms, DEFAULT_MAX_TOOL_MS)?;
-        let max_connect_ms = match &self.max_connect_ms {
-            None => None,
-            Some(_) => Some(positive_f64("--max-connect-ms", &self.max_connect_ms, 0.0)?),
-        };
-        let cfg = RunConfig {
-            tool_call,
-            max_tool_ms,
-            max_connect_ms,
-            count,
-            concurrency,
-            // Positive, finite and at most a day: checked above.
-            boot_timeout: Duration::from_secs_f64(boot_timeout),
-            max_boot_ms,
-            max_mem_mb,
-            mem_metric,
-            cid_range,
-            port,
-            grace,
-            min_success_pct,
-            log_dir: self
-                .log_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_DIR)),
-            framing,
-            launcher: lc,
-            progress: progress_mode(self.quiet, &self.progress)?,
-        };
-        Ok((cfg, fmt))
+        Ok(Some(call))
     }
 }

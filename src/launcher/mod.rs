@@ -31,16 +31,51 @@ pub enum Kind {
     Qemu,
 }
 
+/// A flag value that is none of the choices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownChoice {
+    /// What the value names (`"launcher"`, `"machine"`, ...).
+    pub what: &'static str,
+    pub value: String,
+    /// The choices, as the message lists them.
+    pub expected: &'static str,
+}
+
+impl UnknownChoice {
+    pub fn new(what: &'static str, value: &str, expected: &'static str) -> UnknownChoice {
+        UnknownChoice {
+            what,
+            value: value.to_string(),
+            expected,
+        }
+    }
+}
+
+impl fmt::Display for UnknownChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let UnknownChoice {
+            what,
+            value,
+            expected,
+        } = self;
+        write!(f, "unknown {what} {value:?}: expected {expected}")
+    }
+}
+
+impl std::error::Error for UnknownChoice {}
+
 impl std::str::FromStr for Kind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "process" => Ok(Kind::Process),
             "kraft" => Ok(Kind::Kraft),
             "exec" => Ok(Kind::Exec),
             "qemu" => Ok(Kind::Qemu),
-            _ => Err(format!(
-                "unknown launcher {s:?}: expected process, qemu, kraft or exec"
+            _ => Err(UnknownChoice::new(
+                "launcher",
+                s,
+                "process, qemu, kraft or exec",
             )),
         }
     }
@@ -70,15 +105,13 @@ pub enum ReadyMode {
 }
 
 impl std::str::FromStr for ReadyMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "auto" => Ok(ReadyMode::Auto),
             "probe" | "vsock" => Ok(ReadyMode::Probe),
             "console" => Ok(ReadyMode::Console),
-            _ => Err(format!(
-                "unknown readiness {s:?}: expected auto, probe or console"
-            )),
+            _ => Err(UnknownChoice::new("readiness", s, "auto, probe or console")),
         }
     }
 }
@@ -289,11 +322,6 @@ impl LauncherConfig {
 
     /// The command and readiness for one instance.
     pub fn plan(&self, ctx: &InstanceCtx) -> Plan {
-        let console = Readiness::Console(self.ready_console.clone());
-        let hybrid = Readiness::Probe(Endpoint::Hybrid {
-            path: ctx.uds.clone(),
-            port: ctx.port,
-        });
         match self.kind {
             Kind::Qemu => {
                 let r = self.qemu_resolved.unwrap_or(qemu::Resolved {
@@ -304,88 +332,113 @@ impl LauncherConfig {
                 });
                 self.qemu.plan(&r, ctx, &self.ready_console)
             }
-            Kind::Process => {
-                let cmd = Command::new(self.guest_bin.as_os_str())
-                    .arg("--listen")
-                    .arg(format!("uds:{}", ctx.uds.display()))
-                    .arg("--port")
-                    .arg(ctx.port.to_string())
-                    .arg("--cid")
-                    .arg(ctx.cid.to_string())
-                    .arg("--framing")
-                    .arg(self.framing.as_str())
-                    .arg("--boot-delay-ms")
-                    .arg(self.guest_boot_delay_ms.to_string())
-                    .args(self.guest_args.iter());
-                let readiness = if self.ready == ReadyMode::Console {
-                    console
-                } else {
-                    hybrid
-                };
-                Plan {
-                    // A --guest-bin may daemonize like a VMM would.
-                    may_daemonize: true,
-                    pre: Vec::new(),
-                    command: cmd,
-                    readiness,
-                }
-            }
-            Kind::Kraft => {
-                let mut args: Vec<OsString> = vec![
-                    "run".into(),
-                    "--rm".into(),
-                    "--memory".into(),
-                    format!("{}Mi", ctx.memory_mb).into(),
-                ];
-                if let Some(p) = &self.plat {
-                    args.push("--plat".into());
-                    args.push(p.into());
-                }
-                args.extend(
-                    self.kraft_args
-                        .iter()
-                        .map(|a| OsString::from(expand(a, ctx))),
-                );
-                args.push(self.image.clone().into());
-                if !self.app_args.is_empty() {
-                    args.push("--".into());
-                    args.extend(self.app_args.iter().map(|a| OsString::from(expand(a, ctx))));
-                }
-                let readiness = if self.ready == ReadyMode::Probe {
-                    Readiness::Probe(Endpoint::Vsock {
-                        cid: ctx.cid,
-                        port: ctx.port,
-                    })
-                } else {
-                    console
-                };
-                Plan {
-                    may_daemonize: true,
-                    pre: Vec::new(),
-                    command: Command::new(&self.kraft_bin).args(args),
-                    readiness,
-                }
-            }
-            Kind::Exec => {
-                let t = self.exec_template.as_deref().unwrap_or("");
-                let cmd = Command::new("/bin/sh").arg("-c").arg(expand(t, ctx));
-                let readiness = match self.ready {
-                    ReadyMode::Console => console,
-                    _ if t.contains("{uds}") => hybrid,
-                    _ => Readiness::Probe(Endpoint::Vsock {
-                        cid: ctx.cid,
-                        port: ctx.port,
-                    }),
-                };
-                Plan {
-                    may_daemonize: true,
-                    pre: Vec::new(),
-                    command: cmd,
-                    readiness,
-                }
-            }
+            Kind::Process => self.plan_process(ctx),
+            Kind::Kraft => self.plan_kraft(ctx),
+            Kind::Exec => self.plan_exec(ctx),
         }
     }
+
+    /// Readiness by the console line.
+    fn console(&self) -> Readiness {
+        Readiness::Console(self.ready_console.clone())
+    }
+
+    /// `ukload-guest` as a host process on the hybrid vsock socket.
+    fn plan_process(&self, ctx: &InstanceCtx) -> Plan {
+        let cmd = Command::new(self.guest_bin.as_os_str())
+            .arg("--listen")
+            .arg(format!("uds:{}", ctx.uds.display()))
+            .arg("--port")
+            .arg(ctx.port.to_string())
+            .arg("--cid")
+            .arg(ctx.cid.to_string())
+            .arg("--framing")
+            .arg(self.framing.as_str())
+            .arg("--boot-delay-ms")
+            .arg(self.guest_boot_delay_ms.to_string())
+            .args(self.guest_args.iter());
+        let readiness = if self.ready == ReadyMode::Console {
+            self.console()
+        } else {
+            hybrid(ctx)
+        };
+        Plan {
+            // A --guest-bin may daemonize like a VMM would.
+            may_daemonize: true,
+            pre: Vec::new(),
+            command: cmd,
+            readiness,
+        }
+    }
+
+    /// `kraft run --rm`; vsock only when asked (`--ready probe`).
+    fn plan_kraft(&self, ctx: &InstanceCtx) -> Plan {
+        let mut args: Vec<OsString> = vec![
+            "run".into(),
+            "--rm".into(),
+            "--memory".into(),
+            format!("{}Mi", ctx.memory_mb).into(),
+        ];
+        if let Some(p) = &self.plat {
+            args.push("--plat".into());
+            args.push(p.into());
+        }
+        args.extend(
+            self.kraft_args
+                .iter()
+                .map(|a| OsString::from(expand(a, ctx))),
+        );
+        args.push(self.image.clone().into());
+        if !self.app_args.is_empty() {
+            args.push("--".into());
+            args.extend(self.app_args.iter().map(|a| OsString::from(expand(a, ctx))));
+        }
+        let readiness = if self.ready == ReadyMode::Probe {
+            vsock(ctx)
+        } else {
+            self.console()
+        };
+        Plan {
+            may_daemonize: true,
+            pre: Vec::new(),
+            command: Command::new(&self.kraft_bin).args(args),
+            readiness,
+        }
+    }
+
+    /// The `--exec` template through `/bin/sh -c`; hybrid vsock when it
+    /// names `{uds}`.
+    fn plan_exec(&self, ctx: &InstanceCtx) -> Plan {
+        let t = self.exec_template.as_deref().unwrap_or("");
+        let cmd = Command::new("/bin/sh").arg("-c").arg(expand(t, ctx));
+        let readiness = match self.ready {
+            ReadyMode::Console => self.console(),
+            _ if t.contains("{uds}") => hybrid(ctx),
+            _ => vsock(ctx),
+        };
+        Plan {
+            may_daemonize: true,
+            pre: Vec::new(),
+            command: cmd,
+            readiness,
+        }
+    }
+}
+
+/// Readiness by a probe over the hybrid (Unix-socket) form of vsock.
+fn hybrid(ctx: &InstanceCtx) -> Readiness {
+    Readiness::Probe(Endpoint::Hybrid {
+        path: ctx.uds.clone(),
+        port: ctx.port,
+    })
+}
+
+/// Readiness by a probe over AF_VSOCK to the instance's CID.
+fn vsock(ctx: &InstanceCtx) -> Readiness {
+    Readiness::Probe(Endpoint::Vsock {
+        cid: ctx.cid,
+        port: ctx.port,
+    })
 }
 
 const PLACEHOLDERS: [&str; 6] = ["index", "cid", "port", "uds", "memory_mb", "log"];

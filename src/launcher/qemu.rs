@@ -19,7 +19,7 @@
 //!   about 1 boot in 10 with 3 concurrent VMs (docs/microvm.md); after the
 //!   marker it never did.
 
-use super::{InstanceCtx, LaunchError, Plan, PreStep, Readiness};
+use super::{InstanceCtx, LaunchError, Plan, PreStep, Readiness, UnknownChoice};
 use crate::image::{self, ImagePaths};
 use crate::supervisor::Command;
 use crate::vsock::Endpoint;
@@ -117,39 +117,39 @@ pub enum VsockBackend {
 }
 
 impl std::str::FromStr for Machine {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "microvm" => Ok(Machine::Microvm),
             "pc" => Ok(Machine::Pc),
-            _ => Err(format!("unknown machine {s:?}: expected microvm or pc")),
+            _ => Err(UnknownChoice::new("machine", s, "microvm or pc")),
         }
     }
 }
 
 impl std::str::FromStr for Accel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "auto" => Ok(Accel::Auto),
             "kvm" => Ok(Accel::Kvm),
             "tcg" => Ok(Accel::Tcg),
-            _ => Err(format!(
-                "unknown accelerator {s:?}: expected auto, kvm or tcg"
-            )),
+            _ => Err(UnknownChoice::new("accelerator", s, "auto, kvm or tcg")),
         }
     }
 }
 
 impl std::str::FromStr for VsockBackend {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "auto" => Ok(VsockBackend::Auto),
             "vhost-user" => Ok(VsockBackend::VhostUser),
             "vhost" => Ok(VsockBackend::Vhost),
-            _ => Err(format!(
-                "unknown vsock backend {s:?}: expected auto, vhost-user or vhost"
+            _ => Err(UnknownChoice::new(
+                "vsock backend",
+                s,
+                "auto, vhost-user or vhost",
             )),
         }
     }
@@ -262,6 +262,9 @@ pub fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0).round() as u64)
 }
 
+/// What to run when the microVM pieces are missing.
+const SETUP_HINT: &str = "Run `bash scripts/setup-microvm.sh` (as root: installs QEMU, the guest kernel and vhost-device-vsock)";
+
 impl QemuConfig {
     /// Whether every VM runs a real MCP server (a root filesystem image is
     /// given or will be built).
@@ -298,17 +301,36 @@ impl QemuConfig {
     /// Builds the root filesystem image first if one is to be built
     /// ([`QemuConfig::prepare_rootfs`]).
     pub fn preflight(&mut self, memory_mb: u64) -> Result<Resolved, LaunchError> {
-        let setup = "Run `bash scripts/setup-microvm.sh` (as root: installs QEMU, the guest kernel and vhost-device-vsock)";
+        self.check_installed()?;
+        self.prepare_rootfs()?;
+        self.check_rootfs_path()?;
+        self.check_cmdline_length()?;
+        let backend = self.resolve_backend()?;
+        let kvm = match self.accel {
+            Accel::Tcg => false,
+            Accel::Kvm => true,
+            Accel::Auto => Path::new(KVM_DEV).exists() && self.kvm_works(memory_mb),
+        };
+        Ok(Resolved {
+            kvm,
+            backend,
+            tsc_khz: if kvm { None } else { host_tsc_khz() },
+            acpi_off: self.machine == Machine::Microvm && kernel_boots_without_acpi(&self.kernel),
+        })
+    }
+
+    /// QEMU, the guest kernel and the initramfs are there.
+    fn check_installed(&self) -> Result<(), LaunchError> {
         if find_program(&self.qemu_bin).is_none() {
             return Err(LaunchError::NotInstalled {
                 what: format!("QEMU ({})", self.qemu_bin),
-                how: format!("{setup}."),
+                how: format!("{SETUP_HINT}."),
             });
         }
         if !self.kernel.is_file() {
             return Err(LaunchError::NotInstalled {
                 what: format!("guest kernel {}", self.kernel.display()),
-                how: format!("{setup}, or name one with --kernel PATH."),
+                how: format!("{SETUP_HINT}, or name one with --kernel PATH."),
             });
         }
         if !self.initrd.is_file() {
@@ -317,7 +339,11 @@ impl QemuConfig {
                 how: "Build it with `bash scripts/build-guest-image.sh` (or `ukload image build`), or name one with --initrd PATH.".into(),
             });
         }
-        self.prepare_rootfs()?;
+        Ok(())
+    }
+
+    /// A `--rootfs` image exists and QEMU's `-drive` can name it.
+    fn check_rootfs_path(&self) -> Result<(), LaunchError> {
         if let Some(img) = &self.rootfs {
             if !img.is_file() {
                 return Err(LaunchError::Invalid(format!(
@@ -335,6 +361,11 @@ impl QemuConfig {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// The guest's kernel command line fits Linux's limit.
+    fn check_cmdline_length(&self) -> Result<(), LaunchError> {
         let cmdline = self.kernel_cmdline(
             &Resolved {
                 kvm: false,
@@ -357,6 +388,12 @@ impl QemuConfig {
                     .map_or(0, |a| crate::guest::pid1::encode_server_command(a).len())
             )));
         }
+        Ok(())
+    }
+
+    /// The vsock backend to use (`auto`: vhost when the host has it), and
+    /// what it needs is there.
+    fn resolve_backend(&self) -> Result<VsockBackend, LaunchError> {
         let backend = match self.backend {
             VsockBackend::Auto if Path::new(VHOST_VSOCK_DEV).exists() => VsockBackend::Vhost,
             VsockBackend::Auto => VsockBackend::VhostUser,
@@ -365,7 +402,7 @@ impl QemuConfig {
         if backend == VsockBackend::VhostUser && find_program(&self.vhost_user_bin).is_none() {
             return Err(LaunchError::NotInstalled {
                 what: format!("{} (the vhost-user vsock backend)", self.vhost_user_bin),
-                how: format!("{setup}, or `cargo install vhost-device-vsock`."),
+                how: format!("{SETUP_HINT}, or `cargo install vhost-device-vsock`."),
             });
         }
         if backend == VsockBackend::Vhost && !Path::new(VHOST_VSOCK_DEV).exists() {
@@ -375,17 +412,7 @@ impl QemuConfig {
                     .into(),
             });
         }
-        let kvm = match self.accel {
-            Accel::Tcg => false,
-            Accel::Kvm => true,
-            Accel::Auto => Path::new(KVM_DEV).exists() && self.kvm_works(memory_mb),
-        };
-        Ok(Resolved {
-            kvm,
-            backend,
-            tsc_khz: if kvm { None } else { host_tsc_khz() },
-            acpi_off: self.machine == Machine::Microvm && kernel_boots_without_acpi(&self.kernel),
-        })
+        Ok(backend)
     }
 
     /// Whether KVM really boots our guest here, asked once per host and
