@@ -336,9 +336,8 @@ pub fn run_cycles(
     let t0 = Instant::now();
     let mut run_cfg = cfg.run.clone();
     run_cfg.progress = ProgressMode::Off;
-    let sample_or = |what: &str| {
-        sample().map_err(|e| RunError::Setup(format!("sampling {what} resources: {e}")))
-    };
+    let sample_or =
+        |what: &'static str| sample().map_err(|error| RunError::Sampling { what, error });
     for _ in 0..WARMUP_CYCLES {
         // Its outcome is not counted; a failing guest fails the measured cycles.
         run::run(run_cfg.clone(), run_id, sup, stop.clone())?;

@@ -240,8 +240,7 @@ impl Harness {
 /// Exit code of an error that stopped a run before it started.
 fn run_error_code(e: &RunError) -> i32 {
     match e {
-        RunError::Usage(_)
-        | RunError::TooFewFiles { .. }
+        RunError::TooFewFiles { .. }
         | RunError::LogDir { .. }
         | RunError::Launch(ukload::launcher::LaunchError::Invalid(_)) => EXIT_USAGE,
         RunError::Launch(ukload::launcher::LaunchError::NotInstalled { .. }) => EXIT_UNAVAILABLE,
@@ -249,7 +248,7 @@ fn run_error_code(e: &RunError) -> i32 {
         RunError::RunDir(_)
         | RunError::WakePair(_)
         | RunError::SpawnerThread(_)
-        | RunError::Setup(_) => EXIT_FAIL,
+        | RunError::Sampling { .. } => EXIT_FAIL,
     }
 }
 

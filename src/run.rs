@@ -195,8 +195,6 @@ impl HarnessUsage {
 pub enum RunError {
     Launch(LaunchError),
     Cid(crate::cid::CidError),
-    /// A flag's value cannot work (exit 64).
-    Usage(String),
     /// More instances than this process may open files for (exit 64).
     TooFewFiles {
         count: u32,
@@ -216,8 +214,11 @@ pub enum RunError {
     WakePair(std::io::Error),
     /// Not one spawner thread could be started.
     SpawnerThread(std::io::Error),
-    /// Another setup step failed; the message says which.
-    Setup(String),
+    /// `ukload cycles` could not sample its own resources (`/proc/self`).
+    Sampling {
+        what: &'static str,
+        error: std::io::Error,
+    },
 }
 
 /// Why a log directory cannot be used.
@@ -270,7 +271,7 @@ impl std::fmt::Display for RunError {
             RunError::RunDir(e) => e.fmt(f),
             RunError::WakePair(e) => write!(f, "cannot create the readiness wake-up pair: {e}"),
             RunError::SpawnerThread(e) => write!(f, "cannot start a spawner thread: {e}"),
-            RunError::Usage(m) | RunError::Setup(m) => f.write_str(m),
+            RunError::Sampling { what, error } => write!(f, "sampling {what} resources: {error}"),
         }
     }
 }
