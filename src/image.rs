@@ -19,9 +19,7 @@ use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::guest::pid1::{
-    builtin_list_has, MODULES, MODULES_BUILTIN_FILE, MODULES_DIR, MODULE_EXT,
-};
+use crate::vmabi::{builtin_list_has, MODULES, MODULES_BUILTIN_FILE, MODULES_DIR, MODULE_EXT};
 
 /// Overrides the cache directory.
 pub const ENV_CACHE_DIR: &str = "UKLOAD_CACHE_DIR";
@@ -100,7 +98,7 @@ impl ImagePaths {
 pub enum ImageError {
     /// Reading an input or writing the archive failed.
     Io { path: PathBuf, err: io::Error },
-    /// A module [`crate::guest::pid1::MODULES`] needs is not in the modules dir.
+    /// A module [`crate::vmabi::MODULES`] needs is not in the modules dir.
     MissingModule { module: &'static str, path: PathBuf },
     /// A file is not what it must be (not ELF, compressed module, dynamic guest).
     BadInput { path: PathBuf, why: String },
@@ -374,9 +372,9 @@ fn check_static_guest(path: &Path) -> Result<(), ImageError> {
 }
 
 /// Path of the archive entry for a module: `lib/modules/<name>.ko`, i.e.
-/// [`crate::guest::pid1::module_path`] without the leading slash.
+/// [`crate::vmabi::module_path`] without the leading slash.
 fn module_entry(module: &str) -> String {
-    crate::guest::pid1::module_path(module)
+    crate::vmabi::module_path(module)
         .trim_start_matches('/')
         .to_string()
 }
@@ -462,11 +460,8 @@ pub fn build_initramfs(guest_bin: &Path, modules_dir: &Path, out: &Path) -> Resu
         w.dir("proc", MODE_DIR)?;
         w.dir("sys", MODE_DIR)?;
         w.dir("tmp", MODE_TMP)?;
-        // Mount point of an MCP server's root filesystem image (pid1::ROOTFS_DIR).
-        w.dir(
-            crate::guest::pid1::ROOTFS_DIR.trim_start_matches('/'),
-            MODE_DIR,
-        )?;
+        // Mount point of an MCP server's root filesystem image (crate::vmabi::ROOTFS_DIR).
+        w.dir(crate::vmabi::ROOTFS_DIR.trim_start_matches('/'), MODE_DIR)?;
         // Every ancestor of the modules directory, parents first.
         let mut prefix = String::new();
         for part in MODULES_DIR.trim_start_matches('/').split('/') {

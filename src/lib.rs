@@ -59,6 +59,7 @@ pub mod runs;
 pub mod stats;
 pub mod supervisor;
 pub mod toolcall;
+pub mod vmabi;
 pub mod vsock;
 
 /// Environment variable carried by every process ukload starts: `UKLOAD_RUN=<run id>`.

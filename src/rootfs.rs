@@ -34,7 +34,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where the manifest sits in the image; the guest reads its `command`.
-pub const MANIFEST_PATH: &str = "/etc/ukload-rootfs.json";
+pub const MANIFEST_PATH: &str = crate::vmabi::ROOTFS_MANIFEST;
 /// Subdirectory of the cache directory holding the images.
 pub const ROOTFS_SUBDIR: &str = "rootfs";
 /// Extension of a cached image.

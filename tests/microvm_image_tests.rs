@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use ukload::guest::pid1::MODULES;
 use ukload::image::{
     self, build_initramfs, info_in, CpioWriter, ImageError, NEWC_HEADER_LEN, NEWC_TRAILER,
 };
+use ukload::vmabi::MODULES;
 
 /// A scratch directory removed on drop.
 struct Scratch(PathBuf);
@@ -424,7 +424,7 @@ fn a_driver_built_into_the_kernel_needs_no_ko_and_is_listed_for_pid1() {
         .expect("the image lists the built-in drivers for PID 1");
     // Only the drivers the guest needs, in the package's own format.
     assert_eq!(list.data, b"kernel/drivers/virtio/virtio.ko\n");
-    assert!(ukload::guest::pid1::builtin_list_has(
+    assert!(ukload::vmabi::builtin_list_has(
         std::str::from_utf8(&list.data).unwrap(),
         "virtio"
     ));
@@ -878,7 +878,7 @@ fn a_cached_minimal_kernel_has_every_guest_driver_built_in_and_an_image_without_
     let list = fs::read_to_string(paths.modules_dir.join("modules.builtin")).unwrap();
     for m in MODULES {
         assert!(
-            ukload::guest::pid1::builtin_list_has(&list, m),
+            ukload::vmabi::builtin_list_has(&list, m),
             "{m} not built in: {list}"
         );
     }

@@ -490,14 +490,6 @@ fn the_node_echo_server_in_a_microvm_lists_and_runs_its_tools_over_vsock() {
     assert!(log.contains("MCP server: /"), "{log}");
 }
 
-#[test]
-fn the_guest_reads_the_manifest_where_the_image_builder_writes_it() {
-    assert_eq!(
-        ukload::guest::pid1::ROOTFS_MANIFEST,
-        ukload::rootfs::MANIFEST_PATH
-    );
-}
-
 /// `ukload run 1 ARGS...` isolated in `dir`; returns exit code and stderr.
 fn run_flags(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
     let mut cmd = ukload(dir);

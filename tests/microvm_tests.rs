@@ -148,7 +148,7 @@ fn broken_initramfs(dir: &std::path::Path) -> PathBuf {
         w.dir(d, 0o755).unwrap();
     }
     w.dir("tmp", 0o1777).unwrap();
-    for m in ukload::guest::pid1::MODULES {
+    for m in ukload::vmabi::MODULES {
         let data = if *m == "vsock" {
             b"this is not an ELF module".to_vec()
         } else {

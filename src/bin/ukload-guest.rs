@@ -174,7 +174,7 @@ fn run_as_pid1() -> ! {
         Some(spec) => {
             let bridge = pid1::mount_rootfs(spec)
                 .and_then(BridgeMode::new)
-                .map(|b| b.in_root(pid1::ROOTFS_DIR.into()));
+                .map(|b| b.in_root(ukload::vmabi::ROOTFS_DIR.into()));
             match bridge {
                 Ok(b) => {
                     log::info!("init: MCP server: {}", b.argv().join(" "));

@@ -26,40 +26,15 @@ use std::time::{Duration, Instant};
 use nix::mount::MsFlags;
 use nix::sys::signal::{SigSet, Signal};
 
-/// Kernel modules the guest loads, in dependency order (FIELD-NOTES section 2):
-/// the virtio core and transports (PCI for `-M pc`, MMIO for `-M microvm`),
-/// then the vsock core and its virtio transport. The image builder
-/// ([`crate::image`]) puts exactly these files into the initramfs.
-pub const MODULES: &[&str] = &[
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "virtio_mmio",
-    "vsock",
-    "vmw_vsock_virtio_transport_common",
-    "vmw_vsock_virtio_transport",
-];
-
-/// Directory of the modules inside the guest (flat: `<name>.ko`).
-pub const MODULES_DIR: &str = "/lib/modules";
-
-/// File extension of an (uncompressed) kernel module.
-pub const MODULE_EXT: &str = "ko";
-
-/// File (in [`MODULES_DIR`], same name as in the kernel package) listing the
-/// drivers of [`MODULES`] that this kernel has built in, one path a line
-/// (`kernel/drivers/virtio/virtio.ko`). The image builder packs it, filtered
-/// to [`MODULES`], when the kernel package's `modules.builtin` names any.
-pub const MODULES_BUILTIN_FILE: &str = "modules.builtin";
+use crate::vmabi::{
+    builtin_list_has, decode_server_command, module_path, CMDLINE_PORT_PARAM, CMDLINE_ROOTFS_PARAM,
+    CMDLINE_SERVER_PARAM, CMDLINE_SERVER_TIMEOUT_PARAM, MODULES, MODULES_BUILTIN_FILE, MODULES_DIR,
+    MODULE_EXT, ROOTFS_DIR, ROOTFS_FSTYPE, ROOTFS_MANIFEST,
+};
 
 /// Where the kernel lists its modules, loaded and built in (the latter only
 /// when they have parameters or a version, so absence proves nothing).
 const SYS_MODULE_DIR: &str = "/sys/module";
-
-/// Kernel command-line parameter that sets the agent's vsock port.
-pub const CMDLINE_PORT_PARAM: &str = "ukload.port";
 
 /// Where the kernel command line is read from (after `/proc` is mounted).
 const PROC_CMDLINE: &str = "/proc/cmdline";
@@ -283,26 +258,6 @@ static INIT_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool:
 
 // --- the MCP server's root filesystem ------------------------------------------
 
-/// Kernel command-line parameter naming the block device holding the
-/// server's root filesystem (an erofs image; the launcher passes `/dev/vda`).
-pub const CMDLINE_ROOTFS_PARAM: &str = "ukload.rootfs";
-/// Kernel command-line parameter with the server's argv: the hex digits of
-/// its JSON array (no quoting problems, no spaces). Absent: the image's
-/// manifest names the command.
-pub const CMDLINE_SERVER_PARAM: &str = "ukload.server";
-/// Kernel command-line parameter: how long, in ms, a started server may
-/// stay silent after its first request before it counts as never answering.
-pub const CMDLINE_SERVER_TIMEOUT_PARAM: &str = "ukload.server_timeout_ms";
-/// Where PID 1 mounts the root filesystem image (read-only); the server runs
-/// chrooted there.
-pub const ROOTFS_DIR: &str = "/rootfs";
-/// The image's manifest (inside the image): `{"command": [argv...], ...}`.
-/// The same path as `rootfs::MANIFEST_PATH` (the image builder's; not
-/// imported, so that the guest does not depend on the builder: a test checks
-/// they agree).
-pub const ROOTFS_MANIFEST: &str = "/etc/ukload-rootfs.json";
-/// File system type of the image.
-pub const ROOTFS_FSTYPE: &str = "erofs";
 /// `f_type` of erofs (`EROFS_SUPER_MAGIC_V1`).
 const EROFS_MAGIC: u64 = 0xe0f5_e1e2;
 /// How long PID 1 waits for the block device node to appear.
@@ -320,29 +275,6 @@ pub struct ServerSpec {
     pub command: Option<Vec<String>>,
     /// `ukload.server_timeout_ms`, if given.
     pub start_timeout: Option<Duration>,
-}
-
-/// `argv` as the value of [`CMDLINE_SERVER_PARAM`]: lower-case hex of its JSON array.
-pub fn encode_server_command(argv: &[String]) -> String {
-    let json = serde_json::to_vec(argv).expect("a list of strings serializes");
-    json.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The inverse of [`encode_server_command`].
-pub fn decode_server_command(hex: &str) -> Result<Vec<String>, String> {
-    if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err("expected an even number of hex digits".into());
-    }
-    let bytes: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("checked hex digits"))
-        .collect();
-    let argv: Vec<String> =
-        serde_json::from_slice(&bytes).map_err(|e| format!("not a JSON array of strings: {e}"))?;
-    if argv.is_empty() || argv[0].is_empty() {
-        return Err("the command is empty".into());
-    }
-    Ok(argv)
 }
 
 /// The server to run, from a kernel command line (the last occurrence of
@@ -966,11 +898,6 @@ fn ensure_console() {
     let _ = nix::unistd::dup2_stderr(&console);
 }
 
-/// Path of a module inside the guest: `/lib/modules/<name>.ko`.
-pub fn module_path(module: &str) -> String {
-    format!("{MODULES_DIR}/{module}.{MODULE_EXT}")
-}
-
 /// What PID 1 found about one driver of [`MODULES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModuleFound {
@@ -1006,17 +933,6 @@ pub fn module_action(found: ModuleFound) -> ModuleAction {
     } else {
         ModuleAction::Missing
     }
-}
-
-/// Whether a `modules.builtin` text lists `module` (lines are paths such as
-/// `kernel/net/vmw_vsock/vsock.ko`; `-` and `_` are the same in module names).
-pub fn builtin_list_has(list: &str, module: &str) -> bool {
-    let want = module.replace('-', "_");
-    list.lines().any(|line| {
-        let file = line.trim().rsplit('/').next().unwrap_or("");
-        file.strip_suffix(&format!(".{MODULE_EXT}"))
-            .is_some_and(|name| name.replace('-', "_") == want)
-    })
 }
 
 /// Loads one module from [`MODULES_DIR`] with `finit_module(2)` (no userland
@@ -1220,6 +1136,7 @@ pub fn poweroff() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmabi::encode_server_command;
 
     #[test]
     fn port_defaults_when_the_cmdline_does_not_name_one() {

@@ -385,7 +385,7 @@ impl QemuConfig {
                 KERNEL_CMDLINE_MAX,
                 self.server
                     .as_ref()
-                    .map_or(0, |a| crate::guest::pid1::encode_server_command(a).len())
+                    .map_or(0, |a| crate::vmabi::encode_server_command(a).len())
             )));
         }
         Ok(())
@@ -465,22 +465,21 @@ impl QemuConfig {
         }
         append.push(format!("ukload.port={port}"));
         if self.rootfs.is_some() {
-            use crate::guest::pid1;
             append.push(format!(
                 "{}={ROOTFS_GUEST_DEVICE}",
-                pid1::CMDLINE_ROOTFS_PARAM
+                crate::vmabi::CMDLINE_ROOTFS_PARAM
             ));
             if let Some(argv) = &self.server {
                 append.push(format!(
                     "{}={}",
-                    pid1::CMDLINE_SERVER_PARAM,
-                    pid1::encode_server_command(argv)
+                    crate::vmabi::CMDLINE_SERVER_PARAM,
+                    crate::vmabi::encode_server_command(argv)
                 ));
             }
             if let Some(t) = self.server_timeout {
                 append.push(format!(
                     "{}={}",
-                    pid1::CMDLINE_SERVER_TIMEOUT_PARAM,
+                    crate::vmabi::CMDLINE_SERVER_TIMEOUT_PARAM,
                     t.as_millis().max(1)
                 ));
             }
@@ -807,7 +806,7 @@ mod tests {
             ),
             "{shown}"
         );
-        let hex = crate::guest::pid1::encode_server_command(&argv);
+        let hex = crate::vmabi::encode_server_command(&argv);
         assert!(
             shown.contains(&format!(
                 "ukload.rootfs=/dev/vda ukload.server={hex} ukload.server_timeout_ms=7000"
