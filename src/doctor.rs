@@ -271,8 +271,8 @@ fn kvm_check() -> Check {
         && crate::supervisor::spawn::resolve_program(qemu_cfg.qemu_bin.as_ref()).is_some();
     // Whether KVM really boots a guest: the qemu launcher's probe, cached per
     // host and kernel (it boots one VM once; needs the supervisor to reap it).
-    let boots =
-        can_probe && crate::supervisor::Supervisor::init().is_ok() && qemu_cfg.kvm_really_boots();
+    let boots = can_probe
+        && crate::supervisor::Supervisor::init().is_ok_and(|sup| qemu_cfg.kvm_really_boots(sup));
     let kvm_state = match (kvm, can_probe, boots) {
         (false, _, _) => "no /dev/kvm: QEMU uses TCG (software emulation)".to_string(),
         (true, false, _) => {

@@ -353,7 +353,9 @@ impl RunState {
     ) -> Result<RunState, RunError> {
         let t0 = Instant::now();
         let t0_mono_ns = crate::clock::monotonic_ns();
-        cfg.launcher.preflight().map_err(RunError::Launch)?;
+        cfg.launcher
+            .preflight(Some(sup))
+            .map_err(RunError::Launch)?;
         check_fd_limit(cfg.count)?;
         cfg.log_dir = usable_log_dir(&cfg.log_dir, run_id)?;
         let (run_dir, harness_lock) =

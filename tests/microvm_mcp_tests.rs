@@ -370,7 +370,7 @@ fn boot_vm(dir: &Path, server: Option<Vec<String>>) -> TestVm {
         ..Default::default()
     };
     let memory: u64 = NODE_MEMORY_MB.parse().unwrap();
-    let r = cfg.preflight(memory).expect("preflight");
+    let r = cfg.preflight(memory, None).expect("preflight");
     let ctx = ukload::launcher::InstanceCtx {
         index: 0,
         cid: 3,

@@ -250,7 +250,11 @@ impl LauncherConfig {
     }
 
     /// Checks that what the launcher needs is there, before anything starts.
-    pub fn preflight(&mut self) -> Result<(), LaunchError> {
+    /// `sup` reaps whatever a check starts (QEMU's KVM probe).
+    pub fn preflight(
+        &mut self,
+        sup: Option<&crate::supervisor::Supervisor>,
+    ) -> Result<(), LaunchError> {
         if in_flatpak() && !self.flatpak_host {
             return Err(LaunchError::Invalid(
                 "ukload runs inside a Flatpak sandbox: launchers started here would run in the \
@@ -272,7 +276,7 @@ impl LauncherConfig {
         }
         match self.kind {
             Kind::Qemu => {
-                self.qemu_resolved = Some(self.qemu.preflight(self.memory_mb)?);
+                self.qemu_resolved = Some(self.qemu.preflight(self.memory_mb, sup)?);
                 Ok(())
             }
             Kind::Process => {

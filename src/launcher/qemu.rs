@@ -21,7 +21,7 @@
 
 use super::{InstanceCtx, LaunchError, Plan, PreStep, Readiness, UnknownChoice};
 use crate::image::{self, ImagePaths};
-use crate::supervisor::Command;
+use crate::supervisor::{Command, Supervisor};
 use crate::vsock::Endpoint;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -300,7 +300,12 @@ impl QemuConfig {
     /// Checks programs and image pieces; decides acceleration and backend.
     /// Builds the root filesystem image first if one is to be built
     /// ([`QemuConfig::prepare_rootfs`]).
-    pub fn preflight(&mut self, memory_mb: u64) -> Result<Resolved, LaunchError> {
+    /// `sup` reaps the KVM probe's QEMU; without one KVM is not probed (TCG).
+    pub fn preflight(
+        &mut self,
+        memory_mb: u64,
+        sup: Option<&Supervisor>,
+    ) -> Result<Resolved, LaunchError> {
         self.check_installed()?;
         self.prepare_rootfs()?;
         self.check_rootfs_path()?;
@@ -309,7 +314,7 @@ impl QemuConfig {
         let kvm = match self.accel {
             Accel::Tcg => false,
             Accel::Kvm => true,
-            Accel::Auto => Path::new(KVM_DEV).exists() && self.kvm_works(memory_mb),
+            Accel::Auto => Path::new(KVM_DEV).exists() && self.kvm_works(memory_mb, sup),
         };
         Ok(Resolved {
             kvm,
@@ -421,11 +426,11 @@ impl QemuConfig {
     /// Whether KVM really boots the guest here (probed once and cached, as
     /// [`QemuConfig::preflight`] does; `ukload doctor` asks the same). Needs
     /// the supervisor (the probe's QEMU is reaped by it).
-    pub fn kvm_really_boots(&self) -> bool {
-        self.kvm_works(DEFAULT_QEMU_MEMORY_MB)
+    pub fn kvm_really_boots(&self, sup: &Supervisor) -> bool {
+        self.kvm_works(DEFAULT_QEMU_MEMORY_MB, Some(sup))
     }
 
-    fn kvm_works(&self, memory_mb: u64) -> bool {
+    fn kvm_works(&self, memory_mb: u64, sup: Option<&Supervisor>) -> bool {
         let key = format!(
             "{}:{}",
             self.kernel.display(),
@@ -441,7 +446,11 @@ impl QemuConfig {
                 }
             }
         }
-        let works = probe_kvm(self, memory_mb);
+        let Some(sup) = sup else {
+            // Not probed, not cached: a later run with a supervisor probes.
+            return false;
+        };
+        let works = probe_kvm(self, memory_mb, sup);
         let _ = std::fs::create_dir_all(image::cache_dir());
         let _ = std::fs::write(
             &cache,
@@ -607,10 +616,7 @@ impl QemuConfig {
 
 /// Boots the guest once with `-accel kvm` and no vsock device: KVM works if
 /// the guest's init prints within [`KVM_PROBE_TIMEOUT`].
-fn probe_kvm(cfg: &QemuConfig, memory_mb: u64) -> bool {
-    let Some(sup) = crate::supervisor::Supervisor::get() else {
-        return false;
-    };
+fn probe_kvm(cfg: &QemuConfig, memory_mb: u64, sup: &Supervisor) -> bool {
     let Some(qemu) = find_program(&cfg.qemu_bin) else {
         return false;
     };
@@ -845,7 +851,7 @@ mod tests {
             server: Some(vec!["node".into(), "x".repeat(1200)]),
             ..Default::default()
         };
-        let err = cfg.preflight(80).unwrap_err().to_string();
+        let err = cfg.preflight(80, None).unwrap_err().to_string();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(
             err.contains("kernel command line") && err.contains("2048"),
