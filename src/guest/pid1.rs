@@ -1071,26 +1071,17 @@ fn wait_signal(set: &SigSet, timeout: Duration) -> libc::c_int {
     unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout) }
 }
 
-/// Reaps every child that has exited, recording its status.
+/// Reaps every child that has exited, recording its status (the host
+/// supervisor's loop: [`crate::supervisor::reap_exited`]).
 fn reap_all() {
-    loop {
-        let mut status: libc::c_int = 0;
-        // Raw libc, not nix's `waitpid`: nix decodes the status into a
-        // `WaitStatus` and fails with EINVAL when the signal that killed the
-        // child is not in its `Signal` enum (real-time signals) — after the
-        // kernel already reaped it, so PID 1 would lose that pid's status.
-        // SAFETY: `status` is a valid out-pointer; WNOHANG never blocks.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            return; // 0: children alive but none exited; -1: ECHILD, no children.
-        }
+    crate::supervisor::reap_exited(|pid, status| {
         let r = reaped();
         r.statuses
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(pid, status);
         r.changed.notify_all();
-    }
+    });
 }
 
 /// Waits until `deadline` for the exit of child `pid` and returns its raw

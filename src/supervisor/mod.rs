@@ -27,7 +27,6 @@ use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::prctl;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 /// How often the reaper looks for exited children even without a `SIGCHLD`
@@ -42,13 +41,16 @@ pub enum Exit {
 }
 
 impl Exit {
-    /// How a reaped child ended; `None` for a status that is not an end
-    /// (stopped, continued: not asked for, so not expected).
-    fn from_wait_status(st: WaitStatus) -> Option<(i32, Exit)> {
-        match st {
-            WaitStatus::Exited(pid, code) => Some((pid.as_raw(), Exit::Code(code))),
-            WaitStatus::Signaled(pid, sig, _) => Some((pid.as_raw(), Exit::Signal(sig as i32))),
-            _ => None,
+    /// How a reaped child ended, from its raw wait status; `None` for a
+    /// status that is not an end (stopped, continued: not asked for, so not
+    /// expected). Any signal number, real-time ones included.
+    pub fn from_raw(status: i32) -> Option<Exit> {
+        if libc::WIFEXITED(status) {
+            Some(Exit::Code(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            Some(Exit::Signal(libc::WTERMSIG(status)))
+        } else {
+            None
         }
     }
     pub fn success(&self) -> bool {
@@ -62,6 +64,26 @@ impl std::fmt::Display for Exit {
             Exit::Code(c) => write!(f, "exit code {c}"),
             Exit::Signal(s) => write!(f, "killed by {}", signal_name(*s)),
         }
+    }
+}
+
+/// Collects every child that has exited (`waitpid(-1, WNOHANG)` until none
+/// is left) and hands each `(pid, raw wait status)` to `record`: the one
+/// reaping loop of the host supervisor and of the guest's PID 1.
+///
+/// Raw libc, not nix's `waitpid`: nix decodes the status into a `WaitStatus`
+/// and fails with EINVAL when the signal that killed the child is not in its
+/// `Signal` enum (real-time signals) — after the kernel already reaped it,
+/// so the status (and, for the host, the instance's end) would be lost.
+pub fn reap_exited(mut record: impl FnMut(i32, i32)) {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: `status` is a valid out-pointer; WNOHANG never blocks.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return; // 0: children alive but none exited; -1: ECHILD, no children.
+        }
+        record(pid, status);
     }
 }
 
@@ -159,14 +181,7 @@ impl Supervisor {
 
     fn reap_all(&self) {
         let mut reaped = Vec::new();
-        // WNOHANG never blocks; StillAlive (none has exited) or ECHILD (no
-        // child at all) ends the drain.
-        while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            if st == WaitStatus::StillAlive {
-                break;
-            }
-            reaped.extend(Exit::from_wait_status(st));
-        }
+        reap_exited(|pid, status| reaped.extend(Exit::from_raw(status).map(|e| (pid, e))));
         if !reaped.is_empty() {
             let mut map = self.exited.lock().unwrap_or_else(|e| e.into_inner());
             map.extend(reaped);
