@@ -166,46 +166,13 @@ pub fn read(path: &Path) -> Result<ElfInfo, ElfError> {
     let file = File::open(path).map_err(io_err)?;
     let len = file.metadata().map_err(io_err)?.len();
     let r = Reader { file, len, path };
-    if len < ELF64_EHDR_LEN as u64 {
-        return if is_elf(path) {
-            Err(r.bad("truncated ELF header"))
-        } else {
-            Err(ElfError::NotElf(path.to_path_buf()))
-        };
-    }
-    let eh = r.bytes(0, ELF64_EHDR_LEN, "ELF header")?;
-    if &eh[..4] != ELF_MAGIC {
-        return Err(ElfError::NotElf(path.to_path_buf()));
-    }
-    if eh[EI_CLASS] != ELFCLASS64 || eh[EI_DATA] != ELFDATA2LSB {
-        return Err(r.bad("not a 64-bit little-endian ELF file (only x86_64 guests are supported)"));
-    }
+    let eh = r.elf_header()?;
     let mut info = ElfInfo {
         elf_type: u16_at(&eh, E_TYPE),
         machine: u16_at(&eh, E_MACHINE),
         ..ElfInfo::default()
     };
-    let phoff = u64_at(&eh, E_PHOFF);
-    let phentsize = u16_at(&eh, E_PHENTSIZE) as usize;
-    let phnum = u16_at(&eh, E_PHNUM) as usize;
-    if phnum == 0 {
-        return Ok(info);
-    }
-    if phentsize != ELF64_PHDR_LEN || phnum > MAX_PHNUM {
-        return Err(r.bad(format!(
-            "unexpected program headers ({phnum} of {phentsize} bytes)"
-        )));
-    }
-    let raw = r.bytes(phoff, phnum * ELF64_PHDR_LEN, "program headers")?;
-    let phdrs: Vec<Phdr> = raw
-        .chunks_exact(ELF64_PHDR_LEN)
-        .map(|b| Phdr {
-            p_type: u32_at(b, 0),
-            offset: u64_at(b, 8),
-            vaddr: u64_at(b, 16),
-            filesz: u64_at(b, 32),
-        })
-        .collect();
+    let phdrs = r.program_headers(&eh)?;
     if let Some(p) = phdrs.iter().find(|p| p.p_type == PT_INTERP) {
         let limit = p.offset.saturating_add(p.filesz);
         info.interp = Some(PathBuf::from(r.string(p.offset, limit, "PT_INTERP")?));
@@ -213,65 +180,150 @@ pub fn read(path: &Path) -> Result<ElfInfo, ElfError> {
     let Some(dynamic) = phdrs.iter().find(|p| p.p_type == PT_DYNAMIC) else {
         return Ok(info);
     };
-    if dynamic.filesz > MAX_DYNAMIC_BYTES {
-        return Err(r.bad(format!(
-            "dynamic section of {} bytes (at most {MAX_DYNAMIC_BYTES} read)",
-            dynamic.filesz
-        )));
-    }
-    let dynb = r.bytes(dynamic.offset, dynamic.filesz as usize, "dynamic section")?;
-    let mut entries = Vec::new();
-    let (mut strtab, mut strsz) = (None, None);
-    for d in dynb.chunks_exact(ELF64_DYN_LEN) {
-        let (tag, val) = (u64_at(d, 0), u64_at(d, 8));
-        match tag {
-            DT_NULL => break,
-            DT_STRTAB => strtab = Some(val),
-            DT_STRSZ => strsz = Some(val),
-            DT_NEEDED | DT_RPATH | DT_RUNPATH => entries.push((tag, val)),
-            _ => {}
-        }
-    }
-    if entries.is_empty() {
+    let dynamic = r.dynamic_section(dynamic)?;
+    if dynamic.entries.is_empty() {
         return Ok(info);
     }
-    let (Some(strtab), Some(strsz)) = (strtab, strsz) else {
-        return Err(r.bad("dynamic section names libraries but has no DT_STRTAB/DT_STRSZ"));
-    };
-    // DT_STRTAB is an address: find the file offset through the PT_LOAD that maps it.
-    let str_off = phdrs
-        .iter()
-        .filter(|p| p.p_type == PT_LOAD)
-        .find(|p| strtab >= p.vaddr && strtab < p.vaddr.saturating_add(p.filesz))
-        .map(|p| p.offset + (strtab - p.vaddr))
-        .ok_or_else(|| {
-            r.bad(format!(
-                "DT_STRTAB address {strtab:#x} is in no loaded segment"
-            ))
-        })?;
-    let str_end = str_off.saturating_add(strsz);
-    for (tag, val) in entries {
-        if val >= strsz {
-            return Err(r.bad(format!("dynamic string offset {val} past DT_STRSZ {strsz}")));
-        }
-        let at = str_off + val;
-        let s = r.string(at, str_end, "dynamic string")?;
-        let split = |s: &str| -> Vec<String> {
-            s.split(':')
-                .filter(|p| !p.is_empty())
-                .map(String::from)
-                .collect()
-        };
-        match tag {
-            DT_NEEDED => {
-                info.needed.push(s);
-                info.needed_at.push(at);
-            }
-            DT_RUNPATH => info.runpath.extend(split(&s)),
-            _ => info.rpath.extend(split(&s)),
-        }
-    }
+    let (str_off, strsz) = r.string_table(&phdrs, &dynamic)?;
+    r.add_dynamic_strings(&mut info, dynamic.entries, str_off, strsz)?;
     Ok(info)
+}
+
+/// The entries of a dynamic section that [`read`] uses.
+struct Dynamic {
+    /// `DT_NEEDED`, `DT_RPATH` and `DT_RUNPATH` entries as (tag, string offset).
+    entries: Vec<(u64, u64)>,
+    strtab: Option<u64>,
+    strsz: Option<u64>,
+}
+
+impl Reader<'_> {
+    /// The ELF header, checked to be a 64-bit little-endian ELF file's.
+    fn elf_header(&self) -> Result<Vec<u8>, ElfError> {
+        if self.len < ELF64_EHDR_LEN as u64 {
+            return if is_elf(self.path) {
+                Err(self.bad("truncated ELF header"))
+            } else {
+                Err(ElfError::NotElf(self.path.to_path_buf()))
+            };
+        }
+        let eh = self.bytes(0, ELF64_EHDR_LEN, "ELF header")?;
+        if &eh[..4] != ELF_MAGIC {
+            return Err(ElfError::NotElf(self.path.to_path_buf()));
+        }
+        if eh[EI_CLASS] != ELFCLASS64 || eh[EI_DATA] != ELFDATA2LSB {
+            return Err(
+                self.bad("not a 64-bit little-endian ELF file (only x86_64 guests are supported)")
+            );
+        }
+        Ok(eh)
+    }
+
+    /// The program headers the ELF header `eh` points at (none if it has none).
+    fn program_headers(&self, eh: &[u8]) -> Result<Vec<Phdr>, ElfError> {
+        let phoff = u64_at(eh, E_PHOFF);
+        let phentsize = u16_at(eh, E_PHENTSIZE) as usize;
+        let phnum = u16_at(eh, E_PHNUM) as usize;
+        if phnum == 0 {
+            return Ok(Vec::new());
+        }
+        if phentsize != ELF64_PHDR_LEN || phnum > MAX_PHNUM {
+            return Err(self.bad(format!(
+                "unexpected program headers ({phnum} of {phentsize} bytes)"
+            )));
+        }
+        let raw = self.bytes(phoff, phnum * ELF64_PHDR_LEN, "program headers")?;
+        Ok(raw
+            .chunks_exact(ELF64_PHDR_LEN)
+            .map(|b| Phdr {
+                p_type: u32_at(b, 0),
+                offset: u64_at(b, 8),
+                vaddr: u64_at(b, 16),
+                filesz: u64_at(b, 32),
+            })
+            .collect())
+    }
+
+    /// The library entries and string table location of the `PT_DYNAMIC`
+    /// segment `dynamic` (read up to its `DT_NULL`).
+    fn dynamic_section(&self, dynamic: &Phdr) -> Result<Dynamic, ElfError> {
+        if dynamic.filesz > MAX_DYNAMIC_BYTES {
+            return Err(self.bad(format!(
+                "dynamic section of {} bytes (at most {MAX_DYNAMIC_BYTES} read)",
+                dynamic.filesz
+            )));
+        }
+        let dynb = self.bytes(dynamic.offset, dynamic.filesz as usize, "dynamic section")?;
+        let mut out = Dynamic {
+            entries: Vec::new(),
+            strtab: None,
+            strsz: None,
+        };
+        for d in dynb.chunks_exact(ELF64_DYN_LEN) {
+            let (tag, val) = (u64_at(d, 0), u64_at(d, 8));
+            match tag {
+                DT_NULL => break,
+                DT_STRTAB => out.strtab = Some(val),
+                DT_STRSZ => out.strsz = Some(val),
+                DT_NEEDED | DT_RPATH | DT_RUNPATH => out.entries.push((tag, val)),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// The file offset and size of the dynamic string table.
+    fn string_table(&self, phdrs: &[Phdr], dynamic: &Dynamic) -> Result<(u64, u64), ElfError> {
+        let (Some(strtab), Some(strsz)) = (dynamic.strtab, dynamic.strsz) else {
+            return Err(self.bad("dynamic section names libraries but has no DT_STRTAB/DT_STRSZ"));
+        };
+        // DT_STRTAB is an address: find the file offset through the PT_LOAD that maps it.
+        let str_off = phdrs
+            .iter()
+            .filter(|p| p.p_type == PT_LOAD)
+            .find(|p| strtab >= p.vaddr && strtab < p.vaddr.saturating_add(p.filesz))
+            .map(|p| p.offset + (strtab - p.vaddr))
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "DT_STRTAB address {strtab:#x} is in no loaded segment"
+                ))
+            })?;
+        Ok((str_off, strsz))
+    }
+
+    /// Reads each entry's string from the string table at `str_off` into
+    /// `info`: needed libraries (with their offsets), RUNPATH and RPATH.
+    fn add_dynamic_strings(
+        &self,
+        info: &mut ElfInfo,
+        entries: Vec<(u64, u64)>,
+        str_off: u64,
+        strsz: u64,
+    ) -> Result<(), ElfError> {
+        let str_end = str_off.saturating_add(strsz);
+        for (tag, val) in entries {
+            if val >= strsz {
+                return Err(self.bad(format!("dynamic string offset {val} past DT_STRSZ {strsz}")));
+            }
+            let at = str_off + val;
+            let s = self.string(at, str_end, "dynamic string")?;
+            let split = |s: &str| -> Vec<String> {
+                s.split(':')
+                    .filter(|p| !p.is_empty())
+                    .map(String::from)
+                    .collect()
+            };
+            match tag {
+                DT_NEEDED => {
+                    info.needed.push(s);
+                    info.needed_at.push(at);
+                }
+                DT_RUNPATH => info.runpath.extend(split(&s)),
+                _ => info.rpath.extend(split(&s)),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where in the file `path` the `DT_NEEDED` string `name` is stored (for

@@ -137,6 +137,8 @@ pub fn wait_ready(
     }
 }
 
+/// Probe readiness: asks `ep` for `ukload/status` with a capped backoff
+/// until the guest answers or the deadline passes.
 fn probe(
     ep: &Endpoint,
     framing: Framing,
@@ -170,53 +172,9 @@ fn probe(
             }
         }
         attempts += 1;
-        let conn_started = Instant::now();
-        match vsock::connect(ep, CONNECT_TIMEOUT.min(deadline - now)) {
-            Ok(mut stream) => {
-                let connect_ms = conn_started.elapsed().as_secs_f64() * 1000.0;
-                let ping_deadline = deadline.min(Instant::now() + PING_TIMEOUT);
-                let reply = jsonrpc::call(
-                    &mut stream,
-                    framing,
-                    1,
-                    jsonrpc::STATUS_METHOD,
-                    serde_json::json!({}),
-                    ping_deadline,
-                );
-                let reply = match reply {
-                    Err(e) if answered_without_status(&e) => Ok(serde_json::Value::Null),
-                    other => other,
-                };
-                match reply {
-                    Ok(v) => {
-                        let at = Instant::now();
-                        let at_mono_ns = crate::clock::monotonic_ns();
-                        let info = serde_json::from_value::<PingInfo>(v).ok();
-                        return Ok(Ready {
-                            at,
-                            at_mono_ns,
-                            info,
-                            console_line: None,
-                            attempts,
-                            connect_ms: Some(connect_ms),
-                        });
-                    }
-                    Err(e) => match e {
-                        jsonrpc::CallError::TimedOut { .. } => {
-                            last_error = format!("ping to {ep}: no reply")
-                        }
-                        // The connection was accepted then dropped: the guest
-                        // is still coming up (a VMM accepts before the guest listens).
-                        jsonrpc::CallError::Closed
-                        | jsonrpc::CallError::Frame(crate::framing::FrameError::Eof) => {
-                            last_error = format!("{ep}: closed before replying")
-                        }
-                        other => return Err(BootFailure::Protocol(format!("{ep}: {other}"))),
-                    },
-                }
-            }
-            Err(e) if e.is_retryable() => last_error = e.to_string(),
-            Err(e) => return Err(BootFailure::Unreachable(e.to_string())),
+        match probe_once(ep, framing, now, deadline, attempts)? {
+            Attempt::Ready(ready) => return Ok(ready),
+            Attempt::Retry(why) => last_error = why,
         }
         if let Some(why) = dead() {
             return Err(BootFailure::LauncherExited { status: why });
@@ -224,6 +182,75 @@ fn probe(
         last_try = Instant::now();
         std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// How one probe attempt that did not fail for good ended.
+enum Attempt {
+    /// The guest answered.
+    Ready(Ready),
+    /// Not yet, and why (the guest may still come up).
+    Retry(String),
+}
+
+/// One probe attempt (number `attempts`, started at `now`): connect to `ep`
+/// and ask for `ukload/status`. `Err` when the guest can never be reached or
+/// answered something that is not a reply.
+fn probe_once(
+    ep: &Endpoint,
+    framing: Framing,
+    now: Instant,
+    deadline: Instant,
+    attempts: u32,
+) -> Result<Attempt, BootFailure> {
+    let conn_started = Instant::now();
+    let mut stream = match vsock::connect(ep, CONNECT_TIMEOUT.min(deadline - now)) {
+        Ok(stream) => stream,
+        Err(e) if e.is_retryable() => return Ok(Attempt::Retry(e.to_string())),
+        Err(e) => return Err(BootFailure::Unreachable(e.to_string())),
+    };
+    let connect_ms = conn_started.elapsed().as_secs_f64() * 1000.0;
+    let ping_deadline = deadline.min(Instant::now() + PING_TIMEOUT);
+    let reply = jsonrpc::call(
+        &mut stream,
+        framing,
+        1,
+        jsonrpc::STATUS_METHOD,
+        serde_json::json!({}),
+        ping_deadline,
+    );
+    let reply = match reply {
+        Err(e) if answered_without_status(&e) => Ok(serde_json::Value::Null),
+        other => other,
+    };
+    match reply {
+        Ok(v) => Ok(Attempt::Ready(ready_from_status(v, attempts, connect_ms))),
+        Err(jsonrpc::CallError::TimedOut { .. }) => {
+            Ok(Attempt::Retry(format!("ping to {ep}: no reply")))
+        }
+        // The connection was accepted then dropped: the guest
+        // is still coming up (a VMM accepts before the guest listens).
+        Err(jsonrpc::CallError::Closed)
+        | Err(jsonrpc::CallError::Frame(crate::framing::FrameError::Eof)) => {
+            Ok(Attempt::Retry(format!("{ep}: closed before replying")))
+        }
+        Err(other) => Err(BootFailure::Protocol(format!("{ep}: {other}"))),
+    }
+}
+
+/// A probe's [`Ready`], stamped now, from the guest's `ukload/status` reply
+/// (`null` or anything but a [`PingInfo`] reports nothing).
+fn ready_from_status(reply: serde_json::Value, attempts: u32, connect_ms: f64) -> Ready {
+    let at = Instant::now();
+    let at_mono_ns = crate::clock::monotonic_ns();
+    let info = serde_json::from_value::<PingInfo>(reply).ok();
+    Ready {
+        at,
+        at_mono_ns,
+        info,
+        console_line: None,
+        attempts,
+        connect_ms: Some(connect_ms),
     }
 }
 

@@ -969,50 +969,10 @@ impl Planner {
             host: host.to_path_buf(),
         })?;
         if meta.file_type().is_symlink() {
-            let target = fs::read_link(host).map_err(RootfsError::io(host))?;
-            let parent = host.parent().unwrap_or(Path::new("/"));
-            let inside = target.is_relative()
-                && host != root.host
-                && normalize(&parent.join(&target)).starts_with(&root.host);
-            if inside {
-                return self.put(
-                    guest,
-                    Entry::Symlink { target },
-                    &format!("link {}", host.display()),
-                );
-            }
-            let real = fs::canonicalize(host).map_err(|_| RootfsError::IncludeMissing {
-                host: host.to_path_buf(),
-            })?;
-            // A link to a directory the walk is inside would copy forever.
-            let walking = fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
-            if real.is_dir() && walking.starts_with(&real) {
-                return Err(RootfsError::Usage(format!(
-                    "{} links to {}, which contains it: a loop (make the link relative or leave it out)",
-                    host.display(),
-                    real.display()
-                )));
-            }
-            return self.add_tree(&real, guest, root, depth + 1, strict);
+            return self.add_tree_symlink(host, guest, root, depth, strict);
         }
         if meta.is_dir() {
-            self.put(
-                guest,
-                Entry::Dir {
-                    mode: meta.permissions().mode() & MODE_BITS,
-                },
-                &format!("directory {}", host.display()),
-            )?;
-            let mut names: Vec<_> = fs::read_dir(host)
-                .map_err(RootfsError::io(host))?
-                .map(|e| e.map(|e| e.file_name()))
-                .collect::<Result<_, _>>()
-                .map_err(RootfsError::io(host))?;
-            names.sort();
-            for n in names {
-                self.add_tree(&host.join(&n), &guest.join(&n), root, depth + 1, strict)?;
-            }
-            return Ok(());
+            return self.add_tree_dir(host, guest, &meta, root, depth, strict);
         }
         if !meta.is_file() {
             self.warnings.push(format!(
@@ -1021,6 +981,86 @@ impl Planner {
             ));
             return Ok(());
         }
+        self.add_tree_file(host, guest, root, strict)
+    }
+
+    /// The symlink `host` of a tree: kept as a link if its relative target
+    /// stays inside `root`, else followed (refusing a loop).
+    fn add_tree_symlink(
+        &mut self,
+        host: &Path,
+        guest: &Path,
+        root: &TreeRoot,
+        depth: usize,
+        strict: Strictness,
+    ) -> Result<(), RootfsError> {
+        let target = fs::read_link(host).map_err(RootfsError::io(host))?;
+        let parent = host.parent().unwrap_or(Path::new("/"));
+        let inside = target.is_relative()
+            && host != root.host
+            && normalize(&parent.join(&target)).starts_with(&root.host);
+        if inside {
+            return self.put(
+                guest,
+                Entry::Symlink { target },
+                &format!("link {}", host.display()),
+            );
+        }
+        let real = fs::canonicalize(host).map_err(|_| RootfsError::IncludeMissing {
+            host: host.to_path_buf(),
+        })?;
+        // A link to a directory the walk is inside would copy forever.
+        let walking = fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+        if real.is_dir() && walking.starts_with(&real) {
+            return Err(RootfsError::Usage(format!(
+                "{} links to {}, which contains it: a loop (make the link relative or leave it out)",
+                host.display(),
+                real.display()
+            )));
+        }
+        self.add_tree(&real, guest, root, depth + 1, strict)
+    }
+
+    /// The directory `host` of a tree with its mode, then its entries in
+    /// name order.
+    fn add_tree_dir(
+        &mut self,
+        host: &Path,
+        guest: &Path,
+        meta: &fs::Metadata,
+        root: &TreeRoot,
+        depth: usize,
+        strict: Strictness,
+    ) -> Result<(), RootfsError> {
+        self.put(
+            guest,
+            Entry::Dir {
+                mode: meta.permissions().mode() & MODE_BITS,
+            },
+            &format!("directory {}", host.display()),
+        )?;
+        let mut names: Vec<_> = fs::read_dir(host)
+            .map_err(RootfsError::io(host))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(RootfsError::io(host))?;
+        names.sort();
+        for n in names {
+            self.add_tree(&host.join(&n), &guest.join(&n), root, depth + 1, strict)?;
+        }
+        Ok(())
+    }
+
+    /// The regular file `host` of a tree; a loadable ELF file of this
+    /// machine brings its libraries (or, under [`Strictness::DropFile`], is
+    /// left out with a warning when one is missing).
+    fn add_tree_file(
+        &mut self,
+        host: &Path,
+        guest: &Path,
+        root: &TreeRoot,
+        strict: Strictness,
+    ) -> Result<(), RootfsError> {
         let info = match self.elf_info(host) {
             Ok(i) => i,
             Err(e) => {

@@ -247,34 +247,12 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
     std::thread::sleep(cfg.boot_delay);
 
     let listener = bind(&cfg.listen)?;
-    let ready_mono_ns = clock::monotonic_ns();
-    let ready_boottime_ns = clock::boottime_ns();
-    let info = PingInfo {
-        pid: std::process::id(),
-        cid,
-        port: cfg.listen.port(),
-        started_mono_ns,
-        ready_mono_ns,
-        ready_boottime_ns,
-        now_mono_ns: 0,
-        agent: AGENT_NAME.to_string(),
-    };
+    let info = ready_info(&cfg, cid, started_mono_ns);
     if cfg.ready_marker {
-        let mut out = io::stdout().lock();
-        writeln!(
-            out,
-            "ukload-guest: ready cid={} port={} pid={} mono_ns={} boottime_ns={}",
-            cid.map_or_else(|| "-".to_string(), |c| c.to_string()),
-            info.port,
-            info.pid,
-            ready_mono_ns,
-            ready_boottime_ns
-        )
-        .and_then(|()| out.flush())
-        .map_err(AgentError::Stdout)?;
+        print_ready_marker(&info)?;
     }
 
-    let shared = Arc::new(Shared {
+    let mut connections = Connections::new(Shared {
         info,
         framing: cfg.framing,
         mode,
@@ -282,36 +260,112 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
         live: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(0),
     });
-    let (done_tx, done_rx) = crossbeam_channel::unbounded::<()>();
-    let mut running = 0usize;
-    let result = loop {
-        while done_rx.try_recv().is_ok() {
-            running -= 1;
+    let result = connections.accept_until_stop(&listener, &cfg.listen);
+    drop(listener);
+    connections.stop_and_drain();
+    result
+}
+
+/// What `ping` reports, stamped with the ready clocks as of now (just after bind).
+fn ready_info(cfg: &AgentConfig, cid: Option<u32>, started_mono_ns: u64) -> PingInfo {
+    PingInfo {
+        pid: std::process::id(),
+        cid,
+        port: cfg.listen.port(),
+        started_mono_ns,
+        ready_mono_ns: clock::monotonic_ns(),
+        ready_boottime_ns: clock::boottime_ns(),
+        now_mono_ns: 0,
+        agent: AGENT_NAME.to_string(),
+    }
+}
+
+/// Prints the one-line ready marker the host waits for on stdout.
+fn print_ready_marker(info: &PingInfo) -> Result<(), AgentError> {
+    let mut out = io::stdout().lock();
+    writeln!(
+        out,
+        "ukload-guest: ready cid={} port={} pid={} mono_ns={} boottime_ns={}",
+        info.cid.map_or_else(|| "-".to_string(), |c| c.to_string()),
+        info.port,
+        info.pid,
+        info.ready_mono_ns,
+        info.ready_boottime_ns
+    )
+    .and_then(|()| out.flush())
+    .map_err(AgentError::Stdout)
+}
+
+/// Waits one poll interval for a connection. `Ok(None)` on timeout and after
+/// a transient error (logged, with a pause); `Err` when accepting fails for good.
+fn accept_next(listener: &Listener, addr: &ListenAddr) -> Result<Option<Stream>, AgentError> {
+    match listener.accept_timeout(ACCEPT_POLL_INTERVAL) {
+        Ok(s) => Ok(s),
+        Err(e) if is_transient_accept_error(&e) => {
+            log::warn!("accept on {addr}: {e} (retrying)");
+            // Bounded pause: the condition (fd or memory exhaustion)
+            // needs time to clear, and poll would report ready at once.
+            std::thread::sleep(ACCEPT_ERROR_BACKOFF);
+            Ok(None)
         }
-        if shared.stop.load(Ordering::SeqCst) {
-            break Ok(());
+        Err(e) => Err(AgentError::Accept {
+            addr: addr.clone(),
+            source: e,
+        }),
+    }
+}
+
+/// The accept loop's state: the table shared with connection threads, and
+/// how many of those threads are still running (each reports on `done_*`
+/// when it ends).
+struct Connections {
+    shared: Arc<Shared>,
+    done_tx: crossbeam_channel::Sender<()>,
+    done_rx: crossbeam_channel::Receiver<()>,
+    running: usize,
+}
+
+impl Connections {
+    /// Starts with no connections.
+    fn new(shared: Shared) -> Self {
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<()>();
+        Connections {
+            shared: Arc::new(shared),
+            done_tx,
+            done_rx,
+            running: 0,
         }
-        let stream = match listener.accept_timeout(ACCEPT_POLL_INTERVAL) {
-            Ok(Some(s)) => s,
-            Ok(None) => continue,
-            Err(e) if is_transient_accept_error(&e) => {
-                log::warn!("accept on {}: {e} (retrying)", cfg.listen);
-                // Bounded pause: the condition (fd or memory exhaustion)
-                // needs time to clear, and poll would report ready at once.
-                std::thread::sleep(ACCEPT_ERROR_BACKOFF);
+    }
+
+    /// Accepts and serves connections until a `shutdown` request sets the
+    /// stop flag (`Ok`) or accepting fails for good (`Err`).
+    fn accept_until_stop(
+        &mut self,
+        listener: &Listener,
+        addr: &ListenAddr,
+    ) -> Result<(), AgentError> {
+        loop {
+            while self.done_rx.try_recv().is_ok() {
+                self.running -= 1;
+            }
+            if self.shared.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let Some(stream) = accept_next(listener, addr)? else {
+                continue;
+            };
+            if self.running >= MAX_CONNECTIONS {
+                log::warn!("{MAX_CONNECTIONS} connections already open; closing a new one");
                 continue;
             }
-            Err(e) => {
-                break Err(AgentError::Accept {
-                    addr: cfg.listen.clone(),
-                    source: e,
-                })
-            }
-        };
-        if running >= MAX_CONNECTIONS {
-            log::warn!("{MAX_CONNECTIONS} connections already open; closing a new one");
-            continue;
+            self.start(stream);
         }
+    }
+
+    /// Registers `stream` in the live table and serves it on its own thread;
+    /// closes it (by dropping it) when either step fails.
+    fn start(&mut self, stream: Stream) {
+        let shared = &self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         match stream.try_clone() {
             Ok(clone) => {
@@ -323,11 +377,11 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
             }
             Err(e) => {
                 log::warn!("cannot track a new connection ({e}); closing it");
-                continue;
+                return;
             }
         }
-        let conn_shared = Arc::clone(&shared);
-        let tx = done_tx.clone();
+        let conn_shared = Arc::clone(shared);
+        let tx = self.done_tx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{id}"))
             .spawn(move || {
@@ -343,7 +397,7 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
                 conn_shared.mode.serve(&conn, stream);
             });
         match spawned {
-            Ok(_) => running += 1,
+            Ok(_) => self.running += 1,
             Err(e) => {
                 log::warn!("cannot start a connection thread ({e}); closing it");
                 shared
@@ -353,29 +407,30 @@ pub fn run_agent_mode(cfg: AgentConfig, mode: Arc<dyn ConnectionMode>) -> Result
                     .remove(&id);
             }
         }
-    };
-    drop(listener);
+    }
 
-    // Wake every other connection's reader and give the threads a bounded
-    // time to finish their current reply.
-    shared.stop.store(true, Ordering::SeqCst);
-    for s in shared
-        .live
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .values()
-    {
-        let _ = s.shutdown(Shutdown::Both);
-    }
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
-    while running > 0 {
-        if done_rx.recv_deadline(deadline).is_err() {
-            log::warn!("{running} connection(s) still busy at exit");
-            break;
+    /// Wakes every other connection's reader and gives the threads a bounded
+    /// time ([`SHUTDOWN_GRACE`]) to finish their current reply.
+    fn stop_and_drain(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for s in self
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            let _ = s.shutdown(Shutdown::Both);
         }
-        running -= 1;
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while self.running > 0 {
+            if self.done_rx.recv_deadline(deadline).is_err() {
+                log::warn!("{} connection(s) still busy at exit", self.running);
+                break;
+            }
+            self.running -= 1;
+        }
     }
-    result
 }
 
 /// Unregisters a connection and tells the accept loop, even if its thread

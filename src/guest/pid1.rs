@@ -356,23 +356,45 @@ pub fn mount_rootfs(spec: &ServerSpec) -> Result<Vec<String>, String> {
 }
 
 fn mount_rootfs_steps(spec: &ServerSpec) -> Result<Vec<String>, String> {
+    refuse_unless_vm_init()?;
+    wait_for_device(&spec.device)?;
+    mount_image(&spec.device)?;
+    for m in inner_mounts() {
+        mount_inner(m)?;
+    }
+    server_argv(spec)
+}
+
+/// Errs unless this process is PID 1 and [`init_as_pid1`] finished: nothing
+/// is ever mounted on a host.
+fn refuse_unless_vm_init() -> Result<(), String> {
     let pid = nix::unistd::getpid().as_raw();
     if pid != 1 || !INIT_DONE.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(format!(
             "refusing to mount: this process (pid {pid}) is not a VM's init that finished its setup"
         ));
     }
+    Ok(())
+}
+
+/// Waits up to [`DEVICE_WAIT`] for the image's block device node to appear.
+fn wait_for_device(device: &str) -> Result<(), String> {
     let deadline = Instant::now() + DEVICE_WAIT;
-    while !std::path::Path::new(&spec.device).exists() {
+    while !std::path::Path::new(device).exists() {
         if Instant::now() >= deadline {
             return Err(format!(
-                "{} did not appear within {DEVICE_WAIT:?}: does the VM have the image attached \
-                 (virtio-blk) and does its kernel have CONFIG_VIRTIO_BLK?",
-                spec.device
+                "{device} did not appear within {DEVICE_WAIT:?}: does the VM have the image attached \
+                 (virtio-blk) and does its kernel have CONFIG_VIRTIO_BLK?"
             ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(())
+}
+
+/// Mounts the erofs image on `device` read-only at [`ROOTFS_DIR`], creating
+/// the directory if needed and refusing if something is mounted there already.
+fn mount_image(device: &str) -> Result<(), String> {
     match std::fs::create_dir(ROOTFS_DIR) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -390,7 +412,7 @@ fn mount_rootfs_steps(spec: &ServerSpec) -> Result<Vec<String>, String> {
         Err(e) => return Err(format!("checking {ROOTFS_DIR}: {e}")),
     }
     do_mount(
-        &spec.device,
+        device,
         ROOTFS_DIR,
         ROOTFS_FSTYPE,
         MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
@@ -398,13 +420,17 @@ fn mount_rootfs_steps(spec: &ServerSpec) -> Result<Vec<String>, String> {
     )
     .map_err(|e| {
         format!(
-            "mounting {} ({ROOTFS_FSTYPE}, read-only) on {ROOTFS_DIR}: {e} \
-             (is it an erofs image without compression, and does the kernel have CONFIG_EROFS_FS?)",
-            spec.device
+            "mounting {device} ({ROOTFS_FSTYPE}, read-only) on {ROOTFS_DIR}: {e} \
+             (is it an erofs image without compression, and does the kernel have CONFIG_EROFS_FS?)"
         )
-    })?;
+    })
+}
+
+/// The file systems mounted inside the image, in order: proc, devtmpfs, a
+/// writable tmpfs, and sysfs if the image has `/sys`.
+fn inner_mounts() -> [InnerMount; 4] {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let inner = [
+    [
         InnerMount {
             dir: "proc",
             fstype: "proc",
@@ -433,41 +459,48 @@ fn mount_rootfs_steps(spec: &ServerSpec) -> Result<Vec<String>, String> {
             data: None,
             required: false,
         },
-    ];
-    for InnerMount {
+    ]
+}
+
+/// Mounts one inner file system on its directory in the image, after
+/// checking that the directory is still the image's own (nothing mounted
+/// over it); skips an optional one whose directory the image lacks.
+fn mount_inner(m: InnerMount) -> Result<(), String> {
+    let InnerMount {
         dir,
         fstype,
         flags,
         data,
         required,
-    } in inner
-    {
-        let source = fstype;
-        let target = format!("{ROOTFS_DIR}/{dir}");
-        match fs_magic(&target) {
-            Ok(EROFS_MAGIC) => {}
-            Ok(magic) => {
-                return Err(format!(
-                    "{} is already mounted on {target}; refusing to mount over it",
-                    fs_name(magic)
-                ))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(format!(
-                    "the image has no /{dir} directory (the mount point of its {fstype}); \
-                     rebuild it with an empty /{dir}"
-                ))
-            }
-            Err(e) => return Err(format!("checking {target}: {e}")),
+    } = m;
+    let source = fstype;
+    let target = format!("{ROOTFS_DIR}/{dir}");
+    match fs_magic(&target) {
+        Ok(EROFS_MAGIC) => {}
+        Ok(magic) => {
+            return Err(format!(
+                "{} is already mounted on {target}; refusing to mount over it",
+                fs_name(magic)
+            ))
         }
-        if dir == "tmp" {
-            mount_tmp_keeping_contents(&target, flags, data)?;
-            continue;
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "the image has no /{dir} directory (the mount point of its {fstype}); \
+                 rebuild it with an empty /{dir}"
+            ))
         }
-        do_mount(source, &target, fstype, flags, data)
-            .map_err(|e| format!("mounting {fstype} on {target}: {e}"))?;
+        Err(e) => return Err(format!("checking {target}: {e}")),
     }
+    if dir == "tmp" {
+        return mount_tmp_keeping_contents(&target, flags, data);
+    }
+    do_mount(source, &target, fstype, flags, data)
+        .map_err(|e| format!("mounting {fstype} on {target}: {e}"))
+}
+
+/// The server's argv: `spec.command`, else the command in the image's manifest.
+fn server_argv(spec: &ServerSpec) -> Result<Vec<String>, String> {
     if let Some(argv) = &spec.command {
         return Ok(argv.clone());
     }

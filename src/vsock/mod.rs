@@ -469,83 +469,121 @@ fn client_handshake(
     start: Instant,
     until: Until<'_>,
 ) -> Result<UnixStream, ConnectError> {
-    let sys = |syscall: &'static str, source: io::Error| ConnectError::Sys {
-        endpoint: ep.clone(),
-        syscall,
-        source,
-    };
-    let timed_out = || ConnectError::TimedOut {
-        endpoint: ep.clone(),
-        stage: "handshake",
-        after: start.elapsed(),
-    };
-    let interrupted = || ConnectError::Interrupted {
-        endpoint: ep.clone(),
-        stage: "handshake",
-        after: start.elapsed(),
-    };
-    // Written in waits of at most one slice, each bounded by `until`.
-    let line = hybrid::connect_line(port);
-    let mut sent = 0;
-    while sent < line.len() {
-        let wait = match until.next_wait() {
-            Ok(w) => w,
-            Err(sys::Expired::TimedOut) => return Err(timed_out()),
-            Err(sys::Expired::Interrupted) => return Err(interrupted()),
-        };
-        stream
-            .set_write_timeout(Some(wait))
-            .map_err(|e| sys("setsockopt(SO_SNDTIMEO)", e))?;
-        match stream.write(&line.as_bytes()[sent..]) {
-            Ok(0) => {
-                return Err(sys(
-                    "write(CONNECT)",
-                    io::Error::from(io::ErrorKind::WriteZero),
-                ))
-            }
-            Ok(n) => sent += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(sys("write(CONNECT)", e)),
-        }
-    }
-    let line = match hybrid::read_line_deadline(&mut stream, until) {
-        Ok(line) => line,
-        Err(LineError::Closed { got }) => {
-            return Err(ConnectError::HandshakeClosed {
-                endpoint: ep.clone(),
-                got,
-            })
-        }
-        Err(LineError::TimedOut) => return Err(timed_out()),
-        Err(LineError::Interrupted) => return Err(interrupted()),
-        Err(LineError::TooLong { got }) => {
-            return Err(ConnectError::BadHandshake {
-                endpoint: ep.clone(),
-                got,
-            })
-        }
-        Err(LineError::Io(e)) => return Err(sys("read(OK)", e)),
-    };
-    let ok = line
-        .strip_prefix("OK ")
-        .is_some_and(|n| n.trim().parse::<u32>().is_ok());
-    if !ok {
-        return Err(ConnectError::BadHandshake {
-            endpoint: ep.clone(),
-            got: line,
-        });
-    }
+    let hs = Handshake { ep, start };
+    hs.send_connect(&mut stream, port, until)?;
+    hs.read_ok(&mut stream, until)?;
     stream
         .set_read_timeout(None)
         .and_then(|()| stream.set_write_timeout(None))
-        .map_err(|e| sys("setsockopt(timeouts)", e))?;
+        .map_err(|e| hs.sys("setsockopt(timeouts)", e))?;
     Ok(stream)
+}
+
+/// A client handshake in progress with `ep`, begun at `start`: builds its errors.
+struct Handshake<'a> {
+    ep: &'a Endpoint,
+    start: Instant,
+}
+
+impl Handshake<'_> {
+    /// A failed `syscall`.
+    fn sys(&self, syscall: &'static str, source: io::Error) -> ConnectError {
+        ConnectError::Sys {
+            endpoint: self.ep.clone(),
+            syscall,
+            source,
+        }
+    }
+
+    /// The deadline passed during the handshake.
+    fn timed_out(&self) -> ConnectError {
+        ConnectError::TimedOut {
+            endpoint: self.ep.clone(),
+            stage: "handshake",
+            after: self.start.elapsed(),
+        }
+    }
+
+    /// The harness is stopping.
+    fn interrupted(&self) -> ConnectError {
+        ConnectError::Interrupted {
+            endpoint: self.ep.clone(),
+            stage: "handshake",
+            after: self.start.elapsed(),
+        }
+    }
+
+    /// Writes the `CONNECT <port>` line.
+    fn send_connect(
+        &self,
+        stream: &mut UnixStream,
+        port: u32,
+        until: Until<'_>,
+    ) -> Result<(), ConnectError> {
+        // Written in waits of at most one slice, each bounded by `until`.
+        let line = hybrid::connect_line(port);
+        let mut sent = 0;
+        while sent < line.len() {
+            let wait = match until.next_wait() {
+                Ok(w) => w,
+                Err(sys::Expired::TimedOut) => return Err(self.timed_out()),
+                Err(sys::Expired::Interrupted) => return Err(self.interrupted()),
+            };
+            stream
+                .set_write_timeout(Some(wait))
+                .map_err(|e| self.sys("setsockopt(SO_SNDTIMEO)", e))?;
+            match stream.write(&line.as_bytes()[sent..]) {
+                Ok(0) => {
+                    return Err(
+                        self.sys("write(CONNECT)", io::Error::from(io::ErrorKind::WriteZero))
+                    )
+                }
+                Ok(n) => sent += n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(self.sys("write(CONNECT)", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the reply line and checks it is `OK <port>`.
+    fn read_ok(&self, stream: &mut UnixStream, until: Until<'_>) -> Result<(), ConnectError> {
+        let ep = self.ep;
+        let line = match hybrid::read_line_deadline(stream, until) {
+            Ok(line) => line,
+            Err(LineError::Closed { got }) => {
+                return Err(ConnectError::HandshakeClosed {
+                    endpoint: ep.clone(),
+                    got,
+                })
+            }
+            Err(LineError::TimedOut) => return Err(self.timed_out()),
+            Err(LineError::Interrupted) => return Err(self.interrupted()),
+            Err(LineError::TooLong { got }) => {
+                return Err(ConnectError::BadHandshake {
+                    endpoint: ep.clone(),
+                    got,
+                })
+            }
+            Err(LineError::Io(e)) => return Err(self.sys("read(OK)", e)),
+        };
+        let ok = line
+            .strip_prefix("OK ")
+            .is_some_and(|n| n.trim().parse::<u32>().is_ok());
+        if !ok {
+            return Err(ConnectError::BadHandshake {
+                endpoint: ep.clone(),
+                got: line,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A listening socket of either kind, as the guest agent uses it.
