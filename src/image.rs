@@ -50,7 +50,13 @@ pub const VHOST_VSOCK_BIN: &str = "vhost-device-vsock";
 /// Cache directory: `$UKLOAD_CACHE_DIR`, else `$XDG_CACHE_HOME/ukload`, else
 /// `~/.cache/ukload` (the same rule as the setup script).
 pub fn cache_dir() -> PathBuf {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    cache_dir_from(|name| std::env::var_os(name))
+}
+
+/// [`cache_dir`] with the environment given as a lookup (testable without
+/// changing the process's environment under tests running in parallel).
+pub fn cache_dir_from(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> PathBuf {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
     if let Some(d) = var(ENV_CACHE_DIR) {
         return PathBuf::from(d);
     }

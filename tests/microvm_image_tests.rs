@@ -390,12 +390,34 @@ fn info_sees_the_pieces_once_they_are_in_the_cache() {
 
 #[test]
 fn cache_dir_honours_the_override_variable() {
-    let s = Scratch::new("env");
-    std::env::set_var(image::ENV_CACHE_DIR, &s.0);
-    assert_eq!(image::cache_dir(), s.0);
-    assert_eq!(image::ImagePaths::cached().kernel, s.0.join("vmlinux"));
-    std::env::remove_var(image::ENV_CACHE_DIR);
-    assert_ne!(image::cache_dir(), s.0);
+    // A lookup, not the process's environment: other tests of this binary
+    // read the real cache directory meanwhile.
+    let env = |pairs: &'static [(&'static str, &'static str)]| {
+        move |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        }
+    };
+    let from = |pairs| image::cache_dir_from(env(pairs));
+    assert_eq!(
+        from(&[
+            (image::ENV_CACHE_DIR, "/c"),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h")
+        ]),
+        Path::new("/c")
+    );
+    assert_eq!(
+        from(&[
+            (image::ENV_CACHE_DIR, ""),
+            ("XDG_CACHE_HOME", "/x"),
+            ("HOME", "/h")
+        ]),
+        Path::new("/x/ukload")
+    );
+    assert_eq!(from(&[("HOME", "/h")]), Path::new("/h/.cache/ukload"));
 }
 
 // --- built-in drivers ----------------------------------------------------------
