@@ -4,8 +4,9 @@
 # Installs Node.js (for the MCP echo server tests), Chromium (the HTML
 # report is rendered headless in a test) and, unless
 # UKLOAD_SKIP_MICROVM=1, the microVM pieces (QEMU, the guest kernel,
-# vhost-device-vsock) through scripts/setup-microvm.sh. Tests whose
-# prerequisites are still missing say so in their output and skip.
+# vhost-device-vsock) through scripts/setup-microvm.sh. A test whose
+# prerequisite is still missing says so and skips, except under CI=true
+# (as .ci/run runs it), where it fails.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
@@ -26,7 +27,10 @@ command -v node >/dev/null 2>&1 || apt_install nodejs
 command -v setsid >/dev/null 2>&1 || apt_install util-linux
 command -v make >/dev/null 2>&1 || apt_install make
 command -v script >/dev/null 2>&1 || apt_install bsdutils
-command -v python3 >/dev/null 2>&1 || apt_install python3
+# Debian's python3 at /usr/bin: scripts/module-cycles.py, and the rootfs tests
+# build an image of exactly that interpreter (a python3 on PATH may be a
+# pyenv shim, which is a shell script).
+[[ -x /usr/bin/python3 ]] || apt_install python3
 # ukload image rootfs builds erofs images (MCP servers inside microVMs); its
 # tests check them with fsck.erofs.
 command -v mkfs.erofs >/dev/null 2>&1 || apt_install erofs-utils

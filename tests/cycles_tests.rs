@@ -47,9 +47,7 @@ fn sixty_cycles_stay_flat_and_leave_nothing() {
     assert_eq!(s["threads"], e["threads"], "{doc:#}");
     assert!(e["fds"].as_u64() <= s["fds"].as_u64().map(|f| f + 2));
     let id = doc["run_id"].as_str().unwrap();
-    let left = wait_no_processes(id, Duration::from_secs(2));
-    kill_run(id);
-    assert!(left.is_empty(), "{left:?}");
+    assert_run_gone(id, Duration::from_secs(2));
 }
 
 #[test]

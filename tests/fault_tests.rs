@@ -52,9 +52,7 @@ fn fault_run(tag: &str, map: &str, extra: &[&str]) -> FaultRun {
     let doc = json_of(&out);
     let id = doc["run_id"].as_str().unwrap().to_string();
     // Independent of ukload's own check: nothing of the run is alive.
-    let left = wait_no_processes(&id, Duration::from_millis(500));
-    kill_run(&id);
-    assert!(left.is_empty(), "run {id} left processes: {left:?}");
+    assert_run_gone(&id, Duration::from_millis(500));
     assert_eq!(
         doc["teardown"]["survivors"].as_array().unwrap().len(),
         0,

@@ -89,9 +89,7 @@ fn stderr(out: &Output) -> String {
 fn assert_nothing_left(out: &Output) {
     if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
         if let Some(id) = doc["run_id"].as_str() {
-            let left = wait_no_processes(id, Duration::from_secs(2));
-            kill_run(id);
-            assert!(left.is_empty(), "processes of run {id} left: {left:?}");
+            assert_run_gone(id, Duration::from_secs(2));
         }
     }
 }

@@ -130,9 +130,7 @@ fn kill_during(phase: Phase, sig: i32, range_start: u32) {
         String::from_utf8_lossy(&out.stderr)
     );
     let id2 = doc["run_id"].as_str().unwrap().to_string();
-    let left2 = wait_no_processes(&id2, Duration::from_secs(2));
-    kill_run(&id2);
-    assert!(left2.is_empty(), "re-run left {left2:?}");
+    assert_run_gone(&id2, Duration::from_secs(2));
 }
 
 // Distinct CID ranges: the registry also treats a CID as busy while any

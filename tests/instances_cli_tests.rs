@@ -209,9 +209,7 @@ fn end_run(mut harness: Reap, run_id: &str) {
         assert!(Instant::now() < end, "harness did not exit after SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let left = wait_no_processes(run_id, Duration::from_secs(3));
-    kill_run(run_id);
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_run_gone(run_id, Duration::from_secs(3));
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! and the documented exit codes (0 ok, 1 tool error, 3 JSON-RPC error,
 //! 4 transport failure, 64 usage).
 //!
-//! Tests that need Node.js print "skipped: node not found" and pass without it.
+//! Tests that need Node.js print "skipped: node not found" without it, and fail under CI=true.
 
 #[macro_use]
 mod common;
@@ -495,8 +495,12 @@ fn sigkill_of_ukload_leaves_no_server_behind() {
 fn progress_on_a_terminal_is_one_line_redrawn_and_cleared() {
     require_node!();
     // util-linux `script` gives the command a terminal as stdout and stderr.
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: script (util-linux) not found");
+    let script = Command::new("script").arg("--version").output();
+    if !common::prerequisite(
+        script
+            .is_err()
+            .then(|| "script (bsdutils) not found".to_string()),
+    ) {
         return;
     }
     let dir = common::TempDir::new("mcpcli-tty");

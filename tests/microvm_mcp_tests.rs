@@ -72,12 +72,7 @@ fn missing() -> Option<String> {
 
 macro_rules! need_vm_mcp {
     () => {
-        if let Some(why) = missing() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but microVM MCP pieces are missing: {why}"
-            );
-            eprintln!("skipped: {why}");
+        if !prerequisite(missing().map(|why| format!("microVM MCP pieces missing: {why}"))) {
             return;
         }
     };
@@ -166,9 +161,7 @@ fn vm_mcp_run(
 }
 
 fn assert_nothing_left(run_id: &str) {
-    let left = wait_no_processes(run_id, Duration::from_secs(3));
-    kill_run(run_id);
-    assert!(left.is_empty(), "processes of run {run_id} left: {left:?}");
+    assert_run_gone(run_id, Duration::from_secs(3));
 }
 
 #[test]

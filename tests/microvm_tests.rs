@@ -36,8 +36,7 @@ fn missing() -> Option<String> {
 
 macro_rules! need_microvm {
     () => {
-        if let Some(why) = missing() {
-            eprintln!("skipped: microVM pieces missing: {why}");
+        if !prerequisite(missing().map(|why| format!("microVM pieces missing: {why}"))) {
             return;
         }
     };

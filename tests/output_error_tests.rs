@@ -96,9 +96,7 @@ fn run_id_from_progress(stderr: &str) -> String {
 }
 
 fn assert_nothing_left(run_id: &str) {
-    let left = wait_no_processes(run_id, Duration::from_secs(2));
-    kill_run(run_id);
-    assert!(left.is_empty(), "processes of run {run_id} left: {left:?}");
+    assert_run_gone(run_id, Duration::from_secs(2));
 }
 
 /// A report on stdout: PASS, exit 0, every instance ended by SIGTERM (not

@@ -33,8 +33,7 @@ fn missing() -> Option<String> {
 
 macro_rules! need_microvm {
     () => {
-        if let Some(why) = missing() {
-            eprintln!("skipped: microVM pieces missing: {why}");
+        if !prerequisite(missing().map(|why| format!("microVM pieces missing: {why}"))) {
             return;
         }
     };
@@ -57,9 +56,7 @@ fn qemu_run(dir: &std::path::Path, extra: &[&str]) -> (std::process::Output, ser
 
 fn assert_no_vm_left(doc: &serde_json::Value) {
     let id = doc["run_id"].as_str().unwrap();
-    let left = wait_no_processes(id, Duration::from_secs(3));
-    kill_run(id);
-    assert!(left.is_empty(), "QEMU / vhost-device-vsock left: {left:?}");
+    assert_run_gone(id, Duration::from_secs(3));
 }
 
 #[test]

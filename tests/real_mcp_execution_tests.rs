@@ -2,7 +2,7 @@
 //! through ukload's client, asserting exactly what comes back.
 //!
 //! Needs Node.js; without `node` on PATH each test prints "skipped: node not
-//! found" and passes. The seed ran these with `-- --ignored`; they now run by
+//! found" and passes, except under CI=true (CI installs node), where it fails. The seed ran these with `-- --ignored`; they now run by
 //! default (`cargo test --test real_mcp_execution_tests`), and `-- --ignored`
 //! still works (it simply selects nothing extra).
 //! `test_full_unikernel_mcp_integration` runs the whole path: the real

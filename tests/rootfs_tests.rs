@@ -19,14 +19,7 @@ const CMD_LIMIT: Duration = Duration::from_secs(300);
 /// True when `what` is there; otherwise fails under CI=true, says
 /// "skipped" and returns false elsewhere.
 fn need(what: &str, present: bool) -> bool {
-    if present {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what} is missing (CI installs it: scripts/test.sh)");
-    }
-    eprintln!("skipped: {what} not found");
-    false
+    common::prerequisite((!present).then(|| format!("{what} not found")))
 }
 
 fn have_erofs_utils() -> bool {

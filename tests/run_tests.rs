@@ -14,13 +14,7 @@ fn run_id(doc: &serde_json::Value) -> String {
 }
 
 fn assert_clean(doc: &serde_json::Value) {
-    let id = run_id(doc);
-    let left = wait_no_processes(&id, Duration::from_secs(2));
-    kill_run(&id);
-    assert!(
-        left.is_empty(),
-        "processes of run {id} left behind: {left:?}"
-    );
+    assert_run_gone(&run_id(doc), Duration::from_secs(2));
     assert_eq!(
         doc["teardown"]["survivors"].as_array().unwrap().len(),
         0,

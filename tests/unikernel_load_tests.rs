@@ -24,10 +24,7 @@ fn booted(doc: &serde_json::Value) -> usize {
 }
 
 fn assert_nothing_left(doc: &serde_json::Value) {
-    let id = doc["run_id"].as_str().unwrap();
-    let left = wait_no_processes(id, Duration::from_secs(2));
-    kill_run(id);
-    assert!(left.is_empty(), "run {id} left {left:?}");
+    assert_run_gone(doc["run_id"].as_str().unwrap(), Duration::from_secs(2));
     assert!(doc["teardown"]["survivors"].as_array().unwrap().is_empty());
 }
 

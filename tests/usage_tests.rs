@@ -276,9 +276,7 @@ fn the_longest_accepted_durations_run_without_overflow() {
         Duration::from_secs(120),
     );
     let id = doc["run_id"].as_str().unwrap().to_string();
-    let left = wait_no_processes(&id, Duration::from_secs(2));
-    kill_run(&id);
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_run_gone(&id, Duration::from_secs(2));
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -157,9 +157,7 @@ impl BackgroundRun {
     /// Asserts that within `within` no process of the run is left; anything
     /// left is SIGKILLed (by pid) before the panic names it.
     pub fn assert_nothing_left(&self, within: Duration) {
-        let left = super::wait_no_processes(&self.run_id, within);
-        super::kill_run(&self.run_id);
-        assert!(left.is_empty(), "left after {within:?}: {left:?}");
+        super::assert_run_gone(&self.run_id, within);
     }
 }
 

@@ -140,6 +140,17 @@ pub fn wait_no_processes(run_id: &str, d: Duration) -> Vec<(i32, String)> {
     }
 }
 
+/// Asserts that within `within` no process of run `run_id` is left;
+/// anything left is SIGKILLed (by pid) before the panic names it.
+pub fn assert_run_gone(run_id: &str, within: Duration) {
+    let left = wait_no_processes(run_id, within);
+    kill_run(run_id);
+    assert!(
+        left.is_empty(),
+        "processes of run {run_id} left after {within:?}: {left:?}"
+    );
+}
+
 /// Kills (by pid, never by name) anything a failed test left with this marker.
 pub fn kill_run(run_id: &str) {
     for (pid, _) in run_processes(run_id) {
@@ -187,6 +198,22 @@ pub fn exclusive_slot() -> std::sync::RwLockWriteGuard<'static, ()> {
     EXCLUSIVE.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Whether a test's prerequisite is here: `missing` is `None` when it is,
+/// else what is missing. CI installs every prerequisite (scripts/test.sh), so
+/// under `CI=true` a missing one fails the test; elsewhere the test says
+/// "skipped: ..." and the caller returns.
+pub fn prerequisite(missing: Option<String>) -> bool {
+    let Some(what) = missing else {
+        return true;
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but a prerequisite is missing (scripts/test.sh installs it): {what}"
+    );
+    eprintln!("skipped: {what}");
+    false
+}
+
 /// Whether Node.js (for the echo MCP server) is installed.
 pub fn node_available() -> bool {
     Command::new("node")
@@ -199,8 +226,8 @@ pub fn node_available() -> bool {
 #[allow(unused_macros)]
 macro_rules! require_node {
     () => {
-        if !common::node_available() {
-            eprintln!("skipped: node not found");
+        if !common::prerequisite((!common::node_available()).then(|| "node not found".to_string()))
+        {
             return;
         }
     };
