@@ -33,8 +33,6 @@ use crate::runs::{
 use crate::supervisor::terminate::{terminate, Group, Phase, Pidfds, Policy};
 use nix::poll::PollFd;
 
-/// Default time between SIGTERM and SIGKILL.
-pub const DEFAULT_GRACE: Duration = crate::supervisor::teardown::DEFAULT_GRACE;
 /// After the grace period: how long cleanup keeps re-scanning and sending
 /// SIGKILL to processes that keep appearing (forks) before giving up and
 /// reporting survivors.
@@ -292,7 +290,7 @@ impl Default for CleanupOptions {
         CleanupOptions {
             run: None,
             include_live: false,
-            grace: DEFAULT_GRACE,
+            grace: crate::supervisor::teardown::DEFAULT_GRACE,
         }
     }
 }

@@ -174,11 +174,6 @@ impl Supervisor {
         Ok(sup)
     }
 
-    /// The supervisor, if [`Supervisor::init`] ran.
-    pub fn get() -> Option<&'static Supervisor> {
-        SUPERVISOR.get()
-    }
-
     fn reap_all(&self) {
         let mut reaped = Vec::new();
         reap_exited(|pid, status| reaped.extend(Exit::from_raw(status).map(|e| (pid, e))));

@@ -58,14 +58,6 @@ impl Phase {
             Phase::Kill => libc::SIGKILL,
         }
     }
-
-    /// `SIGTERM` or `SIGKILL`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Term => "SIGTERM",
-            Phase::Kill => "SIGKILL",
-        }
-    }
 }
 
 /// How a group's processes ended.
