@@ -133,7 +133,8 @@ fn cleanup_cgroups(runs_dir: &Path, opts: &CleanupOptions, report: &mut CleanupR
         if opts.run.as_deref().is_some_and(|r| r != run) {
             continue;
         }
-        let alive = harness_alive_in(runs_dir, &run) || harness_pid_alive(&run);
+        // harness_alive_in already asks harness_pid_alive when the lock is free.
+        let alive = harness_alive_in(runs_dir, &run);
         if alive && !opts.include_live {
             if !report.skipped_live_runs.contains(&run) {
                 report.skipped_live_runs.push(run);
