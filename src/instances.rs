@@ -33,8 +33,6 @@ use crate::runs::{
 use crate::supervisor::terminate::{terminate, Group, Phase, Pidfds, Policy};
 use nix::poll::PollFd;
 
-/// Default time between SIGTERM and SIGKILL.
-pub const DEFAULT_GRACE: Duration = crate::supervisor::teardown::DEFAULT_GRACE;
 /// After the grace period: how long cleanup keeps re-scanning and sending
 /// SIGKILL to processes that keep appearing (forks) before giving up and
 /// reporting survivors.
@@ -135,7 +133,8 @@ fn cleanup_cgroups(runs_dir: &Path, opts: &CleanupOptions, report: &mut CleanupR
         if opts.run.as_deref().is_some_and(|r| r != run) {
             continue;
         }
-        let alive = harness_alive_in(runs_dir, &run) || harness_pid_alive(&run);
+        // harness_alive_in already asks harness_pid_alive when the lock is free.
+        let alive = harness_alive_in(runs_dir, &run);
         if alive && !opts.include_live {
             if !report.skipped_live_runs.contains(&run) {
                 report.skipped_live_runs.push(run);
@@ -292,7 +291,7 @@ impl Default for CleanupOptions {
         CleanupOptions {
             run: None,
             include_live: false,
-            grace: DEFAULT_GRACE,
+            grace: crate::supervisor::teardown::DEFAULT_GRACE,
         }
     }
 }

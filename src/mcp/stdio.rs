@@ -605,7 +605,10 @@ impl Group for ChildGroup<'_> {
         // A stopped server acts on SIGTERM only once continued.
         let cont = (phase == Phase::Term).then_some(libc::SIGCONT);
         for sig in std::iter::once(phase.signal()).chain(cont) {
-            if let Err(e) = signal_group(self.pgid, sig) {
+            // pgid is the group this module created for its own child
+            // (process_group(0) makes pgid == pid), and the child is not yet
+            // reaped or the group still has members, so the id is ours.
+            if let Err(e) = crate::supervisor::kill_group(self.pgid, sig) {
                 self.error.get_or_insert(e);
             }
         }
@@ -616,31 +619,6 @@ impl Group for ChildGroup<'_> {
                 vec![PollFd::new(fd.as_fd(), PollFlags::POLLIN)]
             }
             _ => Vec::new(),
-        }
-    }
-}
-
-/// Sends `sig` to every process in group `pgid`. Ok(false) if the group is gone.
-fn signal_group(pgid: libc::pid_t, sig: libc::c_int) -> io::Result<bool> {
-    if pgid <= 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("refusing to signal process group {pgid}"),
-        ));
-    }
-    // pgid > 1 is the group this module created for its own child
-    // (process_group(0) makes pgid == pid), and the child is not yet reaped or the
-    // group still has members, so the id is ours.
-    let signal = crate::supervisor::signal(sig)?;
-    match killpg(Pid::from_raw(pgid), signal) {
-        Ok(()) => Ok(true),
-        Err(Errno::ESRCH) => Ok(false),
-        Err(e) => {
-            let err = io::Error::from(e);
-            Err(io::Error::new(
-                err.kind(),
-                format!("kill(-{pgid}, {sig}): {err}"),
-            ))
         }
     }
 }

@@ -174,11 +174,6 @@ impl Supervisor {
         Ok(sup)
     }
 
-    /// The supervisor, if [`Supervisor::init`] ran.
-    pub fn get() -> Option<&'static Supervisor> {
-        SUPERVISOR.get()
-    }
-
     fn reap_all(&self) {
         let mut reaped = Vec::new();
         reap_exited(|pid, status| reaped.extend(Exit::from_raw(status).map(|e| (pid, e))));
@@ -264,7 +259,8 @@ pub fn signal(sig: i32) -> io::Result<Option<Signal>> {
     Ok(Some(Signal::try_from(sig)?))
 }
 
-/// Sends `sig` to process group `pgid`. `Ok(false)` if the group is gone.
+/// Sends `sig` to process group `pgid`. `Ok(false)` if the group is gone;
+/// a failed `kill` says `kill(-pgid, sig)` in its message.
 pub fn kill_group(pgid: i32, sig: i32) -> io::Result<bool> {
     if pgid <= 1 {
         return Err(io::Error::new(
@@ -275,6 +271,12 @@ pub fn kill_group(pgid: i32, sig: i32) -> io::Result<bool> {
     match killpg(Pid::from_raw(pgid), signal(sig)?) {
         Ok(()) => Ok(true),
         Err(nix::errno::Errno::ESRCH) => Ok(false),
-        Err(e) => Err(e.into()),
+        Err(e) => {
+            let err = io::Error::from(e);
+            Err(io::Error::new(
+                err.kind(),
+                format!("kill(-{pgid}, {sig}): {err}"),
+            ))
+        }
     }
 }

@@ -58,14 +58,6 @@ impl Phase {
             Phase::Kill => libc::SIGKILL,
         }
     }
-
-    /// `SIGTERM` or `SIGKILL`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Term => "SIGTERM",
-            Phase::Kill => "SIGKILL",
-        }
-    }
 }
 
 /// How a group's processes ended.
@@ -319,9 +311,8 @@ impl Pidfds {
         self.fds.remove(&pid)
     }
 
-    /// Forgets every process that has exited (one `poll`, no waiting);
-    /// returns their pids.
-    pub fn prune(&mut self) -> Vec<i32> {
+    /// Forgets every process that has exited (one `poll`, no waiting).
+    pub fn prune(&mut self) {
         let pids: Vec<i32> = self.fds.keys().copied().collect();
         let mut fds: Vec<PollFd<'_>> = self
             .fds
@@ -329,7 +320,7 @@ impl Pidfds {
             .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
             .collect();
         if fds.is_empty() || poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) <= 0 {
-            return Vec::new();
+            return;
         }
         let done: Vec<i32> = pids
             .into_iter()
@@ -341,7 +332,6 @@ impl Pidfds {
         for p in &done {
             self.fds.remove(p);
         }
-        done
     }
 
     /// Whether no watched process is left.
