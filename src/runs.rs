@@ -170,16 +170,10 @@ pub fn parse_run_id(run_id: &str, now_ms: u64) -> Option<(u64, i32)> {
     Some((full, pid))
 }
 
-/// Boot time, milliseconds since the epoch (`btime` of `/proc/stat`).
+/// Boot time, milliseconds since the epoch (`btime` of `/proc/stat`,
+/// through procfs, which reads it once per process).
 fn boot_time_ms() -> Option<u64> {
-    let text = fs::read_to_string("/proc/stat").ok()?;
-    let secs: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(secs * 1000)
+    procfs::boot_time_secs().ok().map(|secs| secs * 1000)
 }
 
 fn now_ms() -> u64 {
