@@ -171,7 +171,7 @@ pub fn parse_run_id(run_id: &str, now_ms: u64) -> Option<(u64, i32)> {
 }
 
 /// Boot time, milliseconds since the epoch (`btime` of `/proc/stat`,
-/// through procfs, which reads it once per process).
+/// through procfs, which reads it once per thread).
 fn boot_time_ms() -> Option<u64> {
     procfs::boot_time_secs().ok().map(|secs| secs * 1000)
 }
