@@ -259,7 +259,7 @@ pub fn junit(r: &RunResult, cfg: &RunConfig) -> String {
     for (k, v) in [
         ("launcher", cfg.launcher.kind.to_string()),
         ("count", cfg.count.to_string()),
-        ("verdict", format!("{:?}", s.verdict).to_uppercase()),
+        ("verdict", s.verdict.word().to_string()),
         ("containment", r.containment.clone()),
     ] {
         let _ = writeln!(
@@ -398,7 +398,7 @@ fn summary_gauges(out: &mut String, labels: &str, s: &report::Summary) {
         let _ = writeln!(
             out,
             "ukload_verdict{{{labels},verdict=\"{}\"}} {}",
-            format!("{v:?}").to_uppercase(),
+            v.word(),
             u8::from(v == s.verdict)
         );
     }

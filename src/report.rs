@@ -26,6 +26,15 @@ impl Verdict {
             Verdict::Fail => EXIT_FAIL,
         }
     }
+
+    /// `PASS`, `PARTIAL` or `FAIL`, as every report spells it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Partial => "PARTIAL",
+            Verdict::Fail => "FAIL",
+        }
+    }
 }
 
 /// Phase 4's findings.
