@@ -124,7 +124,8 @@ pub struct Summary {
     pub containment: String,
 }
 
-fn mem_mb(i: &Instance, m: MemMetric) -> Option<f64> {
+/// Instance `i`'s memory by metric `m`, MB (`None`: not measured).
+pub(crate) fn mem_mb(i: &Instance, m: MemMetric) -> Option<f64> {
     let kb = match m {
         MemMetric::Pss => i.pss_kb?,
         MemMetric::Rss => i.rss_kb?,
