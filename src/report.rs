@@ -399,14 +399,9 @@ fn mb(kb: u64) -> String {
     format!("{:.1}MB", kb as f64 / 1024.0)
 }
 
-/// Writes the human report (the seed's "Sample Output", with true numbers).
-pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::Result<()> {
-    write_human_for(out, r, cfg, false)
-}
-
-/// [`write_human`]; on a terminal (`tty`) the boot times also get a one-line
-/// histogram.
-pub fn write_human_for(
+/// Writes the human report (the seed's "Sample Output", with true numbers);
+/// on a terminal (`tty`) the boot times also get a one-line histogram.
+pub fn write_human(
     out: &mut dyn Write,
     r: &RunResult,
     cfg: &RunConfig,
