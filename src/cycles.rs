@@ -65,20 +65,24 @@ pub struct HostSample {
     pub instance_pss_kb: u64,
 }
 
+/// The value of a `Key:   N kB` line of a `/proc` file (`meminfo`, `status`).
+fn kb_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(key)?
+            .strip_prefix(':')?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 /// `MemAvailable` from `/proc/meminfo`, kB.
 pub fn mem_available_kb() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|t| {
-            t.lines().find_map(|l| {
-                l.strip_prefix("MemAvailable:")?
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-        })
+        .and_then(|t| kb_field(&t, "MemAvailable"))
         .unwrap_or(0)
 }
 
@@ -117,10 +121,7 @@ pub fn sample() -> io::Result<ResourceSample> {
     let threads = count("/proc/self/task")?;
     let status = std::fs::read_to_string("/proc/self/status")
         .map_err(|e| io::Error::new(e.kind(), format!("reading /proc/self/status: {e}")))?;
-    let rss_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    let rss_kb = kb_field(&status, "VmRSS")
         .ok_or_else(|| io::Error::other("/proc/self/status has no VmRSS line"))?;
     Ok(ResourceSample {
         fds,
@@ -458,6 +459,15 @@ fn emit_cycle_progress(cfg: &CyclesConfig, n: u32, clean: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kb_fields_of_proc_files() {
+        let t = "MemTotal:       16 kB\nMemAvailable:    8123 kB\nVmRSS:\t  42 kB\n";
+        assert_eq!(kb_field(t, "MemAvailable"), Some(8123));
+        assert_eq!(kb_field(t, "VmRSS"), Some(42));
+        assert_eq!(kb_field(t, "Mem"), None);
+        assert!(mem_available_kb() > 0);
+    }
 
     #[test]
     fn sample_reads_this_process() {

@@ -4,7 +4,7 @@
 //! directory, then `rename`, so a reader never sees half a file.
 
 use crate::report::{self, Verdict};
-use crate::run::{Instance, MemMetric, RunConfig, RunResult};
+use crate::run::{Instance, RunConfig, RunResult};
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::path::Path;
@@ -120,20 +120,14 @@ fn boot_case(i: &Instance, cfg: &RunConfig) -> Case {
 
 /// Memory (the configured metric): fails if not measured or over the target.
 fn memory_case(i: &Instance, cfg: &RunConfig) -> Case {
-    let metric = match cfg.mem_metric {
-        MemMetric::Pss => i.pss_kb,
-        MemMetric::Rss => i.rss_kb,
-    };
     Case {
         name: "memory",
         secs: 0.0,
-        failure: match metric {
+        failure: match report::mem_mb(i, cfg.mem_metric) {
             None => Some("not measured".into()),
-            Some(kb) if kb as f64 / 1024.0 > cfg.max_mem_mb => Some(format!(
-                "{:.1} MB over the {} MB target ({:?})",
-                kb as f64 / 1024.0,
-                cfg.max_mem_mb,
-                cfg.mem_metric
+            Some(mb) if mb > cfg.max_mem_mb => Some(format!(
+                "{mb:.1} MB over the {} MB target ({:?})",
+                cfg.max_mem_mb, cfg.mem_metric
             )),
             Some(_) => None,
         },
@@ -259,7 +253,7 @@ pub fn junit(r: &RunResult, cfg: &RunConfig) -> String {
     for (k, v) in [
         ("launcher", cfg.launcher.kind.to_string()),
         ("count", cfg.count.to_string()),
-        ("verdict", format!("{:?}", s.verdict).to_uppercase()),
+        ("verdict", s.verdict.word().to_string()),
         ("containment", r.containment.clone()),
     ] {
         let _ = writeln!(
@@ -398,7 +392,7 @@ fn summary_gauges(out: &mut String, labels: &str, s: &report::Summary) {
         let _ = writeln!(
             out,
             "ukload_verdict{{{labels},verdict=\"{}\"}} {}",
-            format!("{v:?}").to_uppercase(),
+            v.word(),
             u8::from(v == s.verdict)
         );
     }

@@ -16,14 +16,19 @@ const MAX_ROWS: usize = 400;
 
 use crate::export::xml_escape as esc;
 
+/// The badge colour of a verdict (this page's and the merged report's).
+pub(crate) fn verdict_colour(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "#1a7f37",
+        Verdict::Partial => "#9a6700",
+        Verdict::Fail => "#cf222e",
+    }
+}
+
 /// The page.
 pub fn page(r: &RunResult, cfg: &RunConfig) -> String {
     let s = report::summarize(r, cfg);
-    let (colour, word) = match s.verdict {
-        Verdict::Pass => ("#1a7f37", "PASS"),
-        Verdict::Partial => ("#9a6700", "PARTIAL"),
-        Verdict::Fail => ("#cf222e", "FAIL"),
-    };
+    let (colour, word) = (verdict_colour(s.verdict), s.verdict.word());
     let mut h = String::new();
     let _ = write!(
         h,

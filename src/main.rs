@@ -304,7 +304,7 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
                 h.exit_code(report::verdict(&r, &cfg).exit_code()),
                 |out| match fmt {
                     Format::Json => report::write_json(out, &r, &cfg),
-                    Format::Human => report::write_human_for(out, &r, &cfg, stdout_is_tty()),
+                    Format::Human => report::write_human(out, &r, &cfg, stdout_is_tty()),
                 },
             );
             if extra_failed && code != EXIT_IOERR {

@@ -5,7 +5,6 @@
 //! per report, never across). Overall: every instance's figures together and
 //! the worst verdict.
 
-use crate::exit::{EXIT_FAIL, EXIT_PARTIAL, EXIT_PASS};
 use crate::export::xml_escape as esc;
 use crate::report::Verdict;
 use crate::stats::Stats;
@@ -72,9 +71,9 @@ fn verdict_of(v: &Value) -> Option<Verdict> {
     Verdict::deserialize(v).ok()
 }
 
-fn numbers(instances: &[Value], key: &str, scale: f64) -> Vec<f64> {
+fn numbers<'a>(instances: impl IntoIterator<Item = &'a Value>, key: &str, scale: f64) -> Vec<f64> {
     instances
-        .iter()
+        .into_iter()
         .filter_map(|i| i[key].as_f64())
         .map(|v| v * scale)
         .collect()
@@ -95,20 +94,16 @@ pub fn merge(files: &[PathBuf]) -> Result<Merged, MergeError> {
             why: "no report given".into(),
         });
     }
-    let only: Vec<Value> = all.iter().map(|(_, i)| i.clone()).collect();
+    let only = || all.iter().map(|(_, i)| i);
     let verdict = worst_verdict(&hosts);
     Ok(Merged {
-        total: only.len(),
+        total: all.len(),
         booted: hosts.iter().map(|h| h.booted).sum(),
-        boot_ms: Stats::of(&numbers(&only, "boot_ms", 1.0)),
-        pss_mb: Stats::of(&numbers(&only, "pss_kb", 1.0 / 1024.0)),
-        tool_ms: Stats::of(&numbers(&only, "tool_ms", 1.0)),
+        boot_ms: Stats::of(&numbers(only(), "boot_ms", 1.0)),
+        pss_mb: Stats::of(&numbers(only(), "pss_kb", 1.0 / 1024.0)),
+        tool_ms: Stats::of(&numbers(only(), "tool_ms", 1.0)),
         survivors: hosts.iter().map(|h| h.survivors).sum(),
-        exit_code: match verdict {
-            Verdict::Pass => EXIT_PASS,
-            Verdict::Partial => EXIT_PARTIAL,
-            Verdict::Fail => EXIT_FAIL,
-        },
+        exit_code: verdict.exit_code(),
         verdict,
         hosts,
         instances: all,
@@ -217,7 +212,7 @@ impl Merged {
                 "  {:<24} run {:<20} {:<8} {}/{} booted, boot {}, PSS {}{}",
                 h.host,
                 h.run_id,
-                format!("{:?}", h.verdict).to_uppercase(),
+                h.verdict.word(),
                 h.booted,
                 h.total,
                 h.boot_ms
@@ -243,23 +238,15 @@ impl Merged {
             self.hosts.iter().map(|h| h.cid_collisions).sum::<usize>(),
             self.survivors
         );
-        let _ = writeln!(
-            o,
-            "Verdict: {}",
-            format!("{:?}", self.verdict).to_uppercase()
-        );
+        let _ = writeln!(o, "Verdict: {}", self.verdict.word());
         o
     }
 
     /// A self-contained HTML page: the verdict, a row per host, the overall
     /// figures and a histogram of every instance's boot time (inline SVG).
     pub fn html(&self) -> String {
-        let word = format!("{:?}", self.verdict).to_uppercase();
-        let colour = match self.verdict {
-            Verdict::Pass => "#1a7f37",
-            Verdict::Partial => "#9a6700",
-            Verdict::Fail => "#cf222e",
-        };
+        let word = self.verdict.word();
+        let colour = crate::html::verdict_colour(self.verdict);
         let mut h = format!(
             "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>ukload merged: {word}</title>\
              <style>body{{font:14px system-ui,sans-serif;margin:24px}} td,th{{padding:2px 10px;text-align:left}}\
@@ -274,7 +261,7 @@ impl Merged {
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&x.host),
                 esc(&x.run_id),
-                format!("{:?}", x.verdict).to_uppercase(),
+                x.verdict.word(),
                 x.booted,
                 x.total,
                 x.boot_ms.map_or("-".into(), |b| format!("{:.1} ms", b.median)),

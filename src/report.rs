@@ -26,6 +26,15 @@ impl Verdict {
             Verdict::Fail => EXIT_FAIL,
         }
     }
+
+    /// `PASS`, `PARTIAL` or `FAIL`, as every report spells it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Partial => "PARTIAL",
+            Verdict::Fail => "FAIL",
+        }
+    }
 }
 
 /// Phase 4's findings.
@@ -115,7 +124,8 @@ pub struct Summary {
     pub containment: String,
 }
 
-fn mem_mb(i: &Instance, m: MemMetric) -> Option<f64> {
+/// Instance `i`'s memory by metric `m`, MB (`None`: not measured).
+pub(crate) fn mem_mb(i: &Instance, m: MemMetric) -> Option<f64> {
     let kb = match m {
         MemMetric::Pss => i.pss_kb?,
         MemMetric::Rss => i.rss_kb?,
@@ -389,14 +399,9 @@ fn mb(kb: u64) -> String {
     format!("{:.1}MB", kb as f64 / 1024.0)
 }
 
-/// Writes the human report (the seed's "Sample Output", with true numbers).
-pub fn write_human(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::Result<()> {
-    write_human_for(out, r, cfg, false)
-}
-
-/// [`write_human`]; on a terminal (`tty`) the boot times also get a one-line
-/// histogram.
-pub fn write_human_for(
+/// Writes the human report (the seed's "Sample Output", with true numbers);
+/// on a terminal (`tty`) the boot times also get a one-line histogram.
+pub fn write_human(
     out: &mut dyn Write,
     r: &RunResult,
     cfg: &RunConfig,

@@ -984,15 +984,11 @@ fn tool_phase(
                 let out = match &endpoints[i] {
                     Some(ep) => crate::toolcall::execute(ep, cfg.framing, call, stop),
                     None => crate::toolcall::ToolOutcome {
-                        session_ms: None,
-                        protocol: None,
-                        server_start_ms: None,
-                        call_ms: None,
-                        text: None,
                         error: Some(
                             "no vsock endpoint: readiness was a console line (use --ready probe)"
                                 .into(),
                         ),
+                        ..Default::default()
                     },
                 };
                 results

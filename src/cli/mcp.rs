@@ -39,6 +39,7 @@ use ukload::mcp::{
 };
 use ukload::vsock::{self, kernel::cid_is_connectable, Endpoint};
 
+use super::{format_spelled as parse_format, Format, Usage};
 use ukload::exit::{
     EXIT_FAIL as EXIT_TOOL_ERROR, EXIT_IOERR, EXIT_NEEDS_TASKS, EXIT_NOT_OFFERED,
     EXIT_PASS as EXIT_OK, EXIT_RPC_ERROR, EXIT_TRANSPORT, EXIT_USAGE,
@@ -58,7 +59,7 @@ pub const MAX_BENCH_CALLS: usize = 10_000_000;
 /// Most caller threads `mcp bench` starts (one thread per call in flight).
 pub const MAX_BENCH_PARALLEL: usize = 1024;
 /// Longest `--timeout-ms` accepted (a day): beyond it a deadline is a mistake.
-pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+pub const MAX_TIMEOUT_MS: u64 = super::MAX_DURATION_MS;
 /// Prefix of the `UKLOAD_RUN` marker given to a `--stdio` child: `mcp-<ukload pid>`,
 /// so `ukload ps`/`cleanup` and tests can find it by its marker.
 pub const STDIO_MARKER_PREFIX: &str = "mcp-";
@@ -280,10 +281,6 @@ pub struct BenchArgs {
     pub format: Option<String>,
 }
 
-/// A usage error: one line naming the flag at fault.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Usage(pub String);
-
 /// Where the server is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -310,14 +307,6 @@ struct TransportFlags<'a> {
     framing: &'a Option<String>,
     timeout_ms: &'a Option<String>,
     protocol: &'a Option<String>,
-}
-
-/// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    /// Text for `call`, a readable report for `tools`/`bench`.
-    Human,
-    Json,
 }
 
 /// Runs `ukload mcp ...`; returns the exit code. Call it from a thread that
@@ -590,16 +579,6 @@ fn parse_uds(s: &str) -> Result<Endpoint, Usage> {
         path: PathBuf::from(path),
         port,
     })
-}
-
-fn parse_format(s: &Option<String>, text_name: &str) -> Result<Format, Usage> {
-    match s.as_deref() {
-        None | Some("human") | Some("text") => Ok(Format::Human),
-        Some("json") => Ok(Format::Json),
-        Some(other) => Err(Usage(format!(
-            "--format {other:?}: expected {text_name} or json"
-        ))),
-    }
 }
 
 /// `--args` (a JSON object) and `--arg` pairs, validated before connecting.

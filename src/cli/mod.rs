@@ -523,7 +523,7 @@ fn progress_mode(quiet: bool, progress: &Option<String>) -> Result<ProgressMode,
 }
 
 /// A bad command line: the message names the flag.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Usage(pub String);
 
 fn num<T: std::str::FromStr>(flag: &str, v: &str, what: &str) -> Result<T, Usage> {
@@ -549,15 +549,25 @@ fn positive_f64(flag: &str, v: &Option<String>, default: f64) -> Result<f64, Usa
 /// Output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// A readable report (`human`, also spelled `text`; for `mcp call`: the
+    /// result's text).
     Human,
     Json,
 }
 
+/// `--format`: human (or text) or json.
 pub fn format(v: &Option<String>) -> Result<Format, Usage> {
+    format_spelled(v, "human")
+}
+
+/// [`format`], whose error names the readable form `text_name`.
+pub fn format_spelled(v: &Option<String>, text_name: &str) -> Result<Format, Usage> {
     match v.as_deref() {
         None | Some("human") | Some("text") => Ok(Format::Human),
         Some("json") => Ok(Format::Json),
-        Some(o) => Err(Usage(format!("--format {o:?}: expected human or json"))),
+        Some(other) => Err(Usage(format!(
+            "--format {other:?}: expected {text_name} or json"
+        ))),
     }
 }
 

@@ -331,12 +331,12 @@ impl Shared {
     fn encode(&self, msg: &Value) -> Result<Vec<u8>, McpError> {
         let payload = serde_json::to_vec(msg)
             .map_err(|e| self.protocol(format!("encoding a message: {e}")))?;
-        encode_frame(self.framing, &payload).map_err(|e| match e {
-            FrameError::Io(e) => McpError::io(format!("framing a message for {}", self.peer), e),
-            e => McpError::io(
-                format!("framing a message for {}", self.peer),
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
-            ),
+        encode_frame(self.framing, &payload).map_err(|e| {
+            let e = match e {
+                FrameError::Io(e) => e,
+                e => std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+            };
+            McpError::io(format!("framing a message for {}", self.peer), e)
         })
     }
 
@@ -974,12 +974,11 @@ impl Session {
     /// channel when the caller watches progress; fails if the session is dead.
     fn register_pending(&self, watched: bool) -> Result<Registered, McpError> {
         let (tx, rx) = bounded(1);
-        let (progress_tx, progress_rx) = match watched {
-            true => {
-                let (ptx, prx) = bounded(PROGRESS_QUEUE_DEPTH);
-                (Some(ptx), Some(prx))
-            }
-            false => (None, None),
+        let (progress_tx, progress_rx) = if watched {
+            let (ptx, prx) = bounded(PROGRESS_QUEUE_DEPTH);
+            (Some(ptx), Some(prx))
+        } else {
+            (None, None)
         };
         let mut r = self.shared.routing();
         if let Some(dead) = &r.dead {
@@ -1009,9 +1008,10 @@ impl Session {
         stop: Stop<'_>,
     ) -> Result<(), McpError> {
         let shared = &self.shared;
-        let params = match watched {
-            true => Some(with_progress_token(params, id)),
-            false => params,
+        let params = if watched {
+            Some(with_progress_token(params, id))
+        } else {
+            params
         };
         let mut msg = json!({"jsonrpc": "2.0", "id": id, "method": method});
         let params = match self.era {
