@@ -991,6 +991,17 @@ fn tool_phase(
                         ..Default::default()
                     },
                 };
+                // Shown as each call ends, not when the phase does.
+                if out.error.is_some() || out.call_ms.is_some() {
+                    progress::emit(
+                        cfg.progress,
+                        Event::Tool {
+                            instance: i as u32,
+                            ms: out.call_ms,
+                            error: out.error.clone(),
+                        },
+                    );
+                }
                 results
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -1006,16 +1017,6 @@ fn tool_phase(
         inst.tool_error = o.error;
         inst.tool_protocol = o.protocol;
         inst.server_start_ms = o.server_start_ms;
-        if inst.tool_error.is_some() || inst.tool_ms.is_some() {
-            progress::emit(
-                cfg.progress,
-                Event::Tool {
-                    instance: i as u32,
-                    ms: inst.tool_ms,
-                    error: inst.tool_error.clone(),
-                },
-            );
-        }
     }
 }
 
