@@ -13,21 +13,25 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
-const EI_CLASS: usize = 4;
-const EI_DATA: usize = 5;
-const ELFCLASS64: u8 = 2;
-const ELFDATA2LSB: u8 = 1;
-const ELF64_EHDR_LEN: usize = 64;
-const ELF64_PHDR_LEN: usize = 56;
+// ELF64 header offsets and sizes (see `<elf.h>`); the kernel slimming in
+// `crate::image` uses them too.
+pub(crate) const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+pub(crate) const EI_CLASS: usize = 4;
+pub(crate) const EI_DATA: usize = 5;
+pub(crate) const ELFCLASS64: u8 = 2;
+pub(crate) const ELFDATA2LSB: u8 = 1;
+pub(crate) const ELF64_EHDR_LEN: usize = 64;
+pub(crate) const ELF64_PHDR_LEN: usize = 56;
 const ELF64_DYN_LEN: usize = 16;
 const E_TYPE: usize = 0x10;
 const E_MACHINE: usize = 0x12;
-const E_PHOFF: usize = 0x20;
-const E_PHENTSIZE: usize = 0x36;
-const E_PHNUM: usize = 0x38;
+pub(crate) const E_PHOFF: usize = 0x20;
+pub(crate) const E_SHOFF: usize = 0x28;
+pub(crate) const E_PHENTSIZE: usize = 0x36;
+pub(crate) const E_PHNUM: usize = 0x38;
+pub(crate) const E_SHENTSIZE: usize = 0x3a;
 
-const PT_LOAD: u32 = 1;
+pub(crate) const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
 const PT_INTERP: u32 = 3;
 
@@ -142,13 +146,14 @@ impl Reader<'_> {
     }
 }
 
-fn u16_at(b: &[u8], o: usize) -> u16 {
+/// Little-endian integers at offset `o` of `b` (which must hold them).
+pub(crate) fn u16_at(b: &[u8], o: usize) -> u16 {
     u16::from_le_bytes([b[o], b[o + 1]])
 }
-fn u32_at(b: &[u8], o: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"))
 }
-fn u64_at(b: &[u8], o: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
 }
 
