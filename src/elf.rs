@@ -96,15 +96,6 @@ impl fmt::Display for ElfError {
 
 impl std::error::Error for ElfError {}
 
-/// Whether `path` starts with the ELF magic (false when unreadable).
-pub fn is_elf(path: &Path) -> bool {
-    let mut magic = [0u8; 4];
-    File::open(path)
-        .and_then(|f| f.read_exact_at(&mut magic, 0))
-        .is_ok()
-        && &magic == ELF_MAGIC
-}
-
 struct Reader<'a> {
     file: File,
     len: u64,
@@ -206,7 +197,9 @@ impl Reader<'_> {
     /// The ELF header, checked to be a 64-bit little-endian ELF file's.
     fn elf_header(&self) -> Result<Vec<u8>, ElfError> {
         if self.len < ELF64_EHDR_LEN as u64 {
-            return if is_elf(self.path) {
+            // Its magic, from the file already open.
+            let magic = self.bytes(0, ELF_MAGIC.len(), "ELF magic");
+            return if magic.is_ok_and(|m| m == ELF_MAGIC) {
                 Err(self.bad("truncated ELF header"))
             } else {
                 Err(ElfError::NotElf(self.path.to_path_buf()))
@@ -376,7 +369,6 @@ mod tests {
     fn text_is_not_elf_and_truncated_elf_is_an_error_naming_the_file() {
         let t = tmp("text", b"#!/bin/sh\necho hi\n");
         assert!(matches!(read(&t), Err(ElfError::NotElf(_))));
-        assert!(!is_elf(&t));
         let whole = std::fs::read("/bin/true").unwrap();
         let cut = tmp("cut", &whole[..200]);
         let err = read(&cut).unwrap_err();
