@@ -386,14 +386,19 @@ fn wait_for_device(device: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Creates the directory `dir` unless it exists already.
+fn create_dir_if_missing(dir: &str) -> Result<(), String> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!("creating {dir}: {e}")),
+    }
+}
+
 /// Mounts the erofs image on `device` read-only at [`ROOTFS_DIR`], creating
 /// the directory if needed and refusing if something is mounted there already.
 fn mount_image(device: &str) -> Result<(), String> {
-    match std::fs::create_dir(ROOTFS_DIR) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("creating {ROOTFS_DIR}: {e}")),
-    }
+    create_dir_if_missing(ROOTFS_DIR)?;
     match mount_state(ROOTFS_DIR) {
         Ok(MountState::NotMounted) => {}
         Ok(MountState::Mounted { magic }) => {
@@ -523,11 +528,7 @@ fn mount_tmp_keeping_contents(
     flags: MsFlags,
     data: Option<&str>,
 ) -> Result<(), String> {
-    match std::fs::create_dir(TMP_STAGE_DIR) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("creating {TMP_STAGE_DIR}: {e}")),
-    }
+    create_dir_if_missing(TMP_STAGE_DIR)?;
     match mount_state(TMP_STAGE_DIR) {
         Ok(MountState::NotMounted) => {}
         other => {
