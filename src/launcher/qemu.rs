@@ -292,7 +292,8 @@ impl QemuConfig {
                 spec.command.join(" ")
             )),
         })?;
-        self.server = Some(spec.guest_command());
+        // The plan's guest command (resolved once, when the image was planned).
+        self.server = Some(img.manifest.command);
         self.rootfs = Some(img.path);
         Ok(())
     }
