@@ -19,6 +19,10 @@ use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::elf::{
+    u16_at, u32_at, u64_at, EI_CLASS, EI_DATA, ELF64_EHDR_LEN, ELF64_PHDR_LEN, ELFCLASS64,
+    ELFDATA2LSB, ELF_MAGIC, E_PHENTSIZE, E_PHNUM, E_PHOFF, E_SHENTSIZE, E_SHOFF, PT_LOAD,
+};
 use crate::vmabi::{builtin_list_has, MODULES, MODULES_BUILTIN_FILE, MODULES_DIR, MODULE_EXT};
 
 /// Overrides the cache directory.
@@ -319,17 +323,9 @@ fn align_up(n: usize) -> usize {
 
 // --- checks on the inputs ----------------------------------------------------
 
-const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 const XZ_MAGIC: &[u8; 6] = b"\xfd7zXZ\x00";
 const ZSTD_MAGIC: &[u8; 4] = b"\x28\xb5\x2f\xfd";
 const GZIP_MAGIC: &[u8; 2] = b"\x1f\x8b";
-/// ELF64 header offsets and sizes (see `<elf.h>`).
-const ELF_CLASS_OFFSET: usize = 4;
-const ELFCLASS64: u8 = 2;
-const ELF64_PHOFF_OFFSET: usize = 0x20;
-const ELF64_PHENTSIZE_OFFSET: usize = 0x36;
-const ELF64_PHNUM_OFFSET: usize = 0x38;
-const ELF64_HEADER_LEN: usize = 0x40;
 
 fn read_input(path: &Path) -> Result<Vec<u8>, ImageError> {
     let mut data = Vec::new();
@@ -675,13 +671,7 @@ pub fn info_in(dir: &Path) -> ImageInfo {
 pub const SLIM_MIN_ZERO_RUN: u64 = 64 * 1024;
 /// Granularity of zero runs and alignment of data in the slim file.
 const SLIM_PAGE: u64 = 4096;
-const PT_LOAD: u32 = 1;
-const ELF64_PHDR_LEN: usize = 56;
 const ELF64_PHENTSIZE: u16 = ELF64_PHDR_LEN as u16;
-const ELF_DATA_OFFSET: usize = 5;
-const ELFDATA2LSB: u8 = 1;
-const ELF64_SHOFF_OFFSET: usize = 0x28;
-const ELF64_SHENTSIZE_OFFSET: usize = 0x3a;
 /// Alignment of non-LOAD segments (notes) copied into the slim file.
 const NOTE_ALIGN: u64 = 8;
 
@@ -728,17 +718,15 @@ struct Phdr {
 
 impl Phdr {
     fn parse(b: &[u8]) -> Phdr {
-        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
-        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
         Phdr {
-            p_type: u32_at(0),
-            p_flags: u32_at(4),
-            p_offset: u64_at(8),
-            p_vaddr: u64_at(16),
-            p_paddr: u64_at(24),
-            p_filesz: u64_at(32),
-            p_memsz: u64_at(40),
-            p_align: u64_at(48),
+            p_type: u32_at(b, 0),
+            p_flags: u32_at(b, 4),
+            p_offset: u64_at(b, 8),
+            p_vaddr: u64_at(b, 16),
+            p_paddr: u64_at(b, 24),
+            p_filesz: u64_at(b, 32),
+            p_memsz: u64_at(b, 40),
+            p_align: u64_at(b, 48),
         }
     }
 
@@ -761,22 +749,14 @@ impl Phdr {
 /// The program headers of a little-endian ELF64 file, checked against its size.
 fn program_headers(elf: &[u8]) -> Result<Vec<Phdr>, String> {
     if !elf.starts_with(ELF_MAGIC)
-        || elf.len() < ELF64_HEADER_LEN
-        || elf[ELF_CLASS_OFFSET] != ELFCLASS64
-        || elf[ELF_DATA_OFFSET] != ELFDATA2LSB
+        || elf.len() < ELF64_EHDR_LEN
+        || elf[EI_CLASS] != ELFCLASS64
+        || elf[EI_DATA] != ELFDATA2LSB
     {
         return Err("not a little-endian ELF64 file (expected an uncompressed vmlinux)".into());
     }
-    let phoff = u64::from_le_bytes(
-        elf[ELF64_PHOFF_OFFSET..ELF64_PHOFF_OFFSET + 8]
-            .try_into()
-            .expect("8 bytes"),
-    );
-    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]);
-    let (phentsize, phnum) = (
-        u16_at(ELF64_PHENTSIZE_OFFSET),
-        u16_at(ELF64_PHNUM_OFFSET) as usize,
-    );
+    let phoff = u64_at(elf, E_PHOFF);
+    let (phentsize, phnum) = (u16_at(elf, E_PHENTSIZE), u16_at(elf, E_PHNUM) as usize);
     if phentsize != ELF64_PHENTSIZE {
         return Err(format!(
             "program header size {phentsize}, expected {ELF64_PHENTSIZE}"
@@ -884,7 +864,7 @@ pub fn slim_kernel_elf(elf: &[u8]) -> Result<(Vec<u8>, SlimStats), String> {
         }
     }
 
-    let phoff = ELF64_HEADER_LEN as u64;
+    let phoff = ELF64_EHDR_LEN as u64;
     let mut cursor = phoff + (planned.len() * ELF64_PHDR_LEN) as u64;
     let mut placed = Vec::with_capacity(planned.len());
     for (mut p, data) in planned {
@@ -901,13 +881,13 @@ pub fn slim_kernel_elf(elf: &[u8]) -> Result<(Vec<u8>, SlimStats), String> {
         placed.push((p, data));
     }
     let mut out = Vec::with_capacity(cursor as usize);
-    out.extend_from_slice(&elf[..ELF64_HEADER_LEN]);
-    out[ELF64_PHOFF_OFFSET..ELF64_PHOFF_OFFSET + 8].copy_from_slice(&phoff.to_le_bytes());
+    out.extend_from_slice(&elf[..ELF64_EHDR_LEN]);
+    out[E_PHOFF..E_PHOFF + 8].copy_from_slice(&phoff.to_le_bytes());
     let phnum = u16::try_from(placed.len()).map_err(|_| "too many program headers".to_string())?;
-    out[ELF64_PHNUM_OFFSET..ELF64_PHNUM_OFFSET + 2].copy_from_slice(&phnum.to_le_bytes());
+    out[E_PHNUM..E_PHNUM + 2].copy_from_slice(&phnum.to_le_bytes());
     // No section headers: e_shoff, e_shentsize, e_shnum, e_shstrndx = 0.
-    out[ELF64_SHOFF_OFFSET..ELF64_SHOFF_OFFSET + 8].fill(0);
-    out[ELF64_SHENTSIZE_OFFSET..ELF64_HEADER_LEN].fill(0);
+    out[E_SHOFF..E_SHOFF + 8].fill(0);
+    out[E_SHENTSIZE..ELF64_EHDR_LEN].fill(0);
     for (p, _) in &placed {
         p.write(&mut out);
     }

@@ -560,11 +560,7 @@ pub fn plan(spec: &RootfsSpec, mkfs_version: &str) -> Result<Plan, RootfsError> 
         includes.insert(abs.to_string_lossy().into_owned());
     }
     for inc in &spec.includes {
-        if fs::symlink_metadata(&inc.host).is_err() {
-            return Err(RootfsError::IncludeMissing {
-                host: inc.host.clone(),
-            });
-        }
+        // A missing include is reported by add_tree (IncludeMissing).
         let root = TreeRoot {
             host: inc.host.clone(),
             guest: normalize(&inc.guest),

@@ -604,43 +604,41 @@ fn program_in_root(root: &Path, program: &str) -> Result<(), String> {
 /// `PATH` of a server run in a root filesystem image (the VM's init has none).
 pub const ROOTFS_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn message_request_id(v: &Value) -> Option<Value> {
-    v.get("method")?;
-    v.get("id").filter(|id| !id.is_null()).cloned()
+/// `pick` applied to the message in `frame`, or to each member of a batch
+/// (nothing for a frame that is not JSON).
+fn each_message<T>(frame: &[u8], pick: impl Fn(&Value) -> Option<T>) -> Vec<T> {
+    match serde_json::from_slice::<Value>(frame) {
+        Ok(Value::Array(batch)) => batch.iter().filter_map(pick).collect(),
+        Ok(v) => pick(&v).into_iter().collect(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// The ids of the requests in `frame`: one message, or each member of a batch.
 fn request_ids(frame: &[u8]) -> Vec<Value> {
-    match serde_json::from_slice::<Value>(frame) {
-        Ok(Value::Array(batch)) => batch.iter().filter_map(message_request_id).collect(),
-        Ok(v) => message_request_id(&v).into_iter().collect(),
-        Err(_) => Vec::new(),
-    }
+    each_message(frame, |v| {
+        v.get("method")?;
+        v.get("id").filter(|id| !id.is_null()).cloned()
+    })
 }
 
 /// The ids of the responses in a message from the server (one, or a batch).
 fn response_ids(frame: &[u8]) -> Vec<String> {
-    let one = |v: &Value| -> Option<String> {
+    each_message(frame, |v| {
         if v.get("method").is_some() {
             return None;
         }
         v.get("id").filter(|id| !id.is_null()).map(Value::to_string)
-    };
-    match serde_json::from_slice::<Value>(frame) {
-        Ok(Value::Array(batch)) => batch.iter().filter_map(one).collect(),
-        Ok(v) => one(&v).into_iter().collect(),
-        Err(_) => Vec::new(),
-    }
+    })
 }
 
-/// A raw wait status as a sentence: `exit status 1`, `killed by signal 9`.
+/// A raw wait status as a sentence, worded as std's `ExitStatus` is:
+/// `exit status: 1`, `signal: 9`.
 fn describe_wait_status(raw: i32) -> String {
-    if libc::WIFEXITED(raw) {
-        format!("exit status: {}", libc::WEXITSTATUS(raw))
-    } else if libc::WIFSIGNALED(raw) {
-        format!("signal: {}", libc::WTERMSIG(raw))
-    } else {
-        format!("wait status {raw:#x}")
+    match crate::supervisor::Exit::from_raw(raw) {
+        Some(crate::supervisor::Exit::Code(code)) => format!("exit status: {code}"),
+        Some(crate::supervisor::Exit::Signal(sig)) => format!("signal: {sig}"),
+        None => format!("wait status {raw:#x}"),
     }
 }
 

@@ -280,13 +280,7 @@ pub struct ServerSpec {
 /// The server to run, from a kernel command line (the last occurrence of
 /// each parameter wins); `None` without [`CMDLINE_ROOTFS_PARAM`].
 pub fn server_from_cmdline(cmdline: &str) -> Result<Option<ServerSpec>, Pid1Error> {
-    let last = |param: &str| {
-        let prefix = format!("{param}=");
-        cmdline
-            .split_whitespace()
-            .rev()
-            .find_map(|w| w.strip_prefix(prefix.as_str()).map(str::to_string))
-    };
+    let last = |param: &str| last_param(cmdline, param).map(str::to_string);
     let Some(device) = last(CMDLINE_ROOTFS_PARAM) else {
         return Ok(None);
     };
@@ -392,14 +386,19 @@ fn wait_for_device(device: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Creates the directory `dir` unless it exists already.
+fn create_dir_if_missing(dir: &str) -> Result<(), String> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!("creating {dir}: {e}")),
+    }
+}
+
 /// Mounts the erofs image on `device` read-only at [`ROOTFS_DIR`], creating
 /// the directory if needed and refusing if something is mounted there already.
 fn mount_image(device: &str) -> Result<(), String> {
-    match std::fs::create_dir(ROOTFS_DIR) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("creating {ROOTFS_DIR}: {e}")),
-    }
+    create_dir_if_missing(ROOTFS_DIR)?;
     match mount_state(ROOTFS_DIR) {
         Ok(MountState::NotMounted) => {}
         Ok(MountState::Mounted { magic }) => {
@@ -429,12 +428,11 @@ fn mount_image(device: &str) -> Result<(), String> {
 /// The file systems mounted inside the image, in order: proc, devtmpfs, a
 /// writable tmpfs, and sysfs if the image has `/sys`.
 fn inner_mounts() -> [InnerMount; 4] {
-    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     [
         InnerMount {
             dir: "proc",
             fstype: "proc",
-            flags: nosuid_nodev_noexec,
+            flags: NOSUID_NODEV_NOEXEC,
             data: None,
             required: true,
         },
@@ -455,7 +453,7 @@ fn inner_mounts() -> [InnerMount; 4] {
         InnerMount {
             dir: "sys",
             fstype: "sysfs",
-            flags: nosuid_nodev_noexec,
+            flags: NOSUID_NODEV_NOEXEC,
             data: None,
             required: false,
         },
@@ -530,11 +528,7 @@ fn mount_tmp_keeping_contents(
     flags: MsFlags,
     data: Option<&str>,
 ) -> Result<(), String> {
-    match std::fs::create_dir(TMP_STAGE_DIR) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("creating {TMP_STAGE_DIR}: {e}")),
-    }
+    create_dir_if_missing(TMP_STAGE_DIR)?;
     match mount_state(TMP_STAGE_DIR) {
         Ok(MountState::NotMounted) => {}
         other => {
@@ -988,16 +982,21 @@ fn load_module(module: &'static str) -> Result<(), Pid1Error> {
     }
 }
 
+/// The value of the last `param=` word of a kernel command line (later
+/// parameters override earlier ones, as the kernel does).
+fn last_param<'a>(cmdline: &'a str, param: &str) -> Option<&'a str> {
+    let prefix = format!("{param}=");
+    cmdline
+        .split_whitespace()
+        .rev()
+        .find_map(|word| word.strip_prefix(prefix.as_str()))
+}
+
 /// The vsock port from a kernel command line: the last `ukload.port=N`
 /// (later parameters override earlier ones, as the kernel does), else
 /// [`crate::DEFAULT_PORT`].
 pub fn port_from_cmdline(cmdline: &str) -> Result<u32, Pid1Error> {
-    let prefix = format!("{CMDLINE_PORT_PARAM}=");
-    let Some(value) = cmdline
-        .split_whitespace()
-        .rev()
-        .find_map(|word| word.strip_prefix(prefix.as_str()))
-    else {
+    let Some(value) = last_param(cmdline, CMDLINE_PORT_PARAM) else {
         return Ok(crate::DEFAULT_PORT);
     };
     match value.parse::<u32>() {

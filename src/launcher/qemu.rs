@@ -292,7 +292,8 @@ impl QemuConfig {
                 spec.command.join(" ")
             )),
         })?;
-        self.server = Some(spec.guest_command());
+        // The plan's guest command (resolved once, when the image was planned).
+        self.server = Some(img.manifest.command);
         self.rootfs = Some(img.path);
         Ok(())
     }
@@ -309,7 +310,9 @@ impl QemuConfig {
         self.check_installed()?;
         self.prepare_rootfs()?;
         self.check_rootfs_path()?;
-        self.check_cmdline_length()?;
+        // /proc/cpuinfo read once, for the length check and the result.
+        let tsc_khz = host_tsc_khz();
+        self.check_cmdline_length(tsc_khz)?;
         let backend = self.resolve_backend()?;
         let kvm = match self.accel {
             Accel::Tcg => false,
@@ -319,7 +322,7 @@ impl QemuConfig {
         Ok(Resolved {
             kvm,
             backend,
-            tsc_khz: if kvm { None } else { host_tsc_khz() },
+            tsc_khz: if kvm { None } else { tsc_khz },
             acpi_off: self.machine == Machine::Microvm && kernel_boots_without_acpi(&self.kernel),
         })
     }
@@ -370,12 +373,13 @@ impl QemuConfig {
     }
 
     /// The guest's kernel command line fits Linux's limit.
-    fn check_cmdline_length(&self) -> Result<(), LaunchError> {
+    /// `tsc_khz`: [`host_tsc_khz`], as TCG would pass it (the longest line).
+    fn check_cmdline_length(&self, tsc_khz: Option<u64>) -> Result<(), LaunchError> {
         let cmdline = self.kernel_cmdline(
             &Resolved {
                 kvm: false,
                 backend: VsockBackend::Auto,
-                tsc_khz: host_tsc_khz(),
+                tsc_khz,
                 acpi_off: false,
             },
             u32::MAX,
@@ -472,7 +476,7 @@ impl QemuConfig {
         if !r.kvm {
             append.extend(TCG_KERNEL_ARGS.iter().map(|a| a.to_string()));
         }
-        append.push(format!("ukload.port={port}"));
+        append.push(format!("{}={port}", crate::vmabi::CMDLINE_PORT_PARAM));
         if self.rootfs.is_some() {
             append.push(format!(
                 "{}={ROOTFS_GUEST_DEVICE}",
