@@ -15,7 +15,7 @@ macro_rules! say {
 mod cli;
 
 use argh::FromArgs;
-use cli::{Format, Sub};
+use cli::{Format, MergeFormat, Sub};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,18 +28,10 @@ use ukload::supervisor::{watchdog, Supervisor};
 
 fn main() {
     let (args, verbose) = take_verbosity(std::env::args().collect());
-    let quiet = args
-        .iter()
-        .take_while(|a| *a != "--")
-        .any(|a| a == "-q" || a == "--quiet");
-    let rust_log = std::env::var("RUST_LOG").ok();
-    ukload::logging::init(
-        "ukload",
-        ukload::logging::level(verbose, quiet, rust_log.as_deref()),
-    );
     let args = split_equals(args);
     let strs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let top = match cli::Top::from_args(&["ukload"], strs.get(1..).unwrap_or(&[])) {
+    let rest = strs.get(1..).unwrap_or(&[]);
+    let top = match cli::Top::from_args(&["ukload"], rest) {
         Ok(t) => t,
         Err(early) => {
             // `--help` is not an error; a parse error is a usage error.
@@ -48,14 +40,26 @@ fn main() {
                     out.write_all(early.output.as_bytes())
                 }));
             }
-            let _ = write!(std::io::stderr(), "ukload: {}", early.output);
-            if !early.output.ends_with('\n') {
-                say!();
+            match usage_message(&early.output, rest) {
+                // A bad value: one line naming the flag, like every other
+                // usage error.
+                Some(line) => say!("ukload: {line}"),
+                None => {
+                    let _ = write!(std::io::stderr(), "ukload: {}", early.output);
+                    if !early.output.ends_with('\n') {
+                        say!();
+                    }
+                    say!("Run `ukload help` or `ukload <command> --help` for usage.");
+                }
             }
-            say!("Run `ukload help` or `ukload <command> --help` for usage.");
             std::process::exit(EXIT_USAGE);
         }
     };
+    let rust_log = std::env::var("RUST_LOG").ok();
+    ukload::logging::init(
+        "ukload",
+        ukload::logging::level(verbose, top.quiet(), rust_log.as_deref()),
+    );
     if top.version {
         std::process::exit(emit("version", 0, |out| {
             writeln!(out, "ukload {}", env!("CARGO_PKG_VERSION"))
@@ -98,6 +102,39 @@ fn take_verbosity(args: Vec<String>) -> (Vec<String>, u8) {
         }
     }
     (out, verbose)
+}
+
+/// argh reports a bad flag value as `Error parsing option '--port' with value
+/// 'http': <why>` (`positional argument 'count'` for COUNT); this makes it
+/// ukload's usage line, `--port "http": <why>` (just `--flag: <why>` when
+/// the reason already quotes the value, the reason alone when it already
+/// names the flag). The value is recognised among the arguments given, so a
+/// value or reason containing quotes cannot shift the split. `None` for
+/// every other argh error (unknown flag, missing value, ...).
+fn usage_message(argh: &str, args: &[&str]) -> Option<String> {
+    let text = argh.trim_end();
+    let (name, rest) = if let Some(r) = text.strip_prefix("Error parsing option '") {
+        let (flag, rest) = r.split_once("' with value '")?;
+        (flag.to_string(), rest)
+    } else {
+        let r = text.strip_prefix("Error parsing positional argument '")?;
+        let (name, rest) = r.split_once("' with value '")?;
+        (name.to_uppercase(), rest)
+    };
+    let (value, why) = args
+        .iter()
+        .filter_map(|v| Some((*v, rest.strip_prefix(*v)?.strip_prefix("': ")?)))
+        .max_by_key(|(v, _)| v.len())?;
+    let quoted = format!("{value:?}");
+    Some(if why.starts_with(&name) {
+        why.to_string()
+    } else if why.starts_with(&quoted) {
+        format!("{name} {why}")
+    } else if why.contains(&quoted) {
+        format!("{name}: {why}")
+    } else {
+        format!("{name} {value:?}: {why}")
+    })
 }
 
 /// argh takes `--flag value` only; accept `--flag=value` too (needed to pass
@@ -329,12 +366,7 @@ fn stdout_is_tty() -> bool {
 
 fn cmd_report(a: cli::ReportArgs) -> i32 {
     let cli::ReportCmd::Merge(m) = a.cmd;
-    let format = m.format.as_deref().unwrap_or("human");
-    if !["human", "json", "junit", "html"].contains(&format) {
-        return usage(&format!(
-            "--format {format}: expected human, json, junit or html"
-        ));
-    }
+    let format = m.format.unwrap_or(MergeFormat::Human);
     if m.files.is_empty() {
         return usage("report merge: name at least one JSON report (ukload run --format json)");
     }
@@ -343,24 +375,18 @@ fn cmd_report(a: cli::ReportArgs) -> i32 {
         Err(e) => return usage(&e.to_string()),
     };
     emit("merged report", merged.exit_code, |out| match format {
-        "json" => serde_json::to_writer_pretty(&mut *out, &merged)
+        MergeFormat::Json => serde_json::to_writer_pretty(&mut *out, &merged)
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(out)),
-        "junit" => write!(out, "{}", merged.junit()),
-        "html" => write!(out, "{}", merged.html()),
-        _ => write!(out, "{}", merged.human()),
+        MergeFormat::Junit => write!(out, "{}", merged.junit()),
+        MergeFormat::Html => write!(out, "{}", merged.html()),
+        MergeFormat::Human => write!(out, "{}", merged.human()),
     })
 }
 
 fn cmd_doctor(a: cli::DoctorArgs) -> i32 {
-    let kind: ukload::launcher::Kind = match a.launcher.as_deref().unwrap_or("process").parse() {
-        Ok(k) => k,
-        Err(m) => return usage(&format!("--launcher: {m}")),
-    };
-    let count: u32 = match a.count.as_deref().unwrap_or("15").parse() {
-        Ok(n) if n > 0 => n,
-        _ => return usage("--count: expected a whole number of instances >= 1"),
-    };
+    let kind = a.launcher.unwrap_or(ukload::launcher::Kind::Process);
+    let count = a.count.map_or(cli::DEFAULT_COUNT, cli::Count::get);
     let report = ukload::doctor::examine(kind, count);
     emit("doctor report", report.exit_code(), |out| {
         write!(out, "{report}")
@@ -368,10 +394,7 @@ fn cmd_doctor(a: cli::DoctorArgs) -> i32 {
 }
 
 fn cmd_ps(a: cli::PsArgs) -> i32 {
-    let fmt = match cli::format(&a.format) {
-        Ok(f) => f,
-        Err(cli::Usage(m)) => return usage(&m),
-    };
+    let fmt = a.format.unwrap_or(Format::Human);
     let rows = ukload::instances::ps();
     emit("listing", 0, |out| {
         ukload::instances::print_ps(&rows, fmt == Format::Json, out)
@@ -379,10 +402,9 @@ fn cmd_ps(a: cli::PsArgs) -> i32 {
 }
 
 fn cmd_cleanup(a: cli::CleanupArgs) -> i32 {
-    let grace = match cli::grace(&a.grace_ms) {
-        Ok(g) => g,
-        Err(cli::Usage(m)) => return usage(&m),
-    };
+    let grace = a
+        .grace_ms
+        .map_or(ukload::supervisor::teardown::DEFAULT_GRACE, |m| m.0);
     let report = ukload::instances::cleanup(ukload::instances::CleanupOptions {
         run: a.run,
         include_live: a.all,
@@ -399,10 +421,16 @@ fn cmd_cleanup(a: cli::CleanupArgs) -> i32 {
 /// `ukload cycles`: like `cmd_run` (watchdog first, then the supervisor), but
 /// the whole sequence of runs shares one run id, so the watchdog covers all.
 fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
-    let (cfg, fmt) = match a.to_config() {
+    let (mut cfg, fmt) = match a.to_config() {
         Ok(c) => c,
         Err(cli::Usage(m)) => return usage(&m),
     };
+    // As in `cmd_run`: the server's image exists before any VM starts.
+    if let Err(e) = cfg.run.launcher.qemu.prepare_rootfs() {
+        let e = run::RunError::Launch(e);
+        say!("ukload: {e}");
+        return run_error_code(&e);
+    }
     let h = match Harness::start() {
         Ok(h) => h,
         Err(code) => return code,
@@ -441,13 +469,7 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
 /// `ukload image rootfs`: build (or find in the cache) a root filesystem.
 fn cmd_image_rootfs(a: cli::ImageRootfsArgs) -> i32 {
     use ukload::rootfs::{self, RootfsSpec};
-    let fmt = match cli::format(&a.format) {
-        Ok(f) => f,
-        Err(cli::Usage(m)) => {
-            say!("ukload: {m}");
-            return EXIT_USAGE;
-        }
-    };
+    let fmt = a.format.unwrap_or(Format::Human);
     let failed = |e: rootfs::RootfsError| {
         say!("ukload: {e}");
         if e.is_input() {
@@ -550,5 +572,77 @@ fn cmd_image(a: cli::ImageArgs) -> i32 {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// argh's message for a bad value, as `ukload` gets it.
+    fn parse_error(args: &[&str]) -> String {
+        cli::Top::from_args(&["ukload"], args).unwrap_err().output
+    }
+
+    #[test]
+    fn bad_values_become_one_line_naming_flag_and_value() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["run", "2", "--grace-ms", "2s"],
+                "--grace-ms \"2s\": expected milliseconds (a whole number)",
+            ),
+            (
+                &["run", "x"],
+                "COUNT \"x\": expected a whole number from 1 to 4294967295",
+            ),
+            // The reason quotes the value: not twice.
+            (
+                &["run", "--launcher", "vmware"],
+                "--launcher: unknown launcher \"vmware\": expected process, qemu, kraft or exec",
+            ),
+            // The reason names the flag: as it is.
+            (
+                &["cycles", "--cid-range", "9-3"],
+                "--cid-range 9-3: start is greater than end",
+            ),
+            // A value that looks like argh's own separators.
+            (
+                &["run", "--port", "1': x"],
+                "--port \"1': x\": expected a port number 1..4294967294",
+            ),
+        ];
+        for (args, want) in cases {
+            let got = usage_message(&parse_error(args), args);
+            assert_eq!(got.as_deref(), Some(*want), "{args:?}");
+        }
+        let got = usage_message(
+            &parse_error(&["mcp", "tools", "--protocol", "1999"]),
+            &["mcp", "tools", "--protocol", "1999"],
+        )
+        .unwrap();
+        assert!(
+            got.starts_with("--protocol \"1999\": expected auto"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn other_argh_errors_are_left_to_argh() {
+        for args in [
+            &["run", "--no-such-flag"][..],
+            &["run", "2", "--port"],
+            &["frob"],
+        ] {
+            assert_eq!(usage_message(&parse_error(args), args), None, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn verbosity_is_counted_anywhere_before_a_double_dash() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (rest, v) = take_verbosity(args(&["ukload", "-v", "run", "-vv", "2", "--", "-v"]));
+        assert_eq!((rest, v), (args(&["ukload", "run", "2", "--", "-v"]), 3));
+        let (rest, v) = take_verbosity(args(&["ukload", "run", "--verbose"]));
+        assert_eq!((rest, v), (args(&["ukload", "run"]), 1));
     }
 }

@@ -367,11 +367,11 @@ fn transport_flags_are_checked_before_connecting() {
         ),
         (
             vec!["tools", "--vsock", "2:5252"],
-            "--vsock 2:5252: CID 2 is reserved",
+            "--vsock \"2:5252\": CID 2 is reserved",
         ),
         (
             vec!["tools", "--uds", "/tmp/x.sock"],
-            "--uds /tmp/x.sock: expected PATH:PORT",
+            "--uds \"/tmp/x.sock\": expected PATH:PORT",
         ),
         (
             vec!["tools", "--stdio", "x", "--framing", "bytes"],

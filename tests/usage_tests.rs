@@ -359,3 +359,101 @@ fn both_binaries_print_their_version_and_exit_0() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no command given"));
 }
+
+/// `--flag` names of `ukload ARGS --help`.
+fn help_flags(args: &[&str]) -> std::collections::BTreeSet<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ukload"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{args:?} --help");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_start().split_whitespace().next())
+        .filter(|w| w.starts_with("--") && *w != "--help")
+        .map(|w| w.trim_end_matches(',').to_string())
+        .collect()
+}
+
+/// `cycles` takes every flag of `run` that says how instances are started,
+/// watched and ended (one declaration, so none drifts), and a bad value or
+/// a bad combination gets the same line from both.
+#[test]
+fn cycles_takes_the_instance_flags_of_run_with_the_same_checks() {
+    let run_only = [
+        "--concurrency",
+        "--max-boot-ms",
+        "--max-mem-mb",
+        "--mem-metric",
+        "--min-success",
+        "--tool-call",
+        "--tool-expect",
+        "--max-tool-ms",
+        "--max-connect-ms",
+        "--tool-timeout-ms",
+        "--junit",
+        "--prom",
+        "--html",
+    ];
+    let run = help_flags(&["run"]);
+    let cycles = help_flags(&["cycles"]);
+    assert!(run.len() > 30, "run --help lists its flags: {run:?}");
+    let missing: Vec<&String> = run
+        .iter()
+        .filter(|f| !run_only.contains(&f.as_str()) && !cycles.contains(*f))
+        .collect();
+    assert!(missing.is_empty(), "cycles lacks {missing:?}");
+    let dir = TempDir::new("usage9");
+    for bad in [
+        &["--port", "0"][..],
+        &["--ready", "soon"],
+        &["--machine", "q35"],
+        &["--launcher", "qemu", "--memory", "8"],
+        &["--rootfs", "/x.erofs"],
+        &["-q", "--progress", "json"],
+    ] {
+        let line = |sub: &str| {
+            let mut cmd = ukload(dir.path());
+            cmd.arg(sub)
+                .args(bad)
+                .arg("--log-dir")
+                .arg(dir.path().join("l"));
+            let out = output_within(cmd, LIMIT);
+            assert_eq!(out.status.code(), Some(64), "{sub} {bad:?}");
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        };
+        let (r, c) = (line("run"), line("cycles"));
+        assert_eq!(r.lines().count(), 1, "{bad:?}: {r}");
+        assert_eq!(r, c, "{bad:?}");
+    }
+}
+
+/// The transport flags are declared once for `mcp tools`, `call` and
+/// `bench`, the call flags once for `call` and `bench`.
+#[test]
+fn mcp_commands_share_transport_and_call_flags() {
+    let transport = [
+        "--stdio",
+        "--vsock",
+        "--uds",
+        "--framing",
+        "--protocol",
+        "--timeout-ms",
+    ];
+    let call = [
+        "--arg",
+        "--args",
+        "--progress-resets-timeout",
+        "--max-total-ms",
+    ];
+    for sub in ["tools", "call", "bench"] {
+        let flags = help_flags(&["mcp", sub]);
+        for f in transport {
+            assert!(flags.contains(f), "mcp {sub} lacks {f}: {flags:?}");
+        }
+        for f in call {
+            assert_eq!(flags.contains(f), sub != "tools", "mcp {sub} {f}");
+        }
+    }
+}

@@ -23,7 +23,6 @@
 //! result could not be written to stdout; said on stderr).
 
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,12 +33,13 @@ use serde_json::{json, Map, Value};
 
 use ukload::framing::Framing;
 use ukload::mcp::{
-    coerce_args, parse_arg_pair, split_command, CallOptions, McpError, Progress, ProtocolChoice,
-    Session, SessionOptions, SpawnOptions, Tool, ToolResult, Transport,
+    coerce_args, parse_arg_pair, CallOptions, McpError, Progress, ProtocolChoice, Session,
+    SessionOptions, SpawnOptions, Tool, ToolResult, Transport,
 };
-use ukload::vsock::{self, kernel::cid_is_connectable, Endpoint};
+use ukload::vsock::{self, Endpoint};
 
-use super::{format_spelled as parse_format, Format, Usage};
+use super::values::{HybridPeer, VsockPeer};
+use super::{CommandLine, Count, Deadline, Format, Usage};
 use ukload::exit::{
     EXIT_FAIL as EXIT_TOOL_ERROR, EXIT_IOERR, EXIT_NEEDS_TASKS, EXIT_NOT_OFFERED,
     EXIT_PASS as EXIT_OK, EXIT_RPC_ERROR, EXIT_TRANSPORT, EXIT_USAGE,
@@ -55,11 +55,9 @@ pub const DEFAULT_BENCH_CALLS: usize = 100;
 /// Default number of calls in flight at once in `mcp bench`.
 pub const DEFAULT_BENCH_PARALLEL: usize = 1;
 /// Most calls `mcp bench` makes (keeps the latency vector in memory bounded).
-pub const MAX_BENCH_CALLS: usize = 10_000_000;
+pub const MAX_BENCH_CALLS: u64 = 10_000_000;
 /// Most caller threads `mcp bench` starts (one thread per call in flight).
-pub const MAX_BENCH_PARALLEL: usize = 1024;
-/// Longest `--timeout-ms` accepted (a day): beyond it a deadline is a mistake.
-pub const MAX_TIMEOUT_MS: u64 = super::MAX_DURATION_MS;
+pub const MAX_BENCH_PARALLEL: u64 = 1024;
 /// Prefix of the `UKLOAD_RUN` marker given to a `--stdio` child: `mcp-<ukload pid>`,
 /// so `ukload ps`/`cleanup` and tests can find it by its marker.
 pub const STDIO_MARKER_PREFIX: &str = "mcp-";
@@ -101,184 +99,154 @@ pub enum McpCmd {
     Bench(BenchArgs),
 }
 
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "tools",
-    error_code(0, "success"),
-    error_code(3, "the server answered tools/list with a JSON-RPC error"),
-    error_code(4, "transport, protocol or timeout failure"),
-    error_code(5, "the server offers no tools (no tools capability)"),
-    error_code(64, "bad usage"),
-    error_code(74, "the output could not be written to stdout")
-)]
-/// List the server's tools (following tools/list pagination).
-pub struct ToolsArgs {
-    #[argh(option)]
-    /// run this stdio MCP server: 'CMD ARGS' (split like a shell, without a shell)
-    pub stdio: Option<String>,
-    #[argh(option)]
-    /// connect over AF_VSOCK to CID:PORT (CID 3 or more)
-    pub vsock: Option<String>,
-    #[argh(option)]
-    /// connect over hybrid vsock: Unix socket PATH, then CONNECT PORT (PATH:PORT)
-    pub uds: Option<String>,
-    #[argh(option)]
-    /// framing: line (default, MCP's) or length (4-byte little-endian prefix)
-    pub framing: Option<String>,
-    #[argh(option)]
-    /// MCP era: auto (default: probe with server/discover, fall back to
-    /// initialize), modern, legacy, or a revision such as 2025-06-18
-    pub protocol: Option<String>,
-    #[argh(option)]
-    /// deadline of each request in ms (default 10000)
-    pub timeout_ms: Option<String>,
-    #[argh(switch, short = 'q')]
-    /// do not say on stderr which server, revision and era were spoken
-    pub quiet: bool,
-    #[argh(option)]
-    /// output: human (default) or json (the raw tools/list entries)
-    pub format: Option<String>,
+flag_group! { $
+    /// Where the server is and how to speak to it: the flags every `mcp`
+    /// command shares.
+    TransportFlags, with_transport_flags, transport_flags {
+        /// run this stdio MCP server: 'CMD ARGS' (split like a shell, without
+        /// a shell)
+        #[argh(option)]
+        stdio: (Option<CommandLine>),
+        /// connect over AF_VSOCK to CID:PORT (CID 3 or more)
+        #[argh(option)]
+        vsock: (Option<VsockPeer>),
+        /// connect over hybrid vsock: Unix socket PATH, then CONNECT PORT
+        /// (PATH:PORT)
+        #[argh(option)]
+        uds: (Option<HybridPeer>),
+        /// framing: line (default, MCP's) or length (4-byte little-endian prefix)
+        #[argh(option)]
+        framing: (Option<Framing>),
+        /// MCP era: auto (default: probe with server/discover, fall back to
+        /// initialize), modern, legacy, or a revision such as 2025-06-18
+        #[argh(option)]
+        protocol: (Option<ProtocolChoice>),
+        /// deadline of each request in ms (default 10000, at most 86400000)
+        #[argh(option)]
+        timeout_ms: (Option<Deadline>),
+    }
 }
 
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "call",
-    note = "An --arg value takes the type the tool's inputSchema gives its key (--arg a=2 \
-            is the number 2 for a number property); untyped keys are JSON if they parse, \
-            else strings. --args gives a JSON object; --arg keys are added to it.",
-    error_code(
-        0,
-        "the tool succeeded; its text (or --format json: the raw result) is on stdout"
-    ),
-    error_code(1, "the tool ran and returned isError: true (its text is on stdout)"),
-    error_code(
-        3,
-        "the server answered with a JSON-RPC error (`error <code>: <message>` on stderr)"
-    ),
-    error_code(4, "transport, protocol or timeout failure"),
-    error_code(5, "the server offers no tools (no tools capability)"),
-    error_code(
-        6,
-        "the tool requires task support (taskSupport required), which ukload lacks: not called"
-    ),
-    error_code(64, "bad usage"),
-    error_code(74, "the output could not be written to stdout")
-)]
-/// Call one tool and print its result.
-pub struct CallArgs {
-    #[argh(positional)]
-    /// the tool's name
-    pub tool: String,
-    #[argh(option)]
-    /// an argument key=value (repeatable), typed by the tool's input schema
-    pub arg: Vec<String>,
-    #[argh(option)]
-    /// the arguments as one JSON object
-    pub args: Option<String>,
-    #[argh(option)]
-    /// run this stdio MCP server: 'CMD ARGS' (split like a shell, without a shell)
-    pub stdio: Option<String>,
-    #[argh(option)]
-    /// connect over AF_VSOCK to CID:PORT (CID 3 or more)
-    pub vsock: Option<String>,
-    #[argh(option)]
-    /// connect over hybrid vsock: Unix socket PATH, then CONNECT PORT (PATH:PORT)
-    pub uds: Option<String>,
-    #[argh(option)]
-    /// framing: line (default, MCP's) or length (4-byte little-endian prefix)
-    pub framing: Option<String>,
-    #[argh(option)]
-    /// MCP era: auto (default: probe with server/discover, fall back to
-    /// initialize), modern, legacy, or a revision such as 2025-06-18
-    pub protocol: Option<String>,
-    #[argh(option)]
-    /// deadline of the call in ms (default 10000)
-    pub timeout_ms: Option<String>,
-    #[argh(switch)]
-    /// restart --timeout-ms at each progress notification of the call
-    /// (bounded by --max-total-ms)
-    pub progress_resets_timeout: bool,
-    #[argh(option)]
-    /// hard bound of a call in ms, whatever its progress (default with
-    /// --progress-resets-timeout: 600000 or --timeout-ms if longer)
-    pub max_total_ms: Option<String>,
-    #[argh(switch, short = 'q')]
-    /// print no progress on stderr
-    pub quiet: bool,
-    #[argh(option)]
-    /// output: text (default: every content item, text as text, others one
-    /// line each) or json (the raw result)
-    pub format: Option<String>,
+flag_group! { $
+    /// A tool call's arguments and how long it may run: the flags `mcp call`
+    /// and `mcp bench` share.
+    CallFlags, with_call_flags, call_flags {
+        /// an argument key=value (repeatable), typed by the tool's input schema
+        #[argh(option)]
+        arg: (Vec<String>),
+        /// the arguments as one JSON object
+        #[argh(option)]
+        args: (Option<String>),
+        /// restart --timeout-ms at each progress notification of the call
+        /// (bounded by --max-total-ms)
+        #[argh(switch)]
+        progress_resets_timeout: (bool),
+        /// hard bound of a call in ms, whatever its progress (default with
+        /// --progress-resets-timeout: 600000 or --timeout-ms if longer)
+        #[argh(option)]
+        max_total_ms: (Option<Deadline>),
+    }
 }
 
-#[derive(FromArgs, Debug)]
-#[argh(
-    subcommand,
-    name = "bench",
-    note = "Latency is measured per call, from sending the request to its answer, over \
-            every call the server answered (results, tool errors and JSON-RPC errors); \
-            percentiles are nearest-rank. Calls per second = answered calls / wall time.",
-    error_code(0, "every call succeeded"),
-    error_code(1, "some call returned isError: true (and none failed worse)"),
-    error_code(3, "some call got a JSON-RPC error (and none failed worse)"),
-    error_code(4, "some call failed: transport, protocol or timeout"),
-    error_code(5, "the server offers no tools (no tools capability)"),
-    error_code(
-        6,
-        "the tool requires task support (taskSupport required), which ukload lacks: not called"
-    ),
-    error_code(64, "bad usage"),
-    error_code(74, "the output could not be written to stdout")
-)]
-/// Call a tool many times over one session and report latency and throughput.
-pub struct BenchArgs {
-    #[argh(positional)]
-    /// the tool's name
-    pub tool: String,
-    #[argh(option)]
-    /// number of calls (default 100)
-    pub calls: Option<String>,
-    #[argh(option)]
-    /// calls in flight at once (default 1)
-    pub parallel: Option<String>,
-    #[argh(option)]
-    /// an argument key=value (repeatable), typed by the tool's input schema
-    pub arg: Vec<String>,
-    #[argh(option)]
-    /// the arguments as one JSON object
-    pub args: Option<String>,
-    #[argh(option)]
-    /// run this stdio MCP server: 'CMD ARGS' (split like a shell, without a shell)
-    pub stdio: Option<String>,
-    #[argh(option)]
-    /// connect over AF_VSOCK to CID:PORT (CID 3 or more)
-    pub vsock: Option<String>,
-    #[argh(option)]
-    /// connect over hybrid vsock: Unix socket PATH, then CONNECT PORT (PATH:PORT)
-    pub uds: Option<String>,
-    #[argh(option)]
-    /// framing: line (default, MCP's) or length (4-byte little-endian prefix)
-    pub framing: Option<String>,
-    #[argh(option)]
-    /// MCP era: auto (default: probe with server/discover, fall back to
-    /// initialize), modern, legacy, or a revision such as 2025-06-18
-    pub protocol: Option<String>,
-    #[argh(option)]
-    /// deadline of each call in ms (default 10000)
-    pub timeout_ms: Option<String>,
-    #[argh(switch)]
-    /// restart --timeout-ms at each progress notification of the call
-    /// (bounded by --max-total-ms)
-    pub progress_resets_timeout: bool,
-    #[argh(option)]
-    /// hard bound of a call in ms, whatever its progress (default with
-    /// --progress-resets-timeout: 600000 or --timeout-ms if longer)
-    pub max_total_ms: Option<String>,
-    #[argh(option)]
-    /// output: human (default) or json
-    pub format: Option<String>,
+with_transport_flags! { []
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "tools",
+        error_code(0, "success"),
+        error_code(3, "the server answered tools/list with a JSON-RPC error"),
+        error_code(4, "transport, protocol or timeout failure"),
+        error_code(5, "the server offers no tools (no tools capability)"),
+        error_code(64, "bad usage"),
+        error_code(74, "the output could not be written to stdout")
+    )]
+    /// List the server's tools (following tools/list pagination).
+    pub struct ToolsArgs {
+        #[argh(switch, short = 'q')]
+        /// do not say on stderr which server, revision and era were spoken
+        pub quiet: bool,
+        #[argh(option)]
+        /// output: human (default) or json (the raw tools/list entries)
+        pub format: Option<Format>,
+    }
+}
+
+with_transport_flags! { [with_call_flags]
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "call",
+        note = "An --arg value takes the type the tool's inputSchema gives its key (--arg a=2 \
+                is the number 2 for a number property); untyped keys are JSON if they parse, \
+                else strings. --args gives a JSON object; --arg keys are added to it.",
+        error_code(
+            0,
+            "the tool succeeded; its text (or --format json: the raw result) is on stdout"
+        ),
+        error_code(1, "the tool ran and returned isError: true (its text is on stdout)"),
+        error_code(
+            3,
+            "the server answered with a JSON-RPC error (`error <code>: <message>` on stderr)"
+        ),
+        error_code(4, "transport, protocol or timeout failure"),
+        error_code(5, "the server offers no tools (no tools capability)"),
+        error_code(
+            6,
+            "the tool requires task support (taskSupport required), which ukload lacks: not called"
+        ),
+        error_code(64, "bad usage"),
+        error_code(74, "the output could not be written to stdout")
+    )]
+    /// Call one tool and print its result.
+    pub struct CallArgs {
+        #[argh(positional)]
+        /// the tool's name
+        pub tool: String,
+        #[argh(switch, short = 'q')]
+        /// print no progress on stderr
+        pub quiet: bool,
+        #[argh(option)]
+        /// output: text (default: every content item, text as text, others one
+        /// line each) or json (the raw result)
+        pub format: Option<Format>,
+    }
+}
+
+with_transport_flags! { [with_call_flags]
+    #[derive(FromArgs, Debug)]
+    #[argh(
+        subcommand,
+        name = "bench",
+        note = "Latency is measured per call, from sending the request to its answer, over \
+                every call the server answered (results, tool errors and JSON-RPC errors); \
+                percentiles are nearest-rank. Calls per second = answered calls / wall time.",
+        error_code(0, "every call succeeded"),
+        error_code(1, "some call returned isError: true (and none failed worse)"),
+        error_code(3, "some call got a JSON-RPC error (and none failed worse)"),
+        error_code(4, "some call failed: transport, protocol or timeout"),
+        error_code(5, "the server offers no tools (no tools capability)"),
+        error_code(
+            6,
+            "the tool requires task support (taskSupport required), which ukload lacks: not called"
+        ),
+        error_code(64, "bad usage"),
+        error_code(74, "the output could not be written to stdout")
+    )]
+    /// Call a tool many times over one session and report latency and throughput.
+    pub struct BenchArgs {
+        #[argh(positional)]
+        /// the tool's name
+        pub tool: String,
+        #[argh(option)]
+        /// number of calls (default 100)
+        pub calls: Option<Count<MAX_BENCH_CALLS>>,
+        #[argh(option)]
+        /// calls in flight at once (default 1)
+        pub parallel: Option<Count<MAX_BENCH_PARALLEL>>,
+        #[argh(option)]
+        /// output: human (default) or json
+        pub format: Option<Format>,
+    }
 }
 
 /// Where the server is.
@@ -297,16 +265,6 @@ pub struct Connection {
     pub framing: Framing,
     pub timeout: Duration,
     pub protocol: ProtocolChoice,
-}
-
-/// The transport flags every subcommand shares.
-struct TransportFlags<'a> {
-    stdio: &'a Option<String>,
-    vsock: &'a Option<String>,
-    uds: &'a Option<String>,
-    framing: &'a Option<String>,
-    timeout_ms: &'a Option<String>,
-    protocol: &'a Option<String>,
 }
 
 /// Runs `ukload mcp ...`; returns the exit code. Call it from a thread that
@@ -369,7 +327,7 @@ fn report_mcp_error(e: &McpError) -> i32 {
 }
 
 /// Validates the transport flags (exactly one transport).
-fn connection(f: TransportFlags<'_>) -> Result<Connection, Usage> {
+fn connection(f: TransportFlags) -> Result<Connection, Usage> {
     let given: Vec<&str> = [
         (f.stdio.is_some(), "--stdio"),
         (f.vsock.is_some(), "--vsock"),
@@ -379,75 +337,47 @@ fn connection(f: TransportFlags<'_>) -> Result<Connection, Usage> {
     .filter(|(set, _)| *set)
     .map(|(_, name)| *name)
     .collect();
-    if given.len() != 1 {
-        let got = if given.is_empty() {
-            "none".to_string()
-        } else {
-            given.join(" and ")
-        };
-        return Err(Usage(format!(
-            "give exactly one transport: --stdio 'CMD ARGS', --vsock CID:PORT or --uds PATH:PORT (got {got})"
-        )));
-    }
-    let target = if let Some(cmd) = f.stdio {
-        Target::Stdio(split_command(cmd).map_err(|e| Usage(format!("--stdio {cmd:?}: {e}")))?)
-    } else if let Some(v) = f.vsock {
-        Target::Vsock(parse_vsock(v)?)
-    } else if let Some(u) = f.uds {
-        Target::Vsock(parse_uds(u)?)
-    } else {
-        unreachable!("exactly one transport was checked above")
-    };
-    let framing = match f.framing.as_deref() {
-        None => Framing::Line,
-        Some(s) => match s.parse::<Framing>() {
-            Ok(f) => f,
-            Err(e) => return Err(Usage(format!("--framing: {e}"))),
-        },
-    };
-    let timeout_ms = match f.timeout_ms {
-        None => DEFAULT_TIMEOUT_MS,
-        Some(s) => parse_count(s, "--timeout-ms", 1, MAX_TIMEOUT_MS as usize)? as u64,
-    };
-    let protocol = match f.protocol {
-        None => ProtocolChoice::Auto,
-        Some(p) => p
-            .parse::<ProtocolChoice>()
-            .map_err(|e| Usage(format!("--protocol {e}")))?,
+    let target = match (f.stdio, f.vsock, f.uds) {
+        (Some(cmd), None, None) => Target::Stdio(cmd.argv),
+        (None, Some(VsockPeer(e)), None) | (None, None, Some(HybridPeer(e))) => Target::Vsock(e),
+        _ => {
+            let got = if given.is_empty() {
+                "none".to_string()
+            } else {
+                given.join(" and ")
+            };
+            return Err(Usage(format!(
+                "give exactly one transport: --stdio 'CMD ARGS', --vsock CID:PORT or --uds PATH:PORT (got {got})"
+            )));
+        }
     };
     Ok(Connection {
         target,
-        framing,
-        timeout: Duration::from_millis(timeout_ms),
-        protocol,
+        framing: f.framing.unwrap_or(Framing::Line),
+        timeout: f
+            .timeout_ms
+            .map_or(Duration::from_millis(DEFAULT_TIMEOUT_MS), |d| d.0),
+        protocol: f.protocol.unwrap_or(ProtocolChoice::Auto),
     })
 }
 
 /// How each call waits: `--timeout-ms`, restarted by progress with
 /// `--progress-resets-timeout`, bounded by `--max-total-ms`.
-fn call_options(
-    conn: &Connection,
-    resets: bool,
-    max_total_ms: &Option<String>,
-) -> Result<CallOptions<'static>, Usage> {
-    let max_total = match max_total_ms {
-        Some(s) => {
-            Some(Duration::from_millis(
-                parse_count(s, "--max-total-ms", 1, MAX_TIMEOUT_MS as usize)? as u64,
-            ))
-        }
-        None if resets => Some(
+fn call_options(conn: &Connection, f: &CallFlags) -> CallOptions<'static> {
+    let max_total = match f.max_total_ms {
+        Some(Deadline(d)) => Some(d),
+        None if f.progress_resets_timeout => Some(
             conn.timeout
                 .max(Duration::from_millis(DEFAULT_MAX_TOTAL_MS)),
         ),
         None => None,
     };
-    Ok(CallOptions {
+    CallOptions {
         timeout: conn.timeout,
-        progress_resets_timeout: resets,
+        progress_resets_timeout: f.progress_resets_timeout,
         max_total,
         stop: None,
-    })
+    }
 }
 
 /// A call's `notifications/progress` on stderr: one line redrawn in place on
@@ -522,63 +452,6 @@ fn progress_text(p: &Progress) -> String {
         s.push_str(&m.replace(['\n', '\r'], " "));
     }
     s
-}
-
-/// A whole number in `min..=max`, or a usage error naming `flag`.
-fn parse_count(s: &str, flag: &str, min: usize, max: usize) -> Result<usize, Usage> {
-    match s.trim().parse::<usize>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(Usage(format!(
-            "{flag} {s:?}: expected a whole number from {min} to {max}"
-        ))),
-    }
-}
-
-/// A vsock port: 1 ..= VMADDR_PORT_ANY - 1.
-fn parse_port(s: &str, flag: &str, whole: &str) -> Result<u32, Usage> {
-    match s.parse::<u32>() {
-        Ok(p) if p != 0 && p != libc::VMADDR_PORT_ANY => Ok(p),
-        _ => Err(Usage(format!(
-            "{flag} {whole}: invalid port {s:?}: expected a number from 1 to {}",
-            libc::VMADDR_PORT_ANY - 1
-        ))),
-    }
-}
-
-/// `CID:PORT`; CIDs 0, 1, 2 (hypervisor, local, host) and the wildcard are refused.
-fn parse_vsock(s: &str) -> Result<Endpoint, Usage> {
-    let (cid, port) = s
-        .split_once(':')
-        .ok_or_else(|| Usage(format!("--vsock {s}: expected CID:PORT, e.g. 200:5252")))?;
-    let cid: u32 = cid
-        .parse()
-        .map_err(|_| Usage(format!("--vsock {s}: invalid CID {cid:?}")))?;
-    if !cid_is_connectable(cid) {
-        return Err(Usage(format!(
-            "--vsock {s}: CID {cid} is reserved (0, 1 and 2 are the hypervisor, local and \
-             host CIDs; {} is the wildcard); guests have CID 3 or more",
-            libc::VMADDR_CID_ANY
-        )));
-    }
-    let port = parse_port(port, "--vsock", s)?;
-    Ok(Endpoint::Vsock { cid, port })
-}
-
-/// `PATH:PORT`, split at the last colon (the path may contain colons).
-fn parse_uds(s: &str) -> Result<Endpoint, Usage> {
-    let (path, port) = s.rsplit_once(':').ok_or_else(|| {
-        Usage(format!(
-            "--uds {s}: expected PATH:PORT, e.g. /tmp/guest.sock:5252"
-        ))
-    })?;
-    if path.is_empty() {
-        return Err(Usage(format!("--uds {s}: the socket path is empty")));
-    }
-    let port = parse_port(port, "--uds", s)?;
-    Ok(Endpoint::Hybrid {
-        path: PathBuf::from(path),
-        port,
-    })
 }
 
 /// `--args` (a JSON object) and `--arg` pairs, validated before connecting.
@@ -748,15 +621,8 @@ fn printed(result: io::Result<()>, code: i32) -> i32 {
 }
 
 fn cmd_tools(a: ToolsArgs) -> Result<i32, Failure> {
-    let conn = connection(TransportFlags {
-        stdio: &a.stdio,
-        vsock: &a.vsock,
-        uds: &a.uds,
-        framing: &a.framing,
-        timeout_ms: &a.timeout_ms,
-        protocol: &a.protocol,
-    })?;
-    let format = parse_format(&a.format, "human")?;
+    let conn = connection(a.transport_flags())?;
+    let format = a.format.unwrap_or(Format::Human);
     let session = connect(&conn)?;
     // On stderr, so that stdout stays one line per tool (or pure JSON).
     if !a.quiet {
@@ -845,17 +711,11 @@ fn describe_tool(t: &Tool) -> String {
 }
 
 fn cmd_call(a: CallArgs) -> Result<i32, Failure> {
-    let conn = connection(TransportFlags {
-        stdio: &a.stdio,
-        vsock: &a.vsock,
-        uds: &a.uds,
-        framing: &a.framing,
-        timeout_ms: &a.timeout_ms,
-        protocol: &a.protocol,
-    })?;
-    let format = parse_format(&a.format, "text")?;
-    let options = call_options(&conn, a.progress_resets_timeout, &a.max_total_ms)?;
-    let spec = arg_spec(&a.arg, &a.args)?;
+    let conn = connection(a.transport_flags())?;
+    let format = a.format.unwrap_or(Format::Human);
+    let call = a.call_flags();
+    let options = call_options(&conn, &call);
+    let spec = arg_spec(&call.arg, &call.args)?;
     let session = connect(&conn)?;
     let prepared = match prepare(&session, &a.tool, &spec) {
         Ok(p) => p,
@@ -975,18 +835,12 @@ fn error_groups<'a>(errors: impl Iterator<Item = (&'static str, &'a str)>) -> Er
 }
 
 fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
-    let conn = connection(TransportFlags {
-        stdio: &a.stdio,
-        vsock: &a.vsock,
-        uds: &a.uds,
-        framing: &a.framing,
-        timeout_ms: &a.timeout_ms,
-        protocol: &a.protocol,
-    })?;
-    let format = parse_format(&a.format, "human")?;
-    let (calls, parallel) = bench_counts(&a)?;
-    let options = call_options(&conn, a.progress_resets_timeout, &a.max_total_ms)?;
-    let spec = arg_spec(&a.arg, &a.args)?;
+    let conn = connection(a.transport_flags())?;
+    let format = a.format.unwrap_or(Format::Human);
+    let (calls, parallel) = bench_counts(&a);
+    let call = a.call_flags();
+    let options = call_options(&conn, &call);
+    let spec = arg_spec(&call.arg, &call.args)?;
     let session = Arc::new(connect(&conn)?);
     let Prepared {
         arguments,
@@ -1029,17 +883,10 @@ fn cmd_bench(a: BenchArgs) -> Result<i32, Failure> {
 }
 
 /// `--calls` and `--parallel` (never more workers than calls).
-fn bench_counts(a: &BenchArgs) -> Result<(usize, usize), Usage> {
-    let calls = match &a.calls {
-        None => DEFAULT_BENCH_CALLS,
-        Some(s) => parse_count(s, "--calls", 1, MAX_BENCH_CALLS)?,
-    };
-    let parallel = match &a.parallel {
-        None => DEFAULT_BENCH_PARALLEL,
-        Some(s) => parse_count(s, "--parallel", 1, MAX_BENCH_PARALLEL)?,
-    }
-    .min(calls);
-    Ok((calls, parallel))
+fn bench_counts(a: &BenchArgs) -> (usize, usize) {
+    let calls = a.calls.map_or(DEFAULT_BENCH_CALLS, |c| c.0 as usize);
+    let parallel = a.parallel.map_or(DEFAULT_BENCH_PARALLEL, |p| p.0 as usize);
+    (calls, parallel.min(calls))
 }
 
 /// One benchmark call: how it ended, how long it took, and its error text.
@@ -1352,38 +1199,35 @@ impl BenchReport<'_> {
 mod tests {
     use super::*;
 
-    fn flags<'a>(
-        stdio: &'a Option<String>,
-        vsock: &'a Option<String>,
-        uds: &'a Option<String>,
-        none: &'a Option<String>,
-    ) -> TransportFlags<'a> {
+    fn flags(stdio: Option<&str>, vsock: Option<&str>, uds: Option<&str>) -> TransportFlags {
         TransportFlags {
-            stdio,
-            vsock,
-            uds,
-            framing: none,
-            timeout_ms: none,
-            protocol: none,
+            stdio: stdio.map(|s| s.parse().unwrap()),
+            vsock: vsock.map(|s| s.parse().unwrap()),
+            uds: uds.map(|s| s.parse().unwrap()),
+            ..TransportFlags::default()
         }
     }
 
     #[test]
     fn exactly_one_transport() {
-        let s = Some("node x.js".to_string());
-        let v = Some("200:5252".to_string());
-        let u = Some("/tmp/a:b.sock:5252".to_string());
-        let n = None;
-        let e = connection(flags(&n, &n, &n, &n)).unwrap_err().0;
+        let (s, v, u) = (
+            Some("node x.js"),
+            Some("200:5252"),
+            Some("/tmp/a:b.sock:5252"),
+        );
+        let e = connection(flags(None, None, None)).unwrap_err().0;
         assert!(e.contains("--stdio") && e.contains("--vsock") && e.contains("--uds"));
         assert!(e.contains("got none"), "{e}");
-        let e = connection(flags(&s, &n, &u, &n)).unwrap_err().0;
+        let e = connection(flags(s, None, u)).unwrap_err().0;
         assert!(e.contains("got --stdio and --uds"), "{e}");
-        let c = connection(flags(&s, &n, &n, &n)).unwrap();
+        let e = connection(flags(s, v, u)).unwrap_err().0;
+        assert!(e.contains("got --stdio and --vsock and --uds"), "{e}");
+        let c = connection(flags(s, None, None)).unwrap();
         assert_eq!(c.target, Target::Stdio(vec!["node".into(), "x.js".into()]));
         assert_eq!(c.timeout, Duration::from_millis(DEFAULT_TIMEOUT_MS));
         assert_eq!(c.framing, Framing::Line);
-        let c = connection(flags(&n, &v, &n, &n)).unwrap();
+        assert_eq!(c.protocol, ProtocolChoice::Auto);
+        let c = connection(flags(None, v, None)).unwrap();
         assert_eq!(
             c.target,
             Target::Vsock(Endpoint::Vsock {
@@ -1391,7 +1235,7 @@ mod tests {
                 port: 5252
             })
         );
-        let c = connection(flags(&n, &n, &u, &n)).unwrap();
+        let c = connection(flags(None, None, u)).unwrap();
         assert_eq!(
             c.target,
             Target::Vsock(Endpoint::Hybrid {
@@ -1402,57 +1246,27 @@ mod tests {
     }
 
     #[test]
-    fn bad_values_name_their_flag() {
-        for (v, want) in [
-            ("2:5252", "reserved"),
-            ("0:1", "reserved"),
-            ("4294967295:1", "reserved"),
-            ("x:1", "invalid CID"),
-            ("200", "CID:PORT"),
-            ("200:0", "invalid port"),
-        ] {
-            let e = parse_vsock(v).unwrap_err().0;
-            assert!(e.starts_with("--vsock") && e.contains(want), "{v}: {e}");
-        }
-        for (u, want) in [(":5252", "empty"), ("/x", "PATH:PORT"), ("/x:p", "port")] {
-            let e = parse_uds(u).unwrap_err().0;
-            assert!(e.starts_with("--uds") && e.contains(want), "{u}: {e}");
-        }
-        let s = Some("node 'x".to_string());
-        let n = None;
-        assert!(connection(flags(&s, &n, &n, &n))
-            .unwrap_err()
-            .0
-            .starts_with("--stdio"));
-        let ok = Some("node".to_string());
-        let bad = Some("bytes".to_string());
-        let f = TransportFlags {
-            stdio: &ok,
-            vsock: &n,
-            uds: &n,
-            framing: &bad,
-            timeout_ms: &n,
-            protocol: &n,
+    fn a_deadline_bounds_progress_resets_unless_given() {
+        let conn = connection(flags(Some("node"), None, None)).unwrap();
+        let plain = call_options(&conn, &CallFlags::default());
+        assert_eq!(plain.max_total, None);
+        let resets = CallFlags {
+            progress_resets_timeout: true,
+            ..CallFlags::default()
         };
-        assert!(connection(f).unwrap_err().0.starts_with("--framing"));
-        let zero = Some("0".to_string());
-        let f = TransportFlags {
-            stdio: &ok,
-            vsock: &n,
-            uds: &n,
-            framing: &n,
-            timeout_ms: &zero,
-            protocol: &n,
+        let o = call_options(&conn, &resets);
+        assert_eq!(
+            o.max_total,
+            Some(Duration::from_millis(DEFAULT_MAX_TOTAL_MS))
+        );
+        let given = CallFlags {
+            max_total_ms: Some("1500".parse().unwrap()),
+            ..resets
         };
-        assert!(connection(f).unwrap_err().0.starts_with("--timeout-ms"));
-        assert!(parse_count("0", "--calls", 1, 5)
-            .unwrap_err()
-            .0
-            .starts_with("--calls"));
-        assert!(parse_format(&Some("xml".into()), "text")
-            .unwrap_err()
-            .0
-            .starts_with("--format"));
+        assert_eq!(
+            call_options(&conn, &given).max_total,
+            Some(Duration::from_millis(1500))
+        );
     }
 
     #[test]
