@@ -3,7 +3,7 @@
 //! collector). Both are written atomically: a temporary file in the target's
 //! directory, then `rename`, so a reader never sees half a file.
 
-use crate::report::{self, Verdict};
+use crate::report::{self, Summary, Verdict};
 use crate::run::{Instance, RunConfig, RunResult};
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -216,11 +216,10 @@ pub(crate) fn junit_case(
 /// JUnit XML: one testsuite, a testcase per instance per phase (boot,
 /// memory, cid, tool, cleanup), a failure with the reason; plus one run-wide
 /// testcase for anything left behind.
-pub fn junit(r: &RunResult, cfg: &RunConfig) -> String {
-    let s = report::summarize(r, cfg);
+pub fn junit(r: &RunResult, cfg: &RunConfig, s: &Summary) -> String {
     let mut all: Vec<(String, Case)> = Vec::new();
     for i in &r.instances {
-        for c in cases(i, cfg, &s) {
+        for c in cases(i, cfg, s) {
             all.push((format!("ukload.instance{}", i.index), c));
         }
     }
@@ -304,8 +303,7 @@ fn histogram(
 /// The Prometheus text format (node_exporter textfile collector): boot and
 /// tool-call histograms, PSS per instance, the verdict and the processes
 /// left behind, labelled with the run id and the launcher.
-pub fn prometheus(r: &RunResult, cfg: &RunConfig) -> String {
-    let s = report::summarize(r, cfg);
+pub fn prometheus(r: &RunResult, cfg: &RunConfig, s: &Summary) -> String {
     let labels = format!(
         "run_id=\"{}\",launcher=\"{}\"",
         label_value(&r.run_id),
@@ -341,7 +339,7 @@ pub fn prometheus(r: &RunResult, cfg: &RunConfig) -> String {
             &tools,
         );
     }
-    summary_gauges(&mut out, &labels, &s);
+    summary_gauges(&mut out, &labels, s);
     out
 }
 

@@ -3,7 +3,7 @@
 //! teardown as bars on one time axis, failures marked), a boot-time
 //! histogram with the target line, and memory per instance, all inline SVG.
 
-use crate::report::{self, Verdict};
+use crate::report::{Summary, Verdict};
 use crate::run::{Instance, RunConfig, RunResult, Timeline};
 use std::fmt::Write as _;
 
@@ -26,8 +26,7 @@ pub(crate) fn verdict_colour(v: Verdict) -> &'static str {
 }
 
 /// The page.
-pub fn page(r: &RunResult, cfg: &RunConfig) -> String {
-    let s = report::summarize(r, cfg);
+pub fn page(r: &RunResult, cfg: &RunConfig, s: &Summary) -> String {
     let (colour, word) = (verdict_colour(s.verdict), s.verdict.word());
     let mut h = String::new();
     let _ = write!(

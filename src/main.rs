@@ -309,42 +309,17 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
         // The run is over and its instances are torn down: only the exit
         // code depends on whether the report reaches stdout.
         Ok(r) => {
-            let mut extra_failed = false;
-            for (path, what, text) in [
-                (
-                    &a.junit,
-                    "JUnit report",
-                    a.junit.as_ref().map(|_| ukload::export::junit(&r, &cfg)),
-                ),
-                (
-                    &a.prom,
-                    "Prometheus file",
-                    a.prom
-                        .as_ref()
-                        .map(|_| ukload::export::prometheus(&r, &cfg)),
-                ),
-                (
-                    &a.html,
-                    "HTML report",
-                    a.html.as_ref().map(|_| ukload::html::page(&r, &cfg)),
-                ),
-            ] {
-                if let (Some(p), Some(t)) = (path, text) {
-                    if let Err(e) = ukload::export::write_atomically(p, t.as_bytes()) {
-                        say!("ukload: cannot write the {what} {}: {e}", p.display());
-                        extra_failed = true;
-                    }
-                }
-            }
+            let s = report::summarize(&r, &cfg);
+            let files_failed = !write_report_files(&a, &r, &cfg, &s);
             let code = emit(
                 "report",
-                h.exit_code(report::verdict(&r, &cfg).exit_code()),
+                h.exit_code(s.verdict.exit_code()),
                 |out| match fmt {
-                    Format::Json => report::write_json(out, &r, &cfg),
-                    Format::Human => report::write_human(out, &r, &cfg, stdout_is_tty()),
+                    Format::Json => report::write_json(out, &r, &cfg, &s),
+                    Format::Human => report::write_human(out, &r, &cfg, &s, stdout_is_tty()),
                 },
             );
-            if extra_failed && code != EXIT_IOERR {
+            if files_failed {
                 EXIT_IOERR
             } else {
                 code
@@ -357,6 +332,35 @@ fn cmd_run(a: cli::RunArgs) -> i32 {
     };
     h.finish();
     code
+}
+
+/// `--junit`, `--prom` and `--html`, each written atomically; false when
+/// one could not be written (said on stderr).
+fn write_report_files(
+    a: &cli::RunArgs,
+    r: &run::RunResult,
+    cfg: &run::RunConfig,
+    s: &report::Summary,
+) -> bool {
+    let mut ok = true;
+    for (path, what, text) in [
+        (
+            &a.junit,
+            "JUnit report",
+            ukload::export::junit as fn(&_, &_, &_) -> String,
+        ),
+        (&a.prom, "Prometheus file", ukload::export::prometheus),
+        (&a.html, "HTML report", ukload::html::page),
+    ] {
+        if let Some(p) = path {
+            let t = text(r, cfg, s);
+            if let Err(e) = ukload::export::write_atomically(p, t.as_bytes()) {
+                say!("ukload: cannot write the {what} {}: {e}", p.display());
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 fn stdout_is_tty() -> bool {

@@ -307,11 +307,6 @@ fn cleanup_reasons(s: &Summary, r: &RunResult, cfg: &RunConfig) -> Vec<String> {
     reasons
 }
 
-/// The verdict alone.
-pub fn verdict(r: &RunResult, cfg: &RunConfig) -> Verdict {
-    summarize(r, cfg).verdict
-}
-
 /// The configuration as reported.
 #[derive(Serialize)]
 struct ConfigView<'a> {
@@ -364,8 +359,12 @@ fn config_view(cfg: &RunConfig) -> ConfigView<'_> {
 }
 
 /// Writes the JSON document.
-pub fn write_json(out: &mut dyn Write, r: &RunResult, cfg: &RunConfig) -> io::Result<()> {
-    let s = summarize(r, cfg);
+pub fn write_json(
+    out: &mut dyn Write,
+    r: &RunResult,
+    cfg: &RunConfig,
+    s: &Summary,
+) -> io::Result<()> {
     let doc = serde_json::json!({
         "run_id": r.run_id,
         "host": hostname(),
@@ -405,14 +404,10 @@ pub fn write_human(
     out: &mut dyn Write,
     r: &RunResult,
     cfg: &RunConfig,
+    s: &Summary,
     tty: bool,
 ) -> io::Result<()> {
-    let h = Human {
-        r,
-        cfg,
-        s: summarize(r, cfg),
-        tty,
-    };
+    let h = Human { r, cfg, s, tty };
     h.config(out)?;
     h.spawning(out)?;
     h.boots(out)?;
@@ -429,7 +424,7 @@ pub fn write_human(
 struct Human<'a> {
     r: &'a RunResult,
     cfg: &'a RunConfig,
-    s: Summary,
+    s: &'a Summary,
     /// On a terminal: the boot times also get a histogram.
     tty: bool,
 }

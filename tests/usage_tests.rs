@@ -370,7 +370,7 @@ fn help_flags(args: &[&str]) -> std::collections::BTreeSet<String> {
     assert_eq!(out.status.code(), Some(0), "{args:?} --help");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| l.trim_start().split_whitespace().next())
+        .filter_map(|l| l.split_whitespace().next())
         .filter(|w| w.starts_with("--") && *w != "--help")
         .map(|w| w.trim_end_matches(',').to_string())
         .collect()
