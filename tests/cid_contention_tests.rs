@@ -1,7 +1,7 @@
 //! The host-wide CID registry under contention, through real `ukload`
 //! processes sharing one runtime directory: 4 runs allocating 25 CIDs each at
-//! once from 200-299 get 100 distinct CIDs (read from what each guest was
-//! given, `UKLOAD_CID` in its environment); a fifth fails at once with exit 75
+//! once from one range of 100 get 100 distinct CIDs (read from what each guest
+//! was given, `UKLOAD_CID` in its environment); a fifth fails at once with exit 75
 //! and "range exhausted"; a holder killed with SIGKILL frees its CIDs for the
 //! next allocation once its watchdog has ended its guests.
 
@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 const HOLDERS: usize = 4;
 const PER_HOLDER: u32 = 25;
-const RANGE: &str = "200-299";
 /// Holders' guests never become ready during the test (they are interrupted).
 const HOLD_BOOT_DELAY_MS: &str = "60000";
 const REACH: Duration = Duration::from_secs(30);
@@ -44,10 +43,10 @@ fn cids_of(pid: u32) -> BTreeSet<u32> {
         .collect()
 }
 
-fn spawn_holder(dir: &std::path::Path, n: usize) -> Child {
+fn spawn_holder(dir: &std::path::Path, n: usize, range: &str) -> Child {
     let mut cmd = ukload(dir);
     cmd.args(run_args(&dir.join(format!("h{n}")), PER_HOLDER))
-        .args(["--cid-range", RANGE])
+        .args(["--cid-range", range])
         .args(["--guest-boot-delay-ms", HOLD_BOOT_DELAY_MS])
         .args(["--boot-timeout", "120"])
         .stdout(Stdio::null())
@@ -88,8 +87,15 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 fn four_concurrent_runs_get_distinct_cids_a_fifth_fails_fast_and_sigkill_frees() {
     let _slot = exclusive_slot();
     let dir = TempDir::new("cidrace");
+    // One range, exactly as wide as the four holders need, shared by them all.
+    let (lo, hi) = cid_bounds(HOLDERS as u32 * PER_HOLDER);
+    let range = format!("{lo}-{hi}");
     // All four at once, in one shared runtime directory (one registry).
-    let mut holders = Holders((0..HOLDERS).map(|n| spawn_holder(dir.path(), n)).collect());
+    let mut holders = Holders(
+        (0..HOLDERS)
+            .map(|n| spawn_holder(dir.path(), n, &range))
+            .collect(),
+    );
     let pids: Vec<u32> = holders.0.iter().map(Child::id).collect();
     let cleanup = |pids: &[u32]| {
         for &p in pids {
@@ -123,19 +129,19 @@ fn four_concurrent_runs_get_distinct_cids_a_fifth_fails_fast_and_sigkill_frees()
         distinct.len(),
         "a CID given twice: {by_holder:?}"
     );
-    assert!(distinct.iter().all(|c| (200..=299).contains(c)));
+    assert!(distinct.iter().all(|c| (lo..=hi).contains(c)));
 
     // A fifth: the range is exhausted, it fails at once naming range and holders.
     let mut fifth = ukload(dir.path());
     fifth
         .args(run_args(&dir.path().join("fifth"), 1))
-        .args(["--cid-range", RANGE]);
+        .args(["--cid-range", &range]);
     let t = Instant::now();
     let out = output_within(fifth, Duration::from_secs(30));
     let took = t.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(75), "{err}");
-    assert!(err.contains("range 200-299 exhausted"), "{err}");
+    assert!(err.contains(&format!("range {range} exhausted")), "{err}");
     assert!(
         err.contains(&format!("pid {}", pids[0])),
         "names a holder: {err}"
@@ -160,7 +166,7 @@ fn four_concurrent_runs_get_distinct_cids_a_fifth_fails_fast_and_sigkill_frees()
     assert!(left.is_empty(), "watchdog left {left:?}");
     let mut next = ukload(dir.path());
     next.args(run_args(&dir.path().join("next"), PER_HOLDER))
-        .args(["--cid-range", RANGE, "--max-boot-ms", "60000"]);
+        .args(["--cid-range", &range, "--max-boot-ms", "60000"]);
     let out = output_within(next, Duration::from_secs(60));
     let doc = json_of(&out);
     if out.status.code() != Some(0) {
@@ -206,12 +212,13 @@ fn four_concurrent_runs_get_distinct_cids_a_fifth_fails_fast_and_sigkill_frees()
 
 #[test]
 fn deleting_the_cid_registry_under_a_live_run_does_not_share_its_cids() {
-    const RANGE4: &str = "5050-5053";
     let _slot = shared_slot();
+    // Shared by runs A and B: B must find A's CIDs busy without the registry.
+    let range = cid_block(4);
     let dir = TempDir::new("ciddel");
     let mut a = ukload(dir.path());
     a.args(run_args(&dir.path().join("a"), 2))
-        .args(["--cid-range", RANGE4, "--guest-boot-delay-ms", "30000"])
+        .args(["--cid-range", &range, "--guest-boot-delay-ms", "30000"])
         .args(["--boot-timeout", "120"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -228,7 +235,7 @@ fn deleting_the_cid_registry_under_a_live_run_does_not_share_its_cids() {
     let mut b = ukload(dir.path());
     b.args(run_args(&dir.path().join("b"), 2)).args([
         "--cid-range",
-        RANGE4,
+        &range,
         "--max-boot-ms",
         "60000",
     ]);

@@ -15,8 +15,9 @@
 //!
 //! Cgroup tests need a writable cgroup v2 tree (root here and in CI); without
 //! one they say so and pass, except under `CI=true`, where they fail.
-//! Each test has a CID range of its own (7000–7199), so the fixture's
-//! escapees can be found by their `argv[0]` (`fixture-escapee-cid<CID>`).
+//! Each test has a CID block of its own (`common::cid_bounds`), so the
+//! fixture's escapees can be found by their `argv[0]`
+//! (`fixture-escapee-cid<CID>`).
 
 mod common;
 
@@ -119,7 +120,7 @@ fn runs_are_contained_by_cgroups_that_are_removed_afterwards() {
         return;
     }
     let dir = TempDir::new("cg-plain");
-    let (out, doc) = fixture_run(dir.path(), 3, "7000-7009", &[], &[], &[]);
+    let (out, doc) = fixture_run(dir.path(), 3, &cid_block(10), &[], &[], &[]);
     assert_eq!(out.status.code(), Some(0), "{doc:#}");
     assert!(
         doc["containment"]
@@ -141,9 +142,11 @@ fn escapees_without_marker_or_group_are_ended_named_and_not_pass() {
         return;
     }
     let dir = TempDir::new("cg-escape");
-    let (out, doc) = fixture_run(dir.path(), 2, "7010-7019", &["--fault=escape"], &[], &[]);
+    let (lo, hi) = cid_bounds(10);
+    let range = format!("{lo}-{hi}");
+    let (out, doc) = fixture_run(dir.path(), 2, &range, &["--fault=escape"], &[], &[]);
     let id = doc["run_id"].as_str().unwrap().to_string();
-    let left = leftovers_after(7010, 7019, Duration::from_secs(1));
+    let left = leftovers_after(lo, hi, Duration::from_secs(1));
     assert!(left.is_empty(), "escapees survived the run: {left:?}");
     assert!(run_processes(&id).is_empty());
     assert_no_run_cgroup(&id);
@@ -170,16 +173,17 @@ fn a_fork_chain_is_ended_by_the_cgroup() {
         return;
     }
     let dir = TempDir::new("cg-chain");
+    let (lo, hi) = cid_bounds(10);
     let (out, doc) = fixture_run(
         dir.path(),
         2,
-        "7020-7029",
+        &format!("{lo}-{hi}"),
         &["--fault=fork-chain"],
         &[],
         &[],
     );
     let id = doc["run_id"].as_str().unwrap().to_string();
-    let left = leftovers_after(7020, 7029, Duration::from_secs(1));
+    let left = leftovers_after(lo, hi, Duration::from_secs(1));
     assert!(left.is_empty(), "fork chain outlived the run: {left:?}");
     assert_no_run_cgroup(&id);
     assert_ne!(out.status.code(), Some(0), "{doc:#}");
@@ -190,16 +194,17 @@ fn a_fork_chain_is_ended_by_the_cgroup() {
 fn escapees_are_ended_without_cgroups_too() {
     let _slot = shared_slot();
     let dir = TempDir::new("mk-escape");
+    let (lo, hi) = cid_bounds(10);
     let (out, doc) = fixture_run(
         dir.path(),
         2,
-        "7030-7039",
+        &format!("{lo}-{hi}"),
         &["--fault=escape"],
         &[],
         &[("UKLOAD_CONTAINMENT", "marker")],
     );
     let id = doc["run_id"].as_str().unwrap().to_string();
-    let left = leftovers_after(7030, 7039, Duration::from_secs(1));
+    let left = leftovers_after(lo, hi, Duration::from_secs(1));
     assert!(left.is_empty(), "escapees survived: {left:?}");
     assert!(doc["containment"]
         .as_str()
@@ -223,7 +228,7 @@ fn a_guest_that_crashes_after_booting_is_not_pass() {
     let (out, doc) = fixture_run(
         dir.path(),
         2,
-        "7040-7049",
+        &cid_block(10),
         &["--fault-map=0=crash-after:300"],
         &[],
         &[("UKLOAD_TEST_PAUSE_PHASE", "memory:1500")],
@@ -251,12 +256,14 @@ fn sigkill_of_the_jobs_process_group_leaves_nothing() {
     }
     let dir = TempDir::new("cg-timeout");
     let logs = dir.path().join("logs").to_string_lossy().into_owned();
+    let (lo, hi) = cid_bounds(20);
+    let range = format!("{lo}-{hi}");
     // `timeout -s KILL` kills its whole process group: ukload and anything
     // else still in it. The guests escape (env -i, setsid) and boot slowly.
     let mut cmd = Command::new("timeout");
     cmd.args(["-s", "KILL", "2"])
         .arg(ukload_bin())
-        .args(["run", "10", "--log-dir", &logs, "--cid-range", "7050-7069"])
+        .args(["run", "10", "--log-dir", &logs, "--cid-range", &range])
         .arg("--guest-bin")
         .arg(fixture_guest())
         .args([
@@ -283,7 +290,7 @@ fn sigkill_of_the_jobs_process_group_leaves_nothing() {
         .to_string();
     let left = wait_no_processes(&id, Duration::from_secs(2));
     kill_run(&id);
-    let escaped = leftovers_after(7050, 7069, Duration::from_millis(200));
+    let escaped = leftovers_after(lo, hi, Duration::from_millis(200));
     assert!(left.is_empty(), "guests outlived the job: {left:?}");
     assert!(escaped.is_empty(), "escapees outlived the job: {escaped:?}");
     let end = Instant::now() + Duration::from_secs(2);
@@ -297,12 +304,13 @@ fn sigkill_of_the_jobs_process_group_leaves_nothing() {
 fn a_stopped_harness_without_terminal_is_resumed() {
     let _slot = shared_slot();
     let dir = TempDir::new("stopped");
+    let range = cid_block(10);
     let mut args = run_args(dir.path(), 2);
     args.retain(|a| a != "-q");
     args.extend(
         [
             "--cid-range",
-            "7070-7079",
+            &range,
             "--guest-boot-delay-ms",
             "300",
             "--max-boot-ms",
@@ -338,7 +346,7 @@ fn a_dead_runs_cgroup_is_reaped_by_the_next_ukload() {
     let mut sleeper = Command::new("sleep").arg("120").spawn().unwrap();
     std::fs::write(path.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
     let dir = TempDir::new("cg-stale");
-    let (out, _doc) = fixture_run(dir.path(), 1, "7080-7089", &[], &[], &[]);
+    let (out, _doc) = fixture_run(dir.path(), 1, &cid_block(10), &[], &[], &[]);
     let end = Instant::now() + Duration::from_secs(5);
     let st = loop {
         if let Some(st) = sleeper.try_wait().unwrap() {
@@ -374,12 +382,14 @@ fn ps_and_cleanup_find_a_dead_runs_unmarked_processes_by_its_cgroup() {
         return;
     }
     let dir = TempDir::new("cg-psclean");
+    let (lo, hi) = cid_bounds(10);
+    let range = format!("{lo}-{hi}");
     let mut args = run_args(dir.path(), 2);
     args.retain(|a| a != "-q");
     args.extend(
         [
             "--cid-range",
-            "7090-7099",
+            &range,
             "--max-boot-ms",
             "60000",
             "--guest-arg=--fault=escape",
@@ -398,10 +408,10 @@ fn ps_and_cleanup_find_a_dead_runs_unmarked_processes_by_its_cgroup() {
     // Wait for both escapees, then kill the watchdog and the harness: the
     // run is dead and nothing of ours will end its processes.
     let end = Instant::now() + Duration::from_secs(20);
-    while fixture_leftovers(7090, 7099).len() < 2 && Instant::now() < end {
+    while fixture_leftovers(lo, hi).len() < 2 && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let escapees = fixture_leftovers(7090, 7099);
+    let escapees = fixture_leftovers(lo, hi);
     let children = std::fs::read_to_string(format!("/proc/{harness}/task/{harness}/children"))
         .unwrap_or_default();
     for c in children.split_whitespace() {
@@ -445,7 +455,7 @@ fn ps_and_cleanup_find_a_dead_runs_unmarked_processes_by_its_cgroup() {
     cl.args(["cleanup", "--run", &id, "--grace-ms", "200"]);
     let out = output_within(cl, Duration::from_secs(30));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let left = leftovers_after(7090, 7099, Duration::from_secs(1));
+    let left = leftovers_after(lo, hi, Duration::from_secs(1));
     kill_run(&id);
     assert!(left.is_empty(), "cleanup left escapees {left:?}: {text}");
     assert!(run_processes(&id).is_empty(), "{text}");
@@ -461,7 +471,7 @@ fn a_stopped_guest_is_continued_and_ends_on_sigterm() {
     let (out, doc) = fixture_run(
         dir.path(),
         2,
-        "7110-7119",
+        &cid_block(10),
         &["--fault-map=0=stop-after:300"],
         &[],
         &[("UKLOAD_TEST_PAUSE_PHASE", "memory:1000")],

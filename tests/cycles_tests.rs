@@ -24,7 +24,7 @@ fn sixty_cycles_stay_flat_and_leave_nothing() {
         "json",
         "-q",
     ])
-    .args(["--cid-range", "400-409", "--log-dir"])
+    .args(["--cid-range", &cid_block(10), "--log-dir"])
     .arg(dir.path().join("logs"));
     let out = output_within(cmd, LIMIT);
     let doc = json_of(&out);
@@ -56,7 +56,7 @@ fn a_failing_guest_fails_the_cycles_and_is_named() {
     let dir = TempDir::new("cyclesfail");
     let mut cmd = ukload(dir.path());
     cmd.args(["cycles", "--cycles", "3", "--per-cycle", "2", "-q"])
-        .args(["--cid-range", "410-419", "--guest-bin"])
+        .args(["--cid-range", &cid_block(10), "--guest-bin"])
         .arg(fixture_guest())
         .arg("--guest-arg=--fault-map=1=exit:9")
         .arg("--log-dir")
@@ -97,16 +97,17 @@ fn bad_cycles_flags_are_usage_errors() {
 fn cycles_with_escaping_guests_are_not_clean_and_leave_nothing() {
     let _slot = shared_slot();
     let dir = TempDir::new("cycles-escape");
+    let (lo, hi) = cid_bounds(10);
     let mut cmd = ukload(dir.path());
     cmd.args(["cycles", "--cycles", "3", "--format", "json", "-q"])
-        .args(["--cid-range", "7100-7109", "--guest-bin"])
+        .args(["--cid-range", &format!("{lo}-{hi}"), "--guest-bin"])
         .arg(fixture_guest())
         .arg("--guest-arg=--fault=escape")
         .arg("--log-dir")
         .arg(dir.path().join("logs"));
     let out = output_within(cmd, LIMIT);
     let doc = json_of(&out);
-    let left = fixture_leftovers(7100, 7109);
+    let left = fixture_leftovers(lo, hi);
     for &p in &left {
         // SAFETY: by pid, this test's own fixture escapees (unique CIDs).
         unsafe { libc::kill(p, libc::SIGKILL) };

@@ -81,8 +81,9 @@ fn a_terminal_gets_a_boot_time_histogram_line() {
         return;
     }
     let dir = TempDir::new("tty");
+    let range = cid_block(10);
     let cmdline = format!(
-        "{} run 5 -q --cid-range 7940-7949 --log-dir {}",
+        "{} run 5 -q --cid-range {range} --log-dir {}",
         ukload_bin().display(),
         dir.path().join("logs").display()
     );
@@ -100,7 +101,7 @@ fn a_terminal_gets_a_boot_time_histogram_line() {
     );
     // And none in a pipe.
     let mut p = ukload(dir.path());
-    p.args(["run", "2", "-q", "--cid-range", "7940-7949", "--log-dir"])
+    p.args(["run", "2", "-q", "--cid-range", &range, "--log-dir"])
         .arg(dir.path().join("logs"));
     let out = output_within(p, Duration::from_secs(60));
     let text = String::from_utf8_lossy(&out.stdout);

@@ -18,7 +18,7 @@ fn run_with_exports(dir: &std::path::Path) -> (std::process::Output, serde_json:
             "--boot-timeout",
             "2",
         ])
-        .args(["--cid-range", "7700-7709", "--max-boot-ms", "60000"])
+        .args(["--cid-range", &cid_block(10), "--max-boot-ms", "60000"])
         .arg("--junit")
         .arg(dir.join("out/junit.xml"))
         .arg("--prom")

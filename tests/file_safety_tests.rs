@@ -5,7 +5,8 @@
 //!
 //! The attacker is uid 65534 (`nobody`): directories and symlinks are made
 //! theirs with `chown`/`lchown`. Needs root (to chown); skipped otherwise.
-//! CID ranges 5002-5019 are used by this file only.
+//! Each test's CIDs are a block of its own (`common::cid_bounds`), so the
+//! log and lock file names it plants are the ones its run would use.
 
 mod common;
 
@@ -100,10 +101,11 @@ fn a_log_dir_owned_by_another_user_is_refused_and_its_planted_symlink_not_follow
     let dir = TempDir::new("fs-logdir-nobody");
     let target = precious(dir.path());
     let logs = dir.path().join("D");
+    let (lo, hi) = cid_bounds(9);
     nobodys_dir(&logs);
-    nobodys_symlink(&target, &logs.join("unikernel_0_cid5002.log"));
+    nobodys_symlink(&target, &logs.join(format!("unikernel_0_cid{lo}.log")));
 
-    let out = run_one(dir.path(), &logs, "5002-5010");
+    let out = run_one(dir.path(), &logs, &format!("{lo}-{hi}"));
     let err = stderr(&out);
     assert_unchanged(&target);
     assert_ne!(out.status.code(), Some(0), "{err}");
@@ -138,14 +140,16 @@ fn a_symlink_planted_in_a_shared_sticky_log_dir_is_not_followed() {
     let dir = TempDir::new("fs-logdir-sticky");
     let target = precious(dir.path());
     let logs = dir.path().join("shared");
+    let (cid, _) = cid_bounds(1);
+    let log = logs.join(format!("unikernel_0_cid{cid}.log"));
     sticky_dir(&logs);
-    nobodys_symlink(&target, &logs.join("unikernel_0_cid5011.log"));
+    nobodys_symlink(&target, &log);
 
-    let out = run_one(dir.path(), &logs, "5011-5011");
+    let out = run_one(dir.path(), &logs, &format!("{cid}-{cid}"));
     assert_unchanged(&target);
     assert_log_refused(&out, "symbolic link");
     assert!(
-        std::fs::symlink_metadata(logs.join("unikernel_0_cid5011.log"))
+        std::fs::symlink_metadata(&log)
             .unwrap()
             .file_type()
             .is_symlink(),
@@ -159,10 +163,11 @@ fn a_hard_link_planted_at_the_log_name_is_not_written() {
     let dir = TempDir::new("fs-logdir-hardlink");
     let target = precious(dir.path());
     let logs = dir.path().join("shared");
+    let (cid, _) = cid_bounds(1);
     sticky_dir(&logs);
-    std::fs::hard_link(&target, logs.join("unikernel_0_cid5012.log")).unwrap();
+    std::fs::hard_link(&target, logs.join(format!("unikernel_0_cid{cid}.log"))).unwrap();
 
-    let out = run_one(dir.path(), &logs, "5012-5012");
+    let out = run_one(dir.path(), &logs, &format!("{cid}-{cid}"));
     assert_unchanged(&target);
     assert_log_refused(&out, "hard links");
 }
@@ -173,11 +178,16 @@ fn a_cids_dir_created_by_another_user_is_refused() {
     let dir = TempDir::new("fs-cids-nobody");
     let target = precious(dir.path());
     let cids = dir.path().join("rt/cids");
+    let (cid, _) = cid_bounds(1);
     std::fs::create_dir_all(dir.path().join("rt")).unwrap();
     nobodys_dir(&cids);
-    nobodys_symlink(&target, &cids.join("cid-5013.lock"));
+    nobodys_symlink(&target, &cids.join(format!("cid-{cid}.lock")));
 
-    let out = run_one(dir.path(), &dir.path().join("logs"), "5013-5013");
+    let out = run_one(
+        dir.path(),
+        &dir.path().join("logs"),
+        &format!("{cid}-{cid}"),
+    );
     let err = stderr(&out);
     assert_unchanged(&target);
     assert!(
@@ -195,19 +205,24 @@ fn a_symlink_or_hard_link_at_a_cid_lock_file_is_not_followed() {
     let dir = TempDir::new("fs-cids-links");
     let target = precious(dir.path());
     let cids = dir.path().join("rt/cids");
+    let (sym, hard) = cid_bounds(2);
     std::fs::create_dir_all(&cids).unwrap();
-    nobodys_symlink(&target, &cids.join("cid-5014.lock"));
-    std::fs::hard_link(&target, cids.join("cid-5015.lock")).unwrap();
+    nobodys_symlink(&target, &cids.join(format!("cid-{sym}.lock")));
+    std::fs::hard_link(&target, cids.join(format!("cid-{hard}.lock"))).unwrap();
 
-    for (range, needle) in [("5014-5014", "symbolic link"), ("5015-5015", "hard links")] {
-        let out = run_one(dir.path(), &dir.path().join("logs"), range);
+    for (cid, needle) in [(sym, "symbolic link"), (hard, "hard links")] {
+        let out = run_one(
+            dir.path(),
+            &dir.path().join("logs"),
+            &format!("{cid}-{cid}"),
+        );
         let err = stderr(&out);
         assert_unchanged(&target);
         assert!(
             !matches!(out.status.code(), Some(0) | Some(1) | Some(2)),
             "refused before any instance: {err}"
         );
-        assert!(err.contains("cid-50"), "names the file: {err}");
+        assert!(err.contains(&format!("cid-{cid}")), "names the file: {err}");
         assert!(err.contains(needle), "{err}");
         assert_nothing_left(&out);
     }
@@ -218,7 +233,7 @@ fn a_runtime_dir_owned_by_another_user_is_refused() {
     require_root!();
     let dir = TempDir::new("fs-rt-nobody");
     nobodys_dir(&dir.path().join("rt"));
-    let out = run_one(dir.path(), &dir.path().join("logs"), "5016-5016");
+    let out = run_one(dir.path(), &dir.path().join("logs"), &cid_block(1));
     let err = stderr(&out);
     assert_ne!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("owned by uid 65534"), "{err}");
@@ -233,7 +248,7 @@ fn a_runtime_dir_owned_by_another_user_is_refused() {
 fn directories_ukload_creates_have_safe_modes_and_owner() {
     require_root!();
     let dir = TempDir::new("fs-modes");
-    let out = run_one(dir.path(), &dir.path().join("logs/deep"), "5017-5017");
+    let out = run_one(dir.path(), &dir.path().join("logs/deep"), &cid_block(1));
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     for (d, mode) in [
         ("rt", 0o755),

@@ -17,7 +17,7 @@ fn sandboxed(
     std::fs::write(&info, "[Application]\nname=test\n").unwrap();
     let mut cmd = ukload(dir);
     cmd.args(run_args(dir, 2))
-        .args(["--cid-range", "7920-7929", "--max-boot-ms", "60000"])
+        .args(["--cid-range", &cid_block(10), "--max-boot-ms", "60000"])
         .args(extra)
         .env("UKLOAD_FLATPAK_INFO", &info);
     if let Some(p) = path_prefix {
@@ -67,7 +67,7 @@ fn flatpak_host_without_flatpak_spawn_says_what_is_missing() {
     std::fs::write(&info, "").unwrap();
     let mut cmd = ukload(dir.path());
     cmd.args(run_args(dir.path(), 1))
-        .args(["--flatpak-host", "--cid-range", "7930-7939"])
+        .args(["--flatpak-host", "--cid-range", &cid_block(10)])
         .env("UKLOAD_FLATPAK_INFO", &info)
         .env("PATH", "/usr/bin:/bin");
     let out = output_within(cmd, Duration::from_secs(30));

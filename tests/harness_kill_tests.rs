@@ -81,9 +81,12 @@ fn args_for(
 
 /// Interrupts `ukload` during `phase` with `sig`, checks that nothing of the
 /// run is left within [`GONE_WITHIN`] and that its CID range is free.
-fn kill_during(phase: Phase, sig: i32, range_start: u32) {
+fn kill_during(phase: Phase, sig: i32) {
     let dir = TempDir::new(&format!("hk{phase:?}{sig}"));
-    let range = format!("{range_start}-{}", range_start + COUNT - 1);
+    // A range of its own, exactly COUNT wide: the registry also treats a CID
+    // as busy while any live process of another run carries it (tests run
+    // in parallel), and the rerun must need every CID of it.
+    let range = cid_block(COUNT);
     let (args, env) = args_for(dir.path(), &range, phase);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut h = BackgroundRun::start(dir.path(), &args, &env);
@@ -133,33 +136,31 @@ fn kill_during(phase: Phase, sig: i32, range_start: u32) {
     assert_run_gone(&id2, Duration::from_secs(2));
 }
 
-// Distinct CID ranges: the registry also treats a CID as busy while any
-// live process of another run carries it (tests run in parallel).
 macro_rules! kill_tests {
-    ($($name:ident: $phase:expr, $sig:expr, $range_start:expr;)*) => {$(
+    ($($name:ident: $phase:expr, $sig:expr;)*) => {$(
         #[test]
         fn $name() {
             let _slot = shared_slot();
-            kill_during($phase, $sig, $range_start);
+            kill_during($phase, $sig);
         }
     )*};
 }
 
 kill_tests! {
-    sigint_during_spawn: Phase::Spawn, libc::SIGINT, 200;
-    sigterm_during_spawn: Phase::Spawn, libc::SIGTERM, 210;
-    sigkill_during_spawn: Phase::Spawn, libc::SIGKILL, 220;
-    sigint_during_boot: Phase::Boot, libc::SIGINT, 230;
-    sigterm_during_boot: Phase::Boot, libc::SIGTERM, 240;
-    sigkill_during_boot: Phase::Boot, libc::SIGKILL, 250;
-    sigint_during_memory: Phase::Memory, libc::SIGINT, 260;
-    sigterm_during_memory: Phase::Memory, libc::SIGTERM, 270;
-    sigkill_during_memory: Phase::Memory, libc::SIGKILL, 280;
-    sigint_during_cleanup: Phase::Cleanup, libc::SIGINT, 290;
-    sigterm_during_cleanup: Phase::Cleanup, libc::SIGTERM, 300;
-    sigkill_during_cleanup: Phase::Cleanup, libc::SIGKILL, 310;
-    sigint_during_boot_with_stubborn_guests: Phase::BootStubborn, libc::SIGINT, 320;
-    sigterm_during_boot_with_stubborn_guests: Phase::BootStubborn, libc::SIGTERM, 330;
+    sigint_during_spawn: Phase::Spawn, libc::SIGINT;
+    sigterm_during_spawn: Phase::Spawn, libc::SIGTERM;
+    sigkill_during_spawn: Phase::Spawn, libc::SIGKILL;
+    sigint_during_boot: Phase::Boot, libc::SIGINT;
+    sigterm_during_boot: Phase::Boot, libc::SIGTERM;
+    sigkill_during_boot: Phase::Boot, libc::SIGKILL;
+    sigint_during_memory: Phase::Memory, libc::SIGINT;
+    sigterm_during_memory: Phase::Memory, libc::SIGTERM;
+    sigkill_during_memory: Phase::Memory, libc::SIGKILL;
+    sigint_during_cleanup: Phase::Cleanup, libc::SIGINT;
+    sigterm_during_cleanup: Phase::Cleanup, libc::SIGTERM;
+    sigkill_during_cleanup: Phase::Cleanup, libc::SIGKILL;
+    sigint_during_boot_with_stubborn_guests: Phase::BootStubborn, libc::SIGINT;
+    sigterm_during_boot_with_stubborn_guests: Phase::BootStubborn, libc::SIGTERM;
     // The terminal closing (an ssh session dropped): exit 129, nothing left.
-    sighup_during_boot: Phase::Boot, libc::SIGHUP, 340;
+    sighup_during_boot: Phase::Boot, libc::SIGHUP;
 }

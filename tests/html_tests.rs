@@ -16,15 +16,12 @@ fn chromium() -> Option<std::path::PathBuf> {
 fn the_html_report_is_self_contained_and_renders_in_a_browser() {
     let dir = TempDir::new("html");
     let page = dir.path().join("report.html");
+    let range = cid_block(10);
     let mut cmd = ukload(dir.path());
     cmd.args(run_args(dir.path(), 6))
         .arg("--guest-bin")
         .arg(fixture_guest())
-        .args([
-            "--guest-arg=--fault-map=2=exit:3",
-            "--cid-range",
-            "7900-7909",
-        ])
+        .args(["--guest-arg=--fault-map=2=exit:3", "--cid-range", &range])
         .args(["--max-boot-ms", "60000", "--html"])
         .arg(&page);
     let out = output_within(cmd, Duration::from_secs(60));

@@ -215,7 +215,7 @@ fn end_run(mut harness: Reap, run_id: &str) {
 #[test]
 fn deleting_a_live_runs_directory_does_not_make_it_dead_for_ps_or_cleanup() {
     let dir = TempDir::new("rundel");
-    let (harness, run_id) = start_long_run(dir.path(), 2, "5040-5049", "30000");
+    let (harness, run_id) = start_long_run(dir.path(), 2, &cid_block(10), "30000");
     std::fs::remove_dir_all(dir.path().join("rt/runs").join(&run_id)).unwrap();
 
     let mut ps = ukload(dir.path());
@@ -259,6 +259,7 @@ fn ps_does_not_show_another_users_spoofed_marker() {
     }
     let dir = TempDir::new("spoofps");
     let run_id = format!("spoof{}", std::process::id());
+    let (cid, _) = cid_bounds(1);
     let spoofer = Reap(
         std::process::Command::new("setpriv")
             .args([
@@ -270,7 +271,7 @@ fn ps_does_not_show_another_users_spoofed_marker() {
             ])
             .env("UKLOAD_RUN", &run_id)
             .env("UKLOAD_INSTANCE", "0")
-            .env("UKLOAD_CID", "5041")
+            .env("UKLOAD_CID", cid.to_string())
             .process_group(0)
             .spawn()
             .unwrap(),

@@ -26,7 +26,7 @@ fn reports_of_several_runs_merge_into_one_verdict_and_statistics() {
         dir.path(),
         "a.json",
         3,
-        &["--cid-range", "7800-7809", "--max-boot-ms", "60000"],
+        &["--cid-range", &cid_block(10), "--max-boot-ms", "60000"],
     );
     let b = report(
         dir.path(),
@@ -34,7 +34,7 @@ fn reports_of_several_runs_merge_into_one_verdict_and_statistics() {
         2,
         &[
             "--cid-range",
-            "7810-7819",
+            &cid_block(10),
             "--max-boot-ms",
             "60000",
             "--guest-bin",

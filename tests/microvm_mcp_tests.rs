@@ -366,6 +366,7 @@ fn boot_vm(dir: &Path, server: Option<Vec<String>>) -> TestVm {
     let r = cfg.preflight(memory, None).expect("preflight");
     let ctx = ukload::launcher::InstanceCtx {
         index: 0,
+        // vhost-user: this VM's own vhost-device-vsock, so no other VM sees its CID.
         cid: 3,
         port: ukload::DEFAULT_PORT,
         uds: dir.join("vm.vsock"),

@@ -120,7 +120,7 @@ fn report_lost_to_a_full_stdout_exits_74_after_the_teardown_and_says_so() {
     let _slot = shared_slot();
     let dir = TempDir::new("stdout-full");
     let out = run_with(
-        run_cmd(dir.path(), "7400-7404"),
+        run_cmd(dir.path(), &cid_block(5)),
         Some(dev_full()),
         None,
         DEADLINE,
@@ -145,7 +145,7 @@ fn stderr_on_a_full_device_changes_nothing_report_verdict_and_sigterm_teardown()
     let _slot = shared_slot();
     let dir = TempDir::new("stderr-full");
     let out = run_with(
-        run_cmd(dir.path(), "7410-7414"),
+        run_cmd(dir.path(), &cid_block(5)),
         None,
         Some(dev_full()),
         DEADLINE,
@@ -158,7 +158,7 @@ fn stderr_to_a_pipe_nobody_reads_changes_nothing_report_verdict_and_sigterm_tear
     let _slot = shared_slot();
     let dir = TempDir::new("stderr-epipe");
     let out = run_with(
-        run_cmd(dir.path(), "7420-7424"),
+        run_cmd(dir.path(), &cid_block(5)),
         None,
         Some(widowed_pipe()),
         DEADLINE,
@@ -172,7 +172,7 @@ fn stdout_and_stderr_both_closed_like_head_1_exits_74_and_leaves_nothing() {
     let dir = TempDir::new("both-epipe");
     let rt = dir.path().join("rt");
     let out = run_with(
-        run_cmd(dir.path(), "7430-7434"),
+        run_cmd(dir.path(), &cid_block(5)),
         Some(widowed_pipe()),
         Some(widowed_pipe()),
         DEADLINE,

@@ -37,7 +37,13 @@ fn run(
 fn json_progress_is_one_event_per_line_for_every_instance() {
     let _slot = shared_slot();
     let dir = TempDir::new("progress-json");
-    let out = run(dir.path(), &["--progress", "json"], &[], "9500-9509");
+    let (lo, hi) = cid_bounds(10);
+    let out = run(
+        dir.path(),
+        &["--progress", "json"],
+        &[],
+        &format!("{lo}-{hi}"),
+    );
     assert_eq!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     let events: Vec<Value> = err
@@ -68,7 +74,10 @@ fn json_progress_is_one_event_per_line_for_every_instance() {
     );
     for e in events.iter().filter(|e| e["event"] == "booted") {
         assert!(e["boot_ms"].as_f64().unwrap() > 0.0, "{e}");
-        assert!((9500..=9509).contains(&e["cid"].as_u64().unwrap()), "{e}");
+        assert!(
+            (u64::from(lo)..=u64::from(hi)).contains(&e["cid"].as_u64().unwrap()),
+            "{e}"
+        );
     }
 }
 
@@ -77,7 +86,8 @@ fn verbosity_from_flags_and_rust_log() {
     let _slot = shared_slot();
     let dir = TempDir::new("verbosity");
     let debug_line = "ukload: debug: [0] launch";
-    let plain = run(dir.path(), &[], &[], "9510-9519");
+    let range = cid_block(10);
+    let plain = run(dir.path(), &[], &[], &range);
     assert!(!String::from_utf8_lossy(&plain.stderr).contains(debug_line));
     for (extra, env) in [
         (&["-v"][..], &[][..]),
@@ -86,7 +96,7 @@ fn verbosity_from_flags_and_rust_log() {
         (&[][..], &[("RUST_LOG", "debug")][..]),
         (&[][..], &[("RUST_LOG", "warn,ukload=trace")][..]),
     ] {
-        let out = run(dir.path(), extra, env, "9510-9519");
+        let out = run(dir.path(), extra, env, &range);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{extra:?} {env:?}: {err}");
         assert!(err.contains(debug_line), "{extra:?} {env:?}: {err}");
@@ -96,17 +106,17 @@ fn verbosity_from_flags_and_rust_log() {
         );
     }
     // RUST_LOG wins over -v.
-    let off = run(dir.path(), &["-v"], &[("RUST_LOG", "off")], "9510-9519");
+    let off = run(dir.path(), &["-v"], &[("RUST_LOG", "off")], &range);
     assert!(!String::from_utf8_lossy(&off.stderr).contains("debug:"));
     // -q: no progress, no information.
-    let quiet = run(dir.path(), &["-q"], &[], "9510-9519");
+    let quiet = run(dir.path(), &["-q"], &[], &range);
     assert_eq!(quiet.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&quiet.stderr), "");
     // -q and --progress contradict each other.
-    let both = run(dir.path(), &["-q", "--progress", "json"], &[], "9510-9519");
+    let both = run(dir.path(), &["-q", "--progress", "json"], &[], &range);
     assert_eq!(both.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&both.stderr).contains("-q and --progress"));
-    let bad = run(dir.path(), &["--progress", "xml"], &[], "9510-9519");
+    let bad = run(dir.path(), &["--progress", "xml"], &[], &range);
     assert_eq!(bad.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&bad.stderr)
         .contains("--progress: unknown progress format \"xml\""));

@@ -16,8 +16,6 @@ use std::time::Duration;
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
 /// TCG boots take seconds on a loaded machine: the boot target is not under test.
 const TCG_BOOT_MS: &str = "60000";
-/// This file's CIDs (no other test uses them).
-const CID_RANGE: &str = "7450-7459";
 
 /// One VM at a time in this binary: each needs the 2 cores.
 static VM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -40,11 +38,12 @@ macro_rules! need_microvm {
 }
 
 fn qemu_run(dir: &std::path::Path, extra: &[&str]) -> (std::process::Output, serde_json::Value) {
+    let range = cid_block(10);
     let mut args = vec![
         "--launcher",
         "qemu",
         "--cid-range",
-        CID_RANGE,
+        &range,
         "--max-boot-ms",
         TCG_BOOT_MS,
         "--max-mem-mb",
@@ -81,7 +80,7 @@ fn too_little_memory_for_a_microvm_is_a_usage_error_naming_the_minimum() {
     // Other launchers have no such floor (kraft and exec guests vary).
     let mut cmd = ukload(dir.path());
     cmd.args(["run", "1", "--launcher", "exec", "--exec", "true"])
-        .args(["--memory", "20", "--cid-range", CID_RANGE, "-q"])
+        .args(["--memory", "20", "--cid-range", &cid_block(10), "-q"])
         .args(["--boot-timeout", "2", "--ready", "console"])
         .arg("--log-dir")
         .arg(dir.path().join("exec-logs"));

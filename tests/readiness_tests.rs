@@ -160,7 +160,7 @@ fn fifty_guests_are_noticed_within_a_few_ms_of_their_own_ready_stamp() {
         50,
         &[
             "--cid-range",
-            "7300-7399",
+            &cid_block(100),
             "--guest-bin",
             fixture_guest().to_str().unwrap(),
             "--guest-boot-delay-ms",

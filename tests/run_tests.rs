@@ -257,8 +257,10 @@ fn two_runs_at_once_on_overlapping_ranges_never_share_a_cid() {
         ]);
         std::thread::spawn(move || output_within(cmd, RUN_DEADLINE))
     };
-    let a = spawn("1200-1229", "a");
-    let b = spawn("1215-1244", "b");
+    // Two ranges of 30 that share their middle 15 CIDs.
+    let (lo, _) = cid_bounds(45);
+    let a = spawn(&format!("{lo}-{}", lo + 29), "a");
+    let b = spawn(&format!("{}-{}", lo + 15, lo + 44), "b");
     let (a, b) = (a.join().unwrap(), b.join().unwrap());
     let (da, db) = (json_of(&a), json_of(&b));
     assert_eq!(
@@ -289,10 +291,12 @@ fn two_runs_at_once_on_overlapping_ranges_never_share_a_cid() {
 fn exhausted_cid_range_fails_fast_naming_range_and_holder() {
     let _slot = shared_slot();
     let dir = TempDir::new("exhaust");
+    // Exactly as wide as the holder's 5 instances, shared with the late run.
+    let range = cid_block(5);
     let mut holder = ukload(dir.path());
     holder.args(run_args(&dir.path().join("a"), 5)).args([
         "--cid-range",
-        "3000-3004",
+        &range,
         "--guest-boot-delay-ms",
         "3000",
         "--max-boot-ms",
@@ -316,13 +320,13 @@ fn exhausted_cid_range_fails_fast_naming_range_and_holder() {
     );
     let mut late = ukload(dir.path());
     late.args(run_args(&dir.path().join("b"), 1))
-        .args(["--cid-range", "3000-3004"]);
+        .args(["--cid-range", &range]);
     let t = Instant::now();
     let out = output_within(late, Duration::from_secs(30));
     let took = t.elapsed();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(75), "stderr: {err}");
-    assert!(err.contains("3000-3004"), "names the range: {err}");
+    assert!(err.contains(&range), "names the range: {err}");
     assert!(took < Duration::from_secs(2), "not fast: {took:?}");
     let a = h.join().unwrap();
     let da = json_of(&a);
@@ -620,10 +624,11 @@ fn tool_call_without_arguments_fills_the_required_ones_from_the_schema() {
 fn launch_commands_are_in_the_report_the_json_and_the_log() {
     let _slot = shared_slot();
     let dir = TempDir::new("cmdline");
+    let range = cid_block(10);
     let (out, doc) = run_report(
         dir.path(),
         2,
-        &["--cid-range", "7600-7609", "--max-boot-ms", "60000"],
+        &["--cid-range", &range, "--max-boot-ms", "60000"],
         RUN_DEADLINE,
     );
     assert_eq!(out.status.code(), Some(0), "{doc:#}");
@@ -641,7 +646,7 @@ fn launch_commands_are_in_the_report_the_json_and_the_log() {
     }
     let mut human = ukload(dir.path());
     human
-        .args(["run", "1", "-q", "--cid-range", "7600-7609", "--log-dir"])
+        .args(["run", "1", "-q", "--cid-range", &range, "--log-dir"])
         .arg(dir.path().join("logs"));
     let out = output_within(human, RUN_DEADLINE);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -660,6 +665,7 @@ fn launch_commands_are_in_the_report_the_json_and_the_log() {
 fn kraft_passes_application_arguments_to_the_executor_after_the_image() {
     let _slot = shared_slot();
     let dir = TempDir::new("kraftapp");
+    let range = cid_block(10);
     let mut cmd = ukload(dir.path());
     cmd.args(run_args(dir.path(), 2))
         .args(["--launcher", "kraft", "--kraft-bin"])
@@ -672,7 +678,7 @@ fn kraft_passes_application_arguments_to_the_executor_after_the_image() {
             "--app-arg=--boot-delay-ms",
             "--app-arg=20",
             "--cid-range",
-            "7610-7619",
+            &range,
             "--max-boot-ms",
             "60000",
         ]);
@@ -729,12 +735,13 @@ fn the_executor_without_arguments_does_not_refuse_to_start() {
 fn vsock_connection_latency_is_reported_and_checked_against_its_target() {
     let _slot = shared_slot();
     let dir = TempDir::new("connect");
+    let range = cid_block(10);
     let (out, doc) = run_report(
         dir.path(),
         3,
         &[
             "--cid-range",
-            "7620-7629",
+            &range,
             "--max-boot-ms",
             "60000",
             "--max-connect-ms",
@@ -754,7 +761,7 @@ fn vsock_connection_latency_is_reported_and_checked_against_its_target() {
         2,
         &[
             "--cid-range",
-            "7620-7629",
+            &range,
             "--max-boot-ms",
             "60000",
             "--max-connect-ms",

@@ -20,7 +20,7 @@ fn three_hundred_guests_boot_and_are_torn_down_well_inside_the_grace() {
         COUNT,
         &[
             "--cid-range",
-            "8000-8399",
+            &cid_block(400),
             "--max-boot-ms",
             "60000",
             "--grace-ms",
@@ -58,11 +58,12 @@ fn three_hundred_guests_boot_and_are_torn_down_well_inside_the_grace() {
 fn sigint_to_three_hundred_booted_guests_ends_everything_within_two_seconds() {
     let _slot = exclusive_slot();
     let dir = TempDir::new("scale300int");
+    let range = cid_block(400);
     let mut args = run_args(dir.path(), COUNT);
     args.extend(
         [
             "--cid-range",
-            "8000-8399",
+            &range,
             "--max-boot-ms",
             "60000",
             "--grace-ms",

@@ -66,12 +66,13 @@ struct Run {
 }
 
 impl Run {
-    fn start(tag: &str, mode: &str, cid_range: &str) -> Run {
+    fn start(tag: &str, mode: &str) -> Run {
         let dir = TempDir::new(tag);
         let mut cmd = common::ukload(dir.path());
         cmd.args(["run", "2", "--format", "json", "--log-dir"])
             .arg(dir.path().join("logs"))
-            .args(["--cid-range", cid_range, "--max-boot-ms", "60000"])
+            .args(["--cid-range", &common::cid_block(10)])
+            .args(["--max-boot-ms", "60000"])
             .args(["--tool-call", r#"echo:{"message":"x"}"#])
             .args(["--tool-timeout-ms", TOOL_TIMEOUT_MS])
             .arg("--guest-arg=--mcp-server")
@@ -173,9 +174,9 @@ impl Drop for Run {
 
 /// SIGTERM once the calls wait on `mode`'s server: exit 143 within 2 s, every
 /// call reported as interrupted during `step`, nothing of the run left.
-fn sigterm_during_tool_phase(tag: &str, mode: &str, cid_range: &str, step: &str) {
+fn sigterm_during_tool_phase(tag: &str, mode: &str, step: &str) {
     let _slot = common::exclusive_slot();
-    let mut run = Run::start(tag, mode, cid_range);
+    let mut run = Run::start(tag, mode);
     run.wait_for_tool_phase();
     std::thread::sleep(SETTLE);
     let (code, took) = run.terminate();
@@ -225,10 +226,10 @@ fn sigterm_during_tool_phase(tag: &str, mode: &str, cid_range: &str, step: &str)
 
 #[test]
 fn sigterm_while_tools_call_is_unanswered_exits_143_within_2_s_and_leaves_nothing() {
-    sigterm_during_tool_phase("tool-int-call", "silent-call", "7300-7309", "tools/call");
+    sigterm_during_tool_phase("tool-int-call", "silent-call", "tools/call");
 }
 
 #[test]
 fn sigterm_while_initialize_is_unanswered_exits_143_within_2_s_and_leaves_nothing() {
-    sigterm_during_tool_phase("tool-int-init", "mute", "7310-7319", "initialize");
+    sigterm_during_tool_phase("tool-int-init", "mute", "initialize");
 }

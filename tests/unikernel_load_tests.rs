@@ -35,6 +35,7 @@ pub fn test_concurrent_cid_allocation() {
     let (out, doc) = run_report(
         dir.path(),
         50,
+        // The guide's test names its range: the seed's default, 200-299.
         &["--cid-range", "200-299", "--max-boot-ms", "60000"],
         RUN_DEADLINE,
     );
@@ -57,7 +58,7 @@ pub fn test_concurrent_spawn_10_unikernels() {
     let (out, doc) = run_report(
         dir.path(),
         10,
-        &["--cid-range", "9000-9099", "--max-boot-ms", "60000"],
+        &["--cid-range", &cid_block(100), "--max-boot-ms", "60000"],
         RUN_DEADLINE,
     );
     assert!(booted(&doc) >= 8, "{}", doc["summary"]);
@@ -83,7 +84,7 @@ pub fn test_high_load_20_unikernels() {
             "--min-success",
             "70",
             "--cid-range",
-            "9100-9199",
+            &cid_block(100),
             "--max-boot-ms",
             "60000",
         ],
@@ -106,7 +107,7 @@ pub fn test_memory_leak_detection() {
     let dir = TempDir::new("seed-leak");
     let mut cmd = ukload(dir.path());
     cmd.args(["cycles", "--cycles", "10", "--format", "json", "-q"])
-        .args(["--cid-range", "9200-9209", "--log-dir"])
+        .args(["--cid-range", &cid_block(10), "--log-dir"])
         .arg(dir.path().join("logs"));
     let out = output_within(cmd, RUN_DEADLINE);
     let doc = json_of(&out);
@@ -125,7 +126,7 @@ pub fn test_rapid_spawn_terminate_cycles() {
     let dir = TempDir::new("seed-rapid");
     let mut cmd = ukload(dir.path());
     cmd.args(["cycles", "--cycles", "20", "--min-success", "75"])
-        .args(["--format", "json", "-q", "--cid-range", "9300-9309"])
+        .args(["--format", "json", "-q", "--cid-range", &cid_block(10)])
         .arg("--log-dir")
         .arg(dir.path().join("logs"));
     let out = output_within(cmd, RUN_DEADLINE);
@@ -147,7 +148,8 @@ pub fn test_cleanup_orphaned_unikernels() {
     args.push(kraft_standin().to_string_lossy().into_owned());
     args.push("--image".into());
     args.push(fixture_guest().to_string_lossy().into_owned());
-    args.extend(["--cid-range", "9400-9409", "--max-boot-ms", "60000"].map(String::from));
+    args.extend(["--cid-range".into(), cid_block(10)]);
+    args.extend(["--max-boot-ms", "60000"].map(String::from));
     // A whole run: every daemonized VMM is found and ended.
     let mut cmd = ukload(dir.path());
     cmd.args(&args);
@@ -273,7 +275,7 @@ fn the_guides_ci_recipe_runs_against_the_kraft_stand_in() {
         .arg("10")
         .args([
             "--cid-range",
-            "7950-7999",
+            &cid_block(50),
             "--max-boot-ms",
             "60000",
             "--format",

@@ -11,12 +11,21 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 /// A CID range of `n` CIDs that no other test of this test binary gets
-/// (`"LO-HI"`). The blocks start above every hand-picked range in the suite.
+/// (`"LO-HI"`, for `--cid-range`). The blocks start at 20000, above every
+/// literal range left in the suite (invalid ranges, the default 200-299).
 pub fn cid_block(n: u32) -> String {
+    let (lo, hi) = cid_bounds(n);
+    format!("{lo}-{hi}")
+}
+
+/// As [`cid_block`], the block's first and last CID, for a test that names a
+/// CID of its block (a log or lock file), checks that CIDs fall in it, or
+/// derives overlapping ranges from it; `format!("{lo}-{hi}")` is the range.
+pub fn cid_bounds(n: u32) -> (u32, u32) {
     static NEXT: AtomicU32 = AtomicU32::new(20_000);
-    let size = n.max(1).div_ceil(10) * 10;
-    let lo = NEXT.fetch_add(size, Ordering::Relaxed);
-    format!("{lo}-{}", lo + n.max(1) - 1)
+    let n = n.max(1);
+    let lo = NEXT.fetch_add(n.div_ceil(10) * 10, Ordering::Relaxed);
+    (lo, lo + n - 1)
 }
 
 /// A `ukload` run or cycle series in the background, followed through its

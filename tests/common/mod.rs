@@ -4,7 +4,7 @@
 
 mod background;
 #[allow(unused_imports)]
-pub use background::{cid_block, BackgroundRun};
+pub use background::{cid_block, cid_bounds, BackgroundRun};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
