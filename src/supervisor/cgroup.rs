@@ -32,7 +32,7 @@ use nix::unistd::Pid;
 
 use nix::poll::{PollFd, PollFlags};
 
-use super::terminate::{send, terminate, Group, Phase, Policy};
+use super::terminate::{terminate, Group, Phase, Policy};
 
 /// Selects containment: `auto` (cgroup where possible, the default),
 /// `cgroup` (fail if impossible) or `marker` (process groups and markers only).
@@ -214,7 +214,9 @@ impl Cgroup {
     }
 
     /// Sends `SIGKILL` to every process in it and below (`cgroup.kill`, Linux
-    /// 5.14+). On older kernels: every listed pid, repeated by the caller.
+    /// 5.14+). On older kernels: every pid listed now, once (a process
+    /// forked meanwhile is missed; the caller's wait for `populated 0` then
+    /// reports it).
     pub fn kill(&self) -> io::Result<()> {
         let ctl = self.path.join("cgroup.kill");
         if ctl.exists() {
@@ -490,31 +492,17 @@ pub fn cgroup_of(pid: i32) -> Option<String> {
         .find_map(|l| l.strip_prefix("0::").map(str::to_string))
 }
 
-/// A cgroup and everything below it: `SIGTERM` through pidfds to its
-/// members (and to members that appear during the grace), `cgroup.kill`
-/// for `SIGKILL`, gone at `populated 0`.
+/// A cgroup and everything below it, as [`end`] ends it: at once, with
+/// `cgroup.kill` (no fork outruns it), gone at `populated 0`. There is no
+/// `SIGTERM` phase: a cgroup is ended this way only when its processes are
+/// unwanted leftovers (a run's graceful teardown goes instance by instance,
+/// in [`super::teardown`]), so every phase is the kill.
 impl Group for Cgroup {
     fn gone(&mut self) -> bool {
         !self.populated()
     }
-    fn signal(&mut self, phase: Phase) {
-        match phase {
-            Phase::Term => {
-                for p in self.procs_recursive() {
-                    if let Ok(fd) = crate::proc::pidfd_open(p) {
-                        send(&fd, phase);
-                    }
-                }
-            }
-            Phase::Kill => {
-                let _ = self.kill();
-            }
-        }
-    }
-    fn refresh(&mut self, phase: Phase) {
-        if phase == Phase::Term {
-            self.signal(phase);
-        }
+    fn signal(&mut self, _phase: Phase) {
+        let _ = self.kill();
     }
     fn wake_fds(&self) -> Vec<PollFd<'_>> {
         vec![PollFd::new(self.events_fd(), PollFlags::POLLPRI)]
