@@ -513,6 +513,69 @@ impl Group for Cgroup {
 mod tests {
     use super::*;
 
+    /// Ends (by [`end`]) whatever a test left in its cgroup, even if it failed.
+    struct Guard(PathBuf);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            end(&self.0, Instant::now() + Duration::from_secs(10));
+        }
+    }
+
+    /// The live processes of process group `pgid`.
+    fn group_members(pgid: i32) -> Vec<i32> {
+        crate::proc::table()
+            .into_iter()
+            .filter(|s| s.pgid == pgid && !s.is_zombie())
+            .map(|s| s.pid)
+            .collect()
+    }
+
+    /// Needs a writable cgroup v2 tree (root); says so and passes without
+    /// one, except under `CI=true`.
+    #[test]
+    fn end_kills_a_cgroup_that_forks_all_the_time_and_removes_it() {
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        use std::process::{Command, Stdio};
+        // The harness pid in the id: a leftover of a crashed test is reaped
+        // by the next ukload that starts, as a dead run's.
+        let run = match RunCgroup::create(&format!("unit-fork-{}", std::process::id())) {
+            Ok(r) => r,
+            Err(e) => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "CI=true but cgroup v2 is not writable: {e}"
+                );
+                eprintln!("SKIP: cgroup v2 not writable here ({e})");
+                return;
+            }
+        };
+        let _guard = Guard(run.path().to_path_buf());
+        // Waits (for its stdin to close) until it is in the cgroup, then
+        // ignores SIGTERM and starts a new child every few milliseconds.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg("read x; trap '' TERM; echo r; while :; do sleep 30 & sleep 0.01; done")
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let pgid = child.id() as i32;
+        write_ctl(&run.path().join("cgroup.procs"), &pgid.to_string()).expect("move sh in");
+        drop(child.stdin.take());
+        let mut b = [0u8; 1];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut b).expect("sh ready");
+        assert!(run.cgroup().populated());
+
+        let ended = end(run.path(), Instant::now() + Duration::from_secs(10));
+        assert!(ended.emptied);
+        assert!(ended.remove_error.is_none(), "{:?}", ended.remove_error);
+        assert!(!run.path().exists());
+        assert_eq!(child.wait().expect("reap").signal(), Some(libc::SIGKILL));
+        assert_eq!(group_members(pgid), Vec::<i32>::new());
+    }
+
     #[test]
     fn populated_is_read_from_events_text() {
         assert_eq!(parse_populated("populated 1\nfrozen 0\n"), Some(true));
