@@ -515,16 +515,6 @@ impl CidRegistry {
         self
     }
 
-    /// The host-wide registry directory, [`paths::cid_dir`].
-    pub fn default_dir() -> PathBuf {
-        paths::cid_dir()
-    }
-
-    /// Opens the host-wide registry, [`CidRegistry::default_dir`].
-    pub fn open_default() -> Result<CidRegistry, CidError> {
-        Self::open(&Self::default_dir())
-    }
-
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -322,13 +322,6 @@ pub struct CleanupReport {
     pub errors: Vec<String>,
 }
 
-impl CleanupReport {
-    /// True if nothing that was targeted is left.
-    pub fn is_clean(&self) -> bool {
-        self.survivors.is_empty()
-    }
-}
-
 impl fmt::Display for CleanupReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let runs: HashSet<&str> = self.ended.iter().map(|p| p.run.as_str()).collect();

@@ -303,27 +303,6 @@ pub enum CallError {
     Io(io::Error),
 }
 
-impl CallError {
-    /// True when the peer went away (closed, reset, broken pipe, or ended
-    /// mid-frame) rather than answering wrongly: during boot this means
-    /// "not up yet" (a VMM accepts before the guest listens), so a probe
-    /// should retry.
-    pub fn peer_gone(&self) -> bool {
-        match self {
-            CallError::Closed => true,
-            CallError::Frame(FrameError::Eof | FrameError::Truncated { .. }) => true,
-            CallError::Frame(FrameError::Io(e)) => matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::NotConnected
-            ),
-            _ => false,
-        }
-    }
-}
-
 impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -649,19 +628,5 @@ mod tests {
             "{err}"
         );
         server.join().unwrap();
-    }
-
-    #[test]
-    fn peer_closing_before_the_reply_is_peer_gone() {
-        let (mut client, peer) = pair();
-        drop(peer);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let err = call(&mut client, Framing::Line, 1, "ping", json!({}), deadline).unwrap_err();
-        assert!(err.peer_gone(), "{err:?}");
-        let wrong = CallError::WrongId {
-            expected: 1,
-            got: json!(2),
-        };
-        assert!(!wrong.peer_gone());
     }
 }

@@ -308,14 +308,45 @@ struct Outcome {
 /// The guest agent's pid when it is the init of a VM.
 const GUEST_INIT_PID: u32 = 1;
 
-/// Runs the five phases. `stop` is set by SIGINT/SIGTERM.
+/// Checks the launcher ([`preflight`]), then runs the five phases. `stop`
+/// is set by SIGINT/SIGTERM.
 pub fn run(
     cfg: RunConfig,
     run_id: &str,
     sup: &'static Supervisor,
     stop: Arc<AtomicBool>,
 ) -> Result<RunResult, RunError> {
-    let mut state = RunState::prepare(cfg, run_id, sup, stop)?;
+    run_phases(cfg, run_id, sup, stop, true)
+}
+
+/// Checks that what `cfg`'s launcher needs is there (programs, QEMU's
+/// acceleration and vsock backend, the guest image), recording what it
+/// decided in `cfg`: the first thing [`run`] does.
+pub fn preflight(cfg: &mut RunConfig, sup: &'static Supervisor) -> Result<(), RunError> {
+    cfg.launcher.preflight(Some(sup)).map_err(RunError::Launch)
+}
+
+/// [`run`] for a `cfg` that has passed [`preflight`] already: `ukload
+/// cycles` checks once, not before every cycle (the checks look programs up
+/// and may start QEMU for its KVM probe).
+pub fn run_preflighted(
+    cfg: RunConfig,
+    run_id: &str,
+    sup: &'static Supervisor,
+    stop: Arc<AtomicBool>,
+) -> Result<RunResult, RunError> {
+    run_phases(cfg, run_id, sup, stop, false)
+}
+
+/// The run; `check_launcher`: [`preflight`] first (inside the run's time).
+fn run_phases(
+    cfg: RunConfig,
+    run_id: &str,
+    sup: &'static Supervisor,
+    stop: Arc<AtomicBool>,
+    check_launcher: bool,
+) -> Result<RunResult, RunError> {
+    let mut state = RunState::prepare(cfg, run_id, sup, stop, check_launcher)?;
     state.spawn_and_boot()?;
     state.tool_calls();
     state.measure_memory();
@@ -343,19 +374,20 @@ struct RunState {
 }
 
 impl RunState {
-    /// Checks the launcher, limits and log directory, makes the run
-    /// directory and leases the CIDs: nothing is started yet.
+    /// Checks the launcher (if `check_launcher`), limits and log directory,
+    /// makes the run directory and leases the CIDs: nothing is started yet.
     fn prepare(
         mut cfg: RunConfig,
         run_id: &str,
         sup: &'static Supervisor,
         stop: Arc<AtomicBool>,
+        check_launcher: bool,
     ) -> Result<RunState, RunError> {
         let t0 = Instant::now();
         let t0_mono_ns = crate::clock::monotonic_ns();
-        cfg.launcher
-            .preflight(Some(sup))
-            .map_err(RunError::Launch)?;
+        if check_launcher {
+            preflight(&mut cfg, sup)?;
+        }
         check_fd_limit(cfg.count)?;
         cfg.log_dir = usable_log_dir(&cfg.log_dir, run_id)?;
         let (run_dir, harness_lock) =

@@ -1094,10 +1094,6 @@ impl Session {
     }
 
     /// Sends a notification (no reply expected).
-    pub fn notify(&self, method: &str, params: Option<Value>) -> Result<(), McpError> {
-        self.notify_with(method, params, None)
-    }
-
     fn notify_with(
         &self,
         method: &str,

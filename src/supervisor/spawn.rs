@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::SigSet;
-use nix::unistd::{getpgrp, pipe2, setpgid, Pid};
+use nix::unistd::{pipe2, setpgid, Pid};
 
 /// Exit code a forked child uses when `exec` fails (like the shell's 127).
 pub const EXEC_FAILED_CODE: i32 = 127;
@@ -65,8 +65,6 @@ enum Group {
     New,
     /// An existing group (another process of the same instance).
     Join(i32),
-    /// Ours.
-    Inherit,
 }
 
 impl Command {
@@ -111,11 +109,6 @@ impl Command {
     }
     pub fn stderr(mut self, r: Redirect) -> Self {
         self.stderr = r;
-        self
-    }
-    /// Whether the child leads a new process group (default: yes).
-    pub fn new_process_group(mut self, yes: bool) -> Self {
-        self.group = if yes { Group::New } else { Group::Inherit };
         self
     }
     /// Puts the child into the existing process group `pgid` (e.g. the group
@@ -328,28 +321,21 @@ pub fn spawn(cmd: Command) -> Result<Child, SpawnError> {
     let target_pgid = match group {
         Group::New => 0,
         Group::Join(g) => g,
-        Group::Inherit => -1,
     };
     let started = Instant::now();
     let started_mono_ns = crate::clock::monotonic_ns();
     let raw = [0, 1, 2].map(|i| streams[i].child_raw);
     let pid = fork_exec(&exec, target_pgid, cmd.cgroup, raw, err_w.as_raw_fd())?;
     // Parent. Set the group here too so it exists before we ever signal it.
-    if target_pgid >= 0 {
-        let g = if target_pgid == 0 { pid } else { target_pgid };
-        // EACCES (the child has already exec'd and set it) is harmless.
-        let _ = setpgid(Pid::from_raw(pid), Pid::from_raw(g));
-    }
+    let pgid = if target_pgid == 0 { pid } else { target_pgid };
+    // EACCES (the child has already exec'd and set it) is harmless.
+    let _ = setpgid(Pid::from_raw(pid), Pid::from_raw(pgid));
     drop(err_w);
     let [stdin, stdout, stderr] = streams.map(|s| s.ours);
     wait_exec(err_r, shown)?;
     Ok(Child {
         pid,
-        pgid: match group {
-            Group::New => pid,
-            Group::Join(g) => g,
-            Group::Inherit => current_pgid(),
-        },
+        pgid,
         started,
         started_mono_ns,
         stdin,
@@ -451,7 +437,7 @@ fn fork_exec(
     // SAFETY: all pointers were built before fork and stay valid; every
     // call below is async-signal-safe; the child never returns.
     unsafe {
-        if target_pgid >= 0 && libc::setpgid(0, target_pgid) != 0 {
+        if libc::setpgid(0, target_pgid) != 0 {
             child_fail(err_w);
         }
         // "0" moves the writing process into the cgroup.
@@ -565,10 +551,6 @@ unsafe fn fork_into_cgroup(dir_fd: RawFd) -> Option<i32> {
         }
     }
     Some(ret as i32)
-}
-
-fn current_pgid() -> i32 {
-    getpgrp().as_raw()
 }
 
 /// In the child after fork: report errno through the pipe and exit.

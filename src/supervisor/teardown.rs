@@ -291,8 +291,11 @@ struct Instance<'a> {
     sup: &'a Supervisor,
     run_id: &'a str,
     t: &'a Target,
-    /// Every pid that belonged to it since teardown started.
+    /// Every pid that belonged to it since teardown started, in the order
+    /// found.
     members: Vec<i32>,
+    /// The same pids, for membership tests.
+    member_set: HashSet<i32>,
     /// Marker path: a pidfd per member, polled for its exit (no stat loop).
     exits: Pidfds,
     signalled: HashSet<i32>,
@@ -315,6 +318,7 @@ impl<'a> Instance<'a> {
             run_id,
             t,
             members: Vec::new(),
+            member_set: HashSet::new(),
             exits: Pidfds::default(),
             signalled: HashSet::new(),
             unmarked: Vec::new(),
@@ -337,12 +341,11 @@ impl<'a> Instance<'a> {
 
     /// Adds members (marker path: watching their exits).
     fn add(&mut self, pids: &[i32]) {
-        let have: BTreeSet<i32> = self.members.iter().copied().collect();
         for &p in pids {
             if self.t.cgroup.is_none() {
                 self.exits.watch(p);
             }
-            if !have.contains(&p) {
+            if self.member_set.insert(p) {
                 self.members.push(p);
             }
         }

@@ -17,11 +17,10 @@
 //!    [`Ended::Survived`].
 //!
 //! What a set of processes is differs between the users, so it is a trait,
-//! [`Group`]: a cgroup ([`super::cgroup::Cgroup`]), a process group found by its id
-//! ([`ProcessGroup`]), a fixed set of pids (a single child included,
-//! [`Pids`]), and the users' own richer groups (a run instance, the marked
-//! processes of dead runs, a stdio MCP server's group) built on the helpers
-//! here. Signals go through pidfds (the pid cannot have been reused by the
+//! [`Group`]: a cgroup ([`super::cgroup::Cgroup`]), a fixed set of pids (a
+//! single child included, [`Pids`]), and the users' own richer groups (a run
+//! instance, the marked processes of dead runs, a stdio MCP server's group)
+//! built on the helpers here. Signals go through pidfds (the pid cannot have been reused by the
 //! time the signal is sent) or to a process group only while its leader is
 //! known to be unreaped.
 
@@ -395,71 +394,6 @@ impl Group for Pids {
     }
 }
 
-/// The processes of process group `pgid`, found in the process table (so
-/// members that left their parent are found too) and signalled through
-/// pidfds after checking, on the pidfd's process, that it is in the group.
-#[derive(Debug)]
-pub struct ProcessGroup {
-    pgid: i32,
-    fds: Pidfds,
-    /// The phase under way: members found later get its signal.
-    phase: Phase,
-}
-
-impl ProcessGroup {
-    pub fn new(pgid: i32) -> ProcessGroup {
-        ProcessGroup {
-            pgid,
-            fds: Pidfds::default(),
-            phase: Phase::Term,
-        }
-    }
-
-    /// Watches every live member and signals those new to us with the
-    /// phase's signal. Returns how many live members it saw.
-    fn scan(&mut self) -> usize {
-        let phase = self.phase;
-        let mut seen = 0;
-        for st in proc::table() {
-            if st.pgid != self.pgid || st.is_zombie() {
-                continue;
-            }
-            seen += 1;
-            let new = self.fds.watch(st.pid);
-            let Some(fd) = self.fds.get(st.pid) else {
-                continue;
-            };
-            // The pidfd pins a process; it is the member only if it is
-            // still in the group now.
-            let member = proc::stat(st.pid).is_ok_and(|s| s.pgid == self.pgid);
-            if !member {
-                self.fds.forget(st.pid);
-            } else if new {
-                send(fd, phase);
-            }
-        }
-        seen
-    }
-}
-
-impl Group for ProcessGroup {
-    fn gone(&mut self) -> bool {
-        self.fds.prune();
-        self.fds.is_empty() && self.scan() == 0
-    }
-    fn signal(&mut self, phase: Phase) {
-        self.phase = phase;
-        self.fds.send_all(phase);
-        self.scan();
-    }
-    fn refresh(&mut self, _phase: Phase) {
-        self.scan();
-    }
-    fn wake_fds(&self) -> Vec<PollFd<'_>> {
-        self.fds.wake_fds()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,6 +425,15 @@ mod tests {
         c.wait().expect("reap")
     }
 
+    /// The live members of process group `pgid` now.
+    fn group_members(pgid: i32) -> Vec<i32> {
+        proc::table()
+            .into_iter()
+            .filter(|s| s.pgid == pgid && !s.is_zombie())
+            .map(|s| s.pid)
+            .collect()
+    }
+
     fn wait_stopped(pid: i32) {
         let deadline = Instant::now() + KILL_WAIT;
         while !proc::stat(pid).is_ok_and(|s| s.state == 'T') {
@@ -509,8 +452,9 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(reap(child).signal(), Some(libc::SIGKILL));
         // Its `sleep` is in its group: end it too (the test leaves nothing).
-        let mut rest = ProcessGroup::new(pid);
+        let mut rest = Pids::new(&group_members(pid));
         terminate(&mut [&mut rest], &Policy::kill(KILL_WAIT));
+        assert_eq!(group_members(pid), Vec::<i32>::new());
     }
 
     #[test]
@@ -527,31 +471,18 @@ mod tests {
     }
 
     #[test]
-    fn a_group_that_forks_during_the_grace_is_fully_ended() {
-        // Ignores SIGTERM and starts a new child every few milliseconds.
-        let child = sh("trap '' TERM; echo r; while :; do sleep 30 & sleep 0.01; done");
+    fn a_cooperative_set_ends_on_sigterm_and_a_gone_one_is_already_gone() {
+        // The `sleep` is forked before the readiness line.
+        let child = sh("sleep 60 & echo r; wait");
         let pgid = child.id() as i32;
-        let mut g = ProcessGroup::new(pgid);
-        let out = terminate(&mut [&mut g], &Policy::term_then_kill(GRACE, KILL_WAIT));
-        assert_eq!(out[0].ended, Ended::Killed);
-        reap(child);
-        let left: Vec<i32> = proc::table()
-            .into_iter()
-            .filter(|s| s.pgid == pgid && !s.is_zombie())
-            .map(|s| s.pid)
-            .collect();
-        assert!(left.is_empty(), "left in group {pgid}: {left:?}");
-    }
-
-    #[test]
-    fn a_cooperative_group_ends_on_sigterm_and_a_gone_one_is_already_gone() {
-        let child = sh("echo r; sleep 60 & wait");
-        let pgid = child.id() as i32;
-        let mut g = ProcessGroup::new(pgid);
+        let members = group_members(pgid);
+        assert_eq!(members.len(), 2, "sh and its sleep: {members:?}");
+        let mut g = Pids::new(&members);
         let out = terminate(&mut [&mut g], &Policy::term_then_kill(KILL_WAIT, KILL_WAIT));
         assert_eq!(out[0].ended, Ended::Terminated);
         reap(child);
-        let mut again = ProcessGroup::new(pgid);
+        assert_eq!(group_members(pgid), Vec::<i32>::new());
+        let mut again = Pids::new(&members);
         let out = terminate(&mut [&mut again], &Policy::kill(KILL_WAIT));
         assert_eq!(out[0].ended, Ended::AlreadyGone);
     }
