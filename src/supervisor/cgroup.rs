@@ -213,10 +213,17 @@ impl Cgroup {
         parse_populated(&s).unwrap_or(true)
     }
 
+    /// Whether the kernel kills the whole cgroup at once (`cgroup.kill`,
+    /// Linux 5.14+); without it [`Cgroup::kill`] signals the pids listed at
+    /// the time and must be repeated while members remain.
+    pub fn kill_is_atomic(&self) -> bool {
+        self.path.join("cgroup.kill").exists()
+    }
+
     /// Sends `SIGKILL` to every process in it and below (`cgroup.kill`, Linux
     /// 5.14+). On older kernels: every pid listed now, once (a process
-    /// forked meanwhile is missed; the caller's wait for `populated 0` then
-    /// reports it).
+    /// forked meanwhile is missed: the `refresh` of both cgroup groups,
+    /// [`end`]'s and teardown's, repeats it at each wake-up).
     pub fn kill(&self) -> io::Result<()> {
         let ctl = self.path.join("cgroup.kill");
         if ctl.exists() {
@@ -503,6 +510,13 @@ impl Group for Cgroup {
     }
     fn signal(&mut self, _phase: Phase) {
         let _ = self.kill();
+    }
+    /// Before Linux 5.14 the per-member kill misses what forked meanwhile:
+    /// repeated at every wake-up.
+    fn refresh(&mut self, _phase: Phase) {
+        if !self.kill_is_atomic() {
+            let _ = self.kill();
+        }
     }
     fn wake_fds(&self) -> Vec<PollFd<'_>> {
         vec![PollFd::new(self.events_fd(), PollFlags::POLLPRI)]

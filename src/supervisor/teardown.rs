@@ -475,12 +475,16 @@ impl Group for Instance<'_> {
     }
 
     /// During the grace period: new members of a cgroup (a fork chain) get
-    /// their `SIGTERM` too.
+    /// their `SIGTERM` too. After it, on kernels without `cgroup.kill`, the
+    /// per-member `SIGKILL` is repeated (it misses what forked meanwhile).
     fn refresh(&mut self, phase: Phase) {
         let Some(c) = &self.t.cgroup else {
             return;
         };
         if phase != Phase::Term {
+            if !c.cg.kill_is_atomic() {
+                let _ = c.cg.kill();
+            }
             return;
         }
         let fresh: Vec<i32> =
