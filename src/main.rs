@@ -203,7 +203,11 @@ impl Harness {
         }
         let containment = ukload::supervisor::cgroup::Containment::setup(&run_id).map_err(|e| {
             say!("ukload: {e}");
-            EXIT_UNAVAILABLE
+            match e {
+                // A misspelt UKLOAD_CONTAINMENT is the user's to fix.
+                ukload::supervisor::cgroup::CgroupError::BadMode { .. } => EXIT_USAGE,
+                _ => EXIT_UNAVAILABLE,
+            }
         })?;
         let containment = ukload::supervisor::set_containment(containment);
         let dog =

@@ -457,3 +457,23 @@ fn mcp_commands_share_transport_and_call_flags() {
         }
     }
 }
+
+/// A misspelt `UKLOAD_CONTAINMENT` is a usage error naming the variable and
+/// the choices (exit 64), and nothing starts.
+#[test]
+fn an_unknown_containment_mode_is_a_usage_error() {
+    let dir = TempDir::new("usage10");
+    let mut cmd = ukload(dir.path());
+    cmd.args(["run", "1", "--log-dir"])
+        .arg(dir.path().join("logs"))
+        .env("UKLOAD_CONTAINMENT", "cgroups");
+    let out = output_within(cmd, LIMIT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("UKLOAD_CONTAINMENT=\"cgroups\": expected auto, cgroup or marker"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    assert!(started_in(&dir.path().join("rt")).is_empty());
+}

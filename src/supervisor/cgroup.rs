@@ -42,6 +42,52 @@ pub const RUN_PREFIX: &str = "ukload-";
 /// How long removal of a cgroup waits for its last processes to be gone.
 const REMOVE_WAIT: Duration = Duration::from_millis(500);
 
+/// Why cgroup containment cannot be set up.
+#[derive(Debug)]
+pub enum CgroupError {
+    /// [`ENV_CONTAINMENT`] holds an unknown mode.
+    BadMode { value: String },
+    /// `/proc/self/mountinfo` shows no cgroup2 mount.
+    NoV2Mount,
+    /// `/proc/self/cgroup` has no `0::` line.
+    NoV2Entry,
+    /// The harness's cgroup lies outside its cgroup namespace (`/..`).
+    OutsideNamespace { cgroup: String },
+    /// The run's cgroup directory could not be created.
+    Create(io::Error),
+    /// The run's `cgroup.procs` cannot be written: launchers could not be
+    /// moved in.
+    NotWritable { path: PathBuf, error: io::Error },
+    /// [`ENV_CONTAINMENT`]`=cgroup` was asked for and is not possible.
+    Required(Box<CgroupError>),
+}
+
+impl std::fmt::Display for CgroupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CgroupError::BadMode { value } => write!(
+                f,
+                "{ENV_CONTAINMENT}={value:?}: expected auto, cgroup or marker"
+            ),
+            CgroupError::NoV2Mount => f.write_str("no cgroup v2 tree is mounted"),
+            CgroupError::NoV2Entry => f.write_str("/proc/self/cgroup has no cgroup v2 entry"),
+            CgroupError::OutsideNamespace { cgroup } => {
+                write!(f, "own cgroup {cgroup:?} is outside this cgroup namespace")
+            }
+            CgroupError::Create(e) => write!(f, "{e}"),
+            CgroupError::NotWritable { path, error } => {
+                write!(f, "{} not writable: {error}", path.display())
+            }
+            CgroupError::Required(e) => write!(
+                f,
+                "cgroup containment ({ENV_CONTAINMENT}=cgroup) is not possible here: {e}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CgroupError {}
+
 /// Which containment the user asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -52,14 +98,14 @@ pub enum Mode {
 
 impl Mode {
     /// From [`ENV_CONTAINMENT`]; unset or empty is `auto`.
-    pub fn from_env() -> Result<Mode, String> {
+    pub fn from_env() -> Result<Mode, CgroupError> {
         match std::env::var(ENV_CONTAINMENT).as_deref() {
             Err(_) | Ok("") | Ok("auto") => Ok(Mode::Auto),
             Ok("cgroup") => Ok(Mode::Cgroup),
             Ok("marker") => Ok(Mode::Marker),
-            Ok(other) => Err(format!(
-                "{ENV_CONTAINMENT}={other:?}: expected auto, cgroup or marker"
-            )),
+            Ok(other) => Err(CgroupError::BadMode {
+                value: other.to_string(),
+            }),
         }
     }
 }
@@ -107,14 +153,12 @@ pub fn own_cgroup() -> Option<String> {
 }
 
 /// Where run cgroups are created: the harness's own v2 cgroup directory.
-pub fn parent_dir() -> Result<PathBuf, String> {
-    let mount = v2_mount().ok_or("no cgroup v2 tree is mounted")?;
-    let rel = own_cgroup().ok_or("/proc/self/cgroup has no cgroup v2 entry")?;
+pub fn parent_dir() -> Result<PathBuf, CgroupError> {
+    let mount = v2_mount().ok_or(CgroupError::NoV2Mount)?;
+    let rel = own_cgroup().ok_or(CgroupError::NoV2Entry)?;
     // A process inside a cgroup namespace may see "/.." paths; refuse them.
     if rel.split('/').any(|c| c == "..") {
-        return Err(format!(
-            "own cgroup {rel:?} is outside this cgroup namespace"
-        ));
+        return Err(CgroupError::OutsideNamespace { cgroup: rel });
     }
     Ok(mount.join(rel.trim_start_matches('/')))
 }
@@ -309,16 +353,19 @@ pub struct RunCgroup {
 
 impl RunCgroup {
     /// Creates the run's cgroup under the harness's own.
-    pub fn create(run_id: &str) -> Result<RunCgroup, String> {
+    pub fn create(run_id: &str) -> Result<RunCgroup, CgroupError> {
         let parent = parent_dir()?;
         let path = parent.join(format!("{RUN_PREFIX}{run_id}"));
-        let cg = Cgroup::create(path).map_err(|e| e.to_string())?;
+        let cg = Cgroup::create(path).map_err(CgroupError::Create)?;
         // Prove we can move a process in: write access to cgroup.procs of
         // both the source and the target is what a launcher's move needs.
         let probe = cg.path.join("cgroup.procs");
         if let Err(e) = OpenOptions::new().write(true).open(&probe) {
             let _ = cg.remove();
-            return Err(format!("{} not writable: {e}", probe.display()));
+            return Err(CgroupError::NotWritable {
+                path: probe,
+                error: e,
+            });
         }
         Ok(RunCgroup { cg })
     }
@@ -394,16 +441,12 @@ pub enum Containment {
 
 impl Containment {
     /// Sets up containment for `run_id` as [`Mode::from_env`] asks.
-    pub fn setup(run_id: &str) -> Result<Containment, String> {
+    pub fn setup(run_id: &str) -> Result<Containment, CgroupError> {
         match Mode::from_env()? {
             Mode::Marker => Ok(Containment::Marker(format!("{ENV_CONTAINMENT}=marker"))),
             Mode::Cgroup => RunCgroup::create(run_id)
                 .map(Containment::Cgroup)
-                .map_err(|e| {
-                    format!(
-                        "cgroup containment ({ENV_CONTAINMENT}=cgroup) is not possible here: {e}"
-                    )
-                }),
+                .map_err(|e| CgroupError::Required(Box::new(e))),
             Mode::Auto => Ok(match RunCgroup::create(run_id) {
                 Ok(c) => Containment::Cgroup(c),
                 Err(e) => Containment::Marker(format!("cgroup v2 not usable: {e}")),
