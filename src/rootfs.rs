@@ -22,6 +22,7 @@
 //! files are written to temporary names and renamed into place.
 
 use crate::elf;
+use crate::subprocess;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -30,8 +31,8 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// Where the manifest sits in the image; the guest reads its `command`.
 pub const MANIFEST_PATH: &str = crate::vmabi::ROOTFS_MANIFEST;
@@ -1340,68 +1341,9 @@ fn python_stdlib(real: &Path) -> Result<Option<PathBuf>, RootfsError> {
     }
 }
 
-/// What a child printed and how it ended.
-struct Finished {
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    /// stdout if the child exited 0, else an error with its stderr.
-    fn ok(self, cmd: &Command) -> Result<String, String> {
-        if self.status.success() {
-            Ok(self.stdout)
-        } else {
-            Err(format!("{cmd:?} {}: {}", self.status, self.stderr.trim()))
-        }
-    }
-}
-
-/// Runs `cmd` (stdin null, both outputs captured) to its end within `limit`;
-/// past it the child is killed and reaped.
-fn run_within(cmd: &mut Command, limit: Duration) -> Result<Finished, io::Error> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    // Drain both pipes in threads so a chatty child cannot block on a full pipe.
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let t_out = drain(Box::new(child.stdout.take().expect("piped")));
-    let t_err = drain(Box::new(child.stderr.take().expect("piped")));
-    let end = Instant::now() + limit;
-    const POLL: Duration = Duration::from_millis(10);
-    let status = loop {
-        match child.try_wait()? {
-            Some(s) => break s,
-            None if Instant::now() < end => std::thread::sleep(POLL),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("{cmd:?} took longer than {} s", limit.as_secs()),
-                ));
-            }
-        }
-    };
-    Ok(Finished {
-        status,
-        stdout: t_out.join().unwrap_or_default(),
-        stderr: t_err.join().unwrap_or_default(),
-    })
-}
-
 /// stdout of `cmd` if it exits 0 within `limit`.
 fn output_within(cmd: &mut Command, limit: Duration) -> Result<String, String> {
-    run_within(cmd, limit)
+    subprocess::run_within(cmd, limit)
         .map_err(|e| format!("running {cmd:?}: {e}"))?
         .ok(cmd)
 }
@@ -1414,7 +1356,9 @@ pub fn mkfs_version() -> Result<String, RootfsError> {
     // With no arguments it prints its version on stdout, usage on stderr,
     // and exits non-zero.
     let done =
-        run_within(&mut Command::new(MKFS_BIN), QUERY_TIMEOUT).map_err(|e| match e.kind() {
+        subprocess::run_within(&mut Command::new(MKFS_BIN), QUERY_TIMEOUT).map_err(|e| match e
+            .kind()
+        {
             io::ErrorKind::NotFound => RootfsError::MkfsMissing,
             _ => RootfsError::Mkfs(e.to_string()),
         })?;
