@@ -22,6 +22,7 @@
 //! files are written to temporary names and renamed into place.
 
 use crate::elf;
+use crate::fsafe::lexical_normal;
 use crate::subprocess;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -270,7 +271,7 @@ impl Include {
         check_guest_path(&guest).map_err(|why| usage(&why))?;
         Ok(Include {
             host,
-            guest: normalize(&guest),
+            guest: lexical_normal(&guest),
         })
     }
 }
@@ -284,7 +285,7 @@ fn check_guest_path(guest: &Path) -> Result<(), String> {
     if guest.components().any(|c| c == Component::ParentDir) {
         return Err(format!("GUEST {} must not contain '..'", guest.display()));
     }
-    let g = normalize(guest);
+    let g = lexical_normal(guest);
     for m in MOUNT_POINTS.iter().filter(|m| **m != "/tmp") {
         if g.starts_with(m) {
             return Err(format!(
@@ -564,7 +565,7 @@ pub fn plan(spec: &RootfsSpec, mkfs_version: &str) -> Result<Plan, RootfsError> 
         // A missing include is reported by add_tree (IncludeMissing).
         let root = TreeRoot {
             host: inc.host.clone(),
-            guest: normalize(&inc.guest),
+            guest: lexical_normal(&inc.guest),
         };
         p.add_tree(&inc.host, &inc.guest, &root, 0, Strictness::Strict)?;
         includes.insert(inc.guest.to_string_lossy().into_owned());
@@ -683,7 +684,7 @@ impl Planner {
     /// Puts `entry` at `guest`; the same thing twice is fine, two different
     /// things are a conflict.
     fn put(&mut self, guest: &Path, entry: Entry, what: &str) -> Result<(), RootfsError> {
-        let guest = normalize(guest);
+        let guest = lexical_normal(guest);
         if let Some(old) = self.entries.get(&guest) {
             let same = match (old, &entry) {
                 (Entry::Dir { .. }, Entry::Dir { .. }) => true,
@@ -995,7 +996,7 @@ impl Planner {
         let parent = host.parent().unwrap_or(Path::new("/"));
         let inside = target.is_relative()
             && host != root.host
-            && normalize(&parent.join(&target)).starts_with(&root.host);
+            && lexical_normal(&parent.join(&target)).starts_with(&root.host);
         if inside {
             return self.put(
                 guest,
@@ -1162,7 +1163,7 @@ fn expand_dirs(dirs: &[String], origin: &Path) -> Vec<PathBuf> {
     dirs.iter()
         .map(|d| PathBuf::from(expand_origin(d, origin)))
         .filter(|d| d.is_absolute())
-        .map(|d| normalize(&d))
+        .map(|d| lexical_normal(&d))
         .collect()
 }
 
@@ -1470,25 +1471,10 @@ fn uuid_of(key: &str) -> String {
     )
 }
 
-/// `p` absolute (against the current directory), with `.` removed and `..`
-/// kept (it may cross a symlink).
+/// `p` absolute (against the current directory; an empty path is an
+/// error), with `.` removed and `..` applied lexically.
 fn absolute(p: &Path) -> io::Result<PathBuf> {
-    std::path::absolute(p).map(|p| normalize(&p))
-}
-
-/// `p` without `.` components, and with `..` applied lexically.
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    out
+    std::path::absolute(p).map(|p| lexical_normal(&p))
 }
 
 fn unique_tag() -> String {
