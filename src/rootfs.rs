@@ -24,6 +24,7 @@
 use crate::elf;
 use crate::fsafe::lexical_normal;
 use crate::subprocess;
+use crate::vmabi::hex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -1452,10 +1453,6 @@ fn hash_file(path: &Path) -> Result<(u64, String), RootfsError> {
     let mut h = Sha256::new();
     let n = io::copy(&mut f, &mut h).map_err(RootfsError::io(path))?;
     Ok((n, hex(&h.finalize())))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The image's filesystem UUID: the key's first 16 bytes (fixed for the
