@@ -1031,18 +1031,38 @@ impl Planner {
         depth: usize,
         strict: Strictness,
     ) -> Result<(), RootfsError> {
-        self.put(
-            guest,
-            Entry::Dir {
-                mode: meta.permissions().mode() & MODE_BITS,
-            },
-            &format!("directory {}", host.display()),
-        )?;
+        self.put_dir(guest, meta, &format!("directory {}", host.display()))?;
+        self.add_dir_entries(host, guest, root, depth, strict, &|_| true)
+    }
+
+    /// A directory at `guest` with the permission bits of `meta`.
+    fn put_dir(
+        &mut self,
+        guest: &Path,
+        meta: &fs::Metadata,
+        what: &str,
+    ) -> Result<(), RootfsError> {
+        let mode = meta.permissions().mode() & MODE_BITS;
+        self.put(guest, Entry::Dir { mode }, what)
+    }
+
+    /// The entries of the tree directory `host` (at `depth`) that `keep`
+    /// accepts, in name order, each at its name under `guest`.
+    fn add_dir_entries(
+        &mut self,
+        host: &Path,
+        guest: &Path,
+        root: &TreeRoot,
+        depth: usize,
+        strict: Strictness,
+        keep: &dyn Fn(&std::ffi::OsStr) -> bool,
+    ) -> Result<(), RootfsError> {
         let mut names: Vec<_> = fs::read_dir(host)
             .map_err(RootfsError::io(host))?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<Result<_, _>>()
             .map_err(RootfsError::io(host))?;
+        names.retain(|n| keep(n));
         names.sort();
         for n in names {
             self.add_tree(&host.join(&n), &guest.join(&n), root, depth + 1, strict)?;
@@ -1093,33 +1113,26 @@ impl Planner {
         self.put_file(guest, host)
     }
 
+    /// Python's standard library `dir` at the same path, as a tree without
+    /// the top-level entries of [`PYTHON_SKIP`]; an extension module whose
+    /// library is missing is left out ([`Strictness::DropFile`]).
     fn add_python_stdlib(&mut self, dir: &Path) -> Result<(), RootfsError> {
         let meta = fs::metadata(dir).map_err(RootfsError::io(dir))?;
-        self.put(
-            dir,
-            Entry::Dir {
-                mode: meta.permissions().mode() & MODE_BITS,
-            },
-            "Python's standard library",
-        )?;
-        let mut names: Vec<_> = fs::read_dir(dir)
-            .map_err(RootfsError::io(dir))?
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        names.sort();
-        for n in names {
-            let s = n.to_string_lossy();
-            if PYTHON_SKIP
+        self.put_dir(dir, &meta, "Python's standard library")?;
+        let keep = |name: &std::ffi::OsStr| {
+            let s = name.to_string_lossy();
+            !PYTHON_SKIP
                 .iter()
                 .any(|skip| s == *skip || (skip.ends_with('.') && s.starts_with(skip)))
-            {
-                continue;
-            }
-            let host = dir.join(&n);
-            self.add_tree(&host, &host, &TreeRoot::same(dir), 1, Strictness::DropFile)?;
-        }
-        Ok(())
+        };
+        self.add_dir_entries(
+            dir,
+            dir,
+            &TreeRoot::same(dir),
+            0,
+            Strictness::DropFile,
+            &keep,
+        )
     }
 
     /// Every entry's parent directories, as directories.
