@@ -6,7 +6,7 @@ use crate::launcher::{Kind, LauncherConfig};
 use crate::run::{FDS_BASE, FDS_PER_INSTANCE};
 use std::fmt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Oldest KraftKit whose `kraft run` flags ukload uses.
@@ -86,32 +86,13 @@ impl fmt::Display for Report {
     }
 }
 
-/// `program --version`'s first line, within a deadline.
+/// `program --version`'s first line (of stdout, whatever its exit status),
+/// within a deadline.
 fn version_of(program: &str) -> Option<String> {
     let path = crate::supervisor::spawn::resolve_program(program.as_ref())?;
-    let mut child = Command::new(path)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let end = Instant::now() + VERSION_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
-    }
-    let mut out = String::new();
-    use std::io::Read;
-    child.stdout.take()?.read_to_string(&mut out).ok()?;
-    out.lines().next().map(|l| l.trim().to_string())
+    let done =
+        crate::subprocess::run_within(Command::new(path).arg("--version"), VERSION_TIMEOUT).ok()?;
+    done.stdout.lines().next().map(|l| l.trim().to_string())
 }
 
 /// The first `a.b.c` in `text`.

@@ -13,23 +13,25 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-// ELF64 header offsets and sizes (see `<elf.h>`); the kernel slimming in
-// `crate::image` uses them too.
+// ELF64 layout (see `<elf.h>`): this module is the one place that knows it,
+// for reading (the loader's view, [`read`]; a whole file in memory,
+// [`program_header_table`]) and for writing ([`write_headers`], used by the
+// kernel slimming in `crate::image`).
 pub(crate) const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
-pub(crate) const EI_CLASS: usize = 4;
-pub(crate) const EI_DATA: usize = 5;
-pub(crate) const ELFCLASS64: u8 = 2;
-pub(crate) const ELFDATA2LSB: u8 = 1;
-pub(crate) const ELF64_EHDR_LEN: usize = 64;
-pub(crate) const ELF64_PHDR_LEN: usize = 56;
+const EI_CLASS: usize = 4;
+const EI_DATA: usize = 5;
+const ELFCLASS64: u8 = 2;
+const ELFDATA2LSB: u8 = 1;
+const ELF64_EHDR_LEN: usize = 64;
+const ELF64_PHDR_LEN: usize = 56;
 const ELF64_DYN_LEN: usize = 16;
 const E_TYPE: usize = 0x10;
 const E_MACHINE: usize = 0x12;
-pub(crate) const E_PHOFF: usize = 0x20;
-pub(crate) const E_SHOFF: usize = 0x28;
-pub(crate) const E_PHENTSIZE: usize = 0x36;
-pub(crate) const E_PHNUM: usize = 0x38;
-pub(crate) const E_SHENTSIZE: usize = 0x3a;
+const E_PHOFF: usize = 0x20;
+const E_SHOFF: usize = 0x28;
+const E_PHENTSIZE: usize = 0x36;
+const E_PHNUM: usize = 0x38;
+const E_SHENTSIZE: usize = 0x3a;
 
 pub(crate) const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
@@ -138,22 +140,131 @@ impl Reader<'_> {
 }
 
 /// Little-endian integers at offset `o` of `b` (which must hold them).
-pub(crate) fn u16_at(b: &[u8], o: usize) -> u16 {
+fn u16_at(b: &[u8], o: usize) -> u16 {
     u16::from_le_bytes([b[o], b[o + 1]])
 }
-pub(crate) fn u32_at(b: &[u8], o: usize) -> u32 {
+fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"))
 }
-pub(crate) fn u64_at(b: &[u8], o: usize) -> u64 {
+fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"))
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Phdr {
-    p_type: u32,
-    offset: u64,
-    vaddr: u64,
-    filesz: u64,
+/// One ELF64 program header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProgramHeader {
+    pub p_type: u32,
+    pub p_flags: u32,
+    pub p_offset: u64,
+    pub p_vaddr: u64,
+    pub p_paddr: u64,
+    pub p_filesz: u64,
+    pub p_memsz: u64,
+    pub p_align: u64,
+}
+
+impl ProgramHeader {
+    /// The header in `b` (at least [`ELF64_PHDR_LEN`] bytes).
+    fn parse(b: &[u8]) -> ProgramHeader {
+        ProgramHeader {
+            p_type: u32_at(b, 0),
+            p_flags: u32_at(b, 4),
+            p_offset: u64_at(b, 8),
+            p_vaddr: u64_at(b, 16),
+            p_paddr: u64_at(b, 24),
+            p_filesz: u64_at(b, 32),
+            p_memsz: u64_at(b, 40),
+            p_align: u64_at(b, 48),
+        }
+    }
+
+    /// Appends the header's [`ELF64_PHDR_LEN`] bytes to `out`.
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.p_type.to_le_bytes());
+        out.extend_from_slice(&self.p_flags.to_le_bytes());
+        for v in [
+            self.p_offset,
+            self.p_vaddr,
+            self.p_paddr,
+            self.p_filesz,
+            self.p_memsz,
+            self.p_align,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+/// Whether `b` starts with a whole little-endian ELF64 file header.
+fn is_elf64_le(b: &[u8]) -> bool {
+    b.len() >= ELF64_EHDR_LEN
+        && b.starts_with(ELF_MAGIC)
+        && b[EI_CLASS] == ELFCLASS64
+        && b[EI_DATA] == ELFDATA2LSB
+}
+
+/// The program headers of the little-endian ELF64 file `elf` (the whole file
+/// in memory), checked against its size: the table and every segment's file
+/// data lie inside it, and no `PT_LOAD` has more file data than memory.
+pub(crate) fn program_header_table(elf: &[u8]) -> Result<Vec<ProgramHeader>, String> {
+    if !is_elf64_le(elf) {
+        return Err("not a little-endian ELF64 file (expected an uncompressed vmlinux)".into());
+    }
+    let phoff = u64_at(elf, E_PHOFF);
+    let (phentsize, phnum) = (u16_at(elf, E_PHENTSIZE), u16_at(elf, E_PHNUM) as usize);
+    if usize::from(phentsize) != ELF64_PHDR_LEN {
+        return Err(format!(
+            "program header size {phentsize}, expected {ELF64_PHDR_LEN}"
+        ));
+    }
+    let table = usize::try_from(phoff)
+        .ok()
+        .and_then(|start| Some(start..start.checked_add(phnum.checked_mul(ELF64_PHDR_LEN)?)?))
+        .filter(|r| r.end <= elf.len())
+        .ok_or("program header table lies outside the file")?;
+    let phdrs: Vec<ProgramHeader> = elf[table]
+        .chunks_exact(ELF64_PHDR_LEN)
+        .map(ProgramHeader::parse)
+        .collect();
+    for (i, p) in phdrs.iter().enumerate() {
+        let end = p.p_offset.checked_add(p.p_filesz);
+        if end.is_none_or(|e| e > elf.len() as u64) {
+            return Err(format!("segment {i}: file data lies outside the file"));
+        }
+        if p.p_type == PT_LOAD && p.p_filesz > p.p_memsz {
+            return Err(format!("segment {i}: filesz is larger than memsz"));
+        }
+    }
+    Ok(phdrs)
+}
+
+/// Where the data of a file written by [`write_headers`] with `phnum`
+/// program headers may start: right after its header table.
+pub(crate) fn headers_end(phnum: usize) -> u64 {
+    (ELF64_EHDR_LEN + phnum * ELF64_PHDR_LEN) as u64
+}
+
+/// The start of a new ELF64 file: the file header of `like` (an ELF64 file
+/// accepted by [`program_header_table`]: entry point, machine, flags), with
+/// `phdrs` as its program header table right after it and no section
+/// headers; the segments' data goes after [`headers_end`].
+pub(crate) fn write_headers(like: &[u8], phdrs: &[ProgramHeader]) -> Result<Vec<u8>, String> {
+    if !is_elf64_le(like) {
+        return Err("not a little-endian ELF64 file header".into());
+    }
+    let phnum = u16::try_from(phdrs.len()).map_err(|_| "too many program headers".to_string())?;
+    let mut out = Vec::with_capacity(headers_end(phdrs.len()) as usize);
+    out.extend_from_slice(&like[..ELF64_EHDR_LEN]);
+    out[E_PHOFF..E_PHOFF + 8].copy_from_slice(&(ELF64_EHDR_LEN as u64).to_le_bytes());
+    out[E_PHENTSIZE..E_PHENTSIZE + 2].copy_from_slice(&(ELF64_PHDR_LEN as u16).to_le_bytes());
+    out[E_PHNUM..E_PHNUM + 2].copy_from_slice(&phnum.to_le_bytes());
+    // No section headers: e_shoff, e_shentsize, e_shnum, e_shstrndx = 0.
+    out[E_SHOFF..E_SHOFF + 8].fill(0);
+    out[E_SHENTSIZE..ELF64_EHDR_LEN].fill(0);
+    for p in phdrs {
+        p.write(&mut out);
+    }
+    Ok(out)
 }
 
 /// Reads what the loader needs from the ELF file at `path`.
@@ -170,8 +281,8 @@ pub fn read(path: &Path) -> Result<ElfInfo, ElfError> {
     };
     let phdrs = r.program_headers(&eh)?;
     if let Some(p) = phdrs.iter().find(|p| p.p_type == PT_INTERP) {
-        let limit = p.offset.saturating_add(p.filesz);
-        info.interp = Some(PathBuf::from(r.string(p.offset, limit, "PT_INTERP")?));
+        let limit = p.p_offset.saturating_add(p.p_filesz);
+        info.interp = Some(PathBuf::from(r.string(p.p_offset, limit, "PT_INTERP")?));
     }
     let Some(dynamic) = phdrs.iter().find(|p| p.p_type == PT_DYNAMIC) else {
         return Ok(info);
@@ -218,7 +329,7 @@ impl Reader<'_> {
     }
 
     /// The program headers the ELF header `eh` points at (none if it has none).
-    fn program_headers(&self, eh: &[u8]) -> Result<Vec<Phdr>, ElfError> {
+    fn program_headers(&self, eh: &[u8]) -> Result<Vec<ProgramHeader>, ElfError> {
         let phoff = u64_at(eh, E_PHOFF);
         let phentsize = u16_at(eh, E_PHENTSIZE) as usize;
         let phnum = u16_at(eh, E_PHNUM) as usize;
@@ -233,25 +344,24 @@ impl Reader<'_> {
         let raw = self.bytes(phoff, phnum * ELF64_PHDR_LEN, "program headers")?;
         Ok(raw
             .chunks_exact(ELF64_PHDR_LEN)
-            .map(|b| Phdr {
-                p_type: u32_at(b, 0),
-                offset: u64_at(b, 8),
-                vaddr: u64_at(b, 16),
-                filesz: u64_at(b, 32),
-            })
+            .map(ProgramHeader::parse)
             .collect())
     }
 
     /// The library entries and string table location of the `PT_DYNAMIC`
     /// segment `dynamic` (read up to its `DT_NULL`).
-    fn dynamic_section(&self, dynamic: &Phdr) -> Result<Dynamic, ElfError> {
-        if dynamic.filesz > MAX_DYNAMIC_BYTES {
+    fn dynamic_section(&self, dynamic: &ProgramHeader) -> Result<Dynamic, ElfError> {
+        if dynamic.p_filesz > MAX_DYNAMIC_BYTES {
             return Err(self.bad(format!(
                 "dynamic section of {} bytes (at most {MAX_DYNAMIC_BYTES} read)",
-                dynamic.filesz
+                dynamic.p_filesz
             )));
         }
-        let dynb = self.bytes(dynamic.offset, dynamic.filesz as usize, "dynamic section")?;
+        let dynb = self.bytes(
+            dynamic.p_offset,
+            dynamic.p_filesz as usize,
+            "dynamic section",
+        )?;
         let mut out = Dynamic {
             entries: Vec::new(),
             strtab: None,
@@ -271,7 +381,11 @@ impl Reader<'_> {
     }
 
     /// The file offset and size of the dynamic string table.
-    fn string_table(&self, phdrs: &[Phdr], dynamic: &Dynamic) -> Result<(u64, u64), ElfError> {
+    fn string_table(
+        &self,
+        phdrs: &[ProgramHeader],
+        dynamic: &Dynamic,
+    ) -> Result<(u64, u64), ElfError> {
         let (Some(strtab), Some(strsz)) = (dynamic.strtab, dynamic.strsz) else {
             return Err(self.bad("dynamic section names libraries but has no DT_STRTAB/DT_STRSZ"));
         };
@@ -279,8 +393,8 @@ impl Reader<'_> {
         let str_off = phdrs
             .iter()
             .filter(|p| p.p_type == PT_LOAD)
-            .find(|p| strtab >= p.vaddr && strtab < p.vaddr.saturating_add(p.filesz))
-            .map(|p| p.offset + (strtab - p.vaddr))
+            .find(|p| strtab >= p.p_vaddr && strtab < p.p_vaddr.saturating_add(p.p_filesz))
+            .map(|p| p.p_offset + (strtab - p.p_vaddr))
             .ok_or_else(|| {
                 self.bad(format!(
                     "DT_STRTAB address {strtab:#x} is in no loaded segment"
@@ -401,6 +515,46 @@ mod tests {
         let p = tmp("phnum", &whole);
         assert!(matches!(read(&p), Err(ElfError::Bad(..))));
         let _ = std::fs::remove_file(p);
+    }
+
+    #[test]
+    fn written_headers_read_back_as_written() {
+        let like = std::fs::read("/bin/true").unwrap();
+        let mut phdrs = program_header_table(&like).unwrap();
+        assert!(phdrs.iter().any(|p| p.p_type == PT_LOAD), "{phdrs:?}");
+        phdrs[0].p_flags ^= 1;
+        phdrs[0].p_memsz += 7;
+        let out = write_headers(&like, &phdrs).unwrap();
+        assert_eq!(out.len() as u64, headers_end(phdrs.len()));
+        // The header table follows the file header; the rest of the file header is kept.
+        assert_eq!(u64_at(&out, E_PHOFF), ELF64_EHDR_LEN as u64);
+        assert_eq!(&out[..E_PHOFF], &like[..E_PHOFF]);
+        // No section headers.
+        assert_eq!(u64_at(&out, E_SHOFF), 0);
+        assert!(out[E_SHENTSIZE..ELF64_EHDR_LEN].iter().all(|&b| b == 0));
+        // Segment data past the end is refused; padded with the data, the table reads back.
+        let last = phdrs.iter().map(|p| p.p_offset + p.p_filesz).max().unwrap();
+        assert!(program_header_table(&out)
+            .unwrap_err()
+            .contains("outside the file"));
+        let mut whole = out.clone();
+        whole.resize(whole.len().max(last as usize), 0);
+        assert_eq!(program_header_table(&whole).unwrap(), phdrs);
+    }
+
+    #[test]
+    fn a_header_table_outside_the_file_or_of_odd_entries_is_refused() {
+        let like = std::fs::read("/bin/true").unwrap();
+        let mut odd = like.clone();
+        odd[E_PHENTSIZE] = 32;
+        assert!(program_header_table(&odd).unwrap_err().contains("size 32"));
+        let mut far = like.clone();
+        far[E_PHOFF..E_PHOFF + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(program_header_table(&far)
+            .unwrap_err()
+            .contains("header table lies outside"));
+        assert!(program_header_table(b"\x7fELF").is_err());
+        assert!(write_headers(b"#!/bin/sh", &[]).is_err());
     }
 
     #[test]

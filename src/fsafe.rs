@@ -213,8 +213,16 @@ fn absolute_normal(path: &Path) -> Result<PathBuf, FsafeError> {
             .map_err(io_err("find the current directory for", path))?
             .join(path)
     };
+    Ok(lexical_normal(&absolute))
+}
+
+/// `path` with `.` components dropped and each `..` applied lexically (it
+/// pops the component before it, without looking at the file system, so a
+/// `..` after a symlink does not go where the kernel would; `/..` is `/`,
+/// and a `..` at the start of a relative path is dropped).
+pub fn lexical_normal(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
-    for comp in absolute.components() {
+    for comp in path.components() {
         match comp {
             Component::CurDir => {}
             Component::ParentDir => {
@@ -223,7 +231,7 @@ fn absolute_normal(path: &Path) -> Result<PathBuf, FsafeError> {
             other => out.push(other.as_os_str()),
         }
     }
-    Ok(out)
+    out
 }
 
 /// Checks `dir` (canonical: no symlinks) and every directory above it, each
@@ -402,5 +410,26 @@ mod tests {
             path: PathBuf::from("/x/l"),
         };
         assert!(e.to_string().contains("symbolic link"));
+    }
+
+    #[test]
+    fn lexical_normal_drops_dots_and_applies_dot_dots() {
+        let n = |p: &str| lexical_normal(Path::new(p));
+        assert_eq!(n("/a/./b/../c/"), PathBuf::from("/a/c"));
+        assert_eq!(n("/../x"), PathBuf::from("/x"));
+        assert_eq!(n("/a/b/.."), PathBuf::from("/a"));
+        assert_eq!(n("a/./b/../../c"), PathBuf::from("c"));
+        assert_eq!(n("../a"), PathBuf::from("a"));
+        assert_eq!(n("/"), PathBuf::from("/"));
+    }
+
+    #[test]
+    fn absolute_normal_is_against_the_current_directory() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(absolute_normal(Path::new("x/../y")).unwrap(), cwd.join("y"));
+        assert_eq!(
+            absolute_normal(Path::new("/p/./q")).unwrap(),
+            PathBuf::from("/p/q")
+        );
     }
 }

@@ -57,6 +57,7 @@ pub mod rootfs;
 pub mod run;
 pub mod runs;
 pub mod stats;
+pub mod subprocess;
 pub mod supervisor;
 pub mod toolcall;
 pub mod vmabi;

@@ -22,6 +22,9 @@
 //! files are written to temporary names and renamed into place.
 
 use crate::elf;
+use crate::fsafe::lexical_normal;
+use crate::subprocess;
+use crate::vmabi::hex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -30,8 +33,8 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 /// Where the manifest sits in the image; the guest reads its `command`.
 pub const MANIFEST_PATH: &str = crate::vmabi::ROOTFS_MANIFEST;
@@ -269,7 +272,7 @@ impl Include {
         check_guest_path(&guest).map_err(|why| usage(&why))?;
         Ok(Include {
             host,
-            guest: normalize(&guest),
+            guest: lexical_normal(&guest),
         })
     }
 }
@@ -283,7 +286,7 @@ fn check_guest_path(guest: &Path) -> Result<(), String> {
     if guest.components().any(|c| c == Component::ParentDir) {
         return Err(format!("GUEST {} must not contain '..'", guest.display()));
     }
-    let g = normalize(guest);
+    let g = lexical_normal(guest);
     for m in MOUNT_POINTS.iter().filter(|m| **m != "/tmp") {
         if g.starts_with(m) {
             return Err(format!(
@@ -563,7 +566,7 @@ pub fn plan(spec: &RootfsSpec, mkfs_version: &str) -> Result<Plan, RootfsError> 
         // A missing include is reported by add_tree (IncludeMissing).
         let root = TreeRoot {
             host: inc.host.clone(),
-            guest: normalize(&inc.guest),
+            guest: lexical_normal(&inc.guest),
         };
         p.add_tree(&inc.host, &inc.guest, &root, 0, Strictness::Strict)?;
         includes.insert(inc.guest.to_string_lossy().into_owned());
@@ -682,7 +685,7 @@ impl Planner {
     /// Puts `entry` at `guest`; the same thing twice is fine, two different
     /// things are a conflict.
     fn put(&mut self, guest: &Path, entry: Entry, what: &str) -> Result<(), RootfsError> {
-        let guest = normalize(guest);
+        let guest = lexical_normal(guest);
         if let Some(old) = self.entries.get(&guest) {
             let same = match (old, &entry) {
                 (Entry::Dir { .. }, Entry::Dir { .. }) => true,
@@ -994,7 +997,7 @@ impl Planner {
         let parent = host.parent().unwrap_or(Path::new("/"));
         let inside = target.is_relative()
             && host != root.host
-            && normalize(&parent.join(&target)).starts_with(&root.host);
+            && lexical_normal(&parent.join(&target)).starts_with(&root.host);
         if inside {
             return self.put(
                 guest,
@@ -1028,18 +1031,38 @@ impl Planner {
         depth: usize,
         strict: Strictness,
     ) -> Result<(), RootfsError> {
-        self.put(
-            guest,
-            Entry::Dir {
-                mode: meta.permissions().mode() & MODE_BITS,
-            },
-            &format!("directory {}", host.display()),
-        )?;
+        self.put_dir(guest, meta, &format!("directory {}", host.display()))?;
+        self.add_dir_entries(host, guest, root, depth, strict, &|_| true)
+    }
+
+    /// A directory at `guest` with the permission bits of `meta`.
+    fn put_dir(
+        &mut self,
+        guest: &Path,
+        meta: &fs::Metadata,
+        what: &str,
+    ) -> Result<(), RootfsError> {
+        let mode = meta.permissions().mode() & MODE_BITS;
+        self.put(guest, Entry::Dir { mode }, what)
+    }
+
+    /// The entries of the tree directory `host` (at `depth`) that `keep`
+    /// accepts, in name order, each at its name under `guest`.
+    fn add_dir_entries(
+        &mut self,
+        host: &Path,
+        guest: &Path,
+        root: &TreeRoot,
+        depth: usize,
+        strict: Strictness,
+        keep: &dyn Fn(&std::ffi::OsStr) -> bool,
+    ) -> Result<(), RootfsError> {
         let mut names: Vec<_> = fs::read_dir(host)
             .map_err(RootfsError::io(host))?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<Result<_, _>>()
             .map_err(RootfsError::io(host))?;
+        names.retain(|n| keep(n));
         names.sort();
         for n in names {
             self.add_tree(&host.join(&n), &guest.join(&n), root, depth + 1, strict)?;
@@ -1090,33 +1113,26 @@ impl Planner {
         self.put_file(guest, host)
     }
 
+    /// Python's standard library `dir` at the same path, as a tree without
+    /// the top-level entries of [`PYTHON_SKIP`]; an extension module whose
+    /// library is missing is left out ([`Strictness::DropFile`]).
     fn add_python_stdlib(&mut self, dir: &Path) -> Result<(), RootfsError> {
         let meta = fs::metadata(dir).map_err(RootfsError::io(dir))?;
-        self.put(
-            dir,
-            Entry::Dir {
-                mode: meta.permissions().mode() & MODE_BITS,
-            },
-            "Python's standard library",
-        )?;
-        let mut names: Vec<_> = fs::read_dir(dir)
-            .map_err(RootfsError::io(dir))?
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        names.sort();
-        for n in names {
-            let s = n.to_string_lossy();
-            if PYTHON_SKIP
+        self.put_dir(dir, &meta, "Python's standard library")?;
+        let keep = |name: &std::ffi::OsStr| {
+            let s = name.to_string_lossy();
+            !PYTHON_SKIP
                 .iter()
                 .any(|skip| s == *skip || (skip.ends_with('.') && s.starts_with(skip)))
-            {
-                continue;
-            }
-            let host = dir.join(&n);
-            self.add_tree(&host, &host, &TreeRoot::same(dir), 1, Strictness::DropFile)?;
-        }
-        Ok(())
+        };
+        self.add_dir_entries(
+            dir,
+            dir,
+            &TreeRoot::same(dir),
+            0,
+            Strictness::DropFile,
+            &keep,
+        )
     }
 
     /// Every entry's parent directories, as directories.
@@ -1161,7 +1177,7 @@ fn expand_dirs(dirs: &[String], origin: &Path) -> Vec<PathBuf> {
     dirs.iter()
         .map(|d| PathBuf::from(expand_origin(d, origin)))
         .filter(|d| d.is_absolute())
-        .map(|d| normalize(&d))
+        .map(|d| lexical_normal(&d))
         .collect()
 }
 
@@ -1340,68 +1356,9 @@ fn python_stdlib(real: &Path) -> Result<Option<PathBuf>, RootfsError> {
     }
 }
 
-/// What a child printed and how it ended.
-struct Finished {
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    /// stdout if the child exited 0, else an error with its stderr.
-    fn ok(self, cmd: &Command) -> Result<String, String> {
-        if self.status.success() {
-            Ok(self.stdout)
-        } else {
-            Err(format!("{cmd:?} {}: {}", self.status, self.stderr.trim()))
-        }
-    }
-}
-
-/// Runs `cmd` (stdin null, both outputs captured) to its end within `limit`;
-/// past it the child is killed and reaped.
-fn run_within(cmd: &mut Command, limit: Duration) -> Result<Finished, io::Error> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    // Drain both pipes in threads so a chatty child cannot block on a full pipe.
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let t_out = drain(Box::new(child.stdout.take().expect("piped")));
-    let t_err = drain(Box::new(child.stderr.take().expect("piped")));
-    let end = Instant::now() + limit;
-    const POLL: Duration = Duration::from_millis(10);
-    let status = loop {
-        match child.try_wait()? {
-            Some(s) => break s,
-            None if Instant::now() < end => std::thread::sleep(POLL),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("{cmd:?} took longer than {} s", limit.as_secs()),
-                ));
-            }
-        }
-    };
-    Ok(Finished {
-        status,
-        stdout: t_out.join().unwrap_or_default(),
-        stderr: t_err.join().unwrap_or_default(),
-    })
-}
-
 /// stdout of `cmd` if it exits 0 within `limit`.
 fn output_within(cmd: &mut Command, limit: Duration) -> Result<String, String> {
-    run_within(cmd, limit)
+    subprocess::run_within(cmd, limit)
         .map_err(|e| format!("running {cmd:?}: {e}"))?
         .ok(cmd)
 }
@@ -1414,7 +1371,9 @@ pub fn mkfs_version() -> Result<String, RootfsError> {
     // With no arguments it prints its version on stdout, usage on stderr,
     // and exits non-zero.
     let done =
-        run_within(&mut Command::new(MKFS_BIN), QUERY_TIMEOUT).map_err(|e| match e.kind() {
+        subprocess::run_within(&mut Command::new(MKFS_BIN), QUERY_TIMEOUT).map_err(|e| match e
+            .kind()
+        {
             io::ErrorKind::NotFound => RootfsError::MkfsMissing,
             _ => RootfsError::Mkfs(e.to_string()),
         })?;
@@ -1509,10 +1468,6 @@ fn hash_file(path: &Path) -> Result<(u64, String), RootfsError> {
     Ok((n, hex(&h.finalize())))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The image's filesystem UUID: the key's first 16 bytes (fixed for the
 /// same content, different between images).
 fn uuid_of(key: &str) -> String {
@@ -1526,25 +1481,10 @@ fn uuid_of(key: &str) -> String {
     )
 }
 
-/// `p` absolute (against the current directory), with `.` removed and `..`
-/// kept (it may cross a symlink).
+/// `p` absolute (against the current directory; an empty path is an
+/// error), with `.` removed and `..` applied lexically.
 fn absolute(p: &Path) -> io::Result<PathBuf> {
-    std::path::absolute(p).map(|p| normalize(&p))
-}
-
-/// `p` without `.` components, and with `..` applied lexically.
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    out
+    std::path::absolute(p).map(|p| lexical_normal(&p))
 }
 
 fn unique_tag() -> String {

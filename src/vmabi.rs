@@ -56,8 +56,13 @@ pub const ROOTFS_FSTYPE: &str = "erofs";
 
 /// `argv` as the value of [`CMDLINE_SERVER_PARAM`]: lower-case hex of its JSON array.
 pub fn encode_server_command(argv: &[String]) -> String {
-    let json = serde_json::to_vec(argv).expect("a list of strings serializes");
-    json.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&serde_json::to_vec(argv).expect("a list of strings serializes"))
+}
+
+/// `bytes` as lower-case hex, two digits a byte (the encoding of
+/// [`CMDLINE_SERVER_PARAM`]; the image builder names content hashes with it).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The inverse of [`encode_server_command`].
@@ -91,4 +96,21 @@ pub fn builtin_list_has(list: &str, module: &str) -> bool {
         file.strip_suffix(&format!(".{MODULE_EXT}"))
             .is_some_and(|name| name.replace('-', "_") == want)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_two_lower_case_digits_a_byte_and_the_command_round_trips() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(hex(&[]), "");
+        let argv = vec!["node".to_string(), "/srv/a b.js".to_string()];
+        let enc = encode_server_command(&argv);
+        assert_eq!(enc, hex(br#"["node","/srv/a b.js"]"#));
+        assert_eq!(decode_server_command(&enc).unwrap(), argv);
+        assert!(decode_server_command(&enc.to_uppercase()).is_ok());
+        assert!(decode_server_command("abc").is_err());
+    }
 }

@@ -76,3 +76,37 @@ fn a_bad_launcher_is_a_usage_error() {
     let (code, _) = doctor(&["--launcher", "firecracker"], None);
     assert_eq!(code, Some(64));
 }
+
+#[test]
+fn tool_versions_are_the_first_line_of_their_version_output() {
+    // Stand-ins answering `--version` (stderr chatter and a non-zero exit
+    // included): the first stdout line decides.
+    let bin = TempDir::new("doctor-versions");
+    let script = |name: &str, body: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        let p = bin.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    script(
+        "node",
+        "[ \"$1\" = --version ] || exit 2; echo noise >&2; echo v21.4.0; echo second line",
+    );
+    script("kraft", "echo 'kraft version 0.11.5 (old)'; exit 3");
+    let path = format!("{}:/usr/bin:/bin", bin.path().display());
+    let (code, text) = doctor(&["--launcher", "kraft"], Some(&path));
+    assert_eq!(code, Some(69), "{text}");
+    let line = |what: &str| {
+        text.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what} line in {text}"))
+            .to_string()
+    };
+    let node = line("node >= 18");
+    assert!(node.contains("ok") && node.ends_with("v21.4.0"), "{node}");
+    let kraft = line("kraft >= 0.11.6");
+    assert!(
+        kraft.contains("MISSING") && kraft.ends_with("kraft version 0.11.5 (old)"),
+        "{kraft}"
+    );
+}

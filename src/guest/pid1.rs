@@ -353,7 +353,7 @@ fn mount_rootfs_steps(spec: &ServerSpec) -> Result<Vec<String>, String> {
     refuse_unless_vm_init()?;
     wait_for_device(&spec.device)?;
     mount_image(&spec.device)?;
-    for m in inner_mounts() {
+    for m in ROOTFS_MOUNTS {
         mount_inner(m)?;
     }
     server_argv(spec)
@@ -425,54 +425,20 @@ fn mount_image(device: &str) -> Result<(), String> {
     })
 }
 
-/// The file systems mounted inside the image, in order: proc, devtmpfs, a
-/// writable tmpfs, and sysfs if the image has `/sys`.
-fn inner_mounts() -> [InnerMount; 4] {
-    [
-        InnerMount {
-            dir: "proc",
-            fstype: "proc",
-            flags: NOSUID_NODEV_NOEXEC,
-            data: None,
-            required: true,
-        },
-        InnerMount {
-            dir: "dev",
-            fstype: "devtmpfs",
-            flags: MsFlags::MS_NOSUID,
-            data: None,
-            required: true,
-        },
-        InnerMount {
-            dir: "tmp",
-            fstype: "tmpfs",
-            flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
-            data: Some(ROOTFS_TMP_OPTIONS),
-            required: true,
-        },
-        InnerMount {
-            dir: "sys",
-            fstype: "sysfs",
-            flags: NOSUID_NODEV_NOEXEC,
-            data: None,
-            required: false,
-        },
-    ]
-}
-
-/// Mounts one inner file system on its directory in the image, after
+/// Mounts one file system on its directory inside the image, after
 /// checking that the directory is still the image's own (nothing mounted
-/// over it); skips an optional one whose directory the image lacks.
-fn mount_inner(m: InnerMount) -> Result<(), String> {
-    let InnerMount {
+/// over it); skips one the image may lack ([`InImage::Optional`]) when its
+/// directory is not there.
+fn mount_inner(m: &FsMount) -> Result<(), String> {
+    let FsMount {
         dir,
         fstype,
         flags,
         data,
-        required,
-    } = m;
-    let source = fstype;
-    let target = format!("{ROOTFS_DIR}/{dir}");
+        in_image,
+        ..
+    } = *m;
+    let target = format!("{ROOTFS_DIR}{dir}");
     match fs_magic(&target) {
         Ok(EROFS_MAGIC) => {}
         Ok(magic) => {
@@ -481,19 +447,21 @@ fn mount_inner(m: InnerMount) -> Result<(), String> {
                 fs_name(magic)
             ))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && in_image == InImage::Optional => {
+            return Ok(())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!(
-                "the image has no /{dir} directory (the mount point of its {fstype}); \
-                 rebuild it with an empty /{dir}"
+                "the image has no {dir} directory (the mount point of its {fstype}); \
+                 rebuild it with an empty {dir}"
             ))
         }
         Err(e) => return Err(format!("checking {target}: {e}")),
     }
-    if dir == "tmp" {
+    if in_image == InImage::RequiredKeepingContents {
         return mount_tmp_keeping_contents(&target, flags, data);
     }
-    do_mount(source, &target, fstype, flags, data)
+    do_mount(fstype, &target, fstype, flags, data)
         .map_err(|e| format!("mounting {fstype} on {target}: {e}"))
 }
 
@@ -589,16 +557,6 @@ impl ModeBits for std::fs::Metadata {
     }
 }
 
-/// A file system mounted inside the server's root (its source is its type's name).
-struct InnerMount {
-    dir: &'static str,
-    fstype: &'static str,
-    flags: MsFlags,
-    data: Option<&'static str>,
-    /// Whether the image must have the directory (else it is skipped).
-    required: bool,
-}
-
 /// `mount(2)` with string arguments (`data`: `None` passes a null pointer,
 /// which these file systems accept).
 fn do_mount(
@@ -611,18 +569,39 @@ fn do_mount(
     nix::mount::mount(Some(source), target, Some(fstype), flags, data).map_err(Into::into)
 }
 
-/// One pseudo file system PID 1 mounts.
-struct PseudoMount {
-    source: &'static str,
-    target: &'static str,
+/// One file system PID 1 mounts: on the initramfs root ([`VM_MOUNTS`]) or
+/// inside the server's root filesystem image ([`ROOTFS_MOUNTS`]). Its source
+/// is its type's name.
+struct FsMount {
+    /// Mount point: absolute on the initramfs root, under [`ROOTFS_DIR`] in the image.
+    dir: &'static str,
     fstype: &'static str,
     flags: MsFlags,
+    /// Mount options (`None` passes a null pointer).
+    data: Option<&'static str>,
     /// `f_type` values of this file system once mounted.
     magics: &'static [u64],
-    /// The kernel itself may have mounted it before init ran (devtmpfs with
-    /// `CONFIG_DEVTMPFS_MOUNT`): finding it there is fine. For the others an
-    /// existing mount means this is not a fresh VM, and PID 1 stops.
+    /// On the initramfs root: the kernel itself may have mounted it before
+    /// init ran (devtmpfs with `CONFIG_DEVTMPFS_MOUNT`), and finding it there
+    /// is fine. For the others an existing mount means this is not a fresh
+    /// VM, and PID 1 stops.
     kernel_may_mount: bool,
+    /// Inside the image: what its mount point there must be.
+    in_image: InImage,
+}
+
+/// What a root filesystem image must have for one of [`ROOTFS_MOUNTS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InImage {
+    /// The directory, empty (what is in it is hidden by the mount).
+    Required,
+    /// The directory, possibly with files the server needs (a script built
+    /// from a host path under `/tmp` lands in `/tmp`): the new file system
+    /// gets them before it covers the directory (see
+    /// [`mount_tmp_keeping_contents`]).
+    RequiredKeepingContents,
+    /// Nothing: without the directory the file system is not mounted.
+    Optional,
 }
 
 /// Mount flags of `/proc` and `/sys`.
@@ -630,85 +609,98 @@ const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)
     .union(MsFlags::MS_NOEXEC);
 
-/// `/proc` and `/sys` without devices, setuid or exec; `/dev` as devtmpfs so
-/// the kernel creates `/dev/vsock` and friends itself (no udev in the guest).
-const PSEUDO_MOUNTS: &[PseudoMount] = &[
-    PseudoMount {
-        source: "proc",
-        target: "/proc",
-        fstype: "proc",
-        flags: NOSUID_NODEV_NOEXEC,
-        magics: &[PROC_SUPER_MAGIC],
-        kernel_may_mount: false,
-    },
-    PseudoMount {
-        source: "sysfs",
-        target: "/sys",
-        fstype: "sysfs",
-        flags: NOSUID_NODEV_NOEXEC,
-        magics: &[SYSFS_MAGIC],
-        kernel_may_mount: false,
-    },
-    PseudoMount {
-        source: "devtmpfs",
-        target: "/dev",
-        fstype: "devtmpfs",
-        flags: MsFlags::MS_NOSUID,
-        magics: DEVTMPFS_MAGICS,
-        kernel_may_mount: true,
-    },
-];
+/// `/proc` without devices, setuid or exec.
+const PROC_MOUNT: FsMount = FsMount {
+    dir: "/proc",
+    fstype: "proc",
+    flags: NOSUID_NODEV_NOEXEC,
+    data: None,
+    magics: &[PROC_SUPER_MAGIC],
+    kernel_may_mount: false,
+    in_image: InImage::Required,
+};
+/// `/sys` without devices, setuid or exec (an image needs it only if its
+/// server looks there).
+const SYS_MOUNT: FsMount = FsMount {
+    dir: "/sys",
+    fstype: "sysfs",
+    flags: NOSUID_NODEV_NOEXEC,
+    data: None,
+    magics: &[SYSFS_MAGIC],
+    kernel_may_mount: false,
+    in_image: InImage::Optional,
+};
+/// `/dev` as devtmpfs, so the kernel creates `/dev/vsock` and friends itself
+/// (no udev in the guest).
+const DEV_MOUNT: FsMount = FsMount {
+    dir: "/dev",
+    fstype: "devtmpfs",
+    flags: MsFlags::MS_NOSUID,
+    data: None,
+    magics: DEVTMPFS_MAGICS,
+    kernel_may_mount: true,
+    in_image: InImage::Required,
+};
+/// The server's writable `/tmp` (the image is read-only), keeping what the
+/// image holds there.
+const TMP_MOUNT: FsMount = FsMount {
+    dir: "/tmp",
+    fstype: "tmpfs",
+    flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+    data: Some(ROOTFS_TMP_OPTIONS),
+    magics: &[TMPFS_MAGIC],
+    kernel_may_mount: false,
+    in_image: InImage::RequiredKeepingContents,
+};
+
+/// What PID 1 mounts on the initramfs root, in order.
+const VM_MOUNTS: &[FsMount] = &[PROC_MOUNT, SYS_MOUNT, DEV_MOUNT];
+/// What PID 1 mounts inside the server's root filesystem image, in order.
+const ROOTFS_MOUNTS: &[FsMount] = &[PROC_MOUNT, DEV_MOUNT, TMP_MOUNT, SYS_MOUNT];
 
 /// Mode of the mount points PID 1 creates when the image lacks them.
 const MOUNT_POINT_MODE: u32 = 0o755;
 
 fn mount_pseudo_filesystems() -> Result<(), Pid1Error> {
-    for m in PSEUDO_MOUNTS {
-        if let Err(err) = std::fs::create_dir(m.target) {
+    for m in VM_MOUNTS {
+        if let Err(err) = std::fs::create_dir(m.dir) {
             if err.kind() != std::io::ErrorKind::AlreadyExists {
-                return Err(Pid1Error::Mkdir {
-                    path: m.target,
-                    err,
-                });
+                return Err(Pid1Error::Mkdir { path: m.dir, err });
             }
         } else {
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(
-                m.target,
-                std::fs::Permissions::from_mode(MOUNT_POINT_MODE),
-            );
+            let _ =
+                std::fs::set_permissions(m.dir, std::fs::Permissions::from_mode(MOUNT_POINT_MODE));
         }
         // Checked right before each mount: never stack a mount on an existing one.
-        let state = mount_state(m.target).map_err(|err| Pid1Error::MountCheck {
-            target: m.target,
-            err,
-        })?;
+        let state =
+            mount_state(m.dir).map_err(|err| Pid1Error::MountCheck { target: m.dir, err })?;
         match mount_action(state, m.magics, m.kernel_may_mount) {
             MountAction::Mount => {}
             MountAction::AlreadyThere => {
                 log::info!(
                     "{LOG_PREFIX} {} is already mounted on {}; leaving it",
                     m.fstype,
-                    m.target
+                    m.dir
                 );
                 continue;
             }
             MountAction::Refuse { found } => {
                 return Err(Pid1Error::AlreadyMounted {
                     fstype: m.fstype,
-                    target: m.target,
+                    target: m.dir,
                     found,
                 })
             }
         }
-        match do_mount(m.source, m.target, m.fstype, m.flags, None) {
+        match do_mount(m.fstype, m.dir, m.fstype, m.flags, m.data) {
             Ok(()) => {}
             // EBUSY: already mounted (the kernel may automount devtmpfs).
             Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {}
             Err(err) => {
                 return Err(Pid1Error::Mount {
                     fstype: m.fstype,
-                    target: m.target,
+                    target: m.dir,
                     err,
                 })
             }
@@ -1159,6 +1151,24 @@ pub fn poweroff() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_mount_point_in_the_image_is_one_the_image_builder_makes() {
+        for m in ROOTFS_MOUNTS {
+            assert!(
+                crate::rootfs::MOUNT_POINTS.contains(&m.dir),
+                "{} is mounted in the image but rootfs::MOUNT_POINTS lacks it",
+                m.dir
+            );
+        }
+        // Only the writable /tmp keeps what the image holds under it.
+        let keeping: Vec<&str> = ROOTFS_MOUNTS
+            .iter()
+            .filter(|m| m.in_image == InImage::RequiredKeepingContents)
+            .map(|m| m.fstype)
+            .collect();
+        assert_eq!(keeping, ["tmpfs"]);
+    }
     use crate::vmabi::encode_server_command;
 
     #[test]

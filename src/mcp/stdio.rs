@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::prctl;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{getppid, Pid};
@@ -51,11 +51,6 @@ pub const TERM_GRACE: Duration = Duration::from_millis(1000);
 pub const KILL_REAP_DEADLINE: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the stderr reader to see end of file.
 const STDERR_DRAIN_GRACE: Duration = Duration::from_millis(500);
-/// Poll interval for waiting on a child when `pidfd_open` is unavailable.
-const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(5);
-/// Longest single sleep on a pidfd: if another reaper collects the child, the
-/// pidfd may never become readable for us, so ECHILD is re-checked this often.
-const EXIT_POLL_INTERVAL_PIDFD: Duration = Duration::from_millis(50);
 /// Read size of the stderr thread.
 const STDERR_CHUNK: usize = 8 * 1024;
 /// How much stderr goes into an error message.
@@ -636,41 +631,25 @@ fn group_alive(pgid: libc::pid_t) -> bool {
 /// got it first (a guest's PID-1 reaper, a supervisor's `waitpid(-1)`): it is gone,
 /// which is never retried.
 fn poll_exit(child: &mut Child) -> io::Result<Exit> {
-    match child.try_wait() {
+    let pid = child.id();
+    exit_of(child.try_wait(), pid)
+}
+
+/// Waits for `child` to exit until `deadline`, reaping it. `Exit::Running` on
+/// timeout; ECHILD as in [`poll_exit`]. The wait itself is
+/// [`crate::subprocess::wait_until`] (asleep on a pidfd where there is one).
+fn wait_deadline(child: &mut Child, deadline: Instant) -> io::Result<Exit> {
+    let pid = child.id();
+    exit_of(crate::subprocess::wait_until(child, deadline), pid)
+}
+
+/// What a `waitpid` on our child `pid` said, as an [`Exit`].
+fn exit_of(waited: io::Result<Option<ExitStatus>>, pid: u32) -> io::Result<Exit> {
+    match waited {
         Ok(Some(status)) => Ok(Exit::Reaped(status)),
         Ok(None) => Ok(Exit::Running),
         Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(Exit::ReapedElsewhere),
-        Err(e) => Err(io::Error::new(
-            e.kind(),
-            format!("waitpid({}): {e}", child.id()),
-        )),
-    }
-}
-
-/// Waits for `child` to exit until `deadline`, reaping it. `Exit::Running` on timeout.
-///
-/// Sleeps in poll(2) on a pidfd when the kernel has `pidfd_open` (Linux 5.3+),
-/// otherwise polls `try_wait` every [`EXIT_POLL_INTERVAL`].
-fn wait_deadline(child: &mut Child, deadline: Instant) -> io::Result<Exit> {
-    let first = poll_exit(child)?;
-    if !first.is_running() {
-        return Ok(first);
-    }
-    let pidfd = pidfd_open(child.id());
-    loop {
-        let exit = poll_exit(child)?;
-        if !exit.is_running() {
-            return Ok(exit);
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(Exit::Running);
-        }
-        let remaining = deadline - now;
-        match &pidfd {
-            Some(fd) => poll_readable(fd, remaining.min(EXIT_POLL_INTERVAL_PIDFD))?,
-            None => std::thread::sleep(remaining.min(EXIT_POLL_INTERVAL)),
-        }
+        Err(e) => Err(io::Error::new(e.kind(), format!("waitpid({pid}): {e}"))),
     }
 }
 
@@ -678,20 +657,6 @@ fn wait_deadline(child: &mut Child, deadline: Instant) -> io::Result<Exit> {
 /// `None` where the kernel has no `pidfd_open`.
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     crate::proc::pidfd_open(pid as i32).ok()
-}
-
-/// Waits until `fd` is readable (a pidfd is readable once the process exits) or `timeout`.
-fn poll_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
-    let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    // Round up so a sub-millisecond remainder does not become a busy loop.
-    let ms = PollTimeout::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX);
-    match poll(&mut pfd, ms) {
-        Ok(_) | Err(Errno::EINTR) => Ok(()),
-        Err(e) => {
-            let err = io::Error::from(e);
-            Err(io::Error::new(err.kind(), format!("poll(pidfd): {err}")))
-        }
-    }
 }
 
 impl StdioChild {
@@ -731,6 +696,9 @@ impl StdioChild {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How often the tests look at a child's state.
+    const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(5);
 
     fn sh(script: &str) -> Vec<String> {
         vec!["/bin/sh".into(), "-c".into(), script.into()]
