@@ -164,10 +164,9 @@ fn missing_image_and_unusable_log_dirs_are_usage_errors() {
     assert_usage_error(dir.path(), 104, &["1", "--log-dir", ""], "--log-dir", true);
 }
 
-/// FOUND: `--boot-timeout 1e20` panics in src/cli.rs
-/// (`Duration::from_secs_f64` overflows) and exits 101 with a backtrace.
-/// Fix (cli.rs owner): `Duration::try_from_secs_f64`, refusing with
-/// "--boot-timeout 1e20: too large".
+/// `--boot-timeout 1e20` once panicked (`Duration::from_secs_f64`
+/// overflows) and exited 101 with a backtrace: it is a usage error naming
+/// the flag.
 #[test]
 fn absurdly_large_boot_timeout_is_a_usage_error() {
     let _slot = shared_slot();
