@@ -85,23 +85,47 @@ fn main() {
 
 /// Takes `-v`, `-vv` (and more v's) and `--verbose` out of the arguments
 /// (before any `--`), wherever they stand, and counts them: argh has no
-/// counted flags, and verbosity applies to every command.
+/// counted flags, and verbosity applies to every command. One that stands
+/// where an option expects its value (`--guest-arg -v`) is that value.
 fn take_verbosity(args: Vec<String>) -> (Vec<String>, u8) {
     let mut verbose = 0u8;
-    let mut out = Vec::with_capacity(args.len());
+    let mut out: Vec<String> = Vec::with_capacity(args.len());
     let mut rest = false;
     for (i, a) in args.into_iter().enumerate() {
         rest |= a == "--";
         let vs = a
             .strip_prefix('-')
-            .filter(|v| !v.is_empty() && v.bytes().all(|b| b == b'v'));
-        match (i > 0 && !rest, vs, a.as_str()) {
-            (true, Some(v), _) => verbose = verbose.saturating_add(v.len() as u8),
-            (true, None, "--verbose") => verbose = verbose.saturating_add(1),
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b == b'v'))
+            .map(str::len)
+            .or((a == "--verbose").then_some(1));
+        let is_value = || match out.split_last() {
+            Some((flag, before)) => takes_value(before.get(1..).unwrap_or(&[]), flag),
+            None => false,
+        };
+        match vs {
+            Some(n) if i > 0 && !rest && !is_value() => {
+                verbose = verbose.saturating_add(n as u8);
+            }
             _ => out.push(a),
         }
     }
     (out, verbose)
+}
+
+/// Whether `flag`, standing after `before` (the arguments kept so far, the
+/// program's name left out), is an option that takes a value: argh is asked
+/// by parsing up to it, since it does not list its options.
+fn takes_value(before: &[String], flag: &str) -> bool {
+    if !flag.starts_with("--") || flag.contains('=') {
+        return false;
+    }
+    let mut probe = split_equals(before.to_vec());
+    probe.push(flag.to_string());
+    let probe: Vec<&str> = probe.iter().map(String::as_str).collect();
+    match cli::Top::from_args(&["ukload"], &probe) {
+        Err(e) => e.output.starts_with("No value provided for option"),
+        Ok(_) => false,
+    }
 }
 
 /// argh reports a bad flag value as `Error parsing option '--port' with value
@@ -652,5 +676,42 @@ mod tests {
         assert_eq!((rest, v), (args(&["ukload", "run", "2", "--", "-v"]), 3));
         let (rest, v) = take_verbosity(args(&["ukload", "run", "--verbose"]));
         assert_eq!((rest, v), (args(&["ukload", "run"]), 1));
+        // After a switch it is verbosity again.
+        let (rest, v) = take_verbosity(args(&["ukload", "run", "--flatpak-host", "-v"]));
+        assert_eq!((rest, v), (args(&["ukload", "run", "--flatpak-host"]), 1));
+    }
+
+    #[test]
+    fn a_v_where_an_option_expects_its_value_is_the_value() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let given = args(&[
+            "ukload",
+            "run",
+            "--guest-arg",
+            "-v",
+            "-v",
+            "--port=7",
+            "--exec",
+            "--verbose",
+        ]);
+        let (rest, v) = take_verbosity(given);
+        assert_eq!(
+            rest,
+            args(&[
+                "ukload",
+                "run",
+                "--guest-arg",
+                "-v",
+                "--port=7",
+                "--exec",
+                "--verbose"
+            ])
+        );
+        assert_eq!(v, 1);
+        let (rest, v) = take_verbosity(args(&["ukload", "mcp", "call", "--arg", "-vv", "echo"]));
+        assert_eq!(
+            (rest, v),
+            (args(&["ukload", "mcp", "call", "--arg", "-vv", "echo"]), 0)
+        );
     }
 }
