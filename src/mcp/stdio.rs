@@ -104,11 +104,6 @@ impl StderrTail {
         self.state().total
     }
 
-    /// Whether every writer of the pipe has closed it.
-    pub fn is_eof(&self) -> bool {
-        self.state().eof
-    }
-
     /// Waits until end of file or `timeout`; returns whether end of file was seen.
     pub fn wait_eof(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
