@@ -160,6 +160,9 @@ impl std::fmt::Display for ToolError {
             }
             ToolError::Connect(e) => write!(f, "connect: {e}"),
             ToolError::Socket(e) => write!(f, "socket: {e}"),
+            // A JSON-RPC error names its method already.
+            ToolError::Initialize(e @ McpError::Rpc { .. })
+            | ToolError::ListTools(e @ McpError::Rpc { .. }) => e.fmt(f),
             ToolError::Initialize(e) => write!(f, "initialize: {e}"),
             ToolError::ListTools(e) => write!(f, "tools/list: {e}"),
             ToolError::NeedsTasks(e) | ToolError::Call(e) => e.fmt(f),
@@ -375,6 +378,26 @@ pub fn sample_arguments(schema: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_setup_step_is_named_once() {
+        let rpc = || McpError::Rpc {
+            method: "initialize".into(),
+            code: -32603,
+            message: "never answered".into(),
+            data: None,
+        };
+        assert_eq!(
+            ToolError::Initialize(rpc()).to_string(),
+            "initialize: server returned JSON-RPC error -32603: never answered"
+        );
+        let gone = ToolError::ListTools(McpError::Closed {
+            peer: "guest".into(),
+            reason: "eof".into(),
+        })
+        .to_string();
+        assert!(gone.starts_with("tools/list: "), "{gone}");
+    }
 
     #[test]
     fn tool_call_flag_parses_name_and_json_arguments() {

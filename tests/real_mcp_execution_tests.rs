@@ -764,6 +764,46 @@ fn test_bridged_server_exit_is_named_to_the_host_and_is_reaped() {
     assert_eq!(again.server().server_name, "hostile");
 }
 
+/// `ukload run --mcp-server` (process launcher) with a server that never
+/// writes anything: the guest is given the tool call's deadline, ends the
+/// server when it passes and the report names why (not the client's bare
+/// timeout, which would come later); nothing of the run is left.
+#[test]
+fn test_run_names_a_bridged_server_that_never_answers() {
+    let _slot = common::shared_slot();
+    let dir = common::TempDir::new("mute-bridge");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp/hostile_server.sh");
+    let server = format!("/bin/sh {} mute", script.display());
+    let start = Instant::now();
+    let (out, doc) = common::run_report(
+        dir.path(),
+        1,
+        &[
+            "--mcp-server",
+            &server,
+            "--tool-call",
+            r#"echo:{"message":"hi"}"#,
+            "--tool-timeout-ms",
+            "2000",
+            "--max-boot-ms",
+            "60000",
+            "--cid-range",
+            &common::cid_block(1),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_ne!(out.status.code(), Some(0), "a silent server passed");
+    let inst = &common::instances(&doc)[0];
+    let err = inst["tool_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("never answered") && err.contains("within 2s"),
+        "{inst}"
+    );
+    assert!(!err.contains("initialize: initialize"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(30));
+    common::assert_run_gone(doc["run_id"].as_str().unwrap(), Duration::from_secs(5));
+}
+
 #[test]
 fn test_bridged_concurrent_calls_return_to_their_callers() {
     require_node!();

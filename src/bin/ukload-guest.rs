@@ -72,6 +72,12 @@ struct Args {
     #[argh(option)]
     mcp_server: Option<String>,
 
+    /// with --mcp-server: ms a started server may write nothing after its
+    /// first request before it is ended and named as never answering
+    /// (default 20000; ukload passes its tool-call deadline)
+    #[argh(option)]
+    mcp_server_timeout_ms: Option<u64>,
+
     /// MCP eras the built-in tools serve: dual (default: 2026-07-28 per
     /// request beside 2024-11-05 … 2025-11-25 after initialize), modern or legacy
     #[argh(option, default = "EraSupport::Dual")]
@@ -236,7 +242,14 @@ fn parse_args() -> Result<(AgentConfig, Arc<dyn ConnectionMode>), ExitCode> {
         Some(cmd) => {
             let argv = ukload::mcp::split_command(cmd)
                 .map_err(|e| usage_error(&format!("--mcp-server {cmd:?}: {e}")))?;
-            Arc::new(BridgeMode::new(argv).map_err(|e| usage_error(&e))?)
+            let bridge = BridgeMode::new(argv).map_err(|e| usage_error(&e))?;
+            Arc::new(match args.mcp_server_timeout_ms {
+                Some(0) => {
+                    return Err(usage_error("--mcp-server-timeout-ms 0: give at least 1 ms"))
+                }
+                Some(ms) => bridge.with_start_timeout(Duration::from_millis(ms)),
+                None => bridge,
+            })
         }
     };
     let cfg = AgentConfig {

@@ -469,11 +469,7 @@ impl RunArgs {
         cfg.concurrency = self.concurrency.map_or(count, Count::get);
         cfg.tool_call = self.tool_call(&cfg.launcher)?;
         if let Some(call) = &cfg.tool_call {
-            // A bridged server that stays silent is reported by the guest
-            // before the client's own deadline would end the session.
-            if cfg.launcher.qemu.runs_server() {
-                cfg.launcher.qemu.server_timeout = Some(call.timeout);
-            }
+            cfg.launcher.set_server_timeout(call.timeout);
         }
         cfg.max_boot_ms = self.max_boot_ms.map_or(DEFAULT_MAX_BOOT_MS, |p| p.0);
         cfg.max_mem_mb = self.max_mem_mb.map_or(DEFAULT_MAX_MEM_MB, |p| p.0);
@@ -564,10 +560,8 @@ impl InstanceFlags {
             )));
         }
         let mut launcher = self.launcher_config()?;
-        if launcher.qemu.runs_server() {
-            // Replaced by the tool call's deadline when there is one.
-            launcher.qemu.server_timeout = Some(ukload::toolcall::DEFAULT_TOOL_TIMEOUT);
-        }
+        // Replaced by the tool call's deadline when there is one.
+        launcher.set_server_timeout(ukload::toolcall::DEFAULT_TOOL_TIMEOUT);
         let cfg = RunConfig {
             tool_call: None,
             max_tool_ms: DEFAULT_MAX_TOOL_MS,
@@ -607,7 +601,7 @@ impl InstanceFlags {
             }
         }
         let mut qemu = self.qemu_config();
-        let guest_args = self.mcp_server(kind, &mut qemu)?;
+        let bridged_server = self.mcp_server(kind, &mut qemu)?;
         let ready_console = match &self.ready_console {
             Some(Pattern(re)) => re.clone(),
             None => regex_lite::Regex::new(launcher::DEFAULT_READY_CONSOLE)
@@ -626,7 +620,8 @@ impl InstanceFlags {
                 .guest_bin
                 .clone()
                 .unwrap_or_else(LauncherConfig::default_guest_bin),
-            guest_args,
+            guest_args: self.guest_arg.clone(),
+            bridged_server,
             guest_boot_delay_ms: self
                 .guest_boot_delay_ms
                 .map_or(0, |m| m.0.as_millis() as u64),
@@ -688,23 +683,24 @@ impl InstanceFlags {
     }
 
     /// `--mcp-server`, `--rootfs` and `--include`: the process launcher's
-    /// guest gets the server in its arguments (returned with the
-    /// `--guest-arg`s), the qemu launcher an image given or to build.
+    /// guest bridges to the server (returned), the qemu launcher gets an
+    /// image given or to build.
     fn mcp_server(
         &self,
         kind: Kind,
         qemu: &mut launcher::qemu::QemuConfig,
-    ) -> Result<Vec<String>, Usage> {
+    ) -> Result<Option<launcher::BridgedServer>, Usage> {
         self.check_image_flags(kind)?;
-        let mut guest_args = self.guest_arg.clone();
         match (&self.mcp_server, kind) {
             (None, _) => {
                 // --rootfs alone: the image's manifest names the server.
                 qemu.rootfs = self.rootfs.clone();
             }
             (Some(cmd), Kind::Process) => {
-                guest_args.push("--mcp-server".into());
-                guest_args.push(cmd.text.clone());
+                return Ok(Some(launcher::BridgedServer {
+                    command: cmd.text.clone(),
+                    start_timeout: None,
+                }));
             }
             (Some(cmd), Kind::Qemu) => {
                 // Parsed (and its --include values checked) here; the image is
@@ -730,7 +726,7 @@ impl InstanceFlags {
                 )))
             }
         }
-        Ok(guest_args)
+        Ok(None)
     }
 
     /// `--rootfs` and `--include`: qemu only, not together, `--include`

@@ -13,6 +13,7 @@ use crate::vsock::Endpoint;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Default console marker: the line `ukload-guest` prints when it listens.
 pub const DEFAULT_READY_CONSOLE: &str = r"ukload-guest: ready";
@@ -188,6 +189,16 @@ impl fmt::Display for LaunchError {
 
 impl std::error::Error for LaunchError {}
 
+/// A stdio MCP server the process launcher's guest runs for each connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgedServer {
+    /// The command line ('CMD ARGS', split by the guest).
+    pub command: String,
+    /// How long the guest lets a started server stay silent after its first
+    /// request before it ends it and names it as never answering.
+    pub start_timeout: Option<Duration>,
+}
+
 /// Launcher settings from the command line.
 #[derive(Clone, Debug)]
 pub struct LauncherConfig {
@@ -198,6 +209,8 @@ pub struct LauncherConfig {
     /// process: the guest program (default: `ukload-guest` beside `ukload`).
     pub guest_bin: PathBuf,
     pub guest_args: Vec<String>,
+    /// process: a stdio MCP server the guest bridges every connection to.
+    pub bridged_server: Option<BridgedServer>,
     pub guest_boot_delay_ms: u64,
     /// kraft: the kraft program, image, platform and extra arguments.
     pub kraft_bin: String,
@@ -233,6 +246,25 @@ pub fn in_flatpak() -> bool {
 }
 
 impl LauncherConfig {
+    /// Whether every instance runs a real MCP server (bridged by the process
+    /// launcher's guest, or in a qemu VM from a root filesystem image).
+    pub fn runs_server(&self) -> bool {
+        self.bridged_server.is_some() || self.qemu.runs_server()
+    }
+
+    /// How long the guest lets a started MCP server stay silent after its
+    /// first request: given the tool call's deadline, the guest names a
+    /// silent server before the client would end the session without a
+    /// reason.
+    pub fn set_server_timeout(&mut self, t: Duration) {
+        if let Some(s) = &mut self.bridged_server {
+            s.start_timeout = Some(t);
+        }
+        if self.qemu.runs_server() {
+            self.qemu.server_timeout = Some(t);
+        }
+    }
+
     /// The guest program installed beside the running `ukload`.
     pub fn default_guest_bin() -> PathBuf {
         std::env::current_exe()
@@ -349,7 +381,7 @@ impl LauncherConfig {
 
     /// `ukload-guest` as a host process on the hybrid vsock socket.
     fn plan_process(&self, ctx: &InstanceCtx) -> Plan {
-        let cmd = Command::new(self.guest_bin.as_os_str())
+        let mut cmd = Command::new(self.guest_bin.as_os_str())
             .arg("--listen")
             .arg(format!("uds:{}", ctx.uds.display()))
             .arg("--port")
@@ -361,6 +393,14 @@ impl LauncherConfig {
             .arg("--boot-delay-ms")
             .arg(self.guest_boot_delay_ms.to_string())
             .args(self.guest_args.iter());
+        if let Some(s) = &self.bridged_server {
+            cmd = cmd.arg("--mcp-server").arg(&s.command);
+            if let Some(t) = s.start_timeout {
+                cmd = cmd
+                    .arg("--mcp-server-timeout-ms")
+                    .arg(t.as_millis().max(1).to_string());
+            }
+        }
         let readiness = if self.ready == ReadyMode::Console {
             self.console()
         } else {
