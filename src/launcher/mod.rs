@@ -246,12 +246,6 @@ pub fn in_flatpak() -> bool {
 }
 
 impl LauncherConfig {
-    /// Whether every instance runs a real MCP server (bridged by the process
-    /// launcher's guest, or in a qemu VM from a root filesystem image).
-    pub fn runs_server(&self) -> bool {
-        self.bridged_server.is_some() || self.qemu.runs_server()
-    }
-
     /// How long the guest lets a started MCP server stay silent after its
     /// first request: given the tool call's deadline, the guest names a
     /// silent server before the client would end the session without a
