@@ -326,8 +326,9 @@ struct ConfigView<'a> {
     tool_call: Option<String>,
     max_tool_ms: f64,
     max_connect_ms: Option<f64>,
-    /// qemu launcher: the MCP server every VM runs (argv in the guest;
-    /// `None` with a root filesystem image: its manifest's command).
+    /// The real MCP server every instance runs: qemu, its argv in the guest
+    /// (`None` with a root filesystem image given: its manifest's command);
+    /// process, the command the guest bridges to, as split.
     #[serde(skip_serializing_if = "Option::is_none")]
     mcp_server: Option<&'a [String]>,
     /// qemu launcher: the root filesystem image every VM attaches.
@@ -353,7 +354,11 @@ fn config_view(cfg: &RunConfig) -> ConfigView<'_> {
         tool_call: cfg.tool_call.as_ref().map(|c| c.name.clone()),
         max_tool_ms: cfg.max_tool_ms,
         max_connect_ms: cfg.max_connect_ms,
-        mcp_server: cfg.launcher.qemu.server.as_deref(),
+        mcp_server: cfg.launcher.qemu.server.as_deref().or(cfg
+            .launcher
+            .bridged_server
+            .as_ref()
+            .map(|s| s.argv.as_slice())),
         rootfs: cfg.launcher.qemu.rootfs.as_deref(),
     }
 }
@@ -463,6 +468,9 @@ impl Human<'_> {
                 "  MCP server in every VM: {server} (root filesystem {})",
                 img.display()
             )?;
+        }
+        if let Some(s) = &cfg.launcher.bridged_server {
+            writeln!(out, "  MCP server bridged by every guest: {}", s.command)?;
         }
         Ok(())
     }

@@ -800,6 +800,9 @@ fn test_run_names_a_bridged_server_that_never_answers() {
         "{inst}"
     );
     assert!(!err.contains("initialize: initialize"), "{err}");
+    // The report says which server the instances ran.
+    let want = json!(["/bin/sh", script.to_str().unwrap(), "mute"]);
+    assert_eq!(doc["config"]["mcp_server"], want);
     assert!(start.elapsed() < Duration::from_secs(30));
     common::assert_run_gone(doc["run_id"].as_str().unwrap(), Duration::from_secs(5));
 }

@@ -699,6 +699,7 @@ impl InstanceFlags {
             (Some(cmd), Kind::Process) => {
                 return Ok(Some(launcher::BridgedServer {
                     command: cmd.text.clone(),
+                    argv: cmd.argv.clone(),
                     start_timeout: None,
                 }));
             }

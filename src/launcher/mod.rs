@@ -192,8 +192,10 @@ impl std::error::Error for LaunchError {}
 /// A stdio MCP server the process launcher's guest runs for each connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BridgedServer {
-    /// The command line ('CMD ARGS', split by the guest).
+    /// The command line ('CMD ARGS'), as the guest is given it.
     pub command: String,
+    /// `command` split into words (as the guest splits it).
+    pub argv: Vec<String>,
     /// How long the guest lets a started server stay silent after its first
     /// request before it ends it and names it as never answering.
     pub start_timeout: Option<Duration>,
