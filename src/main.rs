@@ -317,17 +317,25 @@ fn run_error_code(e: &RunError) -> i32 {
     }
 }
 
+/// Builds (or finds in the cache) the root filesystem image of a VM's MCP
+/// server, before the harness starts: mkfs.erofs is waited for with waitpid,
+/// which the run's reaper would race; and no VM may start before the image
+/// exists. `Err`: the exit code, the reason said.
+fn prepare_server_image(launcher: &mut ukload::launcher::LauncherConfig) -> Result<(), i32> {
+    launcher.qemu.prepare_rootfs().map_err(|e| {
+        let e = run::RunError::Launch(e);
+        say!("ukload: {e}");
+        run_error_code(&e)
+    })
+}
+
 fn cmd_run(a: cli::RunArgs) -> i32 {
     let (mut cfg, fmt) = match a.to_config() {
         Ok(c) => c,
         Err(cli::Usage(m)) => return usage(&m),
     };
-    // Before the harness: mkfs.erofs is waited for with waitpid, which the
-    // run's reaper would race; and no VM may start before the image exists.
-    if let Err(e) = cfg.launcher.qemu.prepare_rootfs() {
-        let e = run::RunError::Launch(e);
-        say!("ukload: {e}");
-        return run_error_code(&e);
+    if let Err(code) = prepare_server_image(&mut cfg.launcher) {
+        return code;
     }
     let h = match Harness::start() {
         Ok(h) => h,
@@ -457,11 +465,8 @@ fn cmd_cycles(a: cli::CyclesArgs) -> i32 {
         Ok(c) => c,
         Err(cli::Usage(m)) => return usage(&m),
     };
-    // As in `cmd_run`: the server's image exists before any VM starts.
-    if let Err(e) = cfg.run.launcher.qemu.prepare_rootfs() {
-        let e = run::RunError::Launch(e);
-        say!("ukload: {e}");
-        return run_error_code(&e);
+    if let Err(code) = prepare_server_image(&mut cfg.run.launcher) {
+        return code;
     }
     let h = match Harness::start() {
         Ok(h) => h,

@@ -45,8 +45,6 @@ use ukload::exit::{
     EXIT_PASS as EXIT_OK, EXIT_RPC_ERROR, EXIT_TRANSPORT, EXIT_USAGE,
 };
 
-/// Default deadline of each call, ms.
-pub const DEFAULT_TIMEOUT_MS: u64 = ukload::mcp::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64;
 /// Default `--max-total-ms` with `--progress-resets-timeout`: the hard bound
 /// of a call that keeps reporting progress (or `--timeout-ms` if longer).
 pub const DEFAULT_MAX_TOTAL_MS: u64 = 600_000;
@@ -356,7 +354,7 @@ fn connection(f: TransportFlags) -> Result<Connection, Usage> {
         framing: f.framing.unwrap_or(Framing::Line),
         timeout: f
             .timeout_ms
-            .map_or(Duration::from_millis(DEFAULT_TIMEOUT_MS), |d| d.0),
+            .map_or(ukload::mcp::DEFAULT_REQUEST_TIMEOUT, |d| d.0),
         protocol: f.protocol.unwrap_or(ProtocolChoice::Auto),
     })
 }
@@ -1224,7 +1222,7 @@ mod tests {
         assert!(e.contains("got --stdio and --vsock and --uds"), "{e}");
         let c = connection(flags(s, None, None)).unwrap();
         assert_eq!(c.target, Target::Stdio(vec!["node".into(), "x.js".into()]));
-        assert_eq!(c.timeout, Duration::from_millis(DEFAULT_TIMEOUT_MS));
+        assert_eq!(c.timeout, ukload::mcp::DEFAULT_REQUEST_TIMEOUT);
         assert_eq!(c.framing, Framing::Line);
         assert_eq!(c.protocol, ProtocolChoice::Auto);
         let c = connection(flags(None, v, None)).unwrap();

@@ -3,7 +3,6 @@
 //! value in front of the error (see `usage_message` in main.rs), so these
 //! messages say only what was expected.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -298,15 +297,6 @@ fn peer_port(s: &str) -> Result<u32, String> {
     s.parse::<Port>()
         .map(|Port(p)| p)
         .map_err(|e| format!("invalid port {s:?}: {e}"))
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Format::Human => "human",
-            Format::Json => "json",
-        })
-    }
 }
 
 #[cfg(test)]
