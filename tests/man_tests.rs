@@ -4,25 +4,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
-
-/// `--flag` names in a `--help` text's Options section.
-fn help_flags(bin: &std::path::Path, args: &[&str]) -> BTreeSet<String> {
-    let out = Command::new(bin).args(args).arg("--help").output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .filter_map(|l| {
-            // Option lines start at column 2 ("  --flag"); descriptions are
-            // indented further.
-            if !l.starts_with("  --") {
-                return None;
-            }
-            let w = l.split_whitespace().next()?;
-            let w = w.trim_end_matches(',');
-            (w.starts_with("--") && w != "--help").then(|| w.to_string())
-        })
-        .collect()
-}
 
 /// The flags a man page mentions (`\-\-flag` in roff).
 fn man_flags(page: &str) -> BTreeSet<String> {
@@ -77,7 +58,7 @@ fn every_ukload_flag_is_in_the_manual() {
         if !described {
             missing.push(format!("command `ukload {name}`"));
         }
-        for f in help_flags(&bin, cmd) {
+        for f in common::help_flags(&bin, cmd) {
             if !man.contains(&f) {
                 missing.push(format!("ukload {name} {f}"));
             }
@@ -92,7 +73,7 @@ fn every_ukload_flag_is_in_the_manual() {
 #[test]
 fn every_ukload_guest_flag_is_in_its_manual() {
     let man = man_flags("ukload-guest.1");
-    let missing: Vec<String> = help_flags(&common::guest_bin(), &[])
+    let missing: Vec<String> = common::help_flags(&common::guest_bin(), &[])
         .into_iter()
         .filter(|f| !man.contains(f))
         .collect();

@@ -361,18 +361,7 @@ fn both_binaries_print_their_version_and_exit_0() {
 
 /// `--flag` names of `ukload ARGS --help`.
 fn help_flags(args: &[&str]) -> std::collections::BTreeSet<String> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ukload"))
-        .args(args)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{args:?} --help");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|w| w.starts_with("--") && *w != "--help")
-        .map(|w| w.trim_end_matches(',').to_string())
-        .collect()
+    common::help_flags(&ukload_bin(), args)
 }
 
 /// `cycles` takes every flag of `run` that says how instances are started,

@@ -292,3 +292,28 @@ pub fn fixture_leftovers(lo: u32, hi: u32) -> Vec<i32> {
         })
         .collect()
 }
+
+/// `--flag` names in the Options section of `BIN ARGS --help` (which must
+/// exit 0).
+pub fn help_flags(bin: &Path, args: &[&str]) -> std::collections::BTreeSet<String> {
+    let out = Command::new(bin).args(args).arg("--help").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{} {args:?} --help",
+        bin.display()
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| {
+            // Option lines start at column 2 ("  --flag"); descriptions are
+            // indented further.
+            if !l.starts_with("  --") {
+                return None;
+            }
+            let w = l.split_whitespace().next()?;
+            let w = w.trim_end_matches(',');
+            (w.starts_with("--") && w != "--help").then(|| w.to_string())
+        })
+        .collect()
+}
