@@ -655,11 +655,6 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 }
 
 impl StdioChild {
-    /// Everything the child wrote on stderr so far (bounded).
-    pub fn stderr_text(&self) -> String {
-        self.stderr.contents()
-    }
-
     /// Context for an error after the stream ended: exit status and stderr
     /// tail, waiting up to `wait` for them to be complete.
     pub fn diagnostics(&self, wait: Duration) -> Option<String> {
