@@ -1108,7 +1108,7 @@ impl Session {
     }
 
     /// Ends the session like [`Session::close`] but without giving the writer
-    /// [its grace](WRITER_FLUSH_GRACE) to flush queued frames: the peer is
+    /// its grace to flush queued frames: the peer is
     /// ended at once (for a socket: shut down, so the threads end at once).
     /// For a run that was interrupted by a signal.
     pub fn abort(&self) -> Result<CloseOutcome, McpError> {
