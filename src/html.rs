@@ -110,17 +110,21 @@ fn timeline(r: &RunResult) -> String {
     g
 }
 
-/// The timeline's time axis: milliseconds of the run to x coordinates.
+/// A chart's horizontal axis, from 0 to `end` (ms of the run, ms of boot,
+/// MB) over the plot area right of the row labels.
 #[derive(Clone, Copy)]
 struct Axis {
-    /// The run's length in ms (at least 1).
+    /// The value at the right edge (more than 0).
     end: f64,
 }
 
+/// Width of the plot area: the page width less the labels and a margin.
+const PLOT_WIDTH: f64 = WIDTH - LEFT - 10.0;
+
 impl Axis {
-    /// The x coordinate of `ms` after the run's start.
-    fn x(self, ms: f64) -> f64 {
-        LEFT + ms / self.end * (WIDTH - LEFT - 10.0)
+    /// The x coordinate of value `v`.
+    fn x(self, v: f64) -> f64 {
+        LEFT + v / self.end * PLOT_WIDTH
     }
 }
 
@@ -247,7 +251,7 @@ pub(crate) fn boot_histogram(boots: &[f64], target_ms: Option<f64>) -> String {
     }
     let top = *bins.iter().max().unwrap_or(&1) as f64;
     let (w, hgt) = (WIDTH, 200.0);
-    let bw = (w - LEFT - 10.0) / HIST_BINS as f64;
+    let bw = PLOT_WIDTH / HIST_BINS as f64;
     let _ = writeln!(
         g,
         "<svg id=\"histogram\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\">",
@@ -266,7 +270,7 @@ pub(crate) fn boot_histogram(boots: &[f64], target_ms: Option<f64>) -> String {
         );
     }
     if let Some(t) = target_ms {
-        let tx = LEFT + t / hi * (w - LEFT - 10.0);
+        let tx = Axis { end: hi }.x(t);
         let _ = writeln!(
             g,
             "<line id=\"target\" x1=\"{tx:.1}\" y1=\"10\" x2=\"{tx:.1}\" y2=\"{hgt}\" stroke=\"#cf222e\" stroke-dasharray=\"4\"/><text x=\"{:.1}\" y=\"20\" fill=\"#cf222e\" text-anchor=\"end\">target {t} ms</text>",
@@ -305,7 +309,7 @@ fn memory(r: &RunResult, cfg: &RunConfig) -> String {
     }
     let hi = mems.iter().map(|m| m.2).fold(cfg.max_mem_mb, f64::max) * 1.05;
     let height = 30.0 + mems.len() as f64 * ROW;
-    let x = |mb: f64| LEFT + mb / hi * (WIDTH - LEFT - 10.0);
+    let x = |mb: f64| Axis { end: hi }.x(mb);
     let _ = writeln!(
         g,
         "<svg id=\"memory\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\">"

@@ -118,15 +118,15 @@ fn read_report(f: &Path) -> Result<(HostRun, Vec<Value>), MergeError> {
         why,
     };
     let text = std::fs::read_to_string(f).map_err(|e| err(format!("cannot read: {e}")))?;
-    let doc: Value = serde_json::from_str(&text).map_err(|e| err(format!("not JSON: {e}")))?;
+    let mut doc: Value = serde_json::from_str(&text).map_err(|e| err(format!("not JSON: {e}")))?;
     let run_id = doc["run_id"]
         .as_str()
         .ok_or_else(|| err("no run_id".into()))?
         .to_string();
-    let instances = doc["instances"]
-        .as_array()
-        .ok_or_else(|| err("no instances".into()))?
-        .clone();
+    // Taken out of the document, not copied: nothing else reads them there.
+    let Some(Value::Array(instances)) = doc.get_mut("instances").map(Value::take) else {
+        return Err(err("no instances".into()));
+    };
     let verdict = verdict_of(&doc["verdict"]).ok_or_else(|| err("no verdict".into()))?;
     let host = host_run(f, &doc, run_id, verdict, &instances);
     Ok((host, instances))

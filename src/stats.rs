@@ -106,4 +106,14 @@ mod tests {
         assert_eq!((one.min, one.median, one.p99), (7.0, 7.0, 7.0));
         assert!(Stats::of(&[]).is_none());
     }
+
+    #[test]
+    fn nearest_rank_of_twenty_samples_and_of_one() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        let s = Stats::of(&v).unwrap();
+        assert_eq!((s.min, s.median, s.p95, s.max), (1.0, 10.0, 19.0, 20.0));
+        assert_eq!(Stats::of(&[]), None);
+        let one = Stats::of(&[7.5]).unwrap();
+        assert_eq!((one.median, one.p95), (7.5, 7.5));
+    }
 }

@@ -352,13 +352,7 @@ pub const SAMPLE_STRING: &str = "ukload";
 pub fn sample_arguments(schema: &Value) -> Value {
     let mut args = serde_json::Map::new();
     let props = schema.get("properties").and_then(Value::as_object);
-    for key in schema
-        .get("required")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-    {
+    for key in crate::mcp::schema::required(schema) {
         let ty = props
             .and_then(|p| p.get(key))
             .and_then(|p| p.get("type"))

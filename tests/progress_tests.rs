@@ -88,7 +88,9 @@ fn verbosity_from_flags_and_rust_log() {
     let debug_line = "ukload: debug: [0] launch";
     let range = cid_block(10);
     let plain = run(dir.path(), &[], &[], &range);
-    assert!(!String::from_utf8_lossy(&plain.stderr).contains(debug_line));
+    let plain_err = String::from_utf8_lossy(&plain.stderr);
+    assert_eq!(plain.status.code(), Some(0), "{plain_err}");
+    assert!(!plain_err.contains(debug_line), "{plain_err}");
     for (extra, env) in [
         (&["-v"][..], &[][..]),
         (&["-vv"][..], &[][..]),
@@ -107,7 +109,9 @@ fn verbosity_from_flags_and_rust_log() {
     }
     // RUST_LOG wins over -v.
     let off = run(dir.path(), &["-v"], &[("RUST_LOG", "off")], &range);
-    assert!(!String::from_utf8_lossy(&off.stderr).contains("debug:"));
+    let off_err = String::from_utf8_lossy(&off.stderr);
+    assert_eq!(off.status.code(), Some(0), "{off_err}");
+    assert!(!off_err.contains("debug:"), "{off_err}");
     // -q: no progress, no information.
     let quiet = run(dir.path(), &["-q"], &[], &range);
     assert_eq!(quiet.status.code(), Some(0));

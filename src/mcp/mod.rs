@@ -7,8 +7,8 @@
 //! - [`tools`] / [`server`]: the four built-in tools and a minimal server over
 //!   them, for the guest agent.
 //! - [`coerce_args`]: `--arg key=value` typed by a tool's input schema.
-//! - [`cli`]: `ukload mcp tools|call|bench`.
 //!
+//! `ukload mcp tools|call|bench` is the binary's `src/cli/mcp.rs`, on top of these.
 
 mod args;
 mod error;

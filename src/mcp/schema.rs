@@ -30,6 +30,20 @@ pub fn validate_def(root: &Value, name: &str, value: &Value) -> Result<(), Strin
     check(root, def, value, "$", 0)
 }
 
+/// The property names in `schema`'s `required` list (none without one).
+pub fn required(schema: &Value) -> impl Iterator<Item = &str> {
+    schema.as_object().into_iter().flat_map(required_in)
+}
+
+/// [`required`] of a schema object.
+fn required_in(s: &Map<String, Value>) -> impl Iterator<Item = &str> {
+    s.get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+}
+
 fn definition<'a>(root: &'a Value, name: &str) -> Option<&'a Value> {
     root.get("$defs")
         .and_then(|d| d.get(name))
@@ -203,13 +217,7 @@ fn check_object(
     depth: usize,
 ) -> Result<(), String> {
     let props = s.get("properties").and_then(Value::as_object);
-    for key in s
-        .get("required")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-    {
+    for key in required_in(s) {
         if !obj.contains_key(key) {
             return Err(format!("{path}: missing required property {key:?}"));
         }

@@ -481,6 +481,8 @@ impl Session {
         session.finish_setup(negotiated)
     }
 
+    /// Keeps the negotiated era and server, or closes the session (aborts
+    /// it once interrupted) and returns the negotiation's error.
     fn finish_setup(
         mut self,
         negotiated: Result<(Era, InitializeResult), McpError>,
@@ -606,25 +608,10 @@ impl Session {
         options: SessionOptions,
         stop: Stop<'_>,
     ) -> Result<Session, McpError> {
-        let mut session = Session::start(transport, options)?;
+        let session = Session::start(transport, options)?;
         let offer = session.options.protocol_version.clone();
         let negotiated = session.handshake(&offer, stop).map(|s| (Era::Legacy, s));
-        match negotiated {
-            Ok((era, server)) => {
-                session.era = era;
-                session.server = server;
-                Ok(session)
-            }
-            Err(e) => {
-                // Report the handshake failure, not a secondary close error.
-                let _ = if e.is_interrupted() {
-                    session.abort()
-                } else {
-                    session.close()
-                };
-                Err(e)
-            }
-        }
+        session.finish_setup(negotiated)
     }
 
     /// Starts the writer and reader threads on `transport` (no handshake
@@ -1121,7 +1108,7 @@ impl Session {
     }
 
     /// Ends the session like [`Session::close`] but without giving the writer
-    /// [its grace](WRITER_FLUSH_GRACE) to flush queued frames: the peer is
+    /// its grace to flush queued frames: the peer is
     /// ended at once (for a socket: shut down, so the threads end at once).
     /// For a run that was interrupted by a signal.
     pub fn abort(&self) -> Result<CloseOutcome, McpError> {

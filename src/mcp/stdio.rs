@@ -204,12 +204,14 @@ pub struct SpawnOptions {
     /// (needs CAP_SYS_CHROOT).
     pub root: Option<PathBuf>,
     /// Also copy the child's stderr to ours, each line prefixed with this
-    /// (a microVM's console log), at most [`STDERR_ECHO_LIMIT`] bytes.
+    /// (a microVM's console log), up to [`STDERR_ECHO_LIMIT`] bytes.
     pub stderr_echo_prefix: Option<String>,
 }
 
-/// Most stderr bytes of one child copied to ours with
-/// [`SpawnOptions::stderr_echo_prefix`]; the rest is only kept in the tail.
+/// Stderr bytes of one child copied to ours with
+/// [`SpawnOptions::stderr_echo_prefix`]: copying stops after the line that
+/// reaches it (lines are cut at 8 KiB, so at most that much more is shown);
+/// the rest is only kept in the tail.
 /// A serial console is slow (every byte is emulated I/O under TCG): a server
 /// flooding stderr must not stall the guest.
 pub const STDERR_ECHO_LIMIT: u64 = 64 * 1024;
@@ -355,8 +357,8 @@ fn drain_stderr(mut pipe: impl Read, tail: StderrTail, echo_prefix: Option<&str>
     tail.set_eof();
 }
 
-/// Copies a child's stderr to ours line by line with a prefix, up to
-/// [`STDERR_ECHO_LIMIT`] bytes.
+/// Copies a child's stderr to ours line by line with a prefix, until
+/// [`STDERR_ECHO_LIMIT`] bytes have been shown.
 struct StderrEcho<'a> {
     prefix: &'a str,
     line: Vec<u8>,
@@ -655,11 +657,6 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 }
 
 impl StdioChild {
-    /// Everything the child wrote on stderr so far (bounded).
-    pub fn stderr_text(&self) -> String {
-        self.stderr.contents()
-    }
-
     /// Context for an error after the stream ended: exit status and stderr
     /// tail, waiting up to `wait` for them to be complete.
     pub fn diagnostics(&self, wait: Duration) -> Option<String> {

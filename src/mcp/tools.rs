@@ -261,12 +261,7 @@ fn validate_args(schema: &Value, args: &Value) -> Result<(), String> {
         ));
     };
     let props = schema["properties"].as_object();
-    for key in schema["required"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-    {
+    for key in super::schema::required(schema) {
         if !obj.contains_key(key) {
             return Err(format!("missing required argument '{key}'"));
         }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use super::error::McpError;
 use super::stdio::{spawn_stdio_child_with, CloseOutcome, SpawnOptions, StdioChild};
 use crate::framing::Framing;
+use crate::vsock::Stream;
 
 /// Ends the peer of a transport and releases what it holds.
 ///
@@ -117,17 +118,7 @@ impl Transport {
         framing: Framing,
         peer: impl Into<String>,
     ) -> Result<Transport, McpError> {
-        let peer = peer.into();
-        let clone = |s: &UnixStream| {
-            s.try_clone()
-                .map_err(|e| McpError::io(format!("try_clone of the socket to {peer}"), e))
-        };
-        let reader = clone(&stream)?;
-        let guard = clone(&stream)?;
-        Ok(
-            Transport::new(Box::new(reader), Box::new(stream), framing, peer.clone())
-                .with_guard(Arc::new(SocketGuard(guard))),
-        )
+        Transport::socket(Stream::Unix(stream), framing, peer.into(), "MCP socket")
     }
 
     /// A transport over a connected [`vsock::Stream`](crate::vsock::Stream) of
@@ -135,20 +126,33 @@ impl Transport {
     /// the session shuts the socket down. The stream's own timeouts are left as
     /// they are: the session bounds every call with its own deadline.
     pub fn vsock_stream(
-        stream: crate::vsock::Stream,
+        stream: Stream,
         framing: Framing,
         peer: impl Into<String>,
     ) -> Result<Transport, McpError> {
-        let peer = peer.into();
-        let clone = |s: &crate::vsock::Stream| {
+        Transport::socket(stream, framing, peer.into(), "MCP vsock stream")
+    }
+
+    /// Reader, writer and guard on clones of one socket; `what` names it in
+    /// a failed shutdown.
+    fn socket(
+        stream: Stream,
+        framing: Framing,
+        peer: String,
+        what: &'static str,
+    ) -> Result<Transport, McpError> {
+        let clone = |s: &Stream| {
             s.try_clone()
                 .map_err(|e| McpError::io(format!("try_clone of the socket to {peer}"), e))
         };
         let reader = clone(&stream)?;
-        let guard = clone(&stream)?;
+        let guard = SocketGuard {
+            stream: clone(&stream)?,
+            what,
+        };
         Ok(
-            Transport::new(Box::new(reader), Box::new(stream), framing, peer.clone())
-                .with_guard(Arc::new(VsockStreamGuard(guard))),
+            Transport::new(Box::new(reader), Box::new(stream), framing, peer)
+                .with_guard(Arc::new(guard)),
         )
     }
 
@@ -169,34 +173,21 @@ impl Transport {
 }
 
 /// Shuts a socket down (both directions) so the session's reader sees end of file.
-struct SocketGuard(UnixStream);
+struct SocketGuard {
+    stream: Stream,
+    /// What the socket is, in a failed shutdown's error.
+    what: &'static str,
+}
 
 impl TransportGuard for SocketGuard {
     fn shutdown(&self) -> io::Result<CloseOutcome> {
-        match self.0.shutdown(Shutdown::Both) {
+        match self.stream.shutdown(Shutdown::Both) {
             Ok(()) => Ok(CloseOutcome::default()),
             // Already disconnected by the peer: nothing left to end.
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(CloseOutcome::default()),
             Err(e) => Err(io::Error::new(
                 e.kind(),
-                format!("shutdown of the MCP socket: {e}"),
-            )),
-        }
-    }
-}
-
-/// Shuts a vsock stream (either kind) down so the session's reader sees end of file.
-struct VsockStreamGuard(crate::vsock::Stream);
-
-impl TransportGuard for VsockStreamGuard {
-    fn shutdown(&self) -> io::Result<CloseOutcome> {
-        match self.0.shutdown(Shutdown::Both) {
-            Ok(()) => Ok(CloseOutcome::default()),
-            // Already disconnected by the peer: nothing left to end.
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(CloseOutcome::default()),
-            Err(e) => Err(io::Error::new(
-                e.kind(),
-                format!("shutdown of the MCP vsock stream: {e}"),
+                format!("shutdown of the {}: {e}", self.what),
             )),
         }
     }
@@ -213,7 +204,7 @@ impl TransportGuard for StdioChild {
     }
 
     fn stderr_tail(&self) -> Option<String> {
-        Some(self.stderr_text())
+        Some(StdioChild::stderr_tail(self).contents())
     }
 
     fn diagnostics(&self, wait: Duration) -> Option<String> {

@@ -276,3 +276,9 @@ impl Drop for HybridListener {
 pub fn connect_line(port: u32) -> String {
     format!("CONNECT {port}\n")
 }
+
+/// Whether `line` (without its newline) is the VMM's `OK <host_port>`.
+pub(crate) fn is_ok_line(line: &str) -> bool {
+    line.strip_prefix("OK ")
+        .is_some_and(|n| n.trim().parse::<u32>().is_ok())
+}

@@ -400,24 +400,16 @@ pub fn hybrid_connect_start(
     };
     let mut stream = hybrid::unix_connect_deadline(path, until)
         .map_err(|(step, source)| connect_error(&ep, start, step, source))?;
-
-    let sys = |syscall: &'static str, source: io::Error| ConnectError::Sys {
-        endpoint: ep.clone(),
-        syscall,
-        source,
-    };
+    let hs = Handshake { ep: &ep, start };
     stream
         .set_nonblocking(true)
-        .map_err(|e| sys("fcntl(O_NONBLOCK)", e))?;
+        .map_err(|e| hs.sys("fcntl(O_NONBLOCK)", e))?;
     let line = hybrid::connect_line(port);
     // A dozen bytes into an empty socket buffer: written at once or not at all.
     match stream.write(line.as_bytes()) {
         Ok(n) if n == line.len() => Ok(stream),
-        Ok(_) => Err(sys(
-            "write(CONNECT)",
-            io::Error::from(io::ErrorKind::WriteZero),
-        )),
-        Err(e) => Err(sys("write(CONNECT)", e)),
+        Ok(_) => Err(hs.sys("write(CONNECT)", io::Error::from(io::ErrorKind::WriteZero))),
+        Err(e) => Err(hs.sys("write(CONNECT)", e)),
     }
 }
 
@@ -448,10 +440,7 @@ pub fn check_handshake_line(
     }
     let line = text();
     let line = line.trim_end_matches('\r');
-    let ok = line
-        .strip_prefix("OK ")
-        .is_some_and(|n| n.trim().parse::<u32>().is_ok());
-    if ok {
+    if hybrid::is_ok_line(line) {
         Ok(true)
     } else {
         Err(ConnectError::BadHandshake {
@@ -573,10 +562,7 @@ impl Handshake<'_> {
             }
             Err(LineError::Io(e)) => return Err(self.sys("read(OK)", e)),
         };
-        let ok = line
-            .strip_prefix("OK ")
-            .is_some_and(|n| n.trim().parse::<u32>().is_ok());
-        if !ok {
+        if !hybrid::is_ok_line(&line) {
             return Err(ConnectError::BadHandshake {
                 endpoint: ep.clone(),
                 got: line,
