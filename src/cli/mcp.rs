@@ -671,10 +671,7 @@ pub const TASK_REQUIRED_MARKER: &str = "  [task required]";
 /// One line: `name(arg: type, [optional: type])  description`, with
 /// [`TASK_REQUIRED_MARKER`] before the description for a tool that needs tasks.
 fn describe_tool(t: &Tool) -> String {
-    let required: Vec<&str> = t.input_schema["required"]
-        .as_array()
-        .map(|r| r.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    let required: Vec<&str> = ukload::mcp::schema::required(&t.input_schema).collect();
     let params: Vec<String> = t.input_schema["properties"]
         .as_object()
         .map(|props| {
