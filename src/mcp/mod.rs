@@ -107,3 +107,29 @@ impl std::fmt::Display for Era {
 /// the caller says otherwise: `ukload mcp --timeout-ms`, the tool phase's
 /// `--tool-timeout-ms` and the session defaults all start from it.
 pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[cfg(test)]
+mod version_list_tests {
+    use super::*;
+
+    /// The revision lists are written out (they are `const` arrays): they
+    /// must agree with each other.
+    #[test]
+    fn the_revision_lists_agree() {
+        let both: Vec<&str> = LEGACY_PROTOCOL_VERSIONS
+            .iter()
+            .chain(MODERN_PROTOCOL_VERSIONS.iter())
+            .copied()
+            .collect();
+        assert_eq!(both, SUPPORTED_PROTOCOL_VERSIONS);
+        assert_eq!(
+            MODERN_PROTOCOL_VERSIONS.last(),
+            Some(&LATEST_PROTOCOL_VERSION)
+        );
+        assert_eq!(
+            LEGACY_PROTOCOL_VERSIONS.last(),
+            Some(&LATEST_LEGACY_PROTOCOL_VERSION)
+        );
+        assert!(LEGACY_PROTOCOL_VERSIONS.contains(&BATCH_PROTOCOL_VERSION));
+    }
+}
