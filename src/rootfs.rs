@@ -331,14 +331,20 @@ impl RootfsSpec {
     /// argument naming an existing host file by its absolute path (those
     /// files are put in the image at that path).
     pub fn guest_command(&self) -> Vec<String> {
+        let program = self.command.first().and_then(|p| resolve_program(p).ok());
+        self.guest_argv(program.as_deref(), &self.argument_files())
+    }
+
+    /// [`RootfsSpec::guest_command`] from what was already looked up: the
+    /// program's absolute path (`None`: keep it as given) and the
+    /// [`RootfsSpec::argument_files`].
+    fn guest_argv(&self, program: Option<&Path>, files: &[(usize, PathBuf)]) -> Vec<String> {
         let mut argv = self.command.clone();
-        if let Some(first) = argv.first_mut() {
-            if let Ok(p) = resolve_program(first) {
-                *first = p.to_string_lossy().into_owned();
-            }
+        if let (Some(first), Some(p)) = (argv.first_mut(), program) {
+            *first = p.to_string_lossy().into_owned();
         }
-        for (i, abs) in self.argument_files() {
-            argv[i] = abs.to_string_lossy().into_owned();
+        for (i, abs) in files {
+            argv[*i] = abs.to_string_lossy().into_owned();
         }
         argv
     }
@@ -558,8 +564,9 @@ pub fn plan(spec: &RootfsSpec, mkfs_version: &str) -> Result<Plan, RootfsError> 
     let named = resolve_program(program)?;
     p.add_program(&named, 0)?;
     let mut includes = BTreeSet::new();
-    for (_, abs) in spec.argument_files() {
-        p.add_tree(&abs, &abs, &TreeRoot::same(&abs), 0, Strictness::Strict)?;
+    let argument_files = spec.argument_files();
+    for (_, abs) in &argument_files {
+        p.add_tree(abs, abs, &TreeRoot::same(abs), 0, Strictness::Strict)?;
         includes.insert(abs.to_string_lossy().into_owned());
     }
     for inc in &spec.includes {
@@ -583,7 +590,7 @@ pub fn plan(spec: &RootfsSpec, mkfs_version: &str) -> Result<Plan, RootfsError> 
         }
     }
     let mut manifest = Manifest {
-        command: spec.guest_command(),
+        command: spec.guest_argv(Some(&named), &argument_files),
         files,
         bytes,
         libraries: p

@@ -56,18 +56,8 @@ pub fn run_within(cmd: &mut Command, limit: Duration) -> io::Result<Finished> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let t_out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let t_err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
+    let t_out = drain(child.stdout.take());
+    let t_err = drain(child.stderr.take());
     let waited = wait_until(&mut child, Instant::now() + limit);
     let status = match waited {
         Ok(Some(status)) => status,
@@ -91,7 +81,7 @@ pub fn run_within(cmd: &mut Command, limit: Duration) -> io::Result<Finished> {
 }
 
 /// A thread reading `pipe` to its end.
-fn drain(pipe: Option<Box<dyn Read + Send>>) -> Option<JoinHandle<String>> {
+fn drain(pipe: Option<impl Read + Send + 'static>) -> Option<JoinHandle<String>> {
     let mut pipe = pipe?;
     Some(std::thread::spawn(move || {
         let mut v = Vec::new();

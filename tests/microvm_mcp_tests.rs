@@ -42,12 +42,7 @@ fn missing() -> Option<String> {
     if !node_available() {
         why.push("node (apt-get install nodejs)".into());
     }
-    if Command::new("mkfs.erofs")
-        .arg("--help")
-        .output()
-        .map(|o| o.status.code().is_none())
-        .unwrap_or(true)
-    {
+    if ukload::paths::find_on_path("mkfs.erofs").is_none() {
         why.push("mkfs.erofs (apt-get install erofs-utils)".into());
     }
     let config = ukload::image::cache_dir().join("kernel-config");
@@ -333,11 +328,11 @@ struct TestVm {
 
 impl Drop for TestVm {
     fn drop(&mut self) {
+        use nix::sys::signal::{killpg, Signal};
         for c in self.groups.iter_mut().rev() {
-            // SAFETY-free: kill(2) of the group this test created for `c`.
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", c.id())])
-                .status();
+            // The group this test created for `c` (its pgid is its pid, held
+            // until `c` is reaped just below).
+            let _ = killpg(nix::unistd::Pid::from_raw(c.id() as i32), Signal::SIGKILL);
             let _ = c.wait();
         }
     }

@@ -252,8 +252,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Route {
     /// The agent answered; close afterwards if `close`.
     Answered { close: bool },
-    /// Forward these bytes (one JSON message, no newline) to the child.
-    Forward(Vec<u8>),
+    /// Forward `line` (one JSON message, no newline) to the child; `ids`
+    /// are the ids of the requests in it (none for a frame that is not JSON).
+    Forward { line: Vec<u8>, ids: Vec<Value> },
 }
 
 impl<'a> Bridge<'a> {
@@ -326,10 +327,10 @@ impl<'a> Bridge<'a> {
                 }
                 Err(_) => return,
             };
-            let payload = match self.route(&frame) {
+            let (payload, ids) = match self.route(&frame) {
                 Ok(Route::Answered { close: false }) => continue,
                 Ok(Route::Answered { close: true }) => return,
-                Ok(Route::Forward(payload)) => payload,
+                Ok(Route::Forward { line, ids }) => (line, ids),
                 Err(e) => {
                     if !self.conn.is_stopping() {
                         self.log(&format!("writing to the host: {e}; closing it"));
@@ -337,7 +338,7 @@ impl<'a> Bridge<'a> {
                     return;
                 }
             };
-            if let Err(e) = self.forward(&frame, payload) {
+            if let Err(e) = self.forward(ids, payload) {
                 self.log(&e);
                 return;
             }
@@ -442,13 +443,18 @@ impl<'a> Bridge<'a> {
     }
 
     /// Answers the agent's own requests and malformed frames the child could not
-    /// take; everything else is forwarded.
+    /// take; everything else is forwarded (the frame is parsed here, once).
     fn route(&self, frame: &[u8]) -> Result<Route, FrameError> {
         let msg = match serde_json::from_slice::<Value>(frame) {
             Ok(v) => v,
             // A line without newlines goes to the server, which answers -32700
             // itself; a frame with newlines cannot be one line: answer here.
-            Err(_) if !frame.contains(&b'\n') => return Ok(Route::Forward(frame.to_vec())),
+            Err(_) if !frame.contains(&b'\n') => {
+                return Ok(Route::Forward {
+                    line: frame.to_vec(),
+                    ids: Vec::new(),
+                })
+            }
             Err(e) => {
                 self.send_host(&jsonrpc::error_response(
                     Value::Null,
@@ -466,18 +472,23 @@ impl<'a> Bridge<'a> {
                 return Ok(Route::Answered { close: reply.close });
             }
         }
-        if frame.contains(&b'\n') {
+        let line = if frame.contains(&b'\n') {
             // Pretty-printed JSON (length framing allows it): one line for stdio.
-            return Ok(Route::Forward(jsonrpc::to_bytes(&msg)));
-        }
-        Ok(Route::Forward(frame.to_vec()))
+            jsonrpc::to_bytes(&msg)
+        } else {
+            frame.to_vec()
+        };
+        Ok(Route::Forward {
+            line,
+            ids: request_ids(&msg),
+        })
     }
 
-    /// Writes one message to the child, starting it first if needed. `Err` says
-    /// why the connection must close.
-    fn forward(&mut self, frame: &[u8], payload: Vec<u8>) -> Result<(), String> {
+    /// Writes one message (with the request `ids` in it) to the child,
+    /// starting it first if needed. `Err` says why the connection must close.
+    fn forward(&mut self, ids: Vec<Value>, payload: Vec<u8>) -> Result<(), String> {
         if let Some(reason) = &self.dead {
-            for id in request_ids(frame) {
+            for id in ids {
                 let reply = jsonrpc::error_response(id, jsonrpc::INTERNAL_ERROR, reason);
                 self.send_host(&reply)
                     .map_err(|e| format!("writing to the host: {e}; closing it"))?;
@@ -493,13 +504,13 @@ impl<'a> Bridge<'a> {
                     let reason = format!("ukload-guest cannot start the MCP server: {e}");
                     self.log(&reason);
                     self.dead = Some(reason);
-                    return self.forward(frame, payload);
+                    return self.forward(ids, payload);
                 }
             }
         }
         {
             let mut st = lock(&self.relay);
-            for id in request_ids(frame) {
+            for id in &ids {
                 st.pending.insert(id.to_string());
             }
         }
@@ -604,27 +615,29 @@ fn program_in_root(root: &Path, program: &str) -> Result<(), String> {
 /// `PATH` of a server run in a root filesystem image (the VM's init has none).
 pub const ROOTFS_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// `pick` applied to the message in `frame`, or to each member of a batch
-/// (nothing for a frame that is not JSON).
-fn each_message<T>(frame: &[u8], pick: impl Fn(&Value) -> Option<T>) -> Vec<T> {
-    match serde_json::from_slice::<Value>(frame) {
-        Ok(Value::Array(batch)) => batch.iter().filter_map(pick).collect(),
-        Ok(v) => pick(&v).into_iter().collect(),
-        Err(_) => Vec::new(),
+/// `pick` applied to `msg`, or to each member of a batch.
+fn each_message<T>(msg: &Value, pick: impl Fn(&Value) -> Option<T>) -> Vec<T> {
+    match msg {
+        Value::Array(batch) => batch.iter().filter_map(pick).collect(),
+        v => pick(v).into_iter().collect(),
     }
 }
 
-/// The ids of the requests in `frame`: one message, or each member of a batch.
-fn request_ids(frame: &[u8]) -> Vec<Value> {
-    each_message(frame, |v| {
+/// The ids of the requests in `msg`: one message, or each member of a batch.
+fn request_ids(msg: &Value) -> Vec<Value> {
+    each_message(msg, |v| {
         v.get("method")?;
         v.get("id").filter(|id| !id.is_null()).cloned()
     })
 }
 
-/// The ids of the responses in a message from the server (one, or a batch).
+/// The ids of the responses in a message from the server (one, or a batch;
+/// none for a frame that is not JSON).
 fn response_ids(frame: &[u8]) -> Vec<String> {
-    each_message(frame, |v| {
+    let Ok(msg) = serde_json::from_slice::<Value>(frame) else {
+        return Vec::new();
+    };
+    each_message(&msg, |v| {
         if v.get("method").is_some() {
             return None;
         }
@@ -763,17 +776,18 @@ mod tests {
 
     #[test]
     fn request_and_response_ids_are_found_in_messages_and_batches() {
+        use serde_json::json;
         assert_eq!(
-            request_ids(br#"{"jsonrpc":"2.0","id":3,"method":"x"}"#),
+            request_ids(&json!({"jsonrpc":"2.0","id":3,"method":"x"})),
             vec![Value::from(3)]
         );
-        assert!(request_ids(br#"{"jsonrpc":"2.0","method":"x"}"#).is_empty());
-        assert!(request_ids(br#"{"jsonrpc":"2.0","id":3,"result":{}}"#).is_empty());
-        assert!(request_ids(b"garbage").is_empty());
+        assert!(request_ids(&json!({"jsonrpc":"2.0","method":"x"})).is_empty());
+        assert!(request_ids(&json!({"jsonrpc":"2.0","id":3,"result":{}})).is_empty());
         assert_eq!(
-            request_ids(br#"[{"id":"a","method":"x"},{"method":"n"},{"id":2,"method":"y"}]"#),
+            request_ids(&json!([{"id":"a","method":"x"},{"method":"n"},{"id":2,"method":"y"}])),
             vec![Value::from("a"), Value::from(2)]
         );
+        assert!(response_ids(b"garbage").is_empty());
         assert_eq!(
             response_ids(br#"[{"id":"a","result":{}},{"id":2,"error":{}}]"#),
             vec!["\"a\"".to_string(), "2".to_string()]

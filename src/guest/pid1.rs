@@ -538,23 +538,13 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path, depth: usize) -> std:
         } else if ft.is_dir() {
             std::fs::create_dir(&dst)?;
             copy_tree(&src, &dst, depth - 1)?;
-            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode_bits()))?;
+            let mode = meta.permissions().mode() & 0o7777;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode))?;
         } else if ft.is_file() {
             std::fs::copy(&src, &dst)?;
         }
     }
     Ok(())
-}
-
-trait ModeBits {
-    fn mode_bits(&self) -> u32;
-}
-
-impl ModeBits for std::fs::Metadata {
-    fn mode_bits(&self) -> u32 {
-        use std::os::unix::fs::PermissionsExt;
-        self.permissions().mode() & 0o7777
-    }
 }
 
 /// `mount(2)` with string arguments (`data`: `None` passes a null pointer,
