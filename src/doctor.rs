@@ -220,8 +220,7 @@ fn kraft_checks() -> [Check; 2] {
 /// Each piece of the microVM guest image, then the (optional) kernel vsock
 /// backend.
 fn microvm_checks() -> Vec<Check> {
-    let mut checks: Vec<Check> = crate::image::info()
-        .pieces
+    let mut checks: Vec<Check> = crate::image::pieces()
         .into_iter()
         .map(|p| Check {
             what: format!("microVM: {}", p.name),

@@ -586,6 +586,26 @@ pub fn info() -> ImageInfo {
 
 /// What cache directory `dir` (and PATH) holds.
 pub fn info_in(dir: &Path) -> ImageInfo {
+    let kernel_version = fs::read_to_string(dir.join(KERNEL_VERSION_FILE))
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    ImageInfo {
+        cache_dir: dir.to_path_buf(),
+        kernel_version,
+        pieces: pieces_in(dir),
+        rootfs: crate::rootfs::list(dir),
+    }
+}
+
+/// Each piece a microVM needs (the tools on PATH, the kernel, its modules,
+/// the guest binary, the initramfs in the cache), without [`info`]'s listing
+/// of root filesystem images.
+pub fn pieces() -> Vec<Piece> {
+    pieces_in(&cache_dir())
+}
+
+fn pieces_in(dir: &Path) -> Vec<Piece> {
     let paths = ImagePaths::in_dir(dir);
     let file = |name: String, path: PathBuf, how| Piece {
         present: path.is_file(),
@@ -634,16 +654,7 @@ pub fn info_in(dir: &Path) -> ImageInfo {
         paths.initramfs.clone(),
         BUILD_IMAGE_COMMAND,
     ));
-    let kernel_version = fs::read_to_string(dir.join(KERNEL_VERSION_FILE))
-        .ok()
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty());
-    ImageInfo {
-        cache_dir: dir.to_path_buf(),
-        kernel_version,
-        pieces,
-        rootfs: crate::rootfs::list(dir),
-    }
+    pieces
 }
 
 // --- slim kernel -------------------------------------------------------------
