@@ -509,15 +509,7 @@ fn cmd_image_rootfs(a: cli::ImageRootfsArgs) -> i32 {
     let fmt = a.format.unwrap_or(Format::Human);
     let failed = |e: rootfs::RootfsError| {
         say!("ukload: {e}");
-        if e.is_input() {
-            EXIT_USAGE
-        } else if matches!(e, rootfs::RootfsError::MkfsMissing) {
-            EXIT_UNAVAILABLE
-        } else if matches!(e, rootfs::RootfsError::Io { .. }) {
-            EXIT_IOERR
-        } else {
-            EXIT_FAIL
-        }
+        e.exit_code()
     };
     let spec = match RootfsSpec::parse(&a.command, &a.include) {
         Ok(s) => s,

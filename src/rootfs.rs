@@ -146,6 +146,19 @@ pub enum RootfsError {
 }
 
 impl RootfsError {
+    /// The exit code of `ukload image rootfs` failing with this error: 64
+    /// for what the user asked for, 69 without mkfs.erofs, 74 for a file
+    /// that could not be read or written, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        use crate::exit::{EXIT_FAIL, EXIT_IOERR, EXIT_UNAVAILABLE, EXIT_USAGE};
+        match self {
+            e if e.is_input() => EXIT_USAGE,
+            RootfsError::MkfsMissing => EXIT_UNAVAILABLE,
+            RootfsError::Io { .. } => EXIT_IOERR,
+            _ => EXIT_FAIL,
+        }
+    }
+
     /// True for errors in what the user asked for (exit code: usage).
     pub fn is_input(&self) -> bool {
         !matches!(
