@@ -220,15 +220,11 @@ pub fn harness_pid_alive(run_id: &str) -> bool {
     started_ms <= id_ms + HARNESS_START_TOLERANCE.as_millis() as u64
 }
 
-/// Is the harness of `run_id` alive: holding its `harness.lock`, or (if the
-/// lock says dead or is missing, e.g. deleted) still running as the pid its
-/// id names ([`harness_pid_alive`])? Probing takes a shared lock (so probes
-/// do not conflict with each other) and releases it at once.
-pub fn harness_alive(run_id: &str) -> bool {
-    harness_alive_in(&paths::runs_dir(), run_id)
-}
-
-/// [`harness_alive`] for a given runs directory.
+/// Is the harness of `run_id` (under `runs_dir`) alive: holding its
+/// `harness.lock`, or (if the lock says dead or is missing, e.g. deleted)
+/// still running as the pid its id names ([`harness_pid_alive`])? Probing
+/// takes a shared lock (so probes do not conflict with each other) and
+/// releases it at once.
 pub fn harness_alive_in(runs_dir: &Path, run_id: &str) -> bool {
     if !valid_run_id(run_id) {
         return false;
