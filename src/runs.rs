@@ -48,13 +48,12 @@ impl fmt::Display for RunDirError {
 
 impl std::error::Error for RunDirError {}
 
-/// A new run id: short (it ends up in socket paths) and unique per host.
+/// A new run id: short (it ends up in socket paths) and unique per host:
+/// the low [`RUN_ID_MS_BITS`] bits of the epoch milliseconds, in hex, and
+/// the harness pid.
 pub fn new_run_id() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    format!("{:x}-{}", ms & 0xff_ffff_ffff, std::process::id())
+    let low = now_ms() & ((1u64 << RUN_ID_MS_BITS) - 1);
+    format!("{low:x}-{}", std::process::id())
 }
 
 /// The harness pid a run id names (`<anything>-<pid>`), without checking
