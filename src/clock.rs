@@ -20,11 +20,3 @@ pub fn monotonic_ns() -> u64 {
 pub fn boottime_ns() -> u64 {
     read(ClockId::CLOCK_BOOTTIME)
 }
-
-/// Unix time in seconds.
-pub fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}

@@ -75,6 +75,25 @@ pub struct Ready {
     pub connect_ms: Option<f64>,
 }
 
+impl Ready {
+    /// Ready now (stamped on both clocks).
+    pub(crate) fn now(
+        info: Option<PingInfo>,
+        console_line: Option<String>,
+        attempts: u32,
+        connect_ms: Option<f64>,
+    ) -> Ready {
+        Ready {
+            at: Instant::now(),
+            at_mono_ns: crate::clock::monotonic_ns(),
+            info,
+            console_line,
+            attempts,
+            connect_ms,
+        }
+    }
+}
+
 /// Why an instance did not become ready.
 #[derive(Clone, Debug, PartialEq)]
 pub enum BootFailure {
@@ -219,38 +238,42 @@ fn probe_once(
         serde_json::json!({}),
         ping_deadline,
     );
-    let reply = match reply {
-        Err(e) if answered_without_status(&e) => Ok(serde_json::Value::Null),
-        other => other,
-    };
+    Ok(match status_reply(ep, reply)? {
+        Status::Up(info) => Attempt::Ready(Ready::now(info, None, attempts, Some(connect_ms))),
+        Status::NotYet(why) => Attempt::Retry(why),
+    })
+}
+
+/// What a `ukload/status` exchange says of the guest.
+pub(crate) enum Status {
+    /// It is up, with its report if it gave one.
+    Up(Option<PingInfo>),
+    /// Not yet, and why (the guest may still come up).
+    NotYet(String),
+}
+
+/// Judges a `ukload/status` exchange with `ep`, for the blocking probe and
+/// the readiness loop alike: a reply is up (`null` or anything but a
+/// [`PingInfo`] reports nothing), as is a refusal that proves a JSON-RPC
+/// server ([`answered_without_status`]); no reply or a peer that went away
+/// is not yet; anything else is a protocol error.
+pub(crate) fn status_reply(
+    ep: &Endpoint,
+    reply: Result<serde_json::Value, jsonrpc::CallError>,
+) -> Result<Status, BootFailure> {
     match reply {
-        Ok(v) => Ok(Attempt::Ready(ready_from_status(v, attempts, connect_ms))),
+        Ok(v) => Ok(Status::Up(serde_json::from_value::<PingInfo>(v).ok())),
+        Err(e) if answered_without_status(&e) => Ok(Status::Up(None)),
         Err(jsonrpc::CallError::TimedOut { .. }) => {
-            Ok(Attempt::Retry(format!("ping to {ep}: no reply")))
+            Ok(Status::NotYet(format!("ping to {ep}: no reply")))
         }
         // The connection was accepted then dropped: the guest
         // is still coming up (a VMM accepts before the guest listens).
         Err(jsonrpc::CallError::Closed)
         | Err(jsonrpc::CallError::Frame(crate::framing::FrameError::Eof)) => {
-            Ok(Attempt::Retry(format!("{ep}: closed before replying")))
+            Ok(Status::NotYet(format!("{ep}: closed before replying")))
         }
         Err(other) => Err(BootFailure::Protocol(format!("{ep}: {other}"))),
-    }
-}
-
-/// A probe's [`Ready`], stamped now, from the guest's `ukload/status` reply
-/// (`null` or anything but a [`PingInfo`] reports nothing).
-fn ready_from_status(reply: serde_json::Value, attempts: u32, connect_ms: f64) -> Ready {
-    let at = Instant::now();
-    let at_mono_ns = crate::clock::monotonic_ns();
-    let info = serde_json::from_value::<PingInfo>(reply).ok();
-    Ready {
-        at,
-        at_mono_ns,
-        info,
-        console_line: None,
-        attempts,
-        connect_ms: Some(connect_ms),
     }
 }
 
@@ -258,7 +281,7 @@ fn ready_from_status(reply: serde_json::Value, attempts: u32, connect_ms: f64) -
 /// up and speaking JSON-RPC: "method not found" (−32601), invalid params
 /// (−32602: a server that checks params before the method) or MCP's
 /// unsupported protocol version (−32022: a 2026-07-28 server wants `_meta`).
-pub(crate) fn answered_without_status(e: &jsonrpc::CallError) -> bool {
+fn answered_without_status(e: &jsonrpc::CallError) -> bool {
     matches!(
         e,
         jsonrpc::CallError::Rpc { code, .. }
@@ -359,14 +382,7 @@ fn console(
         }
         attempts += 1;
         if let Some(text) = tail.poll(re, log) {
-            return Ok(Ready {
-                at: Instant::now(),
-                at_mono_ns: crate::clock::monotonic_ns(),
-                info: None,
-                console_line: Some(text),
-                attempts,
-                connect_ms: None,
-            });
+            return Ok(Ready::now(None, Some(text), attempts, None));
         }
         let now = Instant::now();
         if now >= deadline {

@@ -464,13 +464,9 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
         (fd >= 0).then(|| OwnedFd::from_raw_fd(fd as i32))
     };
     fd.ok_or_else(|| {
-        let e = io::Error::last_os_error();
-        io::Error::new(
-            e.kind(),
-            ProcIoError {
-                path: PathBuf::from(format!("pidfd_open({pid})")),
-                source: e,
-            },
+        with_path(
+            io::Error::last_os_error(),
+            Path::new(&format!("pidfd_open({pid})")),
         )
     })
 }
@@ -491,14 +487,8 @@ pub fn pidfd_send_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
         )
     };
     if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            ProcIoError {
-                path: PathBuf::from(format!("pidfd_send_signal(fd {}, {sig})", fd.as_raw_fd())),
-                source: e,
-            },
-        ));
+        let call = format!("pidfd_send_signal(fd {}, {sig})", fd.as_raw_fd());
+        return Err(with_path(io::Error::last_os_error(), Path::new(&call)));
     }
     Ok(())
 }
@@ -514,21 +504,35 @@ pub fn pidfd_send_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
 /// succeeds, the process was alive throughout, so the checked environment was
 /// its own.
 pub fn signal_if_marked(pid: i32, run: &str, sig: i32) -> io::Result<bool> {
+    match pidfd_if_marked(pid, run)? {
+        Some(fd) => send_unless_gone(&fd, sig),
+        None => Ok(false),
+    }
+}
+
+/// A pidfd of `pid`, opened first, if the process is ours and carries
+/// `UKLOAD_RUN=run` (checked after the open, see [`signal_if_marked`]);
+/// `None` if it is gone or is not.
+fn pidfd_if_marked(pid: i32, run: &str) -> io::Result<Option<OwnedFd>> {
     let fd = match pidfd_open(pid) {
         Ok(fd) => fd,
-        Err(e) if is_gone(&e) => return Ok(false),
+        Err(e) if is_gone(&e) => return Ok(None),
         Err(e) => return Err(e),
     };
     if !owned_by(pid, euid()) {
-        return Ok(false);
+        return Ok(None);
     }
     match environ_var(pid, ENV_RUN) {
-        Ok(Some(r)) if r == run => {}
-        Ok(_) => return Ok(false),
-        Err(e) if is_gone(&e) => return Ok(false),
-        Err(e) => return Err(e),
+        Ok(Some(r)) if r == run => Ok(Some(fd)),
+        Ok(_) => Ok(None),
+        Err(e) if is_gone(&e) => Ok(None),
+        Err(e) => Err(e),
     }
-    match pidfd_send_signal(&fd, sig) {
+}
+
+/// Sends `sig` through `fd`; `Ok(false)` if its process has exited.
+fn send_unless_gone(fd: &OwnedFd, sig: i32) -> io::Result<bool> {
+    match pidfd_send_signal(fd, sig) {
         Ok(()) => Ok(true),
         Err(e) if is_gone(&e) => Ok(false),
         Err(e) => Err(e),
@@ -547,43 +551,26 @@ pub fn signal_if_marked(pid: i32, run: &str, sig: i32) -> io::Result<bool> {
 /// the leader would have to exit, be reaped, its whole group exit and the PID
 /// come round again as a new group leader.
 pub fn signal_group_if_leader_marked(leader: i32, run: &str, sig: i32) -> io::Result<bool> {
-    let fd = match pidfd_open(leader) {
-        Ok(fd) => fd,
-        Err(e) if is_gone(&e) => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    if !owned_by(leader, euid()) {
+    let Some(fd) = pidfd_if_marked(leader, run)? else {
         return Ok(false);
-    }
-    match environ_var(leader, ENV_RUN) {
-        Ok(Some(r)) if r == run => {}
-        Ok(_) => return Ok(false),
-        Err(e) if is_gone(&e) => return Ok(false),
-        Err(e) => return Err(e),
-    }
+    };
     match stat(leader) {
         Ok(st) if st.pgid == leader => {}
         Ok(_) => return Ok(false),
         Err(e) if is_gone(&e) => return Ok(false),
         Err(e) => return Err(e),
     }
-    match pidfd_send_signal(&fd, sig) {
-        Ok(()) => {}
-        Err(e) if is_gone(&e) => return Ok(false),
-        Err(e) => return Err(e),
+    if !send_unless_gone(&fd, sig)? {
+        return Ok(false);
     }
-    let e = match killpg(Pid::from_raw(leader), crate::supervisor::signal(sig)?) {
-        Ok(()) => return Ok(true),
-        Err(Errno::ESRCH) => return Ok(false),
-        Err(e) => io::Error::from(e),
-    };
-    Err(io::Error::new(
-        e.kind(),
-        ProcIoError {
-            path: PathBuf::from(format!("kill(-{leader}, {sig})")),
-            source: e,
-        },
-    ))
+    match killpg(Pid::from_raw(leader), crate::supervisor::signal(sig)?) {
+        Ok(()) => Ok(true),
+        Err(Errno::ESRCH) => Ok(false),
+        Err(e) => Err(with_path(
+            io::Error::from(e),
+            Path::new(&format!("kill(-{leader}, {sig})")),
+        )),
+    }
 }
 
 #[cfg(test)]

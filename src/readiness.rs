@@ -7,7 +7,8 @@
 //! reply is read the moment it arrives (no thread per instance to wake up and
 //! schedule), and the number of threads does not grow with the number of
 //! guests. Failed attempts back off from 1 to 4 ms, as in [`crate::probe`],
-//! whose messages and rules this loop keeps exactly. A console log is read
+//! whose judgement of a reply ([`probe::status_reply`]) this loop shares and
+//! whose other messages and rules it keeps exactly. A console log is read
 //! when inotify says it was written to (`IN_MODIFY`), so a microVM's ready
 //! line is seen when it lands rather than at the next 2 ms poll.
 //!
@@ -16,7 +17,7 @@
 //! and reports back through a channel.
 
 use crate::framing::{FrameError, FrameReader, Framing};
-use crate::jsonrpc::{self, CallError, PingInfo};
+use crate::jsonrpc::{self, CallError};
 use crate::launcher::Readiness;
 use crate::probe::{self, BootFailure, Ready};
 use crate::vsock::{self, Endpoint};
@@ -388,22 +389,6 @@ fn drain(fd: BorrowedFd<'_>) {
     while matches!(nix::unistd::read(fd, &mut buf), Ok(n) if n > 0) {}
 }
 
-fn ready(
-    info: Option<PingInfo>,
-    console_line: Option<String>,
-    attempts: u32,
-    connect_ms: Option<f64>,
-) -> Ready {
-    Ready {
-        at: Instant::now(),
-        at_mono_ns: crate::clock::monotonic_ns(),
-        info,
-        console_line,
-        attempts,
-        connect_ms,
-    }
-}
-
 impl Item {
     fn endpoint(&self) -> Option<&Endpoint> {
         self.p.readiness.endpoint()
@@ -510,7 +495,7 @@ impl Item {
         self.attempts += 1;
         if let Some(line) = tail.poll(&re, &self.p.log) {
             if matches!(self.p.readiness, Readiness::Console(_)) {
-                return Some(Ok(ready(None, Some(line), self.attempts, None)));
+                return Some(Ok(Ready::now(None, Some(line), self.attempts, None)));
             }
             // Console marker seen: probe at once.
             self.console_line = Some(line);
@@ -642,24 +627,7 @@ impl Item {
             match reader.read_frame() {
                 Ok(frame) => match jsonrpc::classify_reply(&frame, PING_ID, &want) {
                     None => continue,
-                    Some(Ok(v)) => {
-                        let info = serde_json::from_value::<PingInfo>(v).ok();
-                        return Some(Ok(ready(
-                            info,
-                            self.console_line.take(),
-                            self.attempts,
-                            self.connect_ms,
-                        )));
-                    }
-                    Some(Err(e)) if probe::answered_without_status(&e) => {
-                        return Some(Ok(ready(
-                            None,
-                            self.console_line.take(),
-                            self.attempts,
-                            self.connect_ms,
-                        )));
-                    }
-                    Some(Err(e)) => return self.ping_failed(&ep, e),
+                    Some(reply) => return self.status_reply(&ep, reply),
                 },
                 Err(FrameError::TimedOut) if now >= until => {
                     return self.retry(format!("ping to {ep}: no reply"));
@@ -668,8 +636,8 @@ impl Item {
                     self.stage = Stage::Ping { reader, until };
                     return None;
                 }
-                Err(FrameError::Eof) => return self.ping_failed(&ep, CallError::Closed),
-                Err(e) => return self.ping_failed(&ep, CallError::Frame(e)),
+                Err(FrameError::Eof) => return self.status_reply(&ep, Err(CallError::Closed)),
+                Err(e) => return self.status_reply(&ep, Err(CallError::Frame(e))),
             }
         }
     }
@@ -696,19 +664,26 @@ impl Item {
                 };
                 None
             }
-            Err(e) => self.ping_failed(ep, CallError::Frame(e)),
+            Err(e) => self.status_reply(ep, Err(CallError::Frame(e))),
         }
     }
 
-    /// The same judgement as the blocking probe: a peer that went away is
-    /// "not up yet" (retry), anything else it said is a protocol error.
-    fn ping_failed(&mut self, ep: &Endpoint, e: CallError) -> Option<Result<Ready, BootFailure>> {
-        match e {
-            CallError::TimedOut { .. } => self.retry(format!("ping to {ep}: no reply")),
-            CallError::Closed | CallError::Frame(FrameError::Eof) => {
-                self.retry(format!("{ep}: closed before replying"))
-            }
-            other => Some(Err(BootFailure::Protocol(format!("{ep}: {other}")))),
+    /// The blocking probe's judgement of the exchange
+    /// ([`probe::status_reply`]): ready, retry, or a protocol error.
+    fn status_reply(
+        &mut self,
+        ep: &Endpoint,
+        reply: Result<serde_json::Value, CallError>,
+    ) -> Option<Result<Ready, BootFailure>> {
+        match probe::status_reply(ep, reply) {
+            Ok(probe::Status::Up(info)) => Some(Ok(Ready::now(
+                info,
+                self.console_line.take(),
+                self.attempts,
+                self.connect_ms,
+            ))),
+            Ok(probe::Status::NotYet(why)) => self.retry(why),
+            Err(f) => Some(Err(f)),
         }
     }
 }

@@ -48,13 +48,12 @@ impl fmt::Display for RunDirError {
 
 impl std::error::Error for RunDirError {}
 
-/// A new run id: short (it ends up in socket paths) and unique per host.
+/// A new run id: short (it ends up in socket paths) and unique per host:
+/// the low [`RUN_ID_MS_BITS`] bits of the epoch milliseconds, in hex, and
+/// the harness pid.
 pub fn new_run_id() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    format!("{:x}-{}", ms & 0xff_ffff_ffff, std::process::id())
+    let low = now_ms() & ((1u64 << RUN_ID_MS_BITS) - 1);
+    format!("{low:x}-{}", std::process::id())
 }
 
 /// The harness pid a run id names (`<anything>-<pid>`), without checking
@@ -220,15 +219,11 @@ pub fn harness_pid_alive(run_id: &str) -> bool {
     started_ms <= id_ms + HARNESS_START_TOLERANCE.as_millis() as u64
 }
 
-/// Is the harness of `run_id` alive: holding its `harness.lock`, or (if the
-/// lock says dead or is missing, e.g. deleted) still running as the pid its
-/// id names ([`harness_pid_alive`])? Probing takes a shared lock (so probes
-/// do not conflict with each other) and releases it at once.
-pub fn harness_alive(run_id: &str) -> bool {
-    harness_alive_in(&paths::runs_dir(), run_id)
-}
-
-/// [`harness_alive`] for a given runs directory.
+/// Is the harness of `run_id` (under `runs_dir`) alive: holding its
+/// `harness.lock`, or (if the lock says dead or is missing, e.g. deleted)
+/// still running as the pid its id names ([`harness_pid_alive`])? Probing
+/// takes a shared lock (so probes do not conflict with each other) and
+/// releases it at once.
 pub fn harness_alive_in(runs_dir: &Path, run_id: &str) -> bool {
     if !valid_run_id(run_id) {
         return false;

@@ -1,6 +1,8 @@
 //! The CID registry across threads and processes, in a temporary registry
 //! directory per test (never the host's real one).
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -385,15 +387,14 @@ impl Drop for KillGroupOnDrop {
 }
 
 /// Another user's `sleep 60` (uid 65534, through `setpriv`) carrying `env`;
-/// killed by pid and reaped on drop. `None` unless we are root.
+/// killed by pid and reaped on drop. `None` (the test is skipped, see
+/// [`common::prerequisite`]) unless we are root and `setpriv` runs.
 fn spawn_as_nobody(env: &[(&str, &str)]) -> Option<KillGroupOnDrop> {
     use std::os::unix::process::CommandExt;
-    // SAFETY: geteuid takes no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to start a process as another user");
+    if !common::root_prerequisite() {
         return None;
     }
-    let child = Command::new("setpriv")
+    let spawned = Command::new("setpriv")
         .args([
             "--reuid=65534",
             "--regid=65534",
@@ -405,8 +406,14 @@ fn spawn_as_nobody(env: &[(&str, &str)]) -> Option<KillGroupOnDrop> {
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .process_group(0)
-        .spawn()
-        .ok()?;
+        .spawn();
+    let child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            common::prerequisite(Some(format!("cannot run setpriv: {e}")));
+            return None;
+        }
+    };
     let pid = child.id();
     let guard = KillGroupOnDrop(child);
     let deadline = Instant::now() + CHILD_READY_TIMEOUT;

@@ -252,9 +252,7 @@ fn deleting_a_live_runs_directory_does_not_make_it_dead_for_ps_or_cleanup() {
 #[test]
 fn ps_does_not_show_another_users_spoofed_marker() {
     use std::os::unix::process::CommandExt;
-    // SAFETY: geteuid takes no arguments and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root to start a process as another user");
+    if !root_prerequisite() {
         return;
     }
     let dir = TempDir::new("spoofps");

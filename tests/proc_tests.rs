@@ -2,6 +2,8 @@
 //! `cleanup`, against real processes this test starts (each in its own
 //! process group, all killed and checked gone at the end of each test).
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -523,14 +525,13 @@ const NOBODY: u32 = 65534;
 
 /// A process of another user (uid 65534, through `setpriv`) running
 /// `sleep 60` with the given environment; killed by pid and reaped on drop.
-/// `None` (the test is skipped) unless we are root and `setpriv` exists.
+/// `None` (the test is skipped, see [`common::prerequisite`]) unless we are
+/// root and `setpriv` runs.
 struct Foreign(Child);
 
 impl Foreign {
     fn spawn(env: &[(&str, &str)]) -> Option<Foreign> {
-        // SAFETY: geteuid takes no arguments and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root to start a process as another user");
+        if !common::root_prerequisite() {
             return None;
         }
         let mut cmd = Command::new("setpriv");
@@ -551,7 +552,7 @@ impl Foreign {
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("skipped: cannot run setpriv: {e}");
+                common::prerequisite(Some(format!("cannot run setpriv: {e}")));
                 return None;
             }
         };

@@ -147,7 +147,13 @@ fn unescape_mountinfo(s: &str) -> String {
 
 /// The harness's own cgroup v2 path relative to the mount (`0::/path`).
 pub fn own_cgroup() -> Option<String> {
-    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    v2_path_in(Path::new("/proc/self/cgroup"))
+}
+
+/// The cgroup v2 path relative to the mount in a `/proc/.../cgroup` file:
+/// its `0::` line.
+fn v2_path_in(file: &Path) -> Option<String> {
+    let text = fs::read_to_string(file).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::").map(str::to_string))
 }
@@ -537,9 +543,7 @@ pub fn instance_of(name: &str) -> Option<(u32, u32)> {
 
 /// The cgroup v2 path of `pid` relative to the mount, from `/proc/PID/cgroup`.
 pub fn cgroup_of(pid: i32) -> Option<String> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+    v2_path_in(Path::new(&format!("/proc/{pid}/cgroup")))
 }
 
 /// A cgroup and everything below it, as [`end`] ends it: at once, with

@@ -92,21 +92,12 @@ fn alive(pid: i32) -> bool {
 }
 
 /// Ends every instance in `targets` (in parallel) and verifies by marker.
-pub fn teardown(
-    sup: &Supervisor,
-    run_id: &str,
-    targets: &[Target],
-    grace: Duration,
-) -> TeardownReport {
-    teardown_interruptible(sup, run_id, targets, grace, &AtomicBool::new(false))
-}
-
-/// [`teardown`] for a harness that can be interrupted (`interrupted` is its
-/// SIGINT/SIGTERM flag). If it is already set, the grace period is at most
-/// [`INTERRUPTED_GRACE_MAX`]; if it becomes set during the grace period,
-/// the `SIGKILL`s go out at once. Why: teardown was the one phase a signal
-/// could not shorten, so ukload interrupted while guests ignored `SIGTERM`
-/// stayed for the whole `--grace-ms`.
+/// `interrupted` is the harness's SIGINT/SIGTERM flag: if it is already
+/// set, the grace period is at most [`INTERRUPTED_GRACE_MAX`]; if it becomes
+/// set during the grace period, the `SIGKILL`s go out at once. Why:
+/// teardown was the one phase a signal could not shorten, so ukload
+/// interrupted while guests ignored `SIGTERM` stayed for the whole
+/// `--grace-ms`.
 ///
 /// The escalation itself is [`terminate`]'s; here are the run's groups
 /// (one per instance, and the adopted orphans), the report, and the final

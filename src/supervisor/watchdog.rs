@@ -20,7 +20,7 @@ use std::os::fd::AsFd;
 
 use nix::poll::{poll, PollFd, PollFlags};
 
-use super::terminate::{terminate, Ended, Group, Phase, Pidfds, Policy};
+use super::terminate::{terminate, Group, Phase, Pidfds, Policy};
 use nix::sys::prctl;
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, fork, setsid, ForkResult, Pid};
@@ -145,18 +145,15 @@ fn watch(mut rx: PipeReader, run_id: &str, cgroup: Option<&Path>, harness: Pid) 
 
 /// Kills (SIGKILL) every live process marked with `run_id`, again for
 /// those that appear meanwhile, until none is left or `deadline` passes
-/// ([`terminate`] with an immediate kill). Returns how many are still alive.
-pub fn sweep(run_id: &str, deadline: Duration) -> usize {
+/// ([`terminate`] with an immediate kill). What is still alive then is the
+/// caller's to find (teardown reports it from its own scan).
+pub fn sweep(run_id: &str, deadline: Duration) {
     let mut marked = MarkedRun {
         run_id,
         live: Vec::new(),
         exits: Pidfds::default(),
     };
-    let out = terminate(&mut [&mut marked], &Policy::kill(deadline));
-    match out[0].ended {
-        Ended::Survived => marked.scan(),
-        _ => 0,
-    }
+    terminate(&mut [&mut marked], &Policy::kill(deadline));
 }
 
 /// The live processes marked with a run, as a [`Group`]: found by a scan of

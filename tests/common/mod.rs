@@ -214,6 +214,15 @@ pub fn prerequisite(missing: Option<String>) -> bool {
     false
 }
 
+/// Whether this test runs as root, as the tests that start a process as
+/// another user (`setpriv`) need: a [`prerequisite`], so under `CI=true`
+/// (which runs as root) its absence fails the test.
+pub fn root_prerequisite() -> bool {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    prerequisite((euid != 0).then(|| "needs root to start a process as another user".into()))
+}
+
 /// Whether Node.js (for the echo MCP server) is installed.
 pub fn node_available() -> bool {
     Command::new("node")
