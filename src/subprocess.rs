@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{poll, PollFd, PollFlags};
 
 /// Poll interval of [`wait_until`] when the kernel has no `pidfd_open`.
 const EXIT_POLL_INTERVAL: Duration = Duration::from_millis(5);
@@ -125,9 +125,7 @@ pub fn wait_until(child: &mut Child, deadline: Instant) -> io::Result<Option<Exi
 /// Waits until `fd` is readable (a pidfd is readable once the process exits) or `timeout`.
 fn poll_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
     let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    // Round up so a sub-millisecond remainder does not become a busy loop.
-    let ms = PollTimeout::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX);
-    match poll(&mut pfd, ms) {
+    match poll(&mut pfd, crate::clock::poll_timeout(timeout)) {
         Ok(_) | Err(Errno::EINTR) => Ok(()),
         Err(e) => {
             let err = io::Error::from(e);

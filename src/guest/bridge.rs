@@ -741,10 +741,8 @@ fn write_all_deadline<W: Write + AsFd>(
 
 /// Waits until `fd` is writable (or in error, which the next write reports) or `timeout`.
 fn poll_writable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    // Round up so a sub-millisecond remainder does not become a busy loop.
-    let ms = timeout.as_micros().div_ceil(1000);
-    let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+    use nix::poll::{poll, PollFd, PollFlags};
+    let timeout = crate::clock::poll_timeout(timeout);
     match poll(&mut [PollFd::new(fd, PollFlags::POLLOUT)], timeout) {
         Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
         Err(errno) => Err(errno.into()),

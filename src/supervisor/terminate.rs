@@ -251,9 +251,7 @@ fn wait(groups: &[&mut dyn Group], out: &[Option<Outcome>], until: Instant) {
         std::thread::sleep(timeout.min(NO_FD_TICK));
         return;
     }
-    // Round up so a sub-millisecond remainder does not become a busy loop.
-    let ms = PollTimeout::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX);
-    let _ = poll(&mut fds, ms);
+    let _ = poll(&mut fds, crate::clock::poll_timeout(timeout));
 }
 
 /// Sends `phase`'s signal through a pidfd: `SIGTERM` is followed by

@@ -170,7 +170,7 @@ fn wait_connected(fd: BorrowedFd<'_>, until: Until<'_>) -> Result<(), (Step, io:
 fn poll_timeout(timeout: Option<Duration>) -> PollTimeout {
     match timeout {
         None => PollTimeout::NONE,
-        Some(d) => PollTimeout::try_from(d.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX),
+        Some(d) => crate::clock::poll_timeout(d),
     }
 }
 
