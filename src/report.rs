@@ -452,7 +452,7 @@ impl Human<'_> {
             out,
             "  Max memory per instance: {}MB ({})",
             cfg.max_mem_mb,
-            format!("{:?}", cfg.mem_metric).to_uppercase()
+            cfg.mem_metric.label()
         )?;
         writeln!(out, "  Test timeout: {}s", cfg.boot_timeout.as_secs_f64())?;
         writeln!(out, "  Logs: {}", cfg.log_dir.display())?;
@@ -703,7 +703,7 @@ impl Human<'_> {
                     out,
                     "✓ Memory usage within target (<{}MB {})",
                     cfg.max_mem_mb,
-                    format!("{:?}", cfg.mem_metric).to_uppercase()
+                    cfg.mem_metric.label()
                 )?;
             } else {
                 writeln!(

@@ -36,6 +36,16 @@ pub enum MemMetric {
     Rss,
 }
 
+impl MemMetric {
+    /// The figure's name in reports: `PSS` or `RSS`.
+    pub fn label(self) -> &'static str {
+        match self {
+            MemMetric::Pss => "PSS",
+            MemMetric::Rss => "RSS",
+        }
+    }
+}
+
 impl std::str::FromStr for MemMetric {
     type Err = crate::launcher::UnknownChoice;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
