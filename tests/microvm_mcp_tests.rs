@@ -25,20 +25,10 @@ const NODE_MEMORY_MB: &str = "160";
 /// How long a test waits for the guest's ready line.
 const READY_DEADLINE: Duration = Duration::from_secs(120);
 
-/// One microVM test at a time: each boots VMs that need the 2 cores.
-static VM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    VM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Why these tests cannot run here, if they cannot.
+/// Why these tests cannot run here, if they cannot: the microVM pieces,
+/// and what a server in a VM needs besides.
 fn missing() -> Option<String> {
-    let info = ukload::image::info();
-    let mut why: Vec<String> = info
-        .missing()
-        .map(|p| format!("{} ({})", p.name, p.how))
-        .collect();
+    let mut why: Vec<String> = microvm_missing().into_iter().collect();
     if !node_available() {
         why.push("node (apt-get install nodejs)".into());
     }
@@ -162,7 +152,7 @@ fn assert_nothing_left(run_id: &str) {
 #[test]
 fn three_microvms_run_the_node_echo_server_and_answer_a_tool_call() {
     need_vm_mcp!();
-    let _g = lock();
+    let _g = vm_lock();
     let dir = TempDir::new("vmmcp3");
     // No --rootfs: the run builds the image (or finds it in the cache).
     let cmd = vm_mcp_run(
@@ -232,7 +222,7 @@ fn failed_tool_error(out: &std::process::Output) -> (String, serde_json::Value) 
 #[test]
 fn a_server_that_crashes_on_start_is_named_with_its_status_and_stderr() {
     need_vm_mcp!();
-    let _g = lock();
+    let _g = vm_lock();
     let dir = TempDir::new("vmmcpcrash");
     let started = Instant::now();
     let cmd = vm_mcp_run(
@@ -257,7 +247,7 @@ fn a_server_that_crashes_on_start_is_named_with_its_status_and_stderr() {
 #[test]
 fn a_server_that_never_answers_is_ended_by_the_guest_and_named() {
     need_vm_mcp!();
-    let _g = lock();
+    let _g = vm_lock();
     let dir = TempDir::new("vmmcpsilent");
     let cmd = vm_mcp_run(
         dir.path(),
@@ -277,7 +267,7 @@ fn a_server_that_never_answers_is_ended_by_the_guest_and_named() {
 #[test]
 fn a_server_that_floods_without_a_newline_is_ended_and_named() {
     need_vm_mcp!();
-    let _g = lock();
+    let _g = vm_lock();
     let dir = TempDir::new("vmmcpflood");
     let cmd = vm_mcp_run(
         dir.path(),
@@ -296,7 +286,7 @@ fn a_server_that_floods_without_a_newline_is_ended_and_named() {
 #[test]
 fn a_server_program_missing_from_the_image_is_named_and_the_guest_keeps_running() {
     need_vm_mcp!();
-    let _g = lock();
+    let _g = vm_lock();
     let dir = TempDir::new("vmmcpnoprog");
     let cmd = vm_mcp_run(
         dir.path(),
@@ -427,7 +417,7 @@ fn session(vm: &TestVm) -> ukload::mcp::Session {
 #[test]
 fn the_node_echo_server_in_a_microvm_lists_and_runs_its_tools_over_vsock() {
     need_vm_mcp!();
-    let _g = lock();
+    let _g = vm_lock();
     let dir = TempDir::new("vmmcpdirect");
     // No server on the command line: the image's manifest names it.
     let vm = boot_vm(dir.path(), None);

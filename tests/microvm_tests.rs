@@ -3,6 +3,7 @@
 //! Needs `bash scripts/setup-microvm.sh && bash scripts/build-guest-image.sh`
 //! (scripts/test.sh runs both); without them each test says why and skips.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -12,35 +13,6 @@ use std::time::{Duration, Instant};
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
 /// Boot target that fits TCG on two cores (seconds, not milliseconds).
 const TCG_BOOT_MS: &str = "120000";
-
-/// One microVM test at a time: each boots VMs that need the 2 cores.
-static VM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    VM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Why microVMs cannot run here, if they cannot.
-fn missing() -> Option<String> {
-    let info = ukload::image::info();
-    if info.is_complete() {
-        None
-    } else {
-        let m: Vec<String> = info
-            .missing()
-            .map(|p| format!("{} ({})", p.name, p.how))
-            .collect();
-        Some(m.join(", "))
-    }
-}
-
-macro_rules! need_microvm {
-    () => {
-        if !prerequisite(missing().map(|why| format!("microVM pieces missing: {why}"))) {
-            return;
-        }
-    };
-}
 
 fn qemu_run(dir: &std::path::Path, count: u32) -> std::process::Command {
     let mut cmd = ukload(dir);
@@ -67,7 +39,7 @@ fn assert_no_vm_left(run_id: &str) {
 #[test]
 fn three_microvms_boot_answer_ping_over_virtio_vsock_and_leave_nothing() {
     need_microvm!();
-    let _g = lock();
+    let _g = vm_lock();
     let dir = TempDir::new("vm3");
     let out = output_within(qemu_run(dir.path(), 3), RUN_DEADLINE);
     let doc = json_of(&out);
@@ -108,7 +80,7 @@ fn three_microvms_boot_answer_ping_over_virtio_vsock_and_leave_nothing() {
 #[test]
 fn mcp_tools_execute_inside_a_microvm_over_vsock() {
     need_microvm!();
-    let _g = lock();
+    let _g = vm_lock();
     for (call, want) in [
         (r#"echo:{"message":"from the host"}"#, "Echo: from the host"),
         (r#"add:{"a":40,"b":2}"#, "40 + 2 = 42"),
@@ -165,7 +137,7 @@ fn broken_initramfs(dir: &std::path::Path) -> PathBuf {
 #[test]
 fn a_guest_whose_init_fails_fails_its_boot_with_the_console_tail_and_is_cleaned_up() {
     need_microvm!();
-    let _g = lock();
+    let _g = vm_lock();
     let dir = TempDir::new("vmbroken");
     // A kernel with every driver built in (the minimal kernel) loads no
     // module, so a corrupt one cannot fail its init: a bad port does.
@@ -202,7 +174,7 @@ fn a_guest_whose_init_fails_fails_its_boot_with_the_console_tail_and_is_cleaned_
 #[test]
 fn sigkill_of_ukload_during_a_microvm_boot_leaves_no_qemu() {
     need_microvm!();
-    let _g = lock();
+    let _g = vm_lock();
     let dir = TempDir::new("vmkill");
     let mut cmd = qemu_run(dir.path(), 2);
     let mut child = cmd
@@ -261,7 +233,7 @@ fn left_after_harness_death(ours: &dyn Fn(&str) -> bool) -> Vec<(i32, String)> {
 #[test]
 fn sigkill_of_the_jobs_process_group_during_microvm_boots_leaves_no_qemu() {
     need_microvm!();
-    let _g = lock();
+    let _g = vm_lock();
     let dir = TempDir::new("vmgroupkill");
     let mut inner = qemu_run(dir.path(), 2);
     // Hold the run (VMs up) until the timeout strikes.
@@ -328,7 +300,7 @@ fn sigkill_of_the_jobs_process_group_during_microvm_boots_leaves_no_qemu() {
 #[test]
 fn a_dead_vsock_backend_fails_the_boot_at_once_naming_it() {
     need_microvm!();
-    let _g = lock();
+    let _g = vm_lock();
     let dir = TempDir::new("vmhelper");
     let mut cmd = qemu_run(dir.path(), 1);
     cmd.args(["--boot-timeout", "120"]);
@@ -381,7 +353,7 @@ fn a_dead_vsock_backend_fails_the_boot_at_once_naming_it() {
 
 #[test]
 fn missing_kernel_is_reported_with_the_command_that_builds_it() {
-    let _g = lock();
+    let _g = vm_lock();
     let dir = TempDir::new("vmnokernel");
     let mut cmd = ukload(dir.path());
     cmd.args(run_args(dir.path(), 1)).args([

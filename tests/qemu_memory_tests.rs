@@ -8,6 +8,7 @@
 //! (or `UKLOAD_CACHE_DIR` naming a complete cache); without them they say why
 //! and skip. The usage checks run everywhere.
 
+#[macro_use]
 mod common;
 
 use common::*;
@@ -16,26 +17,6 @@ use std::time::Duration;
 const RUN_DEADLINE: Duration = Duration::from_secs(120);
 /// TCG boots take seconds on a loaded machine: the boot target is not under test.
 const TCG_BOOT_MS: &str = "60000";
-
-/// One VM at a time in this binary: each needs the 2 cores.
-static VM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn missing() -> Option<String> {
-    let info = ukload::image::info();
-    if info.is_complete() {
-        return None;
-    }
-    let m: Vec<String> = info.missing().map(|p| p.name.to_string()).collect();
-    Some(m.join(", "))
-}
-
-macro_rules! need_microvm {
-    () => {
-        if !prerequisite(missing().map(|why| format!("microVM pieces missing: {why}"))) {
-            return;
-        }
-    };
-}
 
 fn qemu_run(dir: &std::path::Path, extra: &[&str]) -> (std::process::Output, serde_json::Value) {
     let range = cid_block(10);
@@ -95,7 +76,7 @@ fn too_little_memory_for_a_microvm_is_a_usage_error_naming_the_minimum() {
 #[test]
 fn a_microvm_boots_and_runs_a_tool_at_the_minimum_memory() {
     need_microvm!();
-    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = vm_lock();
     let dir = TempDir::new("qmem-min");
     let min = ukload::launcher::qemu::MIN_QEMU_MEMORY_MB.to_string();
     let (out, doc) = qemu_run(
@@ -126,7 +107,7 @@ fn a_microvm_boots_and_runs_a_tool_at_the_minimum_memory() {
 #[test]
 fn a_microvm_whose_qemu_exits_0_without_booting_is_a_failed_boot_naming_its_log() {
     need_microvm!();
-    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _g = vm_lock();
     let dir = TempDir::new("qmem-exit0");
     // No init to run: the kernel panics, `panic=-1` resets the guest and
     // `-no-reboot` makes QEMU exit 0, as it does when memory is too small.

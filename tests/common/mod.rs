@@ -242,6 +242,36 @@ macro_rules! require_node {
     };
 }
 
+/// Why microVMs cannot run here (each missing piece, with the command that
+/// makes it), if they cannot.
+pub fn microvm_missing() -> Option<String> {
+    let why: Vec<String> = ukload::image::pieces()
+        .into_iter()
+        .filter(|p| !p.present)
+        .map(|p| format!("{} ({})", p.name, p.how))
+        .collect();
+    (!why.is_empty()).then(|| why.join(", "))
+}
+
+/// One microVM test at a time in a test binary: each boots VMs that need
+/// the machine's 2 cores.
+pub fn vm_lock() -> std::sync::MutexGuard<'static, ()> {
+    static VM_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    VM_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Returns from the test, saying why, when the microVM pieces are missing.
+#[allow(unused_macros)]
+macro_rules! need_microvm {
+    () => {
+        if !common::prerequisite(
+            common::microvm_missing().map(|why| format!("microVM pieces missing: {why}")),
+        ) {
+            return;
+        }
+    };
+}
+
 /// The echo MCP test server.
 pub fn echo_server() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/test_mcp_servers/echo_server.js")
